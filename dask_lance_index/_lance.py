@@ -1,0 +1,153 @@
+"""Thin I/O edge around pylance: open a dataset, inspect a vector column, read vectors.
+
+Everything that touches Lance storage outside the build/merge/commit calls goes
+through here, so the planners stay pure functions over plain data.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import numpy as np
+import pyarrow as pa
+
+from .errors import InvalidInputError
+
+__all__ = [
+    "ColumnInfo",
+    "open_dataset",
+    "column_info",
+    "fragment_rows",
+    "index_names",
+    "iter_vectors",
+    "take_vectors",
+    "remove_index_dir",
+]
+
+
+def open_dataset(uri, version: int | None = None, storage_options: dict | None = None):
+    """Open a Lance dataset (at ``version`` when given). A fresh handle per call:
+    one ``LanceDataset`` shared across threads fails in Lance ("Already mutably borrowed")."""
+    import lance
+
+    if not isinstance(uri, (str, os.PathLike)):
+        # A LanceDataset object: reopen by its URI so tasks never share the handle.
+        uri = uri.uri
+    return lance.dataset(str(uri), version=version, storage_options=storage_options)
+
+
+@dataclass(frozen=True)
+class ColumnInfo:
+    name: str
+    dimension: int
+    value_type: str
+
+
+def column_info(ds, column: str) -> ColumnInfo:
+    """The vector column's dimension and element type, or a clear error."""
+    names = ds.schema.names
+    if column not in names:
+        raise InvalidInputError(
+            f"column {column!r} is not in the dataset; its columns are {names}. "
+            "Fix: pass the name of the vector column."
+        )
+    t = ds.schema.field(column).type
+    if isinstance(t, pa.FixedShapeTensorType) and len(t.shape) == 1:
+        dim, value = t.shape[0], t.value_type
+    elif pa.types.is_fixed_size_list(t):
+        dim, value = t.list_size, t.value_type
+    else:
+        raise InvalidInputError(
+            f"column {column!r} has type {t}; a vector index needs a fixed_size_list of "
+            "floats. Fix: store the embeddings as pa.list_(pa.float32(), dimension)."
+        )
+    if not pa.types.is_floating(value):
+        raise InvalidInputError(
+            f"column {column!r} holds {value} values; a vector index needs float16, float32 "
+            "or float64. Fix: cast the embeddings to float32."
+        )
+    if dim < 1:
+        raise InvalidInputError(f"column {column!r} has dimension {dim}")
+    return ColumnInfo(column, int(dim), str(value))
+
+
+def fragment_rows(ds) -> list[tuple[int, int]]:
+    """(fragment id, live rows) for every fragment, from metadata only."""
+    out = []
+    for frag in ds.get_fragments():
+        meta = frag.metadata
+        out.append((int(frag.fragment_id), int(meta.num_rows)))
+    return out
+
+
+def index_names(ds) -> set[str]:
+    return {d.name for d in ds.describe_indices()}
+
+
+def _to_float32_matrix(arr: pa.Array, dimension: int) -> tuple[np.ndarray, np.ndarray]:
+    """Vectors of a FixedSizeList chunk as (n, d) float32 plus a validity mask
+    (False for null vectors and vectors holding any NaN or infinity)."""
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    if isinstance(arr, pa.ExtensionArray):
+        arr = arr.storage
+    n = len(arr)
+    valid = np.ones(n, dtype=bool)
+    if arr.null_count:
+        valid &= ~np.asarray(arr.is_null().to_numpy(zero_copy_only=False))
+    # .flatten() honours the array's offset; null slots hold arbitrary values.
+    values = arr.flatten() if not arr.null_count else arr.fill_null(
+        pa.scalar([0.0] * dimension, type=arr.type)
+    ).flatten()
+    x = np.asarray(values.to_numpy(zero_copy_only=False), dtype=np.float32).reshape(n, dimension)
+    finite = np.isfinite(x).all(axis=1)
+    valid &= finite
+    return x, valid
+
+
+def iter_vectors(
+    ds, column: str, dimension: int, fragment_ids: Sequence[int], batch_size: int = 65536
+) -> Iterator[tuple[np.ndarray, np.ndarray, int]]:
+    """Stream (vectors, validity, null count) batches of the given fragments."""
+    frags = [ds.get_fragment(f) for f in fragment_ids]
+    scanner = ds.scanner(columns=[column], fragments=frags, batch_size=batch_size)
+    for batch in scanner.to_batches():
+        if batch.num_rows:
+            col = batch.column(0)
+            x, valid = _to_float32_matrix(col, dimension)
+            yield x, valid, col.null_count
+
+
+def take_vectors(
+    ds, column: str, dimension: int, fragment_id: int, offsets: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Rows at ``offsets`` of one fragment, as (vectors, validity)."""
+    frag = ds.get_fragment(fragment_id)
+    table = frag.take(pa.array(np.sort(offsets).astype(np.uint64)), columns=[column])
+    return _to_float32_matrix(table.column(0), dimension)
+
+
+def remove_index_dir(uri: str, uuid: str, storage_options: dict | None = None) -> bool:
+    """Delete ``_indices/<uuid>`` if it exists. Returns whether anything was removed.
+
+    Used by a retried build task to clear its own partial files before it
+    writes again under the same deterministic uuid.
+    """
+    path = os.path.join(str(uri), "_indices", uuid)
+    if "://" not in str(uri) or str(uri).startswith("file://"):
+        path = path.removeprefix("file://")
+        if os.path.isdir(path):
+            shutil.rmtree(path)
+            return True
+        return False
+    import pyarrow.fs as pafs
+
+    fs, root = pafs.FileSystem.from_uri(path)
+    info = fs.get_file_info(root)
+    if info.type == pafs.FileType.NotFound:
+        return False
+    fs.delete_dir(root)
+    return True

@@ -1,0 +1,184 @@
+"""``create_index``: plan, check, build the graph, and run it (or hand it back lazily)."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from .artifacts import IndexArtifacts, coerce_array, validate_artifacts
+from .errors import InvalidInputError
+from .graph import IndexBuild, build_graph
+from .plan import MAX_ITERS, SAMPLE_RATE, plan_index
+
+__all__ = ["create_index", "resolve_client"]
+
+
+def resolve_client(client=None):
+    """The ``distributed.Client`` to run on: the one given, else the current one, else None."""
+    if client is not None:
+        return client
+    try:
+        from distributed import default_client
+
+        return default_client()
+    except (ImportError, ValueError):
+        return None
+
+
+def _parallelism(client) -> int:
+    if client is not None:
+        try:
+            return max(1, sum(client.nthreads().values()))
+        except Exception:  # a client that cannot answer: plan as for one machine
+            pass
+    return os.cpu_count() or 1
+
+
+def create_index(
+    uri,
+    column: str,
+    index_type: str,
+    name: str | None = None,
+    metric: str = "l2",
+    replace: bool = False,
+    num_partitions: int | None = None,
+    ivf_centroids=None,
+    pq_codebook=None,
+    num_sub_vectors: int | None = None,
+    *,
+    num_bits: int | None = None,
+    target_partition_size: int | None = None,
+    rabitq_model: str | None = None,
+    m: int | None = None,
+    ef_construction: int | None = None,
+    storage_options: dict[str, str] | None = None,
+    num_tasks: int | None = None,
+    rows_per_task: int | None = None,
+    num_segments: int = 1,
+    merge_fan_in: int = 16,
+    sample_rate: int = SAMPLE_RATE,
+    max_iters: int = MAX_ITERS,
+    seed: int | None = None,
+    client=None,
+    scheduler: str | None = None,
+    compute: bool = True,
+) -> Any:
+    """Build a Lance vector index in parallel on Dask.
+
+    Parameters
+    ----------
+    uri : str, path or LanceDataset
+        The dataset. Its current version is pinned for the whole build.
+    column : str
+        The vector column (fixed-size list of floats).
+    index_type : str
+        One of IVF_FLAT, IVF_PQ, IVF_SQ, IVF_RQ, IVF_HNSW_FLAT, IVF_HNSW_PQ, IVF_HNSW_SQ.
+    name : str, optional
+        Index name; default ``f"{column}_idx"`` (as Lance).
+    metric : {"l2", "cosine", "dot"}
+    replace : bool
+        Replace an existing index of that name, atomically in one commit.
+    num_partitions : int, optional
+        IVF partitions; default ``num_rows // target_partition_size`` in [1, 4096].
+    ivf_centroids, pq_codebook : array, optional
+        Pre-trained float32 artifacts, shapes ``(num_partitions, dim)`` and
+        ``(num_sub_vectors, 2**num_bits, dim // num_sub_vectors)``: skip training.
+    num_sub_vectors : int, optional
+        PQ sub-vectors; default ``dim / 16`` (or /8, /4, /2 when 16 does not divide).
+    num_bits : int, optional
+        Bits per code: PQ 4 or 8 (default 8), SQ 8, RQ 1-8 (default 1).
+    target_partition_size : int, optional
+        Rows per IVF partition when num_partitions is not given (default 8192).
+    rabitq_model : str, optional
+        A RaBitQ model JSON (IVF_RQ); default: one is minted for the build and
+        shared by every task.
+    m, ef_construction : int, optional
+        HNSW graph parameters (IVF_HNSW_* types).
+    storage_options : dict, optional
+        Passed to Lance in every task.
+    num_tasks, rows_per_task : int, optional
+        How many build tasks (one segment each), or rows per task. Default:
+        one task per worker thread, more when tasks would exceed 2M rows.
+    num_segments : int
+        Segments the committed index should have (default 1: fastest queries).
+        IVF_SQ and IVF_HNSW_SQ segments are never merged (Lance's merge of them
+        is silently wrong), so they keep one segment per task.
+    merge_fan_in : int
+        Most segments one merge reads (IVF_FLAT merges in stages).
+    sample_rate, max_iters : int
+        Training rows per centroid, and k-means iterations (Lance's defaults).
+    seed : int, optional
+        Seed of sampling and training; the same seed and data give the same artifacts.
+    client : distributed.Client, optional
+        Cluster to run on; default the current client, if any, else the local
+        ``scheduler`` (dask's threaded scheduler by default).
+    scheduler : str, optional
+        Dask scheduler when there is no client (``"sync"``, ``"threads"``, ...).
+    compute : bool
+        ``True``: run now and return the committed ``LanceDataset``. ``False``:
+        return an :class:`~dask_lance_index.graph.IndexBuild`, a lazy dask
+        object whose ``.compute()`` runs the build and returns a
+        :class:`~dask_lance_index.commit.BuildResult`.
+    """
+    t0 = time.time()
+    client = resolve_client(client)
+    given = _given_artifacts(ivf_centroids, pq_codebook, rabitq_model)
+    plan = plan_index(
+        uri,
+        column,
+        index_type,
+        name=name,
+        metric=metric,
+        replace=replace,
+        num_partitions=num_partitions,
+        target_partition_size=target_partition_size,
+        num_sub_vectors=num_sub_vectors,
+        num_bits=num_bits,
+        m=m,
+        ef_construction=ef_construction,
+        ivf_centroids=given.ivf_centroids,
+        pq_codebook=given.pq_codebook,
+        rabitq_model=given.rabitq_model,
+        num_tasks=num_tasks,
+        rows_per_task=rows_per_task,
+        parallelism=_parallelism(client),
+        num_segments=num_segments,
+        merge_fan_in=merge_fan_in,
+        sample_rate=sample_rate,
+        max_iters=max_iters,
+        seed=seed,
+        storage_options=storage_options,
+    )
+    validate_artifacts(
+        given,
+        index_type=plan.params.index_type,
+        dimension=plan.dimension,
+        num_partitions=plan.params.num_partitions,
+        num_sub_vectors=plan.params.num_sub_vectors,
+        num_bits=plan.params.num_bits,
+    )
+    build = build_graph(plan, given, storage_options, plan_seconds=time.time() - t0)
+    if not compute:
+        return build
+    result = run(build, client=client, scheduler=scheduler)
+    return result.dataset(storage_options)
+
+
+def run(build: IndexBuild, client=None, scheduler: str | None = None):
+    """Run a lazy build on ``client`` (or the local ``scheduler``) and return its BuildResult."""
+    client = resolve_client(client)
+    if client is not None:
+        return client.compute(build).result()
+    import dask
+
+    (result,) = dask.compute(build, scheduler=scheduler)
+    return result
+
+
+def _given_artifacts(ivf_centroids, pq_codebook, rabitq_model) -> IndexArtifacts:
+    c = coerce_array(ivf_centroids, "ivf_centroids") if ivf_centroids is not None else None
+    cb = coerce_array(pq_codebook, "pq_codebook") if pq_codebook is not None else None
+    if rabitq_model is not None and not isinstance(rabitq_model, str):
+        raise InvalidInputError("rabitq_model must be the JSON string of a RaBitQ model")
+    return IndexArtifacts(ivf_centroids=c, pq_codebook=cb, rabitq_model=rabitq_model)

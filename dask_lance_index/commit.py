@@ -1,0 +1,219 @@
+"""The barrier task: check the segments, commit them as one index, clean up.
+
+Lance's commit accepts segments that cover nothing (after a compaction), cover
+a fragment twice, or sit next to an old index of the same name; each of those
+is a silently worse index. So before committing, this task checks that the
+final segments cover every planned fragment exactly once and that those
+fragments still exist, and it replaces an old index atomically, in the same
+transaction, instead of adding a delta beside it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Iterable, Sequence
+
+from .errors import CoverageError, DatasetChangedError, IndexExistsError
+from .plan import IndexPlan
+
+__all__ = ["BuildResult", "check_coverage", "commit_index"]
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    """What a committed build did.
+
+    Attributes
+    ----------
+    uri, name, index_type : str
+    version : int
+        The dataset version that holds the new index.
+    read_version : int
+        The version the build read (the plan's pinned version).
+    segments : tuple of str
+        UUIDs of the committed segments.
+    num_rows_indexed : int
+        Rows in the index.
+    num_rows_skipped : int
+        Rows Lance left out: null vectors plus vectors with NaN or infinity.
+    null_rows, nan_rows : int
+        The two kinds of skipped rows.
+    num_segments_built, num_merges : int
+    seconds : dict
+        Wall seconds per stage: plan, sample, train, build, merge, commit, total.
+    build_id : str
+    """
+
+    uri: str
+    name: str
+    index_type: str
+    version: int
+    read_version: int
+    segments: tuple[str, ...]
+    num_rows_indexed: int
+    num_rows_skipped: int
+    null_rows: int
+    nan_rows: int
+    num_segments_built: int
+    num_merges: int
+    seconds: dict = field(default_factory=dict)
+    build_id: str = ""
+
+    def dataset(self, storage_options: dict | None = None):
+        """The dataset at the version this build committed."""
+        from ._lance import open_dataset
+
+        return open_dataset(self.uri, self.version, storage_options)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["segments"] = list(self.segments)
+        return d
+
+    def to_json(self, **kwargs) -> str:
+        return json.dumps(self.to_dict(), **kwargs)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "BuildResult":
+        d = dict(d)
+        d["segments"] = tuple(d["segments"])
+        return cls(**d)
+
+    def __str__(self) -> str:
+        secs = ", ".join(f"{k} {v:.2f}s" for k, v in self.seconds.items())
+        s = (
+            f"{self.index_type} index {self.name!r} committed at version {self.version}: "
+            f"{self.num_rows_indexed} rows in {len(self.segments)} segment(s) "
+            f"({self.num_segments_built} built, {self.num_merges} merges); {secs}"
+        )
+        if self.num_rows_skipped:
+            s += f"; {self.num_rows_skipped} rows not indexed ({self.null_rows} null, {self.nan_rows} NaN/inf)"
+        return s
+
+
+def check_coverage(planned: Iterable[int], segments: Sequence[tuple[str, Iterable[int]]]) -> None:
+    """Raise :class:`CoverageError` unless the segments cover ``planned`` exactly once. Pure.
+
+    ``segments`` holds ``(uuid, fragment ids)`` pairs.
+    """
+    planned = set(planned)
+    seen: dict[int, str] = {}
+    for uuid, frags in segments:
+        frags = list(frags)
+        if not frags:
+            raise CoverageError(f"segment {uuid} covers no fragment")
+        for f in frags:
+            if f in seen:
+                raise CoverageError(f"fragment {f} is covered twice: by segments {seen[f]} and {uuid}")
+            if f not in planned:
+                raise CoverageError(f"segment {uuid} covers fragment {f}, which is not in the plan")
+            seen[f] = uuid
+    missing = planned - set(seen)
+    if missing:
+        raise CoverageError(f"fragments {sorted(missing)} are covered by no segment")
+
+
+def _as_lance_index(desc, seg):
+    from lance.dataset import Index
+
+    return Index(
+        uuid=seg.uuid,
+        name=desc.name,
+        fields=list(desc.fields),
+        dataset_version=seg.dataset_version_at_last_update,
+        fragment_ids=set(seg.fragment_ids),
+        index_version=seg.index_version,
+    )
+
+
+def commit_index(
+    plan: IndexPlan,
+    final: list,
+    built: list,
+    merged: list,
+    storage_options: dict | None = None,
+    plan_seconds: float = 0.0,
+    artifacts_source: dict | None = None,
+) -> BuildResult:
+    """Commit task: validate coverage, commit atomically, delete merged-away segments.
+
+    Parameters
+    ----------
+    final : list of lance.dataset.Index
+        The segments to commit (the merge plan's final slots).
+    built : list of SegmentResult
+        Every build task's result, for the row counts.
+    merged : list of (Index, (started, finished))
+        Every merge step's result, for timing.
+    """
+    import lance
+    from lance import LanceOperation
+
+    from ._lance import open_dataset, remove_index_dir
+
+    t0 = time.time()
+    planned = [f.fragment_id for f in plan.fragments]
+    check_coverage(planned, [(ix.uuid, list(ix.fragment_ids)) for ix in final])
+
+    latest = open_dataset(plan.uri, None, storage_options)
+    live = {f.fragment_id for f in latest.get_fragments()}
+    gone = sorted(set(planned) - live)
+    if gone:
+        raise DatasetChangedError(
+            f"fragments {gone} of version {plan.version} no longer exist at version "
+            f"{latest.version} (compacted or deleted during the build); committing now would "
+            "give an index that covers them as nothing. Fix: build again on the current version."
+        )
+    removed = []
+    for desc in latest.describe_indices():
+        if desc.name == plan.name:
+            if not plan.replace:
+                raise IndexExistsError(
+                    f"an index named {plan.name!r} was committed by another writer during this "
+                    "build. Fix: pass replace=True, or choose another name."
+                )
+            removed = [_as_lance_index(desc, seg) for seg in desc.segments]
+    committed = lance.LanceDataset.commit(
+        plan.uri,
+        LanceOperation.CreateIndex(new_indices=list(final), removed_indices=removed),
+        read_version=latest.version,
+        storage_options=storage_options,
+    )
+    # Segments a merge consumed are referenced by no version: delete them now.
+    final_uuids = {ix.uuid for ix in final}
+    consumed = [r.uuid for r in built if r.uuid not in final_uuids]
+    consumed += [ix.uuid for ix, _ in merged if ix.uuid not in final_uuids]
+    for uuid in consumed:
+        remove_index_dir(plan.uri, uuid, storage_options)
+
+    t1 = time.time()
+    seconds: dict[str, float] = {"plan": round(plan_seconds, 4)}
+    src = artifacts_source or {}
+    seconds["sample"] = float(src.get("sample_seconds", 0.0))
+    seconds["train"] = float(src.get("train_seconds", 0.0))
+    if built:
+        seconds["build"] = round(max(r.finished for r in built) - min(r.started for r in built), 4)
+    if merged:
+        seconds["merge"] = round(max(t[1] for _, t in merged) - min(t[0] for _, t in merged), 4)
+    seconds["commit"] = round(t1 - t0, 4)
+    null_rows = sum(r.null_rows for r in built)
+    nan_rows = sum(r.nan_rows for r in built)
+    total_rows = sum(r.num_rows for r in built)
+    return BuildResult(
+        uri=plan.uri,
+        name=plan.name,
+        index_type=plan.params.index_type,
+        version=committed.version,
+        read_version=plan.version,
+        segments=tuple(ix.uuid for ix in final),
+        num_rows_indexed=total_rows - null_rows - nan_rows,
+        num_rows_skipped=null_rows + nan_rows,
+        null_rows=null_rows,
+        nan_rows=nan_rows,
+        num_segments_built=len(built),
+        num_merges=len(merged),
+        seconds=seconds,
+        build_id=plan.build_id,
+    )

@@ -1,0 +1,76 @@
+"""Synthetic embeddings with real data's low intrinsic dimension, and writing them to Lance.
+
+Isotropic blobs in 128 dimensions make every index look useless (every point of
+a cluster is about as far as every other), so the generator follows
+../shared/DATA.md: Gaussian clusters of varied widths in a latent space of about
+12 dimensions, projected linearly to the target dimension, plus a little
+isotropic noise.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+__all__ = ["make_vectors", "vector_table", "write_vectors"]
+
+
+def make_vectors(
+    num_rows: int,
+    dimension: int = 128,
+    *,
+    num_clusters: int = 1000,
+    latent_dim: int = 12,
+    noise: float = 0.05,
+    seed: int = 0,
+    chunk_rows: int = 262144,
+) -> np.ndarray:
+    """``num_rows`` float32 vectors of ``dimension``, clustered in a latent subspace."""
+    rng = np.random.default_rng(seed)
+    centers = rng.standard_normal((num_clusters, latent_dim)).astype(np.float32) * 3.0
+    widths = rng.uniform(0.3, 1.5, num_clusters).astype(np.float32)
+    weights = rng.dirichlet(np.full(num_clusters, 2.0))
+    proj = (rng.standard_normal((latent_dim, dimension)) / np.sqrt(latent_dim)).astype(np.float32)
+    out = np.empty((num_rows, dimension), dtype=np.float32)
+    for start in range(0, num_rows, chunk_rows):
+        n = min(chunk_rows, num_rows - start)
+        labels = rng.choice(num_clusters, size=n, p=weights)
+        z = centers[labels] + rng.standard_normal((n, latent_dim)).astype(np.float32) * widths[labels, None]
+        out[start : start + n] = z @ proj + noise * rng.standard_normal((n, dimension)).astype(np.float32)
+    return out
+
+
+def vector_table(vectors: np.ndarray, *, column: str = "vector", start_id: int = 0) -> pa.Table:
+    """An Arrow table with an ``id`` column and a fixed-size-list vector column."""
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    n, d = vectors.shape
+    values = pa.array(vectors.reshape(-1))
+    return pa.table(
+        {
+            "id": pa.array(np.arange(start_id, start_id + n, dtype=np.int64)),
+            column: pa.FixedSizeListArray.from_arrays(values, d),
+        }
+    )
+
+
+def write_vectors(
+    uri: str,
+    vectors: np.ndarray,
+    *,
+    column: str = "vector",
+    max_rows_per_file: int = 1024 * 1024,
+    mode: str = "create",
+    start_id: int = 0,
+    storage_options: dict | None = None,
+):
+    """Write vectors to a Lance dataset, one fragment per ``max_rows_per_file`` rows."""
+    import lance
+
+    return lance.write_dataset(
+        vector_table(vectors, column=column, start_id=start_id),
+        uri,
+        mode=mode,
+        max_rows_per_file=max_rows_per_file,
+        max_rows_per_group=min(max_rows_per_file, 8192),
+        storage_options=storage_options,
+    )

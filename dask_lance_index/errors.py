@@ -1,0 +1,40 @@
+"""Exceptions raised by dask_lance_index.
+
+Every error raised on bad input names the problem and the fix, and is raised
+before any task runs, so the dataset is left exactly as it was.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "DaskLanceIndexError",
+    "InvalidInputError",
+    "InvalidArtifactError",
+    "IndexExistsError",
+    "CoverageError",
+    "DatasetChangedError",
+]
+
+
+class DaskLanceIndexError(Exception):
+    """Base class of this library's errors."""
+
+
+class InvalidInputError(DaskLanceIndexError, ValueError):
+    """A parameter, column or dataset cannot be indexed as asked."""
+
+
+class InvalidArtifactError(InvalidInputError):
+    """A user-given centroid array, PQ codebook or RaBitQ model does not fit the index."""
+
+
+class IndexExistsError(InvalidInputError):
+    """An index of that name exists and ``replace=True`` was not given."""
+
+
+class CoverageError(DaskLanceIndexError, RuntimeError):
+    """The built segments do not cover the planned fragments exactly once."""
+
+
+class DatasetChangedError(DaskLanceIndexError, RuntimeError):
+    """The dataset changed under the build in a way the index cannot absorb (e.g. compaction)."""
