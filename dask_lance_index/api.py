@@ -87,7 +87,7 @@ def create_index(
     num_sub_vectors : int, optional
         PQ sub-vectors; default ``dim / 16`` (or /8, /4, /2 when 16 does not divide).
     num_bits : int, optional
-        Bits per code: PQ 4 or 8 (default 8), SQ 8, RQ 1-8 (default 1).
+        Bits per code: PQ 4 or 8 (default 8), SQ 8, RQ 1-9 (default 5), as Lance.
     target_partition_size : int, optional
         Rows per IVF partition when num_partitions is not given (default 8192).
     rabitq_model : str, optional

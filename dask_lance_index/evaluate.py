@@ -60,7 +60,11 @@ def search(
         nearest = {"column": column, "q": v, "k": k, "nprobes": nprobes}
         if refine_factor:
             nearest["refine_factor"] = refine_factor
-        ids = ds.to_table(columns=[id_column], nearest=nearest).column(id_column).to_numpy()
+        ids = (
+            ds.to_table(columns=[id_column], nearest=nearest, disable_scoring_autoprojection=True)
+            .column(id_column)
+            .to_numpy()
+        )
         out[i, : len(ids)] = ids
     return out, (time.perf_counter() - t0) / max(len(queries), 1)
 

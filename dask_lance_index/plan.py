@@ -43,8 +43,8 @@ MAX_PARTITIONS = 4096
 SAMPLE_RATE = 256
 MAX_ITERS = 50
 # Bits per code that Lance accepts, per quantizer.
-NUM_BITS = {"PQ": (4, 8), "SQ": (8,), "RQ": tuple(range(1, 9))}
-DEFAULT_NUM_BITS = {"PQ": 8, "SQ": 8, "RQ": 1}
+NUM_BITS = {"PQ": (4, 8), "SQ": (8,), "RQ": tuple(range(1, 10))}
+DEFAULT_NUM_BITS = {"PQ": 8, "SQ": 8, "RQ": 5}
 # Default rows per build task: above it a build splits into more tasks than workers.
 DEFAULT_ROWS_PER_TASK = 2_000_000
 _UUID_NAMESPACE = uuidlib.UUID("6f1c2a4e-3d7b-4c1e-9a8f-d1a5c0e11de0")

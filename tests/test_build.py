@@ -1,0 +1,169 @@
+"""End-to-end builds on real Lance datasets, on the synchronous scheduler and a real LocalCluster."""
+
+import json
+import pickle
+import warnings
+
+import lance
+import numpy as np
+import pyarrow as pa
+import pytest
+
+import dask_lance_index as dli
+from dask_lance_index.artifacts import IndexArtifacts
+from dask_lance_index.datagen import vector_table
+from dask_lance_index.evaluate import exact_knn, recall_at_k, search
+
+from .conftest import committed_segment_uuids, index_dirs
+
+
+def recall(ds, queries, truth, nprobes=8, **kw):
+    found, _ = search(ds, "vector", queries, 10, nprobes=nprobes, **kw)
+    return recall_at_k(found, truth)
+
+
+def test_ivf_pq_on_sync_scheduler_is_a_good_committed_index(dataset_uri, vectors, queries):
+    before = lance.dataset(dataset_uri).version
+    build = dli.create_index(
+        dataset_uri, "vector", "IVF_PQ", num_partitions=16, num_sub_vectors=8,
+        num_tasks=3, compute=False, seed=1,
+    )
+    assert isinstance(build, dli.IndexBuild)
+    # lazy: nothing written, nothing committed
+    assert lance.dataset(dataset_uri).version == before and index_dirs(dataset_uri) == set()
+    result = build.compute(scheduler="sync")
+    assert isinstance(result, dli.BuildResult)
+    assert result.version == before + 1 and result.read_version == before
+    assert result.num_segments_built == 3 and result.num_merges == 1 and len(result.segments) == 1
+    assert result.num_rows_indexed == len(vectors) and result.num_rows_skipped == 0
+    assert set(result.seconds) >= {"plan", "sample", "train", "build", "merge", "commit"}
+    ds = result.dataset()
+    desc = ds.describe_indices()
+    assert [d.name for d in desc] == ["vector_idx"] and desc[0].index_type == "IVF_PQ"
+    # nothing under _indices/ that the index does not use: the three built segments are gone
+    assert index_dirs(dataset_uri) == committed_segment_uuids(ds) == set(result.segments)
+    truth = exact_knn(vectors, queries, 10, "l2")
+    r = recall(ds, queries, truth, nprobes=8, refine_factor=5)
+    assert r > 0.9, r
+    json.loads(result.to_json())
+    assert dli.BuildResult.from_dict(result.to_dict()) == result
+
+
+def test_ivf_flat_on_local_cluster_with_staged_merges(dataset_uri, vectors, queries, cluster_client):
+    plan = dli.plan_index(dataset_uri, "vector", "IVF_FLAT", num_partitions=16, num_tasks=4, merge_fan_in=2)
+    assert [len(st) for st in plan.merges.stages] == [2, 1]  # 4 -> 2 -> 1
+    ds = dli.create_index(
+        dataset_uri, "vector", "IVF_FLAT", num_partitions=16, num_tasks=4, merge_fan_in=2,
+        client=cluster_client,
+    )
+    assert isinstance(ds, lance.LanceDataset)
+    assert len(committed_segment_uuids(ds)) == 1
+    assert index_dirs(dataset_uri) == committed_segment_uuids(ds)
+    truth = exact_knn(vectors, queries, 10, "l2")
+    assert recall(ds, queries, truth, nprobes=16) == pytest.approx(1.0)  # all partitions: exact
+    assert recall(ds, queries, truth, nprobes=4) > 0.9
+
+
+def test_ivf_rq_on_local_cluster_shares_one_rotation(dataset_uri, vectors, queries, cluster_client):
+    build = dli.create_index(
+        dataset_uri, "vector", "IVF_RQ", num_partitions=16, num_tasks=4, metric="cosine",
+        client=cluster_client, compute=False,
+    )
+    result = cluster_client.compute(build).result()
+    assert result.num_merges == 1 and len(result.segments) == 1
+    ds = result.dataset()
+    stats = ds.stats.index_stats("vector_idx")
+    assert stats["num_indexed_rows"] == len(vectors)
+    truth = exact_knn(vectors, queries, 10, "cosine")
+    assert recall(ds, queries, truth, nprobes=8, refine_factor=5) > 0.9
+
+
+def test_sq_segments_are_committed_unmerged(dataset_uri, vectors, queries):
+    result = dli.create_index(
+        dataset_uri, "vector", "IVF_SQ", num_partitions=16, num_tasks=3, compute=False
+    ).compute(scheduler="sync")
+    assert result.num_merges == 0 and len(result.segments) == 3
+    ds = result.dataset()
+    assert committed_segment_uuids(ds) == set(result.segments) == index_dirs(dataset_uri)
+    truth = exact_knn(vectors, queries, 10, "l2")
+    assert recall(ds, queries, truth, nprobes=8) > 0.85
+
+
+def test_each_artifact_is_one_key_every_build_task_depends_on(dataset_uri):
+    build = dli.create_index(
+        dataset_uri, "vector", "IVF_PQ", num_partitions=16, num_sub_vectors=8, num_tasks=3, compute=False
+    )
+    graph = dict(build.__dask_graph__())
+    tok = build.plan.build_id[:8]
+    art_key = f"dli-artifacts-{tok}"
+    plan_key = f"dli-plan-{tok}"
+    builds = [k for k in graph if str(k).startswith(f"dli-build-{tok}")]
+    assert len(builds) == 3
+    deps = {k: graph[k].dependencies for k in builds}
+    for k in builds:
+        assert art_key in deps[k] and plan_key in deps[k]
+    # No array is embedded in any build task: their pickles stay small
+    for k in builds:
+        assert len(pickle.dumps(graph[k])) < 2000
+    samples = [k for k in graph if str(k).startswith(f"dli-sample-{tok}")]
+    assert len(samples) == 4  # one per fragment
+    assert set(samples) <= set(graph[art_key].dependencies)
+
+
+def test_given_artifacts_skip_training_and_are_one_key(dataset_uri, vectors, queries):
+    from dask_lance_index.train import residuals, train_ivf, train_pq
+
+    x = vectors[np.random.default_rng(0).choice(len(vectors), 4096, replace=False)]
+    c, _ = train_ivf(x, 16, "l2", max_iters=30, seed=0)
+    cb = train_pq(residuals(x, c, "l2"), 8, 8, max_iters=30, seed=0)
+    build = dli.create_index(
+        dataset_uri, "vector", "IVF_PQ", ivf_centroids=c, pq_codebook=cb, num_sub_vectors=8,
+        num_tasks=2, compute=False,
+    )
+    assert build.plan.train == () and build.plan.params.num_partitions == 16
+    graph = dict(build.__dask_graph__())
+    assert not any("sample" in str(k) for k in graph)
+    result = build.compute(scheduler="sync")
+    truth = exact_knn(vectors, queries, 10, "l2")
+    assert recall(result.dataset(), queries, truth, nprobes=8, refine_factor=5) > 0.9
+    stats = result.dataset().stats.index_stats("vector_idx")
+    assert stats["indices"][0]["num_partitions"] == 16
+
+
+def test_null_and_nan_vectors_are_counted_and_warned(tmp_path, vectors, queries):
+    uri = str(tmp_path / "holes.lance")
+    x = vectors[:6000].copy()
+    x[10] = np.nan
+    x[20, 3] = np.nan
+    x[30, 0] = np.inf
+    tbl = vector_table(x)
+    vec = tbl.column("vector").combine_chunks()
+    mask = np.zeros(len(x), dtype=bool)
+    mask[[40, 50, 4000]] = True
+    with_nulls = pa.FixedSizeListArray.from_arrays(vec.values, 32, mask=pa.array(mask))
+    tbl = tbl.set_column(1, "vector", with_nulls)
+    lance.write_dataset(tbl, uri, max_rows_per_file=2000)
+    with pytest.warns(UserWarning, match=r"6 rows were not indexed: 3 null vectors and 3 vectors with NaN"):
+        result = dli.create_index(uri, "vector", "IVF_FLAT", num_partitions=8, num_tasks=2, compute=False).compute(
+            scheduler="sync"
+        )
+    assert (result.null_rows, result.nan_rows, result.num_rows_skipped) == (3, 3, 6)
+    assert result.num_rows_indexed == 6000 - 6
+    good = np.isfinite(x).all(axis=1) & ~mask
+    truth_rows = exact_knn(np.where(good[:, None], x, np.nan), queries, 10, "l2")
+    found, _ = search(result.dataset(), "vector", queries, 10, nprobes=8)
+    assert recall_at_k(found, truth_rows) == pytest.approx(1.0)
+
+
+def test_replace_swaps_the_index_in_one_commit(dataset_uri):
+    ds = dli.create_index(dataset_uri, "vector", "IVF_FLAT", num_partitions=8, num_tasks=2, scheduler="sync")
+    old = committed_segment_uuids(ds)
+    with pytest.raises(dli.IndexExistsError, match="replace=True"):
+        dli.create_index(dataset_uri, "vector", "IVF_FLAT", num_partitions=8, scheduler="sync")
+    v = lance.dataset(dataset_uri).version
+    ds2 = dli.create_index(dataset_uri, "vector", "IVF_PQ", num_partitions=16, num_sub_vectors=4, replace=True, num_tasks=2, scheduler="sync")
+    assert ds2.version == v + 1  # one commit, no drop-then-create window
+    desc = ds2.describe_indices()
+    assert len(desc) == 1 and desc[0].index_type == "IVF_PQ"
+    assert committed_segment_uuids(ds2).isdisjoint(old)  # no delta beside the old index
+    assert desc[0].num_rows_indexed == ds2.count_rows()

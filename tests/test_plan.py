@@ -1,0 +1,161 @@
+"""The pure planners: no dataset, no cluster."""
+
+import json
+import pickle
+
+import pytest
+
+from dask_lance_index.errors import InvalidInputError
+from dask_lance_index.merge import MergePlan, plan_merges
+from dask_lance_index.plan import (
+    FragmentInfo,
+    IndexParams,
+    IndexPlan,
+    allocate_samples,
+    default_num_partitions,
+    default_num_sub_vectors,
+    group_fragments,
+    resolve_params,
+    training_sample_size,
+)
+
+
+def frags(*rows):
+    return [FragmentInfo(i, r) for i, r in enumerate(rows)]
+
+
+def test_groups_balance_rows_and_keep_every_fragment_once():
+    fs = frags(900, 100, 500, 500, 400, 100, 300)
+    groups = group_fragments(fs, num_tasks=3)
+    assert len(groups) == 3
+    ids = [i for g in groups for i in g]
+    assert sorted(ids) == list(range(len(fs)))
+    rows = {f.fragment_id: f.num_rows for f in fs}
+    loads = [sum(rows[i] for i in g) for g in groups]
+    assert max(loads) - min(loads) <= 100  # 2800 rows: 900/1000/900 or better
+    assert all(list(g) == sorted(g) for g in groups)
+
+
+def test_groups_never_more_tasks_than_fragments_and_rows_per_task():
+    fs = frags(10, 10)
+    assert len(group_fragments(fs, num_tasks=8)) == 2
+    fs = frags(*([1000] * 10))
+    assert len(group_fragments(fs, rows_per_task=2500)) == 4
+    assert len(group_fragments(fs, rows_per_task=10**9, min_tasks=3)) == 3
+    with pytest.raises(InvalidInputError, match="not both"):
+        group_fragments(fs, num_tasks=2, rows_per_task=10)
+    with pytest.raises(InvalidInputError, match="no fragments"):
+        group_fragments([], num_tasks=2)
+
+
+def test_sample_allocation_is_proportional_and_exact():
+    fs = frags(1000, 3000, 0, 6000)
+    alloc = allocate_samples(fs, 1000)
+    assert sum(alloc) == 1000
+    assert alloc[2] == 0
+    assert alloc == (100, 300, 0, 600)
+    assert sum(allocate_samples(fs, 10**9)) == 10000  # never more than the rows
+    odd = allocate_samples(frags(1, 1, 1), 2)
+    assert sum(odd) == 2 and max(odd) == 1
+
+
+def test_lance_defaults():
+    assert default_num_partitions(100) == 1
+    assert default_num_partitions(8192 * 10) == 10
+    assert default_num_partitions(10**12) == 4096
+    assert default_num_partitions(100_000, 1000) == 100
+    assert default_num_sub_vectors(128) == 8
+    assert default_num_sub_vectors(50) == 25
+    assert default_num_sub_vectors(7) == 1
+    p = resolve_params("ivf_pq", dimension=128, num_rows=100_000)
+    assert (p.index_type, p.metric, p.num_partitions, p.num_sub_vectors, p.num_bits) == ("IVF_PQ", "l2", 12, 8, 8)
+    assert resolve_params("IVF_RQ", dimension=64, num_rows=10**4).num_bits == 5
+    assert resolve_params("IVF_FLAT", dimension=3, num_rows=10, metric="Euclidean").metric == "l2"
+    assert training_sample_size(p) == 256 * 256  # PQ's 2**8 * sample_rate beats 12 * 256
+    assert training_sample_size(resolve_params("IVF_FLAT", dimension=8, num_rows=10**6, num_partitions=1000)) == 256_000
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(index_type="IVF_TREE"), "index_type"),
+        (dict(metric="hamming"), "metric"),
+        (dict(index_type="IVF_PQ", num_sub_vectors=5), "does not divide"),
+        (dict(index_type="IVF_RQ", dimension=20), "multiple of 8"),
+        (dict(index_type="IVF_PQ", num_bits=6), "num_bits"),
+        (dict(index_type="IVF_SQ", num_bits=4), "num_bits"),
+        (dict(index_type="IVF_RQ", num_bits=10), "num_bits"),
+        (dict(index_type="IVF_FLAT", num_bits=8), "quantized"),
+        (dict(index_type="IVF_FLAT", num_sub_vectors=4), "PQ index types only"),
+        (dict(index_type="IVF_PQ", m=16), "HNSW"),
+        (dict(num_partitions=0), "positive"),
+        (dict(num_partitions=5000), "exceeds"),
+    ],
+)
+def test_bad_options_name_the_fix(kwargs, match):
+    args = dict(index_type="IVF_FLAT", dimension=32, num_rows=1000)
+    args.update(kwargs)
+    t = args.pop("index_type")
+    with pytest.raises(InvalidInputError, match=match):
+        resolve_params(t, **args)
+
+
+@pytest.mark.parametrize(
+    "index_type, merges, depth",
+    [("IVF_FLAT", True, None), ("IVF_PQ", True, 1), ("IVF_RQ", True, 1), ("IVF_HNSW_PQ", True, 1),
+     ("IVF_HNSW_FLAT", True, 1), ("IVF_SQ", False, 0), ("IVF_HNSW_SQ", False, 0)],
+)
+def test_merge_plan_respects_what_lance_merges_correctly(index_type, merges, depth):
+    rows = [100] * 40
+    mp = plan_merges(index_type, rows, num_segments=1, fan_in=4)
+    if not merges:
+        assert mp.stages == () and mp.final == tuple(range(40))
+        return
+    if depth == 1:
+        assert len(mp.stages) == 1 and mp.final == (40,)
+        assert mp.stages[0][0].inputs == tuple(range(40))
+    else:
+        assert len(mp.stages) > 1 and len(mp.final) == 1
+        assert all(len(s.inputs) <= 4 for st in mp.stages for s in st)
+    # every input slot is consumed exactly once, and merged outputs only by later stages
+    consumed = mp.consumed()
+    assert len(consumed) == len(set(consumed))
+    produced = set()
+    for st in mp.stages:
+        for s in st:
+            assert all(i < 40 or i in produced for i in s.inputs)
+        produced |= {s.output for s in st}
+
+
+def test_merge_plan_to_several_segments_is_balanced():
+    mp = plan_merges("IVF_PQ", [100, 100, 100, 100, 100, 500], num_segments=2)
+    assert len(mp.final) == 2
+    sizes = []
+    for st in mp.stages:
+        for s in st:
+            sizes.append(sum([100, 100, 100, 100, 100, 500][i] for i in s.inputs))
+    # 500 | 500: the big segment is kept alone and carried over unmerged
+    assert sizes == [500]
+    assert 5 in mp.final
+    assert plan_merges("IVF_PQ", [1, 2], num_segments=3).stages == ()
+    assert MergePlan.from_dict(json.loads(json.dumps(mp.to_dict()))) == mp
+
+
+def test_plan_round_trips_through_json_and_pickle():
+    fs = tuple(frags(500, 700, 300))
+    params = resolve_params("IVF_PQ", dimension=16, num_rows=1500, num_partitions=4)
+    plan = IndexPlan(
+        uri="/data/x.lance", column="vector", name="vector_idx", version=3, dimension=16,
+        params=params, fragments=fs, groups=group_fragments(fs, num_tasks=2),
+        merges=plan_merges("IVF_PQ", [800, 700]), samples=allocate_samples(fs, 1024),
+        build_id="abc", train=("ivf_centroids", "pq_codebook"), seed=5,
+    )
+    assert IndexPlan.from_json(plan.to_json()) == plan
+    assert pickle.loads(pickle.dumps(plan)) == plan
+    assert isinstance(plan.params, IndexParams)
+    assert "IVF_PQ" in str(plan) and "merge stage 1" in str(plan)
+    # segment uuids: unique per task, stable across calls, different per build
+    uuids = {plan.segment_uuid(i) for i in range(plan.num_tasks)}
+    assert len(uuids) == plan.num_tasks
+    assert plan.segment_uuid(0) == IndexPlan.from_json(plan.to_json()).segment_uuid(0)
+    assert plan.with_build_id("other").segment_uuid(0) != plan.segment_uuid(0)
