@@ -133,7 +133,7 @@ def kmeans(
     seed : int, optional
         Seed of the initialisation; the same seed gives the same centroids.
     spherical : bool
-        Keep centroids on the unit sphere (for cosine on normalised rows).
+        Keep centroids on the unit sphere, as Lance's k-means does for dot.
     init : {"auto", "k-means++", "random"}
         ``"auto"`` uses k-means++ seeding on a subsample when ``k <= 1024``
         and a random draw of rows otherwise (k-means++ is O(k) passes).

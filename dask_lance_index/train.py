@@ -64,19 +64,27 @@ def sample_fragment(
 
 
 def prepare_vectors(x: np.ndarray, metric: str) -> np.ndarray:
-    """The space the IVF model lives in: unit vectors for cosine, raw otherwise."""
+    """The space Lance's IVF model lives in: unit vectors for cosine, raw otherwise."""
     return normalize_rows(x) if metric == "cosine" else np.asarray(x, dtype=np.float32)
 
 
 def residuals(x: np.ndarray, centroids: np.ndarray, metric: str) -> np.ndarray:
-    """What PQ encodes: ``x - centroid(x)`` (in the metric's space)."""
-    labels, _ = assign(x, centroids, "dot" if metric == "dot" else "l2")
+    """What Lance's PQ encodes: ``x - centroid(x)`` for l2 and cosine (on unit
+    vectors), the raw vectors for dot (Lance uses no residual for dot)."""
+    if metric == "dot":
+        return np.asarray(x, dtype=np.float32)
+    labels, _ = assign(x, centroids, "l2")
     return x - centroids[labels]
 
 
 def train_ivf(x: np.ndarray, num_partitions: int, metric: str, *, max_iters: int, seed) -> tuple[np.ndarray, float]:
-    """IVF centroids of prepared vectors ``x``: k-means in l2 (spherical for cosine)."""
-    return kmeans(x, num_partitions, max_iters=max_iters, seed=seed, spherical=(metric == "cosine"))
+    """IVF centroids of prepared vectors ``x``, trained as Lance trains them.
+
+    l2: k-means. cosine: k-means in l2 on unit vectors, centroids left
+    unnormalised. dot: spherical k-means (unit centroids, so the nearest in l2
+    is the one of largest inner product, which is how Lance assigns for dot).
+    """
+    return kmeans(x, num_partitions, max_iters=max_iters, seed=seed, spherical=(metric == "dot"))
 
 
 def train_pq(
