@@ -1,0 +1,85 @@
+"""Every index type and metric: recall within 0.02 of Lance's own single-process build.
+
+Both are measured against NumPy brute force on the same data and queries at
+the same nprobes. One k-means draw moves recall by up to 0.04 on this data at
+nprobes 4 of 16 (IVF/dot over 10 seeds: 0.938 to 0.975; Lance's own
+IVF_HNSW_FLAT/dot measured 0.959 and 0.930 on two builds) and by 0.017 at
+nprobes 6 (0.978 to 0.995). So the test probes 6 partitions and each side is
+the mean of two builds: Lance twice, ours once on the synchronous
+scheduler (seed 0) and once on a real LocalCluster with worker processes
+(seed 1).
+"""
+
+import shutil
+
+import lance
+import numpy as np
+import pytest
+
+import dask_lance_index as dli
+from dask_lance_index.datagen import write_vectors
+from dask_lance_index.evaluate import exact_knn, recall_at_k, search
+
+TYPES = ["IVF_FLAT", "IVF_PQ", "IVF_SQ", "IVF_RQ", "IVF_HNSW_FLAT", "IVF_HNSW_PQ", "IVF_HNSW_SQ"]
+METRICS = ["l2", "cosine", "dot"]
+NPROBES = 6  # of 16: far from exhaustive, yet past the spread of k-means draws (see above)
+
+
+def options(index_type):
+    kw = {"num_partitions": 16}
+    if "PQ" in index_type:
+        kw["num_sub_vectors"] = 8
+    return kw
+
+
+@pytest.mark.parametrize("metric", METRICS)
+@pytest.mark.parametrize("index_type", TYPES)
+def test_recall_matches_lance(index_type, metric, tmp_path, vectors, queries, cluster_client):
+    truth = exact_knn(vectors, queries, 10, metric)
+
+    def measure(ds):
+        found, _ = search(ds, "vector", queries, 10, nprobes=NPROBES)
+        return recall_at_k(found, truth)
+
+    theirs = []
+    for rep in range(2):
+        uri = str(tmp_path / f"lance{rep}.lance")
+        ds = write_vectors(uri, vectors, max_rows_per_file=3000)
+        ds.create_index("vector", index_type, metric=metric, **options(index_type))
+        theirs.append(measure(lance.dataset(uri)))
+        shutil.rmtree(uri)
+
+    ours = []
+    for seed, run in ((0, lambda b: b.compute(scheduler="sync")), (1, lambda b: cluster_client.compute(b).result())):
+        uri = str(tmp_path / f"ours{seed}.lance")
+        write_vectors(uri, vectors, max_rows_per_file=3000)
+        build = dli.create_index(
+            uri, "vector", index_type, metric=metric, num_tasks=3, seed=seed, compute=False, **options(index_type)
+        )
+        result = run(build)
+        assert result.num_rows_indexed == len(vectors)
+        ours.append(measure(result.dataset()))
+
+    msg = f"{index_type}/{metric}: ours {np.round(ours, 3)}, Lance {np.round(theirs, 3)}"
+    print("RECALL", msg)
+    # Never worse than Lance by more than 0.02 on average. Better is allowed: for dot-metric
+    # PQ our k-means gives better centroids than Lance's (measured +0.06 on this data).
+    assert np.mean(ours) >= np.mean(theirs) - 0.02, msg
+    # and no single build of ours is grossly worse (a broken scheduler path would be)
+    assert min(ours) >= np.mean(theirs) - 0.05, msg
+
+
+def test_same_seed_gives_the_same_index_on_any_scheduler(tmp_path, vectors, queries, cluster_client):
+    found, sizes = [], []
+    for i, run in enumerate((lambda b: b.compute(scheduler="sync"), lambda b: cluster_client.compute(b).result())):
+        uri = str(tmp_path / f"d{i}.lance")
+        write_vectors(uri, vectors, max_rows_per_file=3000)
+        build = dli.create_index(
+            uri, "vector", "IVF_PQ", num_partitions=16, num_sub_vectors=8, num_tasks=3, seed=42, compute=False
+        )
+        result = run(build)
+        stats = result.dataset().stats.index_stats("vector_idx")
+        sizes.append([p["size"] for p in stats["indices"][0]["partitions"]])
+        found.append(search(result.dataset(), "vector", queries, 10, nprobes=4)[0])
+    assert sizes[0] == sizes[1]
+    np.testing.assert_array_equal(found[0], found[1])
