@@ -166,14 +166,25 @@ def create_index(
 
 
 def run(build: IndexBuild, client=None, scheduler: str | None = None):
-    """Run a lazy build on ``client`` (or the local ``scheduler``) and return its BuildResult."""
-    client = resolve_client(client)
-    if client is not None:
-        return client.compute(build).result()
-    import dask
+    """Run a lazy build on ``client`` (or the local ``scheduler``) and return its BuildResult.
 
-    (result,) = dask.compute(build, scheduler=scheduler)
-    return result
+    If the build fails, the segments its build tasks wrote are removed (the
+    commit task removes merged segments itself when it is the one failing).
+    """
+    client = resolve_client(client)
+    try:
+        if client is not None:
+            return client.compute(build).result()
+        import dask
+
+        (result,) = dask.compute(build, scheduler=scheduler)
+        return result
+    except BaseException:
+        from ._lance import remove_index_dir
+
+        for task in range(build.plan.num_tasks):
+            remove_index_dir(build.plan.uri, build.plan.segment_uuid(task), build.storage_options)
+        raise
 
 
 def _given_artifacts(ivf_centroids, pq_codebook, rabitq_model) -> IndexArtifacts:

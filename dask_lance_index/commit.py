@@ -148,44 +148,21 @@ def commit_index(
     merged : list of (Index, (started, finished))
         Every merge step's result, for timing.
     """
-    import lance
-    from lance import LanceOperation
-
-    from ._lance import open_dataset, remove_index_dir
+    from ._lance import remove_index_dir
 
     t0 = time.time()
-    planned = [f.fragment_id for f in plan.fragments]
-    check_coverage(planned, [(ix.uuid, list(ix.fragment_ids)) for ix in final])
-
-    latest = open_dataset(plan.uri, None, storage_options)
-    live = {f.fragment_id for f in latest.get_fragments()}
-    gone = sorted(set(planned) - live)
-    if gone:
-        raise DatasetChangedError(
-            f"fragments {gone} of version {plan.version} no longer exist at version "
-            f"{latest.version} (compacted or deleted during the build); committing now would "
-            "give an index that covers them as nothing. Fix: build again on the current version."
-        )
-    removed = []
-    for desc in latest.describe_indices():
-        if desc.name == plan.name:
-            if not plan.replace:
-                raise IndexExistsError(
-                    f"an index named {plan.name!r} was committed by another writer during this "
-                    "build. Fix: pass replace=True, or choose another name."
-                )
-            removed = [_as_lance_index(desc, seg) for seg in desc.segments]
-    committed = lance.LanceDataset.commit(
-        plan.uri,
-        LanceOperation.CreateIndex(new_indices=list(final), removed_indices=removed),
-        read_version=latest.version,
-        storage_options=storage_options,
-    )
+    ours = {r.uuid for r in built} | {ix.uuid for ix, _ in merged} | {ix.uuid for ix in final}
+    try:
+        committed = _check_and_commit(plan, final, storage_options)
+    except BaseException:
+        # Nothing of this build was published: remove every segment it wrote,
+        # and only those (other builds may be in flight on the same dataset).
+        for uuid in ours:
+            remove_index_dir(plan.uri, uuid, storage_options)
+        raise
     # Segments a merge consumed are referenced by no version: delete them now.
     final_uuids = {ix.uuid for ix in final}
-    consumed = [r.uuid for r in built if r.uuid not in final_uuids]
-    consumed += [ix.uuid for ix, _ in merged if ix.uuid not in final_uuids]
-    for uuid in consumed:
+    for uuid in ours - final_uuids:
         remove_index_dir(plan.uri, uuid, storage_options)
 
     t1 = time.time()
@@ -216,4 +193,40 @@ def commit_index(
         num_merges=len(merged),
         seconds=seconds,
         build_id=plan.build_id,
+    )
+
+
+def _check_and_commit(plan: IndexPlan, final: list, storage_options: dict | None):
+    """Coverage and dataset checks, then one CreateIndex transaction."""
+    import lance
+    from lance import LanceOperation
+
+    from ._lance import open_dataset
+
+    planned = [f.fragment_id for f in plan.fragments]
+    check_coverage(planned, [(ix.uuid, list(ix.fragment_ids)) for ix in final])
+
+    latest = open_dataset(plan.uri, None, storage_options)
+    live = {f.fragment_id for f in latest.get_fragments()}
+    gone = sorted(set(planned) - live)
+    if gone:
+        raise DatasetChangedError(
+            f"fragments {gone} of version {plan.version} no longer exist at version "
+            f"{latest.version} (compacted or deleted during the build); committing now would "
+            "give an index that covers them as nothing. Fix: build again on the current version."
+        )
+    removed = []
+    for desc in latest.describe_indices():
+        if desc.name == plan.name:
+            if not plan.replace:
+                raise IndexExistsError(
+                    f"an index named {plan.name!r} was committed by another writer during this "
+                    "build. Fix: pass replace=True, or choose another name."
+                )
+            removed = [_as_lance_index(desc, seg) for seg in desc.segments]
+    return lance.LanceDataset.commit(
+        plan.uri,
+        LanceOperation.CreateIndex(new_indices=list(final), removed_indices=removed),
+        read_version=latest.version,
+        storage_options=storage_options,
     )

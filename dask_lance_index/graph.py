@@ -51,11 +51,12 @@ class IndexBuild(Delayed):
     runs it; ``build.plan`` is the :class:`IndexPlan` it carries out.
     """
 
-    __slots__ = ("plan",)
+    __slots__ = ("plan", "storage_options")
 
-    def __init__(self, key, dsk, plan: IndexPlan):
+    def __init__(self, key, dsk, plan: IndexPlan, storage_options: dict | None = None):
         super().__init__(key, dsk)
         self.plan = plan
+        self.storage_options = storage_options
 
     def __dask_postcompute__(self):
         return _finish, ()
@@ -157,4 +158,4 @@ def build_graph(
         artifacts,
         dask_key_name=f"dli-commit-{tok}",
     )
-    return IndexBuild(commit.key, commit.dask, plan)
+    return IndexBuild(commit.key, commit.dask, plan, storage_options)

@@ -167,3 +167,52 @@ def test_replace_swaps_the_index_in_one_commit(dataset_uri):
     assert len(desc) == 1 and desc[0].index_type == "IVF_PQ"
     assert committed_segment_uuids(ds2).isdisjoint(old)  # no delta beside the old index
     assert desc[0].num_rows_indexed == ds2.count_rows()
+
+
+def test_compaction_during_the_build_is_refused_and_leaves_nothing(tmp_path, vectors):
+    uri = str(tmp_path / "compact.lance")
+    from dask_lance_index.datagen import write_vectors
+
+    write_vectors(uri, vectors[:6000], max_rows_per_file=1000)
+    build = dli.create_index(uri, "vector", "IVF_PQ", num_partitions=8, num_sub_vectors=4, num_tasks=3, compute=False)
+    lance.dataset(uri).optimize.compact_files(target_rows_per_fragment=6000)  # a writer compacts mid-build
+    compacted = lance.dataset(uri).version
+    with pytest.raises(dli.DatasetChangedError, match="compacted or deleted"):
+        dli.run(build, scheduler="sync")
+    ds = lance.dataset(uri)
+    assert ds.version == compacted and ds.describe_indices() == []
+    assert index_dirs(uri) == set()
+
+
+def test_an_index_committed_by_another_writer_during_the_build(dataset_uri):
+    build = dli.create_index(dataset_uri, "vector", "IVF_FLAT", num_partitions=8, num_tasks=2, compute=False)
+    lance.dataset(dataset_uri).create_index("vector", "IVF_FLAT", num_partitions=4)  # same default name
+    theirs = committed_segment_uuids(lance.dataset(dataset_uri))
+    with pytest.raises(dli.IndexExistsError, match="another writer"):
+        dli.run(build, scheduler="sync")
+    # their index is intact, and none of our segments is left behind
+    assert committed_segment_uuids(lance.dataset(dataset_uri)) == theirs == index_dirs(dataset_uri)
+
+
+def test_a_failing_build_task_removes_the_segments_already_written(dataset_uri, vectors, monkeypatch):
+    import os
+
+    import dask_lance_index._lance as io
+
+    removed = []
+    real = io.remove_index_dir
+    monkeypatch.setattr(io, "remove_index_dir", lambda *a: removed.append(real(*a)) or removed[-1])
+
+    # Given centroids: no sampling, so the build tasks run and write before one fails.
+    centroids = vectors[:8].copy()
+    build = dli.create_index(
+        dataset_uri, "vector", "IVF_FLAT", ivf_centroids=centroids, num_tasks=4, compute=False
+    )
+    ds = lance.dataset(dataset_uri)
+    last = build.plan.groups[0][0]  # make one task's fragment unreadable
+    os.remove(os.path.join(dataset_uri, "data", ds.get_fragment(last).data_files()[0].path))
+    with pytest.raises(Exception):
+        dli.run(build, scheduler="sync")
+    assert any(removed), "no segment had been written before the failure: the test proves nothing"
+    assert index_dirs(dataset_uri) == set()
+    assert lance.dataset(dataset_uri).version == ds.version
