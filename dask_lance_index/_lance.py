@@ -23,6 +23,7 @@ __all__ = [
     "fragment_rows",
     "index_names",
     "iter_vectors",
+    "VectorBatch",
     "take_vectors",
     "remove_index_dir",
 ]
@@ -108,17 +109,33 @@ def _to_float32_matrix(arr: pa.Array, dimension: int) -> tuple[np.ndarray, np.nd
     return x, valid
 
 
+@dataclass(frozen=True)
+class VectorBatch:
+    vectors: np.ndarray  # (n, d) float32
+    valid: np.ndarray  # (n,) bool: False for null or non-finite vectors
+    nulls: int
+    row_ids: np.ndarray | None = None  # (n,) uint64, when asked for
+
+
 def iter_vectors(
-    ds, column: str, dimension: int, fragment_ids: Sequence[int], batch_size: int = 65536
-) -> Iterator[tuple[np.ndarray, np.ndarray, int]]:
-    """Stream (vectors, validity, null count) batches of the given fragments."""
+    ds,
+    column: str,
+    dimension: int,
+    fragment_ids: Sequence[int],
+    batch_size: int = 65536,
+    with_row_id: bool = False,
+) -> Iterator[VectorBatch]:
+    """Stream batches of the given fragments' vectors (bounded memory)."""
     frags = [ds.get_fragment(f) for f in fragment_ids]
-    scanner = ds.scanner(columns=[column], fragments=frags, batch_size=batch_size)
+    scanner = ds.scanner(columns=[column], fragments=frags, batch_size=batch_size, with_row_id=with_row_id)
     for batch in scanner.to_batches():
         if batch.num_rows:
-            col = batch.column(0)
+            col = batch.column(column)
             x, valid = _to_float32_matrix(col, dimension)
-            yield x, valid, col.null_count
+            rid = None
+            if with_row_id:
+                rid = np.asarray(batch.column("_rowid").to_numpy(), dtype=np.uint64)
+            yield VectorBatch(x, valid, col.null_count, rid)
 
 
 def take_vectors(

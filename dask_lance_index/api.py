@@ -60,6 +60,7 @@ def create_index(
     sample_rate: int = SAMPLE_RATE,
     max_iters: int = MAX_ITERS,
     seed: int | None = None,
+    engine: str = "auto",
     client=None,
     scheduler: str | None = None,
     compute: bool = True,
@@ -110,6 +111,10 @@ def create_index(
         Training rows per centroid, and k-means iterations (Lance's defaults).
     seed : int, optional
         Seed of sampling and training; the same seed and data give the same artifacts.
+    engine : {"auto", "precomputed", "lance"}
+        Who assigns and encodes the rows. ``"precomputed"`` (8-bit PQ types):
+        the workers, with NumPy BLAS, handing Lance the codes to write;
+        ``"lance"``: Lance itself. ``"auto"``: ``"precomputed"`` where it applies.
     client : distributed.Client, optional
         Cluster to run on; default the current client, if any, else the local
         ``scheduler`` (dask's threaded scheduler by default).
@@ -148,6 +153,7 @@ def create_index(
         sample_rate=sample_rate,
         max_iters=max_iters,
         seed=seed,
+        engine=engine,
         storage_options=storage_options,
     )
     validate_artifacts(

@@ -1,16 +1,33 @@
 """The build task: one Lance segment from one group of fragments.
 
 Each task opens the dataset itself at the plan's pinned version (a handle
-shared across threads fails in Lance), writes its segment under a uuid that is
-unique to the build and task and the same when the task is retried, and counts
-the rows Lance will leave out (null vectors, vectors with NaN or infinity),
-which Lance skips silently while its statistics still count them.
+shared across threads fails in Lance) and writes its segment under a uuid that
+is unique to the build and task and the same when the task is retried.
+
+Two engines:
+
+``"lance"``
+    Lance reads the rows, assigns and encodes them (``create_index_uncommitted``
+    with the shared artifacts). Every index type.
+``"precomputed"``
+    For 8-bit PQ types: the task streams the rows, assigns partitions and
+    encodes PQ codes with NumPy BLAS (:mod:`.encode`), writes them to a scratch
+    Lance dataset on the worker's disk, and Lance only writes the segment from
+    those "precomputed shuffle buffers". Lance reads the whole buffer dataset,
+    ignoring ``fragment_ids``, so each task's buffer holds exactly its own rows.
+
+Both count the rows Lance leaves out (null vectors, vectors with NaN or
+infinity), which Lance skips silently while its statistics still count them.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass
+
 
 from .artifacts import IndexArtifacts
 from .plan import IndexPlan
@@ -44,20 +61,13 @@ def build_segment(
     A retried task first removes whatever its earlier attempt wrote under the
     same uuid, so no partial files survive and no other task's files are touched.
     """
-    from ._lance import iter_vectors, open_dataset, remove_index_dir
+    from ._lance import open_dataset, remove_index_dir
 
     t0 = time.time()
     fragment_ids = list(plan.groups[task])
     uuid = plan.segment_uuid(task)
     ds = open_dataset(plan.uri, plan.version, storage_options)
     remove_index_dir(plan.uri, uuid, storage_options)
-
-    # Count what Lance will skip: it never indexes null or non-finite vectors.
-    bad = nulls = 0
-    for _, valid, batch_nulls in iter_vectors(ds, plan.column, plan.dimension, fragment_ids):
-        bad += int((~valid).sum())
-        nulls += batch_nulls
-    rows = {f.fragment_id: f.num_rows for f in plan.fragments}
 
     kwargs = plan.params.lance_kwargs()
     if artifacts.ivf_centroids is not None:
@@ -66,15 +76,25 @@ def build_segment(
         kwargs["pq_codebook"] = artifacts.pq_codebook
     if artifacts.rabitq_model is not None:
         kwargs["rabitq_model"] = artifacts.rabitq_model
-    index = ds.create_index_uncommitted(
-        plan.column,
-        plan.params.index_type,
-        name=plan.name,
-        replace=plan.replace,
-        fragment_ids=fragment_ids,
-        index_uuid=uuid,
-        **kwargs,
-    )
+
+    def create(**extra):
+        return ds.create_index_uncommitted(
+            plan.column,
+            plan.params.index_type,
+            name=plan.name,
+            replace=plan.replace,
+            fragment_ids=fragment_ids,
+            index_uuid=uuid,
+            **kwargs,
+            **extra,
+        )
+
+    if plan.engine == "precomputed":
+        index, nulls, bad = _build_from_codes(ds, plan, fragment_ids, artifacts, create)
+    else:
+        nulls, bad = _count_unindexable(ds, plan, fragment_ids)
+        index = create()
+    rows = {f.fragment_id: f.num_rows for f in plan.fragments}
     return SegmentResult(
         task=task,
         uuid=uuid,
@@ -86,3 +106,65 @@ def build_segment(
         started=t0,
         finished=time.time(),
     )
+
+
+def _count_unindexable(ds, plan: IndexPlan, fragment_ids) -> tuple[int, int]:
+    """(null vectors, all unindexable vectors) of the fragments, by one scan."""
+    from ._lance import iter_vectors
+
+    bad = nulls = 0
+    for b in iter_vectors(ds, plan.column, plan.dimension, fragment_ids):
+        bad += int((~b.valid).sum())
+        nulls += b.nulls
+    return nulls, bad
+
+
+def _build_from_codes(ds, plan: IndexPlan, fragment_ids, artifacts: IndexArtifacts, create):
+    """Encode the rows here and hand Lance the codes; returns (Index, nulls, unindexable)."""
+    import lance
+    import pyarrow as pa
+
+    from ._lance import iter_vectors
+    from .encode import PQEncoder
+
+    encoder = PQEncoder(artifacts.ivf_centroids, artifacts.pq_codebook, plan.params.metric)
+    m = encoder.num_sub_vectors
+    schema = pa.schema(
+        [("row_id", pa.uint64()), ("__ivf_part_id", pa.uint32()), ("__pq_code", pa.list_(pa.uint8(), m))]
+    )
+    counts = {"nulls": 0, "bad": 0, "rows": 0}
+
+    def batches():
+        for b in iter_vectors(ds, plan.column, plan.dimension, fragment_ids, with_row_id=True):
+            counts["nulls"] += b.nulls
+            counts["bad"] += int((~b.valid).sum())
+            x, rid = (b.vectors, b.row_ids) if b.valid.all() else (b.vectors[b.valid], b.row_ids[b.valid])
+            if not len(x):
+                continue
+            parts, codes = encoder.encode(x)
+            counts["rows"] += len(x)
+            yield pa.record_batch(
+                [
+                    pa.array(rid, pa.uint64()),
+                    pa.array(parts, pa.uint32()),
+                    pa.FixedSizeListArray.from_arrays(pa.array(codes.reshape(-1)), m),
+                ],
+                schema=schema,
+            )
+
+    scratch = tempfile.mkdtemp(prefix="dli-codes-")
+    try:
+        path = os.path.join(scratch, "codes.lance")
+        # Streamed: the writer pulls one encoded batch at a time (bounded memory).
+        codes_ds = lance.write_dataset(pa.RecordBatchReader.from_batches(schema, batches()), path)
+        if counts["rows"] == 0:
+            # Nothing indexable here: let Lance build its (empty) segment itself.
+            return create(), counts["nulls"], counts["bad"]
+        files = [f.path for frag in codes_ds.get_fragments() for f in frag.data_files()]
+        index = create(
+            precomputed_shuffle_buffers=files,
+            precomputed_shuffle_buffers_path=os.path.join(path, "data"),
+        )
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return index, counts["nulls"], counts["bad"]

@@ -264,6 +264,30 @@ def allocate_samples(fragments: Sequence[FragmentInfo], total: int) -> tuple[int
     return tuple(base)
 
 
+ENGINES = ("auto", "lance", "precomputed")
+
+
+def resolve_engine(engine: str, params: IndexParams) -> str:
+    """Who encodes the rows. Pure.
+
+    ``"precomputed"``: our workers assign and encode with NumPy BLAS and Lance
+    only writes (8-bit PQ types: the only ones Lance takes precomputed codes
+    for). ``"lance"``: Lance encodes. ``"auto"`` picks ``"precomputed"`` where
+    it applies (benchmarks/bench_build.py measures the difference).
+    """
+    if engine not in ENGINES:
+        raise InvalidInputError(f"engine {engine!r} is not one of {ENGINES}")
+    can = params.quantizer == "PQ" and params.num_bits == 8
+    if engine == "auto":
+        return "precomputed" if can else "lance"
+    if engine == "precomputed" and not can:
+        raise InvalidInputError(
+            f"engine='precomputed' needs an 8-bit PQ index type (IVF_PQ or IVF_HNSW_PQ); "
+            f"Lance encodes {params.index_type} itself. Fix: engine='auto' or 'lance'."
+        )
+    return engine
+
+
 def training_sample_size(params: IndexParams) -> int:
     """Rows to train on, as Lance samples them: sample_rate rows per IVF
     centroid, and sample_rate rows per PQ code word."""
@@ -296,6 +320,7 @@ class IndexPlan:
     train: tuple[str, ...] = ()
     seed: int | None = None
     notes: tuple[str, ...] = ()
+    engine: str = "lance"
 
     # -- derived -----------------------------------------------------------------
     @property
@@ -347,6 +372,7 @@ class IndexPlan:
             train=tuple(d.get("train", ())),
             seed=d.get("seed"),
             notes=tuple(d.get("notes", ())),
+            engine=d.get("engine", "lance"),
         )
 
     @classmethod
@@ -367,7 +393,7 @@ class IndexPlan:
             f"  rows: {self.num_rows} in {len(self.fragments)} fragments",
             f"  train: {', '.join(self.train) or 'nothing (all artifacts given)'}"
             + (f" on {sum(self.samples)} sampled rows" if self.train else ""),
-            f"  build: {self.num_tasks} tasks, rows per task {list(self.group_rows())}",
+            f"  build: {self.num_tasks} tasks ({self.engine} engine), rows per task {list(self.group_rows())}",
         ]
         if self.merges.stages:
             for i, st in enumerate(self.merges.stages):
@@ -409,6 +435,7 @@ def plan_index(
     sample_rate: int = SAMPLE_RATE,
     max_iters: int = MAX_ITERS,
     seed: int | None = None,
+    engine: str = "auto",
     version: int | None = None,
     storage_options: dict | None = None,
     build_id: str | None = None,
@@ -466,8 +493,9 @@ def plan_index(
         train.append("pq_codebook")
     if params.quantizer == "RQ" and rabitq_model is None:
         train.append("rabitq_model")
+    engine = resolve_engine(engine, params)
     notes = []
-    if params.metric == "dot" and params.quantizer == "PQ" and len(fragments) > 1:
+    if engine == "lance" and params.metric == "dot" and params.quantizer == "PQ" and len(fragments) > 1:
         # pylance 14.0.2 encodes PQ codes of a segment that covers part of the
         # dataset by largest inner product instead of nearest code word when the
         # metric is dot: recall 0.06 instead of 0.25, without an error. One
@@ -502,4 +530,5 @@ def plan_index(
         train=tuple(train),
         seed=seed,
         notes=tuple(notes),
+        engine=engine,
     )

@@ -130,7 +130,8 @@ def test_given_artifacts_skip_training_and_are_one_key(dataset_uri, vectors, que
     assert stats["indices"][0]["num_partitions"] == 16
 
 
-def test_null_and_nan_vectors_are_counted_and_warned(tmp_path, vectors, queries):
+@pytest.mark.parametrize("index_type, kw", [("IVF_FLAT", {}), ("IVF_PQ", {"num_sub_vectors": 8})])
+def test_null_and_nan_vectors_are_counted_and_warned(tmp_path, vectors, queries, index_type, kw):
     uri = str(tmp_path / "holes.lance")
     x = vectors[:6000].copy()
     x[10] = np.nan
@@ -144,15 +145,16 @@ def test_null_and_nan_vectors_are_counted_and_warned(tmp_path, vectors, queries)
     tbl = tbl.set_column(1, "vector", with_nulls)
     lance.write_dataset(tbl, uri, max_rows_per_file=2000)
     with pytest.warns(UserWarning, match=r"6 rows were not indexed: 3 null vectors and 3 vectors with NaN"):
-        result = dli.create_index(uri, "vector", "IVF_FLAT", num_partitions=8, num_tasks=2, compute=False).compute(
-            scheduler="sync"
-        )
+        result = dli.create_index(
+            uri, "vector", index_type, num_partitions=8, num_tasks=2, compute=False, **kw
+        ).compute(scheduler="sync")
     assert (result.null_rows, result.nan_rows, result.num_rows_skipped) == (3, 3, 6)
     assert result.num_rows_indexed == 6000 - 6
     good = np.isfinite(x).all(axis=1) & ~mask
     truth_rows = exact_knn(np.where(good[:, None], x, np.nan), queries, 10, "l2")
-    found, _ = search(result.dataset(), "vector", queries, 10, nprobes=8)
-    assert recall_at_k(found, truth_rows) == pytest.approx(1.0)
+    found, _ = search(result.dataset(), "vector", queries, 10, nprobes=8, refine_factor=20)
+    assert recall_at_k(found, truth_rows) > 0.98
+    assert result.dataset().stats.index_stats("vector_idx")["num_indexed_rows"] == 6000  # Lance counts them anyway
 
 
 def test_replace_swaps_the_index_in_one_commit(dataset_uri):
@@ -216,3 +218,31 @@ def test_a_failing_build_task_removes_the_segments_already_written(dataset_uri, 
     assert any(removed), "no segment had been written before the failure: the test proves nothing"
     assert index_dirs(dataset_uri) == set()
     assert lance.dataset(dataset_uri).version == ds.version
+
+
+@pytest.mark.parametrize("metric", ["l2", "cosine", "dot"])
+def test_precomputed_codes_equal_lance_encoding(tmp_path, vectors, queries, metric):
+    """Our BLAS encoding handed to Lance gives the index Lance's own encoding gives,
+    on the same artifacts (for dot: Lance's one-segment build, since its partial
+    dot segments are mis-encoded)."""
+    from dask_lance_index.datagen import write_vectors
+    from dask_lance_index.train import prepare_vectors, residuals, train_ivf, train_pq
+
+    x = prepare_vectors(vectors[np.random.default_rng(0).choice(len(vectors), 4096, replace=False)], metric)
+    c, _ = train_ivf(x, 16, metric, max_iters=30, seed=0)
+    cb = train_pq(residuals(x, c, metric), 8, 8, max_iters=30, seed=0)
+    truth = exact_knn(vectors, queries, 10, metric)
+    got = {}
+    for engine in ("lance", "precomputed"):
+        uri = str(tmp_path / f"{engine}.lance")
+        write_vectors(uri, vectors, max_rows_per_file=3000)
+        build = dli.create_index(
+            uri, "vector", "IVF_PQ", metric=metric, ivf_centroids=c, pq_codebook=cb, num_sub_vectors=8,
+            num_tasks=3, engine=engine, compute=False,
+        )
+        assert build.plan.engine == engine
+        result = build.compute(scheduler="sync")
+        if engine == "precomputed" or metric != "dot":
+            assert result.num_segments_built == 3
+        got[engine] = recall(result.dataset(), queries, truth, nprobes=6)
+    assert got["precomputed"] == pytest.approx(got["lance"], abs=0.005), got

@@ -8,6 +8,7 @@ import pytest
 from dask_lance_index.errors import InvalidInputError
 from dask_lance_index.merge import MergePlan, plan_merges
 from dask_lance_index.plan import (
+    resolve_engine,
     FragmentInfo,
     IndexParams,
     IndexPlan,
@@ -159,3 +160,17 @@ def test_plan_round_trips_through_json_and_pickle():
     assert len(uuids) == plan.num_tasks
     assert plan.segment_uuid(0) == IndexPlan.from_json(plan.to_json()).segment_uuid(0)
     assert plan.with_build_id("other").segment_uuid(0) != plan.segment_uuid(0)
+
+
+def test_engine_choice():
+    pq = resolve_params("IVF_PQ", dimension=32, num_rows=1000, num_partitions=4)
+    assert resolve_engine("auto", pq) == "precomputed"
+    assert resolve_engine("lance", pq) == "lance"
+    pq4 = resolve_params("IVF_HNSW_PQ", dimension=32, num_rows=1000, num_partitions=4, num_bits=4)
+    assert resolve_engine("auto", pq4) == "lance"
+    flat = resolve_params("IVF_FLAT", dimension=32, num_rows=1000, num_partitions=4)
+    assert resolve_engine("auto", flat) == "lance"
+    with pytest.raises(InvalidInputError, match="8-bit PQ"):
+        resolve_engine("precomputed", flat)
+    with pytest.raises(InvalidInputError, match="not one of"):
+        resolve_engine("gpu", flat)
