@@ -9,7 +9,7 @@ from typing import Any
 from .artifacts import IndexArtifacts, coerce_array, validate_artifacts
 from .errors import InvalidInputError
 from .graph import IndexBuild, build_graph
-from .plan import MAX_ITERS, SAMPLE_RATE, plan_index
+from .plan import MAX_ITERS, PQ_SAMPLE_RATE, SAMPLE_RATE, TOLERANCE, plan_index
 
 __all__ = ["create_index", "resolve_client"]
 
@@ -59,6 +59,8 @@ def create_index(
     merge_fan_in: int = 16,
     sample_rate: int = SAMPLE_RATE,
     max_iters: int = MAX_ITERS,
+    pq_sample_rate: int = PQ_SAMPLE_RATE,
+    tolerance: float = TOLERANCE,
     seed: int | None = None,
     engine: str = "auto",
     client=None,
@@ -108,7 +110,11 @@ def create_index(
     merge_fan_in : int
         Most segments one merge reads (IVF_FLAT merges in stages).
     sample_rate, max_iters : int
-        Training rows per centroid, and k-means iterations (Lance's defaults).
+        Training rows per IVF centroid, and most k-means iterations (Lance's defaults).
+    pq_sample_rate : int
+        Training rows per PQ code word.
+    tolerance : float
+        k-means stops when inertia changes by less than this fraction.
     seed : int, optional
         Seed of sampling and training; the same seed and data give the same artifacts.
     engine : {"auto", "precomputed", "lance"}
@@ -152,6 +158,8 @@ def create_index(
         merge_fan_in=merge_fan_in,
         sample_rate=sample_rate,
         max_iters=max_iters,
+        pq_sample_rate=pq_sample_rate,
+        tolerance=tolerance,
         seed=seed,
         engine=engine,
         storage_options=storage_options,

