@@ -72,6 +72,8 @@ def run_one(engine: str, uri: str, args) -> dict:
             opts["pq_sample_rate"] = args.pq_sample_rate
         if args.tolerance is not None:
             opts["tolerance"] = args.tolerance
+        if args.sample_rate:
+            opts["sample_rate"] = args.sample_rate
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             cluster = LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True, dashboard_address=None)
@@ -118,6 +120,7 @@ def main() -> int:
     p.add_argument("--fragments", type=int, default=8)
     p.add_argument("--pq-sample-rate", type=int, default=None, help="dli: rows per PQ code word")
     p.add_argument("--tolerance", type=float, default=None, help="dli: k-means stopping tolerance")
+    p.add_argument("--sample-rate", type=int, default=None, help="dli: rows per IVF centroid")
     p.add_argument("--json", help="also write the figures to this file")
     p.add_argument("--_run", help=argparse.SUPPRESS)
     p.add_argument("--_uri", help=argparse.SUPPRESS)
