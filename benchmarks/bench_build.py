@@ -40,9 +40,13 @@ def load_data(args) -> np.ndarray:
 
 
 def peak_rss_mb() -> float:
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return max(own, kids) / 1024.0
+    """This process's peak resident memory. VmHWM, not ru_maxrss: on Linux
+    ru_maxrss survives exec, so a subprocess would report its parent's peak."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def run_one(engine: str, uri: str, args) -> dict:
@@ -82,7 +86,7 @@ def run_one(engine: str, uri: str, args) -> dict:
             result = dli.create_index(uri, "vector", args.index_type, client=client, engine=eng, compute=False, **opts)
             result = client.compute(result).result()
             extra = {"stages": result.seconds}
-            worker_rss = client.run(lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0)
+            worker_rss = client.run(peak_rss_mb)
             extra["worker_peak_mb"] = max(worker_rss.values())
     else:
         raise SystemExit(f"unknown engine {engine}")
@@ -103,6 +107,19 @@ def evaluate(uri: str, x: np.ndarray, q: np.ndarray, truth: np.ndarray, args) ->
             found, latency = search(ds, "vector", q, 10, nprobes=nprobes, refine_factor=refine)
             res[f"np{nprobes}{'r' if refine else ''}"] = (recall_at_k(found, truth), latency * 1000)
     return res
+
+
+def _pass_through(argv: list[str]) -> list[str]:
+    """The command line minus --json (the subprocess writes no file)."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--json":
+            skip = True
+        elif not a.startswith("--json="):
+            out.append(a)
+    return out
 
 
 def main() -> int:
@@ -155,9 +172,7 @@ def main() -> int:
                 continue
         uri = os.path.join(root, f"{engine}.lance")
         shutil.copytree(base, uri)
-        cmd = [sys.executable, os.path.abspath(__file__), "--_run", engine, "--_uri", uri] + [
-            a for a in sys.argv[1:] if not a.startswith("--json")
-        ]
+        cmd = [sys.executable, os.path.abspath(__file__), "--_run", engine, "--_uri", uri] + _pass_through(sys.argv[1:])
         proc = subprocess.run(cmd, capture_output=True, text=True)
         line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
         if proc.returncode or not line:
@@ -176,7 +191,7 @@ def main() -> int:
         ratio = r["seconds"] / base_s if base_s else float("nan")
         rec = " ".join(f"{r['recall'][k][0]:6.3f}" for k in keys)
         lat = np.mean([v[1] for v in r["recall"].values()])
-        peak = max(r["peak_mb"], r.get("worker_peak_mb", 0))
+        peak = max(r["peak_mb"], r.get("worker_peak_mb", 0))  # largest single process
         print(f"{r['engine']:18s} {r['seconds']:8.2f} {ratio:6.2f} {rec} {lat:6.2f} {peak:8.0f}")
         if "stages" in r:
             print(f"{'':18s} stages: " + ", ".join(f"{k} {v:.2f}s" for k, v in r["stages"].items()))

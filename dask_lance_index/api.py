@@ -125,7 +125,8 @@ def create_index(
         Cluster to run on; default the current client, if any, else the local
         ``scheduler`` (dask's threaded scheduler by default).
     scheduler : str, optional
-        Dask scheduler when there is no client (``"sync"``, ``"threads"``, ...).
+        A local dask scheduler (``"sync"``, ``"threads"``, ...); when given,
+        it is used instead of a current client (an explicit ``client`` still wins).
     compute : bool
         ``True``: run now and return the committed ``LanceDataset``. ``False``:
         return an :class:`~dask_lance_index.graph.IndexBuild`, a lazy dask
@@ -133,7 +134,8 @@ def create_index(
         :class:`~dask_lance_index.commit.BuildResult`.
     """
     t0 = time.time()
-    client = resolve_client(client)
+    # An explicit local scheduler wins over a default client picked up implicitly.
+    client = client if scheduler is not None else resolve_client(client)
     given = _given_artifacts(ivf_centroids, pq_codebook, rabitq_model)
     plan = plan_index(
         uri,
@@ -185,7 +187,7 @@ def run(build: IndexBuild, client=None, scheduler: str | None = None):
     If the build fails, the segments its build tasks wrote are removed (the
     commit task removes merged segments itself when it is the one failing).
     """
-    client = resolve_client(client)
+    client = client if scheduler is not None else resolve_client(client)
     try:
         if client is not None:
             return client.compute(build).result()

@@ -66,23 +66,28 @@ def assign(
         rhs = np.ascontiguousarray(c.T)
     else:  # pragma: no cover - callers validate metrics
         raise ValueError(f"assign() takes metric 'l2' or 'dot', got {metric!r}")
-    step = _chunk_rows(c.shape[0])
+    step = min(_chunk_rows(c.shape[0]), max(n, 1))
+    # Buffers reused for every chunk: under dask's MALLOC_TRIM_THRESHOLD_ each
+    # fresh large temporary costs an mmap and page faults (see encode.py).
+    d = x.shape[1]
+    lhs = np.ones((step, d + 1), dtype=np.float32) if metric == "l2" else None
+    scores = np.empty((step, c.shape[0]), dtype=np.float32)
+    best = np.empty(step, dtype=np.intp)
     for start in range(0, n, step):
-        xs = x[start : start + step]
+        m = min(step, n - start)
+        xs = x[start : start + m]
         if metric == "l2":
-            lhs = np.empty((xs.shape[0], xs.shape[1] + 1), dtype=np.float32)
-            lhs[:, :-1] = xs
-            lhs[:, -1] = 1.0
-            scores = lhs @ rhs
+            lhs[:m, :d] = xs
+            np.matmul(lhs[:m], rhs, out=scores[:m])
         else:
-            scores = xs @ rhs
-        best = scores.argmax(axis=1)
-        top = scores[np.arange(xs.shape[0]), best]
-        labels[start : start + step] = best
+            np.matmul(xs, rhs, out=scores[:m])
+        scores[:m].argmax(axis=1, out=best[:m])
+        top = np.take_along_axis(scores[:m], best[:m, None], axis=1)[:, 0]
+        labels[start : start + m] = best[:m]
         if metric == "l2":
-            dists[start : start + step] = np.einsum("ij,ij->i", xs, xs) - top
+            dists[start : start + m] = np.einsum("ij,ij->i", xs, xs) - top
         else:
-            dists[start : start + step] = -top
+            dists[start : start + m] = -top
     if metric == "l2":
         np.maximum(dists, 0.0, out=dists)
     return labels, dists

@@ -9,7 +9,6 @@ NaN or infinity are dropped from the sample, as Lance drops them from the index.
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 
 import numpy as np
@@ -185,6 +184,3 @@ def train_artifacts(
     source["train_seconds"] = round(time.time() - t0, 4)
     return IndexArtifacts(ivf_centroids=centroids, pq_codebook=codebook, rabitq_model=rabitq, source=source)
 
-
-def rabitq_num_bits(model: str) -> int:
-    return int(json.loads(model)["num_bits"])

@@ -2,7 +2,6 @@
 
 import json
 import pickle
-import warnings
 
 import lance
 import numpy as np
@@ -10,7 +9,6 @@ import pyarrow as pa
 import pytest
 
 import dask_lance_index as dli
-from dask_lance_index.artifacts import IndexArtifacts
 from dask_lance_index.datagen import vector_table
 from dask_lance_index.evaluate import exact_knn, recall_at_k, search
 
