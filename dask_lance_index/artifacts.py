@@ -83,6 +83,14 @@ class IndexArtifacts:
     def from_json(cls, s: str) -> "IndexArtifacts":
         return cls.from_dict(json.loads(s))
 
+    def lance_kwargs(self) -> dict[str, Any]:
+        """The artifacts present, as ``create_index_uncommitted`` keyword arguments."""
+        return {
+            key: getattr(self, key)
+            for key in ("ivf_centroids", "pq_codebook", "rabitq_model")
+            if getattr(self, key) is not None
+        }
+
     def equals(self, other: "IndexArtifacts") -> bool:
         """Same arrays (bit for bit) and the same RaBitQ model."""
 

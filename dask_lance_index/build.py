@@ -69,13 +69,7 @@ def build_segment(
     ds = open_dataset(plan.uri, plan.version, storage_options)
     remove_index_dir(plan.uri, uuid, storage_options)
 
-    kwargs = plan.params.lance_kwargs()
-    if artifacts.ivf_centroids is not None:
-        kwargs["ivf_centroids"] = artifacts.ivf_centroids
-    if artifacts.pq_codebook is not None:
-        kwargs["pq_codebook"] = artifacts.pq_codebook
-    if artifacts.rabitq_model is not None:
-        kwargs["rabitq_model"] = artifacts.rabitq_model
+    kwargs = {**plan.params.lance_kwargs(), **artifacts.lance_kwargs()}
 
     def create(**extra):
         return ds.create_index_uncommitted(

