@@ -26,6 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dim", type=int, default=128, help="vector dimension (default 128)")
     parser.add_argument("--index-type", default="IVF_PQ", help="Lance index type (default IVF_PQ)")
     parser.add_argument("--metric", default="l2")
+    parser.add_argument("--num-partitions", type=int, default=256)
+    parser.add_argument("--num-sub-vectors", type=int, default=None, help="PQ sub-vectors (default dim / 8)")
     parser.add_argument("--workers", type=int, default=2, help="LocalCluster worker processes (default 2)")
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--path", default=None, help="where to write the dataset (default: a temp dir)")
@@ -51,7 +53,10 @@ def main(argv: list[str] | None = None) -> int:
         cluster = LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True, dashboard_address=None)
     with cluster, Client(cluster) as client:
         print(f"cluster: {client.scheduler_info()['address']} with {args.workers} worker processes")
-        build = dli.create_index(uri, "vector", args.index_type, metric=args.metric, client=client, compute=False)
+        opts = {"num_partitions": args.num_partitions}
+        if "PQ" in args.index_type.upper():
+            opts["num_sub_vectors"] = args.num_sub_vectors or max(args.dim // 8, 1)
+        build = dli.create_index(uri, "vector", args.index_type, metric=args.metric, client=client, compute=False, **opts)
         print(build.plan)
         t0 = time.time()
         result = client.compute(build).result()
