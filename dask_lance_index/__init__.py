@@ -18,6 +18,7 @@ from .errors import (
 )
 from .graph import IndexBuild
 from .plan import INDEX_TYPES, IndexParams, IndexPlan, plan_index
+from .rabitq import build_rq_rotation
 
 __version__ = "0.1.0"
 
@@ -25,6 +26,7 @@ __all__ = [
     "create_index",
     "plan_index",
     "run",
+    "build_rq_rotation",
     "IndexPlan",
     "IndexParams",
     "IndexArtifacts",

@@ -116,11 +116,11 @@ def train_pq(
     return book
 
 
-def make_rabitq_model(dimension: int, num_bits: int) -> str:
-    """One RaBitQ model (rotation) JSON for the whole build, minted by Lance."""
-    import lance.lance
+def make_rabitq_model(dimension: int, num_bits: int, seed=None) -> str:
+    """One RaBitQ model (rotation) JSON for the whole build, drawn from ``seed``."""
+    from .rabitq import build_rq_rotation
 
-    return lance.lance.indices.build_rq_model(dimension, num_bits=num_bits)
+    return build_rq_rotation(dimension, num_bits=num_bits, seed=seed)
 
 
 def train_artifacts(
@@ -186,7 +186,7 @@ def train_artifacts(
             )
             source["pq_codebook"] = "trained"
     if "rabitq_model" in train:
-        rabitq = make_rabitq_model(dimension, params.num_bits)
+        rabitq = make_rabitq_model(dimension, params.num_bits, seed=_seed_for(seed, build_id, 2**31 + 1))
         source["rabitq_model"] = "trained"
     source["train_seconds"] = round(time.time() - t0, 4)
     return IndexArtifacts(ivf_centroids=centroids, pq_codebook=codebook, rabitq_model=rabitq, source=source)
