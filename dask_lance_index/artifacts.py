@@ -197,7 +197,9 @@ def validate_artifacts(
             )
         signs = model.get("fast_rotation_signs")
         if model.get("rotation_type") == "fast" and signs is not None:
-            expected_len = 4 * ((dimension + 7) // 8)
+            from .rabitq import sign_bytes
+
+            expected_len = sign_bytes(dimension)
             if len(signs) != expected_len:
                 raise InvalidArtifactError(
                     f"rabitq_model has {len(signs)} rotation sign bytes; a {dimension}-d fast "

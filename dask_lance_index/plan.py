@@ -18,6 +18,7 @@ from typing import Any, Sequence
 
 from .errors import IndexExistsError, InvalidInputError
 from .merge import MERGE_DEPTH, MergePlan, plan_merges
+from .rabitq import RQ_NUM_BITS
 
 __all__ = [
     "INDEX_TYPES",
@@ -47,7 +48,7 @@ MAX_ITERS = 50
 PQ_SAMPLE_RATE = 64
 TOLERANCE = 5e-3
 # Bits per code that Lance accepts, per quantizer.
-NUM_BITS = {"PQ": (4, 8), "SQ": (8,), "RQ": tuple(range(1, 10))}
+NUM_BITS = {"PQ": (4, 8), "SQ": (8,), "RQ": RQ_NUM_BITS}
 DEFAULT_NUM_BITS = {"PQ": 8, "SQ": 8, "RQ": 5}
 # Default rows per build task: above it a build splits into more tasks than workers.
 DEFAULT_ROWS_PER_TASK = 2_000_000

@@ -15,10 +15,15 @@ import numpy as np
 
 from .errors import InvalidInputError
 
-__all__ = ["build_rq_rotation", "RQ_NUM_BITS"]
+__all__ = ["build_rq_rotation", "sign_bytes", "RQ_NUM_BITS"]
 
 RQ_NUM_BITS = tuple(range(1, 10))  # what pylance 14.0.2 accepts (1..=9)
 _ROUNDS = 4
+
+
+def sign_bytes(dimension: int) -> int:
+    """Bytes of sign bits in a fast rotation: one bit per dimension, per round."""
+    return _ROUNDS * -(-int(dimension) // 8)
 
 
 def build_rq_rotation(dimension: int, num_bits: int = 5, seed=None) -> str:
@@ -48,7 +53,7 @@ def build_rq_rotation(dimension: int, num_bits: int = 5, seed=None) -> str:
     if num_bits not in RQ_NUM_BITS:
         raise InvalidInputError(f"num_bits={num_bits!r} is out of range for RaBitQ; Lance takes 1 to 9")
     rng = np.random.default_rng(seed)
-    signs = rng.integers(0, 256, size=_ROUNDS * -(-int(dimension) // 8), dtype=np.uint8)
+    signs = rng.integers(0, 256, size=sign_bytes(dimension), dtype=np.uint8)
     return json.dumps(
         {
             "rotate_mat_position": None,
