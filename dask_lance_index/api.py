@@ -8,7 +8,7 @@ from typing import Any
 
 from .artifacts import IndexArtifacts, coerce_array, validate_artifacts
 from .errors import InvalidInputError
-from .graph import IndexBuild, build_graph
+from .graph import IndexBuild, build_graph, report
 from .plan import MAX_ITERS, PQ_SAMPLE_RATE, SAMPLE_RATE, TOLERANCE, plan_index
 
 __all__ = ["create_index", "resolve_client"]
@@ -190,7 +190,8 @@ def run(build: IndexBuild, client=None, scheduler: str | None = None):
     client = client if scheduler is not None else resolve_client(client)
     try:
         if client is not None:
-            return client.compute(build).result()
+            # distributed finalises on a worker: repeat the report here, where the caller is.
+            return report(client.compute(build).result())
         import dask
 
         (result,) = dask.compute(build, scheduler=scheduler)

@@ -25,30 +25,37 @@ from .merge import merge_segments
 from .plan import IndexPlan
 from .train import sample_fragment, train_artifacts
 
-__all__ = ["IndexBuild", "build_graph"]
+__all__ = ["IndexBuild", "build_graph", "report"]
 
 log = logging.getLogger("dask_lance_index")
 
 
-def _finish(results) -> BuildResult:
-    result = results[0]
+def report(result: BuildResult) -> BuildResult:
+    """Warn about rows Lance left out, and log the result, in the calling process."""
     if result.num_rows_skipped:
         warnings.warn(
             f"{result.num_rows_skipped} rows were not indexed: {result.null_rows} null vectors and "
             f"{result.nan_rows} vectors with NaN or infinity. Lance never indexes them; queries "
             "will not find these rows.",
             UserWarning,
-            stacklevel=2,
+            stacklevel=3,
         )
     log.info("%s", result)
     return result
+
+
+def _finish(results) -> BuildResult:
+    return report(results[0])
 
 
 class IndexBuild(Delayed):
     """A lazy index build: a dask collection whose result is a :class:`BuildResult`.
 
     ``build.compute()`` (or ``dask.compute(build)``, or ``client.compute(build)``)
-    runs it; ``build.plan`` is the :class:`IndexPlan` it carries out.
+    runs it; ``build.plan`` is the :class:`IndexPlan` it carries out. The
+    warning about unindexed rows is raised where dask finalises the result: on
+    a distributed cluster that is a worker, so use :func:`dask_lance_index.run`
+    to have it raised in your process.
     """
 
     __slots__ = ("plan", "storage_options")

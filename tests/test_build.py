@@ -155,6 +155,16 @@ def test_null_and_nan_vectors_are_counted_and_warned(tmp_path, vectors, queries,
     assert result.dataset().stats.index_stats("vector_idx")["num_indexed_rows"] == 6000  # Lance counts them anyway
 
 
+def test_unindexed_rows_are_warned_in_the_callers_process_on_a_cluster(tmp_path, vectors, cluster_client):
+    uri = str(tmp_path / "nan_cluster.lance")
+    x = vectors[:4000].copy()
+    x[[3, 7]] = np.nan
+    lance.write_dataset(vector_table(x), uri, max_rows_per_file=2000)
+    with pytest.warns(UserWarning, match="2 rows were not indexed"):
+        ds = dli.create_index(uri, "vector", "IVF_FLAT", num_partitions=8, num_tasks=2, client=cluster_client)
+    assert ds.describe_indices()[0].name == "vector_idx"
+
+
 def test_replace_swaps_the_index_in_one_commit(dataset_uri):
     ds = dli.create_index(dataset_uri, "vector", "IVF_FLAT", num_partitions=8, num_tasks=2, scheduler="sync")
     old = committed_segment_uuids(ds)
