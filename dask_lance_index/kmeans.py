@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse
 
-__all__ = ["assign", "kmeans", "normalize_rows"]
+__all__ = ["assign", "assign_batched", "kmeans", "kmeans_batched", "normalize_rows"]
 
 # Rows per chunk are chosen so that the (rows, k) score matrix stays near this
 # many float32 elements (about 32 MB): large enough for BLAS to run at full
@@ -189,6 +189,143 @@ def kmeans(
             new = normalize_rows(new)
         centroids = new
         if prev < np.inf and abs(prev - inertia) <= tol * max(prev, 1e-30):
+            break
+        prev = inertia
+    return centroids.astype(np.float32, copy=False), inertia
+
+
+# Rows per chunk of the batched assignment: (batch, rows, k) scores of a few MB,
+# which keeps the K = sub_dim + 1 GEMMs (output-bound, not FLOP-bound) in cache.
+_BATCH_SCORE_ELEMENTS = 1024 * 1024
+
+
+def assign_batched(x: np.ndarray, centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Nearest centroid in l2 for every row of every batch member at once.
+
+    Parameters
+    ----------
+    x : ndarray, shape (b, n, s), float32
+    centroids : ndarray, shape (b, k, s), float32
+
+    Returns
+    -------
+    labels : ndarray, shape (b, n), int32
+    distances : ndarray, shape (b, n), float32, squared L2.
+    """
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    c = np.ascontiguousarray(centroids, dtype=np.float32)
+    b, n, s = x.shape
+    k = c.shape[1]
+    # argmax (x.c - |c|^2/2), the norms folded in as a ones column: one batched GEMM.
+    rhs = np.empty((b, s + 1, k), dtype=np.float32)
+    rhs[:, :s] = c.transpose(0, 2, 1)
+    rhs[:, s] = -0.5 * np.einsum("bks,bks->bk", c, c)
+    step = max(64, min(n, _BATCH_SCORE_ELEMENTS // max(b * k, 1)))
+    lhs = np.ones((b, step, s + 1), dtype=np.float32)
+    scores = np.empty((b, step, k), dtype=np.float32)
+    best = np.empty((b, step), dtype=np.intp)
+    labels = np.empty((b, n), dtype=np.int32)
+    dists = np.empty((b, n), dtype=np.float32)
+    for start in range(0, n, step):
+        m = min(step, n - start)
+        xs = x[:, start : start + m]
+        lhs[:, :m, :s] = xs
+        np.matmul(lhs[:, :m], rhs, out=scores[:, :m])
+        scores[:, :m].argmax(axis=2, out=best[:, :m])
+        top = np.take_along_axis(scores[:, :m], best[:, :m, None], axis=2)[..., 0]
+        labels[:, start : start + m] = best[:, :m]
+        dists[:, start : start + m] = np.einsum("bns,bns->bn", xs, xs) - 2.0 * top
+    np.maximum(dists, 0.0, out=dists)
+    return labels, dists
+
+
+def _plusplus_init_batched(x: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """k-means++ seeding of every batch member at once (k steps, each vectorised over the batch)."""
+    b, n, s = x.shape
+    centers = np.empty((b, k, s), dtype=np.float32)
+    members = np.arange(b)
+    first = rng.integers(n, size=b)
+    centers[:, 0] = x[members, first]
+    sq = np.einsum("bns,bns->bn", x, x)
+
+    def dist_to(c):  # (b, s) -> (b, n) squared distances
+        return np.maximum(sq - 2.0 * np.einsum("bns,bs->bn", x, c) + np.einsum("bs,bs->b", c, c)[:, None], 0.0)
+
+    closest = dist_to(centers[:, 0])
+    for i in range(1, k):
+        cum = np.cumsum(closest, axis=1, dtype=np.float64)
+        total = cum[:, -1]
+        draw = rng.random(b) * total
+        # first index whose running sum passes the draw, per member (all-zero rows: random)
+        idx = (cum < draw[:, None]).sum(axis=1)
+        degenerate = total <= 0.0
+        if degenerate.any():
+            idx[degenerate] = rng.integers(n, size=int(degenerate.sum()))
+        centers[:, i] = x[members, np.minimum(idx, n - 1)]
+        np.minimum(closest, dist_to(centers[:, i]), out=closest)
+    return centers
+
+
+def kmeans_batched(
+    x: np.ndarray,
+    k: int,
+    *,
+    max_iters: int = 50,
+    tol: float = 1e-4,
+    seed: int | np.random.SeedSequence | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Independent l2 k-means on every batch member at once (PQ codebooks: one per sub-space).
+
+    Each Lloyd iteration is one batched GEMM per chunk of rows and one sparse
+    product for the new centroids of all members: no Python loop over
+    sub-spaces. Iterations stop when every member's relative inertia change is
+    below ``tol``.
+
+    Parameters
+    ----------
+    x : ndarray, shape (b, n, s)
+        ``b`` training sets of ``n`` rows, ``n >= k``.
+    k : int
+        Centroids per member.
+
+    Returns
+    -------
+    centroids : ndarray, shape (b, k, s), float32
+    inertia : ndarray, shape (b,), float64
+    """
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    b, n, s = x.shape
+    if n < k:
+        raise ValueError(f"k-means needs at least k={k} rows to train on, got {n}")
+    rng = np.random.default_rng(seed)
+    m = max(16 * k, 4096)
+    sub = x if n <= m else x[:, rng.choice(n, m, replace=False)]
+    centroids = _plusplus_init_batched(sub, k, rng)
+
+    # Member j's rows are rows j*n..j*n+n-1 of the flattened (b*n, s) array and
+    # its centroids rows j*k..j*k+k-1 of the (b*k, s) sums.
+    flat = x.reshape(b * n, s)
+    offsets = (np.arange(b, dtype=np.int64) * k)[:, None]
+    ones = np.ones(b * n, dtype=np.float32)
+    cols = np.arange(b * n)
+    prev = np.full(b, np.inf)
+    inertia = np.full(b, np.inf)
+    for _ in range(max_iters):
+        labels, dists = assign_batched(x, centroids)
+        inertia = dists.sum(axis=1, dtype=np.float64)
+        keys = (labels + offsets).reshape(-1)
+        member = scipy.sparse.csr_matrix((ones, (keys, cols)), shape=(b * k, b * n))
+        sums = np.asarray(member @ flat, dtype=np.float32).reshape(b, k, s)
+        counts = np.bincount(keys, minlength=b * k).astype(np.float32).reshape(b, k)
+        empty = counts == 0
+        counts[empty] = 1.0
+        new = sums / counts[..., None]
+        for j in np.flatnonzero(empty.any(axis=1)):  # rare: re-seed at the worst-served rows
+            e = int(empty[j].sum())
+            new[j, empty[j]] = x[j, np.argpartition(dists[j], -e)[-e:]]
+        centroids = new
+        done = np.abs(prev - inertia) <= tol * np.maximum(prev, 1e-30)
+        if np.all(done & np.isfinite(prev)):
             break
         prev = inertia
     return centroids.astype(np.float32, copy=False), inertia
