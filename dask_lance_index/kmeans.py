@@ -8,10 +8,22 @@ materialised (see ../shared/LANCE_NOTES.md, "NumPy facts").
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import scipy.sparse
 
-__all__ = ["assign", "assign_batched", "kmeans", "kmeans_batched", "normalize_rows"]
+__all__ = [
+    "assign",
+    "assign_batched",
+    "kmeans",
+    "kmeans_batched",
+    "normalize_rows",
+    "LloydPartial",
+    "lloyd_partial",
+    "combine_partials",
+    "lloyd_update",
+]
 
 # Rows per chunk are chosen so that the (rows, k) score matrix stays near this
 # many float32 elements (about 32 MB): large enough for BLAS to run at full
@@ -113,6 +125,76 @@ def _plusplus_init(x: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarra
     return centers
 
 
+@dataclass(frozen=True)
+class LloydPartial:
+    """What one Lloyd iteration needs from a shard of rows; partials of shards
+    merge with :func:`combine_partials` in any order (a tree on a cluster).
+
+    ``sums`` are float64 so the merge order does not change the centroids
+    beyond rounding. ``worst`` holds the shard's rows worst served by their
+    centroid, to re-seed empty clusters without another pass over the data.
+    """
+
+    sums: np.ndarray  # (k, d) float64
+    counts: np.ndarray  # (k,) int64
+    inertia: float
+    worst: np.ndarray  # (r, d) float32
+    worst_dists: np.ndarray  # (r,) float32
+
+
+_KEEP_WORST = 64
+
+
+def lloyd_partial(x: np.ndarray, centroids: np.ndarray, keep_worst: int = _KEEP_WORST) -> LloydPartial:
+    """Assignment step of Lloyd's algorithm on one shard: per-cluster sums, counts, inertia."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    k = centroids.shape[0]
+    n = x.shape[0]
+    labels, dists = assign(x, centroids, "l2")
+    # Per-cluster sums as one sparse-times-dense product: O(n d), no loop.
+    member = scipy.sparse.csr_matrix((np.ones(n, np.float64), (labels, np.arange(n))), shape=(k, n))
+    sums = np.asarray(member @ x.astype(np.float64, copy=False))
+    r = min(keep_worst, n)
+    worst = np.argpartition(dists, n - r)[n - r :] if r else np.empty(0, np.intp)
+    return LloydPartial(
+        sums=sums,
+        counts=np.bincount(labels, minlength=k).astype(np.int64),
+        inertia=float(dists.sum(dtype=np.float64)),
+        worst=x[worst],
+        worst_dists=dists[worst],
+    )
+
+
+def combine_partials(*parts: LloydPartial) -> LloydPartial:
+    """Merge shard partials (associative, so they can be reduced as a tree)."""
+    worst = np.concatenate([p.worst for p in parts])
+    wd = np.concatenate([p.worst_dists for p in parts])
+    r = min(max(len(p.worst) for p in parts), len(wd))
+    keep = np.argpartition(wd, len(wd) - r)[len(wd) - r :] if r else np.empty(0, np.intp)
+    return LloydPartial(
+        sums=sum(p.sums for p in parts[1:]) + parts[0].sums,
+        counts=sum(p.counts for p in parts[1:]) + parts[0].counts,
+        inertia=float(sum(p.inertia for p in parts)),
+        worst=worst[keep],
+        worst_dists=wd[keep],
+    )
+
+
+def lloyd_update(p: LloydPartial, spherical: bool = False) -> np.ndarray:
+    """New centroids from merged partials; empty clusters re-seeded at the worst-served rows."""
+    counts = p.counts.astype(np.float64)
+    empty = counts == 0
+    new = (p.sums / np.maximum(counts, 1.0)[:, None]).astype(np.float32)
+    if empty.any():
+        order = np.argsort(-p.worst_dists)
+        e = int(empty.sum())
+        seeds = p.worst[order[:e]]
+        if len(seeds) < e:  # more empty clusters than kept rows: repeat them (rare)
+            seeds = np.resize(seeds, (e, new.shape[1])) if len(seeds) else new[~empty][: 1].repeat(e, 0)
+        new[empty] = seeds
+    return normalize_rows(new) if spherical else new
+
+
 def kmeans(
     x: np.ndarray,
     k: int,
@@ -122,13 +204,14 @@ def kmeans(
     seed: int | None = None,
     spherical: bool = False,
     init: str = "auto",
+    partials=None,
 ) -> tuple[np.ndarray, float]:
     """Lloyd's k-means with GEMM distances.
 
     Parameters
     ----------
     x : ndarray, shape (n, d)
-        Training rows, ``n >= k``.
+        Training rows, ``n >= k``; seeding draws from these.
     k : int
         Number of centroids.
     max_iters : int
@@ -142,6 +225,10 @@ def kmeans(
     init : {"auto", "k-means++", "random"}
         ``"auto"`` uses k-means++ seeding on a subsample when ``k <= 1024``
         and a random draw of rows otherwise (k-means++ is O(k) passes).
+    partials : callable, optional
+        ``partials(centroids) -> LloydPartial`` over all training rows. By
+        default :func:`lloyd_partial` of ``x`` here; a cluster passes one that
+        computes shard partials on the workers and merges them as a tree.
 
     Returns
     -------
@@ -166,28 +253,16 @@ def kmeans(
         centroids = x[rng.choice(n, k, replace=False)].copy()
     if spherical:
         centroids = normalize_rows(centroids)
+    if partials is None:
+        def partials(c):
+            return lloyd_partial(x, c)
 
-    ones = np.ones(n, dtype=np.float32)
-    rows = np.arange(n)
     prev = np.inf
     inertia = np.inf
     for _ in range(max_iters):
-        labels, dists = assign(x, centroids, "l2")
-        inertia = float(dists.sum(dtype=np.float64))
-        # Per-cluster sums as one sparse-times-dense product: O(n d), no loop.
-        member = scipy.sparse.csr_matrix((ones, (labels, rows)), shape=(k, n))
-        sums = np.asarray(member @ x, dtype=np.float32)
-        counts = np.bincount(labels, minlength=k).astype(np.float32)
-        empty = counts == 0
-        counts[empty] = 1.0
-        new = sums / counts[:, None]
-        if empty.any():
-            # Re-seed empty clusters at the rows worst served by their centroid.
-            worst = np.argpartition(dists, -int(empty.sum()))[-int(empty.sum()) :]
-            new[empty] = x[worst]
-        if spherical:
-            new = normalize_rows(new)
-        centroids = new
+        p = partials(centroids)
+        inertia = p.inertia
+        centroids = lloyd_update(p, spherical)
         if prev < np.inf and abs(prev - inertia) <= tol * max(prev, 1e-30):
             break
         prev = inertia

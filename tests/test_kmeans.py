@@ -1,0 +1,117 @@
+"""k-means as training uses it: GEMM assignment, batched PQ codebooks, shard partials merged as a tree."""
+
+import numpy as np
+import pytest
+
+from dask_lance_index.datagen import make_vectors
+from dask_lance_index.kmeans import (
+    assign,
+    assign_batched,
+    combine_partials,
+    kmeans,
+    kmeans_batched,
+    lloyd_partial,
+    lloyd_update,
+)
+from dask_lance_index.train import train_ivf, train_pq, train_shards
+
+
+@pytest.fixture(scope="module")
+def x():
+    return make_vectors(6000, 24, num_clusters=60, seed=3)
+
+
+def _brute_labels(x, c):
+    d = ((x[:, None, :].astype(np.float64) - c[None, :, :]) ** 2).sum(-1)
+    return d.argmin(1), d.min(1)
+
+
+def test_assign_is_the_nearest_centroid(x):
+    c = x[np.random.default_rng(0).choice(len(x), 50, replace=False)]
+    labels, dists = assign(x, c)
+    want, wd = _brute_labels(x, c)
+    # float32 GEMM vs float64: only near-ties may differ, and then by a hair
+    agree = labels == want
+    assert agree.mean() > 0.999
+    np.testing.assert_allclose(wd[~agree], ((x[~agree] - c[labels[~agree]]) ** 2).sum(1), rtol=1e-3)
+    np.testing.assert_allclose(dists, wd, rtol=1e-3, atol=1e-3)
+
+
+def test_assign_batched_equals_assign_per_member(x):
+    b, s = 4, 6
+    xb = np.ascontiguousarray(x.reshape(len(x), b, s).transpose(1, 0, 2))
+    cb = xb[:, :32].copy()
+    labels, dists = assign_batched(xb, cb)
+    for j in range(b):
+        lj, dj = assign(xb[j], cb[j])
+        assert (labels[j] == lj).mean() > 0.999
+        np.testing.assert_allclose(dists[j], dj, rtol=1e-3, atol=1e-4)
+
+
+def test_batched_codebooks_are_as_good_as_one_kmeans_per_subspace(x):
+    b, s = 4, 6
+    xb = np.ascontiguousarray(x.reshape(len(x), b, s).transpose(1, 0, 2))
+    book, inertia = kmeans_batched(xb, 64, max_iters=30, tol=1e-4, seed=1)
+    assert book.shape == (4, 64, 6) and book.dtype == np.float32
+    one_by_one = [kmeans(np.ascontiguousarray(xb[j]), 64, max_iters=30, tol=1e-4, seed=j)[1] for j in range(b)]
+    # same objective, different seeds: within a few percent per sub-space
+    np.testing.assert_allclose(inertia, one_by_one, rtol=0.05)
+    # reported inertia is the real one of the returned codebook
+    for j in range(b):
+        _, d = assign(xb[j], book[j])
+        assert d.sum() == pytest.approx(inertia[j], rel=0.05)  # last update moved centroids a little
+    # and train_pq lays it out as Lance does: [sub-vector][code][sub-dim]
+    cb = train_pq(x, 4, 6, max_iters=30, seed=1)
+    assert cb.shape == (4, 64, 6)
+    codes = np.stack([assign(np.ascontiguousarray(x[:, j * 6 : (j + 1) * 6]), cb[j])[0] for j in range(4)], 1)
+    recon = np.concatenate([cb[j][codes[:, j]] for j in range(4)], 1)
+    assert ((x - recon) ** 2).sum(1).mean() < 0.5 * ((x - x.mean(0)) ** 2).sum(1).mean()
+
+
+def test_partials_merged_in_any_order_give_the_same_step(x):
+    c = x[:40].copy()
+    whole = lloyd_partial(x, c)
+    shards = [lloyd_partial(p, c) for p in np.array_split(x, 5)]
+    tree = combine_partials(combine_partials(shards[0], shards[1]), combine_partials(shards[2], combine_partials(shards[3], shards[4])))
+    np.testing.assert_allclose(tree.sums, whole.sums, rtol=1e-9, atol=1e-6)
+    np.testing.assert_array_equal(tree.counts, whole.counts)
+    assert tree.inertia == pytest.approx(whole.inertia, rel=1e-9)
+    np.testing.assert_allclose(lloyd_update(tree), lloyd_update(whole), rtol=1e-6, atol=1e-6)
+    # the kept worst-served rows are the globally worst ones
+    assert np.sort(tree.worst_dists)[0] == pytest.approx(np.sort(whole.worst_dists)[0])
+
+
+def test_empty_clusters_are_reseeded_at_the_worst_rows():
+    x = np.concatenate([np.zeros((100, 2)), np.ones((100, 2)) * 10, [[50.0, 50.0]]]).astype(np.float32)
+    c = np.array([[0, 0], [10, 10], [-1000, -1000]], np.float32)  # the third gets nothing
+    new = lloyd_update(lloyd_partial(x, c))
+    np.testing.assert_allclose(new[2], [50.0, 50.0])
+
+
+def test_train_shards_policy():
+    assert train_shards(65536, 256, 128, 8) == 1  # small: one task
+    assert train_shards(1 << 20, 4096, 128, 8) == 8  # large: one shard per worker
+    assert train_shards(1 << 20, 4096, 128, 1) == 1  # nobody to share with
+
+
+def test_ivf_training_spread_over_the_cluster_matches_one_task(cluster_client, x):
+    local, li = train_ivf(x, 40, "l2", max_iters=25, seed=4, tol=1e-4)
+    from distributed import get_task_stream
+
+    with get_task_stream(cluster_client) as ts:
+        spread, si = cluster_client.submit(
+            train_ivf, x, 40, "l2", max_iters=25, seed=4, tol=1e-4, shards=3, pure=False
+        ).result()
+    names = [t["key"][0] if isinstance(t["key"], tuple) else t["key"] for t in ts.data]
+    partial_tasks = sum(str(n).startswith("lloyd_partial") for n in names)
+    merge_tasks = sum(str(n).startswith("combine_partials") for n in names)
+    assert partial_tasks >= 3 and partial_tasks % 3 == 0  # 3 shards per iteration, on the workers
+    assert merge_tasks == 2 * partial_tasks // 3  # a tree: 3 leaves, 2 merges per iteration
+    # same seeding, same iterations; float64 partial sums: equal up to rounding
+    assert si == pytest.approx(li, rel=1e-4)
+    np.testing.assert_allclose(spread, local, rtol=1e-3, atol=1e-3)
+    # dot (spherical, best of 3 restarts) takes the same path
+    d_local, dl = train_ivf(x, 20, "dot", max_iters=10, seed=2, tol=1e-4)
+    d_spread, ds = cluster_client.submit(train_ivf, x, 20, "dot", max_iters=10, seed=2, tol=1e-4, shards=2, pure=False).result()
+    assert ds == pytest.approx(dl, rel=1e-4)
+    np.testing.assert_allclose(np.linalg.norm(d_spread, axis=1), 1.0, rtol=1e-5)
