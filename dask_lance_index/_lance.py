@@ -122,12 +122,26 @@ def iter_vectors(
     column: str,
     dimension: int,
     fragment_ids: Sequence[int],
-    batch_size: int = 65536,
+    batch_size: int = 16384,
     with_row_id: bool = False,
 ) -> Iterator[VectorBatch]:
-    """Stream batches of the given fragments' vectors (bounded memory)."""
+    """Stream batches of the given fragments' vectors (bounded memory).
+
+    Lance's default read-ahead (16 batches, 4 fragments, large I/O buffers)
+    runs ahead of a consumer that does real work per batch and buffers most of
+    a task's vectors: a 1M-row build task peaked at 747 MB with it and 382 MB
+    with these settings (125k rows: 343 MB), at the same CPU time.
+    """
     frags = [ds.get_fragment(f) for f in fragment_ids]
-    scanner = ds.scanner(columns=[column], fragments=frags, batch_size=batch_size, with_row_id=with_row_id)
+    scanner = ds.scanner(
+        columns=[column],
+        fragments=frags,
+        batch_size=batch_size,
+        with_row_id=with_row_id,
+        batch_readahead=2,
+        fragment_readahead=1,
+        io_buffer_size=32 << 20,
+    )
     for batch in scanner.to_batches():
         if batch.num_rows:
             col = batch.column(column)
