@@ -2,13 +2,20 @@
 and dask_lance_index, side by side in one run.
 
     python benchmarks/bench_build.py --rows 250000                       # synthetic 128-d, IVF_PQ
-    python benchmarks/bench_build.py --rows 1000000 --engines lance,dli
-    python benchmarks/bench_build.py --data glove --metric cosine --num-sub-vectors 10
+    python benchmarks/bench_build.py --rows 250000,1000000,2000000,4000000 --plot docs/scale.png
+    python benchmarks/bench_build.py --data glove --metric cosine
+    python benchmarks/bench_build.py --lance-ray-python /path/to/venv-with-lance-ray/bin/python
+
+Lance's create_index requires num_partitions and num_sub_vectors for IVF_PQ; the defaults here are
+the issue's reference setting (256 partitions, 16 sub-vectors); everything else is each library's
+default. --num-partitions 0 / --num-sub-vectors 0 leave them to dask_lance_index and lance-ray.
 
 Prints, per engine: build seconds, the ratio to Lance, recall@10 at nprobes 10/20/50 without
 and with refine_factor 5 (against NumPy brute force), mean query latency and the build's peak
-memory (the largest resident set of the build process or of any of its worker processes).
-Each build runs in its own subprocess on its own copy of the dataset.
+memory (the largest resident set of the build process or of any of its worker processes), and for
+dask_lance_index the seconds per stage and the orchestration overhead (wall time outside the stages'
+tasks: scheduling, serialisation, waiting). Each build runs in its own subprocess on its own copy
+of the dataset. With several --rows, a scale table (seconds per million rows) ends the run.
 """
 
 from __future__ import annotations
@@ -51,8 +58,10 @@ def peak_rss_mb() -> float:
 
 def run_one(engine: str, uri: str, args) -> dict:
     """Runs inside a subprocess: build with one engine, report seconds and peak memory."""
-    opts = dict(num_partitions=args.num_partitions, metric=args.metric)
-    if "PQ" in args.index_type:
+    opts = dict(metric=args.metric)
+    if args.num_partitions:
+        opts["num_partitions"] = args.num_partitions
+    if "PQ" in args.index_type and args.num_sub_vectors:
         opts["num_sub_vectors"] = args.num_sub_vectors
     t0 = time.perf_counter()
     extra = {}
@@ -62,7 +71,11 @@ def run_one(engine: str, uri: str, args) -> dict:
         lance.dataset(uri).create_index("vector", args.index_type, **opts)
     elif engine == "lance-ray":
         import lance_ray
+        import ray
 
+        # Ray's start-up is not build time, as the dask cluster's is not.
+        ray.init(num_cpus=args.workers, include_dashboard=False, log_to_driver=False)
+        t0 = time.perf_counter()
         lance_ray.create_index(uri, "vector", args.index_type, num_workers=args.workers, **opts)
     elif engine.startswith("dli"):
         import warnings
@@ -89,6 +102,8 @@ def run_one(engine: str, uri: str, args) -> dict:
             result = dli.create_index(uri, "vector", args.index_type, client=client, engine=eng, compute=False, **opts)
             result = client.compute(result).result()
             extra = {"stages": result.seconds}
+            inside = sum(v for k, v in result.seconds.items() if k != "total")
+            extra["overhead_s"] = max(0.0, (time.perf_counter() - t0) - inside)
             worker_rss = client.run(peak_rss_mb)
             extra["worker_peak_mb"] = max(worker_rss.values())
     else:
@@ -125,9 +140,48 @@ def _pass_through(argv: list[str]) -> list[str]:
     return out
 
 
+def _print_table(rows: list[dict], header: str) -> None:
+    base_s = next((r["seconds"] for r in rows if r["engine"] == "lance"), None)
+    keys = ["np10", "np20", "np50", "np10r", "np20r", "np50r"]
+    print(f"\n{header}")
+    print(f"{'engine':18s} {'build s':>8s} {'ratio':>6s} " + " ".join(f"{k:>6s}" for k in keys) + f" {'ms/q':>6s} {'peak MB':>8s}")
+    for r in rows:
+        ratio = r["seconds"] / base_s if base_s else float("nan")
+        rec = " ".join(f"{r['recall'][k][0]:6.3f}" for k in keys)
+        lat = np.mean([v[1] for v in r["recall"].values()])
+        peak = max(r["peak_mb"], r.get("worker_peak_mb", 0))  # largest single process
+        print(f"{r['engine']:18s} {r['seconds']:8.2f} {ratio:6.2f} {rec} {lat:6.2f} {peak:8.0f}")
+        if "stages" in r:
+            share = 100.0 * r["overhead_s"] / r["seconds"]
+            print(f"{'':18s} stages: " + ", ".join(f"{k} {v:.2f}s" for k, v in r["stages"].items() if k != "total")
+                  + f"; orchestration {r['overhead_s']:.2f}s ({share:.1f}%)")
+    print("(np10r = nprobes 10 with refine_factor 5; recall@10 against NumPy brute force)")
+
+
+def _plot(results: list[dict], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    for engine in dict.fromkeys(r["engine"] for r in results):
+        pts = sorted((r["rows"], r["seconds"]) for r in results if r["engine"] == engine)
+        n = np.array([p[0] for p in pts], float)
+        t = np.array([p[1] for p in pts], float)
+        a.plot(n / 1e6, t, "o-", label=engine)
+        b.plot(n / 1e6, t / (n / 1e6), "o-", label=engine)
+    a.set(xlabel="rows (millions)", ylabel="build seconds", title="build time")
+    b.set(xlabel="rows (millions)", ylabel="seconds per million rows", title="time per million rows", ylim=(0, None))
+    a.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    print(f"plot: {path}")
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--rows", type=int, default=250_000)
+    p.add_argument("--rows", default="250000", help="rows, or a comma list for a scale sweep (0 = all of --data glove)")
     p.add_argument("--dim", type=int, default=128)
     p.add_argument("--data", choices=["synthetic", "glove"], default="synthetic")
     p.add_argument("--index-type", default="IVF_PQ")
@@ -137,71 +191,89 @@ def main() -> int:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--queries", type=int, default=200)
     p.add_argument("--engines", default="lance,lance-ray,dli")
+    p.add_argument("--lance-ray-python", default=None,
+                   help="python of an environment with lance-ray installed (it pulls in Ray); default: this one")
     p.add_argument("--fragments", type=int, default=8)
     p.add_argument("--pq-sample-rate", type=int, default=None, help="dli: rows per PQ code word")
     p.add_argument("--tolerance", type=float, default=None, help="dli: k-means stopping tolerance")
     p.add_argument("--sample-rate", type=int, default=None, help="dli: rows per IVF centroid")
     p.add_argument("--json", help="also write the figures to this file")
+    p.add_argument("--plot", help="draw the scale curve (build seconds and seconds per million rows) to this PNG")
     p.add_argument("--_run", help=argparse.SUPPRESS)
     p.add_argument("--_uri", help=argparse.SUPPRESS)
     args = p.parse_args()
 
     if args._run:
+        args.rows = int(args.rows)
         print("RESULT " + json.dumps(run_one(args._run, args._uri, args)))
         return 0
 
     from dask_lance_index.datagen import write_vectors
     from dask_lance_index.evaluate import exact_knn
 
-    x = load_data(args)
-    args.rows, args.dim = x.shape
-    rng = np.random.default_rng(1)
-    q = x[rng.choice(len(x), args.queries, replace=False)] + 0.01 * rng.standard_normal((args.queries, args.dim)).astype(np.float32)
-    truth = exact_knn(x, q, 10, args.metric)
-    root = tempfile.mkdtemp(prefix="dli-bench-")
-    base = os.path.join(root, "base.lance")
-    write_vectors(base, x, max_rows_per_file=-(-len(x) // args.fragments))
-    print(f"data: {args.data} {args.rows} x {args.dim}, {args.fragments} fragments; {args.index_type} "
-          f"metric={args.metric} num_partitions={args.num_partitions}"
-          + (f" num_sub_vectors={args.num_sub_vectors}" if "PQ" in args.index_type else "")
-          + f"; dli on a LocalCluster of {args.workers} worker processes")
-    rows = []
-    for engine in args.engines.split(","):
-        if engine == "lance-ray":
-            try:
-                import lance_ray  # noqa: F401
-            except ImportError:
-                print("lance-ray: not installed (pip install lance-ray), skipped")
+    sizes = [int(r) for r in args.rows.split(",")]
+    args.rows = max(sizes) if 0 not in sizes else 0
+    x_all = load_data(args)
+    sizes = [n if n else len(x_all) for n in sizes]
+    results = []
+    for n in sizes:
+        x = x_all[:n]
+        dim = x.shape[1]
+        rng = np.random.default_rng(1)
+        q = x[rng.choice(len(x), args.queries, replace=False)] + 0.01 * rng.standard_normal((args.queries, dim)).astype(np.float32)
+        truth = exact_knn(x, q, 10, args.metric)
+        root = tempfile.mkdtemp(prefix="dli-bench-")
+        base = os.path.join(root, "base.lance")
+        write_vectors(base, x, max_rows_per_file=-(-len(x) // args.fragments))
+        header = (f"data: {args.data} {len(x)} x {dim}, {args.fragments} fragments; {args.index_type} "
+                  f"metric={args.metric} num_partitions={args.num_partitions or 'default'}"
+                  + (f" num_sub_vectors={args.num_sub_vectors or 'default'}" if "PQ" in args.index_type else "")
+                  + f"; dli on a LocalCluster of {args.workers} worker processes")
+        print(header, flush=True)
+        rows = []
+        for engine in args.engines.split(","):
+            python = sys.executable
+            if engine == "lance-ray":
+                python = args.lance_ray_python or sys.executable
+                if subprocess.run([python, "-c", "import lance_ray"], capture_output=True).returncode:
+                    print("lance-ray: not installed (pip install lance-ray, or --lance-ray-python), skipped")
+                    continue
+            uri = os.path.join(root, f"{engine}.lance")
+            shutil.copytree(base, uri)
+            argv = _pass_through(sys.argv[1:])
+            argv = [a for i, a in enumerate(argv) if a != "--rows" and (i == 0 or argv[i - 1] != "--rows") and not a.startswith("--rows=")]
+            argv = [a for i, a in enumerate(argv) if a != "--plot" and (i == 0 or argv[i - 1] != "--plot") and not a.startswith("--plot=")]
+            cmd = [python, os.path.abspath(__file__), "--_run", engine, "--_uri", uri, "--rows", str(len(x))] + argv
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
+            if proc.returncode or not line:
+                print(f"{engine}: failed\n{proc.stderr[-2000:]}")
+                shutil.rmtree(uri, ignore_errors=True)
                 continue
-        uri = os.path.join(root, f"{engine}.lance")
-        shutil.copytree(base, uri)
-        cmd = [sys.executable, os.path.abspath(__file__), "--_run", engine, "--_uri", uri] + _pass_through(sys.argv[1:])
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
-        if proc.returncode or not line:
-            print(f"{engine}: failed\n{proc.stderr[-2000:]}")
-            continue
-        r = json.loads(line[0][7:])
-        r["recall"] = evaluate(uri, x, q, truth, args)
-        rows.append(r)
-        shutil.rmtree(uri)
-    shutil.rmtree(root, ignore_errors=True)
+            r = json.loads(line[0][7:])
+            r["rows"] = len(x)
+            r["recall"] = evaluate(uri, x, q, truth, args)
+            print(f"  {engine}: {r['seconds']:.2f} s", flush=True)
+            rows.append(r)
+            shutil.rmtree(uri)
+        shutil.rmtree(root, ignore_errors=True)
+        _print_table(rows, header)
+        results.extend(rows)
 
-    base_s = next((r["seconds"] for r in rows if r["engine"] == "lance"), None)
-    keys = ["np10", "np20", "np50", "np10r", "np20r", "np50r"]
-    print(f"\n{'engine':18s} {'build s':>8s} {'ratio':>6s} " + " ".join(f"{k:>6s}" for k in keys) + f" {'ms/q':>6s} {'peak MB':>8s}")
-    for r in rows:
-        ratio = r["seconds"] / base_s if base_s else float("nan")
-        rec = " ".join(f"{r['recall'][k][0]:6.3f}" for k in keys)
-        lat = np.mean([v[1] for v in r["recall"].values()])
-        peak = max(r["peak_mb"], r.get("worker_peak_mb", 0))  # largest single process
-        print(f"{r['engine']:18s} {r['seconds']:8.2f} {ratio:6.2f} {rec} {lat:6.2f} {peak:8.0f}")
-        if "stages" in r:
-            print(f"{'':18s} stages: " + ", ".join(f"{k} {v:.2f}s" for k, v in r["stages"].items()))
-    print("(np10r = nprobes 10 with refine_factor 5; recall@10 against NumPy brute force)")
+    if len(sizes) > 1:
+        print("\nscale: seconds per million rows")
+        engines = list(dict.fromkeys(r["engine"] for r in results))
+        print(f"{'rows':>10s} " + " ".join(f"{e:>12s}" for e in engines) + "  ratio dli/lance")
+        for n in sizes:
+            by = {r["engine"]: r for r in results if r["rows"] == n}
+            cells = " ".join(f"{by[e]['seconds'] / n * 1e6:12.2f}" if e in by else f"{'-':>12s}" for e in engines)
+            ratio = by["dli"]["seconds"] / by["lance"]["seconds"] if "dli" in by and "lance" in by else float("nan")
+            print(f"{n:>10d} {cells}  {ratio:.2f}")
+        if args.plot:
+            _plot(results, args.plot)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"args": vars(args), "results": rows}, f, indent=1)
+            json.dump({"args": vars(args), "results": results}, f, indent=1)
     return 0
 
 
