@@ -26,6 +26,8 @@ __all__ = [
     "VectorBatch",
     "take_vectors",
     "remove_index_dir",
+    "filesystem",
+    "is_local",
 ]
 
 
@@ -161,14 +163,59 @@ def take_vectors(
     return _to_float32_matrix(table.column(0), dimension)
 
 
+# Lance's (object_store's) names for S3 settings -> pyarrow.fs.S3FileSystem's.
+_S3_KEYS = {
+    "aws_access_key_id": "access_key",
+    "access_key_id": "access_key",
+    "aws_secret_access_key": "secret_key",
+    "secret_access_key": "secret_key",
+    "aws_session_token": "session_token",
+    "session_token": "session_token",
+    "token": "session_token",
+    "aws_region": "region",
+    "region": "region",
+}
+_S3_ENDPOINT_KEYS = ("aws_endpoint", "aws_endpoint_url", "endpoint", "endpoint_url")
+
+
+def is_local(uri: str) -> bool:
+    """True for a local path or ``file://`` URI."""
+    uri = str(uri)
+    return "://" not in uri or uri.startswith("file://")
+
+
+def filesystem(uri: str, storage_options: dict | None = None):
+    """``(pyarrow FileSystem, path)`` for ``uri``, configured from the same
+    ``storage_options`` Lance takes (credentials, endpoint, ``allow_http``), so
+    that every file this library touches beside Lance's own (removing a
+    segment, journals, artifacts) reaches the same store with the same
+    credentials on every worker."""
+    import pyarrow.fs as pafs
+
+    uri = str(uri)
+    if is_local(uri):
+        return pafs.LocalFileSystem(), uri.removeprefix("file://")
+    opts = {str(k).lower(): v for k, v in (storage_options or {}).items()}
+    scheme, _, rest = uri.partition("://")
+    if scheme in ("s3", "s3a") and opts:
+        kwargs = {_S3_KEYS[k]: str(v) for k, v in opts.items() if k in _S3_KEYS}
+        endpoint = next((str(opts[k]) for k in _S3_ENDPOINT_KEYS if k in opts), None)
+        if endpoint:
+            proto, _, host = endpoint.partition("://")
+            kwargs["endpoint_override"] = host or proto
+            kwargs["scheme"] = proto if host else ("http" if str(opts.get("allow_http", "")).lower() == "true" else "https")
+        return pafs.S3FileSystem(**kwargs), rest
+    return pafs.FileSystem.from_uri(uri)
+
+
 def remove_index_dir(uri: str, uuid: str, storage_options: dict | None = None) -> bool:
     """Delete ``_indices/<uuid>`` if it exists. Returns whether anything was removed.
 
     Used by a retried build task to clear its own partial files before it
     writes again under the same deterministic uuid.
     """
-    path = os.path.join(str(uri), "_indices", uuid)
-    if "://" not in str(uri) or str(uri).startswith("file://"):
+    path = str(uri).rstrip("/") + "/_indices/" + uuid
+    if is_local(path):
         path = path.removeprefix("file://")
         if os.path.isdir(path):
             shutil.rmtree(path)
@@ -176,7 +223,7 @@ def remove_index_dir(uri: str, uuid: str, storage_options: dict | None = None) -
         return False
     import pyarrow.fs as pafs
 
-    fs, root = pafs.FileSystem.from_uri(path)
+    fs, root = filesystem(path, storage_options)
     info = fs.get_file_info(root)
     if info.type == pafs.FileType.NotFound:
         return False
