@@ -1,18 +1,18 @@
-"""RaBitQ codes in NumPy, and the codes Lance stores in an IVF_RQ segment.
+"""The codes Lance stores in an IVF_RQ segment, and how to read them back with NumPy.
 
-Lance's IVF_RQ encoder (``rust/lance-index/src/vector/bq/builder.rs``) quantises
-the *residual* of each row to its IVF centroid (``x - c``), rotated with the
-model's fast rotation: bit ``i`` of the binary code is 1 when rotated
-coordinate ``i`` has a positive sign bit (``+0.0`` counts as positive,
-``-0.0`` as negative), packed least-significant bit first, ``dimension / 8``
-bytes per row.
+A segment's ``_indices/<uuid>/auxiliary.idx`` (read with ``lance.file.LanceFileReader``)
+holds, per partition in partition order, each row's ``_rowid``, its binary RaBitQ
+code ``_rabit_codes`` and, for ``num_bits > 1``, ``__blocked_ex_codes``; the
+partition lengths are in the file's IVF protobuf global buffer.
 
-A segment's ``auxiliary.idx`` stores those codes per partition in the
-"fast scan" layout: each full batch of 32 rows is transposed into one 32-byte
-block per code byte, holding 4-bit nibbles of two rows per byte in Lance's
-``PERM0`` lane order; a partition's last ``n % 32`` rows are stored
-column-major. :func:`unpack_lance_codes` undoes that, so stored codes can be
-compared with :func:`sign_codes` row by row.
+Binary codes are stored per partition in the "fast scan" layout: each full
+batch of 32 rows is transposed into one 32-byte block per code byte, holding
+4-bit nibbles of two rows per byte in Lance's ``PERM0`` lane order; a
+partition's last ``n % 32`` rows are stored column-major.
+:func:`unpack_lance_codes` undoes that (and :func:`pack_lance_codes` redoes it).
+Ex-codes are row-major, bit-interleaved per 64 dimensions
+(:func:`pack_blocked_ex_codes`). The codes themselves come from
+:mod:`dask_lance_index.rq_encode`.
 """
 
 from __future__ import annotations
@@ -23,14 +23,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import InvalidInputError
-from .rotation import RQRotation
 
 __all__ = [
-    "assign_l2",
-    "sign_codes",
-    "rq_binary_codes",
     "unpack_lance_codes",
     "pack_lance_codes",
+    "pack_blocked_ex_codes",
     "RQSegment",
     "read_rq_segment",
 ]
@@ -38,40 +35,6 @@ __all__ = [
 BATCH = 32  # rows per transposed block (Lance's dist_table BATCH_SIZE)
 # lane p of a block's first 16 bytes holds row PERM0[p] (low nibble) and row PERM0[p] + 16
 PERM0 = np.array([0, 8, 1, 9, 2, 10, 3, 11, 4, 12, 5, 13, 6, 14, 7, 15])
-
-
-def assign_l2(x: np.ndarray, centroids: np.ndarray, chunk_rows: int = 65536) -> np.ndarray:
-    """Nearest centroid (L2) of every row, with one GEMM per chunk of rows."""
-    c = np.asarray(centroids, dtype=np.float32)
-    half_norms = 0.5 * np.einsum("ij,ij->i", c, c)
-    out = np.empty(len(x), dtype=np.int64)
-    for s in range(0, len(x), chunk_rows):
-        # argmin |x - c|^2 == argmax (x . c - |c|^2 / 2)
-        out[s : s + chunk_rows] = np.argmax(x[s : s + chunk_rows] @ c.T - half_norms, axis=1)
-    return out
-
-
-def sign_codes(rotated: np.ndarray) -> np.ndarray:
-    """Binary RaBitQ codes of rotated rows: bit i set when coordinate i's sign bit is clear,
-    packed LSB first. Shape ``(n, dimension / 8)``, uint8."""
-    return np.packbits(~np.signbit(rotated), axis=1, bitorder="little")
-
-
-def rq_binary_codes(x, centroids, rotation: RQRotation, part_ids=None) -> tuple[np.ndarray, np.ndarray]:
-    """Lance's binary IVF_RQ codes of rows ``x`` for an L2 index: (codes, partition ids).
-
-    ``part_ids`` defaults to the nearest centroid; pass Lance's own assignment to
-    compare encodings without depending on how near-ties between centroids fall.
-    """
-    x = np.asarray(x, dtype=np.float32)
-    c = np.asarray(centroids, dtype=np.float32)
-    if x.ndim != 2 or c.ndim != 2 or x.shape[1] != c.shape[1] or x.shape[1] != rotation.dimension:
-        raise InvalidInputError(
-            f"vectors {x.shape}, centroids {c.shape} and a {rotation.dimension}-d rotation do not fit together"
-        )
-    part_ids = assign_l2(x, c) if part_ids is None else np.asarray(part_ids, dtype=np.int64)
-    residual = x - c[part_ids]  # float32, as Lance's residual transform
-    return sign_codes(rotation.apply(residual)), part_ids
 
 
 def unpack_lance_codes(flat: np.ndarray, lengths, code_bytes: int) -> np.ndarray:
@@ -118,6 +81,58 @@ def pack_lance_codes(codes: np.ndarray, lengths) -> np.ndarray:
         out[(start + full) * code_bytes : (start + n) * code_bytes] = codes[start + full : start + n].T.reshape(-1)
         start += n
     return out
+
+
+EX_BLOCK_DIMS = 64  # Lance's EX_DOT_BLOCK_DIMS: ex-codes are packed per 64 dimensions
+# the top bit of dim 16k + b goes to bit 8 * (b % 8) + 2k + b // 8 of a block's little-endian u64
+_TOP_BIT_POS = (8 * (np.arange(16) % 8) + np.arange(16) // 8)[None, :] + 2 * np.arange(4)[:, None]
+
+
+def _top_plane(v: np.ndarray, bit: int) -> np.ndarray:
+    """(n, blocks, 64) values -> (n, blocks, 8) bytes of their bit ``bit``, Lance's top-bit plane."""
+    bits = ((v >> bit) & 1).astype(np.uint64).reshape(v.shape[0], v.shape[1], 4, 16)
+    plane = (bits << _TOP_BIT_POS.astype(np.uint64)).sum(axis=(2, 3), dtype=np.uint64)
+    return plane.astype("<u8").view(np.uint8).reshape(v.shape[0], v.shape[1], 8)
+
+
+def pack_blocked_ex_codes(values: np.ndarray, ex_bits: int) -> np.ndarray:
+    """Ex-code values ``(n, dimension)`` -> Lance's ``__blocked_ex_codes`` rows.
+
+    Dimensions are padded with zeros to whole 64-dim blocks; each block holds
+    ``8 * ex_bits`` bytes, bit-interleaved so Lance's SIMD kernels unpack codes
+    in dimension order (``rust/lance-index/src/vector/bq/ex_dot.rs``).
+    """
+    values = np.asarray(values, dtype=np.uint8)
+    n, d = values.shape
+    blocks = -(-d // EX_BLOCK_DIMS)
+    v = np.zeros((n, blocks * EX_BLOCK_DIMS), dtype=np.uint8)
+    v[:, :d] = values
+    v = v.reshape(n, blocks, EX_BLOCK_DIMS)
+    runs = [v[:, :, 16 * k : 16 * k + 16] for k in range(4)]  # run k = dims 16k..16k+16
+    if ex_bits == 1:
+        parts = [np.packbits(v & 1, axis=2, bitorder="little")]
+    elif ex_bits in (2, 3):
+        parts = [(runs[0] & 3) | ((runs[1] & 3) << 2) | ((runs[2] & 3) << 4) | ((runs[3] & 3) << 6)]
+        if ex_bits == 3:
+            parts.append(_top_plane(v, 2))
+    elif ex_bits == 4:
+        u = v.reshape(n, blocks, 4, 2, 8)
+        parts = [((u[:, :, :, 0] & 0x0F) | ((u[:, :, :, 1] & 0x0F) << 4)).reshape(n, blocks, 32)]
+    elif ex_bits == 5:
+        parts = [
+            (runs[0] & 0x0F) | ((runs[1] & 0x0F) << 4),
+            (runs[2] & 0x0F) | ((runs[3] & 0x0F) << 4),
+            _top_plane(v, 4),
+        ]
+    elif ex_bits in (6, 7):
+        parts = [(runs[k] & 0x3F) | (((runs[3] >> (2 * k)) & 3) << 6) for k in range(3)]
+        if ex_bits == 7:
+            parts.append(_top_plane(v, 6))
+    elif ex_bits == 8:
+        parts = [v]
+    else:
+        raise InvalidInputError(f"ex_bits must be 1 to 8, got {ex_bits}")
+    return np.concatenate(parts, axis=2).astype(np.uint8).reshape(n, blocks * 8 * ex_bits)
 
 
 @dataclass(frozen=True)
