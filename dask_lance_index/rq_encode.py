@@ -32,7 +32,7 @@ __all__ = ["assign_l2", "sign_codes", "ex_codes", "RQCodes", "rq_encode", "rq_bi
 _EPS = np.float32(1.0e-5)  # Lance's EX_QUANTIZATION_EPSILON
 # Lance's EX_TIGHT_START: where the sweep of t starts, per ex_bits, as a fraction of its end
 _TIGHT_START = np.array([0.0, 0.15, 0.20, 0.52, 0.59, 0.71, 0.75, 0.77, 0.81], dtype=np.float32)
-_EVENT_BUDGET = 4_000_000  # threshold events held at once (memory bound of ex_codes)
+_EVENT_BUDGET = 1_000_000  # threshold events held at once (memory bound of ex_codes)
 
 
 def assign_l2(x: np.ndarray, centroids: np.ndarray, chunk_rows: int = 65536) -> np.ndarray:
@@ -52,6 +52,12 @@ def sign_codes(rotated: np.ndarray) -> np.ndarray:
     return np.packbits(~np.signbit(rotated), axis=1, bitorder="little")
 
 
+def _event_width(ex_bits: int) -> int:
+    """Most threshold events one coordinate can have in Lance's sweep of t."""
+    max_code = (1 << ex_bits) - 1
+    return int(min(max_code, np.floor((1.0 - float(_TIGHT_START[ex_bits])) * (max_code + 10)) + 2))
+
+
 def _best_rescale(a: np.ndarray, ex_bits: int) -> np.ndarray:
     """Lance's ``best_ex_rescale_factor`` for every row of ``a = |r| / |r|`` (float32)."""
     n, d = a.shape
@@ -69,21 +75,31 @@ def _best_rescale(a: np.ndarray, ex_bits: int) -> np.ndarray:
     sq0 = np.float32(d * 0.25) + (cur * cur + cur).sum(axis=1).astype(np.float32)  # exact integers
     terms = np.where(live, (cur.astype(np.float32) + np.float32(0.5)) * a, np.float32(0))
     num0 = np.add.accumulate(terms, axis=1, dtype=np.float32)[:, -1]
-    # events: coordinate i steps to code `nxt` at threshold nxt / a_i, for nxt in cur_i+1..max_code
-    nxt = np.arange(1, max_code + 1, dtype=np.int64)
+    # events: coordinate i steps up to code `nxt` at threshold nxt / a_i (nxt = cur_i + 1, ...,
+    # max_code, while below t_end); at most `width` of them per coordinate, since
+    # (t_end - t_start) * a_i <= t_end * max_value * (1 - tight start)
+    width = _event_width(ex_bits)
+    nxt = cur.astype(np.int32)[:, :, None] + np.arange(1, width + 1, dtype=np.int32)
     with np.errstate(divide="ignore", invalid="ignore"):
-        thr = nxt.astype(np.float32)[None, None, :] / a[:, :, None]
-    ok = live[:, :, None] & (nxt[None, None, :] > cur[:, :, None]) & (thr < t_end[:, None, None])
-    thr = np.where(ok, thr, np.float32(np.inf)).reshape(n, d * max_code)
-    # stable sort: equal thresholds keep emission order (coordinate, then code), as Lance's radix sort
-    order = np.argsort(thr, axis=1, kind="stable")
+        thr = nxt.astype(np.float32) / a[:, :, None]
+    ok = live[:, :, None] & (nxt <= max_code) & (thr < t_end[:, None, None])
+    thr[~ok] = np.inf
+    thr = thr.reshape(n, d * width)
+    # Each row's k valid events (far fewer than d * width) come first, then are sorted by
+    # (threshold, emission order): equal thresholds keep the order Lance emits them in
+    # (coordinate, then code), as its stable radix sort does. Positive float32 bit patterns
+    # order like their values, so one unique uint64 key does it.
     k = int(ok.reshape(n, -1).sum(axis=1).max(initial=0))
-    order = order[:, :k]
+    first = np.argpartition(thr, k - 1, axis=1)[:, :k] if 0 < k < d * width else np.arange(k)[None, :].repeat(n, 0)
+    sub = np.take_along_axis(thr, first, axis=1)
+    key = (sub.view(np.uint32).astype(np.uint64) << np.uint64(32)) | first.astype(np.uint64)
+    order = np.take_along_axis(first, np.argsort(key, axis=1), axis=1)
     sorted_thr = np.take_along_axis(thr, order, axis=1)
-    coord, code = np.divmod(order, max_code)
+    coord = order // width
+    code = np.take_along_axis(nxt.reshape(n, d * width), order, axis=1).astype(np.int64)
     valid = np.isfinite(sorted_thr)
     step_num = np.where(valid, np.take_along_axis(a, coord, axis=1), np.float32(0))
-    step_sq = np.where(valid, 2 * (code + 1), 0)
+    step_sq = np.where(valid, 2 * code, 0)
     num = np.add.accumulate(np.concatenate([num0[:, None], step_num], axis=1), axis=1, dtype=np.float32)
     sq = np.float32(sq0)[:, None] + np.concatenate([np.zeros((n, 1), np.int64), np.cumsum(step_sq, axis=1)], axis=1).astype(np.float32)
     ip = num / np.sqrt(sq)
@@ -106,7 +122,7 @@ def ex_codes(rotated: np.ndarray, ex_bits: int) -> tuple[np.ndarray, np.ndarray]
     values = np.zeros((n, d), dtype=np.uint8)
     t_all = np.zeros(n, dtype=np.float32)
     max_code = (1 << ex_bits) - 1
-    chunk = max(1, _EVENT_BUDGET // (d * max_code))
+    chunk = max(1, _EVENT_BUDGET // (d * _event_width(ex_bits)))
     for s in range(0, n, chunk):
         r = rotated[s : s + chunk]
         norm_sq = np.add.accumulate(r * r, axis=1, dtype=np.float32)[:, -1]  # sequential, as Lance
