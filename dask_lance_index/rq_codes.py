@@ -144,6 +144,7 @@ class RQSegment:
     """
 
     model: str
+    centroids: np.ndarray  # (num_partitions, dimension) float32, from index.idx
     row_ids: np.ndarray
     part_ids: np.ndarray
     lengths: np.ndarray
@@ -152,56 +153,66 @@ class RQSegment:
     columns: dict  # the other stored columns (factors, ex-codes) as NumPy arrays
 
 
-def _varints(buf: bytes, pos: int, end: int) -> tuple[list[int], int]:
-    out = []
-    while pos < end:
-        v = shift = 0
-        while True:
-            b = buf[pos]
-            pos += 1
-            v |= (b & 0x7F) << shift
-            shift += 7
-            if b < 0x80:
-                break
-        out.append(v)
-    return out, pos
+def _varint(buf: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        byte = buf[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        shift += 7
+        if byte < 0x80:
+            return value, pos
+
+
+def _pb_fields(buf: bytes) -> dict[int, list]:
+    """A protobuf message's fields: number -> values (ints, or bytes when length-delimited).
+    Enough wire format to read Lance's IVF metadata without a protobuf dependency."""
+    fields: dict[int, list] = {}
+    pos = 0
+    while pos < len(buf):
+        key, pos = _varint(buf, pos)
+        number, wire = key >> 3, key & 7
+        if wire == 0:
+            value, pos = _varint(buf, pos)
+        elif wire == 2:
+            size, pos = _varint(buf, pos)
+            value, pos = bytes(buf[pos : pos + size]), pos + size
+        elif wire in (1, 5):
+            size = 8 if wire == 1 else 4
+            value, pos = bytes(buf[pos : pos + size]), pos + size
+        else:
+            raise ValueError(f"unexpected protobuf wire type {wire}")
+        fields.setdefault(number, []).append(value)
+    return fields
+
+
+def _packed_varints(buf: bytes) -> list[int]:
+    out, pos = [], 0
+    while pos < len(buf):
+        value, pos = _varint(buf, pos)
+        out.append(value)
+    return out
 
 
 def _ivf_lengths(buf: bytes) -> list[int]:
-    """Partition lengths (field 3, packed uint32) from Lance's IVF protobuf message."""
-    pos = 0
-    while pos < len(buf):
-        (key,), pos = _varints_one(buf, pos)
-        field, wire = key >> 3, key & 7
-        if wire == 2:
-            (size,), pos = _varints_one(buf, pos)
-            if field == 3:
-                return _varints(buf, pos, pos + size)[0]
-            pos += size
-        elif wire == 0:
-            _, pos = _varints_one(buf, pos)
-        elif wire == 1:
-            pos += 8
-        elif wire == 5:
-            pos += 4
-        else:
-            raise ValueError(f"unexpected protobuf wire type {wire}")
-    raise ValueError("no partition lengths in the IVF metadata")
+    """Partition lengths (field 3, packed uint32) of Lance's IVF protobuf message."""
+    return [v for chunk in _pb_fields(buf).get(3, []) for v in _packed_varints(chunk)]
 
 
-def _varints_one(buf: bytes, pos: int) -> tuple[list[int], int]:
-    v = shift = 0
-    while True:
-        b = buf[pos]
-        pos += 1
-        v |= (b & 0x7F) << shift
-        shift += 7
-        if b < 0x80:
-            return [v], pos
+def _ivf_centroids(buf: bytes) -> np.ndarray:
+    """Centroids (field 4, a Tensor: shape field 2, raw little-endian data field 3) of
+    Lance's IVF protobuf message."""
+    tensor = _pb_fields(_pb_fields(buf)[4][0])
+    shape = [v for chunk in tensor[2] for v in _packed_varints(chunk)]
+    data = tensor[3][0]
+    width = len(data) // int(np.prod(shape))
+    dtype = {2: "<f2", 4: "<f4", 8: "<f8"}[width]
+    return np.frombuffer(data, dtype=dtype).reshape(shape).astype(np.float32)
 
 
 def read_rq_segment(dataset_uri: str, index_uuid: str) -> RQSegment:
-    """Read the codes an IVF_RQ segment stored in ``_indices/<index_uuid>/auxiliary.idx``."""
+    """Read what an IVF_RQ segment stores: its model, IVF centroids (``index.idx``) and, per
+    row, the partition, binary codes and other columns (``auxiliary.idx``)."""
     import json
 
     import pyarrow as pa
@@ -212,8 +223,10 @@ def read_rq_segment(dataset_uri: str, index_uuid: str) -> RQSegment:
         raise InvalidInputError(f"no IVF_RQ segment file at {path}")
     reader = LanceFileReader(path)
     meta = reader.metadata().schema.metadata or {}
-    ivf_buffer = int(meta[b"lance:ivf"])
-    lengths = np.array(_ivf_lengths(bytes(reader.read_global_buffer(ivf_buffer))), dtype=np.int64)
+    lengths = np.array(_ivf_lengths(bytes(reader.read_global_buffer(int(meta[b"lance:ivf"])))), dtype=np.int64)
+    index_reader = LanceFileReader(os.path.join(os.path.dirname(path), "index.idx"))
+    index_meta = index_reader.metadata().schema.metadata or {}
+    centroids = _ivf_centroids(bytes(index_reader.read_global_buffer(int(index_meta[b"lance:ivf"]))))
     model = json.loads(meta[b"storage_metadata"])[0]
     table = reader.read_all().to_table()
     codes_col = table.column("_rabit_codes").combine_chunks()
@@ -230,6 +243,7 @@ def read_rq_segment(dataset_uri: str, index_uuid: str) -> RQSegment:
             columns[name] = col.to_numpy(zero_copy_only=False)
     return RQSegment(
         model=model,
+        centroids=centroids,
         row_ids=table.column("_rowid").to_numpy(),
         part_ids=np.repeat(np.arange(len(lengths)), lengths),
         lengths=lengths,

@@ -195,6 +195,7 @@ def test_numpy_codes_equal_the_codes_lance_stores(tmp_path, dim, num_bits, minte
     rows, centroids, seg = _lance_rq_segment(tmp_path, dim, num_bits, model)
     rot = RQRotation.from_json(model)
     assert RQRotation.from_json(seg.model) == rot  # the segment keeps the model it was given
+    np.testing.assert_array_equal(seg.centroids, centroids)  # and the centroids
     assert len(seg.row_ids) == 2500 and seg.lengths.sum() == 2500 and (seg.lengths % 32).any()
     # IVF assignment: ours agrees with Lance's (no near-ties in this data)
     assert np.mean(assign_l2(rows, centroids) == seg.part_ids) == 1.0
@@ -210,6 +211,34 @@ def test_numpy_codes_equal_the_codes_lance_stores(tmp_path, dim, num_bits, minte
         assert equal_bits == 1.0, f"{equal_bits:.6f} of the ex-code bits match"
     else:
         assert "__blocked_ex_codes" not in seg.columns
+
+
+def test_distributed_ivf_rq_build_stores_the_numpy_codes(tmp_path, vectors, cluster_client):
+    """The index dask_lance_index builds on a cluster holds, row for row, the codes that the
+    NumPy rotation of its one shared model gives."""
+    import lance
+
+    uri = str(tmp_path / "rq.lance")
+    write_vectors(uri, vectors, max_rows_per_file=3000)
+    build = dli.create_index(
+        uri, "vector", "IVF_RQ", num_partitions=16, num_bits=3, num_tasks=3, seed=5, client=cluster_client, compute=False
+    )
+    result = cluster_client.compute(build).result()
+    assert result.num_segments_built == 3
+    table = lance.dataset(uri).to_table(columns=["id"], with_row_id=True)
+    ids = dict(zip(table["_rowid"].to_numpy(), table["id"].to_numpy()))
+    seen, models = [], set()
+    for uuid in result.segments:
+        seg = read_rq_segment(uri, uuid)
+        models.add(seg.model)
+        rows = np.array([ids[r] for r in seg.row_ids])
+        seen.append(rows)
+        codes = rq_encode(vectors[rows], seg.centroids, RQRotation.from_json(seg.model), part_ids=seg.part_ids)
+        np.testing.assert_array_equal(codes.binary, seg.codes)
+        np.testing.assert_array_equal(pack_blocked_ex_codes(codes.ex, 2), seg.columns["__blocked_ex_codes"])
+        assert np.mean(assign_l2(vectors[rows], seg.centroids) == seg.part_ids) > 0.999
+    assert len(models) == 1 and RQRotation.from_json(models.pop()).num_bits == 3
+    np.testing.assert_array_equal(np.sort(np.concatenate(seen)), np.arange(len(vectors)))
 
 
 def test_lance_code_layout_round_trips():
