@@ -22,7 +22,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import dask_lance_index as dli  # noqa: E402
+import dask_lance_index as dli
 
 
 def timed(fn, repeat: int):
@@ -59,9 +59,9 @@ def main(argv=None) -> None:
             x[s : s + 262144] = rng.standard_normal((min(262144, args.rows - s), d), dtype=np.float32)
         rot = dli.RQRotation.from_json(dli.build_rq_rotation(d, num_bits=1, seed=d))
         m = rot.matrix()
-        y, fw, fc = timed(lambda: rot.apply(x), args.repeat)
-        _, iw, ic = timed(lambda: rot.inverse(y), args.repeat)
-        g, gw, gc = timed(lambda: gemm_rotate(x, m), args.repeat)
+        y, fw, fc = timed(lambda rot=rot, x=x: rot.apply(x), args.repeat)
+        _, iw, ic = timed(lambda rot=rot, y=y: rot.inverse(y), args.repeat)
+        g, gw, gc = timed(lambda x=x, m=m: gemm_rotate(x, m), args.repeat)
         diff = float(np.abs(y - g).max())
         del y, g
         kind = "power of two" if d & (d - 1) == 0 else "head/tail FWHT + Kac's walk"

@@ -40,7 +40,7 @@ def fwht_rows(x: np.ndarray) -> np.ndarray:
     Stages run with half-width 1, 2, 4, ... and each butterfly writes
     ``(a + b, a - b)``, as Lance's ``fwht_in_place`` does, so float32 results match.
     """
-    n, m = x.shape
+    m = x.shape[1]
     w = np.ascontiguousarray(x.T)
     w = _fwht_coords(w, np.empty_like(w), 0, m, None)
     x[...] = w.T
@@ -125,7 +125,7 @@ class RQRotation:
 
     # -- JSON ----------------------------------------------------------------------------------
     @classmethod
-    def from_json(cls, model: str | dict) -> "RQRotation":
+    def from_json(cls, model: str | dict) -> RQRotation:
         """Parse a RaBitQ model JSON (ours or Lance's ``build_rq_model``), validating it."""
         if isinstance(model, (str, bytes)):
             try:

@@ -71,14 +71,14 @@ class RQBitsResult:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "RQBitsResult":
+    def from_dict(cls, d: dict) -> RQBitsResult:
         return cls(**d)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict())
 
     @classmethod
-    def from_json(cls, s: str) -> "RQBitsResult":
+    def from_json(cls, s: str) -> RQBitsResult:
         return cls.from_dict(json.loads(s))
 
 

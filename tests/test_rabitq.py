@@ -153,7 +153,11 @@ def test_rotation_rejects_bad_models(model, match):
 
 # --- proof: our codes are the codes Lance stores ------------------------------------------------
 
-from dask_lance_index.rq_codes import pack_blocked_ex_codes, pack_lance_codes, read_rq_segment
+from dask_lance_index.rq_codes import (
+    pack_blocked_ex_codes,
+    pack_lance_codes,
+    read_rq_segment,
+)
 from dask_lance_index.rq_encode import assign_l2, rq_encode
 
 
@@ -320,3 +324,12 @@ def test_evaluate_rq_bits_rejects_bad_input(kwargs, match):
     args.update(kwargs)
     with pytest.raises(dli.InvalidInputError, match=match):
         dli.evaluate_rq_bits(**args)
+
+
+def test_fwht_rows_is_the_hadamard_transform():
+    from scipy.linalg import hadamard
+
+    from dask_lance_index.rotation import fwht_rows
+
+    x = np.random.default_rng(0).integers(-8, 8, size=(5, 32)).astype(np.float32)  # exact in float32
+    np.testing.assert_array_equal(fwht_rows(x.copy()), x @ hadamard(32).astype(np.float32))
