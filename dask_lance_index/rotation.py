@@ -125,8 +125,9 @@ class RQRotation:
 
     # -- JSON ----------------------------------------------------------------------------------
     @classmethod
-    def from_json(cls, model: str | dict) -> RQRotation:
-        """Parse a RaBitQ model JSON (ours or Lance's ``build_rq_model``), validating it."""
+    def from_json(cls, model: str | dict, dimension: int | None = None) -> RQRotation:
+        """Parse a RaBitQ model JSON (ours or Lance's ``build_rq_model``), validating it;
+        with ``dimension``, also that it rotates vectors of that dimension."""
         if isinstance(model, (str, bytes)):
             try:
                 model = json.loads(model)
@@ -147,6 +148,11 @@ class RQRotation:
         dim = model.get("code_dim")
         if not isinstance(dim, int):
             raise InvalidArtifactError(f"rabitq_model has code_dim={dim!r}; it must be the vector dimension")
+        if dimension is not None and dim != dimension:
+            raise InvalidArtifactError(
+                f"rabitq_model rotates {dim}-dimensional vectors (code_dim); the vectors have "
+                f"dimension {dimension}. Fix: make a model with build_rq_rotation({dimension}, ...)."
+            )
         return cls(dimension=dim, signs=bytes(signs), num_bits=model.get("num_bits"))
 
     def to_json(self) -> str:
