@@ -129,7 +129,7 @@ def test_rotation_reads_lances_json_and_round_trips():
     assert pickle.loads(pickle.dumps(rot)) == rot
     assert RQRotation.from_json(ours) == RQRotation.from_json(json.loads(ours))
     assert RQRotation.from_json(ours, dimension=64).dimension == 64
-    with pytest.raises(dli.InvalidArtifactError, match="rotates 64-dimensional vectors; the vectors have dimension 32"):
+    with pytest.raises(dli.InvalidArtifactError, match=r"rotates 64-dimensional vectors \(code_dim\); the vectors have dimension 32"):
         RQRotation.from_json(ours, dimension=32)
     with pytest.raises(dli.InvalidInputError, match=r"shape \(n, 64\)"):
         RQRotation.from_json(ours).apply(np.zeros((3, 32), np.float32))
