@@ -27,12 +27,13 @@ import numpy as np
 from .errors import InvalidInputError
 from .rotation import RQRotation
 
-__all__ = ["assign_l2", "sign_codes", "ex_codes", "RQCodes", "rq_encode", "rq_binary_codes"]
+__all__ = ["assign_l2", "sign_codes", "ex_codes", "RQCodes", "rq_encode", "rq_binary_codes", "rq_factors"]
 
 _EPS = np.float32(1.0e-5)  # Lance's EX_QUANTIZATION_EPSILON
 # Lance's EX_TIGHT_START: where the sweep of t starts, per ex_bits, as a fraction of its end
 _TIGHT_START = np.array([0.0, 0.15, 0.20, 0.52, 0.59, 0.71, 0.75, 0.77, 0.81], dtype=np.float32)
-_EVENT_BUDGET = 1_000_000  # threshold events held at once (memory bound of ex_codes)
+_EVENT_BUDGET = 1_000_000
+_ERROR_EPSILON = 1.9  # RaBitQ's confidence constant (epsilon_0) in the error bound  # threshold events held at once (memory bound of ex_codes)
 
 
 def assign_l2(x: np.ndarray, centroids: np.ndarray, chunk_rows: int = 65536) -> np.ndarray:
@@ -187,3 +188,44 @@ def rq_binary_codes(x, centroids, rotation: RQRotation, part_ids=None) -> tuple[
     """Lance's binary IVF_RQ codes of rows ``x`` (L2): ``(codes, partition ids)``."""
     codes = rq_encode(x, centroids, rotation, num_bits=1, part_ids=part_ids)
     return codes.binary, codes.part_ids
+
+
+def rq_factors(codes: RQCodes, centroids, rotation: RQRotation, num_bits: int | None = None) -> dict:
+    """The per-row float factors Lance stores next to the codes (L2, ``raw_query`` estimator).
+
+    With ``r`` the rotated residual, ``c`` the rotated centroid and ``u`` the centred code,
+    a row's squared distance to a query ``q`` is estimated as
+    ``|q - c|^2 + add + scale * <R q, u>``:
+
+    * ``__add_factors = |r|^2 + 2 |r|^2 <c, u> / <r, u>``, ``__scale_factors = -2 |r|^2 / <r, u>``
+      for the 1-bit code, and ``__add_factors_ex`` / ``__scale_factors_ex`` for the full
+      ``num_bits`` code;
+    * ``__error_factors = 2 * 1.9 * |r| * sqrt((|r|^2 |u|^2 / <r, u>^2 - 1) / (d - 1))``, the
+      RaBitQ error bound of the 1-bit estimate.
+
+    Rows whose ``<r, u>`` is 0 (a zero residual) get 0, as Lance's checked division.
+    Computed in float64 and rounded to float32: equal to Lance's to float32 rounding,
+    not bit for bit (Lance sums the dot products in SIMD lanes).
+    """
+    num_bits = rotation.num_bits if num_bits is None else int(num_bits)
+    r = codes.rotated.astype(np.float64)
+    c = rotation.apply(np.asarray(centroids, dtype=np.float32))[codes.part_ids].astype(np.float64)
+    r2 = np.einsum("ij,ij->i", r, r)
+    d = r.shape[1]
+
+    def add_scale(u):
+        ip = np.einsum("ij,ij->i", r, u)
+        ok = ip != 0
+        safe = np.where(ok, ip, 1)
+        add = np.where(ok, r2 + 2 * r2 * np.einsum("ij,ij->i", c, u) / safe, 0)
+        return add, np.where(ok, -2 * r2 / safe, 0), ip, ok
+
+    u1 = codes.centred(1).astype(np.float64)
+    add, scale, ip, ok = add_scale(u1)
+    ratio = r2 * np.einsum("ij,ij->i", u1, u1) / np.where(ok, ip, 1) ** 2
+    error = np.where(ok, 2 * _ERROR_EPSILON * np.sqrt(r2) * np.sqrt(np.maximum(ratio - 1, 0) / (d - 1)), 0)
+    out = {"__add_factors": add, "__scale_factors": scale, "__error_factors": error}
+    if num_bits > 1:
+        add_ex, scale_ex, _, _ = add_scale(codes.centred(num_bits).astype(np.float64))
+        out.update({"__add_factors_ex": add_ex, "__scale_factors_ex": scale_ex})
+    return {k: v.astype(np.float32) for k, v in out.items()}

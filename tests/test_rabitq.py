@@ -16,7 +16,7 @@ from dask_lance_index.rq_codes import (
     pack_lance_codes,
     read_rq_segment,
 )
-from dask_lance_index.rq_encode import assign_l2, rq_encode
+from dask_lance_index.rq_encode import assign_l2, rq_encode, rq_factors
 
 
 def test_rotation_json_has_lances_fields_and_is_seeded():
@@ -214,6 +214,16 @@ def test_numpy_codes_equal_the_codes_lance_stores(tmp_path, dim, num_bits, minte
         assert equal_bits == 1.0, f"{equal_bits:.6f} of the ex-code bits match"
     else:
         assert "__blocked_ex_codes" not in seg.columns
+    # the float factors beside the codes: equal to float32 rounding (Lance sums in SIMD lanes);
+    # the add factors are differences of larger terms, so their error is relative to those
+    factors = rq_factors(codes, centroids, rot)
+    assert set(factors) == set(seg.columns) - {"__blocked_ex_codes"}
+    r2 = np.sum(codes.rotated.astype(np.float64) ** 2, axis=1)
+    for name, ours in factors.items():
+        stored = seg.columns[name].astype(np.float64)
+        size = np.abs(stored) + (3 * r2 if name.startswith("__add") else 0) + 1e-12
+        worst = np.max(np.abs(ours - stored) / size)
+        assert worst < 2e-5, f"{name}: relative difference up to {worst:.1e}"
 
 
 def test_distributed_ivf_rq_build_stores_the_numpy_codes(tmp_path, vectors, cluster_client):
