@@ -6,12 +6,13 @@ rotation, sign bits plus ``num_bits - 1`` ex-bits per coordinate), estimates
 every query-to-row squared L2 distance from the codes alone, and compares with
 exact distances. All distances are GEMMs over chunks of queries (BLAS).
 
-The estimator is extended RaBitQ's: a row's residual ``r`` is read back as
-``u * |r|^2 / <r, u>`` (``u`` the centred code in the rotated space), which is
-unbiased for ``<r, q - c>``. Lance's search uses the same codes; its
-``raw_query`` estimator and SIMD kernels add their own float rounding, so
-absolute numbers can differ slightly from what Lance reports, but the ranking
-of bit widths does not. Recall here is over a full scan (every row), so it
+The estimator is the one Lance's stored factors encode (see
+:func:`~dask_lance_index.rq_encode.rq_factors`):
+``|q - c|^2 + |r|^2 - 2 |r|^2 <R(q - c), u> / <r, u>``, with ``u`` the centred
+code of the rotated residual ``r``, i.e. extended RaBitQ's unbiased estimate,
+here in float64. Lance's search also quantises the query's lookup table for
+its SIMD scan, so its own numbers can be slightly worse, but the ranking of bit
+widths is the same. Recall here is over a full scan (every row), so it
 measures the loss of quantisation alone, not of probing too few partitions.
 """
 
