@@ -60,7 +60,7 @@ def _event_width(ex_bits: int) -> int:
 
 
 def _best_rescale(a: np.ndarray, ex_bits: int) -> np.ndarray:
-    """Lance's ``best_ex_rescale_factor`` for every row of ``a = |r| / |r|`` (float32)."""
+    """Lance's ``best_ex_rescale_factor`` for every row of ``a = |r_i| / |r|`` (float32)."""
     n, d = a.shape
     max_code = (1 << ex_bits) - 1
     finite = np.isfinite(a)
@@ -73,7 +73,9 @@ def _best_rescale(a: np.ndarray, ex_bits: int) -> np.ndarray:
     cur = np.floor(t_start[:, None] * a + _EPS)
     cur = np.where(live, np.clip(cur, 0, max_code), 0).astype(np.int64)
     # initial objective, summed coordinate by coordinate in float32 as Lance does
-    sq0 = np.float32(d * 0.25) + (cur * cur + cur).sum(axis=1).astype(np.float32)  # exact integers
+    # (np.add.accumulate is a sequential float32 sum, unlike np.sum's pairwise one)
+    sq_terms = np.concatenate([np.full((n, 1), d * 0.25, np.float32), (cur * cur + cur).astype(np.float32)], axis=1)
+    sq0 = np.add.accumulate(sq_terms, axis=1, dtype=np.float32)[:, -1]
     terms = np.where(live, (cur.astype(np.float32) + np.float32(0.5)) * a, np.float32(0))
     num0 = np.add.accumulate(terms, axis=1, dtype=np.float32)[:, -1]
     # events: coordinate i steps up to code `nxt` at threshold nxt / a_i (nxt = cur_i + 1, ...,
@@ -88,7 +90,7 @@ def _best_rescale(a: np.ndarray, ex_bits: int) -> np.ndarray:
     thr = thr.reshape(n, d * width)
     # Each row's k valid events (far fewer than d * width) come first, then are sorted by
     # (threshold, emission order): equal thresholds keep the order Lance emits them in
-    # (coordinate, then code), as its stable radix sort does. Positive float32 bit patterns
+    # (coordinate, then code), as its stable sort does. Positive float32 bit patterns
     # order like their values, so one unique uint64 key does it.
     k = int(ok.reshape(n, -1).sum(axis=1).max(initial=0))
     first = np.argpartition(thr, k - 1, axis=1)[:, :k] if 0 < k < d * width else np.arange(k)[None, :].repeat(n, 0)
@@ -100,9 +102,10 @@ def _best_rescale(a: np.ndarray, ex_bits: int) -> np.ndarray:
     code = np.take_along_axis(nxt.reshape(n, d * width), order, axis=1).astype(np.int64)
     valid = np.isfinite(sorted_thr)
     step_num = np.where(valid, np.take_along_axis(a, coord, axis=1), np.float32(0))
-    step_sq = np.where(valid, 2 * code, 0)
+    step_sq = np.where(valid, 2 * code, 0).astype(np.float32)
+    # running objective after each event, accumulated in event order in float32, as Lance
     num = np.add.accumulate(np.concatenate([num0[:, None], step_num], axis=1), axis=1, dtype=np.float32)
-    sq = np.float32(sq0)[:, None] + np.concatenate([np.zeros((n, 1), np.int64), np.cumsum(step_sq, axis=1)], axis=1).astype(np.float32)
+    sq = np.add.accumulate(np.concatenate([sq0[:, None], step_sq], axis=1), axis=1, dtype=np.float32)
     ip = num / np.sqrt(sq)
     ip[:, 1:][~valid] = -np.inf
     best = np.argmax(ip, axis=1)  # first maximum: Lance only moves on a strict improvement
