@@ -222,7 +222,12 @@ def read_rq_segment(dataset_uri: str, index_uuid: str) -> RQSegment:
     if not os.path.exists(path):
         raise InvalidInputError(f"no IVF_RQ segment file at {path}")
     reader = LanceFileReader(path)
-    meta = reader.metadata().schema.metadata or {}
+    schema = reader.metadata().schema
+    if "_rabit_codes" not in schema.names:
+        raise InvalidInputError(
+            f"index segment {index_uuid} stores {schema.names}, not RaBitQ codes: it is not an IVF_RQ segment"
+        )
+    meta = schema.metadata or {}
     lengths = np.array(_ivf_lengths(bytes(reader.read_global_buffer(int(meta[b"lance:ivf"])))), dtype=np.int64)
     index_reader = LanceFileReader(os.path.join(os.path.dirname(path), "index.idx"))
     index_meta = index_reader.metadata().schema.metadata or {}
@@ -231,14 +236,14 @@ def read_rq_segment(dataset_uri: str, index_uuid: str) -> RQSegment:
     table = reader.read_all().to_table()
     codes_col = table.column("_rabit_codes").combine_chunks()
     code_bytes = codes_col.type.list_size
-    stored = codes_col.values.to_numpy(zero_copy_only=False).astype(np.uint8, copy=False)
+    stored = codes_col.flatten().to_numpy(zero_copy_only=False).astype(np.uint8, copy=False)
     columns = {}
     for name in table.column_names:
         if name in ("_rowid", "_rabit_codes"):
             continue
         col = table.column(name).combine_chunks()
         if pa.types.is_fixed_size_list(col.type):
-            columns[name] = col.values.to_numpy(zero_copy_only=False).reshape(len(col), col.type.list_size)
+            columns[name] = col.flatten().to_numpy(zero_copy_only=False).reshape(len(col), col.type.list_size)
         else:
             columns[name] = col.to_numpy(zero_copy_only=False)
     return RQSegment(

@@ -377,3 +377,18 @@ def test_ex_codes_on_tied_data_show_how_far_they_match(tmp_path):
         return np.sum(u * r, 1) / np.linalg.norm(u, axis=1) / np.linalg.norm(r, axis=1)
 
     np.testing.assert_allclose(cosine(theirs), cosine(codes.ex), rtol=1e-6)
+
+
+def test_read_rq_segment_refuses_what_is_not_an_rq_segment(tmp_path):
+    import lance
+
+    uri = str(tmp_path / "flat.lance")
+    x = make_vectors(600, 16, num_clusters=10, seed=0)
+    write_vectors(uri, x)
+    index = lance.dataset(uri).create_index_uncommitted(
+        "vector", "IVF_FLAT", name="v_idx", fragment_ids=[0], ivf_centroids=x[:4], num_partitions=4
+    )
+    with pytest.raises(dli.InvalidInputError, match="not an IVF_RQ segment"):
+        read_rq_segment(uri, index.uuid)
+    with pytest.raises(dli.InvalidInputError, match="no IVF_RQ segment file"):
+        read_rq_segment(uri, "00000000-0000-0000-0000-000000000000")
