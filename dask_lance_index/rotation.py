@@ -114,11 +114,17 @@ class RQRotation:
             raise InvalidArtifactError(
                 f"num_bits={self.num_bits!r} is out of range for RaBitQ; Lance takes 1 to 9."
             )
-        if not isinstance(self.signs, bytes) or len(self.signs) != sign_bytes(d):
-            got = len(self.signs) if isinstance(self.signs, (bytes, bytearray, list, tuple)) else type(self.signs)
+        if isinstance(self.signs, (bytearray, memoryview, np.ndarray)) and np.asarray(self.signs).dtype == np.uint8:
+            object.__setattr__(self, "signs", bytes(self.signs))
+        if not isinstance(self.signs, bytes):
+            raise InvalidArtifactError(
+                f"signs must be bytes, got {type(self.signs).__name__}. "
+                "Fix: build the rotation with RQRotation.from_json(model)."
+            )
+        if len(self.signs) != sign_bytes(d):
             raise InvalidArtifactError(
                 f"a {d}-d fast rotation needs {sign_bytes(d)} sign bytes (4 rounds x ceil({d}/8)), "
-                f"got {got}. Fix: make the model with build_rq_rotation({d}, ...)."
+                f"got {len(self.signs)}. Fix: make the model with build_rq_rotation({d}, ...)."
             )
         object.__setattr__(self, "dimension", int(d))
         object.__setattr__(self, "num_bits", int(self.num_bits))
