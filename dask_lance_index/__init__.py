@@ -19,6 +19,8 @@ from .errors import (
 from .graph import IndexBuild
 from .plan import INDEX_TYPES, IndexParams, IndexPlan, plan_index
 from .rabitq import build_rq_rotation
+from .rotation import RQRotation
+from .rq_eval import RQBitsResult, evaluate_rq_bits
 
 __version__ = "0.1.0"
 
@@ -39,4 +41,7 @@ __all__ = [
     "IndexExistsError",
     "CoverageError",
     "DatasetChangedError",
+    "RQRotation",
+    "evaluate_rq_bits",
+    "RQBitsResult",
 ]

@@ -1,0 +1,239 @@
+"""Lance's RaBitQ quantiser in NumPy: binary sign codes plus multi-bit "ex" codes.
+
+Lance's IVF_RQ encoder (``rust/lance-index/src/vector/bq/builder.rs``) rotates
+each row's residual to its IVF centroid (``x - c``) with the model's fast
+rotation, then
+
+* binary code: bit ``i`` is 1 when rotated coordinate ``i`` has a clear sign bit
+  (``+0.0`` counts as positive), packed least-significant bit first;
+* for ``num_bits = b > 1``, an ``ex_bits = b - 1``-bit code per coordinate
+  (extended RaBitQ): ``|r_i| / |r|`` is scaled by a factor ``t`` and floored,
+  ``t`` being the value that maximises the cosine between the residual and its
+  reconstruction, found by sweeping every threshold where one coordinate's code
+  steps up; negative coordinates store the bitwise complement. The full code of
+  a coordinate is ``(sign << ex_bits) + ex``, read as ``code - (2**ex_bits - 0.5)``.
+
+The sweep here is the same sweep, vectorised over rows: the threshold events of
+a chunk of rows are sorted per row and the running sums are sequential float32
+accumulations in event order, so the chosen ``t`` and the codes match Lance's
+bit for bit on real-valued data. One limit: when two events' thresholds are
+exactly equal (common only in integer-valued data), Lance orders them with
+Rust's unstable sort, whose order its float32 sums observe; here ties keep
+emission order, so a few such rows (0.2% in ``tests/test_rabitq.py``, 9 bits
+on integer data) settle on another of two near-equal optima.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import InvalidInputError
+from .rotation import RQRotation
+
+__all__ = ["assign_l2", "sign_codes", "ex_codes", "RQCodes", "rq_encode", "rq_binary_codes", "rq_factors"]
+
+_EPS = np.float32(1.0e-5)  # Lance's EX_QUANTIZATION_EPSILON
+# Lance's EX_TIGHT_START: where the sweep of t starts, per ex_bits, as a fraction of its end
+_TIGHT_START = np.array([0.0, 0.15, 0.20, 0.52, 0.59, 0.71, 0.75, 0.77, 0.81], dtype=np.float32)
+_EVENT_BUDGET = 1_000_000
+_ERROR_EPSILON = 1.9  # RaBitQ's confidence constant (epsilon_0) in the error bound  # threshold events held at once (memory bound of ex_codes)
+
+
+def assign_l2(x: np.ndarray, centroids: np.ndarray, chunk_rows: int = 65536) -> np.ndarray:
+    """Nearest centroid (L2) of every row, with one GEMM per chunk of rows."""
+    c = np.asarray(centroids, dtype=np.float32)
+    half_norms = 0.5 * np.einsum("ij,ij->i", c, c)
+    out = np.empty(len(x), dtype=np.int64)
+    for s in range(0, len(x), chunk_rows):
+        # argmin |x - c|^2 == argmax (x . c - |c|^2 / 2)
+        out[s : s + chunk_rows] = np.argmax(x[s : s + chunk_rows] @ c.T - half_norms, axis=1)
+    return out
+
+
+def sign_codes(rotated: np.ndarray) -> np.ndarray:
+    """Binary RaBitQ codes of rotated rows: bit i set when coordinate i's sign bit is clear,
+    packed LSB first. Shape ``(n, dimension / 8)``, uint8."""
+    return np.packbits(~np.signbit(rotated), axis=1, bitorder="little")
+
+
+def _event_width(ex_bits: int) -> int:
+    """Most threshold events one coordinate can have in Lance's sweep of t."""
+    max_code = (1 << ex_bits) - 1
+    return int(min(max_code, np.floor((1.0 - float(_TIGHT_START[ex_bits])) * (max_code + 10)) + 2))
+
+
+def _best_rescale(a: np.ndarray, ex_bits: int) -> np.ndarray:
+    """Lance's ``best_ex_rescale_factor`` for every row of ``a = |r_i| / |r|`` (float32)."""
+    n, d = a.shape
+    max_code = (1 << ex_bits) - 1
+    finite = np.isfinite(a)
+    max_value = np.where(finite, a, 0).max(axis=1, initial=np.float32(0)).astype(np.float32)
+    good = max_value > 0
+    safe_max = np.where(good, max_value, np.float32(1))
+    t_end = np.float32(max_code + 10) / safe_max
+    t_start = t_end * _TIGHT_START[ex_bits]
+    live = (a > 0) & finite
+    cur = np.floor(t_start[:, None] * a + _EPS)
+    cur = np.where(live, np.clip(cur, 0, max_code), 0).astype(np.int64)
+    # initial objective, summed coordinate by coordinate in float32 as Lance does
+    # (np.add.accumulate is a sequential float32 sum, unlike np.sum's pairwise one)
+    sq_terms = np.concatenate([np.full((n, 1), d * 0.25, np.float32), (cur * cur + cur).astype(np.float32)], axis=1)
+    sq0 = np.add.accumulate(sq_terms, axis=1, dtype=np.float32)[:, -1]
+    terms = np.where(live, (cur.astype(np.float32) + np.float32(0.5)) * a, np.float32(0))
+    num0 = np.add.accumulate(terms, axis=1, dtype=np.float32)[:, -1]
+    # events: coordinate i steps up to code `nxt` at threshold nxt / a_i (nxt = cur_i + 1, ...,
+    # max_code, while below t_end); at most `width` of them per coordinate, since
+    # (t_end - t_start) * a_i <= t_end * max_value * (1 - tight start)
+    width = _event_width(ex_bits)
+    nxt = cur.astype(np.int32)[:, :, None] + np.arange(1, width + 1, dtype=np.int32)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        thr = nxt.astype(np.float32) / a[:, :, None]
+    ok = live[:, :, None] & (nxt <= max_code) & (thr < t_end[:, None, None])
+    thr[~ok] = np.inf
+    thr = thr.reshape(n, d * width)
+    # Each row's k valid events (far fewer than d * width) come first, then are sorted by
+    # (threshold, emission order): equal thresholds keep the order Lance emits them in
+    # (coordinate, then code), as its stable sort does. Positive float32 bit patterns
+    # order like their values, so one unique uint64 key does it.
+    k = int(ok.reshape(n, -1).sum(axis=1).max(initial=0))
+    first = np.argpartition(thr, k - 1, axis=1)[:, :k] if 0 < k < d * width else np.arange(k)[None, :].repeat(n, 0)
+    sub = np.take_along_axis(thr, first, axis=1)
+    key = (sub.view(np.uint32).astype(np.uint64) << np.uint64(32)) | first.astype(np.uint64)
+    order = np.take_along_axis(first, np.argsort(key, axis=1), axis=1)
+    sorted_thr = np.take_along_axis(thr, order, axis=1)
+    coord = order // width
+    code = np.take_along_axis(nxt.reshape(n, d * width), order, axis=1).astype(np.int64)
+    valid = np.isfinite(sorted_thr)
+    step_num = np.where(valid, np.take_along_axis(a, coord, axis=1), np.float32(0))
+    step_sq = np.where(valid, 2 * code, 0).astype(np.float32)
+    # running objective after each event, accumulated in event order in float32, as Lance
+    num = np.add.accumulate(np.concatenate([num0[:, None], step_num], axis=1), axis=1, dtype=np.float32)
+    sq = np.add.accumulate(np.concatenate([sq0[:, None], step_sq], axis=1), axis=1, dtype=np.float32)
+    ip = num / np.sqrt(sq)
+    ip[:, 1:][~valid] = -np.inf
+    best = np.argmax(ip, axis=1)  # first maximum: Lance only moves on a strict improvement
+    t = np.where(best == 0, t_start, np.take_along_axis(sorted_thr, np.maximum(best - 1, 0)[:, None], axis=1)[:, 0])
+    return np.where(good, t, np.float32(0)).astype(np.float32)
+
+
+def ex_codes(rotated: np.ndarray, ex_bits: int) -> tuple[np.ndarray, np.ndarray]:
+    """Lance's ``ex_bits``-bit extended RaBitQ codes of rotated residual rows.
+
+    Returns ``(values, t)``: one uint8 code per coordinate, shape ``(n, dimension)``
+    (complemented for negative coordinates, as stored), and each row's rescale factor.
+    """
+    rotated = np.asarray(rotated, dtype=np.float32)
+    n, d = rotated.shape
+    if not 1 <= ex_bits <= 8:
+        raise InvalidInputError(f"ex_bits must be 1 to 8 (num_bits 2 to 9), got {ex_bits}")
+    values = np.zeros((n, d), dtype=np.uint8)
+    t_all = np.zeros(n, dtype=np.float32)
+    max_code = (1 << ex_bits) - 1
+    chunk = max(1, _EVENT_BUDGET // (d * _event_width(ex_bits)))
+    for s in range(0, n, chunk):
+        r = rotated[s : s + chunk]
+        norm_sq = np.add.accumulate(r * r, axis=1, dtype=np.float32)[:, -1]  # sequential, as Lance
+        ok = (norm_sq > np.finfo(np.float32).eps) & np.isfinite(norm_sq)
+        a = np.abs(r) / np.sqrt(np.where(ok, norm_sq, np.float32(1)))[:, None]
+        t = _best_rescale(a, ex_bits)
+        code = np.clip(np.floor(t[:, None] * a + _EPS), 0, max_code).astype(np.uint8)
+        code = np.where(np.signbit(r), ~code & np.uint8(max_code), code)
+        values[s : s + chunk] = np.where(ok[:, None], code, 0)
+        t_all[s : s + chunk] = np.where(ok, t, 0)
+    return values, t_all
+
+
+@dataclass(frozen=True)
+class RQCodes:
+    """RaBitQ codes of a batch of rows, as Lance's IVF_RQ encoder computes them.
+
+    Attributes
+    ----------
+    part_ids : (n,) int64, the IVF partition of each row.
+    binary : (n, dimension / 8) uint8, the sign bits, packed LSB first.
+    ex : (n, dimension) uint8 or None, the ex-code of each coordinate (``num_bits > 1``).
+    rotated : (n, dimension) float32, the rotated residuals.
+    """
+
+    part_ids: np.ndarray
+    binary: np.ndarray
+    ex: np.ndarray | None
+    rotated: np.ndarray
+
+    def centred(self, num_bits: int) -> np.ndarray:
+        """Each coordinate's full code, centred: ``(sign << ex_bits) + ex - (2**ex_bits - 0.5)``,
+        so 1 bit gives +-0.5. Float32 ``(n, dimension)``; the reconstruction direction."""
+        ex_bits = num_bits - 1
+        sign = (~np.signbit(self.rotated)).astype(np.float32)
+        full = sign * np.float32(1 << ex_bits)
+        if ex_bits:
+            full += self.ex.astype(np.float32)
+        return full - np.float32((1 << ex_bits) - 0.5)
+
+
+def rq_encode(x, centroids, rotation: RQRotation, num_bits: int | None = None, part_ids=None) -> RQCodes:
+    """Lance's IVF_RQ codes of rows ``x`` (L2): residual to the nearest centroid, rotated, quantised.
+
+    ``part_ids`` defaults to the nearest centroid; pass Lance's own assignment to compare
+    encodings without depending on how near-ties between centroids fall.
+    """
+    x = np.asarray(x, dtype=np.float32)
+    c = np.asarray(centroids, dtype=np.float32)
+    if x.ndim != 2 or c.ndim != 2 or x.shape[1] != c.shape[1] or x.shape[1] != rotation.dimension:
+        raise InvalidInputError(
+            f"vectors {x.shape}, centroids {c.shape} and a {rotation.dimension}-d rotation do not fit together"
+        )
+    num_bits = rotation.num_bits if num_bits is None else int(num_bits)
+    part_ids = assign_l2(x, c) if part_ids is None else np.asarray(part_ids, dtype=np.int64)
+    rotated = rotation.apply(x - c[part_ids])  # float32 residual, as Lance's residual transform
+    ex = ex_codes(rotated, num_bits - 1)[0] if num_bits > 1 else None
+    return RQCodes(part_ids=part_ids, binary=sign_codes(rotated), ex=ex, rotated=rotated)
+
+
+def rq_binary_codes(x, centroids, rotation: RQRotation, part_ids=None) -> tuple[np.ndarray, np.ndarray]:
+    """Lance's binary IVF_RQ codes of rows ``x`` (L2): ``(codes, partition ids)``."""
+    codes = rq_encode(x, centroids, rotation, num_bits=1, part_ids=part_ids)
+    return codes.binary, codes.part_ids
+
+
+def rq_factors(codes: RQCodes, centroids, rotation: RQRotation, num_bits: int | None = None) -> dict:
+    """The per-row float factors Lance stores next to the codes (L2, ``raw_query`` estimator).
+
+    With ``r`` the rotated residual, ``c`` the rotated centroid and ``u`` the centred code,
+    a row's squared distance to a query ``q`` is estimated as
+    ``|q - c|^2 + add + scale * <R q, u>``:
+
+    * ``__add_factors = |r|^2 + 2 |r|^2 <c, u> / <r, u>``, ``__scale_factors = -2 |r|^2 / <r, u>``
+      for the 1-bit code, and ``__add_factors_ex`` / ``__scale_factors_ex`` for the full
+      ``num_bits`` code;
+    * ``__error_factors = 2 * 1.9 * |r| * sqrt((|r|^2 |u|^2 / <r, u>^2 - 1) / (d - 1))``, the
+      RaBitQ error bound of the 1-bit estimate.
+
+    Rows whose ``<r, u>`` is 0 (a zero residual) get 0, as Lance's checked division.
+    Computed in float64 and rounded to float32: equal to Lance's to float32 rounding,
+    not bit for bit (Lance sums the dot products in SIMD lanes).
+    """
+    num_bits = rotation.num_bits if num_bits is None else int(num_bits)
+    r = codes.rotated.astype(np.float64)
+    c = rotation.apply(np.asarray(centroids, dtype=np.float32))[codes.part_ids].astype(np.float64)
+    r2 = np.einsum("ij,ij->i", r, r)
+    d = r.shape[1]
+
+    def add_scale(u):
+        ip = np.einsum("ij,ij->i", r, u)
+        ok = ip != 0
+        safe = np.where(ok, ip, 1)
+        add = np.where(ok, r2 + 2 * r2 * np.einsum("ij,ij->i", c, u) / safe, 0)
+        return add, np.where(ok, -2 * r2 / safe, 0), ip, ok
+
+    u1 = codes.centred(1).astype(np.float64)
+    add, scale, ip, ok = add_scale(u1)
+    ratio = r2 * np.einsum("ij,ij->i", u1, u1) / np.where(ok, ip, 1) ** 2
+    error = np.where(ok, 2 * _ERROR_EPSILON * np.sqrt(r2) * np.sqrt(np.maximum(ratio - 1, 0) / (d - 1)), 0)
+    out = {"__add_factors": add, "__scale_factors": scale, "__error_factors": error}
+    if num_bits > 1:
+        add_ex, scale_ex, _, _ = add_scale(codes.centred(num_bits).astype(np.float64))
+        out.update({"__add_factors_ex": add_ex, "__scale_factors_ex": scale_ex})
+    return {k: v.astype(np.float32) for k, v in out.items()}
