@@ -40,3 +40,9 @@ __all__ = [
     "CoverageError",
     "DatasetChangedError",
 ]
+
+from .cleanup import cleanup  # noqa: E402
+from .errors import BuildAbortedError  # noqa: E402
+from .journal import BuildJournal  # noqa: E402
+
+__all__ += ["cleanup", "BuildJournal", "BuildAbortedError"]

@@ -15,8 +15,16 @@ __all__ = ["create_index", "resolve_client"]
 
 
 def resolve_client(client=None):
-    """The ``distributed.Client`` to run on: the one given, else the current one, else None."""
+    """The ``distributed.Client`` to run on: the one given (or one connected to the
+    scheduler address given), else the current one, else None."""
+    if isinstance(client, str):
+        from .faults import connect
+
+        return connect(client)
     if client is not None:
+        from .faults import check_client
+
+        check_client(client)
         return client
     try:
         from distributed import default_client
@@ -66,6 +74,9 @@ def create_index(
     client=None,
     scheduler: str | None = None,
     compute: bool = True,
+    journal=None,
+    resume: bool = True,
+    retries: int = 2,
 ) -> Any:
     """Build a Lance vector index in parallel on Dask.
 
@@ -132,11 +143,31 @@ def create_index(
         return an :class:`~dask_lance_index.graph.IndexBuild`, a lazy dask
         object whose ``.compute()`` runs the build and returns a
         :class:`~dask_lance_index.commit.BuildResult`.
+    journal : str or False, optional
+        Where the build journal goes (a directory or object-store prefix): the
+        plan, the trained artifacts and every finished segment, as JSON. Default
+        ``<uri>/_dli/<build id>``, removed once the index is committed. Give a
+        location to be able to resume; ``False``: no journal (no resume, and
+        :func:`~dask_lance_index.cleanup` cannot find what a crash left).
+    resume : bool
+        When ``journal`` names an existing journal: carry on that build
+        (finished segments and merges are not redone) instead of failing.
+    retries : int
+        On a cluster: times a failing task is retried, and times the whole run
+        is resubmitted after tasks were lost with dying workers (finished work
+        is taken from the journal).
     """
     t0 = time.time()
     # An explicit local scheduler wins over a default client picked up implicitly.
     client = client if scheduler is not None else resolve_client(client)
     given = _given_artifacts(ivf_centroids, pq_codebook, rabitq_model)
+    from .faults import resume_build, start_build
+
+    resumed = resume_build(journal, uri, column, index_type, name, given) if journal and resume else None
+    if resumed is not None:
+        plan, given = resumed
+        build = build_graph(plan, given, storage_options, plan_seconds=time.time() - t0, journal=str(journal), retries=retries)
+        return build if not compute else run(build, client=client, scheduler=scheduler, retries=retries).dataset(storage_options)
     plan = plan_index(
         uri,
         column,
@@ -174,34 +205,26 @@ def create_index(
         num_sub_vectors=plan.params.num_sub_vectors,
         num_bits=plan.params.num_bits,
     )
-    build = build_graph(plan, given, storage_options, plan_seconds=time.time() - t0)
+    location = start_build(plan, journal, client)
+    build = build_graph(plan, given, storage_options, plan_seconds=time.time() - t0, journal=location, retries=retries)
     if not compute:
         return build
-    result = run(build, client=client, scheduler=scheduler)
+    result = run(build, client=client, scheduler=scheduler, retries=retries)
     return result.dataset(storage_options)
 
 
-def run(build: IndexBuild, client=None, scheduler: str | None = None):
+def run(build: IndexBuild, client=None, scheduler: str | None = None, retries: int = 2):
     """Run a lazy build on ``client`` (or the local ``scheduler``) and return its BuildResult.
 
-    If the build fails, the segments its build tasks wrote are removed (the
-    commit task removes merged segments itself when it is the one failing).
+    On a cluster a failing task is retried ``retries`` times, and the run is
+    resubmitted up to ``retries`` times when tasks were lost with dying workers
+    (journaled work is not redone). If the build fails, its tasks are stopped
+    and every uncommitted segment it wrote is removed (:func:`.cleanup.abandon_build`).
     """
+    from .faults import run_with_retries
+
     client = client if scheduler is not None else resolve_client(client)
-    try:
-        if client is not None:
-            # distributed finalises on a worker: repeat the report here, where the caller is.
-            return report(client.compute(build).result())
-        import dask
-
-        (result,) = dask.compute(build, scheduler=scheduler)
-        return result
-    except BaseException:
-        from ._lance import remove_index_dir
-
-        for task in range(build.plan.num_tasks):
-            remove_index_dir(build.plan.uri, build.plan.segment_uuid(task), build.storage_options)
-        raise
+    return run_with_retries(build, client, scheduler, retries)
 
 
 def _given_artifacts(ivf_centroids, pq_codebook, rabitq_model) -> IndexArtifacts:
