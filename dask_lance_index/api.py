@@ -77,6 +77,7 @@ def create_index(
     journal=None,
     resume: bool = True,
     retries: int = 2,
+    fragment_groups=None,
 ) -> Any:
     """Build a Lance vector index in parallel on Dask.
 
@@ -152,6 +153,9 @@ def create_index(
     resume : bool
         When ``journal`` names an existing journal: carry on that build
         (finished segments and merges are not redone) instead of failing.
+    fragment_groups : list of lists of int, optional
+        The build tasks' fragment groups, chosen by hand (instead of
+        ``num_tasks`` / ``rows_per_task``): every fragment in exactly one group.
     retries : int
         On a cluster: times a failing task is retried, and times the whole run
         is resubmitted after tasks were lost with dying workers (finished work
@@ -196,6 +200,7 @@ def create_index(
         seed=seed,
         engine=engine,
         storage_options=storage_options,
+        fragment_groups=fragment_groups,
     )
     validate_artifacts(
         given,

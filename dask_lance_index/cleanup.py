@@ -75,21 +75,16 @@ def _journals(uri: str) -> list[BuildJournal]:
 
 
 def _open_windows(j: BuildJournal, now: float) -> list[tuple[float, float]]:
-    """Time windows of ``j``'s merge attempts that recorded no output."""
-    finished = {m.slot: m for m in j.merges}
-    by_slot: dict[int, list[float]] = {}
-    for slot, t in j.attempts:
-        by_slot.setdefault(slot, []).append(t)
-    out = []
-    for slot, times in by_slot.items():
-        times.sort()
-        rec = finished.get(slot)
-        for k, t in enumerate(times):
-            if rec is not None and rec.started == t:
-                continue  # this attempt recorded its output
-            end = times[k + 1] if k + 1 < len(times) else (rec.finished if rec and rec.started > t else now)
-            out.append((t, end))
-    return out
+    """Time windows of ``j``'s merge attempts that recorded no output: from the
+    attempt's start to its last heartbeat plus one period (it wrote nothing after)."""
+    from .journal import HEARTBEAT_SECONDS
+
+    finished = {m.slot: m.started for m in j.merges}
+    return [
+        (started, beat + HEARTBEAT_SECONDS)
+        for slot, started, beat in j.attempts
+        if finished.get(slot) != started  # this attempt recorded its output
+    ]
 
 
 def _merge_orphans(j: BuildJournal, dirs: dict[str, float], others: list[BuildJournal], now: float) -> set[str]:

@@ -11,6 +11,7 @@ transaction, instead of adding a delta beside it.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Iterable, Sequence
@@ -223,6 +224,7 @@ def _check_and_commit(plan: IndexPlan, final: list, storage_options: dict | None
             # Lance refused because a concurrent transaction landed first: check
             # again against the version it made (it may be a racing index).
             last = exc
+            logging.getLogger("dask_lance_index").info("commit of %s lost a race (%s); checking again", plan.name, exc)
             time.sleep(0.05 * (attempt + 1))
     raise DatasetChangedError(
         f"the commit of index {plan.name!r} lost {COMMIT_ATTEMPTS} races to other writers' commits "

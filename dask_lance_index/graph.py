@@ -40,6 +40,14 @@ def report(result: BuildResult) -> BuildResult:
             UserWarning,
             stacklevel=3,
         )
+    if getattr(result, "num_rows_unindexed", 0):
+        warnings.warn(
+            f"{result.num_rows_unindexed} rows appended during the build are not in the index "
+            "(queries still find them, by a slower flat scan). Fix: build again, or let Lance's "
+            "optimize_indices add them.",
+            UserWarning,
+            stacklevel=3,
+        )
     log.info("%s", result)
     return result
 

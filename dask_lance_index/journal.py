@@ -19,8 +19,8 @@ default ``<dataset uri>/_dli/<build id>``)::
     artifacts.json          the shared artifacts (IndexArtifacts JSON)
     segments/<task>.json    one record per finished build task
     merges/<slot>.json      one record per finished merge step
-    merges/<slot>.<t>.try   one per merge attempt: its start time (finds Lance's
-                            randomly named output of an attempt that died)
+    merges/<slot>.<t>.try   one per merge attempt: its start time and heartbeat (finds
+                            Lance's randomly named output of an attempt that died)
     aborted                 written when the build fails: late tasks remove their output
 
 Each file is written by one task only, so tasks never contend for a file.
@@ -276,8 +276,8 @@ class BuildJournal:
         Finished build tasks.
     merges : tuple of MergeRecord
         Finished merge steps.
-    attempts : tuple of (slot, started)
-        Every merge attempt's start time.
+    attempts : tuple of (slot, started, last heartbeat)
+        Every merge attempt's start time and the last sign of life it gave.
     driver : dict
         Host and process id of the driver that wrote ``journal.json``, and
         ``updated``: when it last did.
@@ -293,7 +293,7 @@ class BuildJournal:
     artifacts: str | None = None
     segments: tuple[SegmentRecord, ...] = ()
     merges: tuple[MergeRecord, ...] = ()
-    attempts: tuple[tuple[int, float], ...] = ()
+    attempts: tuple[tuple[int, float, float], ...] = ()
     driver: dict | None = None
     version: int | None = None
     aborted: bool = False
@@ -367,8 +367,10 @@ class BuildJournal:
             if name.endswith(".json"):
                 merges.append(MergeRecord.from_dict(json.loads(store.read(f"merges/{name}"))))
             elif name.endswith(".try"):
-                slot = int(name.split(".")[0])
-                attempts.append((slot, float(store.read(f"merges/{name}") or 0.0)))
+                text = store.read(f"merges/{name}")
+                if text:
+                    a = json.loads(text)
+                    attempts.append((int(name.split(".")[0]), float(a["started"]), float(a["beat"])))
         return cls(
             location=str(location),
             plan=IndexPlan.from_dict(head["plan"]),
@@ -435,5 +437,40 @@ def write_merge(location: str, record: MergeRecord) -> None:
     _Store(location).write(f"merges/{record.slot:06d}.json", json.dumps(record.to_dict()))
 
 
+# Seconds between a merge attempt's heartbeats: the output of an attempt that died was
+# written before its last heartbeat plus this.
+HEARTBEAT_SECONDS = 1.0
+
+
+class MergeAttempt:
+    """Journal a merge attempt: its start, then a heartbeat every HEARTBEAT_SECONDS until it ends."""
+
+    def __init__(self, location: str, slot: int, started: float):
+        import threading
+
+        self.store = _Store(location)
+        self.name = f"merges/{slot:06d}.{time.time_ns()}.try"
+        self.started = started
+        self._done = threading.Event()
+        self._beat()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _beat(self) -> None:
+        self.store.write(self.name, json.dumps({"started": self.started, "beat": time.time()}))
+
+    def _run(self) -> None:
+        while not self._done.wait(HEARTBEAT_SECONDS):
+            self._beat()
+
+    def __enter__(self) -> "MergeAttempt":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._done.set()
+        self._thread.join()
+
+
 def write_attempt(location: str, slot: int, started: float) -> None:
-    _Store(location).write(f"merges/{slot:06d}.{time.time_ns()}.try", repr(started))
+    """Journal an attempt's start (and only that: as an attempt that died at once)."""
+    MergeAttempt(location, slot, started)

@@ -90,11 +90,11 @@ def merge_task(plan: IndexPlan, slot: int, inputs: list, storage_options: dict |
     """Merge step filling ``slot``: reuse a journaled output of the same inputs, else merge.
 
     Lance picks the merged segment's uuid, so each attempt journals its start
-    time first (cleanup finds the output of an attempt that died mid-merge by
-    it) and its output when done.
+    time and a heartbeat while it merges (cleanup finds the output of an
+    attempt that died mid-merge by that time window) and its output when done.
     """
     from ._lance import remove_index_dir
-    from .journal import MergeRecord, index_from_dict, index_to_dict, is_aborted, read_merge, write_attempt, write_merge
+    from .journal import MergeAttempt, MergeRecord, index_from_dict, index_to_dict, is_aborted, read_merge, write_merge
 
     segments = [index_of(x) for x in inputs]
     input_uuids = tuple(ix.uuid for ix in segments)
@@ -106,8 +106,10 @@ def merge_task(plan: IndexPlan, slot: int, inputs: list, storage_options: dict |
                 return index_from_dict(rec.index), (rec.started, rec.finished)
             remove_index_dir(plan.uri, rec.uuid, storage_options)  # made from other inputs: stale
         t0 = time.time()
-        write_attempt(journal, slot, t0)
-    merged, (started, finished) = merge_segments(plan.uri, plan.version, segments, storage_options)
+        with MergeAttempt(journal, slot, t0):
+            merged, (started, finished) = merge_segments(plan.uri, plan.version, segments, storage_options)
+    else:
+        merged, (started, finished) = merge_segments(plan.uri, plan.version, segments, storage_options)
     if journal is not None:
         write_merge(journal, MergeRecord(slot, merged.uuid, input_uuids, index_to_dict(merged), t0, finished))
         if is_aborted(journal):
