@@ -210,7 +210,7 @@ def create_index(
         num_sub_vectors=plan.params.num_sub_vectors,
         num_bits=plan.params.num_bits,
     )
-    location = start_build(plan, journal, client)
+    location = start_build(plan, journal, client, given)
     build = build_graph(plan, given, storage_options, plan_seconds=time.time() - t0, journal=location, retries=retries)
     if not compute:
         return build

@@ -45,7 +45,7 @@ def probe_writable(location: str, what: str) -> None:
                 pass
 
 
-def start_build(plan: IndexPlan, journal, client=None) -> str | None:
+def start_build(plan: IndexPlan, journal, client=None, given=None) -> str | None:
     """Check the dataset (and the journal location) can be written, and write the
     journal of a new build. Returns the journal location, or None without one."""
     # The dataset itself: the segments go to <uri>/_indices.
@@ -62,6 +62,8 @@ def start_build(plan: IndexPlan, journal, client=None) -> str | None:
     if journal:
         probe_writable(location, "the journal location")
     j = BuildJournal.start(location, plan)
+    if not plan.train and given is not None:
+        j = j.save_artifacts(given)  # a resumed run needs them again
     return j.location
 
 

@@ -51,6 +51,7 @@ __all__ = [
 ]
 
 JOURNAL_DIR = "_dli"
+ARTIFACTS = "artifacts.json"
 FORMAT = 1
 
 
@@ -271,7 +272,7 @@ class BuildJournal:
     status : str
         ``"running"``, ``"committed"`` or ``"failed"``.
     artifacts : str, optional
-        Location of the saved artifacts (relative to ``location``), once known.
+        Location of the saved artifacts relative to ``location`` (default ``artifacts.json``).
     segments : tuple of SegmentRecord
         Finished build tasks.
     merges : tuple of MergeRecord
@@ -387,9 +388,8 @@ class BuildJournal:
     def load_artifacts(self):
         from .artifacts import IndexArtifacts
 
-        if not self.artifacts:
-            return None
-        text = _Store(self.location).read(self.artifacts)
+        # The training task writes them (on a worker) without touching journal.json.
+        text = _Store(self.location).read(self.artifacts or ARTIFACTS)
         return None if text is None else IndexArtifacts.from_json(text)
 
     def segment_uuids(self) -> set[str]:

@@ -111,9 +111,10 @@ def test_a_successful_build_leaves_no_journal_and_a_chosen_journal_says_committe
 
 
 # -- dead workers ---------------------------------------------------------------------------------
-def _kill_workers_during(client, fn, journal, kills, rng):
-    """Run ``fn`` in a thread; meanwhile SIGKILL a random worker process ``kills`` times
-    at random moments. Returns (result or exception, what the journal held at each kill)."""
+def _kill_workers_during(client, fn, journal, triggers, rng):
+    """Run ``fn`` in a thread; meanwhile SIGKILL a random worker process once each
+    trigger (a test on the build's journal) holds, a random few ms later. Returns
+    (result or exception, what the journal held at each kill)."""
     box = {}
 
     def target():
@@ -125,20 +126,23 @@ def _kill_workers_during(client, fn, journal, kills, rng):
     t = threading.Thread(target=target)
     t.start()
     at_kill = []
-    for _ in range(kills):
-        time.sleep(rng.uniform(0.3, 1.6))
-        if not t.is_alive():
-            break
+    for trigger in triggers:
+        while t.is_alive():
+            j = BuildJournal.load(journal)
+            if j is not None and trigger(j):
+                break
+            time.sleep(0.005)
+        time.sleep(rng.uniform(0.0, 0.05))
         try:
-            pids = sorted(client.run(os.getpid, wait=True).values())
-        except Exception:  # a worker is restarting; try again next round
+            pids = sorted(client.run(os.getpid).values())
+        except Exception:  # a worker is restarting: skip this kill
             continue
-        if not pids:
-            continue
+        if not t.is_alive() or not pids:
+            break
         j = BuildJournal.load(journal)
         os.kill(int(rng.choice(pids)), signal.SIGKILL)
-        at_kill.append({"segments": len(j.segments) if j else 0, "merges": len(j.merges) if j else 0,
-                        "trained": bool(j and j.load_artifacts() is not None)})
+        at_kill.append({"segments": len(j.segments), "merges": len(j.merges), "merge attempts": len(j.attempts),
+                        "trained": j.load_artifacts() is not None})
     t.join(300)
     assert not t.is_alive(), "the build hung after its workers were killed"
     return box["result"], at_kill
@@ -156,11 +160,20 @@ def test_workers_killed_at_random_points_the_build_finishes_correct_and_clean(
     client = Client(cluster)
     try:
         build = dli.create_index(uri, "vector", "IVF_PQ", num_tasks=8, client=client, compute=False, **BUILD)
+        rng = np.random.default_rng(12)
+        started = time.time()
+        delay = rng.uniform(0.2, 1.0)
+        triggers = [
+            lambda j: time.time() - started > delay,  # sampling or training
+            lambda j: j.load_artifacts() is not None,  # build tasks starting
+            lambda j: len(j.segments) >= 3,  # some segments built, some not
+            lambda j: len(j.segments) == 8,  # merging or committing
+        ]
         result, at_kill = _kill_workers_during(
-            client, lambda: dli.run(build, client=client), build.journal, 3, np.random.default_rng(12)
+            client, lambda: dli.run(build, client=client), build.journal, triggers, rng
         )
-        print("kills at:", at_kill)
-        assert len(at_kill) >= 2, f"the build finished before the workers could be killed twice: {at_kill}"
+        print("kills at:", at_kill, repr(result)[:3000])
+        assert len(at_kill) >= 3, f"the build finished before the workers could be killed 3 times: {at_kill}"
         assert isinstance(result, dli.BuildResult), result
     finally:
         client.close()
@@ -177,8 +190,9 @@ def test_a_task_failing_on_a_cluster_stops_the_build_and_leaves_nothing(tmp_path
     uri = write(tmp_path / "fail.lance", vectors, 1500)  # 8 fragments
     ds = lance.dataset(uri)
     centroids = vectors[:8].copy()  # given: no training, the build tasks start at once
+    jloc = str(tmp_path / "journal")
     build = dli.create_index(uri, "vector", "IVF_FLAT", ivf_centroids=centroids, num_tasks=8,
-                             client=cluster_client, compute=False)
+                             client=cluster_client, compute=False, journal=jloc)
     bad = build.plan.groups[-1][0]
     os.remove(os.path.join(uri, "data", ds.get_fragment(bad).data_files()[0].path))
     with pytest.raises(Exception) as info:
@@ -187,6 +201,9 @@ def test_a_task_failing_on_a_cluster_stops_the_build_and_leaves_nothing(tmp_path
     assert lance.dataset(uri).version == ds.version
     assert index_dirs(uri) == set()
     assert not os.path.exists(os.path.join(uri, "_dli"))
+    j = BuildJournal.load(jloc)
+    assert j.status == "failed" and j.aborted
+    assert j.segments, "no segment had been written before the failure: the test proves nothing"
 
 
 def test_a_merge_attempt_that_died_before_recording_its_output_is_removed(tmp_path, vectors):
@@ -274,20 +291,24 @@ def test_driver_killed_mid_build_resumes_without_rebuilding_finished_segments(
         before[s.uuid] = {f: os.stat(os.path.join(d, f)).st_mtime_ns for f in os.listdir(d)}
     records = {f: os.stat(os.path.join(jloc, "segments", f)).st_mtime_ns for f in os.listdir(os.path.join(jloc, "segments"))}
 
+    assert j.load_artifacts() is not None  # trained before any segment was built
     seen = {}
     from dask_lance_index import tasks
 
-    real = tasks.build_segment
+    real, real_train = tasks.build_segment, tasks.train_artifacts
 
     def counting(plan, task, *a, **k):  # counts builds; the real build runs
         seen[task] = seen.get(task, 0) + 1
         return real(plan, task, *a, **k)
 
-    tasks.build_segment = counting
+    def no_training(*a, **k):
+        raise AssertionError("the resumed build trained its artifacts again")
+
+    tasks.build_segment, tasks.train_artifacts = counting, no_training
     try:
         ds = dli.create_index(uri, "vector", "IVF_PQ", num_tasks=16, scheduler="sync", journal=jloc, **BUILD)
     finally:
-        tasks.build_segment = real
+        tasks.build_segment, tasks.train_artifacts = real, real_train
     done = {s.task for s in j.segments}
     assert set(seen) == set(range(16)) - done and all(v == 1 for v in seen.values())
     for f, t in records.items():  # the finished segments' records were not rewritten...
