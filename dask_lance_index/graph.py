@@ -22,8 +22,7 @@ from dask.delayed import Delayed, delayed
 from .artifacts import IndexArtifacts
 from .commit import BuildResult, commit_index
 from .plan import IndexPlan
-from .tasks import build_task, index_of, merge_task, train_task
-from .train import sample_fragment
+from .tasks import build_task, index_of, merge_task, sample_task, train_task
 
 __all__ = ["IndexBuild", "build_graph", "report"]
 
@@ -119,7 +118,7 @@ def build_graph(
     with dask.annotate(retries=retries):
         if plan.train:
             samples = [
-                delayed(sample_fragment, pure=True)(
+                delayed(sample_task, pure=True)(
                     plan.uri,
                     plan.version,
                     plan.column,
@@ -130,6 +129,7 @@ def build_graph(
                     plan.seed,
                     plan.build_id,
                     storage_options,
+                    journal=journal,
                     dask_key_name=f"dli-sample-{tok}-{frag.fragment_id}",
                 )
                 for frag, n in zip(plan.fragments, plan.samples)

@@ -23,9 +23,9 @@ from .build import SegmentResult, build_segment
 from .errors import BuildAbortedError
 from .merge import merge_segments
 from .plan import IndexPlan
-from .train import train_artifacts
+from .train import sample_fragment, train_artifacts
 
-__all__ = ["train_task", "build_task", "merge_task", "index_of", "index_dir_exists"]
+__all__ = ["sample_task", "train_task", "build_task", "merge_task", "index_of", "index_dir_exists"]
 
 
 def index_of(x):
@@ -46,6 +46,19 @@ def _check_abort(journal: str | None, build_id: str) -> None:
 
     if is_aborted(journal):
         raise BuildAbortedError(f"build {build_id} was abandoned; this task stops")
+
+
+def sample_task(*args, journal: str | None = None):
+    """Sample one fragment, unless the journal holds the trained artifacts already
+    (a recomputation after a worker died, or a resumed build): then sample nothing."""
+    from .journal import ARTIFACTS, journal_store
+
+    if journal is not None and journal_store(journal).exists(ARTIFACTS):
+        import numpy as np
+
+        now = time.time()
+        return np.empty((0, args[3]), np.float32), (now, now)
+    return sample_fragment(*args)
 
 
 def train_task(samples, journal: str | None = None, **kwargs):
