@@ -20,8 +20,6 @@ __all__ = ["start_build", "resume_build", "run_with_retries", "connect", "probe_
 
 log = logging.getLogger("dask_lance_index")
 
-# Seconds to wait for a scheduler named by its address.
-CONNECT_TIMEOUT = "5s"
 
 
 def probe_writable(location: str, what: str) -> None:
@@ -145,7 +143,8 @@ def connect(address: str):
     from distributed import Client
 
     try:
-        return Client(address, timeout=CONNECT_TIMEOUT)
+        # Waits dask's "distributed.comm.timeouts.connect" (30 s by default).
+        return Client(address)
     except (OSError, TimeoutError) as exc:
         raise InvalidInputError(
             f"cannot reach a Dask scheduler at {address!r} ({type(exc).__name__}: {exc}). Fix: start "

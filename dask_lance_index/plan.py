@@ -104,8 +104,8 @@ class FragmentInfo:
 
 def default_num_partitions(num_rows: int, target_partition_size: int | None = None) -> int:
     """Lance's rule: ``num_rows // target_partition_size`` clamped to [1, 4096]."""
-    tps = target_partition_size or DEFAULT_TARGET_PARTITION_SIZE
-    if tps < 1:
+    tps = DEFAULT_TARGET_PARTITION_SIZE if target_partition_size is None else target_partition_size
+    if not isinstance(tps, int) or tps < 1:
         raise InvalidInputError(f"target_partition_size must be positive, got {tps}")
     return min(max(1, num_rows // tps), MAX_PARTITIONS)
 
