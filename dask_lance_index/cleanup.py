@@ -259,7 +259,6 @@ def abandon_build(build, client=None, future=None) -> list[str]:
     references, and the journal when it sits at the default location.
     """
     from ._lance import remove_index_dir
-    from .journal import is_aborted
 
     plan = build.plan
     loc = getattr(build, "journal", None)
@@ -289,6 +288,6 @@ def abandon_build(build, client=None, future=None) -> list[str]:
     if j is not None:
         if stopped and loc.rstrip("/") == default_journal_location(plan.uri, plan.build_id):
             j.remove()
-        elif is_aborted(loc):
+        else:  # kept: a chosen location, or tasks still running (they see the marker)
             j.with_status("failed")
     return sorted(doomed)

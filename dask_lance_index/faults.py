@@ -13,7 +13,7 @@ import os
 import uuid as uuidlib
 
 from .errors import InvalidInputError
-from .journal import BuildJournal, default_journal_location, journal_store
+from .journal import BuildJournal, _is_local, default_journal_location, journal_store
 from .plan import IndexPlan
 
 __all__ = ["start_build", "resume_build", "run_with_retries", "connect", "probe_writable"]
@@ -46,6 +46,10 @@ def probe_writable(location: str, what: str) -> None:
 def start_build(plan: IndexPlan, journal, client=None, given=None) -> str | None:
     """Check the dataset (and the journal location) can be written, and write the
     journal of a new build. Returns the journal location, or None without one."""
+    if not journal and not _is_local(plan.uri):
+        # Journal I/O does not take Lance's storage_options yet: on an object store,
+        # journal only where the caller says so (cleanup then finds build segments by uuid).
+        return None
     # The dataset itself: the segments go to <uri>/_indices.
     probe_writable(f"{plan.uri.rstrip('/')}/_dli", "the dataset")
     if journal is False:

@@ -94,6 +94,10 @@ def test_journaled_lance_indexes_round_trip_json_and_still_merge(tmp_path, big_v
     again = BuildJournal.load(j.location)
     assert again.plan == plan and again.status == "running" and again.driver_alive()
     assert again.segment_uuids() == {plan.segment_uuid(0), plan.segment_uuid(1)}
+    # one uuid per task, stable for the build, never shared with another build
+    other = dli.plan_index(uri, "vector", "IVF_FLAT", num_partitions=4, num_tasks=2)
+    assert plan.segment_uuid(0) != plan.segment_uuid(1) and plan.segment_uuid(0) == again.plan.segment_uuid(0)
+    assert again.segment_uuids().isdisjoint({other.segment_uuid(0), other.segment_uuid(1)})
 
 
 def test_a_successful_build_leaves_no_journal_and_a_chosen_journal_says_committed(tmp_path, vectors):
