@@ -8,7 +8,7 @@ from typing import Any
 
 from .artifacts import IndexArtifacts, coerce_array, validate_artifacts
 from .errors import InvalidInputError
-from .graph import IndexBuild, build_graph, report
+from .graph import IndexBuild, build_graph
 from .plan import MAX_ITERS, PQ_SAMPLE_RATE, SAMPLE_RATE, TOLERANCE, plan_index
 
 __all__ = ["create_index", "resolve_client"]

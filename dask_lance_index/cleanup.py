@@ -17,11 +17,11 @@ import uuid as uuidlib
 
 from .journal import JOURNAL_DIR, BuildJournal, default_journal_location, journal_store
 
-__all__ = ["cleanup", "abandon_build", "finish_journal", "referenced_segments"]
+__all__ = ["abandon_build", "cleanup", "finish_journal", "referenced_segments"]
 
 log = logging.getLogger("dask_lance_index")
 
-# A journal whose driver runs on another host counts as crashed after this long.
+# A build whose driver runs on another host counts as crashed after this long without a sign of life.
 STALE_AFTER_SECONDS = 24 * 3600
 # How long a failing run waits for its still-running tasks to stop.
 ABANDON_WAIT_SECONDS = 60.0
@@ -128,13 +128,20 @@ def _build_uuids_without_journal(uri: str, build_id: str, dirs: dict[str, float]
     return names & set(dirs)
 
 
+def last_activity(j: BuildJournal) -> float:
+    """When the build last showed life: its driver's last journal write, a task's
+    finished record, or a merge attempt's heartbeat."""
+    times = [float((j.driver or {}).get("updated", 0.0))]
+    times += [s.finished for s in j.segments] + [m.finished for m in j.merges] + [a[2] for a in j.attempts]
+    return max(times)
+
+
 def _crashed(j: BuildJournal, now: float) -> bool:
     if j.status != "running":
         return True  # committed or failed: whatever it left is garbage
     if not j.driver_alive():
         return True
-    updated = float((j.driver or {}).get("updated", now))
-    return now - updated > STALE_AFTER_SECONDS and (j.driver or {}).get("host") != _host()
+    return now - last_activity(j) > STALE_AFTER_SECONDS and (j.driver or {}).get("host") != _host()
 
 
 def _host() -> str:

@@ -16,7 +16,7 @@ from .errors import InvalidInputError
 from .journal import BuildJournal, _is_local, default_journal_location, journal_store
 from .plan import IndexPlan
 
-__all__ = ["start_build", "resume_build", "run_with_retries", "connect", "probe_writable"]
+__all__ = ["connect", "probe_writable", "resume_build", "run_with_retries", "start_build"]
 
 log = logging.getLogger("dask_lance_index")
 

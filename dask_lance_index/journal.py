@@ -42,11 +42,11 @@ from .plan import IndexPlan
 
 __all__ = [
     "BuildJournal",
-    "SegmentRecord",
     "MergeRecord",
+    "SegmentRecord",
     "default_journal_location",
-    "index_to_dict",
     "index_from_dict",
+    "index_to_dict",
     "journal_store",
 ]
 
@@ -101,10 +101,10 @@ class _Store:
                 return f.read().decode()
         except (FileNotFoundError, NotADirectoryError):
             return None
-        except OSError as exc:  # pyarrow raises OSError for a missing object
+        except OSError:  # pyarrow raises OSError for a missing object
             if not self.local and not self.exists(rel):
                 return None
-            raise exc
+            raise
 
     def exists(self, rel: str) -> bool:
         path = self._p(rel)
@@ -217,7 +217,7 @@ class SegmentRecord:
     finished: float
 
     @classmethod
-    def of(cls, r) -> "SegmentRecord":
+    def of(cls, r) -> SegmentRecord:
         return cls(r.task, r.uuid, index_to_dict(r.index), tuple(r.fragment_ids), r.num_rows,
                    r.null_rows, r.nan_rows, r.started, r.finished)
 
@@ -233,7 +233,7 @@ class SegmentRecord:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "SegmentRecord":
+    def from_dict(cls, d: dict) -> SegmentRecord:
         return cls(**{**d, "fragment_ids": tuple(d["fragment_ids"])})
 
 
@@ -254,7 +254,7 @@ class MergeRecord:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "MergeRecord":
+    def from_dict(cls, d: dict) -> MergeRecord:
         return cls(**{**d, "inputs": tuple(d["inputs"])})
 
 
@@ -301,7 +301,7 @@ class BuildJournal:
 
     # -- writing (driver) -------------------------------------------------------------------------
     @classmethod
-    def start(cls, location: str, plan: IndexPlan) -> "BuildJournal":
+    def start(cls, location: str, plan: IndexPlan) -> BuildJournal:
         """Write a new journal for ``plan``; fails with a clear error if ``location`` is not writable."""
         j = cls(location=str(location), plan=plan, driver=_driver())
         try:
@@ -326,19 +326,19 @@ class BuildJournal:
         }
         _Store(self.location).write("journal.json", json.dumps(head, indent=1))
 
-    def with_status(self, status: str, version: int | None = None) -> "BuildJournal":
+    def with_status(self, status: str, version: int | None = None) -> BuildJournal:
         j = replace(self, status=status, version=version)
         j._write_head()
         return j
 
-    def take_over(self) -> "BuildJournal":
+    def take_over(self) -> BuildJournal:
         """This process resumes the build: claim the journal and clear an abort."""
         _Store(self.location).remove("aborted")
         j = replace(self, driver=_driver(), status="running", aborted=False)
         j._write_head()
         return j
 
-    def save_artifacts(self, artifacts) -> "BuildJournal":
+    def save_artifacts(self, artifacts) -> BuildJournal:
         _Store(self.location).write("artifacts.json", artifacts.to_json())
         j = replace(self, artifacts="artifacts.json")
         j._write_head()
@@ -352,7 +352,7 @@ class BuildJournal:
 
     # -- reading ----------------------------------------------------------------------------------
     @classmethod
-    def load(cls, location: str) -> "BuildJournal | None":
+    def load(cls, location: str) -> BuildJournal | None:
         """The journal at ``location``, or None if there is none."""
         store = _Store(str(location))
         text = store.read("journal.json")
@@ -462,7 +462,7 @@ class MergeAttempt:
         while not self._done.wait(HEARTBEAT_SECONDS):
             self._beat()
 
-    def __enter__(self) -> "MergeAttempt":
+    def __enter__(self) -> MergeAttempt:
         self._thread.start()
         return self
 

@@ -25,7 +25,7 @@ from .merge import merge_segments
 from .plan import IndexPlan
 from .train import sample_fragment, train_artifacts
 
-__all__ = ["sample_task", "train_task", "build_task", "merge_task", "index_of", "index_dir_exists"]
+__all__ = ["build_task", "index_dir_exists", "index_of", "merge_task", "sample_task", "train_task"]
 
 
 def index_of(x):
@@ -107,7 +107,15 @@ def merge_task(plan: IndexPlan, slot: int, inputs: list, storage_options: dict |
     attempt that died mid-merge by that time window) and its output when done.
     """
     from ._lance import remove_index_dir
-    from .journal import MergeAttempt, MergeRecord, index_from_dict, index_to_dict, is_aborted, read_merge, write_merge
+    from .journal import (
+        MergeAttempt,
+        MergeRecord,
+        index_from_dict,
+        index_to_dict,
+        is_aborted,
+        read_merge,
+        write_merge,
+    )
 
     segments = [index_of(x) for x in inputs]
     input_uuids = tuple(ix.uuid for ix in segments)
