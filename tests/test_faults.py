@@ -159,36 +159,42 @@ def test_workers_killed_at_random_points_the_build_finishes_correct_and_clean(
 ):
     from distributed import Client, LocalCluster
 
-    uri = write(tmp_path / "kill.lance", big_vectors, 5000)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
     client = Client(cluster)
+    rng = np.random.default_rng(12)
+    ref, truth = reference
+    kills = []
     try:
-        build = dli.create_index(uri, "vector", "IVF_FLAT", num_tasks=8, client=client, compute=False, **BUILD)
-        rng = np.random.default_rng(12)
-        started = time.time()
-        delay = rng.uniform(0.2, 1.0)
-        triggers = [
-            lambda j: time.time() - started > delay,  # sampling or training
-            lambda j: len(j.segments) >= 3,  # some segments built, some not
-            lambda j: len(j.segments) == 8,  # merging or committing
-        ]
-        result, at_kill = _kill_workers_during(
-            client, lambda: dli.run(build, client=client), build.journal, triggers, rng
-        )
-        print("kills at:", at_kill, repr(result)[:3000])
-        assert len(at_kill) == 4, f"the build finished before the workers could be killed 3 times: {at_kill}"
-        assert isinstance(result, dli.BuildResult), result
+        # Three kills must land inside builds; on a fast machine a build may end before
+        # its last trigger fires: then another build takes the remaining kills.
+        for attempt in range(3):
+            uri = write(tmp_path / f"kill{attempt}.lance", big_vectors, 5000)
+            build = dli.create_index(uri, "vector", "IVF_FLAT", num_tasks=8, client=client, compute=False, **BUILD)
+            started, delay = time.time(), rng.uniform(0.2, 1.0)
+            triggers = [
+                lambda j: time.time() - started > delay,  # sampling or training
+                lambda j: len(j.segments) >= 3,  # some segments built, some not
+                lambda j: len(j.segments) == 8,  # merging or committing
+            ][len(kills):]
+            result, at_kill = _kill_workers_during(
+                client, lambda: dli.run(build, client=client), build.journal, triggers, rng
+            )
+            print(f"build {attempt}: kills at", at_kill)
+            assert isinstance(result, dli.BuildResult), result
+            ds = result.dataset()
+            assert result.num_rows_indexed == len(big_vectors) and len(result.segments) == 1
+            assert ds.stats.index_stats("vector_idx")["num_indexed_rows"] == len(big_vectors)
+            assert recall(ds, big_queries, truth) == pytest.approx(ref, abs=0.01)
+            no_leftovers(uri, ds)
+            kills += at_kill[:-1]
+            if len(kills) >= 3:
+                break
     finally:
         client.close()
         cluster.close()
-    ds = result.dataset()
-    assert result.num_rows_indexed == len(big_vectors) and len(result.segments) == 1
-    assert ds.stats.index_stats("vector_idx")["num_indexed_rows"] == len(big_vectors)
-    ref, truth = reference
-    assert recall(ds, big_queries, truth) == pytest.approx(ref, abs=0.01)
-    no_leftovers(uri, ds)
+    assert len(kills) >= 3, kills
 
 
 def test_a_task_failing_on_a_cluster_stops_the_build_and_leaves_nothing(tmp_path, vectors, cluster_client):
