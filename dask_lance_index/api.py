@@ -168,40 +168,39 @@ def create_index(
     from .faults import resume_build, start_build
 
     resumed = resume_build(journal, uri, column, index_type, name, given) if journal and resume else None
-    if resumed is not None:
+    if resumed is not None:  # carry on the journaled build: its plan, its artifacts
         plan, given = resumed
-        build = build_graph(plan, given, storage_options, plan_seconds=time.time() - t0, journal=str(journal), retries=retries)
-        return build if not compute else run(build, client=client, scheduler=scheduler, retries=retries).dataset(storage_options)
-    plan = plan_index(
-        uri,
-        column,
-        index_type,
-        name=name,
-        metric=metric,
-        replace=replace,
-        num_partitions=num_partitions,
-        target_partition_size=target_partition_size,
-        num_sub_vectors=num_sub_vectors,
-        num_bits=num_bits,
-        m=m,
-        ef_construction=ef_construction,
-        ivf_centroids=given.ivf_centroids,
-        pq_codebook=given.pq_codebook,
-        rabitq_model=given.rabitq_model,
-        num_tasks=num_tasks,
-        rows_per_task=rows_per_task,
-        parallelism=_parallelism(client),
-        num_segments=num_segments,
-        merge_fan_in=merge_fan_in,
-        sample_rate=sample_rate,
-        max_iters=max_iters,
-        pq_sample_rate=pq_sample_rate,
-        tolerance=tolerance,
-        seed=seed,
-        engine=engine,
-        storage_options=storage_options,
-        fragment_groups=fragment_groups,
-    )
+    else:
+        plan = plan_index(
+            uri,
+            column,
+            index_type,
+            name=name,
+            metric=metric,
+            replace=replace,
+            num_partitions=num_partitions,
+            target_partition_size=target_partition_size,
+            num_sub_vectors=num_sub_vectors,
+            num_bits=num_bits,
+            m=m,
+            ef_construction=ef_construction,
+            ivf_centroids=given.ivf_centroids,
+            pq_codebook=given.pq_codebook,
+            rabitq_model=given.rabitq_model,
+            num_tasks=num_tasks,
+            rows_per_task=rows_per_task,
+            parallelism=_parallelism(client),
+            num_segments=num_segments,
+            merge_fan_in=merge_fan_in,
+            sample_rate=sample_rate,
+            max_iters=max_iters,
+            pq_sample_rate=pq_sample_rate,
+            tolerance=tolerance,
+            seed=seed,
+            engine=engine,
+            storage_options=storage_options,
+            fragment_groups=fragment_groups,
+        )
     validate_artifacts(
         given,
         index_type=plan.params.index_type,
@@ -210,8 +209,10 @@ def create_index(
         num_sub_vectors=plan.params.num_sub_vectors,
         num_bits=plan.params.num_bits,
     )
-    location = start_build(plan, journal, client, given)
-    build = build_graph(plan, given, storage_options, plan_seconds=time.time() - t0, journal=location, retries=retries)
+    location = str(journal) if resumed is not None else start_build(plan, journal, client, given)
+    build = build_graph(
+        plan, given, storage_options, plan_seconds=time.time() - t0, journal=location, retries=retries
+    )
     if not compute:
         return build
     result = run(build, client=client, scheduler=scheduler, retries=retries)
