@@ -114,6 +114,23 @@ def test_a_successful_build_leaves_no_journal_and_a_chosen_journal_says_committe
         dli.create_index(uri2, "vector", "IVF_FLAT", replace=True, num_partitions=8, scheduler="sync", journal=jloc)
 
 
+def test_every_task_but_the_commit_is_retried(dataset_uri):
+    """Sample, train, build and merge tasks are idempotent and retried; the commit is not
+    (it removes the build's segments when it fails)."""
+    build = dli.create_index(dataset_uri, "vector", "IVF_PQ", num_partitions=8, num_sub_vectors=4,
+                             num_tasks=3, retries=4, compute=False)
+    retries = {}  # key kind -> the retries every layer holding such a key gives it
+    for layer in build.__dask_graph__().layers.values():
+        given = (layer.annotations or {}).get("retries")
+        for key in layer:
+            kind = key.split("-")[1]
+            if kind != "plan":  # a literal: nothing runs
+                retries.setdefault(kind, set()).add(given(key) if callable(given) else given)
+    assert retries == {"sample": {4}, "artifacts": {4}, "build": {4}, "merge": {4}, "commit": {None}}
+    dli.cleanup(dataset_uri, build.plan.build_id)  # the lazy build is dropped: remove its journal
+    assert not os.path.exists(os.path.join(dataset_uri, "_dli"))
+
+
 # -- dead workers ---------------------------------------------------------------------------------
 def _kill_workers_during(client, fn, journal, triggers, rng):
     """Run ``fn`` in a thread; meanwhile SIGKILL a random worker process once each
@@ -348,6 +365,7 @@ def test_cleanup_removes_what_a_crashed_driver_left_and_nothing_else(tmp_path, b
     assert index_dirs(uri) - kept == left
     assert dry == dli.cleanup(uri, dry_run=True)  # by build id, or as "every crashed build"
     removed = dli.cleanup(uri)
+    print(f"cleanup removed {len(left)} segment directories and the journal of the crashed build")
     assert removed == dry
     assert {os.path.basename(p) for p in removed} == left | {crashed_id}
     assert index_dirs(uri) == kept and lance.dataset(uri).version == version
