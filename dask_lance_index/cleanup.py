@@ -175,8 +175,9 @@ def cleanup(uri, build_id: str | None = None, *, storage_options: dict | None = 
     list of str
         The paths removed (or that would be): segment directories, then journals.
 
-    Never removes a segment that any version of the dataset references, nor one
-    of a build that is still running (other builds may be in flight).
+    Never removes a segment that any version of the dataset references. Without
+    ``build_id`` a build that is still running is left alone (other builds may
+    be in flight); with it, that build's segments go even if it still runs.
     """
     uri = _root(uri)
     now = time.time()
@@ -186,7 +187,9 @@ def cleanup(uri, build_id: str | None = None, *, storage_options: dict | None = 
         if j is None:
             from .errors import InvalidInputError
 
-            raise InvalidInputError(f"no build journal at {journal!r}. Fix: pass the journal= location the build used.")
+            raise InvalidInputError(
+                f"no build journal at {journal!r}. Fix: pass the journal= location the build used."
+            )
         if all(o.location != j.location for o in journals):
             journals.append(j)
         build_id = build_id or j.plan.build_id
