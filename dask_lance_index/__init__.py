@@ -45,3 +45,9 @@ __all__ = [
     "evaluate_rq_bits",
     "RQBitsResult",
 ]
+
+from .cleanup import cleanup  # noqa: E402
+from .errors import BuildAbortedError  # noqa: E402
+from .journal import BuildJournal  # noqa: E402
+
+__all__ += ["cleanup", "BuildJournal", "BuildAbortedError"]

@@ -8,15 +8,23 @@ from typing import Any
 
 from .artifacts import IndexArtifacts, coerce_array, validate_artifacts
 from .errors import InvalidInputError
-from .graph import IndexBuild, build_graph, report
+from .graph import IndexBuild, build_graph
 from .plan import MAX_ITERS, PQ_SAMPLE_RATE, SAMPLE_RATE, TOLERANCE, plan_index
 
 __all__ = ["create_index", "resolve_client"]
 
 
 def resolve_client(client=None):
-    """The ``distributed.Client`` to run on: the one given, else the current one, else None."""
+    """The ``distributed.Client`` to run on: the one given (or one connected to the
+    scheduler address given), else the current one, else None."""
+    if isinstance(client, str):
+        from .faults import connect
+
+        return connect(client)
     if client is not None:
+        from .faults import check_client
+
+        check_client(client)
         return client
     try:
         from distributed import default_client
@@ -66,6 +74,10 @@ def create_index(
     client=None,
     scheduler: str | None = None,
     compute: bool = True,
+    journal=None,
+    resume: bool = True,
+    retries: int = 2,
+    fragment_groups=None,
 ) -> Any:
     """Build a Lance vector index in parallel on Dask.
 
@@ -132,40 +144,63 @@ def create_index(
         return an :class:`~dask_lance_index.graph.IndexBuild`, a lazy dask
         object whose ``.compute()`` runs the build and returns a
         :class:`~dask_lance_index.commit.BuildResult`.
+    journal : str or False, optional
+        Where the build journal goes (a directory or object-store prefix): the
+        plan, the trained artifacts and every finished segment, as JSON. Default
+        ``<uri>/_dli/<build id>``, removed once the index is committed. Give a
+        location to be able to resume; ``False``: no journal (no resume, and
+        :func:`~dask_lance_index.cleanup` cannot find what a crash left).
+    resume : bool
+        When ``journal`` names an existing journal: carry on that build
+        (finished segments and merges are not redone) instead of failing.
+    fragment_groups : list of lists of int, optional
+        The build tasks' fragment groups, chosen by hand (instead of
+        ``num_tasks`` / ``rows_per_task``): every fragment in exactly one group.
+    retries : int
+        On a cluster: times a failing task is retried, and times the whole run
+        is resubmitted after tasks were lost with dying workers (finished work
+        is taken from the journal).
     """
     t0 = time.time()
     # An explicit local scheduler wins over a default client picked up implicitly.
     client = client if scheduler is not None else resolve_client(client)
     given = _given_artifacts(ivf_centroids, pq_codebook, rabitq_model)
-    plan = plan_index(
-        uri,
-        column,
-        index_type,
-        name=name,
-        metric=metric,
-        replace=replace,
-        num_partitions=num_partitions,
-        target_partition_size=target_partition_size,
-        num_sub_vectors=num_sub_vectors,
-        num_bits=num_bits,
-        m=m,
-        ef_construction=ef_construction,
-        ivf_centroids=given.ivf_centroids,
-        pq_codebook=given.pq_codebook,
-        rabitq_model=given.rabitq_model,
-        num_tasks=num_tasks,
-        rows_per_task=rows_per_task,
-        parallelism=_parallelism(client),
-        num_segments=num_segments,
-        merge_fan_in=merge_fan_in,
-        sample_rate=sample_rate,
-        max_iters=max_iters,
-        pq_sample_rate=pq_sample_rate,
-        tolerance=tolerance,
-        seed=seed,
-        engine=engine,
-        storage_options=storage_options,
-    )
+    from .faults import resume_build, start_build
+
+    resumed = resume_build(journal, uri, column, index_type, name, given) if journal and resume else None
+    if resumed is not None:  # carry on the journaled build: its plan, its artifacts
+        plan, given = resumed
+    else:
+        plan = plan_index(
+            uri,
+            column,
+            index_type,
+            name=name,
+            metric=metric,
+            replace=replace,
+            num_partitions=num_partitions,
+            target_partition_size=target_partition_size,
+            num_sub_vectors=num_sub_vectors,
+            num_bits=num_bits,
+            m=m,
+            ef_construction=ef_construction,
+            ivf_centroids=given.ivf_centroids,
+            pq_codebook=given.pq_codebook,
+            rabitq_model=given.rabitq_model,
+            num_tasks=num_tasks,
+            rows_per_task=rows_per_task,
+            parallelism=_parallelism(client),
+            num_segments=num_segments,
+            merge_fan_in=merge_fan_in,
+            sample_rate=sample_rate,
+            max_iters=max_iters,
+            pq_sample_rate=pq_sample_rate,
+            tolerance=tolerance,
+            seed=seed,
+            engine=engine,
+            storage_options=storage_options,
+            fragment_groups=fragment_groups,
+        )
     validate_artifacts(
         given,
         index_type=plan.params.index_type,
@@ -174,34 +209,28 @@ def create_index(
         num_sub_vectors=plan.params.num_sub_vectors,
         num_bits=plan.params.num_bits,
     )
-    build = build_graph(plan, given, storage_options, plan_seconds=time.time() - t0)
+    location = str(journal) if resumed is not None else start_build(plan, journal, client, given)
+    build = build_graph(
+        plan, given, storage_options, plan_seconds=time.time() - t0, journal=location, retries=retries
+    )
     if not compute:
         return build
-    result = run(build, client=client, scheduler=scheduler)
+    result = run(build, client=client, scheduler=scheduler, retries=retries)
     return result.dataset(storage_options)
 
 
-def run(build: IndexBuild, client=None, scheduler: str | None = None):
+def run(build: IndexBuild, client=None, scheduler: str | None = None, retries: int = 2):
     """Run a lazy build on ``client`` (or the local ``scheduler``) and return its BuildResult.
 
-    If the build fails, the segments its build tasks wrote are removed (the
-    commit task removes merged segments itself when it is the one failing).
+    On a cluster a failing task is retried ``retries`` times, and the run is
+    resubmitted up to ``retries`` times when tasks were lost with dying workers
+    (journaled work is not redone). If the build fails, its tasks are stopped
+    and every uncommitted segment it wrote is removed (:func:`.cleanup.abandon_build`).
     """
+    from .faults import run_with_retries
+
     client = client if scheduler is not None else resolve_client(client)
-    try:
-        if client is not None:
-            # distributed finalises on a worker: repeat the report here, where the caller is.
-            return report(client.compute(build).result())
-        import dask
-
-        (result,) = dask.compute(build, scheduler=scheduler)
-        return result
-    except BaseException:
-        from ._lance import remove_index_dir
-
-        for task in range(build.plan.num_tasks):
-            remove_index_dir(build.plan.uri, build.plan.segment_uuid(task), build.storage_options)
-        raise
+    return run_with_retries(build, client, scheduler, retries)
 
 
 def _given_artifacts(ivf_centroids, pq_codebook, rabitq_model) -> IndexArtifacts:

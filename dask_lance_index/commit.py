@@ -11,6 +11,7 @@ transaction, instead of adding a delta beside it.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Iterable, Sequence
@@ -38,6 +39,9 @@ class BuildResult:
         Rows in the index.
     num_rows_skipped : int
         Rows Lance left out: null vectors plus vectors with NaN or infinity.
+    num_rows_unindexed : int
+        Rows of the committed version the index does not cover: rows appended
+        by other writers during the build (Lance scans them flat at query time).
     null_rows, nan_rows : int
         The two kinds of skipped rows.
     num_segments_built, num_merges : int
@@ -60,6 +64,7 @@ class BuildResult:
     num_merges: int
     seconds: dict = field(default_factory=dict)
     build_id: str = ""
+    num_rows_unindexed: int = 0
 
     def dataset(self, storage_options: dict | None = None):
         """The dataset at the version this build committed."""
@@ -90,6 +95,8 @@ class BuildResult:
         )
         if self.num_rows_skipped:
             s += f"; {self.num_rows_skipped} rows not indexed ({self.null_rows} null, {self.nan_rows} NaN/inf)"
+        if self.num_rows_unindexed:
+            s += f"; {self.num_rows_unindexed} rows appended during the build are not in the index"
         return s
 
 
@@ -160,6 +167,8 @@ def commit_index(
         for uuid in ours:
             remove_index_dir(plan.uri, uuid, storage_options)
         raise
+    planned = {f.fragment_id for f in plan.fragments}
+    appended = sum(int(f.metadata.num_rows) for f in committed.get_fragments() if f.fragment_id not in planned)
     # Segments a merge consumed are referenced by no version: delete them now.
     final_uuids = {ix.uuid for ix in final}
     for uuid in ours - final_uuids:
@@ -193,22 +202,59 @@ def commit_index(
         num_merges=len(merged),
         seconds=seconds,
         build_id=plan.build_id,
+        num_rows_unindexed=appended,
     )
 
 
+# How often a commit that lost a race to another writer's commit is checked and tried again.
+COMMIT_ATTEMPTS = 5
+
+
 def _check_and_commit(plan: IndexPlan, final: list, storage_options: dict | None):
-    """Coverage and dataset checks, then one CreateIndex transaction."""
+    """Coverage check, then dataset checks and one CreateIndex transaction, again
+    on the new version when another writer's commit wins the race."""
+    from lance.commit import CommitConflictError
+
+    planned = [f.fragment_id for f in plan.fragments]
+    check_coverage(planned, [(ix.uuid, list(ix.fragment_ids)) for ix in final])
+    for attempt in range(COMMIT_ATTEMPTS):
+        try:
+            return _commit_once(plan, planned, final, storage_options)
+        except CommitConflictError as exc:
+            # Lance refused because a concurrent transaction landed first: check
+            # again against the version it made (it may be a racing index).
+            last = exc
+            logging.getLogger("dask_lance_index").info("commit of %s lost a race (%s); checking again", plan.name, exc)
+            time.sleep(0.05 * (attempt + 1))
+    raise DatasetChangedError(
+        f"the commit of index {plan.name!r} lost {COMMIT_ATTEMPTS} races to other writers' commits "
+        f"({last}). Nothing was committed. Fix: run the build again when the dataset is quieter."
+    )
+
+
+def deleted_fragments(ds, since_version: int) -> set[int]:
+    """Fragments that Delete transactions removed after ``since_version`` (all their rows deleted)."""
+    n = ds.version - since_version
+    out: set[int] = set()
+    if n <= 0:
+        return out
+    for t in ds.get_transactions(n):
+        if t is not None and t.read_version >= since_version:
+            out.update(getattr(t.operation, "deleted_fragment_ids", None) or ())
+    return out
+
+
+def _commit_once(plan: IndexPlan, planned: list, final: list, storage_options: dict | None):
     import lance
     from lance import LanceOperation
 
     from ._lance import open_dataset
 
-    planned = [f.fragment_id for f in plan.fragments]
-    check_coverage(planned, [(ix.uuid, list(ix.fragment_ids)) for ix in final])
-
     latest = open_dataset(plan.uri, None, storage_options)
     live = {f.fragment_id for f in latest.get_fragments()}
-    gone = sorted(set(planned) - live)
+    # A fragment whose rows were all deleted is harmless to cover; one that a
+    # compaction or update rewrote would leave its rows outside the index.
+    gone = sorted(set(planned) - live - deleted_fragments(latest, plan.version))
     if gone:
         raise DatasetChangedError(
             f"fragments {gone} of version {plan.version} no longer exist at version "
@@ -216,8 +262,11 @@ def _check_and_commit(plan: IndexPlan, final: list, storage_options: dict | None
             "give an index that covers them as nothing. Fix: build again on the current version."
         )
     removed = []
+    ours = {ix.uuid for ix in final}
     for desc in latest.describe_indices():
         if desc.name == plan.name:
+            if {seg.uuid for seg in desc.segments} == ours:
+                return latest  # committed already, by an earlier attempt of this build
             if not plan.replace:
                 raise IndexExistsError(
                     f"an index named {plan.name!r} was committed by another writer during this "

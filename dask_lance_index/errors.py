@@ -13,6 +13,7 @@ __all__ = [
     "IndexExistsError",
     "CoverageError",
     "DatasetChangedError",
+    "BuildAbortedError",
 ]
 
 
@@ -38,3 +39,7 @@ class CoverageError(DaskLanceIndexError, RuntimeError):
 
 class DatasetChangedError(DaskLanceIndexError, RuntimeError):
     """The dataset changed under the build in a way the index cannot absorb (e.g. compaction)."""
+
+
+class BuildAbortedError(DaskLanceIndexError, RuntimeError):
+    """The build was abandoned (it failed elsewhere); this task removed what it wrote."""

@@ -16,14 +16,13 @@ from __future__ import annotations
 import logging
 import warnings
 
+import dask
 from dask.delayed import Delayed, delayed
 
 from .artifacts import IndexArtifacts
-from .build import SegmentResult, build_segment
 from .commit import BuildResult, commit_index
-from .merge import merge_segments
 from .plan import IndexPlan
-from .train import sample_fragment, train_artifacts
+from .tasks import build_task, index_of, merge_task, sample_task, train_task
 
 __all__ = ["IndexBuild", "build_graph", "report"]
 
@@ -40,11 +39,23 @@ def report(result: BuildResult) -> BuildResult:
             UserWarning,
             stacklevel=3,
         )
+    if getattr(result, "num_rows_unindexed", 0):
+        warnings.warn(
+            f"{result.num_rows_unindexed} rows appended during the build are not in the index "
+            "(queries still find them, by a slower flat scan). Fix: build again, or let Lance's "
+            "optimize_indices add them.",
+            UserWarning,
+            stacklevel=3,
+        )
     log.info("%s", result)
     return result
 
 
-def _finish(results) -> BuildResult:
+def _finish(results, journal: str | None = None) -> BuildResult:
+    if journal is not None:
+        from .cleanup import finish_journal
+
+        finish_journal(journal, results[0])
     return report(results[0])
 
 
@@ -58,35 +69,26 @@ class IndexBuild(Delayed):
     to have it raised in your process.
     """
 
-    __slots__ = ("plan", "storage_options")
+    __slots__ = ("plan", "storage_options", "journal")
 
-    def __init__(self, key, dsk, plan: IndexPlan, storage_options: dict | None = None):
+    def __init__(self, key, dsk, plan: IndexPlan, storage_options: dict | None = None,
+                 journal: str | None = None):
         super().__init__(key, dsk)
         self.plan = plan
         self.storage_options = storage_options
+        self.journal = journal  # location of the build journal (dask_lance_index.journal), if any
 
     def __dask_postcompute__(self):
-        return _finish, ()
+        return _finish, (self.journal,)
 
     def __repr__(self) -> str:
         return f"IndexBuild({self.plan.params.index_type} {self.plan.name!r}, {len(self.dask)} tasks)"
 
 
-def _index_of(x):
-    """The lance Index of a build result or a merge result."""
-    if isinstance(x, SegmentResult):
-        return x.index
-    return x[0]
-
-
-def _merge_task(plan: IndexPlan, inputs: list, storage_options):
-    return merge_segments(plan.uri, plan.version, [_index_of(x) for x in inputs], storage_options)
-
-
 def _commit_task(plan, final, built, merged, storage_options, plan_seconds, artifacts):
     return commit_index(
         plan,
-        [_index_of(x) for x in final],
+        [index_of(x) for x in final],
         built,
         merged,
         storage_options,
@@ -100,61 +102,74 @@ def build_graph(
     given: IndexArtifacts,
     storage_options: dict | None = None,
     plan_seconds: float = 0.0,
+    journal: str | None = None,
+    retries: int = 2,
 ) -> IndexBuild:
-    """The lazy graph that carries out ``plan``; ``given`` holds user-supplied artifacts."""
+    """The lazy graph that carries out ``plan``; ``given`` holds user-supplied artifacts.
+
+    With ``journal`` (a location), tasks journal their results there and reuse
+    results journaled by an earlier attempt (:mod:`.tasks`).
+    """
     tok = plan.build_id[:8]
     plan_key = delayed(plan, name=f"dli-plan-{tok}")
 
-    if plan.train:
-        samples = [
-            delayed(sample_fragment, pure=True)(
-                plan.uri,
-                plan.version,
-                plan.column,
-                plan.dimension,
-                frag.fragment_id,
-                frag.num_rows,
-                n,
-                plan.seed,
-                plan.build_id,
-                storage_options,
-                dask_key_name=f"dli-sample-{tok}-{frag.fragment_id}",
+    # Lost or failing sample/train/build/merge tasks are retried (they are idempotent:
+    # a retried task replaces its own partial output); the commit task is not.
+    with dask.annotate(retries=retries):
+        if plan.train:
+            samples = [
+                delayed(sample_task, pure=True)(
+                    plan.uri,
+                    plan.version,
+                    plan.column,
+                    plan.dimension,
+                    frag.fragment_id,
+                    frag.num_rows,
+                    n,
+                    plan.seed,
+                    plan.build_id,
+                    storage_options,
+                    journal=journal,
+                    dask_key_name=f"dli-sample-{tok}-{frag.fragment_id}",
+                )
+                for frag, n in zip(plan.fragments, plan.samples)
+                if n > 0
+            ]
+            artifacts = delayed(train_task, pure=True)(
+                samples,
+                journal=journal,
+                params=plan.params,
+                dimension=plan.dimension,
+                train=plan.train,
+                given=given,
+                seed=plan.seed,
+                build_id=plan.build_id,
+                dask_key_name=f"dli-artifacts-{tok}",
             )
-            for frag, n in zip(plan.fragments, plan.samples)
-            if n > 0
-        ]
-        artifacts = delayed(train_artifacts, pure=True)(
-            samples,
-            params=plan.params,
-            dimension=plan.dimension,
-            train=plan.train,
-            given=given,
-            seed=plan.seed,
-            build_id=plan.build_id,
-            dask_key_name=f"dli-artifacts-{tok}",
-        )
-    else:
-        artifacts = delayed(given, name=f"dli-artifacts-{tok}")
+        else:
+            artifacts = delayed(given, name=f"dli-artifacts-{tok}")
 
-    slots: list = [
-        delayed(build_segment, pure=True)(
-            plan_key, i, artifacts, storage_options, dask_key_name=f"dli-build-{tok}-{i}"
-        )
-        for i in range(plan.num_tasks)
-    ]
-    built = list(slots)
-    merged = []
-    for stage in plan.merges.stages:
-        for step in stage:
-            m = delayed(_merge_task, pure=True)(
-                plan_key,
-                [slots[i] for i in step.inputs],
-                storage_options,
-                dask_key_name=f"dli-merge-{tok}-{step.output}",
+        slots: list = [
+            delayed(build_task, pure=True)(
+                plan_key, i, artifacts, storage_options, journal, dask_key_name=f"dli-build-{tok}-{i}"
             )
-            assert len(slots) == step.output
-            slots.append(m)
-            merged.append(m)
+            for i in range(plan.num_tasks)
+        ]
+        built = list(slots)
+        merged = []
+        for stage in plan.merges.stages:
+            for step in stage:
+                m = delayed(merge_task, pure=True)(
+                    plan_key,
+                    step.output,
+                    [slots[i] for i in step.inputs],
+                    storage_options,
+                    journal,
+                    dask_key_name=f"dli-merge-{tok}-{step.output}",
+                )
+                assert len(slots) == step.output
+                slots.append(m)
+                merged.append(m)
     commit = delayed(_commit_task, pure=True)(
         plan_key,
         [slots[i] for i in plan.merges.final],
@@ -165,4 +180,4 @@ def build_graph(
         artifacts,
         dask_key_name=f"dli-commit-{tok}",
     )
-    return IndexBuild(commit.key, commit.dask, plan, storage_options)
+    return IndexBuild(commit.key, commit.dask, plan, storage_options, journal)

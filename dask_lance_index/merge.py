@@ -20,6 +20,8 @@ import time
 from dataclasses import dataclass
 from typing import Sequence
 
+from .errors import InvalidInputError
+
 __all__ = ["MERGE_DEPTH", "MergeStep", "MergePlan", "plan_merges", "merge_segments"]
 
 # How many times a segment of each type can go through Lance's merge.
@@ -125,9 +127,9 @@ def plan_merges(
     """
     n = len(segment_rows)
     if num_segments < 1:
-        raise ValueError(f"num_segments must be at least 1, got {num_segments}")
+        raise InvalidInputError(f"num_segments must be a positive int, got {num_segments!r}. Fix: num_segments=1 (fastest queries) or more.")
     if fan_in < 2:
-        raise ValueError(f"fan_in must be at least 2, got {fan_in}")
+        raise InvalidInputError(f"merge_fan_in must be at least 2, got {fan_in!r}. Fix: merge_fan_in=16 (the default).")
     depth = MERGE_DEPTH[index_type]
     slots = list(range(n))
     if depth == 0 or n <= num_segments:

@@ -28,6 +28,7 @@ __all__ = [
     "IndexPlan",
     "resolve_params",
     "group_fragments",
+    "check_fragment_groups",
     "allocate_samples",
     "default_num_partitions",
     "default_num_sub_vectors",
@@ -103,8 +104,8 @@ class FragmentInfo:
 
 def default_num_partitions(num_rows: int, target_partition_size: int | None = None) -> int:
     """Lance's rule: ``num_rows // target_partition_size`` clamped to [1, 4096]."""
-    tps = target_partition_size or DEFAULT_TARGET_PARTITION_SIZE
-    if tps < 1:
+    tps = DEFAULT_TARGET_PARTITION_SIZE if target_partition_size is None else target_partition_size
+    if not isinstance(tps, int) or tps < 1:
         raise InvalidInputError(f"target_partition_size must be positive, got {tps}")
     return min(max(1, num_rows // tps), MAX_PARTITIONS)
 
@@ -249,6 +250,48 @@ def group_fragments(
         groups[i].append(f.fragment_id)
         loads[i] += f.num_rows
     return tuple(sorted((tuple(sorted(g)) for g in groups if g), key=lambda g: g[0]))
+
+
+def check_fragment_groups(
+    groups: Sequence[Sequence[int]], fragments: Sequence[FragmentInfo]
+) -> tuple[tuple[int, ...], ...]:
+    """Validate user-given fragment groups (one build task each). Pure.
+
+    Every fragment of the dataset must be in exactly one group: the index must
+    cover each fragment once. Returns the groups in :func:`group_fragments`' order.
+    """
+    known = {f.fragment_id for f in fragments}
+    seen: dict[int, int] = {}
+    out = []
+    for i, g in enumerate(groups):
+        try:
+            ids = [int(f) for f in g]
+        except (TypeError, ValueError):
+            raise InvalidInputError(
+                f"fragment_groups[{i}] is {g!r}, not a list of fragment ids. Fix: pass a list of lists of ints."
+            ) from None
+        if not ids:
+            raise InvalidInputError(f"fragment_groups[{i}] is empty; Lance would build a segment covering nothing. Fix: drop it.")
+        for f in ids:
+            if f not in known:
+                raise InvalidInputError(
+                    f"fragment_groups[{i}] names fragment {f}, which the dataset does not have "
+                    f"(its fragments are {sorted(known)}). Fix: use ids from ds.get_fragments()."
+                )
+            if f in seen:
+                raise InvalidInputError(
+                    f"fragment {f} is in fragment_groups[{seen[f]}] and fragment_groups[{i}]; groups "
+                    "overlap, so the index would cover it twice. Fix: put each fragment in one group."
+                )
+            seen[f] = i
+        out.append(tuple(sorted(ids)))
+    missing = sorted(known - set(seen))
+    if missing:
+        raise InvalidInputError(
+            f"fragments {missing} are in no group of fragment_groups; the index must cover every "
+            "fragment. Fix: add them to a group."
+        )
+    return tuple(sorted(out, key=lambda g: g[0]))
 
 
 def allocate_samples(fragments: Sequence[FragmentInfo], total: int) -> tuple[int, ...]:
@@ -449,6 +492,7 @@ def plan_index(
     version: int | None = None,
     storage_options: dict | None = None,
     build_id: str | None = None,
+    fragment_groups: Sequence[Sequence[int]] | None = None,
 ) -> IndexPlan:
     """Plan an index build without running anything.
 
@@ -513,14 +557,22 @@ def plan_index(
         # metric is dot: recall 0.06 instead of 0.25, without an error. One
         # segment over every fragment is encoded correctly.
         num_tasks, rows_per_task, parallelism = 1, None, 1
+        if fragment_groups is not None:
+            check_fragment_groups(fragment_groups, fragments)  # still refuse bad groups
+            fragment_groups = None
         notes.append(
             "dot-metric PQ is built as one segment: Lance mis-encodes PQ segments that cover "
             "part of the dataset under the dot metric (silently low recall)"
         )
-    groups = group_fragments(
-        fragments, num_tasks=num_tasks, rows_per_task=rows_per_task,
-        min_tasks=parallelism if rows_per_task is None else 1,
-    )
+    if fragment_groups is not None:
+        if num_tasks is not None or rows_per_task is not None:
+            raise InvalidInputError("give fragment_groups or num_tasks / rows_per_task, not both")
+        groups = check_fragment_groups(fragment_groups, fragments)
+    else:
+        groups = group_fragments(
+            fragments, num_tasks=num_tasks, rows_per_task=rows_per_task,
+            min_tasks=parallelism if rows_per_task is None else 1,
+        )
     rows = {f.fragment_id: f.num_rows for f in fragments}
     group_rows = [sum(rows[i] for i in g) for g in groups]
     merges = plan_merges(params.index_type, group_rows, num_segments=num_segments, fan_in=merge_fan_in)
