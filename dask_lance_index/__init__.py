@@ -19,6 +19,8 @@ from .errors import (
 from .graph import IndexBuild
 from .plan import INDEX_TYPES, IndexParams, IndexPlan, plan_index
 from .rabitq import build_rq_rotation
+from .dataframe import WriteResult, add_ivf_partition, add_pq_codes, batch_search, read_lance, to_lance
+from .vectors import vector_series, vectors_to_numpy
 
 __version__ = "0.1.0"
 
@@ -39,4 +41,12 @@ __all__ = [
     "IndexExistsError",
     "CoverageError",
     "DatasetChangedError",
+    "read_lance",
+    "to_lance",
+    "WriteResult",
+    "add_ivf_partition",
+    "add_pq_codes",
+    "batch_search",
+    "vector_series",
+    "vectors_to_numpy",
 ]

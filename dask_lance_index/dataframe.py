@@ -1,0 +1,785 @@
+"""Dask DataFrames in and out of Lance: read, write, encode, and batch search.
+
+* :func:`read_lance`: a Lance dataset as a Dask DataFrame, one partition per
+  fragment, with the column selection and the filter pushed down to Lance's
+  scanner.
+* :func:`to_lance`: a Dask DataFrame written as dask's ``to_parquet`` writes:
+  one write task per partition (``lance.fragment.write_fragments``: data files
+  and fragment metadata, no commit), then ONE commit task. ``compute=False``
+  returns the lazy graph.
+* :func:`add_ivf_partition` and :func:`add_pq_codes`: pandas functions for
+  ``ddf.map_partitions`` that add IVF partition ids and PQ codes from trained
+  :class:`~dask_lance_index.artifacts.IndexArtifacts`.
+* :func:`batch_search`: a DataFrame of query vectors in, the nearest
+  neighbours of each row out, every partition searching the committed index.
+
+Embedding columns are Arrow ``fixed_size_list<float32>[d]`` columns
+(``pd.ArrowDtype``), see :mod:`dask_lance_index.vectors`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from .errors import DaskLanceIndexError, DatasetChangedError, InvalidInputError
+from .vectors import is_vector_type, vector_array, vectors_to_numpy
+
+__all__ = [
+    "read_lance",
+    "to_lance",
+    "WriteResult",
+    "add_ivf_partition",
+    "add_pq_codes",
+    "batch_search",
+]
+
+_MODES = ("create", "append", "overwrite")
+
+
+def _types_mapper(t: pa.DataType):
+    # Nested columns stay Arrow-backed: as NumPy object columns Dask would turn them into strings.
+    return pd.ArrowDtype(t) if pa.types.is_nested(t) else None
+
+
+def _to_pandas(table: pa.Table) -> pd.DataFrame:
+    return table.to_pandas(types_mapper=_types_mapper)
+
+
+def _exists(uri: str, storage_options: dict | None) -> bool:
+    import lance
+
+    try:
+        lance.dataset(uri, storage_options=storage_options)
+    except (ValueError, OSError, FileNotFoundError):
+        return False
+    return True
+
+
+def _open(uri, version=None, storage_options=None):
+    from ._lance import open_dataset
+
+    try:
+        return open_dataset(uri, version=version, storage_options=storage_options)
+    except (ValueError, OSError, FileNotFoundError) as exc:
+        raise InvalidInputError(f"cannot open the Lance dataset {str(uri)!r}: {exc}") from None
+
+
+# ----------------------------------------------------------------------------------------------
+# read
+
+
+def _read_fragment(fragment_id: int, uri: str, version: int, columns, filter, with_row_id, storage_options):
+    """One partition: one fragment's rows, read with the columns and filter pushed down."""
+    ds = _open(uri, version, storage_options)
+    scanner = ds.scanner(
+        columns=columns, filter=filter, fragments=[ds.get_fragment(fragment_id)], with_row_id=with_row_id
+    )
+    return _to_pandas(scanner.to_table())
+
+
+def read_lance(
+    uri,
+    columns: Sequence[str] | None = None,
+    filter: str | None = None,
+    storage_options: dict | None = None,
+    *,
+    version: int | None = None,
+    with_row_id: bool = False,
+):
+    """Read a Lance dataset as a Dask DataFrame, one partition per fragment.
+
+    Parameters
+    ----------
+    uri : str, path or LanceDataset
+        The dataset.
+    columns : list of str, optional
+        Columns to read (default all); only these are read from storage.
+    filter : str, optional
+        A SQL filter (``"id % 2 = 0"``), evaluated by Lance's scanner inside
+        each partition's task. A partition whose rows all fail it is empty.
+    storage_options : dict, optional
+        Passed to Lance in every task.
+    version : int, optional
+        Dataset version to read; default the latest, pinned when this is
+        called so every partition reads the same version.
+    with_row_id : bool
+        Add Lance's ``_rowid`` column (uint64).
+
+    Returns
+    -------
+    dask.dataframe.DataFrame
+        Unknown divisions; a default integer index per partition. Embedding
+        columns are ``pd.ArrowDtype(pa.list_(pa.float32(), d))`` (see
+        :func:`~dask_lance_index.vectors.vectors_to_numpy`).
+
+    Raises
+    ------
+    InvalidInputError
+        The dataset cannot be opened, a column does not exist, or the filter
+        does not parse or names an unknown column; raised before any task runs.
+    """
+    import dask.dataframe as dd
+
+    ds = _open(uri, version, storage_options)
+    names = ds.schema.names
+    if columns is not None:
+        columns = list(columns)
+        missing = [c for c in columns if c not in names]
+        if missing:
+            raise InvalidInputError(
+                f"columns {missing} are not in the dataset; its columns are {names}. Fix: pick from those."
+            )
+    if filter is not None:
+        try:
+            ds.scanner(columns=columns, filter=filter).explain_plan()
+        except (ValueError, OSError) as exc:
+            raise InvalidInputError(f"the filter {filter!r} is not valid for this dataset: {exc}") from None
+    frag_ids = [f.fragment_id for f in ds.get_fragments()]
+    schema = ds.schema if columns is None else pa.schema([ds.schema.field(c) for c in columns])
+    if with_row_id:
+        schema = schema.append(pa.field("_rowid", pa.uint64()))
+    meta = _to_pandas(schema.empty_table())
+    uri_str = ds.uri
+    if not frag_ids:
+        return dd.from_pandas(meta, npartitions=1)
+    return dd.from_map(
+        _read_fragment,
+        frag_ids,
+        uri=uri_str,
+        version=ds.version,
+        columns=columns,
+        filter=filter,
+        with_row_id=with_row_id,
+        storage_options=storage_options,
+        meta=meta,
+        divisions=None,
+        label="read-lance",
+        enforce_metadata=False,
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# write
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    """What :func:`to_lance` committed.
+
+    Attributes
+    ----------
+    uri : str
+    mode : str
+        ``"create"``, ``"append"`` or ``"overwrite"``.
+    version : int
+        The dataset version the commit made.
+    num_rows : int
+        Rows written.
+    num_fragments : int
+        Fragments written (empty partitions write none).
+    """
+
+    uri: str
+    mode: str
+    version: int
+    num_rows: int
+    num_fragments: int
+
+    def dataset(self, storage_options: dict | None = None):
+        """The committed version, opened."""
+        return _open(self.uri, self.version, storage_options)
+
+
+@dataclass(frozen=True)
+class _Written:
+    """A write task's output: its fragments and schema, or the input error it met."""
+
+    fragments: list
+    schema: pa.Schema | None
+    num_rows: int
+    error: DaskLanceIndexError | None = None
+
+
+def _detect_vector_columns(df: pd.DataFrame) -> list[str]:
+    out = []
+    for name, dtype in df.dtypes.items():
+        if isinstance(dtype, pd.ArrowDtype) and is_vector_type(dtype.pyarrow_dtype):
+            out.append(name)
+        elif dtype == object:
+            col = df[name].dropna()
+            if len(col) and isinstance(col.iloc[0], (np.ndarray, list, tuple)):
+                out.append(name)
+    return out
+
+
+def partition_table(df: pd.DataFrame, vector_columns: Sequence[str] | None = None) -> pa.Table:
+    """One pandas partition as the Arrow table :func:`to_lance` writes.
+
+    Embedding columns become ``fixed_size_list<float32>[d]``; the index is
+    dropped; the other columns convert as ``pyarrow.Table.from_pandas``.
+    """
+    vcols = _detect_vector_columns(df) if vector_columns is None else list(vector_columns)
+    arrays, fields = [], []
+    for name in df.columns:
+        s = df[name]
+        if name in vcols:
+            arr = vector_array(s, str(name))
+        else:
+            arr = pa.Array.from_pandas(s) if not isinstance(s.dtype, pd.ArrowDtype) else pa.array(s.array)
+            if isinstance(arr, pa.ChunkedArray):
+                arr = arr.combine_chunks()
+        arrays.append(arr)
+        fields.append(pa.field(str(name), arr.type))
+    return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
+
+
+def _write_partition(df: pd.DataFrame, uri: str, vector_columns, mode: str, storage_options, max_rows_per_file):
+    """Write task: one partition's data files and fragment metadata; never commits."""
+    from lance.fragment import write_fragments
+
+    if len(df) == 0:
+        return _Written([], None, 0)
+    try:
+        table = partition_table(df, vector_columns)
+    except DaskLanceIndexError as exc:
+        # Reported to the commit task, which deletes what the other tasks wrote.
+        return _Written([], None, 0, exc)
+    frags = write_fragments(
+        table,
+        uri,
+        schema=table.schema,
+        mode="append" if mode == "append" else "overwrite",
+        max_rows_per_file=max_rows_per_file,
+        max_rows_per_group=min(max_rows_per_file, 8192),
+        storage_options=storage_options,
+    )
+    return _Written(list(frags), table.schema, table.num_rows)
+
+
+def _delete_data_files(uri: str, written: list[_Written], storage_options) -> None:
+    """Remove the data files of uncommitted fragments, so a refused write leaves nothing behind."""
+    paths = [os.path.join(str(uri), "data", f.path) for w in written for frag in w.fragments for f in frag.files]
+    if not paths:
+        return
+    import pyarrow.fs as pafs
+
+    for p in paths:
+        fs, path = pafs.FileSystem.from_uri(p if "://" in p else os.path.abspath(p))
+        try:
+            fs.delete_file(path)
+        except (FileNotFoundError, OSError):
+            pass
+
+
+def _commit_write(written: list[_Written], uri: str, mode: str, read_version, storage_options) -> WriteResult:
+    """The barrier task: check every partition's schema, then one Lance commit."""
+    import lance
+
+    errors = [w.error for w in written if w.error is not None]
+    schemas = [w.schema for w in written if w.schema is not None]
+    problem: DaskLanceIndexError | None = errors[0] if errors else None
+    if problem is None and not schemas and mode != "append":
+        problem = InvalidInputError("every partition is empty: there is no row to take a schema from.")
+    if problem is None and any(not s.equals(schemas[0]) for s in schemas):
+        odd = next(s for s in schemas if not s.equals(schemas[0]))
+        problem = InvalidInputError(
+            "partitions produced different schemas, so they cannot form one dataset:\n"
+            f"{schemas[0]}\nversus\n{odd}\nFix: give every partition the same dtypes (ddf.astype(...)) "
+            "and every embedding the same dimension."
+        )
+    if problem is None and mode == "create" and _exists(uri, storage_options):
+        problem = InvalidInputError(f"a dataset was created at {uri!r} during the write; nothing was committed.")
+    if problem is None and read_version is not None:
+        current = _open(uri, None, storage_options).version
+        if mode == "overwrite" and current != read_version:
+            problem = DatasetChangedError(
+                f"{uri!r} moved from version {read_version} to {current} during the overwrite; "
+                "nothing was committed. Fix: run the write again."
+            )
+    if problem is not None:
+        _delete_data_files(uri, written, storage_options)
+        raise problem
+    fragments = [f for w in written for f in w.fragments]
+    if mode == "append":
+        op = lance.LanceOperation.Append(fragments)
+    else:
+        op = lance.LanceOperation.Overwrite(schemas[0], fragments)
+    try:
+        ds = lance.LanceDataset.commit(uri, op, read_version=read_version, storage_options=storage_options)
+    except Exception:
+        _delete_data_files(uri, written, storage_options)
+        raise
+    return WriteResult(
+        uri=str(uri),
+        mode=mode,
+        version=int(ds.version),
+        num_rows=sum(w.num_rows for w in written),
+        num_fragments=len(fragments),
+    )
+
+
+def _check_frame(ddf, vector_columns) -> list[str] | None:
+    """Checks that need only the DataFrame's meta (no data), raised before any task runs."""
+    meta = ddf._meta
+    if vector_columns is None:
+        return None
+    vector_columns = [vector_columns] if isinstance(vector_columns, str) else list(vector_columns)
+    for c in vector_columns:
+        if c not in meta.columns:
+            raise InvalidInputError(
+                f"vector column {c!r} is not in the DataFrame; its columns are {list(meta.columns)}."
+            )
+        dtype = meta[c].dtype
+        if isinstance(dtype, pd.ArrowDtype):
+            _check_arrow_meta(dtype.pyarrow_dtype, c)
+        elif dtype != object:
+            vector_array(meta[c], c)  # raises the dtype error
+    return vector_columns
+
+
+def _check_arrow_meta(t: pa.DataType, column: str) -> None:
+    from .vectors import _check_value_type
+
+    if not (pa.types.is_fixed_size_list(t) or pa.types.is_list(t) or pa.types.is_large_list(t)):
+        raise InvalidInputError(
+            f"column {column!r} has Arrow type {t}; an embedding column must be a list of float32."
+        )
+    _check_value_type(t.value_type, column)
+
+
+def to_lance(
+    ddf,
+    uri,
+    mode: str = "create",
+    compute: bool = True,
+    storage_options: dict | None = None,
+    *,
+    vector_columns: str | Sequence[str] | None = None,
+    max_rows_per_file: int = 1024 * 1024,
+    client=None,
+):
+    """Write a Dask DataFrame to a Lance dataset: one write task per partition, then one commit.
+
+    As dask's ``to_parquet``: every partition is written by its own task
+    (Lance data files and fragment metadata, nothing visible yet), and one
+    barrier task checks that all partitions agree on the schema and commits
+    them in a single Lance transaction. If any partition is refused, or the
+    commit fails, the written data files are deleted and the dataset stays
+    as it was.
+
+    Parameters
+    ----------
+    ddf : dask.dataframe.DataFrame
+        The data. Its index is not written (``ddf.reset_index()`` first to
+        keep it).
+    uri : str or path
+        Where the Lance dataset is (or is to be).
+    mode : {"create", "append", "overwrite"}
+        ``"create"``: the dataset must not exist. ``"append"``: add fragments
+        to an existing dataset with the same columns. ``"overwrite"``: a new
+        version holding only these rows (older versions stay readable).
+    compute : bool
+        ``True``: write now and return the committed ``LanceDataset``.
+        ``False``: return a ``dask.delayed.Delayed`` whose ``compute()``
+        writes, commits and returns a :class:`WriteResult`; nothing is
+        written before that.
+    storage_options : dict, optional
+        Passed to Lance in every task.
+    vector_columns : str or list of str, optional
+        Embedding columns, written as ``fixed_size_list<float32>[d]`` so an
+        index can be built on them. Default: every Arrow list column of floats
+        and every ``object`` column holding arrays or lists. Their values must
+        be float32 and of one length.
+    max_rows_per_file : int
+        A partition larger than this is written as several fragments.
+    client : distributed.Client, optional
+        Cluster to run on when ``compute=True``; default the current client,
+        if any, else dask's default scheduler.
+
+    Returns
+    -------
+    lance.LanceDataset or dask.delayed.Delayed
+
+    Raises
+    ------
+    InvalidInputError
+        Bad mode, an existing dataset for ``"create"``, a missing one for
+        ``"append"``, columns that differ from the dataset's on append, or a
+        vector column of the wrong type (before any task runs); ragged,
+        float64 or non-numeric vectors, or partitions of different schemas
+        (at the commit, which then writes nothing).
+    """
+    from dask import delayed
+
+    if mode not in _MODES:
+        raise InvalidInputError(f"mode={mode!r} is not one of {_MODES}.")
+    if not hasattr(ddf, "to_delayed") or not hasattr(ddf, "_meta"):
+        raise InvalidInputError(
+            f"to_lance takes a dask DataFrame, got {type(ddf).__name__}. Fix: dask.dataframe.from_pandas(df, npartitions=...)."
+        )
+    if isinstance(ddf._meta, pd.Series):
+        raise InvalidInputError("to_lance takes a DataFrame, not a Series. Fix: ddf.to_frame().")
+    if int(max_rows_per_file) < 1:
+        raise InvalidInputError("max_rows_per_file must be at least 1.")
+    uri = str(uri)
+    vcols = _check_frame(ddf, vector_columns)
+    exists = _exists(uri, storage_options)
+    read_version = None
+    if mode == "create" and exists:
+        raise InvalidInputError(
+            f"a Lance dataset already exists at {uri!r}. Fix: mode='append' to add rows, or mode='overwrite'."
+        )
+    if mode == "append":
+        if not exists:
+            raise InvalidInputError(f"there is no Lance dataset at {uri!r} to append to. Fix: mode='create'.")
+        ds = _open(uri, None, storage_options)
+        have, want = set(ds.schema.names), {str(c) for c in ddf.columns}
+        if have != want:
+            raise InvalidInputError(
+                f"the DataFrame's columns {sorted(want)} differ from the dataset's {sorted(have)}; "
+                "an append must write the same columns. Fix: select or rename columns first."
+            )
+        read_version = ds.version
+    if mode == "overwrite" and exists:
+        read_version = _open(uri, None, storage_options).version
+
+    from dask.base import tokenize
+
+    tok = tokenize(ddf, uri, mode, vcols, max_rows_per_file, read_version)
+    parts = ddf.to_delayed()
+    writes = [
+        delayed(_write_partition, pure=False)(
+            p, uri, vcols, mode, storage_options, int(max_rows_per_file), dask_key_name=f"lance-write-{tok}-{i}"
+        )
+        for i, p in enumerate(parts)
+    ]
+    commit = delayed(_commit_write, pure=False)(
+        writes, uri, mode, read_version, storage_options, dask_key_name=f"lance-commit-{tok}"
+    )
+    if not compute:
+        return commit
+    from .api import resolve_client
+
+    client = resolve_client(client)
+    result = client.compute(commit).result() if client is not None else commit.compute()
+    return result.dataset(storage_options)
+
+
+# ----------------------------------------------------------------------------------------------
+# encode inside map_partitions
+
+
+def _valid_rows(x: np.ndarray) -> np.ndarray:
+    return np.isfinite(x).all(axis=1)
+
+
+def add_ivf_partition(
+    df: pd.DataFrame,
+    artifacts,
+    column: str = "vector",
+    *,
+    metric: str = "l2",
+    partition_column: str = "__ivf_part_id",
+) -> pd.DataFrame:
+    """Add each row's IVF partition id (for ``ddf.map_partitions``).
+
+    Parameters
+    ----------
+    df : pandas.DataFrame
+        One partition, with an embedding column.
+    artifacts : IndexArtifacts
+        Trained artifacts; only ``ivf_centroids`` is used.
+    column : str
+        The embedding column.
+    metric : {"l2", "cosine", "dot"}
+        The metric the centroids were trained for: cosine rows are normalised
+        first, dot assigns by largest inner product (as Lance).
+    partition_column : str
+        Name of the new column.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``df`` with ``partition_column`` (Arrow uint32; null where the vector is
+        null or holds NaN/infinity, rows Lance never indexes).
+
+    Examples
+    --------
+    >>> ddf = ddf.map_partitions(add_ivf_partition, artifacts, "vector")  # doctest: +SKIP
+    """
+    from .kmeans import assign, normalize_rows
+
+    centroids = _centroids(artifacts)
+    x, valid = _vectors_of(df, column, centroids.shape[1])
+    parts = np.zeros(len(x), dtype=np.uint32)
+    if valid.any():
+        v = x[valid]
+        if metric == "cosine":
+            v = normalize_rows(v)
+        labels, _ = assign(v, centroids, "dot" if metric == "dot" else "l2")
+        parts[valid] = labels
+    out = df.copy()
+    out[partition_column] = pd.arrays.ArrowExtensionArray(pa.array(parts, mask=~valid))
+    return out
+
+
+def add_pq_codes(
+    df: pd.DataFrame,
+    artifacts,
+    column: str = "vector",
+    *,
+    metric: str = "l2",
+    partition_column: str = "__ivf_part_id",
+    code_column: str = "__pq_code",
+) -> pd.DataFrame:
+    """Add each row's IVF partition id and PQ code (for ``ddf.map_partitions``).
+
+    The codes are :class:`~dask_lance_index.encode.PQEncoder`'s, i.e. what
+    Lance stores for the row in an IVF_PQ index trained with these artifacts.
+
+    Parameters
+    ----------
+    df : pandas.DataFrame
+        One partition, with an embedding column.
+    artifacts : IndexArtifacts
+        Trained artifacts with ``ivf_centroids`` and ``pq_codebook``.
+    column : str
+        The embedding column.
+    metric : {"l2", "cosine", "dot"}
+        The metric the artifacts were trained for.
+    partition_column, code_column : str
+        Names of the new columns (default: Lance's shuffle-buffer names).
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``df`` with ``partition_column`` (Arrow uint32) and ``code_column``
+        (Arrow ``fixed_size_list<uint8>[num_sub_vectors]``), both null where the
+        vector is null or not finite.
+
+    Examples
+    --------
+    >>> coded = ddf.map_partitions(add_pq_codes, artifacts, "vector", metric="l2")  # doctest: +SKIP
+    """
+    from .encode import PQEncoder
+
+    centroids = _centroids(artifacts)
+    codebook = getattr(artifacts, "pq_codebook", None)
+    if codebook is None:
+        raise InvalidInputError("add_pq_codes needs artifacts with a pq_codebook (IVF_PQ artifacts).")
+    if metric not in ("l2", "cosine", "dot"):
+        raise InvalidInputError(f"metric={metric!r} is not one of 'l2', 'cosine', 'dot'.")
+    encoder = PQEncoder(centroids, codebook, metric)
+    x, valid = _vectors_of(df, column, centroids.shape[1])
+    m = encoder.num_sub_vectors
+    parts = np.zeros(len(x), dtype=np.uint32)
+    codes = np.zeros((len(x), m), dtype=np.uint8)
+    if valid.any():
+        p, c = encoder.encode(x[valid])
+        parts[valid], codes[valid] = p, c
+    mask = pa.array(~valid)
+    out = df.copy()
+    out[partition_column] = pd.arrays.ArrowExtensionArray(pa.array(parts, mask=~valid))
+    out[code_column] = pd.arrays.ArrowExtensionArray(
+        pa.FixedSizeListArray.from_arrays(pa.array(codes.reshape(-1)), m, mask=mask)
+    )
+    return out
+
+
+def _centroids(artifacts) -> np.ndarray:
+    c = getattr(artifacts, "ivf_centroids", None)
+    if c is None:
+        raise InvalidInputError(
+            "artifacts must be an IndexArtifacts with ivf_centroids. Fix: "
+            "IndexArtifacts(ivf_centroids=..., pq_codebook=...)."
+        )
+    return np.ascontiguousarray(c, dtype=np.float32)
+
+
+def _vectors_of(df: pd.DataFrame, column: str, dimension: int) -> tuple[np.ndarray, np.ndarray]:
+    if column not in df.columns:
+        raise InvalidInputError(f"column {column!r} is not in the partition; its columns are {list(df.columns)}.")
+    if len(df) == 0:
+        return np.empty((0, dimension), np.float32), np.zeros(0, bool)
+    s = df[column]
+    if isinstance(s.dtype, pd.ArrowDtype) and pa.array(s.array).null_count == len(s):
+        # All null (e.g. dask's meta inference): nothing to encode, every row null.
+        return np.zeros((len(s), dimension), np.float32), np.zeros(len(s), bool)
+    x = vectors_to_numpy(s)
+    if x.shape[1] != dimension:
+        raise InvalidInputError(
+            f"column {column!r} has dimension {x.shape[1]} but the artifacts were trained on "
+            f"{dimension}-d vectors. Fix: use the artifacts of this column."
+        )
+    return x, _valid_rows(x)
+
+
+# ----------------------------------------------------------------------------------------------
+# batch search
+
+
+def _search_partition(
+    df: pd.DataFrame,
+    uri: str,
+    version: int,
+    column: str,
+    query_column: str,
+    k: int,
+    nprobes: int,
+    refine_factor,
+    id_column: str | None,
+    filter,
+    dimension: int,
+    storage_options,
+) -> pd.DataFrame:
+    """Search task: every query row of one partition against the pinned, committed index."""
+    n = len(df)
+    ids = np.full((n, k), -1, dtype=np.int64)
+    dists = np.full((n, k), np.inf, dtype=np.float32)
+    if n:
+        q = vectors_to_numpy(df[query_column]) if not _all_null(df[query_column]) else np.full((n, dimension), np.nan, np.float32)
+        if q.shape[1] != dimension:
+            raise InvalidInputError(
+                f"query column {query_column!r} has dimension {q.shape[1]}; the dataset's {column!r} "
+                f"has {dimension}. Fix: embed the queries with the same model."
+            )
+        ds = _open(uri, version, storage_options)  # one handle per task: Lance handles are not thread-safe
+        id_col = id_column or "_rowid"
+        cols = [id_col, "_distance"] if id_column else ["_distance"]
+        ok = _valid_rows(q)
+        # Lance answers one query vector per call; the loop is over queries, not rows of data.
+        for i in np.flatnonzero(ok):
+            nearest = {"column": column, "q": q[i], "k": k, "nprobes": nprobes}
+            if refine_factor:
+                nearest["refine_factor"] = refine_factor
+            t = ds.to_table(
+                columns=cols, nearest=nearest, filter=filter, with_row_id=id_column is None,
+                disable_scoring_autoprojection=True,
+            )
+            m = t.num_rows
+            ids[i, :m] = np.asarray(t.column(id_col).to_numpy(), dtype=np.int64)
+            dists[i, :m] = np.asarray(t.column("_distance").to_numpy(), dtype=np.float32)
+    out = df.copy()
+    out["ids"] = pd.arrays.ArrowExtensionArray(pa.FixedSizeListArray.from_arrays(pa.array(ids.reshape(-1)), k))
+    out["distances"] = pd.arrays.ArrowExtensionArray(
+        pa.FixedSizeListArray.from_arrays(pa.array(dists.reshape(-1)), k)
+    )
+    return out
+
+
+def _all_null(s: pd.Series) -> bool:
+    return isinstance(s.dtype, pd.ArrowDtype) and pa.array(s.array).null_count == len(s)
+
+
+def batch_search(
+    queries,
+    uri,
+    column: str = "vector",
+    k: int = 10,
+    *,
+    query_column: str | None = None,
+    nprobes: int = 20,
+    refine_factor: int | None = None,
+    id_column: str | None = "id",
+    filter: str | None = None,
+    version: int | None = None,
+    storage_options: dict | None = None,
+):
+    """Nearest neighbours of every query row, each partition searching the committed index.
+
+    Parameters
+    ----------
+    queries : dask.dataframe.DataFrame
+        One query vector per row in ``query_column``.
+    uri : str, path or LanceDataset
+        The indexed dataset; its version is pinned when this is called.
+    column : str
+        The dataset's vector column (the indexed one).
+    k : int
+        Neighbours per query.
+    query_column : str, optional
+        The queries' vector column (default: ``column``).
+    nprobes, refine_factor : int
+        Lance's search parameters.
+    id_column : str or None
+        Dataset column whose values identify the neighbours (default ``"id"``);
+        ``None`` returns Lance's ``_rowid``.
+    filter : str, optional
+        A SQL filter applied to the dataset rows (Lance's prefilter semantics
+        are not implied: as ``to_table(nearest=..., filter=...)``).
+    version : int, optional
+        Dataset version to search (default: latest at call time).
+    storage_options : dict, optional
+
+    Returns
+    -------
+    dask.dataframe.DataFrame
+        The query rows with two more columns: ``ids`` (Arrow
+        ``fixed_size_list<int64>[k]``, nearest first, padded with -1) and
+        ``distances`` (``fixed_size_list<float32>[k]``, Lance's ``_distance``,
+        padded with infinity). Null or non-finite query vectors get only padding.
+    """
+    if k < 1:
+        raise InvalidInputError(f"k={k}; it must be at least 1.")
+    if nprobes < 1:
+        raise InvalidInputError(f"nprobes={nprobes}; it must be at least 1.")
+    query_column = query_column or column
+    ds = _open(uri, version, storage_options)
+    from ._lance import column_info
+
+    info = column_info(ds, column)
+    if id_column is not None and id_column not in ds.schema.names:
+        raise InvalidInputError(
+            f"id_column {id_column!r} is not in the dataset; its columns are {ds.schema.names}. "
+            "Fix: pass the identifying column, or id_column=None for Lance row ids."
+        )
+    meta = queries._meta
+    if query_column not in meta.columns:
+        raise InvalidInputError(
+            f"query column {query_column!r} is not in the queries DataFrame; its columns are {list(meta.columns)}."
+        )
+    qdtype = meta[query_column].dtype
+    if isinstance(qdtype, pd.ArrowDtype):
+        _check_arrow_meta(qdtype.pyarrow_dtype, query_column)
+        t = qdtype.pyarrow_dtype
+        if pa.types.is_fixed_size_list(t) and t.list_size != info.dimension:
+            raise InvalidInputError(
+                f"query column {query_column!r} has dimension {t.list_size}; the dataset's {column!r} "
+                f"has {info.dimension}. Fix: embed the queries with the same model."
+            )
+    elif qdtype != object:
+        vector_array(meta[query_column], query_column)
+    for name in ("ids", "distances"):
+        if name in meta.columns:
+            raise InvalidInputError(f"the queries already have a column {name!r}; rename it first.")
+    if filter is not None:
+        try:
+            ds.scanner(filter=filter).explain_plan()
+        except (ValueError, OSError) as exc:
+            raise InvalidInputError(f"the filter {filter!r} is not valid for this dataset: {exc}") from None
+    out_meta = meta.copy()
+    out_meta["ids"] = pd.Series([], dtype=pd.ArrowDtype(pa.list_(pa.int64(), k)))
+    out_meta["distances"] = pd.Series([], dtype=pd.ArrowDtype(pa.list_(pa.float32(), k)))
+    return queries.map_partitions(
+        _search_partition,
+        ds.uri,
+        ds.version,
+        column,
+        query_column,
+        int(k),
+        int(nprobes),
+        refine_factor,
+        id_column,
+        filter,
+        info.dimension,
+        storage_options,
+        meta=out_meta,
+        enforce_metadata=False,
+        align_dataframes=False,
+    )
