@@ -234,9 +234,26 @@ def partition_table(df: pd.DataFrame, vector_columns: Sequence[str] | None = Non
             arr = pa.Array.from_pandas(s) if not isinstance(s.dtype, pd.ArrowDtype) else pa.array(s.array)
             if isinstance(arr, pa.ChunkedArray):
                 arr = arr.combine_chunks()
+        arr = _realigned(arr)
         arrays.append(arr)
         fields.append(pa.field(str(name), arr.type))
     return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
+
+
+def _realigned(arr: pa.Array) -> pa.Array:
+    """``arr``, copied if any of its buffers is not 8-byte aligned.
+
+    A partition that reached a worker through distributed's serialisation can
+    hold NumPy columns at odd addresses (measured: an int64 column at an
+    address = 15 mod 64); Arrow wraps them without a copy, and Lance's Rust
+    side then panics ("Memory pointer from external source (e.g, FFI) is not
+    aligned"). A take allocates fresh, aligned buffers.
+    """
+    if all(b is None or b.address % 8 == 0 for b in arr.buffers()):
+        return arr
+    import pyarrow.compute as pc
+
+    return pc.take(arr, pa.array(np.arange(len(arr), dtype=np.int64)))
 
 
 def _write_partition(df: pd.DataFrame, uri: str, vector_columns, mode: str, storage_options, max_rows_per_file):
@@ -328,6 +345,10 @@ def _check_frame(ddf, vector_columns) -> list[str] | None:
     """Checks that need only the DataFrame's meta (no data), raised before any task runs."""
     meta = ddf._meta
     if vector_columns is None:
+        # Arrow list columns of floats will be detected as embeddings: check their type now.
+        for c, dtype in meta.dtypes.items():
+            if isinstance(dtype, pd.ArrowDtype) and is_vector_type(dtype.pyarrow_dtype):
+                _check_arrow_meta(dtype.pyarrow_dtype, str(c))
         return None
     vector_columns = [vector_columns] if isinstance(vector_columns, str) else list(vector_columns)
     for c in vector_columns:
@@ -363,6 +384,7 @@ def to_lance(
     vector_columns: str | Sequence[str] | None = None,
     max_rows_per_file: int = 1024 * 1024,
     client=None,
+    scheduler: str | None = None,
 ):
     """Write a Dask DataFrame to a Lance dataset: one write task per partition, then one commit.
 
@@ -401,6 +423,9 @@ def to_lance(
     client : distributed.Client, optional
         Cluster to run on when ``compute=True``; default the current client,
         if any, else dask's default scheduler.
+    scheduler : str, optional
+        A local dask scheduler (``"sync"``, ``"threads"``, ...) used instead of
+        a current client when ``compute=True`` (an explicit ``client`` wins).
 
     Returns
     -------
@@ -466,8 +491,8 @@ def to_lance(
         return commit
     from .api import resolve_client
 
-    client = resolve_client(client)
-    result = client.compute(commit).result() if client is not None else commit.compute()
+    client = client if scheduler is not None else resolve_client(client)
+    result = client.compute(commit).result() if client is not None else commit.compute(scheduler=scheduler)
     return result.dataset(storage_options)
 
 

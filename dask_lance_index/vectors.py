@@ -184,5 +184,7 @@ def vectors_to_numpy(series: pd.Series) -> np.ndarray:
     d = arr.type.list_size
     if arr.null_count:
         arr = arr.fill_null(pa.scalar([np.nan] * d, type=arr.type))
-    # .flatten() honours the array's offset.
-    return np.asarray(arr.flatten().to_numpy(zero_copy_only=False), dtype=np.float32).reshape(len(arr), d)
+    # .flatten() honours the array's offset. A partition shipped between dask workers may sit at
+    # an odd address; Lance's Rust side refuses unaligned buffers, so make sure of alignment.
+    x = np.asarray(arr.flatten().to_numpy(zero_copy_only=False), dtype=np.float32).reshape(len(arr), d)
+    return np.require(x, np.float32, ["C", "A"])
