@@ -256,8 +256,12 @@ def _realigned(arr: pa.Array) -> pa.Array:
     return pc.take(arr, pa.array(np.arange(len(arr), dtype=np.int64)))
 
 
-def _write_partition(df: pd.DataFrame, uri: str, vector_columns, mode: str, storage_options, max_rows_per_file):
-    """Write task: one partition's data files and fragment metadata; never commits."""
+def _write_partition(df: pd.DataFrame, uri: str, vector_columns, lance_mode: str, storage_options, max_rows_per_file):
+    """Write task: one partition's data files and fragment metadata; never commits.
+
+    ``lance_mode`` is ``write_fragments``'s: "append" checks the rows against the
+    dataset's schema, "create"/"overwrite" assign field ids from the table.
+    """
     from lance.fragment import write_fragments
 
     if len(df) == 0:
@@ -271,7 +275,7 @@ def _write_partition(df: pd.DataFrame, uri: str, vector_columns, mode: str, stor
         table,
         uri,
         schema=table.schema,
-        mode="append" if mode == "append" else "overwrite",
+        mode=lance_mode,
         max_rows_per_file=max_rows_per_file,
         max_rows_per_group=min(max_rows_per_file, 8192),
         storage_options=storage_options,
@@ -474,13 +478,15 @@ def to_lance(
     if mode == "overwrite" and exists:
         read_version = _open(uri, None, storage_options).version
 
+    # "create" where nothing exists yet: Lance's "overwrite" would log a warning per task.
+    lance_mode = "append" if mode == "append" else ("overwrite" if exists else "create")
     from dask.base import tokenize
 
     tok = tokenize(ddf, uri, mode, vcols, max_rows_per_file, read_version)
     parts = ddf.to_delayed()
     writes = [
         delayed(_write_partition, pure=False)(
-            p, uri, vcols, mode, storage_options, int(max_rows_per_file), dask_key_name=f"lance-write-{tok}-{i}"
+            p, uri, vcols, lance_mode, storage_options, int(max_rows_per_file), dask_key_name=f"lance-write-{tok}-{i}"
         )
         for i, p in enumerate(parts)
     ]
