@@ -39,3 +39,4 @@ myst_enable_extensions = ["colon_fence"]
 
 html_theme = "alabaster"
 html_title = "dask_lance_index"
+html_theme_options = {"page_width": "1100px", "sidebar_width": "250px"}

@@ -29,3 +29,35 @@ def test_docs_build_without_warnings(tmp_path):
     assert "dask_lance_index.dataframe.to_lance" in api
     # The architecture page carries the task-graph drawing.
     assert "dli-artifacts" in (out / "architecture.html").read_text()
+
+
+def test_the_drawn_task_graph_is_the_real_one(dataset_uri):
+    """docs/architecture.md draws create_index(..., num_tasks=3) on four equal fragments: check
+    that drawing against the graph dask actually holds, so the figure cannot go stale silently."""
+    import re
+
+    from dask.core import get_dependencies
+
+    import dask_lance_index as dli
+
+    build = dli.create_index(dataset_uri, "vector", "IVF_PQ", num_partitions=8, num_sub_vectors=4,
+                             num_tasks=3, compute=False, scheduler="sync")
+    graph = dict(build.__dask_graph__())
+
+    def name(key):
+        key = key[0] if isinstance(key, tuple) else key
+        return re.sub(r"-[0-9a-f]{8,}(?=-|$)", "", str(key))
+
+    edges = {name(k): sorted(name(d) for d in get_dependencies(graph, k)) for k in graph}
+    drawn = open(os.path.join(ROOT, "docs", "architecture.md")).read()
+    assert [tuple(g) for g in build.plan.groups] == [(0, 3), (1,), (2,)]
+    assert "frags 0, 3     frag 1       frag 2" in drawn
+    assert edges["dli-artifacts"] == [f"dli-sample-{i}" for i in range(4)]
+    for i in range(3):
+        assert edges[f"dli-build-{i}"] == ["dli-artifacts", "dli-plan"]
+    assert edges["dli-merge-3"] == ["dli-build-0", "dli-build-1", "dli-build-2", "dli-plan"]
+    assert edges["dli-commit"] == sorted(
+        ["dli-artifacts", "dli-build-0", "dli-build-1", "dli-build-2", "dli-merge-3", "dli-plan"]
+    )
+    assert set(edges) == {"dli-plan", "dli-artifacts", "dli-merge-3", "dli-commit"} | {
+        f"dli-sample-{i}" for i in range(4)} | {f"dli-build-{i}" for i in range(3)}
