@@ -21,11 +21,11 @@ from .errors import InvalidInputError
 
 __all__ = ["vector_series", "vectors_to_numpy", "vector_array", "is_vector_type"]
 
-_FIX_DTYPE = (
-    "Fix: store the embeddings as float32, e.g. "
-    "ddf[col] = ddf[col].map_partitions(lambda s: dask_lance_index.vector_series("
-    "numpy.stack(s.to_numpy()).astype('float32'), index=s.index))."
-)
+def _fix_dtype(column: str, dimension: int | str = "dimension") -> str:
+    return (
+        "Fix: cast it to float32 vectors first, e.g. "
+        f"ddf = ddf.astype({{{column!r}: pd.ArrowDtype(pa.list_(pa.float32(), {dimension}))}})."
+    )
 
 
 def vector_series(x: np.ndarray, index=None, name: str | None = None) -> pd.Series:
@@ -67,8 +67,9 @@ def _check_value_type(value_type: pa.DataType, column: str) -> None:
         return
     if pa.types.is_floating(value_type):
         raise InvalidInputError(
-            f"column {column!r} holds {value_type} vectors; Lance's vector indexes here take float32. "
-            + _FIX_DTYPE
+            f"column {column!r} holds {np.dtype(value_type.to_pandas_dtype()).name} vectors; Lance's "
+            "vector indexes here take float32. "
+            + _fix_dtype(column)
         )
     raise InvalidInputError(
         f"column {column!r} holds {value_type} values, not floats: it cannot be an embedding column. "
@@ -134,7 +135,7 @@ def _from_objects(values: np.ndarray, column: str) -> pa.FixedSizeListArray:
         if x.dtype.kind == "f":
             raise InvalidInputError(
                 f"column {column!r} holds {x.dtype} vectors; Lance's vector indexes here take float32. "
-                + _FIX_DTYPE
+                + _fix_dtype(column, x.shape[1])
             )
         raise InvalidInputError(
             f"column {column!r} holds {x.dtype} values, not floats: it cannot be an embedding column. "
