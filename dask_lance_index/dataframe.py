@@ -666,6 +666,7 @@ def _search_partition(
     refine_factor,
     id_column: str | None,
     filter,
+    prefilter: bool,
     dimension: int,
     storage_options,
 ) -> pd.DataFrame:
@@ -690,8 +691,8 @@ def _search_partition(
             if refine_factor:
                 nearest["refine_factor"] = refine_factor
             t = ds.to_table(
-                columns=cols, nearest=nearest, filter=filter, with_row_id=id_column is None,
-                disable_scoring_autoprojection=True,
+                columns=cols, nearest=nearest, filter=filter, prefilter=prefilter,
+                with_row_id=id_column is None, disable_scoring_autoprojection=True,
             )
             m = t.num_rows
             ids[i, :m] = np.asarray(t.column(id_col).to_numpy(), dtype=np.int64)
@@ -719,6 +720,7 @@ def batch_search(
     refine_factor: int | None = None,
     id_column: str | None = "id",
     filter: str | None = None,
+    prefilter: bool = False,
     version: int | None = None,
     storage_options: dict | None = None,
 ):
@@ -742,8 +744,11 @@ def batch_search(
         Dataset column whose values identify the neighbours (default ``"id"``);
         ``None`` returns Lance's ``_rowid``.
     filter : str, optional
-        A SQL filter applied to the dataset rows (Lance's prefilter semantics
-        are not implied: as ``to_table(nearest=..., filter=...)``).
+        A SQL filter on the dataset rows, as Lance's ``to_table(nearest=...,
+        filter=...)``.
+    prefilter : bool
+        Apply ``filter`` before the vector search (every answer passes it, up
+        to ``k`` of them) rather than to its ``k`` results (Lance's default).
     version : int, optional
         Dataset version to search (default: latest at call time).
     storage_options : dict, optional
@@ -808,6 +813,7 @@ def batch_search(
         refine_factor,
         id_column,
         filter,
+        bool(prefilter),
         info.dimension,
         storage_options,
         meta=out_meta,

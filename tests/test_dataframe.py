@@ -270,6 +270,22 @@ def test_batch_search_row_ids_filter_and_null_queries(indexed_uri, queries):
     # Fragment 0 holds ids 0..2999, whose row ids are 0..2999 as well.
     assert ((ok == -1) | ((ok >= 0) & (ok < 3000))).all() and (ok >= 0).any()
 
+    # With prefilter, every query finds k rows that pass the filter, as Lance's own prefiltered search.
+    pre = dli.batch_search(q, indexed_uri, k=5, filter="id % 2 = 1", prefilter=True).compute(scheduler="sync")
+    ids = np.delete(np.stack(pre["ids"].to_numpy()), 3, axis=0)
+    assert (ids >= 0).all() and (ids % 2 == 1).all()
+    want, _ = search_prefiltered(lance.dataset(indexed_uri), np.delete(x, 3, axis=0), "id % 2 = 1")
+    assert np.array_equal(ids, want)
+
+
+def search_prefiltered(ds, queries, filter, k=5):
+    out = np.full((len(queries), k), -1, dtype=np.int64)
+    for i, v in enumerate(queries):
+        t = ds.to_table(columns=["id"], nearest={"column": "vector", "q": v, "k": k, "nprobes": 20},
+                        filter=filter, prefilter=True, disable_scoring_autoprojection=True)
+        out[i, : t.num_rows] = t.column("id").to_numpy()
+    return out, None
+
 
 # ---------------------------------------------------------------------------------------------
 # bad input: clear errors, dataset unchanged
