@@ -283,19 +283,30 @@ def _write_partition(df: pd.DataFrame, uri: str, vector_columns, lance_mode: str
     return _Written(list(frags), table.schema, table.num_rows)
 
 
-def _delete_data_files(uri: str, written: list[_Written], storage_options) -> None:
-    """Remove the data files of uncommitted fragments, so a refused write leaves nothing behind."""
+def _delete_data_files(uri: str, written: list[_Written]) -> None:
+    """Remove the data files of uncommitted fragments, so a refused write leaves nothing behind.
+
+    Object stores are reached through pyarrow's file systems with their default
+    credentials (the environment), not ``storage_options``; if that fails the
+    files stay, unreferenced by any version (Lance's ``cleanup_old_versions``
+    removes such files).
+    """
     paths = [os.path.join(str(uri), "data", f.path) for w in written for frag in w.fragments for f in frag.files]
-    if not paths:
-        return
     import pyarrow.fs as pafs
 
     for p in paths:
-        fs, path = pafs.FileSystem.from_uri(p if "://" in p else os.path.abspath(p))
         try:
+            fs, path = pafs.FileSystem.from_uri(p if "://" in p else os.path.abspath(p))
             fs.delete_file(path)
-        except (FileNotFoundError, OSError):
+        except (FileNotFoundError, OSError, ValueError):
             pass
+    if "://" not in str(uri):
+        # A refused create leaves no empty directories behind either.
+        for d in (os.path.join(str(uri), "data"), str(uri)):
+            try:
+                os.rmdir(d)
+            except OSError:
+                pass
 
 
 def _commit_write(written: list[_Written], uri: str, mode: str, read_version, storage_options) -> WriteResult:
@@ -324,9 +335,12 @@ def _commit_write(written: list[_Written], uri: str, mode: str, read_version, st
                 "nothing was committed. Fix: run the write again."
             )
     if problem is not None:
-        _delete_data_files(uri, written, storage_options)
+        _delete_data_files(uri, written)
         raise problem
     fragments = [f for w in written for f in w.fragments]
+    if mode == "append" and not fragments:
+        # Nothing to add: no new version.
+        return WriteResult(uri=str(uri), mode=mode, version=int(read_version), num_rows=0, num_fragments=0)
     if mode == "append":
         op = lance.LanceOperation.Append(fragments)
     else:
@@ -334,7 +348,7 @@ def _commit_write(written: list[_Written], uri: str, mode: str, read_version, st
     try:
         ds = lance.LanceDataset.commit(uri, op, read_version=read_version, storage_options=storage_options)
     except Exception:
-        _delete_data_files(uri, written, storage_options)
+        _delete_data_files(uri, written)
         raise
     return WriteResult(
         uri=str(uri),
