@@ -144,7 +144,9 @@ def test_append_and_overwrite(tmp_path, vectors):
     uri = str(tmp_path / "m.lance")
     a, b = _frame(vectors[:800]), _frame(vectors[800:1200]).assign(id=np.arange(800, 1200))
     dli.to_lance(dd.from_pandas(a, npartitions=2), uri, scheduler="sync")
+    before = dli.read_lance(uri)  # pins version 1
     dli.to_lance(dd.from_pandas(b, npartitions=2), uri, mode="append", scheduler="sync")
+    assert len(before.compute(scheduler="sync")) == 800  # still version 1 after the append
     ds = lance.dataset(uri)
     assert ds.version == 2 and len(ds.get_fragments()) == 4
     _assert_same_rows(dli.read_lance(uri).compute(scheduler="sync"), pd.concat([a, b]))
