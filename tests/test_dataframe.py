@@ -81,6 +81,12 @@ def test_round_trip_sync_scheduler_keeps_every_row_and_vector(tmp_path, vectors)
     assert back.dtypes["vector"] == pd.ArrowDtype(pa.list_(pa.float32(), vectors.shape[1]))
     _assert_same_rows(back.compute(scheduler="sync"), df)
 
+    # What read_lance gives, to_lance takes back unchanged (Lance to Lance through Dask).
+    again = str(tmp_path / "again.lance")
+    dli.to_lance(back, again, scheduler="sync")
+    assert lance.dataset(again).schema == ds.schema
+    _assert_same_rows(dli.read_lance(again).compute(scheduler="sync"), df)
+
 
 def test_round_trip_on_local_cluster(tmp_path, vectors, cluster_client):
     df = _frame(vectors, null_rows=[0], nan_rows=[11_999])
