@@ -19,7 +19,9 @@ from .errors import (
 from .graph import IndexBuild
 from .plan import INDEX_TYPES, IndexParams, IndexPlan, plan_index
 from .rabitq import build_rq_rotation
-from .dataframe import WriteResult, add_ivf_partition, add_pq_codes, batch_search, read_lance, to_lance
+from .dataframe import WriteResult, read_lance, to_lance
+from .frame_encode import add_ivf_partition, add_pq_codes
+from .frame_search import batch_search
 from .vectors import vector_series, vectors_to_numpy
 
 __version__ = "0.1.0"

@@ -7,11 +7,9 @@
   one write task per partition (``lance.fragment.write_fragments``: data files
   and fragment metadata, no commit), then ONE commit task. ``compute=False``
   returns the lazy graph.
-* :func:`add_ivf_partition` and :func:`add_pq_codes`: pandas functions for
-  ``ddf.map_partitions`` that add IVF partition ids and PQ codes from trained
-  :class:`~dask_lance_index.artifacts.IndexArtifacts`.
-* :func:`batch_search`: a DataFrame of query vectors in, the nearest
-  neighbours of each row out, every partition searching the committed index.
+
+Encoding partitions (:mod:`dask_lance_index.frame_encode`) and batch search
+(:mod:`dask_lance_index.frame_search`) live in their own modules.
 
 Embedding columns are Arrow ``fixed_size_list<float32>[d]`` columns
 (``pd.ArrowDtype``), see :mod:`dask_lance_index.vectors`.
@@ -21,23 +19,16 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 
 from .errors import DaskLanceIndexError, DatasetChangedError, InvalidInputError
-from .vectors import is_vector_type, vector_array, vectors_to_numpy
+from .vectors import check_vector_type, is_vector_type, vector_array
 
-__all__ = [
-    "read_lance",
-    "to_lance",
-    "WriteResult",
-    "add_ivf_partition",
-    "add_pq_codes",
-    "batch_search",
-]
+__all__ = ["read_lance", "to_lance", "WriteResult"]
 
 _MODES = ("create", "append", "overwrite")
 
@@ -366,7 +357,7 @@ def _check_frame(ddf, vector_columns) -> list[str] | None:
         # Arrow list columns of floats will be detected as embeddings: check their type now.
         for c, dtype in meta.dtypes.items():
             if isinstance(dtype, pd.ArrowDtype) and is_vector_type(dtype.pyarrow_dtype):
-                _check_arrow_meta(dtype.pyarrow_dtype, str(c))
+                check_vector_type(dtype.pyarrow_dtype, str(c))
         return None
     vector_columns = [vector_columns] if isinstance(vector_columns, str) else list(vector_columns)
     for c in vector_columns:
@@ -376,20 +367,10 @@ def _check_frame(ddf, vector_columns) -> list[str] | None:
             )
         dtype = meta[c].dtype
         if isinstance(dtype, pd.ArrowDtype):
-            _check_arrow_meta(dtype.pyarrow_dtype, c)
+            check_vector_type(dtype.pyarrow_dtype, c)
         elif dtype != object:
             vector_array(meta[c], c)  # raises the dtype error
     return vector_columns
-
-
-def _check_arrow_meta(t: pa.DataType, column: str) -> None:
-    from .vectors import _check_value_type
-
-    if not (pa.types.is_fixed_size_list(t) or pa.types.is_list(t) or pa.types.is_large_list(t)):
-        raise InvalidInputError(
-            f"column {column!r} has Arrow type {t}; an embedding column must be a list of float32."
-        )
-    _check_value_type(t.value_type, column)
 
 
 def to_lance(
@@ -514,323 +495,3 @@ def to_lance(
     client = client if scheduler is not None else resolve_client(client)
     result = client.compute(commit).result() if client is not None else commit.compute(scheduler=scheduler)
     return result.dataset(storage_options)
-
-
-# ----------------------------------------------------------------------------------------------
-# encode inside map_partitions
-
-
-def _valid_rows(x: np.ndarray) -> np.ndarray:
-    return np.isfinite(x).all(axis=1)
-
-
-def add_ivf_partition(
-    df: pd.DataFrame,
-    artifacts,
-    column: str = "vector",
-    *,
-    metric: str = "l2",
-    partition_column: str = "__ivf_part_id",
-) -> pd.DataFrame:
-    """Add each row's IVF partition id (for ``ddf.map_partitions``).
-
-    Parameters
-    ----------
-    df : pandas.DataFrame
-        One partition, with an embedding column.
-    artifacts : IndexArtifacts
-        Trained artifacts; only ``ivf_centroids`` is used.
-    column : str
-        The embedding column.
-    metric : {"l2", "cosine", "dot"}
-        The metric the centroids were trained for: cosine rows are normalised
-        first, dot assigns by largest inner product (as Lance).
-    partition_column : str
-        Name of the new column.
-
-    Returns
-    -------
-    pandas.DataFrame
-        ``df`` with ``partition_column`` (Arrow uint32; null where the vector is
-        null or holds NaN/infinity, rows Lance never indexes).
-
-    Examples
-    --------
-    >>> ddf = ddf.map_partitions(add_ivf_partition, artifacts, "vector")  # doctest: +SKIP
-    """
-    from .kmeans import assign, normalize_rows
-
-    centroids = _centroids(artifacts)
-    x, valid = _vectors_of(df, column, centroids.shape[1])
-    parts = np.zeros(len(x), dtype=np.uint32)
-    if valid.any():
-        v = x[valid]
-        if metric == "cosine":
-            v = normalize_rows(v)
-        labels, _ = assign(v, centroids, "dot" if metric == "dot" else "l2")
-        parts[valid] = labels
-    out = df.copy()
-    out[partition_column] = pd.arrays.ArrowExtensionArray(pa.array(parts, mask=~valid))
-    return out
-
-
-def add_pq_codes(
-    df: pd.DataFrame,
-    artifacts,
-    column: str = "vector",
-    *,
-    metric: str = "l2",
-    partition_column: str = "__ivf_part_id",
-    code_column: str = "__pq_code",
-) -> pd.DataFrame:
-    """Add each row's IVF partition id and PQ code (for ``ddf.map_partitions``).
-
-    The codes are :class:`~dask_lance_index.encode.PQEncoder`'s, i.e. what
-    Lance stores for the row in an IVF_PQ index trained with these artifacts.
-
-    Parameters
-    ----------
-    df : pandas.DataFrame
-        One partition, with an embedding column.
-    artifacts : IndexArtifacts
-        Trained artifacts with ``ivf_centroids`` and ``pq_codebook``.
-    column : str
-        The embedding column.
-    metric : {"l2", "cosine", "dot"}
-        The metric the artifacts were trained for.
-    partition_column, code_column : str
-        Names of the new columns (default: Lance's shuffle-buffer names).
-
-    Returns
-    -------
-    pandas.DataFrame
-        ``df`` with ``partition_column`` (Arrow uint32) and ``code_column``
-        (Arrow ``fixed_size_list<uint8>[num_sub_vectors]``), both null where the
-        vector is null or not finite.
-
-    Examples
-    --------
-    >>> coded = ddf.map_partitions(add_pq_codes, artifacts, "vector", metric="l2")  # doctest: +SKIP
-    """
-    from .encode import PQEncoder
-
-    centroids = _centroids(artifacts)
-    codebook = getattr(artifacts, "pq_codebook", None)
-    if codebook is None:
-        raise InvalidInputError("add_pq_codes needs artifacts with a pq_codebook (IVF_PQ artifacts).")
-    if metric not in ("l2", "cosine", "dot"):
-        raise InvalidInputError(f"metric={metric!r} is not one of 'l2', 'cosine', 'dot'.")
-    encoder = PQEncoder(centroids, codebook, metric)
-    x, valid = _vectors_of(df, column, centroids.shape[1])
-    m = encoder.num_sub_vectors
-    parts = np.zeros(len(x), dtype=np.uint32)
-    codes = np.zeros((len(x), m), dtype=np.uint8)
-    if valid.any():
-        p, c = encoder.encode(x[valid])
-        parts[valid], codes[valid] = p, c
-    mask = pa.array(~valid)
-    out = df.copy()
-    out[partition_column] = pd.arrays.ArrowExtensionArray(pa.array(parts, mask=~valid))
-    out[code_column] = pd.arrays.ArrowExtensionArray(
-        pa.FixedSizeListArray.from_arrays(pa.array(codes.reshape(-1)), m, mask=mask)
-    )
-    return out
-
-
-def _centroids(artifacts) -> np.ndarray:
-    c = getattr(artifacts, "ivf_centroids", None)
-    if c is None:
-        raise InvalidInputError(
-            "artifacts must be an IndexArtifacts with ivf_centroids. Fix: "
-            "IndexArtifacts(ivf_centroids=..., pq_codebook=...)."
-        )
-    return np.ascontiguousarray(c, dtype=np.float32)
-
-
-def _vectors_of(df: pd.DataFrame, column: str, dimension: int) -> tuple[np.ndarray, np.ndarray]:
-    if column not in df.columns:
-        raise InvalidInputError(f"column {column!r} is not in the partition; its columns are {list(df.columns)}.")
-    if len(df) == 0:
-        return np.empty((0, dimension), np.float32), np.zeros(0, bool)
-    s = df[column]
-    if isinstance(s.dtype, pd.ArrowDtype) and pa.array(s.array).null_count == len(s):
-        # All null (e.g. dask's meta inference): nothing to encode, every row null.
-        return np.zeros((len(s), dimension), np.float32), np.zeros(len(s), bool)
-    x = vectors_to_numpy(s)
-    if x.shape[1] != dimension:
-        raise InvalidInputError(
-            f"column {column!r} has dimension {x.shape[1]} but the artifacts were trained on "
-            f"{dimension}-d vectors. Fix: use the artifacts of this column."
-        )
-    return x, _valid_rows(x)
-
-
-# ----------------------------------------------------------------------------------------------
-# batch search
-
-
-def _search_partition(
-    df: pd.DataFrame,
-    uri: str,
-    version: int,
-    column: str,
-    query_column: str,
-    k: int,
-    nprobes: int,
-    refine_factor,
-    id_column: str | None,
-    filter,
-    prefilter: bool,
-    dimension: int,
-    storage_options,
-) -> pd.DataFrame:
-    """Search task: every query row of one partition against the pinned, committed index."""
-    n = len(df)
-    ids = np.full((n, k), -1, dtype=np.int64)
-    dists = np.full((n, k), np.inf, dtype=np.float32)
-    if n:
-        q = vectors_to_numpy(df[query_column]) if not _all_null(df[query_column]) else np.full((n, dimension), np.nan, np.float32)
-        if q.shape[1] != dimension:
-            raise InvalidInputError(
-                f"query column {query_column!r} has dimension {q.shape[1]}; the dataset's {column!r} "
-                f"has {dimension}. Fix: embed the queries with the same model."
-            )
-        ds = _open(uri, version, storage_options)  # one handle per task: Lance handles are not thread-safe
-        id_col = id_column or "_rowid"
-        cols = [id_col, "_distance"] if id_column else ["_distance"]
-        ok = _valid_rows(q)
-        # Lance answers one query vector per call; the loop is over queries, not rows of data.
-        for i in np.flatnonzero(ok):
-            nearest = {"column": column, "q": q[i], "k": k, "nprobes": nprobes}
-            if refine_factor:
-                nearest["refine_factor"] = refine_factor
-            t = ds.to_table(
-                columns=cols, nearest=nearest, filter=filter, prefilter=prefilter,
-                with_row_id=id_column is None, disable_scoring_autoprojection=True,
-            )
-            m = t.num_rows
-            ids[i, :m] = np.asarray(t.column(id_col).to_numpy(), dtype=np.int64)
-            dists[i, :m] = np.asarray(t.column("_distance").to_numpy(), dtype=np.float32)
-    out = df.copy()
-    out["ids"] = pd.arrays.ArrowExtensionArray(pa.FixedSizeListArray.from_arrays(pa.array(ids.reshape(-1)), k))
-    out["distances"] = pd.arrays.ArrowExtensionArray(
-        pa.FixedSizeListArray.from_arrays(pa.array(dists.reshape(-1)), k)
-    )
-    return out
-
-
-def _all_null(s: pd.Series) -> bool:
-    return isinstance(s.dtype, pd.ArrowDtype) and pa.array(s.array).null_count == len(s)
-
-
-def batch_search(
-    queries,
-    uri,
-    column: str = "vector",
-    k: int = 10,
-    *,
-    query_column: str | None = None,
-    nprobes: int = 20,
-    refine_factor: int | None = None,
-    id_column: str | None = "id",
-    filter: str | None = None,
-    prefilter: bool = False,
-    version: int | None = None,
-    storage_options: dict | None = None,
-):
-    """Nearest neighbours of every query row, each partition searching the committed index.
-
-    Parameters
-    ----------
-    queries : dask.dataframe.DataFrame
-        One query vector per row in ``query_column``.
-    uri : str, path or LanceDataset
-        The indexed dataset; its version is pinned when this is called.
-    column : str
-        The dataset's vector column (the indexed one).
-    k : int
-        Neighbours per query.
-    query_column : str, optional
-        The queries' vector column (default: ``column``).
-    nprobes, refine_factor : int
-        Lance's search parameters.
-    id_column : str or None
-        Dataset column whose values identify the neighbours (default ``"id"``);
-        ``None`` returns Lance's ``_rowid``.
-    filter : str, optional
-        A SQL filter on the dataset rows, as Lance's ``to_table(nearest=...,
-        filter=...)``.
-    prefilter : bool
-        Apply ``filter`` before the vector search (every answer passes it, up
-        to ``k`` of them) rather than to its ``k`` results (Lance's default).
-    version : int, optional
-        Dataset version to search (default: latest at call time).
-    storage_options : dict, optional
-
-    Returns
-    -------
-    dask.dataframe.DataFrame
-        The query rows with two more columns: ``ids`` (Arrow
-        ``fixed_size_list<int64>[k]``, nearest first, padded with -1) and
-        ``distances`` (``fixed_size_list<float32>[k]``, Lance's ``_distance``,
-        padded with infinity). Null or non-finite query vectors get only padding.
-    """
-    if k < 1:
-        raise InvalidInputError(f"k={k}; it must be at least 1.")
-    if nprobes < 1:
-        raise InvalidInputError(f"nprobes={nprobes}; it must be at least 1.")
-    query_column = query_column or column
-    ds = _open(uri, version, storage_options)
-    from ._lance import column_info
-
-    info = column_info(ds, column)
-    if id_column is not None and id_column not in ds.schema.names:
-        raise InvalidInputError(
-            f"id_column {id_column!r} is not in the dataset; its columns are {ds.schema.names}. "
-            "Fix: pass the identifying column, or id_column=None for Lance row ids."
-        )
-    meta = queries._meta
-    if query_column not in meta.columns:
-        raise InvalidInputError(
-            f"query column {query_column!r} is not in the queries DataFrame; its columns are {list(meta.columns)}."
-        )
-    qdtype = meta[query_column].dtype
-    if isinstance(qdtype, pd.ArrowDtype):
-        _check_arrow_meta(qdtype.pyarrow_dtype, query_column)
-        t = qdtype.pyarrow_dtype
-        if pa.types.is_fixed_size_list(t) and t.list_size != info.dimension:
-            raise InvalidInputError(
-                f"query column {query_column!r} has dimension {t.list_size}; the dataset's {column!r} "
-                f"has {info.dimension}. Fix: embed the queries with the same model."
-            )
-    elif qdtype != object:
-        vector_array(meta[query_column], query_column)
-    for name in ("ids", "distances"):
-        if name in meta.columns:
-            raise InvalidInputError(f"the queries already have a column {name!r}; rename it first.")
-    if filter is not None:
-        try:
-            ds.scanner(filter=filter).explain_plan()
-        except (ValueError, OSError) as exc:
-            raise InvalidInputError(f"the filter {filter!r} is not valid for this dataset: {exc}") from None
-    out_meta = meta.copy()
-    out_meta["ids"] = pd.Series([], dtype=pd.ArrowDtype(pa.list_(pa.int64(), k)))
-    out_meta["distances"] = pd.Series([], dtype=pd.ArrowDtype(pa.list_(pa.float32(), k)))
-    return queries.map_partitions(
-        _search_partition,
-        ds.uri,
-        ds.version,
-        column,
-        query_column,
-        int(k),
-        int(nprobes),
-        refine_factor,
-        id_column,
-        filter,
-        bool(prefilter),
-        info.dimension,
-        storage_options,
-        meta=out_meta,
-        enforce_metadata=False,
-        align_dataframes=False,
-    )

@@ -19,7 +19,8 @@ import pyarrow as pa
 
 from .errors import InvalidInputError
 
-__all__ = ["vector_series", "vectors_to_numpy", "vector_array", "is_vector_type"]
+__all__ = ["vector_series", "vectors_to_numpy", "vector_array", "is_vector_type", "check_vector_type"]
+
 
 def _fix_dtype(column: str, dimension: int | str = "dimension") -> str:
     return (
@@ -75,6 +76,15 @@ def _check_value_type(value_type: pa.DataType, column: str) -> None:
         f"column {column!r} holds {value_type} values, not floats: it cannot be an embedding column. "
         "Fix: pass vector_columns=[...] naming only the embedding columns, or cast the values to float32."
     )
+
+
+def check_vector_type(t: pa.DataType, column: str) -> None:
+    """Raise a clear error unless ``t`` is a (fixed-size) list of float32."""
+    if not (pa.types.is_fixed_size_list(t) or pa.types.is_list(t) or pa.types.is_large_list(t)):
+        raise InvalidInputError(
+            f"column {column!r} has Arrow type {t}; an embedding column must be a list of float32."
+        )
+    _check_value_type(t.value_type, column)
 
 
 def _from_arrow(arr: pa.Array, column: str) -> pa.FixedSizeListArray:

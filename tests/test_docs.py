@@ -26,7 +26,8 @@ def test_docs_build_without_warnings(tmp_path):
     api = (out / "api.html").read_text()
     for name in ("create_index", "read_lance", "to_lance", "batch_search", "add_pq_codes", "IndexArtifacts"):
         assert f'id="dask_lance_index.' in api and name in api, name
-    assert "dask_lance_index.dataframe.to_lance" in api
+    for qualified in ("dataframe.to_lance", "frame_encode.add_pq_codes", "frame_search.batch_search"):
+        assert f"dask_lance_index.{qualified}" in api, qualified
     # The architecture page carries the task-graph drawing.
     assert "dli-artifacts" in (out / "architecture.html").read_text()
 
