@@ -21,6 +21,10 @@ from .plan import INDEX_TYPES, IndexParams, IndexPlan, plan_index
 from .rabitq import build_rq_rotation
 from .rotation import RQRotation
 from .rq_eval import RQBitsResult, evaluate_rq_bits
+from .dataframe import WriteResult, read_lance, to_lance
+from .frame_encode import add_ivf_partition, add_pq_codes
+from .frame_search import batch_search
+from .vectors import vector_series, vectors_to_numpy
 
 __version__ = "0.1.0"
 
@@ -44,6 +48,14 @@ __all__ = [
     "RQRotation",
     "evaluate_rq_bits",
     "RQBitsResult",
+    "read_lance",
+    "to_lance",
+    "WriteResult",
+    "add_ivf_partition",
+    "add_pq_codes",
+    "batch_search",
+    "vector_series",
+    "vectors_to_numpy",
 ]
 
 from .cleanup import cleanup  # noqa: E402
