@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from typing import Any
@@ -10,6 +11,7 @@ from .artifacts import IndexArtifacts, coerce_array, validate_artifacts
 from .errors import InvalidInputError
 from .graph import IndexBuild, build_graph, report
 from .plan import MAX_ITERS, PQ_SAMPLE_RATE, SAMPLE_RATE, TOLERANCE, plan_index
+from .progress import compute_with_progress
 
 __all__ = ["create_index", "resolve_client"]
 
@@ -66,6 +68,7 @@ def create_index(
     client=None,
     scheduler: str | None = None,
     compute: bool = True,
+    progress: bool | None = None,
 ) -> Any:
     """Build a Lance vector index in parallel on Dask.
 
@@ -132,6 +135,11 @@ def create_index(
         return an :class:`~dask_lance_index.graph.IndexBuild`, a lazy dask
         object whose ``.compute()`` runs the build and returns a
         :class:`~dask_lance_index.commit.BuildResult`.
+    progress : bool, optional
+        Draw a progress bar while the build runs (``distributed.progress`` on a
+        cluster, dask's ``ProgressBar`` otherwise), on standard error. Default:
+        on in a notebook or when standard error is a terminal, off in batch jobs
+        whose output goes to a file or pipe.
     """
     t0 = time.time()
     # An explicit local scheduler wins over a default client picked up implicitly.
@@ -177,25 +185,28 @@ def create_index(
     build = build_graph(plan, given, storage_options, plan_seconds=time.time() - t0)
     if not compute:
         return build
-    result = run(build, client=client, scheduler=scheduler)
+    result = run(build, client=client, scheduler=scheduler, progress=progress)
     return result.dataset(storage_options)
 
 
-def run(build: IndexBuild, client=None, scheduler: str | None = None):
+def run(build: IndexBuild, client=None, scheduler: str | None = None, progress: bool | None = None):
     """Run a lazy build on ``client`` (or the local ``scheduler``) and return its BuildResult.
+
+    ``progress`` is as in :func:`create_index`. The result's ``seconds`` gains
+    ``"total"``: planning plus the wall time of this run.
 
     If the build fails, the segments its build tasks wrote are removed (the
     commit task removes merged segments itself when it is the one failing).
     """
     client = client if scheduler is not None else resolve_client(client)
+    t0 = time.time()
     try:
+        result = compute_with_progress(build, client=client, scheduler=scheduler, progress=progress)
         if client is not None:
             # distributed finalises on a worker: repeat the report here, where the caller is.
-            return report(client.compute(build).result())
-        import dask
-
-        (result,) = dask.compute(build, scheduler=scheduler)
-        return result
+            result = report(result)
+        total = result.seconds.get("plan", 0.0) + time.time() - t0
+        return dataclasses.replace(result, seconds={**result.seconds, "total": round(total, 4)})
     except BaseException:
         from ._lance import remove_index_dir
 
