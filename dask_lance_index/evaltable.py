@@ -153,6 +153,9 @@ def plot_recall(table: EvaluationTable, *, axes=None, title: str | None = None):
         for r in rows:
             ax_t.annotate(str(r.nprobes), (r.latency_ms, r.recall), textcoords="offset points", xytext=(3, 3), fontsize=7)
     ax_n.set_xscale("log", base=2)
+    ticks = sorted({r.nprobes for r in table.rows})
+    ax_n.set_xticks(ticks, [str(t) for t in ticks])
+    ax_n.minorticks_off()
     ax_n.set_xlabel("nprobes")
     ax_t.set_xlabel("mean latency per query (ms)")
     for ax in axes:
