@@ -19,6 +19,8 @@ from .errors import (
 from .graph import IndexBuild
 from .plan import INDEX_TYPES, IndexParams, IndexPlan, plan_index
 from .rabitq import build_rq_rotation
+from .evaluate import evaluate_index, exact_knn_dataset
+from .evaltable import EvaluationRow, EvaluationTable, plot_recall
 
 __version__ = "0.1.0"
 
@@ -39,4 +41,9 @@ __all__ = [
     "IndexExistsError",
     "CoverageError",
     "DatasetChangedError",
+    "evaluate_index",
+    "exact_knn_dataset",
+    "EvaluationRow",
+    "EvaluationTable",
+    "plot_recall",
 ]

@@ -158,7 +158,7 @@ def _cluster(args):
         warnings.simplefilter("ignore")  # "port in use" style start-up chatter
         cluster = LocalCluster(
             n_workers=args.workers, threads_per_worker=args.threads_per_worker,
-            processes=True, dashboard_address=None,
+            processes=True, dashboard_address=":0",  # any free port: 8787 may be taken
         )
     with cluster, Client(cluster) as client:
         yield client

@@ -116,6 +116,9 @@ class EvaluationTable:
     def __str__(self) -> str:
         return self.to_markdown()
 
+    def _repr_markdown_(self) -> str:  # Jupyter renders the table
+        return self.to_markdown()
+
     def plot(self, **kwargs):
         """Draw the table; see :func:`plot_recall`."""
         return plot_recall(self, **kwargs)

@@ -342,12 +342,15 @@ def _index_on(ds, column: str, name: str | None):
     )
 
 
-def _index_metric(ds, index_name: str) -> str:
-    stats = ds.stats.index_stats(index_name)
+def _index_metric(ds, index) -> str:
+    details = getattr(index, "details", None) or {}
+    if details.get("metric_type"):
+        return _check_metric(details["metric_type"])
+    stats = ds.stats.index_stats(index.name)
     for seg in stats.get("indices", []):
         if "metric_type" in seg:
             return _check_metric(seg["metric_type"])
-    raise InvalidInputError(f"cannot read the metric of index {index_name!r}. Fix: pass metric=.")
+    raise InvalidInputError(f"cannot read the metric of index {index.name!r}. Fix: pass metric=.")
 
 
 def _as_tuple(values, what: str, allow_none: bool = False) -> tuple:
@@ -443,7 +446,7 @@ def evaluate_index(
     info = column_info(ds, column)
     q = _check_queries(queries, info.dimension)
     index = _index_on(ds, column, name)
-    metric = _check_metric(metric) if metric is not None else _index_metric(ds, index.name)
+    metric = _check_metric(metric) if metric is not None else _index_metric(ds, index)
     if truth is not None:
         truth = np.asarray(truth)
         if truth.ndim != 2 or len(truth) != len(q) or truth.shape[1] < k:
@@ -457,8 +460,9 @@ def evaluate_index(
         )
         exact_seconds = time.perf_counter() - t0
 
-    if warmup:
-        timed_search(ds, column, q[:warmup], k, nprobes=nprobes[0], id_column=id_column)
+    if warmup:  # load the index and the refine path's data pages before timing anything
+        for rf in refine_factors:
+            timed_search(ds, column, q[:warmup], k, nprobes=max(nprobes), refine_factor=rf, id_column=id_column)
     rows = []
     for n in nprobes:
         for rf in refine_factors:
