@@ -53,6 +53,24 @@ class UsageError(Exception):
     """A command-line value that cannot be used (exit code 2)."""
 
 
+class SchedulerUnreachable(Exception):
+    """No scheduler answered at ``--scheduler`` in time (exit code 1: worth a retry)."""
+
+
+def _connect(args):
+    """A client of ``--scheduler``, or :class:`SchedulerUnreachable` naming the address."""
+    from distributed import Client
+
+    try:
+        return Client(args.scheduler, timeout=f"{args.connect_timeout}s")
+    except (OSError, TimeoutError) as exc:
+        raise SchedulerUnreachable(
+            f"no dask scheduler answered at {args.scheduler} within {args.connect_timeout:g} s ({exc}). "
+            "Fix: check the address and that the scheduler is running, or omit --scheduler to start a "
+            "LocalCluster."
+        ) from None
+
+
 def exit_code(exc: BaseException) -> int:
     """The exit code a script sees for ``exc``."""
     if isinstance(exc, KeyboardInterrupt):
@@ -131,6 +149,8 @@ def _add_cluster_args(p: argparse.ArgumentParser, *, required_for: str) -> None:
     g.add_argument("--scheduler", metavar="ADDRESS",
                    help="a dask-distributed scheduler, e.g. tcp://10.0.0.5:8786 "
                    f"(default: start a LocalCluster on this machine for {required_for})")
+    g.add_argument("--connect-timeout", type=float, default=30.0, metavar="SECONDS",
+                   help="how long to wait for --scheduler to answer (default: %(default)g)")
     g.add_argument("--workers", type=_positive_int, metavar="N",
                    help="worker processes of the LocalCluster (default: dask's choice for this machine)")
     g.add_argument("--threads-per-worker", type=_positive_int, default=1, metavar="N",
@@ -149,7 +169,7 @@ def _cluster(args):
     from distributed import Client
 
     if args.scheduler:
-        with Client(args.scheduler, timeout="30s") as client:
+        with _connect(args) as client:
             yield client
         return
     from distributed import LocalCluster
@@ -251,6 +271,8 @@ def _add_plan(sub) -> None:
     g = p.add_argument_group("cluster")
     g.add_argument("--scheduler", metavar="ADDRESS",
                    help="size the plan for this scheduler's worker threads (default: this machine's CPUs)")
+    g.add_argument("--connect-timeout", type=float, default=30.0, metavar="SECONDS",
+                   help="how long to wait for --scheduler to answer (default: %(default)g)")
     _add_output_args(p)
     p.set_defaults(func=_run_plan)
 
@@ -261,9 +283,7 @@ def _run_plan(args) -> int:
 
     kwargs = _index_kwargs(args)
     if args.scheduler:
-        from distributed import Client
-
-        with Client(args.scheduler, timeout="30s") as client:
+        with _connect(args) as client:
             parallelism = _parallelism(client)
     else:
         parallelism = _parallelism(None)
@@ -424,8 +444,8 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except BaseException as exc:  # noqa: BLE001 - every failure becomes a documented exit code
         code = exit_code(exc)
-        if code == EXIT_FAILURE:
-            traceback.print_exc()
+        if code == EXIT_FAILURE and not isinstance(exc, SchedulerUnreachable):
+            traceback.print_exc()  # unexpected: the traceback is what a bug report needs
         msg = "interrupted" if code == EXIT_INTERRUPTED else f"{type(exc).__name__}: {exc}"
         print(f"{PROG}: error: {msg}", file=sys.stderr, flush=True)
         return code

@@ -148,3 +148,11 @@ def test_wrong_queries_file_exits_2(dataset_uri, tmp_path, capsys):
     np.save(path, np.zeros((5, 7), np.float32))
     assert main(["evaluate", dataset_uri, "--queries", str(path)]) == 2
     assert "shape (num_queries, 32)" in capsys.readouterr().err
+
+
+def test_unreachable_scheduler_exits_1_with_the_address(dataset_uri, capsys):
+    argv = ["build", dataset_uri, "--num-partitions", "4", "--scheduler", "tcp://127.0.0.1:1", "--connect-timeout", "1"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "no dask scheduler answered at tcp://127.0.0.1:1" in err and "Traceback" not in err
+    assert lance.dataset(dataset_uri).version == 1 and not index_dirs(dataset_uri)
