@@ -3,7 +3,17 @@
 Each subcommand is one ``_add_<name>(subparsers)`` function that declares its
 arguments and sets ``func`` to the function that runs it; :data:`COMMANDS`
 lists them in the order ``--help`` shows them. A new subcommand is one more
-such function appended to :data:`COMMANDS`.
+such function appended to :data:`COMMANDS`, e.g.::
+
+    def _add_cleanup(sub) -> None:
+        p = sub.add_parser("cleanup", help="...", description=_para("..."),
+                           epilog=... + SHORT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
+        _add_dataset_args(p)          # uri, --column, --storage-option
+        p.add_argument("--build-id"); p.add_argument("--dry-run", action="store_true")
+        _add_output_args(p)           # --json
+        p.set_defaults(func=_run_cleanup)   # _run_cleanup(args) -> exit code
+
+Errors need no handling there: :func:`main` maps exceptions to exit codes.
 
 Exit codes (:data:`EXIT_CODES`): 0 success; 2 usage or bad input (the command
 as given cannot succeed: a wrong argument, column, dimension, artifact or
