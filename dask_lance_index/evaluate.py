@@ -59,28 +59,67 @@ def _scores(q: np.ndarray, x: np.ndarray, metric: str) -> np.ndarray:
     """Similarity of prepared queries to rows ``x`` (higher is nearer), ``-inf`` for unusable rows.
 
     l2 ranks by ``2 q.x - |x|^2`` (``|q|^2`` is the same for every row of a query),
-    so the whole block is one GEMM plus a row vector.
+    so the whole block is one GEMM plus a row vector, updated in place.
     """
+    finite = np.isfinite(x).all(axis=1)
+    if not finite.all():
+        x = np.where(finite[:, None], x, 0.0).astype(np.float32)  # no NaN may leak into the GEMM
+    s = q @ x.T
     if metric == "l2":
-        s = 2.0 * (q @ x.T) - np.einsum("ij,ij->i", x, x)[None, :]
+        s *= 2.0
+        s -= np.einsum("ij,ij->i", x, x)[None, :]
     elif metric == "cosine":
-        s = (q @ x.T) / np.maximum(np.linalg.norm(x, axis=1), 1e-30)[None, :]
-    elif metric == "dot":
-        s = q @ x.T
-    else:
+        s /= np.maximum(np.linalg.norm(x, axis=1), 1e-30)[None, :]
+    elif metric != "dot":
         raise ValueError(f"unknown metric {metric!r}")
-    s = np.where(np.isfinite(x).all(axis=1)[None, :], s, -np.inf)
-    return np.nan_to_num(s, nan=-np.inf)
+    if not finite.all():
+        s[:, ~finite] = -np.inf
+    return s
 
 
 def _top(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """The ``k`` best columns of each row (unordered), padding with -inf / -1 when fewer."""
+    """The ``k`` best columns of each row (unordered), padding with -inf / -1 when fewer.
+
+    ``ids`` is either ``(n,)`` (the same ids for every row) or ``scores``' shape.
+    """
     if scores.shape[1] < k:
         pad = k - scores.shape[1]
         scores = np.concatenate([scores, np.full((len(scores), pad), -np.inf, scores.dtype)], axis=1)
+        ids = np.broadcast_to(ids, (len(scores), ids.shape[-1]))
         ids = np.concatenate([ids, np.full((len(ids), pad), -1, ids.dtype)], axis=1)
     top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-    return np.take_along_axis(scores, top, axis=1), np.take_along_axis(ids, top, axis=1)
+    best = np.take_along_axis(scores, top, axis=1)
+    return best, (ids[top] if ids.ndim == 1 else np.take_along_axis(ids, top, axis=1))
+
+
+def _running_top(best, s: np.ndarray, ids: np.ndarray, k: int):
+    """Fold one block of scores ``(queries, rows)`` with 1-D row ``ids`` into a running top-k.
+
+    Once every query holds k finite candidates, only the block's entries that
+    beat a query's current k-th best are gathered (one comparison pass; few
+    pass after the first blocks), instead of partitioning the whole block.
+    """
+    if best is None or not np.isfinite(best[0]).all():
+        head = min(s.shape[1], max(4 * k, 1024))  # a small first block fills the top-k cheaply
+        block = _top(s[:, :head], ids[:head], k)
+        best = block if best is None else merge_topk(best, block, k)
+        s, ids = s[:, head:], ids[head:]
+        if not s.shape[1]:
+            return best
+        if not np.isfinite(best[0]).all():  # (almost) no usable rows yet: partition the block
+            return merge_topk(best, _top(s, ids, k), k)
+    bs, bi = best
+    nq = len(bs)
+    qi, cj = np.nonzero(s > bs.min(axis=1)[:, None])
+    if not len(qi):
+        return best
+    all_q = np.concatenate([np.repeat(np.arange(nq), k), qi])
+    all_s = np.concatenate([bs.ravel(), s[qi, cj]])
+    all_i = np.concatenate([bi.ravel(), ids[cj]])
+    order = np.lexsort((-all_s, all_q))  # by query, best first
+    starts = np.concatenate([[0], np.cumsum(np.bincount(all_q, minlength=nq))[:-1]])
+    take = order[starts[:, None] + np.arange(k)[None, :]]
+    return all_s[take], all_i[take]
 
 
 def _sorted(scores: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -96,14 +135,13 @@ def exact_knn(data: np.ndarray, queries: np.ndarray, k: int = 10, metric: str = 
     """
     data = np.asarray(data, dtype=np.float32)
     q = _prepare_queries(queries, metric)
-    best_s = np.full((len(q), k), -np.inf, dtype=np.float32)
-    best_i = np.zeros((len(q), k), dtype=np.int64)
+    best = None
     for start in range(0, len(data), batch):
         x = data[start : start + batch]
-        s = _scores(q, x, metric)
-        ids = np.broadcast_to(np.arange(start, start + len(x)), s.shape)
-        best_s, best_i = _top(np.concatenate([best_s, s], axis=1), np.concatenate([best_i, ids], axis=1), k)
-    return _sorted(best_s, best_i)[1]
+        best = _running_top(best, _scores(q, x, metric), np.arange(start, start + len(x)), k)
+    if best is None:
+        return np.full((len(q), k), -1, dtype=np.int64)
+    return _sorted(*best)[1]
 
 
 # -- exact neighbours over a Lance dataset, as a Dask graph ---------------------------------------
@@ -139,18 +177,17 @@ def fragment_topk(
         batch_size=batch_rows,
         with_row_id=id_column is None,
     )
-    best_s = np.full((len(queries), k), -np.inf, dtype=np.float32)
-    best_i = np.full((len(queries), k), -1, dtype=np.int64)
+    best = (np.full((len(queries), k), -np.inf, dtype=np.float32), np.full((len(queries), k), -1, dtype=np.int64))
     for batch in scanner.to_batches():
         if not batch.num_rows:
             continue
         x, valid = _to_float32_matrix(batch.column(column), dimension)
         ids = np.asarray(batch.column(id_column or "_rowid").to_numpy(zero_copy_only=False)).astype(np.int64)
         s = _scores(queries, x, metric)
-        s[:, ~valid] = -np.inf  # nulls were zero-filled: they must never rank
-        cand_i = np.broadcast_to(ids, s.shape)
-        best_s, best_i = _top(np.concatenate([best_s, s], axis=1), np.concatenate([best_i, cand_i], axis=1), k)
-    return best_s, best_i
+        if not valid.all():
+            s[:, ~valid] = -np.inf  # nulls were zero-filled: they must never rank
+        best = _running_top(best, s, ids, k)
+    return best
 
 
 def merge_topk(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray], k: int):
