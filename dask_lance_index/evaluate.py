@@ -123,8 +123,10 @@ def _running_top(best, s: np.ndarray, ids: np.ndarray, k: int):
 
 
 def _sorted(scores: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Best first; ids of unusable rows (score -inf: null/NaN rows, padding) become -1."""
     order = np.argsort(-scores, axis=1, kind="stable")
-    return np.take_along_axis(scores, order, axis=1), np.take_along_axis(ids, order, axis=1)
+    scores, ids = np.take_along_axis(scores, order, axis=1), np.take_along_axis(ids, order, axis=1)
+    return scores, np.where(scores > -np.inf, ids, -1)
 
 
 def exact_knn(data: np.ndarray, queries: np.ndarray, k: int = 10, metric: str = "l2", batch: int = 65536) -> np.ndarray:

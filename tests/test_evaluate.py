@@ -159,3 +159,24 @@ def test_evaluate_index_bad_input_is_refused_before_work(indexed_uri, tmp_path, 
     write_vectors(bare, vectors[:2000])
     with pytest.raises(InvalidInputError, match="no index on column 'vector'"):
         evaluate_index(bare, "vector", queries, scheduler="sync")
+
+
+def test_fewer_usable_rows_than_k_pads_with_minus_one(tmp_path, vectors, queries):
+    x = vectors[:6].copy()
+    x[4] = np.nan
+    got = exact_knn(x, queries[:3], 8, "l2")
+    assert (got[:, 5:] == -1).all() and set(got[0, :5]) == {0, 1, 2, 3, 5}
+    uri = str(tmp_path / "tiny.lance")
+    write_vectors(uri, x, max_rows_per_file=2)  # 3 fragments of 2 rows: every task holds fewer than k
+    np.testing.assert_array_equal(
+        exact_knn_dataset(uri, "vector", queries[:3], 8, id_column="id", scheduler="sync"), got
+    )
+
+
+def test_running_top_k_over_many_blocks_equals_one_sort():
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((20_000, 16)).astype(np.float32)
+    q = rng.standard_normal((30, 16)).astype(np.float32)
+    want = np.argsort(((q[:, None, :] - x[None]) ** 2).sum(-1), axis=1, kind="stable")[:, :7]
+    for batch in (1000, 1024, 4097, 20_000):
+        np.testing.assert_array_equal(exact_knn(x, q, 7, "l2", batch=batch), want)
