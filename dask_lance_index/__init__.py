@@ -25,6 +25,8 @@ from .dataframe import WriteResult, read_lance, to_lance
 from .frame_encode import add_ivf_partition, add_pq_codes
 from .frame_search import batch_search
 from .vectors import vector_series, vectors_to_numpy
+from .evaluate import evaluate_index, exact_knn_dataset
+from .evaltable import EvaluationRow, EvaluationTable, plot_recall
 
 __version__ = "0.1.0"
 
@@ -56,6 +58,11 @@ __all__ = [
     "batch_search",
     "vector_series",
     "vectors_to_numpy",
+    "evaluate_index",
+    "exact_knn_dataset",
+    "EvaluationRow",
+    "EvaluationTable",
+    "plot_recall",
 ]
 
 from .cleanup import cleanup  # noqa: E402

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from typing import Any
@@ -78,6 +79,7 @@ def create_index(
     resume: bool = True,
     retries: int = 2,
     fragment_groups=None,
+    progress: bool | None = None,
 ) -> Any:
     """Build a Lance vector index in parallel on Dask.
 
@@ -160,6 +162,11 @@ def create_index(
         On a cluster: times a failing task is retried, and times the whole run
         is resubmitted after tasks were lost with dying workers (finished work
         is taken from the journal).
+    progress : bool, optional
+        Draw a progress bar while the build runs (``distributed.progress`` on a
+        cluster, dask's ``ProgressBar`` otherwise), on standard error. Default:
+        on in a notebook or when standard error is a terminal, off in batch jobs
+        whose output goes to a file or pipe.
     """
     t0 = time.time()
     # An explicit local scheduler wins over a default client picked up implicitly.
@@ -215,22 +222,29 @@ def create_index(
     )
     if not compute:
         return build
-    result = run(build, client=client, scheduler=scheduler, retries=retries)
+    result = run(build, client=client, scheduler=scheduler, retries=retries, progress=progress)
     return result.dataset(storage_options)
 
 
-def run(build: IndexBuild, client=None, scheduler: str | None = None, retries: int = 2):
+def run(build: IndexBuild, client=None, scheduler: str | None = None, retries: int = 2,
+        progress: bool | None = None):
     """Run a lazy build on ``client`` (or the local ``scheduler``) and return its BuildResult.
 
     On a cluster a failing task is retried ``retries`` times, and the run is
     resubmitted up to ``retries`` times when tasks were lost with dying workers
     (journaled work is not redone). If the build fails, its tasks are stopped
     and every uncommitted segment it wrote is removed (:func:`.cleanup.abandon_build`).
+
+    ``progress`` is as in :func:`create_index`. The result's ``seconds`` gains
+    ``"total"``: planning plus the wall time of this run.
     """
     from .faults import run_with_retries
 
     client = client if scheduler is not None else resolve_client(client)
-    return run_with_retries(build, client, scheduler, retries)
+    t0 = time.time()
+    result = run_with_retries(build, client, scheduler, retries, progress)
+    total = result.seconds.get("plan", 0.0) + time.time() - t0
+    return dataclasses.replace(result, seconds={**result.seconds, "total": round(total, 4)})
 
 
 def _given_artifacts(ivf_centroids, pq_codebook, rabitq_model) -> IndexArtifacts:

@@ -46,7 +46,9 @@ class BuildResult:
         The two kinds of skipped rows.
     num_segments_built, num_merges : int
     seconds : dict
-        Wall seconds per stage: plan, sample, train, build, merge, commit, total.
+        Wall seconds per stage: plan, sample, train, build, merge, commit (each
+        present, 0.0 for a stage that did not run), and ``total`` when the build
+        ran through :func:`~dask_lance_index.create_index` or :func:`~dask_lance_index.run`.
     build_id : str
     """
 
@@ -179,10 +181,9 @@ def commit_index(
     src = artifacts_source or {}
     seconds["sample"] = float(src.get("sample_seconds", 0.0))
     seconds["train"] = float(src.get("train_seconds", 0.0))
-    if built:
-        seconds["build"] = round(max(r.finished for r in built) - min(r.started for r in built), 4)
-    if merged:
-        seconds["merge"] = round(max(t[1] for _, t in merged) - min(t[0] for _, t in merged), 4)
+    # Every stage is always reported (0.0 when it did not run), so tables line up.
+    seconds["build"] = round(max(r.finished for r in built) - min(r.started for r in built), 4) if built else 0.0
+    seconds["merge"] = round(max(t[1] for _, t in merged) - min(t[0] for _, t in merged), 4) if merged else 0.0
     seconds["commit"] = round(t1 - t0, 4)
     null_rows = sum(r.null_rows for r in built)
     nan_rows = sum(r.nan_rows for r in built)

@@ -107,23 +107,24 @@ def resume_build(journal, uri, column: str, index_type: str, name: str | None, g
     return plan, artifacts
 
 
-def run_with_retries(build, client, scheduler: str | None, retries: int):
+def run_with_retries(build, client, scheduler: str | None, retries: int, progress: bool | None = None):
     """Run ``build``; resubmit it after tasks were lost with dying workers; on
-    failure abandon it (:func:`.cleanup.abandon_build`) and re-raise."""
+    failure abandon it (:func:`.cleanup.abandon_build`) and re-raise. A
+    progress bar is drawn as :mod:`.progress` decides."""
     from .cleanup import abandon_build
     from .graph import report
+    from .progress import _distributed_bar, compute_with_progress, show_progress
 
     future = None
     try:
         if client is None:
-            import dask
-
-            (result,) = dask.compute(build, scheduler=scheduler)
-            return result
+            return compute_with_progress(build, scheduler=scheduler, progress=progress)
         from distributed import KilledWorker
 
         for attempt in range(retries + 1):
             future = client.compute(build)
+            if show_progress(progress):
+                _distributed_bar(future)
             try:
                 # distributed finalises on a worker: repeat the report here, where the caller is.
                 return report(future.result())

@@ -349,7 +349,7 @@ def test_driver_killed_mid_build_resumes_without_rebuilding_finished_segments(
     print(f"driver killed with {n} of 16 segments journaled; {len(seen)} rebuilt on resume")
 
 
-def test_cleanup_removes_what_a_crashed_driver_left_and_nothing_else(tmp_path, big_vectors):
+def test_cleanup_removes_what_a_crashed_driver_left_and_nothing_else(tmp_path, big_vectors, capsys):
     uri = write(tmp_path / "crash.lance", big_vectors, 2500)
     first = dli.create_index(uri, "vector", "IVF_FLAT", name="other_idx", num_partitions=4, num_tasks=2, scheduler="sync")
     kept = committed_segment_uuids(first)
@@ -364,7 +364,12 @@ def test_cleanup_removes_what_a_crashed_driver_left_and_nothing_else(tmp_path, b
     dry = dli.cleanup(uri, crashed_id, dry_run=True)
     assert index_dirs(uri) - kept == left
     assert dry == dli.cleanup(uri, dry_run=True)  # by build id, or as "every crashed build"
-    removed = dli.cleanup(uri)
+    # its command-line form, as a cluster script would run it
+    from dask_lance_index.cli import main
+
+    capsys.readouterr()
+    assert main(["cleanup", uri, "--json"]) == 0
+    removed = json.loads(capsys.readouterr().out)["removed"]
     print(f"cleanup removed {len(left)} segment directories and the journal of the crashed build")
     assert removed == dry
     assert {os.path.basename(p) for p in removed} == left | {crashed_id}
