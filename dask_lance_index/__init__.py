@@ -19,6 +19,8 @@ from .errors import (
 from .graph import IndexBuild
 from .plan import INDEX_TYPES, IndexParams, IndexPlan, plan_index
 from .rabitq import build_rq_rotation
+from .finalize import finalize_artifact
+from .partition_artifacts import InvalidPartitionArtifactError, PartitionArtifact, PartitionArtifactWriter
 
 __version__ = "0.1.0"
 
@@ -39,4 +41,8 @@ __all__ = [
     "IndexExistsError",
     "CoverageError",
     "DatasetChangedError",
+    "finalize_artifact",
+    "PartitionArtifact",
+    "PartitionArtifactWriter",
+    "InvalidPartitionArtifactError",
 ]

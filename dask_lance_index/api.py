@@ -63,6 +63,7 @@ def create_index(
     tolerance: float = TOLERANCE,
     seed: int | None = None,
     engine: str = "auto",
+    artifact_uri: str | None = None,
     client=None,
     scheduler: str | None = None,
     compute: bool = True,
@@ -121,6 +122,15 @@ def create_index(
         Who assigns and encodes the rows. ``"precomputed"`` (8-bit PQ types):
         the workers, with NumPy BLAS, handing Lance the codes to write;
         ``"lance"``: Lance itself. ``"auto"``: ``"precomputed"`` where it applies.
+        ``"artifact"`` (8-bit PQ types): the workers encode into a partition
+        artifact in Lance's upstream layout (a shuffle by bucket), which is
+        then finalized; see :mod:`dask_lance_index.partition_artifacts`.
+    artifact_uri : str, optional
+        ``engine="artifact"``: where the artifact is written (storage every
+        worker reaches). It is kept, so a build that fails after encoding can
+        be resumed with :func:`dask_lance_index.finalize_artifact`. Default: a
+        temporary directory under the dataset (``_dli_artifacts/<build id>``),
+        deleted after the commit.
     client : distributed.Client, optional
         Cluster to run on; default the current client, if any, else the local
         ``scheduler`` (dask's threaded scheduler by default).
@@ -174,7 +184,12 @@ def create_index(
         num_sub_vectors=plan.params.num_sub_vectors,
         num_bits=plan.params.num_bits,
     )
-    build = build_graph(plan, given, storage_options, plan_seconds=time.time() - t0)
+    art = {}
+    if plan.engine == "artifact":
+        art = _artifact_target(plan, artifact_uri)
+    elif artifact_uri is not None:
+        raise InvalidInputError(f"artifact_uri applies to engine='artifact' only, not {plan.engine!r}")
+    build = build_graph(plan, given, storage_options, plan_seconds=time.time() - t0, **art)
     if not compute:
         return build
     result = run(build, client=client, scheduler=scheduler)
@@ -210,3 +225,18 @@ def _given_artifacts(ivf_centroids, pq_codebook, rabitq_model) -> IndexArtifacts
     if rabitq_model is not None and not isinstance(rabitq_model, str):
         raise InvalidInputError("rabitq_model must be the JSON string of a RaBitQ model")
     return IndexArtifacts(ivf_centroids=c, pq_codebook=cb, rabitq_model=rabitq_model)
+
+
+def _artifact_target(plan, artifact_uri: str | None) -> dict:
+    """Where the artifact engine writes, refusing to overwrite a complete artifact."""
+    from .partition_artifacts import MANIFEST_FILE, _exists, _join
+
+    if artifact_uri is None:
+        return {"artifact_uri": _join(plan.uri, f"_dli_artifacts/{plan.build_id}"), "drop_artifact": True}
+    root = str(artifact_uri)
+    if _exists(_join(root, MANIFEST_FILE)):
+        raise InvalidInputError(
+            f"{root} already holds a complete partition artifact. Fix: finalize it with "
+            "dask_lance_index.finalize_artifact(...) (no encoding), or choose an empty artifact_uri."
+        )
+    return {"artifact_uri": root, "drop_artifact": False}
