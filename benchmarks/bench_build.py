@@ -3,6 +3,7 @@ and dask_lance_index, side by side in one run.
 
     python benchmarks/bench_build.py --rows 250000                       # synthetic 128-d, IVF_PQ
     python benchmarks/bench_build.py --rows 1000000 --engines lance,dli
+    python benchmarks/bench_build.py --rows 250000 --engines lance,dli,dli-artifact   # partition artifact path
     python benchmarks/bench_build.py --data glove --metric cosine --num-sub-vectors 10
 
 Prints, per engine: build seconds, the ratio to Lance, recall@10 at nprobes 10/20/50 without
@@ -71,7 +72,7 @@ def run_one(engine: str, uri: str, args) -> dict:
 
         import dask_lance_index as dli
 
-        eng = "lance" if engine == "dli-lance-encode" else "auto"
+        eng = {"dli-lance-encode": "lance", "dli-artifact": "artifact"}.get(engine, "auto")
         if args.pq_sample_rate:
             opts["pq_sample_rate"] = args.pq_sample_rate
         if args.tolerance is not None:
