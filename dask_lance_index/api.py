@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from typing import Any
@@ -186,7 +187,11 @@ def create_index(
     )
     art = {}
     if plan.engine == "artifact":
+        from .finalize import check_row_ids
+
+        check_row_ids(plan, storage_options)
         art = _artifact_target(plan, artifact_uri)
+        plan = dataclasses.replace(plan, notes=plan.notes + (f"partition artifact at {art['artifact_uri']}",))
     elif artifact_uri is not None:
         raise InvalidInputError(f"artifact_uri applies to engine='artifact' only, not {plan.engine!r}")
     build = build_graph(plan, given, storage_options, plan_seconds=time.time() - t0, **art)

@@ -129,8 +129,10 @@ def write_buckets(root: str, reducer: int, num_reducers: int, num_partitions: in
         buckets=[b for b in range(nb) if b % num_reducers == reducer],
         storage_options=storage_options,
     )
+    step = 65536  # appended in slices: the writer's buffers stay within their budget
     for rid, part, codes in pieces:
-        w.append(rid, part, codes)
+        for s in range(0, len(rid), step):
+            w.append(rid[s : s + step], part[s : s + step], codes[s : s + step])
     return w.finish()
 
 

@@ -29,7 +29,7 @@ from .errors import InvalidInputError
 from .partition_artifacts import ArtifactMetadata, InvalidPartitionArtifactError, PartitionArtifact
 from .plan import METRICS, IndexPlan
 
-__all__ = ["finalize_segment", "finalize_artifact", "check_artifact_fits"]
+__all__ = ["finalize_segment", "finalize_artifact", "check_artifact_fits", "check_row_ids"]
 
 _BATCH_ROWS = 65536
 
@@ -50,6 +50,17 @@ def check_artifact_fits(md: ArtifactMetadata, *, dimension: int, num_partitions:
         raise InvalidPartitionArtifactError(
             "the partition artifact does not fit this index: it has " + "; ".join(problems)
             + ". Fix: finalize it with the parameters it was encoded with, or encode again."
+        )
+
+
+def check_row_ids(plan: IndexPlan, storage_options: dict | None = None) -> None:
+    """Refuse, before any work, a split finalize on a dataset whose row ids do not name their fragment."""
+    from ._lance import open_dataset
+
+    if plan.num_tasks > 1 and open_dataset(plan.uri, plan.version, storage_options).has_stable_row_ids:
+        raise InvalidInputError(
+            "the dataset uses stable row ids, which do not name their fragment, so a partition "
+            "artifact cannot be split into per-fragment segments. Fix: num_tasks=1."
         )
 
 
@@ -244,6 +255,7 @@ def finalize_artifact(
     )
     check_artifact_fits(md, dimension=plan.dimension, num_partitions=plan.params.num_partitions,
                         num_sub_vectors=plan.params.num_sub_vectors, metric=plan.params.metric)
+    check_row_ids(plan, storage_options)
     if art.num_rows > plan.num_rows:
         raise InvalidPartitionArtifactError(
             f"the partition artifact holds {art.num_rows} rows but the dataset has {plan.num_rows}: "
