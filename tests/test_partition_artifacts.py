@@ -53,14 +53,16 @@ def recall(ds, queries, truth, nprobes=6):
 
 def numpy_encode(x, c, cb):
     """Independent l2 IVF assignment and PQ encoding by brute force (not PQEncoder)."""
-    d2 = ((x[:, None, :] - c[None, :, :]) ** 2).sum(-1)
-    part = d2.argmin(1).astype(np.uint32)
+    def nearest(a, b):  # argmin_j |a_i - b_j|^2, in float64
+        a, b = a.astype(np.float64), b.astype(np.float64)
+        return ((b * b).sum(1)[None, :] - 2.0 * a @ b.T).argmin(1)
+
+    part = nearest(x, c).astype(np.uint32)
     r = x - c[part]
     m, k, s = cb.shape
     codes = np.empty((len(x), m), np.uint8)
     for j in range(m):
-        sub = r[:, j * s : (j + 1) * s]
-        codes[:, j] = ((sub[:, None, :] - cb[j][None]) ** 2).sum(-1).argmin(1)
+        codes[:, j] = nearest(r[:, j * s : (j + 1) * s], cb[j])
     return part, codes
 
 
@@ -343,3 +345,19 @@ def test_an_artifact_of_other_data_is_refused_and_leaves_nothing(tmp_path, vecto
     with pytest.raises(InvalidPartitionArtifactError, match="fragment"):
         dli.finalize_artifact(uri2, "vector", good_artifact, num_tasks=2, scheduler="sync")
     assert index_dirs(uri2) == set() and lance.dataset(uri2).describe_indices() == []
+
+
+def test_stable_row_ids_finalize_as_one_segment_and_refuse_a_split(tmp_path, vectors, queries, model):
+    from dask_lance_index.datagen import vector_table
+
+    c, cb = model
+    uri = str(tmp_path / "stable.lance")
+    lance.write_dataset(vector_table(vectors), uri, max_rows_per_file=3000, enable_stable_row_ids=True)
+    assert lance.dataset(uri).has_stable_row_ids
+    with pytest.raises(dli.InvalidInputError, match="stable row ids"):
+        dli.create_index(uri, "vector", "IVF_PQ", ivf_centroids=c, pq_codebook=cb, num_sub_vectors=8,
+                         num_tasks=2, engine="artifact", compute=False)
+    ds = dli.create_index(uri, "vector", "IVF_PQ", ivf_centroids=c, pq_codebook=cb, num_sub_vectors=8,
+                          num_tasks=1, engine="artifact", scheduler="sync")
+    truth = exact_knn(vectors, queries, 10, "l2")
+    assert recall(ds, queries, truth) > 0.5
