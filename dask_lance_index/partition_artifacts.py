@@ -708,7 +708,9 @@ class PartitionArtifactWriter:
     the bucket's file and records each partition's range. Nothing is re-read or
     re-sorted at :meth:`finish`. Buffered bytes are tracked
     (``buffered_bytes``, ``peak_buffered_bytes``): they are bounded by
-    ``max_buffered_rows`` rows plus one appended batch, whatever the row count.
+    ``max_buffered_rows`` rows plus one appended batch, whatever the row count;
+    each open Lance file writer caches at most ``file_cache_bytes`` (the same
+    budget split over the writer's buckets) before it writes a page.
 
     Parameters
     ----------
@@ -753,6 +755,12 @@ class PartitionArtifactWriter:
         self.peak_buffered_bytes = 0
         self.flushes = 0
         self._row_bytes = 8 + 4 + self.m
+        # Lance's file writer keeps up to 8 MiB per column in memory before it
+        # writes a page (a small bucket file: all of it, until close). Split the
+        # writer's budget over its buckets instead, so open files add at most
+        # about the buffers' own budget, whatever the row count.
+        owned = len(self.owned) if self.owned is not None else self.num_buckets
+        self.file_cache_bytes = max(64 << 10, self.max_buffered_rows * self._row_bytes // max(owned, 1))
         self._closed = False
         import pyarrow as pa
 
@@ -811,7 +819,8 @@ class PartitionArtifactWriter:
             path = _join(self.root, bucket_path(b))
             if _is_local(self.root):
                 os.makedirs(os.path.dirname(_local(path)), exist_ok=True)
-            w = LanceFileWriter(path, self._schema, version=FILE_VERSION, storage_options=self.storage_options)
+            w = LanceFileWriter(path, self._schema, version=FILE_VERSION, storage_options=self.storage_options,
+                                data_cache_bytes=self.file_cache_bytes)
             self._writers[b] = w
         return w
 
