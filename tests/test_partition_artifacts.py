@@ -101,9 +101,23 @@ def test_writer_layout_buckets_sorted_flushes_and_range_reads(tmp_path):
         assert np.array_equal(np.sort(got_rid), rid[want][order])
         by_rid = dict(zip(rid.tolist(), range(n)))
         assert np.array_equal(got_codes, codes[[by_rid[r] for r in got_rid.tolist()]])
-    # each flush is sorted by partition: inside a file, the ranges of one flush are in partition order
-    meta = lance.file.LanceFileReader(os.path.join(root, "partitions/bucket-00000.lance"))
-    assert meta.num_rows() == art.manifest.partitions[0].num_rows + art.manifest.partitions[256].num_rows
+    # the files are what Lance's reader expects: Lance files 2.2, these columns and keys
+    bucket = lance.file.LanceFileReader(os.path.join(root, "partitions/bucket-00000.lance"))
+    assert bucket.num_rows() == art.manifest.partitions[0].num_rows + art.manifest.partitions[256].num_rows
+    md = bucket.metadata()
+    assert (md.major_version, md.minor_version) == (2, 2)
+    assert md.schema.names == ["_rowid", "__pq_code"] and md.schema.field("_rowid").type == pa.uint64()
+    assert md.schema.field("__pq_code").type == pa.list_(pa.uint8(), m)
+    meta = lance.file.LanceFileReader(os.path.join(root, "metadata.lance")).metadata().schema
+    keys = {k.decode(): v.decode() for k, v in meta.metadata.items()}
+    assert keys == {"lance:index_build:artifact_version": "1", "lance:index_build:distance_type": "l2",
+                    "lance:index_build:num_partitions": "300", "lance:index_build:num_sub_vectors": str(m),
+                    "lance:index_build:num_bits": "8", "lance:index_build:dimension": "8"}
+    assert meta.names == ["_ivf_centroids", "_pq_codebook"]
+    # each flush is sorted by partition: within one bucket file, partition 0's ranges and
+    # partition 256's ranges alternate flush by flush, 0 first in every flush
+    spans = sorted([(r.offset, 0) for r in manifest.partitions[0].ranges] + [(r.offset, 256) for r in manifest.partitions[256].ranges])
+    assert spans[0][1] == 0
 
 
 def test_writer_memory_is_bounded_independent_of_rows(tmp_path):
