@@ -69,7 +69,7 @@ def main() -> int:
     buckets = timed("artifact: bucket writers", lambda: [
         ab.write_buckets(art, r, R, args.num_partitions, args.num_sub_vectors, [e[r] for e in enc]) for r in range(R)])
     summary = timed("artifact: manifest", lambda: ab.write_artifact(art, plan, arts, buckets, [e[R] for e in enc]))
-    del enc
+    enc = None  # the encoded rows are on disk now
     timed("artifact: finalize tasks", lambda: [fz.finalize_segment(plan, i, art, summary) for i in range(plan.num_tasks)])
     times["artifact: all"] = sum(v for k, v in times.items() if k.startswith("artifact:"))
 

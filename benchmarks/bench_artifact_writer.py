@@ -32,9 +32,11 @@ def vm_hwm_mb() -> float:
 
 
 def run_one(rows: int, args) -> dict:
-    from dask_lance_index.partition_artifacts import PartitionArtifactWriter, assemble_manifest, write_manifest
+    from dask_lance_index.artifact_io import write_manifest
+    from dask_lance_index.artifact_writer import PartitionArtifactWriter
+    from dask_lance_index.partition_artifacts import assemble_manifest
 
-    import lance.file  # noqa: F401  (imported before the baseline, as the writer needs it)
+    import lance.file  # noqa: F401  (imported before the baseline: the writer needs it)
 
     base = vm_hwm_mb()
     rng = np.random.default_rng(rows)

@@ -20,7 +20,9 @@ from .graph import IndexBuild
 from .plan import INDEX_TYPES, IndexParams, IndexPlan, plan_index
 from .rabitq import build_rq_rotation
 from .finalize import finalize_artifact
-from .partition_artifacts import InvalidPartitionArtifactError, PartitionArtifact, PartitionArtifactWriter
+from .artifact_io import PartitionArtifact
+from .artifact_writer import PartitionArtifactWriter
+from .partition_artifacts import InvalidPartitionArtifactError
 
 __version__ = "0.1.0"
 

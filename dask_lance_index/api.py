@@ -234,7 +234,8 @@ def _given_artifacts(ivf_centroids, pq_codebook, rabitq_model) -> IndexArtifacts
 
 def _artifact_target(plan, artifact_uri: str | None) -> dict:
     """Where the artifact engine writes, refusing to overwrite a complete artifact."""
-    from .partition_artifacts import MANIFEST_FILE, _exists, _join
+    from .artifact_io import _exists, _join
+    from .partition_artifacts import MANIFEST_FILE
 
     if artifact_uri is None:
         return {"artifact_uri": _join(plan.uri, f"_dli_artifacts/{plan.build_id}"), "drop_artifact": True}

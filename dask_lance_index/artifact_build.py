@@ -31,17 +31,9 @@ import numpy as np
 from dask.delayed import delayed
 
 from .artifacts import IndexArtifacts
-from .partition_artifacts import (
-    ArtifactMetadata,
-    BucketSummary,
-    PartitionArtifactWriter,
-    _join,
-    _write_text,
-    assemble_manifest,
-    default_num_buckets,
-    write_manifest,
-    write_metadata,
-)
+from .artifact_io import _join, _write_text, write_manifest, write_metadata
+from .artifact_writer import PartitionArtifactWriter
+from .partition_artifacts import ArtifactMetadata, BucketSummary, assemble_manifest, default_num_buckets
 from .plan import IndexPlan
 
 __all__ = ["EncodeStats", "ArtifactSummary", "encode_group", "write_buckets", "write_artifact", "artifact_tasks"]
@@ -208,7 +200,7 @@ def artifact_tasks(plan: IndexPlan, plan_key, artifacts, root: str, storage_opti
 
 def drop_artifact(result, root: str):
     """After a successful commit: delete a temporary artifact and pass the result on."""
-    from .partition_artifacts import _is_local, _local
+    from .artifact_io import _is_local, _local
 
     if _is_local(root):
         import shutil

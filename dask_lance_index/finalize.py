@@ -26,7 +26,8 @@ import numpy as np
 
 from .build import SegmentResult
 from .errors import InvalidInputError
-from .partition_artifacts import ArtifactMetadata, InvalidPartitionArtifactError, PartitionArtifact
+from .artifact_io import PartitionArtifact
+from .partition_artifacts import ArtifactMetadata, InvalidPartitionArtifactError
 from .plan import METRICS, IndexPlan
 
 __all__ = ["finalize_segment", "finalize_artifact", "check_artifact_fits", "check_row_ids"]

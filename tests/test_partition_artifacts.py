@@ -16,20 +16,17 @@ from lance.file import LanceFileWriter
 import dask_lance_index as dli
 from dask_lance_index.datagen import write_vectors
 from dask_lance_index.evaluate import exact_knn, recall_at_k, search
+from dask_lance_index.artifact_io import PartitionArtifact, write_manifest, write_metadata
+from dask_lance_index.artifact_writer import PartitionArtifactWriter
 from dask_lance_index.partition_artifacts import (
-    ArtifactManifest,
     ArtifactMetadata,
     BucketSummary,
     InvalidPartitionArtifactError,
-    PartitionArtifact,
-    PartitionArtifactWriter,
     PartitionEntry,
     PartitionRange,
     assemble_manifest,
     bucket_path,
     default_num_buckets,
-    write_manifest,
-    write_metadata,
 )
 from dask_lance_index.train import residuals, train_ivf, train_pq
 
