@@ -11,7 +11,7 @@ PQ codes with BLAS against the shared artifacts (:class:`.encode.PQEncoder`);
 they split their rows by reducer (``bucket % num_reducers``), so each bucket
 is written by exactly one reduction task: the shuffle is dask's, by task, and
 moves 8 + 4 + m bytes per row (a 128-d float32 row is 512). Reduction tasks
-stream their pieces through a :class:`.partition_artifacts.PartitionArtifactWriter`
+stream their pieces through a :class:`.artifact_writer.PartitionArtifactWriter`
 restricted to their buckets. One task assembles and writes ``metadata.lance``
 and, last, ``manifest.json``. The finalize tasks (:mod:`.finalize`) build the
 Lance segments from the artifact, so a build that dies after the manifest is
