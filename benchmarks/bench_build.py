@@ -5,6 +5,7 @@ and dask_lance_index, side by side in one run.
     python benchmarks/bench_build.py --rows 250000,1000000,2000000,4000000 --plot docs/scale.png
     python benchmarks/bench_build.py --data glove --metric cosine
     python benchmarks/bench_build.py --lance-ray-python /path/to/venv-with-lance-ray/bin/python
+    python benchmarks/bench_build.py --rows 250000 --engines lance,dli,dli-artifact   # partition artifact path
 
 Lance's create_index requires num_partitions and num_sub_vectors for IVF_PQ; the defaults here are
 the issue's reference setting (256 partitions, 16 sub-vectors); everything else is each library's
@@ -84,7 +85,7 @@ def run_one(engine: str, uri: str, args) -> dict:
 
         import dask_lance_index as dli
 
-        eng = "lance" if engine == "dli-lance-encode" else "auto"
+        eng = {"dli-lance-encode": "lance", "dli-artifact": "artifact"}.get(engine, "auto")
         if args.pq_sample_rate:
             opts["pq_sample_rate"] = args.pq_sample_rate
         if args.tolerance is not None:

@@ -27,6 +27,10 @@ from .frame_search import batch_search
 from .vectors import vector_series, vectors_to_numpy
 from .evaluate import evaluate_index, exact_knn_dataset
 from .evaltable import EvaluationRow, EvaluationTable, plot_recall
+from .finalize import finalize_artifact
+from .artifact_io import PartitionArtifact
+from .artifact_writer import PartitionArtifactWriter
+from .partition_artifacts import InvalidPartitionArtifactError
 
 __version__ = "0.1.0"
 
@@ -63,6 +67,10 @@ __all__ = [
     "EvaluationRow",
     "EvaluationTable",
     "plot_recall",
+    "finalize_artifact",
+    "PartitionArtifact",
+    "PartitionArtifactWriter",
+    "InvalidPartitionArtifactError",
 ]
 
 from .cleanup import cleanup  # noqa: E402

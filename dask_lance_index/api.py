@@ -72,6 +72,7 @@ def create_index(
     tolerance: float = TOLERANCE,
     seed: int | None = None,
     engine: str = "auto",
+    artifact_uri: str | None = None,
     client=None,
     scheduler: str | None = None,
     compute: bool = True,
@@ -135,6 +136,15 @@ def create_index(
         Who assigns and encodes the rows. ``"precomputed"`` (8-bit PQ types):
         the workers, with NumPy BLAS, handing Lance the codes to write;
         ``"lance"``: Lance itself. ``"auto"``: ``"precomputed"`` where it applies.
+        ``"artifact"`` (8-bit PQ types): the workers encode into a partition
+        artifact in Lance's upstream layout (a shuffle by bucket), which is
+        then finalized; see :mod:`dask_lance_index.partition_artifacts`.
+    artifact_uri : str, optional
+        ``engine="artifact"``: where the artifact is written (storage every
+        worker reaches). It is kept, so a build that fails after encoding can
+        be resumed with :func:`dask_lance_index.finalize_artifact`. Default: a
+        temporary directory under the dataset (``_dli_artifacts/<build id>``),
+        deleted after the commit.
     client : distributed.Client, optional
         Cluster to run on; default the current client, if any, else the local
         ``scheduler`` (dask's threaded scheduler by default).
@@ -216,9 +226,18 @@ def create_index(
         num_sub_vectors=plan.params.num_sub_vectors,
         num_bits=plan.params.num_bits,
     )
+    art = {}
+    if plan.engine == "artifact":
+        from .finalize import check_row_ids
+
+        check_row_ids(plan, storage_options)
+        art = _artifact_target(plan, artifact_uri)
+        plan = dataclasses.replace(plan, notes=plan.notes + (f"partition artifact at {art['artifact_uri']}",))
+    elif artifact_uri is not None:
+        raise InvalidInputError(f"artifact_uri applies to engine='artifact' only, not {plan.engine!r}")
     location = str(journal) if resumed is not None else start_build(plan, journal, client, given)
     build = build_graph(
-        plan, given, storage_options, plan_seconds=time.time() - t0, journal=location, retries=retries
+        plan, given, storage_options, plan_seconds=time.time() - t0, journal=location, retries=retries, **art
     )
     if not compute:
         return build
@@ -253,3 +272,19 @@ def _given_artifacts(ivf_centroids, pq_codebook, rabitq_model) -> IndexArtifacts
     if rabitq_model is not None and not isinstance(rabitq_model, str):
         raise InvalidInputError("rabitq_model must be the JSON string of a RaBitQ model")
     return IndexArtifacts(ivf_centroids=c, pq_codebook=cb, rabitq_model=rabitq_model)
+
+
+def _artifact_target(plan, artifact_uri: str | None) -> dict:
+    """Where the artifact engine writes, refusing to overwrite a complete artifact."""
+    from .artifact_io import _exists, _join
+    from .partition_artifacts import MANIFEST_FILE
+
+    if artifact_uri is None:
+        return {"artifact_uri": _join(plan.uri, f"_dli_artifacts/{plan.build_id}"), "drop_artifact": True}
+    root = str(artifact_uri)
+    if _exists(_join(root, MANIFEST_FILE)):
+        raise InvalidInputError(
+            f"{root} already holds a complete partition artifact. Fix: finalize it with "
+            "dask_lance_index.finalize_artifact(...) (no encoding), or choose an empty artifact_uri."
+        )
+    return {"artifact_uri": root, "drop_artifact": False}

@@ -104,11 +104,18 @@ def build_graph(
     plan_seconds: float = 0.0,
     journal: str | None = None,
     retries: int = 2,
+    artifact_uri: str | None = None,
+    encode: bool = True,
+    drop_artifact: bool = False,
 ) -> IndexBuild:
     """The lazy graph that carries out ``plan``; ``given`` holds user-supplied artifacts.
 
     With ``journal`` (a location), tasks journal their results there and reuse
     results journaled by an earlier attempt (:mod:`.tasks`).
+
+    For ``plan.engine == "artifact"``: the partition artifact's root, whether
+    to encode it (False: finalize an existing one) and whether to delete it
+    after the commit (:mod:`.artifact_build`).
     """
     tok = plan.build_id[:8]
     plan_key = delayed(plan, name=f"dli-plan-{tok}")
@@ -149,12 +156,17 @@ def build_graph(
         else:
             artifacts = delayed(given, name=f"dli-artifacts-{tok}")
 
-        slots: list = [
-            delayed(build_task, pure=True)(
-                plan_key, i, artifacts, storage_options, journal, dask_key_name=f"dli-build-{tok}-{i}"
-            )
-            for i in range(plan.num_tasks)
-        ]
+        if plan.engine == "artifact":
+            from .artifact_build import artifact_tasks
+
+            slots: list = artifact_tasks(plan, plan_key, artifacts, artifact_uri, storage_options, tok, encode)
+        else:
+            slots = [
+                delayed(build_task, pure=True)(
+                    plan_key, i, artifacts, storage_options, journal, dask_key_name=f"dli-build-{tok}-{i}"
+                )
+                for i in range(plan.num_tasks)
+            ]
         built = list(slots)
         merged = []
         for stage in plan.merges.stages:
@@ -180,4 +192,8 @@ def build_graph(
         artifacts,
         dask_key_name=f"dli-commit-{tok}",
     )
+    if drop_artifact:
+        from .artifact_build import drop_artifact as _drop
+
+        commit = delayed(_drop, pure=True)(commit, artifact_uri, dask_key_name=f"dli-drop-artifact-{tok}")
     return IndexBuild(commit.key, commit.dask, plan, storage_options, journal)

@@ -315,7 +315,7 @@ def allocate_samples(fragments: Sequence[FragmentInfo], total: int) -> tuple[int
     return tuple(base)
 
 
-ENGINES = ("auto", "lance", "precomputed")
+ENGINES = ("auto", "lance", "precomputed", "artifact")
 
 
 def resolve_engine(engine: str, params: IndexParams) -> str:
@@ -323,7 +323,9 @@ def resolve_engine(engine: str, params: IndexParams) -> str:
 
     ``"precomputed"``: our workers assign and encode with NumPy BLAS and Lance
     only writes (8-bit PQ types: the only ones Lance takes precomputed codes
-    for). ``"lance"``: Lance encodes. ``"auto"`` picks ``"precomputed"`` where
+    for). ``"artifact"``: as ``"precomputed"``, but through a partition
+    artifact (:mod:`.partition_artifacts`): encode tasks, a shuffle by bucket,
+    then finalize tasks. ``"lance"``: Lance encodes. ``"auto"`` picks ``"precomputed"`` where
     it applies (benchmarks/bench_build.py measures the difference).
     """
     if engine not in ENGINES:
@@ -331,9 +333,9 @@ def resolve_engine(engine: str, params: IndexParams) -> str:
     can = params.quantizer == "PQ" and params.num_bits == 8
     if engine == "auto":
         return "precomputed" if can else "lance"
-    if engine == "precomputed" and not can:
+    if engine in ("precomputed", "artifact") and not can:
         raise InvalidInputError(
-            f"engine='precomputed' needs an 8-bit PQ index type (IVF_PQ or IVF_HNSW_PQ); "
+            f"engine={engine!r} needs an 8-bit PQ index type (IVF_PQ or IVF_HNSW_PQ); "
             f"Lance encodes {params.index_type} itself. Fix: engine='auto' or 'lance'."
         )
     return engine
