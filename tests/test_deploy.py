@@ -156,3 +156,50 @@ def test_storage_options_are_not_in_errors(s3, cli_cluster, vectors):
     with pytest.raises(dli.InvalidInputError) as err:
         dli.create_index(uri, "no_such_column", "IVF_PQ", client=client, storage_options=s3)
     assert SECRET not in str(err.value) and SECRET not in repr(err.value)
+
+
+def test_a_worker_stopped_mid_build_the_build_still_finishes(s3, cli_cluster, vectors, queries):
+    """A third ``dask worker`` joins, takes build tasks, and is killed while it runs one."""
+    import signal
+    import threading
+
+    client, _ = cli_cluster
+    uri = f"s3://vectors/kill-{uuid.uuid4().hex[:6]}.lance"
+    _write_s3(uri, vectors, s3, rows_per_file=1000)  # 12 fragments: a longer build
+    before = set(client.scheduler_info()["workers"])
+    extra = subprocess.Popen(
+        [os.path.join(BIN, "dask"), "worker", client.scheduler.address, "--nthreads", "1", "--no-dashboard"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=_clean_env(),
+        start_new_session=True,  # its own process group: the kill takes nanny and worker together
+    )
+    try:
+        client.wait_for_workers(len(before) + 1, timeout=120)
+        (victim,) = set(client.scheduler_info()["workers"]) - before
+        build = dli.create_index(
+            uri, "vector", "IVF_PQ", num_partitions=16, num_sub_vectors=8, num_tasks=12, client=client,
+            storage_options=s3, compute=False,
+        )
+        out = {}
+        runner = threading.Thread(target=lambda: out.setdefault("result", dli.run(build, client=client)))
+        runner.start()
+        killed = False
+        deadline = time.time() + 120
+        while runner.is_alive() and time.time() < deadline and not killed:
+            busy = client.processing(workers=[victim]).get(victim, ())
+            if any("dli-build" in str(k) for k in busy):
+                os.killpg(extra.pid, signal.SIGKILL)
+                killed = True
+            time.sleep(0.05)
+        runner.join(300)
+        assert killed, "the extra worker never ran a build task: the test proves nothing"
+        result = out["result"]
+    finally:
+        if extra.poll() is None:
+            os.killpg(extra.pid, signal.SIGKILL)
+    ds = result.dataset(s3)
+    segments = {s.uuid for d in ds.describe_indices() for s in d.segments}
+    assert _s3_index_dirs(uri, s3) == segments  # the killed task's partial segment is gone
+    found, _ = search(ds, "vector", queries, 10, nprobes=8, refine_factor=5)
+    assert recall_at_k(found, exact_knn(vectors, queries, 10, "l2")) > 0.8
