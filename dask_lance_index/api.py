@@ -66,6 +66,7 @@ def create_index(
     client=None,
     scheduler: str | None = None,
     compute: bool = True,
+    artifacts_uri: str | None = None,
 ) -> Any:
     """Build a Lance vector index in parallel on Dask.
 
@@ -132,6 +133,10 @@ def create_index(
         return an :class:`~dask_lance_index.graph.IndexBuild`, a lazy dask
         object whose ``.compute()`` runs the build and returns a
         :class:`~dask_lance_index.commit.BuildResult`.
+    artifacts_uri : str, optional
+        Where to save the artifacts and the plan for
+        :func:`~dask_lance_index.update_index`; default
+        ``<uri>/_dli/indices/<name>/artifacts.json``.
     """
     t0 = time.time()
     # An explicit local scheduler wins over a default client picked up implicitly.
@@ -174,7 +179,7 @@ def create_index(
         num_sub_vectors=plan.params.num_sub_vectors,
         num_bits=plan.params.num_bits,
     )
-    build = build_graph(plan, given, storage_options, plan_seconds=time.time() - t0)
+    build = build_graph(plan, given, storage_options, plan_seconds=time.time() - t0, artifacts_uri=artifacts_uri)
     if not compute:
         return build
     result = run(build, client=client, scheduler=scheduler)

@@ -83,8 +83,8 @@ def _merge_task(plan: IndexPlan, inputs: list, storage_options):
     return merge_segments(plan.uri, plan.version, [_index_of(x) for x in inputs], storage_options)
 
 
-def _commit_task(plan, final, built, merged, storage_options, plan_seconds, artifacts):
-    return commit_index(
+def _commit_task(plan, final, built, merged, storage_options, plan_seconds, artifacts, artifacts_uri=None):
+    result = commit_index(
         plan,
         [_index_of(x) for x in final],
         built,
@@ -93,6 +93,10 @@ def _commit_task(plan, final, built, merged, storage_options, plan_seconds, arti
         plan_seconds=plan_seconds,
         artifacts_source=artifacts.source,
     )
+    from .saved import save_after_build  # artifacts kept for dli.update_index
+
+    save_after_build(plan, artifacts, result, storage_options, artifacts_uri)
+    return result
 
 
 def build_graph(
@@ -100,6 +104,7 @@ def build_graph(
     given: IndexArtifacts,
     storage_options: dict | None = None,
     plan_seconds: float = 0.0,
+    artifacts_uri: str | None = None,
 ) -> IndexBuild:
     """The lazy graph that carries out ``plan``; ``given`` holds user-supplied artifacts."""
     tok = plan.build_id[:8]
@@ -163,6 +168,7 @@ def build_graph(
         storage_options,
         plan_seconds,
         artifacts,
+        artifacts_uri,
         dask_key_name=f"dli-commit-{tok}",
     )
     return IndexBuild(commit.key, commit.dask, plan, storage_options)
