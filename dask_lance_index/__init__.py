@@ -19,6 +19,8 @@ from .errors import (
 from .graph import IndexBuild
 from .plan import INDEX_TYPES, IndexParams, IndexPlan, plan_index
 from .rabitq import build_rq_rotation
+from .saved import SavedIndex, load_artifacts, save_artifacts
+from .update import IndexUpdate, UpdateResult, update_index
 
 __version__ = "0.1.0"
 
@@ -39,4 +41,10 @@ __all__ = [
     "IndexExistsError",
     "CoverageError",
     "DatasetChangedError",
+    "update_index",
+    "UpdateResult",
+    "IndexUpdate",
+    "SavedIndex",
+    "load_artifacts",
+    "save_artifacts",
 ]

@@ -1,0 +1,860 @@
+"""Incremental indexing: new fragments join an index without retraining, on the cluster.
+
+After an append, Lance's index covers only the old fragments and queries scan
+the new rows flat. :func:`update_index` finds the fragments the index does not
+cover, builds segments for only those with the artifacts the build saved
+(:mod:`.saved`: no sampling, no training), and commits them as new segments of
+the same index (a delta) in one checked commit. A policy keeps the segment
+count low: past ``max_deltas`` extra segments it merges them where Lance merges
+that type correctly (:data:`.merge.MERGE_DEPTH`, and per segment what Lance's
+statistics say: a PQ segment whose codes are transposed or an RQ segment whose
+codes are packed cannot be merged again), or rebuilds the index from the saved
+artifacts, and says which it did and why. It measures drift (mean squared
+distance of new rows to their nearest trained centroid against old rows') and
+advises retraining when the new data has moved away from the model.
+
+::
+
+    dli-build-<i> (new fragments only) ──► dli-merge-<j> (optional) ──► dli-update-commit
+    dli-drift-sample-<frag> ──► dli-drift ─────────────────────────────────┘
+
+Deletions need nothing (Lance masks deleted rows). Lance 14.0.2 remaps an
+index through a compaction (measured: the segment keeps covering the rewritten
+rows under the new fragment ids, and fragments written after the index stay
+uncovered); any fragment the index does not cover is indexed here, so rows
+moved by a compaction that was not remapped are indexed too. Segments all of
+whose fragments are gone are removed in the same commit; fragment ids an index
+covers that no longer exist are reported.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid as uuidlib
+import warnings
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Sequence
+
+import numpy as np
+from dask.delayed import Delayed, delayed
+
+from .build import SegmentResult, build_segment
+from .errors import CoverageError, DatasetChangedError, InvalidInputError
+from .merge import MERGE_DEPTH, MergePlan, plan_merges
+from .plan import FragmentInfo, IndexPlan, allocate_samples, group_fragments
+from .saved import SavedIndex, load_artifacts
+
+__all__ = [
+    "SegmentState",
+    "UpdateDecision",
+    "UpdateResult",
+    "IndexUpdate",
+    "plan_update",
+    "measure_drift",
+    "update_index",
+]
+
+log = logging.getLogger("dask_lance_index")
+
+DEFAULT_MAX_DELTAS = 4
+DEFAULT_DRIFT_THRESHOLD = 1.5
+DRIFT_SAMPLE_ROWS = 4096
+ACTIONS = ("noop", "delta", "merge", "rebuild")
+
+
+# -- the pure planner -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SegmentState:
+    """One committed segment as the planner sees it.
+
+    ``mergeable``: Lance can merge it again (see :func:`segment_mergeable`).
+    """
+
+    uuid: str
+    fragment_ids: tuple[int, ...]
+    num_rows: int
+    mergeable: bool
+
+
+@dataclass(frozen=True)
+class UpdateDecision:
+    """What an update will do. Pure data; JSON round trip."""
+
+    action: str
+    reasons: tuple[str, ...]
+    new_fragments: tuple[int, ...]
+    groups: tuple[tuple[int, ...], ...]
+    stale_fragments: tuple[int, ...] = ()
+    dropped_segments: tuple[str, ...] = ()
+    merge_segments: tuple[str, ...] = ()  # committed segments merged with the new ones
+    retrain_advised: bool = False
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["groups"] = [list(g) for g in self.groups]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "UpdateDecision":
+        return cls(
+            action=d["action"],
+            reasons=tuple(d["reasons"]),
+            new_fragments=tuple(d["new_fragments"]),
+            groups=tuple(tuple(g) for g in d["groups"]),
+            stale_fragments=tuple(d.get("stale_fragments", ())),
+            dropped_segments=tuple(d.get("dropped_segments", ())),
+            merge_segments=tuple(d.get("merge_segments", ())),
+            retrain_advised=bool(d.get("retrain_advised", False)),
+        )
+
+
+def plan_update(
+    index_type: str,
+    segments: Sequence[SegmentState],
+    live: dict[int, int],
+    *,
+    base_segments: int = 1,
+    max_deltas: int = DEFAULT_MAX_DELTAS,
+    num_tasks: int | None = None,
+    rows_per_task: int | None = None,
+    parallelism: int = 1,
+    rebuild: bool = True,
+    partial_segments_ok: bool = True,
+) -> UpdateDecision:
+    """Decide what an update does. Pure.
+
+    Parameters
+    ----------
+    index_type : str
+    segments : sequence of SegmentState
+        The index's committed segments.
+    live : dict
+        ``{fragment id: rows}`` of the dataset's current version.
+    base_segments : int
+        Segments the last full build committed; the index may hold up to
+        ``base_segments + max_deltas`` before the policy acts.
+    max_deltas : int
+        Extra segments allowed beside the base.
+    num_tasks, rows_per_task, parallelism
+        How the new fragments are grouped into build tasks (as in a build).
+    rebuild : bool
+        When the deltas pass the threshold and Lance cannot merge them
+        correctly: ``True`` rebuilds from the saved artifacts, ``False``
+        commits the deltas and only advises the rebuild.
+    partial_segments_ok : bool
+        False when this index type cannot be built over part of the data
+        (dot-metric PQ encoded by Lance): every update is then a rebuild.
+    """
+    if max_deltas < 0:
+        raise InvalidInputError(f"max_deltas must be >= 0, got {max_deltas}")
+    covered = {f for s in segments for f in s.fragment_ids}
+    new = tuple(sorted(set(live) - covered))
+    stale = tuple(sorted(covered - set(live)))
+    dropped = tuple(s.uuid for s in segments if s.fragment_ids and not set(s.fragment_ids) & set(live))
+    kept = [s for s in segments if s.uuid not in dropped]
+    reasons: list[str] = []
+    if stale:
+        reasons.append(
+            f"fragments {list(stale)} are covered by the index but no longer exist (deleted, or compacted "
+            "without an index remap): their rows are masked; every fragment the index does not cover is indexed"
+        )
+    if dropped:
+        reasons.append(f"segments {[u[:8] for u in dropped]} cover only fragments that no longer exist: removed")
+    if not new:
+        reasons.insert(0, "every fragment of the current version is covered by the index: nothing to update")
+        return UpdateDecision("noop", tuple(reasons), (), (), stale, (), ())
+    frags = [FragmentInfo(f, live[f]) for f in new]
+    groups = group_fragments(
+        frags, num_tasks=num_tasks, rows_per_task=rows_per_task,
+        min_tasks=parallelism if rows_per_task is None else 1,
+    )
+    rows = sum(live[f] for f in new)
+    reasons.insert(0, f"{len(new)} fragments ({rows} rows) are not covered by the index")
+
+    if not partial_segments_ok:
+        reasons.append(
+            "dot-metric PQ encoded by Lance cannot be built over part of the data (Lance mis-encodes it): "
+            "rebuilt from the saved artifacts as one segment"
+        )
+        return UpdateDecision("rebuild", tuple(reasons), new, groups, stale, dropped, ())
+
+    limit = base_segments + max_deltas
+    total = len(kept) + len(groups)
+    if total <= limit:
+        reasons.append(f"{total} segments after the update, within base {base_segments} + max_deltas {max_deltas}")
+        return UpdateDecision("delta", tuple(reasons), new, groups, stale, dropped, ())
+
+    depth = MERGE_DEPTH[index_type]
+    over = f"{total} segments would pass base {base_segments} + max_deltas {max_deltas}"
+    if depth == 0:
+        why = f"{over}, and Lance's merge of {index_type} segments is silently wrong (each trains its own bounds)"
+        return _rebuild_or_advise(rebuild, reasons, why, new, groups, stale, dropped)
+    mergeable = [s for s in kept if s.mergeable]
+    after = len(kept) - len(mergeable) + 1
+    if after <= limit:
+        reasons.append(
+            f"{over}: merged the {len(groups)} new and {len(mergeable)} mergeable committed segments into one"
+        )
+        return UpdateDecision("merge", tuple(reasons), new, groups, stale, dropped, tuple(s.uuid for s in mergeable))
+    why = (
+        f"{over}, and {len(kept) - len(mergeable)} segments were merged before (or cover the whole data as one "
+        f"segment): Lance cannot merge {index_type} segments again"
+    )
+    return _rebuild_or_advise(rebuild, reasons, why, new, groups, stale, dropped)
+
+
+def _rebuild_or_advise(rebuild, reasons, why, new, groups, stale, dropped) -> UpdateDecision:
+    if rebuild:
+        reasons.append(f"{why}: rebuilt the whole index from the saved artifacts (no training)")
+        return UpdateDecision("rebuild", tuple(reasons), new, groups, stale, dropped, ())
+    reasons.append(f"{why}: committed as deltas; rebuild advised (update_index(..., rebuild=True))")
+    return UpdateDecision("delta", tuple(reasons), new, groups, stale, dropped, ())
+
+
+def segment_mergeable(index_type: str, segment_stats: dict) -> bool:
+    """Whether Lance can merge this committed segment again, from its index statistics.
+
+    IVF_FLAT: always. SQ types: never. PQ / RQ / HNSW types: only a segment
+    built over part of the data and never merged: Lance stores a merged (or
+    whole-data) segment's PQ codes transposed and its RQ codes packed, and
+    refuses to merge those ("stores transposed PQ codes"), and a merged
+    segment has no training loss.
+    """
+    depth = MERGE_DEPTH[index_type]
+    if depth is None:
+        return True
+    if depth == 0:
+        return False
+    sub = segment_stats.get("sub_index") or {}
+    return segment_stats.get("loss") is not None and not sub.get("transposed") and not sub.get("packed")
+
+
+# -- drift ------------------------------------------------------------------------------------
+
+
+def _drift_sums(x: np.ndarray, centroids: np.ndarray, metric: str) -> tuple[float, int]:
+    """(sum of squared distances to the nearest centroid, rows) in the IVF model's space."""
+    from .kmeans import assign, normalize_rows
+
+    if not len(x):
+        return 0.0, 0
+    if metric in ("cosine", "dot"):
+        # cosine: Lance's IVF lives on unit vectors. dot: the centroids are unit
+        # (spherical k-means), so compare directions.
+        x = normalize_rows(x)
+    c = normalize_rows(centroids) if metric == "dot" else centroids
+    _, d = assign(x, c, "l2")
+    return float(np.maximum(d, 0).astype(np.float64).sum()), int(len(d))
+
+
+def measure_drift(new_samples: list, old_samples: list, artifacts, metric: str, threshold: float) -> dict:
+    """Drift task: mean squared distance of new rows to their nearest trained
+    centroid, over the same for old rows. ``samples`` are :func:`.train.sample_fragment` outputs."""
+    c = artifacts.ivf_centroids
+    sn, nn = _drift_sums(np.concatenate([s[0] for s in new_samples]) if new_samples else np.empty((0, c.shape[1]), np.float32), c, metric)
+    so, no = _drift_sums(np.concatenate([s[0] for s in old_samples]) if old_samples else np.empty((0, c.shape[1]), np.float32), c, metric)
+    new_mean = sn / nn if nn else None
+    old_mean = so / no if no else None
+    ratio = (new_mean / old_mean) if (new_mean is not None and old_mean) else None
+    return {
+        "new_mean_sq_distance": new_mean,
+        "old_mean_sq_distance": old_mean,
+        "ratio": ratio,
+        "threshold": threshold,
+        "new_rows": nn,
+        "old_rows": no,
+        "retrain_advised": bool(ratio is not None and ratio > threshold),
+    }
+
+
+# -- result -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class UpdateResult:
+    """What an update did.
+
+    ``action`` is ``"noop"``, ``"delta"`` (new segments added), ``"merge"``
+    (new and mergeable committed segments merged) or ``"rebuild"`` (the whole
+    index rebuilt from the saved artifacts); ``reasons`` say why.
+    ``drift`` holds the drift measurement; ``retrain_advised`` is True when the
+    new rows sit further from the trained centroids than ``drift_threshold``
+    times the old rows' distance.
+    """
+
+    uri: str
+    name: str
+    index_type: str
+    action: str
+    reasons: tuple[str, ...]
+    version: int
+    read_version: int
+    new_fragments: tuple[int, ...] = ()
+    stale_fragments: tuple[int, ...] = ()
+    segments_added: tuple[str, ...] = ()
+    segments_removed: tuple[str, ...] = ()
+    num_segments: int = 0
+    num_segments_built: int = 0
+    num_merges: int = 0
+    num_rows_indexed: int = 0
+    num_rows_skipped: int = 0
+    drift: dict | None = None
+    retrain_advised: bool = False
+    seconds: dict = field(default_factory=dict)
+
+    def dataset(self, storage_options: dict | None = None):
+        from ._lance import open_dataset
+
+        return open_dataset(self.uri, self.version, storage_options)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        for k in ("reasons", "new_fragments", "stale_fragments", "segments_added", "segments_removed"):
+            d[k] = list(d[k])
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "UpdateResult":
+        d = dict(d)
+        for k in ("reasons", "new_fragments", "stale_fragments", "segments_added", "segments_removed"):
+            d[k] = tuple(d[k])
+        return cls(**d)
+
+    def __str__(self) -> str:
+        s = f"update of {self.index_type} index {self.name!r}: {self.action} at version {self.version}"
+        if self.action != "noop":
+            s += (f", {len(self.new_fragments)} new fragments, {self.num_segments_built} segments built, "
+                  f"{self.num_merges} merges, {self.num_segments} segments now")
+        if self.drift and self.drift.get("ratio") is not None:
+            s += f"; drift ratio {self.drift['ratio']:.2f}"
+        return s + "".join(f"\n  {r}" for r in self.reasons)
+
+
+def report_update(result: UpdateResult) -> UpdateResult:
+    """Warn about retraining and unindexed rows in the calling process, and log."""
+    if result.retrain_advised:
+        d = result.drift or {}
+        warnings.warn(
+            f"the new rows of index {result.name!r} sit {d.get('ratio', float('nan')):.2f}x further from the "
+            f"trained IVF centroids than the old rows (threshold {d.get('threshold')}): the data has drifted. "
+            "Retraining is advised: dli.create_index(..., replace=True).",
+            UserWarning,
+            stacklevel=3,
+        )
+    if result.num_rows_skipped:
+        warnings.warn(
+            f"{result.num_rows_skipped} new rows were not indexed (null vectors or NaN/inf): Lance never indexes them.",
+            UserWarning,
+            stacklevel=3,
+        )
+    log.info("%s", result)
+    return result
+
+
+def _finish(results) -> UpdateResult:
+    return report_update(results[0])
+
+
+class IndexUpdate(Delayed):
+    """A lazy update: a dask collection whose result is an :class:`UpdateResult`.
+
+    ``update.decision`` says what it will do, before anything runs.
+    """
+
+    __slots__ = ("decision", "plan", "storage_options")
+
+    def __init__(self, key, dsk, decision: UpdateDecision, plan: IndexPlan | None, storage_options=None):
+        super().__init__(key, dsk)
+        self.decision = decision
+        self.plan = plan
+        self.storage_options = storage_options
+
+    def __dask_postcompute__(self):
+        return _finish, ()
+
+    def __repr__(self) -> str:
+        return f"IndexUpdate({self.decision.action}, {len(self.dask)} tasks)"
+
+
+# -- I/O edge: reading the index's state ------------------------------------------------------
+
+
+def _index_state(ds, name: str):
+    """(IndexDescription, {uuid: segment stats}) of index ``name``, or a clear error."""
+    desc = next((d for d in ds.describe_indices() if d.name == name), None)
+    if desc is None:
+        names = sorted(d.name for d in ds.describe_indices() if not d.name.startswith("__"))
+        raise InvalidInputError(
+            f"the dataset has no index named {name!r} (it has {names}). Fix: build it first with "
+            "dli.create_index, or pass the right name."
+        )
+    stats = ds.stats.index_stats(name)
+    return desc, {s["uuid"]: s for s in stats.get("indices", [])}
+
+
+def _committed_index(uri: str, desc, seg, storage_options) -> Any:
+    """A ``lance.dataset.Index`` for a committed segment, with its files listed
+    (Lance's merge reads them); ``index_details`` is filled in by the merge task."""
+    import pyarrow.fs as pafs
+    from lance.dataset import Index, IndexFile
+
+    from ._lance import filesystem
+
+    fs, root = filesystem(f"{uri.rstrip('/')}/_indices/{seg.uuid}", storage_options)
+    infos = fs.get_file_info(pafs.FileSelector(root, recursive=True))
+    files = [IndexFile(i.path[len(root):].lstrip("/"), int(i.size)) for i in infos if i.type == pafs.FileType.File]
+    return Index(
+        uuid=seg.uuid,
+        name=desc.name,
+        fields=list(desc.fields),
+        dataset_version=seg.dataset_version_at_last_update,
+        fragment_ids=set(seg.fragment_ids),
+        index_version=seg.index_version,
+        files=sorted(files, key=lambda f: f.path),
+    )
+
+
+# -- tasks ------------------------------------------------------------------------------------
+
+
+def _merge_update_task(plan: IndexPlan, inputs: list, template: SegmentResult, storage_options):
+    """Merge committed and new segments; committed ones take the new segments'
+    ``index_details`` (same type and parameters), which Lance's merge requires."""
+    from .merge import merge_segments
+
+    details = template.index.index_details
+    segs = []
+    for x in inputs:
+        ix = x.index if isinstance(x, SegmentResult) else (x[0] if isinstance(x, tuple) else x)
+        if getattr(ix, "index_details", None) is None:
+            ix = replace(ix, index_details=details)
+        segs.append(ix)
+    return merge_segments(plan.uri, plan.version, segs, storage_options)
+
+
+def _index_of(x):
+    if isinstance(x, SegmentResult):
+        return x.index
+    return x[0] if isinstance(x, tuple) else x
+
+
+def commit_update(
+    plan: IndexPlan,
+    decision: UpdateDecision,
+    final: list,
+    built: list,
+    merged: list,
+    drift: dict | None,
+    storage_options: dict | None = None,
+    plan_seconds: float = 0.0,
+    num_segments_before: int = 0,
+) -> UpdateResult:
+    """Commit task: check the delta, commit it in one CreateIndex transaction, clean up.
+
+    Checked: the final segments cover exactly the new fragments plus the
+    fragments of the committed segments merged into them; the new fragments
+    still exist; the committed segments this update replaces are still part of
+    the index; and no other writer has covered the new fragments meanwhile.
+    """
+    from ._lance import remove_index_dir
+
+    t0 = time.time()
+    final_ix = [_index_of(x) for x in final]
+    merged_ix = [_index_of(x) for x in merged]
+    ours = {r.uuid for r in built} | {ix.uuid for ix in merged_ix}
+    try:
+        committed, removed = _check_and_commit_update(plan, decision, final_ix, storage_options)
+    except BaseException:
+        for u in ours:
+            remove_index_dir(plan.uri, u, storage_options)
+        raise
+    final_uuids = {ix.uuid for ix in final_ix}
+    for u in ours - final_uuids:  # new segments a merge consumed: referenced by no version
+        remove_index_dir(plan.uri, u, storage_options)
+    null_rows = sum(r.null_rows for r in built)
+    bad = null_rows + sum(r.nan_rows for r in built)
+    seconds = {"plan": round(plan_seconds, 4)}
+    if built:
+        seconds["build"] = round(max(r.finished for r in built) - min(r.started for r in built), 4)
+    if merged:
+        seconds["merge"] = round(max(x[1][1] for x in merged) - min(x[1][0] for x in merged), 4)
+    seconds["commit"] = round(time.time() - t0, 4)
+    return UpdateResult(
+        uri=plan.uri,
+        name=plan.name,
+        index_type=plan.params.index_type,
+        action=decision.action,
+        reasons=decision.reasons,
+        version=committed.version,
+        read_version=plan.version,
+        new_fragments=decision.new_fragments,
+        stale_fragments=decision.stale_fragments,
+        segments_added=tuple(ix.uuid for ix in final_ix),
+        segments_removed=tuple(removed),
+        num_segments=num_segments_before - len(removed) + len(final_ix),
+        num_segments_built=len(built),
+        num_merges=len(merged),
+        num_rows_indexed=sum(r.num_rows for r in built) - bad,
+        num_rows_skipped=bad,
+        drift=drift,
+        retrain_advised=bool(drift and drift.get("retrain_advised")),
+        seconds=seconds,
+    )
+
+
+def _check_and_commit_update(plan: IndexPlan, decision: UpdateDecision, final: list, storage_options):
+    import lance
+    from lance import LanceOperation
+
+    from ._lance import open_dataset
+    from .commit import _as_lance_index, check_coverage
+
+    latest = open_dataset(plan.uri, None, storage_options)
+    desc = next((d for d in latest.describe_indices() if d.name == plan.name), None)
+    if desc is None:
+        raise DatasetChangedError(
+            f"index {plan.name!r} was dropped during the update. Fix: build it again with dli.create_index."
+        )
+    current = {s.uuid: s for s in desc.segments}
+    replaced = set(decision.merge_segments) | set(decision.dropped_segments)
+    missing = sorted(replaced - set(current))
+    if missing:
+        raise DatasetChangedError(
+            f"segments {[m[:8] for m in missing]} of index {plan.name!r} were replaced by another writer "
+            "during the update (a compaction's remap, an optimize or a rebuild). Fix: run update_index again."
+        )
+    merged_frags = {f for u in decision.merge_segments for f in current[u].fragment_ids}
+    check_coverage(set(decision.new_fragments) | merged_frags, [(ix.uuid, list(ix.fragment_ids)) for ix in final])
+    live = {f.fragment_id for f in latest.get_fragments()}
+    gone = sorted(set(decision.new_fragments) - live)
+    if gone:
+        raise DatasetChangedError(
+            f"fragments {gone} of version {plan.version} no longer exist at version {latest.version} "
+            "(compacted or deleted during the update). Fix: run update_index again."
+        )
+    theirs = {f for u, s in current.items() if u not in replaced for f in s.fragment_ids}
+    overlap = sorted(theirs & set(decision.new_fragments))
+    if overlap:
+        raise CoverageError(
+            f"fragments {overlap} were indexed by another writer during this update; committing would "
+            "cover them twice. Nothing was committed."
+        )
+    removed = [_as_lance_index(desc, current[u]) for u in sorted(replaced)]
+    ds = lance.LanceDataset.commit(
+        plan.uri,
+        LanceOperation.CreateIndex(new_indices=list(final), removed_indices=removed),
+        read_version=latest.version,
+        storage_options=storage_options,
+    )
+    return ds, sorted(replaced)
+
+
+def _noop_result(uri, name, index_type, version, decision: UpdateDecision, plan_seconds) -> UpdateResult:
+    return UpdateResult(
+        uri=uri, name=name, index_type=index_type, action="noop", reasons=decision.reasons,
+        version=version, read_version=version, stale_fragments=decision.stale_fragments,
+        seconds={"plan": round(plan_seconds, 4)},
+    )
+
+
+def _rebuild_result(build_result, decision: UpdateDecision, num_segments_before: int) -> UpdateResult:
+    r = build_result
+    return UpdateResult(
+        uri=r.uri, name=r.name, index_type=r.index_type, action="rebuild", reasons=decision.reasons,
+        version=r.version, read_version=r.read_version, new_fragments=decision.new_fragments,
+        stale_fragments=decision.stale_fragments, segments_added=tuple(r.segments),
+        segments_removed=(), num_segments=len(r.segments), num_segments_built=r.num_segments_built,
+        num_merges=r.num_merges, num_rows_indexed=r.num_rows_indexed, num_rows_skipped=r.num_rows_skipped,
+        seconds=dict(r.seconds),
+    )
+
+
+# -- the public entry point -------------------------------------------------------------------
+
+
+def update_index(
+    uri,
+    column: str | None = None,
+    name: str | None = None,
+    *,
+    max_deltas: int = DEFAULT_MAX_DELTAS,
+    drift_threshold: float = DEFAULT_DRIFT_THRESHOLD,
+    rebuild: bool = True,
+    artifacts_uri: str | None = None,
+    storage_options: dict[str, str] | None = None,
+    num_tasks: int | None = None,
+    rows_per_task: int | None = None,
+    merge_fan_in: int = 16,
+    drift_sample_rows: int = DRIFT_SAMPLE_ROWS,
+    seed: int | None = None,
+    client=None,
+    scheduler: str | None = None,
+    compute: bool = True,
+) -> Any:
+    """Index the fragments an index does not cover, with the artifacts its build saved.
+
+    Parameters
+    ----------
+    uri : str, path or LanceDataset
+        The dataset; its current version is pinned.
+    column : str, optional
+        The vector column; checked against the saved plan. Default: the saved plan's.
+    name : str, optional
+        The index; default ``f"{column}_idx"``, or the only vector index of the dataset.
+    max_deltas : int
+        Segments allowed beyond those the last full build committed before the
+        policy merges (where Lance merges the type correctly) or rebuilds.
+    drift_threshold : float
+        Retraining is advised (``UpdateResult.retrain_advised`` and a warning)
+        when the new rows' mean squared distance to their nearest trained
+        centroid exceeds this multiple of the old rows'.
+    rebuild : bool
+        Past the threshold, when Lance cannot merge the segments correctly,
+        rebuild from the saved artifacts (``True``) or only advise it.
+    artifacts_uri : str, optional
+        Where the build saved its artifacts (default ``<uri>/_dli/indices/<name>/artifacts.json``).
+    storage_options : dict, optional
+        Passed to Lance and to the artifacts' file system.
+    num_tasks, rows_per_task : int, optional
+        Build tasks for the new fragments (default: one per worker thread).
+    merge_fan_in : int
+        Most segments one IVF_FLAT merge reads.
+    drift_sample_rows : int
+        Rows sampled from the new fragments, and from the old, to measure drift.
+    client, scheduler, compute
+        As in :func:`dask_lance_index.create_index`. ``compute=False`` returns an
+        :class:`IndexUpdate` (``.decision`` says what it will do); computing it
+        gives an :class:`UpdateResult`.
+
+    Returns
+    -------
+    UpdateResult
+        (with ``compute=True``): the action taken and why, the new version,
+        segments added and removed, drift.
+    """
+    from ._lance import fragment_rows, open_dataset
+    from .api import _parallelism, resolve_client
+
+    t0 = time.time()
+    client = client if scheduler is not None else resolve_client(client)
+    try:
+        ds = open_dataset(uri, None, storage_options)
+    except (ValueError, OSError) as exc:
+        raise InvalidInputError(f"cannot open a Lance dataset at {uri!r}: {exc}") from None
+    name = _resolve_name(ds, column, name)
+    desc, seg_stats = _index_state(ds, name)
+    saved = load_artifacts(ds.uri, name, artifacts_uri=artifacts_uri, storage_options=storage_options)
+    _check_saved(saved, desc, seg_stats, column, name, artifacts_uri or "the saved artifacts")
+    params = saved.plan.params
+    segments = [
+        SegmentState(
+            s.uuid,
+            tuple(sorted(s.fragment_ids)),
+            int(sum(p.get("size", 0) for p in seg_stats.get(s.uuid, {}).get("partitions", []))),
+            segment_mergeable(params.index_type, seg_stats.get(s.uuid, {})),
+        )
+        for s in desc.segments
+    ]
+    live = dict(fragment_rows(ds))
+    engine = saved.plan.engine
+    decision = plan_update(
+        params.index_type,
+        segments,
+        live,
+        base_segments=saved.base_segments,
+        max_deltas=max_deltas,
+        num_tasks=num_tasks,
+        rows_per_task=rows_per_task,
+        parallelism=_parallelism(client),
+        rebuild=rebuild,
+        partial_segments_ok=not (engine == "lance" and params.metric == "dot" and params.quantizer == "PQ"),
+    )
+    if drift_threshold <= 0:
+        raise InvalidInputError(f"drift_threshold must be positive, got {drift_threshold}")
+
+    if decision.action == "noop":
+        result = _noop_result(ds.uri, name, params.index_type, ds.version, decision, time.time() - t0)
+        out = delayed(result, name=f"dli-update-noop-{uuidlib.uuid4().hex[:8]}")
+        upd = IndexUpdate(out.key, out.dask, decision, None, storage_options)
+    elif decision.action == "rebuild":
+        upd = _rebuild_graph(saved, ds, decision, len(segments), storage_options, client, artifacts_uri, seed)
+    else:
+        upd = _update_graph(
+            saved, ds, desc, decision, live, segments, storage_options,
+            drift_threshold=drift_threshold, drift_sample_rows=drift_sample_rows, seed=seed,
+            merge_fan_in=merge_fan_in, plan_seconds=time.time() - t0,
+        )
+    if not compute:
+        return upd
+    return run_update(upd, client=client, scheduler=scheduler)
+
+
+def run_update(upd: IndexUpdate, client=None, scheduler: str | None = None) -> UpdateResult:
+    """Run a lazy update; its warnings are raised in this process."""
+    from .api import resolve_client
+
+    client = client if scheduler is not None else resolve_client(client)
+    try:
+        if client is not None:
+            return report_update(client.compute(upd).result())
+        import dask
+
+        (result,) = dask.compute(upd, scheduler=scheduler)
+        return result
+    except BaseException:
+        if upd.plan is not None:
+            from ._lance import remove_index_dir
+
+            for task in range(upd.plan.num_tasks):
+                remove_index_dir(upd.plan.uri, upd.plan.segment_uuid(task), upd.storage_options)
+        raise
+
+
+def _resolve_name(ds, column, name) -> str:
+    if name is not None:
+        return name
+    if column is not None:
+        return f"{column}_idx"
+    vector = [d.name for d in ds.describe_indices() if "Vector" in d.type_url]
+    if len(vector) == 1:
+        return vector[0]
+    raise InvalidInputError(
+        f"the dataset has {len(vector)} vector indexes ({vector}); pass name= (or column=) to choose one."
+    )
+
+
+def _check_saved(saved: SavedIndex, desc, seg_stats: dict, column, name, where) -> None:
+    """The saved artifacts must describe this index: same column, type, metric, partitions."""
+    p = saved.plan
+    problems = []
+    if column is not None and column != p.column:
+        problems.append(f"column {column!r} was asked for but the index was built on {p.column!r}")
+    if p.name != name:
+        problems.append(f"they are for index {p.name!r}, not {name!r}")
+    if desc.field_names and list(desc.field_names) != [p.column]:
+        problems.append(f"the index is on {list(desc.field_names)}, they on {p.column!r}")
+    if desc.index_type != p.params.index_type:
+        problems.append(f"the index is {desc.index_type}, they are for {p.params.index_type}")
+    for uuid, st in seg_stats.items():
+        if st.get("num_partitions") not in (None, p.params.num_partitions):
+            problems.append(f"segment {uuid[:8]} has {st['num_partitions']} partitions, they {p.params.num_partitions}")
+            break
+        if st.get("metric_type") not in (None, p.params.metric):
+            problems.append(f"segment {uuid[:8]} uses metric {st['metric_type']}, they {p.params.metric}")
+            break
+    if problems:
+        raise InvalidInputError(
+            f"{where} do not match index {name!r}: {'; '.join(problems)}. The index was probably rebuilt by "
+            "another tool. Fix: rebuild it with dli.create_index(..., replace=True), which saves new artifacts."
+        )
+
+
+def _update_plan(saved: SavedIndex, ds, decision: UpdateDecision, live: dict) -> IndexPlan:
+    """The IndexPlan of the delta: the saved parameters, only the new fragments, nothing to train."""
+    frags = tuple(FragmentInfo(f, live[f]) for f in decision.new_fragments)
+    n = len(decision.groups)
+    return replace(
+        saved.plan,
+        uri=ds.uri,
+        version=ds.version,
+        fragments=frags,
+        groups=decision.groups,
+        merges=MergePlan(n, (), tuple(range(n))),
+        samples=tuple(0 for _ in frags),
+        build_id=str(uuidlib.uuid4()),
+        # The index name exists: create_index_uncommitted refuses it without replace;
+        # our commit adds the segments beside the old ones.
+        replace=True,
+        train=(),
+        notes=("delta: " + decision.action,),
+    )
+
+
+def _update_graph(saved, ds, desc, decision, live, segments, storage_options, *, drift_threshold,
+                  drift_sample_rows, seed, merge_fan_in, plan_seconds) -> IndexUpdate:
+    from .train import sample_fragment
+
+    plan = _update_plan(saved, ds, decision, live)
+    tok = plan.build_id[:8]
+    plan_key = delayed(plan, name=f"dli-plan-{tok}")
+    artifacts = delayed(saved.artifacts, name=f"dli-artifacts-{tok}")
+    built = [
+        delayed(build_segment, pure=True)(plan_key, i, artifacts, storage_options, dask_key_name=f"dli-build-{tok}-{i}")
+        for i in range(plan.num_tasks)
+    ]
+
+    # Drift: a sample of the new rows against a sample of the rows already indexed.
+    new_frags = [FragmentInfo(f, live[f]) for f in decision.new_fragments]
+    old_ids = sorted({f for s in segments if s.uuid not in decision.dropped_segments for f in s.fragment_ids} & set(live))
+    old_frags = [FragmentInfo(f, live[f]) for f in old_ids]
+
+    def samples(frags, kind):
+        if not frags:
+            return []
+        counts = allocate_samples(frags, drift_sample_rows)
+        return [
+            delayed(sample_fragment, pure=True)(
+                plan.uri, plan.version, plan.column, plan.dimension, f.fragment_id, f.num_rows, n, seed,
+                plan.build_id, storage_options, dask_key_name=f"dli-drift-sample-{tok}-{kind}-{f.fragment_id}",
+            )
+            for f, n in zip(frags, counts)
+            if n > 0
+        ]
+
+    drift = delayed(measure_drift, pure=True)(
+        samples(new_frags, "new"), samples(old_frags, "old"), artifacts, plan.params.metric, drift_threshold,
+        dask_key_name=f"dli-drift-{tok}",
+    )
+
+    # Merges: committed mergeable segments and the new ones, planned as a build's merges.
+    slots: list = list(built)
+    rows = list(plan.group_rows())
+    merged: list = []
+    final = list(built)
+    if decision.action == "merge":
+        by_uuid = {s.uuid: s for s in desc.segments}
+        state = {s.uuid: s for s in segments}
+        for u in decision.merge_segments:
+            slots.append(delayed(_committed_index(plan.uri, desc, by_uuid[u], storage_options), name=f"dli-segment-{tok}-{u[:8]}"))
+            rows.append(state[u].num_rows)
+        mp = plan_merges(plan.params.index_type, rows, num_segments=1, fan_in=merge_fan_in)
+        for stage in mp.stages:
+            for step in stage:
+                m = delayed(_merge_update_task, pure=True)(
+                    plan_key, [slots[i] for i in step.inputs], built[0], storage_options,
+                    dask_key_name=f"dli-merge-{tok}-{step.output}",
+                )
+                slots.append(m)
+                merged.append(m)
+        final = [slots[i] for i in mp.final]
+    commit = delayed(commit_update, pure=True)(
+        plan_key, decision, final, built, merged, drift, storage_options, plan_seconds, len(segments),
+        dask_key_name=f"dli-update-commit-{tok}",
+    )
+    return IndexUpdate(commit.key, commit.dask, decision, plan, storage_options)
+
+
+def _rebuild_graph(saved: SavedIndex, ds, decision, num_segments_before, storage_options, client,
+                   artifacts_uri, seed) -> IndexUpdate:
+    """A full build over every live fragment with the saved artifacts (no training),
+    replacing the index in one commit; the build saves the artifacts again."""
+    from .api import _parallelism
+    from .graph import build_graph
+    from .plan import plan_index
+
+    p = saved.plan.params
+    a = saved.artifacts
+    plan = plan_index(
+        ds.uri, saved.plan.column, p.index_type, name=saved.plan.name, metric=p.metric, replace=True,
+        num_partitions=p.num_partitions, num_sub_vectors=p.num_sub_vectors, num_bits=p.num_bits,
+        m=p.m, ef_construction=p.ef_construction, ivf_centroids=a.ivf_centroids, pq_codebook=a.pq_codebook,
+        rabitq_model=a.rabitq_model, parallelism=_parallelism(client), seed=seed, engine=saved.plan.engine,
+        version=ds.version, storage_options=storage_options,
+    )
+    build = build_graph(plan, a, storage_options, artifacts_uri=artifacts_uri)
+    out = delayed(_rebuild_result, pure=True)(build, decision, num_segments_before,
+                                              dask_key_name=f"dli-update-rebuild-{plan.build_id[:8]}")
+    return IndexUpdate(out.key, out.dask, decision, plan, storage_options)
