@@ -20,7 +20,7 @@ from .graph import IndexBuild
 from .plan import INDEX_TYPES, IndexParams, IndexPlan, plan_index
 from .rabitq import build_rq_rotation
 from .saved import SavedIndex, load_artifacts, save_artifacts
-from .update import IndexUpdate, UpdateResult, update_index
+from .update import IndexUpdate, UpdateResult, run_update, update_index
 
 __version__ = "0.1.0"
 
@@ -42,6 +42,7 @@ __all__ = [
     "CoverageError",
     "DatasetChangedError",
     "update_index",
+    "run_update",
     "UpdateResult",
     "IndexUpdate",
     "SavedIndex",
