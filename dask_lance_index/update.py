@@ -29,6 +29,7 @@ covers that no longer exist are reported.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 import uuid as uuidlib
@@ -560,7 +561,7 @@ def _noop_result(uri, name, index_type, version, decision: UpdateDecision, plan_
     )
 
 
-def _rebuild_result(build_result, decision: UpdateDecision, num_segments_before: int) -> UpdateResult:
+def _rebuild_result(build_result, decision: UpdateDecision, drift: dict | None) -> UpdateResult:
     r = build_result
     return UpdateResult(
         uri=r.uri, name=r.name, index_type=r.index_type, action="rebuild", reasons=decision.reasons,
@@ -568,7 +569,7 @@ def _rebuild_result(build_result, decision: UpdateDecision, num_segments_before:
         stale_fragments=decision.stale_fragments, segments_added=tuple(r.segments),
         segments_removed=(), num_segments=len(r.segments), num_segments_built=r.num_segments_built,
         num_merges=r.num_merges, num_rows_indexed=r.num_rows_indexed, num_rows_skipped=r.num_rows_skipped,
-        seconds=dict(r.seconds),
+        drift=drift, retrain_advised=bool(drift and drift.get("retrain_advised")), seconds=dict(r.seconds),
     )
 
 
@@ -639,6 +640,10 @@ def update_index(
     from .api import _parallelism, resolve_client
 
     t0 = time.time()
+    if not isinstance(max_deltas, int) or max_deltas < 0:
+        raise InvalidInputError(f"max_deltas must be an int >= 0, got {max_deltas!r}")
+    if not drift_threshold > 0:
+        raise InvalidInputError(f"drift_threshold must be positive, got {drift_threshold!r}")
     client = client if scheduler is not None else resolve_client(client)
     try:
         ds = open_dataset(uri, None, storage_options)
@@ -672,15 +677,14 @@ def update_index(
         rebuild=rebuild,
         partial_segments_ok=not (engine == "lance" and params.metric == "dot" and params.quantizer == "PQ"),
     )
-    if drift_threshold <= 0:
-        raise InvalidInputError(f"drift_threshold must be positive, got {drift_threshold}")
 
     if decision.action == "noop":
         result = _noop_result(ds.uri, name, params.index_type, ds.version, decision, time.time() - t0)
         out = delayed(result, name=f"dli-update-noop-{uuidlib.uuid4().hex[:8]}")
         upd = IndexUpdate(out.key, out.dask, decision, None, storage_options)
     elif decision.action == "rebuild":
-        upd = _rebuild_graph(saved, ds, decision, len(segments), storage_options, client, artifacts_uri, seed)
+        upd = _rebuild_graph(saved, ds, decision, segments, live, storage_options, client, artifacts_uri, seed,
+                             drift_threshold=drift_threshold, drift_sample_rows=drift_sample_rows)
     else:
         upd = _update_graph(
             saved, ds, desc, decision, live, segments, storage_options,
@@ -738,12 +742,19 @@ def _check_saved(saved: SavedIndex, desc, seg_stats: dict, column, name, where) 
         problems.append(f"the index is on {list(desc.field_names)}, they on {p.column!r}")
     if desc.index_type != p.params.index_type:
         problems.append(f"the index is {desc.index_type}, they are for {p.params.index_type}")
+    rq = json.loads(saved.artifacts.rabitq_model) if saved.artifacts.rabitq_model else {}
     for uuid, st in seg_stats.items():
-        if st.get("num_partitions") not in (None, p.params.num_partitions):
-            problems.append(f"segment {uuid[:8]} has {st['num_partitions']} partitions, they {p.params.num_partitions}")
-            break
-        if st.get("metric_type") not in (None, p.params.metric):
-            problems.append(f"segment {uuid[:8]} uses metric {st['metric_type']}, they {p.params.metric}")
+        sub = st.get("sub_index") or {}
+        checks = [
+            ("partitions", st.get("num_partitions"), p.params.num_partitions),
+            ("metric", st.get("metric_type"), p.params.metric),
+            ("num_sub_vectors", sub.get("num_sub_vectors"), p.params.num_sub_vectors),
+            ("RaBitQ rotation", sub.get("fast_rotation_signs"), rq.get("fast_rotation_signs")),
+        ]
+        bad = [f"segment {uuid[:8]} has {what} {got}, they {want}" for what, got, want in checks
+               if got is not None and want is not None and got != want]
+        if bad:
+            problems.extend(bad)
             break
     if problems:
         raise InvalidInputError(
@@ -773,20 +784,11 @@ def _update_plan(saved: SavedIndex, ds, decision: UpdateDecision, live: dict) ->
     )
 
 
-def _update_graph(saved, ds, desc, decision, live, segments, storage_options, *, drift_threshold,
-                  drift_sample_rows, seed, merge_fan_in, plan_seconds) -> IndexUpdate:
+def _drift_graph(plan: IndexPlan, decision, segments, live, artifacts, threshold, sample_rows, seed, storage_options):
+    """Drift tasks: a sample of the new rows against a sample of the rows already indexed."""
     from .train import sample_fragment
 
-    plan = _update_plan(saved, ds, decision, live)
     tok = plan.build_id[:8]
-    plan_key = delayed(plan, name=f"dli-plan-{tok}")
-    artifacts = delayed(saved.artifacts, name=f"dli-artifacts-{tok}")
-    built = [
-        delayed(build_segment, pure=True)(plan_key, i, artifacts, storage_options, dask_key_name=f"dli-build-{tok}-{i}")
-        for i in range(plan.num_tasks)
-    ]
-
-    # Drift: a sample of the new rows against a sample of the rows already indexed.
     new_frags = [FragmentInfo(f, live[f]) for f in decision.new_fragments]
     old_ids = sorted({f for s in segments if s.uuid not in decision.dropped_segments for f in s.fragment_ids} & set(live))
     old_frags = [FragmentInfo(f, live[f]) for f in old_ids]
@@ -794,7 +796,7 @@ def _update_graph(saved, ds, desc, decision, live, segments, storage_options, *,
     def samples(frags, kind):
         if not frags:
             return []
-        counts = allocate_samples(frags, drift_sample_rows)
+        counts = allocate_samples(frags, sample_rows)
         return [
             delayed(sample_fragment, pure=True)(
                 plan.uri, plan.version, plan.column, plan.dimension, f.fragment_id, f.num_rows, n, seed,
@@ -804,10 +806,25 @@ def _update_graph(saved, ds, desc, decision, live, segments, storage_options, *,
             if n > 0
         ]
 
-    drift = delayed(measure_drift, pure=True)(
-        samples(new_frags, "new"), samples(old_frags, "old"), artifacts, plan.params.metric, drift_threshold,
+    return delayed(measure_drift, pure=True)(
+        samples(new_frags, "new"), samples(old_frags, "old"), artifacts, plan.params.metric, threshold,
         dask_key_name=f"dli-drift-{tok}",
     )
+
+
+def _update_graph(saved, ds, desc, decision, live, segments, storage_options, *, drift_threshold,
+                  drift_sample_rows, seed, merge_fan_in, plan_seconds) -> IndexUpdate:
+    plan = _update_plan(saved, ds, decision, live)
+    tok = plan.build_id[:8]
+    plan_key = delayed(plan, name=f"dli-plan-{tok}")
+    artifacts = delayed(saved.artifacts, name=f"dli-artifacts-{tok}")
+    built = [
+        delayed(build_segment, pure=True)(plan_key, i, artifacts, storage_options, dask_key_name=f"dli-build-{tok}-{i}")
+        for i in range(plan.num_tasks)
+    ]
+
+    drift = _drift_graph(plan, decision, segments, live, artifacts, drift_threshold, drift_sample_rows, seed,
+                         storage_options)
 
     # Merges: committed mergeable segments and the new ones, planned as a build's merges.
     slots: list = list(built)
@@ -837,8 +854,8 @@ def _update_graph(saved, ds, desc, decision, live, segments, storage_options, *,
     return IndexUpdate(commit.key, commit.dask, decision, plan, storage_options)
 
 
-def _rebuild_graph(saved: SavedIndex, ds, decision, num_segments_before, storage_options, client,
-                   artifacts_uri, seed) -> IndexUpdate:
+def _rebuild_graph(saved: SavedIndex, ds, decision, segments, live, storage_options, client,
+                   artifacts_uri, seed, *, drift_threshold, drift_sample_rows) -> IndexUpdate:
     """A full build over every live fragment with the saved artifacts (no training),
     replacing the index in one commit; the build saves the artifacts again."""
     from .api import _parallelism
@@ -854,7 +871,12 @@ def _rebuild_graph(saved: SavedIndex, ds, decision, num_segments_before, storage
         rabitq_model=a.rabitq_model, parallelism=_parallelism(client), seed=seed, engine=saved.plan.engine,
         version=ds.version, storage_options=storage_options,
     )
+    if plan.train:  # pragma: no cover - saved artifacts always hold what the type needs
+        raise InvalidInputError(f"the saved artifacts lack {list(plan.train)}; rebuild with dli.create_index")
     build = build_graph(plan, a, storage_options, artifacts_uri=artifacts_uri)
-    out = delayed(_rebuild_result, pure=True)(build, decision, num_segments_before,
+    artifacts = delayed(a, name=f"dli-artifacts-{plan.build_id[:8]}")  # the key the build uses
+    drift = _drift_graph(plan, decision, segments, live, artifacts, drift_threshold, drift_sample_rows, seed,
+                         storage_options)
+    out = delayed(_rebuild_result, pure=True)(build, decision, drift,
                                               dask_key_name=f"dli-update-rebuild-{plan.build_id[:8]}")
     return IndexUpdate(out.key, out.dask, decision, plan, storage_options)
