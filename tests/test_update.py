@@ -16,6 +16,7 @@ from dask_lance_index.evaluate import exact_knn, recall_at_k, search
 from dask_lance_index.update import SegmentState, UpdateDecision, plan_update
 
 from .conftest import committed_segment_uuids, index_dirs
+from .test_deploy import s3  # noqa: F401  (the moto S3 server fixture)
 
 
 def _recall(ds, queries, truth, **kw):
@@ -242,3 +243,17 @@ def test_update_on_a_local_cluster_merges_flat_segments(tmp_path, vectors, queri
     assert index_dirs(uri) - committed_segment_uuids(ds) <= set(r.segments_removed)
     truth = exact_knn(vectors[:8000], queries, 10, "l2")
     assert _recall(ds, queries, truth, nprobes=16) == pytest.approx(1.0)
+
+
+def test_artifacts_and_updates_on_an_object_store(s3, vectors):
+    """The artifacts file goes through the same storage_options as Lance (a moto S3 server)."""
+    uri = "s3://vectors/update.lance"
+    write_vectors(uri, vectors[:3000], max_rows_per_file=1000, storage_options=s3)
+    dli.create_index(uri, "vector", "IVF_FLAT", num_partitions=8, scheduler="sync", storage_options=s3)
+    saved = dli.load_artifacts(uri, "vector_idx", storage_options=s3)
+    assert saved.artifacts.ivf_centroids.shape == (8, 32)
+    write_vectors(uri, vectors[3000:4000], max_rows_per_file=1000, mode="append", start_id=3000, storage_options=s3)
+    r = dli.update_index(uri, "vector", scheduler="sync", storage_options=s3)
+    assert r.action == "delta" and r.num_rows_indexed == 1000
+    ds = lance.dataset(uri, storage_options=s3)
+    assert ds.stats.index_stats("vector_idx")["num_unindexed_rows"] == 0
