@@ -162,11 +162,16 @@ def plan_update(
             f"fragments {list(stale)} are covered by the index but no longer exist (deleted, or compacted "
             "without an index remap): their rows are masked; every fragment the index does not cover is indexed"
         )
-    if dropped:
-        reasons.append(f"segments {[u[:8] for u in dropped]} cover only fragments that no longer exist: removed")
     if not new:
         reasons.insert(0, "every fragment of the current version is covered by the index: nothing to update")
+        if dropped:
+            reasons.append(
+                f"segments {[u[:8] for u in dropped]} cover only fragments that no longer exist: harmless "
+                "(their rows are gone); the next update that commits removes them"
+            )
         return UpdateDecision("noop", tuple(reasons), (), (), stale, (), ())
+    if dropped:
+        reasons.append(f"segments {[u[:8] for u in dropped]} cover only fragments that no longer exist: removed")
     frags = [FragmentInfo(f, live[f]) for f in new]
     groups = group_fragments(
         frags, num_tasks=num_tasks, rows_per_task=rows_per_task,
@@ -561,13 +566,13 @@ def _noop_result(uri, name, index_type, version, decision: UpdateDecision, plan_
     )
 
 
-def _rebuild_result(build_result, decision: UpdateDecision, drift: dict | None) -> UpdateResult:
+def _rebuild_result(build_result, decision: UpdateDecision, drift: dict | None, replaced: tuple) -> UpdateResult:
     r = build_result
     return UpdateResult(
         uri=r.uri, name=r.name, index_type=r.index_type, action="rebuild", reasons=decision.reasons,
         version=r.version, read_version=r.read_version, new_fragments=decision.new_fragments,
         stale_fragments=decision.stale_fragments, segments_added=tuple(r.segments),
-        segments_removed=(), num_segments=len(r.segments), num_segments_built=r.num_segments_built,
+        segments_removed=tuple(replaced), num_segments=len(r.segments), num_segments_built=r.num_segments_built,
         num_merges=r.num_merges, num_rows_indexed=r.num_rows_indexed, num_rows_skipped=r.num_rows_skipped,
         drift=drift, retrain_advised=bool(drift and drift.get("retrain_advised")), seconds=dict(r.seconds),
     )
@@ -877,6 +882,6 @@ def _rebuild_graph(saved: SavedIndex, ds, decision, segments, live, storage_opti
     artifacts = delayed(a, name=f"dli-artifacts-{plan.build_id[:8]}")  # the key the build uses
     drift = _drift_graph(plan, decision, segments, live, artifacts, drift_threshold, drift_sample_rows, seed,
                          storage_options)
-    out = delayed(_rebuild_result, pure=True)(build, decision, drift,
+    out = delayed(_rebuild_result, pure=True)(build, decision, drift, tuple(s.uuid for s in segments),
                                               dask_key_name=f"dli-update-rebuild-{plan.build_id[:8]}")
     return IndexUpdate(out.key, out.dask, decision, plan, storage_options)

@@ -245,7 +245,7 @@ def test_update_on_a_local_cluster_merges_flat_segments(tmp_path, vectors, queri
     assert _recall(ds, queries, truth, nprobes=16) == pytest.approx(1.0)
 
 
-def test_artifacts_and_updates_on_an_object_store(s3, vectors):
+def test_artifacts_and_updates_on_an_object_store(s3, vectors):  # noqa: F811
     """The artifacts file goes through the same storage_options as Lance (a moto S3 server)."""
     uri = "s3://vectors/update.lance"
     write_vectors(uri, vectors[:3000], max_rows_per_file=1000, storage_options=s3)
