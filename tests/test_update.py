@@ -257,3 +257,29 @@ def test_artifacts_and_updates_on_an_object_store(s3, vectors):  # noqa: F811
     assert r.action == "delta" and r.num_rows_indexed == 1000
     ds = lance.dataset(uri, storage_options=s3)
     assert ds.stats.index_stats("vector_idx")["num_unindexed_rows"] == 0
+
+
+def test_rq_merges_committed_shards_but_never_a_merged_segment(tmp_path, vectors, queries):
+    """Which committed segments Lance can merge again is read from its statistics
+    (packed RQ codes: no). Were it wrong, Lance's merge would fail ("packed RQ codes")."""
+    from dask_lance_index.update import segment_mergeable
+
+    uri = str(tmp_path / "rq.lance")
+    write_vectors(uri, vectors[:4000], max_rows_per_file=1000)
+    dli.create_index(uri, "vector", "IVF_RQ", num_partitions=8, num_tasks=2, scheduler="sync", seed=4)
+    n, actions = 4000, []
+    for _ in range(3):
+        write_vectors(uri, vectors[n : n + 1000], max_rows_per_file=1000, mode="append", start_id=n)
+        n += 1000
+        r = dli.update_index(uri, "vector", scheduler="sync", max_deltas=1, num_tasks=1)
+        actions.append(r.action)
+        stats = r.dataset().stats.index_stats("vector_idx")
+        mergeable = [segment_mergeable("IVF_RQ", s) for s in stats["indices"]]
+        assert stats["num_unindexed_rows"] == 0 and stats["num_indexed_rows"] == n
+        if r.action == "delta":
+            assert sorted(mergeable) == [False, True]  # the merged base, the new shard
+        else:
+            assert not any(mergeable)
+    assert actions == ["delta", "merge", "rebuild"], actions
+    truth = exact_knn(vectors[:n], queries[:100], 10, "l2")
+    assert _recall(r.dataset(), queries[:100], truth, nprobes=8, refine_factor=5) > 0.9
