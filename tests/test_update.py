@@ -255,8 +255,13 @@ def test_artifacts_and_updates_on_an_object_store(s3, vectors):  # noqa: F811
     write_vectors(uri, vectors[3000:4000], max_rows_per_file=1000, mode="append", start_id=3000, storage_options=s3)
     r = dli.update_index(uri, "vector", scheduler="sync", storage_options=s3)
     assert r.action == "delta" and r.num_rows_indexed == 1000
+    write_vectors(uri, vectors[4000:5000], max_rows_per_file=1000, mode="append", start_id=4000, storage_options=s3)
+    # max_deltas=0: the committed segments (files listed on S3) are merged with the new one
+    r = dli.update_index(uri, "vector", scheduler="sync", storage_options=s3, max_deltas=0)
+    assert r.action == "merge" and r.num_segments == 1 and len(r.segments_removed) == 2
     ds = lance.dataset(uri, storage_options=s3)
-    assert ds.stats.index_stats("vector_idx")["num_unindexed_rows"] == 0
+    stats = ds.stats.index_stats("vector_idx")
+    assert stats["num_unindexed_rows"] == 0 and stats["num_indexed_rows"] == 5000 and stats["num_segments"] == 1
 
 
 def test_rq_merges_committed_shards_but_never_a_merged_segment(tmp_path, vectors, queries):
