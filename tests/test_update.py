@@ -288,3 +288,14 @@ def test_rq_merges_committed_shards_but_never_a_merged_segment(tmp_path, vectors
     assert actions == ["delta", "merge", "rebuild"], actions
     truth = exact_knn(vectors[:n], queries[:100], 10, "l2")
     assert _recall(r.dataset(), queries[:100], truth, nprobes=8, refine_factor=5) > 0.9
+
+
+def test_a_failure_to_save_the_artifacts_warns_and_keeps_the_committed_index(tmp_path, vectors):
+    uri = str(tmp_path / "nosave.lance")
+    write_vectors(uri, vectors[:2000], max_rows_per_file=1000)
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a directory")
+    with pytest.warns(UserWarning, match="committed but its artifacts could not be saved"):
+        ds = dli.create_index(uri, "vector", "IVF_FLAT", num_partitions=4, scheduler="sync",
+                              artifacts_uri=str(blocker / "artifacts.json"))
+    assert [d.name for d in ds.describe_indices()] == ["vector_idx"]
