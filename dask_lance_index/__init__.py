@@ -31,6 +31,8 @@ from .finalize import finalize_artifact
 from .artifact_io import PartitionArtifact
 from .artifact_writer import PartitionArtifactWriter
 from .partition_artifacts import InvalidPartitionArtifactError
+from .saved import SavedIndex, load_artifacts, save_artifacts
+from .update import IndexUpdate, UpdateResult, run_update, update_index
 
 __version__ = "0.1.0"
 
@@ -71,6 +73,13 @@ __all__ = [
     "PartitionArtifact",
     "PartitionArtifactWriter",
     "InvalidPartitionArtifactError",
+    "update_index",
+    "run_update",
+    "UpdateResult",
+    "IndexUpdate",
+    "SavedIndex",
+    "load_artifacts",
+    "save_artifacts",
 ]
 
 from .cleanup import cleanup  # noqa: E402

@@ -81,6 +81,7 @@ def create_index(
     retries: int = 2,
     fragment_groups=None,
     progress: bool | None = None,
+    saved_artifacts_uri: str | None = None,
 ) -> Any:
     """Build a Lance vector index in parallel on Dask.
 
@@ -177,6 +178,10 @@ def create_index(
         cluster, dask's ``ProgressBar`` otherwise), on standard error. Default:
         on in a notebook or when standard error is a terminal, off in batch jobs
         whose output goes to a file or pipe.
+    saved_artifacts_uri : str, optional
+        Where to save the artifacts and the plan for
+        :func:`~dask_lance_index.update_index`; default
+        ``<uri>/_dli/indices/<name>/artifacts.json``.
     """
     t0 = time.time()
     # An explicit local scheduler wins over a default client picked up implicitly.
@@ -237,7 +242,8 @@ def create_index(
         raise InvalidInputError(f"artifact_uri applies to engine='artifact' only, not {plan.engine!r}")
     location = str(journal) if resumed is not None else start_build(plan, journal, client, given)
     build = build_graph(
-        plan, given, storage_options, plan_seconds=time.time() - t0, journal=location, retries=retries, **art
+        plan, given, storage_options, plan_seconds=time.time() - t0, journal=location, retries=retries,
+        saved_artifacts_uri=saved_artifacts_uri, **art
     )
     if not compute:
         return build

@@ -85,8 +85,8 @@ class IndexBuild(Delayed):
         return f"IndexBuild({self.plan.params.index_type} {self.plan.name!r}, {len(self.dask)} tasks)"
 
 
-def _commit_task(plan, final, built, merged, storage_options, plan_seconds, artifacts):
-    return commit_index(
+def _commit_task(plan, final, built, merged, storage_options, plan_seconds, artifacts, saved_artifacts_uri=None):
+    result = commit_index(
         plan,
         [index_of(x) for x in final],
         built,
@@ -95,6 +95,10 @@ def _commit_task(plan, final, built, merged, storage_options, plan_seconds, arti
         plan_seconds=plan_seconds,
         artifacts_source=artifacts.source,
     )
+    from .saved import save_after_build  # artifacts kept for dli.update_index
+
+    save_after_build(plan, artifacts, result, storage_options, saved_artifacts_uri)
+    return result
 
 
 def build_graph(
@@ -107,6 +111,7 @@ def build_graph(
     artifact_uri: str | None = None,
     encode: bool = True,
     drop_artifact: bool = False,
+    saved_artifacts_uri: str | None = None,
 ) -> IndexBuild:
     """The lazy graph that carries out ``plan``; ``given`` holds user-supplied artifacts.
 
@@ -190,6 +195,7 @@ def build_graph(
         storage_options,
         plan_seconds,
         artifacts,
+        saved_artifacts_uri,
         dask_key_name=f"dli-commit-{tok}",
     )
     if drop_artifact:
