@@ -181,7 +181,7 @@ def create_index(
     saved_artifacts_uri : str, optional
         Where to save the artifacts and the plan for
         :func:`~dask_lance_index.update_index`; default
-        ``<uri>/_dli/indices/<name>/artifacts.json``.
+        ``<uri>/_dli_models/<name>/artifacts.json``.
     """
     t0 = time.time()
     # An explicit local scheduler wins over a default client picked up implicitly.

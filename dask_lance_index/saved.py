@@ -2,7 +2,7 @@
 
 A committed build writes one JSON file holding its :class:`IndexArtifacts`
 (centroids, codebook, rotation) and its :class:`IndexPlan`. By default it lives
-at ``<dataset uri>/_dli/indices/<index name>/artifacts.json``; any other URI
+at ``<dataset uri>/_dli_models/<index name>/artifacts.json``; any other URI
 may be chosen (``saved_artifacts_uri=``). Every read and write goes through
 :func:`dask_lance_index._lance.filesystem`, so the same code reaches a local
 disk or an object store with the dataset's ``storage_options``.
@@ -28,8 +28,8 @@ FORMAT_VERSION = 1
 
 
 def default_artifacts_uri(uri: str, name: str) -> str:
-    """``<dataset uri>/_dli/indices/<name>/artifacts.json``."""
-    return f"{str(uri).rstrip('/')}/_dli/indices/{name}/artifacts.json"
+    """``<dataset uri>/_dli_models/<name>/artifacts.json``."""
+    return f"{str(uri).rstrip('/')}/_dli_models/{name}/artifacts.json"
 
 
 @dataclass(frozen=True, eq=False)

@@ -176,7 +176,7 @@ def update_index(
         Past the threshold, when Lance cannot merge the segments correctly,
         rebuild from the saved artifacts (``True``) or only advise it.
     saved_artifacts_uri : str, optional
-        Where the build saved its artifacts (default ``<uri>/_dli/indices/<name>/artifacts.json``).
+        Where the build saved its artifacts (default ``<uri>/_dli_models/<name>/artifacts.json``).
     storage_options : dict, optional
         Passed to Lance and to the artifacts' file system.
     num_tasks, rows_per_task : int, optional
