@@ -124,9 +124,12 @@ def check_coverage(planned: Iterable[int], segments: Sequence[tuple[str, Iterabl
         raise CoverageError(f"fragments {sorted(missing)} are covered by no segment")
 
 
-def _as_lance_index(desc, seg):
+def _as_lance_index(desc, seg, files=None):
+    """A ``lance.dataset.Index`` for committed segment ``seg`` of index ``desc``
+    (``files``: its file list, which Lance's merge reads)."""
     from lance.dataset import Index
 
+    extra = {} if files is None else {"files": files}
     return Index(
         uuid=seg.uuid,
         name=desc.name,
@@ -134,6 +137,7 @@ def _as_lance_index(desc, seg):
         dataset_version=seg.dataset_version_at_last_update,
         fragment_ids=set(seg.fragment_ids),
         index_version=seg.index_version,
+        **extra,
     )
 
 

@@ -97,22 +97,15 @@ def _committed_index(uri: str, desc, seg, storage_options) -> Any:
     """A ``lance.dataset.Index`` for a committed segment, with its files listed
     (Lance's merge reads them); ``index_details`` is filled in by the merge task."""
     import pyarrow.fs as pafs
-    from lance.dataset import Index, IndexFile
+    from lance.dataset import IndexFile
 
     from ._lance import filesystem
+    from .commit import _as_lance_index
 
     fs, root = filesystem(f"{uri.rstrip('/')}/_indices/{seg.uuid}", storage_options)
     infos = fs.get_file_info(pafs.FileSelector(root, recursive=True))
     files = [IndexFile(i.path[len(root):].lstrip("/"), int(i.size)) for i in infos if i.type == pafs.FileType.File]
-    return Index(
-        uuid=seg.uuid,
-        name=desc.name,
-        fields=list(desc.fields),
-        dataset_version=seg.dataset_version_at_last_update,
-        fragment_ids=set(seg.fragment_ids),
-        index_version=seg.index_version,
-        files=sorted(files, key=lambda f: f.path),
-    )
+    return _as_lance_index(desc, seg, files=sorted(files, key=lambda f: f.path))
 
 
 # -- tasks ------------------------------------------------------------------------------------
