@@ -131,8 +131,15 @@ def test_appends_in_rounds_update_only_new_fragments_and_match_a_fresh_build(tmp
         ivf_centroids=saved.artifacts.ivf_centroids, pq_codebook=saved.artifacts.pq_codebook,
     )
     want = _recall(fresh, queries, truth, nprobes=8, refine_factor=5)
-    print("recall@10 after 3 updates", got, "fresh build", want)
+    # and a fresh build that trains its own model on all rows (same build settings as the first)
+    retrained = dli.create_index(
+        fresh_uri, "vector", "IVF_PQ", num_partitions=16, num_sub_vectors=8, num_tasks=3, scheduler="sync",
+        seed=1, max_iters=10, pq_sample_rate=16, replace=True,
+    )
+    retrained_recall = _recall(retrained, queries, truth, nprobes=8, refine_factor=5)
+    print("recall@10 after 3 updates", got, "fresh build, same model", want, "fresh build, retrained", retrained_recall)
     assert got == pytest.approx(want, abs=0.02), (got, want)
+    assert got == pytest.approx(retrained_recall, abs=0.02), (got, retrained_recall)
 
     # nothing new: a clear no-op, no commit
     v = lance.dataset(uri).version
