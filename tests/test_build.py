@@ -254,3 +254,21 @@ def test_precomputed_codes_equal_lance_encoding(tmp_path, vectors, queries, metr
             assert result.num_segments_built == 3
         got[engine] = recall(result.dataset(), queries, truth, nprobes=6)
     assert got["precomputed"] == pytest.approx(got["lance"], abs=0.005), got
+
+
+def test_finite_screen_keeps_rows_whose_sum_overflows_and_drops_every_non_finite_row():
+    # The reader screens rows by their float32 sum; a finite row whose sum
+    # overflows must still count as valid, and +inf/-inf in one row (sum NaN) not.
+    from dask_lance_index._lance import _to_float32_matrix
+
+    x = np.random.default_rng(0).standard_normal((8, 4)).astype(np.float32)
+    x[1, 2] = np.nan
+    x[3, 0] = np.inf
+    x[4] = 3e38  # finite, but the sum overflows to inf
+    x[5, 1], x[5, 2] = -np.inf, np.inf
+    x[6] = -3e38
+    arr = pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), 4)
+    got, valid = _to_float32_matrix(arr, 4)
+    assert valid.tolist() == [True, False, True, False, True, False, True, True]
+    assert np.array_equal(valid, np.isfinite(x).all(axis=1))
+    np.testing.assert_array_equal(got[valid], x[valid])
