@@ -19,6 +19,7 @@ from .kmeans import assign, kmeans, kmeans_batched, normalize_rows
 
 __all__ = [
     "sample_fragment",
+    "sample_offsets",
     "train_ivf",
     "train_shards",
     "train_pq",
@@ -35,6 +36,31 @@ def _seed_for(build_seed: int | None, build_id: str, *parts: int) -> np.random.S
     return np.random.SeedSequence([base, *parts])
 
 
+# Rows per run of a training sample. Lance's random take reads each row on its own:
+# 8,192 scattered rows of a 250k-row fragment took 0.33 s, 1,024 runs of 8 rows 0.04 s.
+# Runs of 8 keep the sample spread over the whole fragment (32 runs per IVF centroid
+# at Lance's sample rate) even when the rows are stored sorted by some key.
+SAMPLE_RUN = 8
+
+
+def sample_offsets(num_rows: int, num_samples: int, rng: np.random.Generator, run: int = SAMPLE_RUN) -> np.ndarray:
+    """``min(num_samples, num_rows)`` distinct sorted row offsets of a fragment, drawn
+    as runs of ``run`` adjacent rows at random aligned positions. Pure.
+
+    A dense sample (a quarter of the runs or more) is drawn row by row instead:
+    it reads about as much either way, and runs would clump it.
+    """
+    k = min(int(num_samples), int(num_rows))
+    slots = -(-num_rows // run)
+    need = -(-k // run) + 1  # one spare run: the last slot may be short
+    if run <= 1 or need * 4 > slots:
+        return np.sort(rng.choice(num_rows, size=k, replace=False))
+    starts = rng.choice(slots, size=need, replace=False) * run
+    offsets = (starts[:, None] + np.arange(run)).reshape(-1)
+    offsets = offsets[offsets < num_rows]
+    return np.sort(rng.choice(offsets, size=k, replace=False))
+
+
 def sample_fragment(
     uri: str,
     version: int,
@@ -47,7 +73,8 @@ def sample_fragment(
     build_id: str,
     storage_options: dict | None = None,
 ):
-    """Sampling task: ``num_samples`` random rows of one fragment, valid rows only.
+    """Sampling task: ``num_samples`` random rows of one fragment (in runs:
+    :func:`sample_offsets`), valid rows only.
 
     Returns ``(vectors (k, d) float32, (started, finished))``.
     """
@@ -57,7 +84,7 @@ def sample_fragment(
     if num_samples <= 0 or fragment_rows <= 0:
         return np.empty((0, dimension), np.float32), (t0, time.time())
     rng = np.random.default_rng(_seed_for(seed, build_id, fragment_id))
-    offsets = rng.choice(fragment_rows, size=min(num_samples, fragment_rows), replace=False)
+    offsets = sample_offsets(fragment_rows, num_samples, rng)
     ds = open_dataset(uri, version, storage_options)
     x, valid = take_vectors(ds, column, dimension, fragment_id, offsets)
     return np.ascontiguousarray(x[valid]), (t0, time.time())
