@@ -135,10 +135,12 @@ def create_index(
         k-means stops when inertia changes by less than this fraction.
     seed : int, optional
         Seed of sampling and training; the same seed and data give the same artifacts.
-    engine : {"auto", "precomputed", "lance"}
+    engine : {"auto", "precomputed", "partitions", "lance", "artifact"}
         Who assigns and encodes the rows. ``"precomputed"`` (8-bit PQ types):
         the workers, with NumPy BLAS, handing Lance the codes to write;
-        ``"lance"``: Lance itself. ``"auto"``: ``"precomputed"`` where it applies.
+        ``"partitions"`` (any type): the workers assign IVF partitions with
+        NumPy BLAS and Lance encodes from that map; ``"lance"``: Lance itself.
+        ``"auto"``: ``"precomputed"`` for 8-bit PQ types, ``"partitions"`` otherwise.
         ``"artifact"`` (8-bit PQ types): the workers encode into a partition
         artifact in Lance's upstream layout (a shuffle by bucket), which is
         then finalized; see :mod:`dask_lance_index.partition_artifacts`.

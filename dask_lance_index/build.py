@@ -4,11 +4,18 @@ Each task opens the dataset itself at the plan's pinned version (a handle
 shared across threads fails in Lance) and writes its segment under a uuid that
 is unique to the build and task and the same when the task is retried.
 
-Two engines:
+Three engines:
 
 ``"lance"``
     Lance reads the rows, assigns and encodes them (``create_index_uncommitted``
     with the shared artifacts). Every index type.
+``"partitions"``
+    Every index type: the task streams the rows and assigns IVF partitions with
+    NumPy BLAS (:class:`.encode.PartitionAssigner`), writes the row id ->
+    partition map to a scratch Lance file on the worker's disk, and Lance reads
+    the map instead of assigning (``precomputed_partition_dataset``), then
+    encodes. Lance drops rows missing from the map silently, so the map holds
+    every row it would index: the valid rows of the task's fragments.
 ``"precomputed"``
     For 8-bit PQ types: the task streams the rows, assigns partitions and
     encodes PQ codes with NumPy BLAS (:mod:`.encode`), writes them to a scratch
@@ -85,6 +92,8 @@ def build_segment(
 
     if plan.engine == "precomputed":
         index, nulls, bad = _build_from_codes(ds, plan, fragment_ids, artifacts, create)
+    elif plan.engine == "partitions":
+        index, nulls, bad = _build_from_partitions(ds, plan, fragment_ids, artifacts, create)
     else:
         nulls, bad = _count_unindexable(ds, plan, fragment_ids)
         index = create()
@@ -159,6 +168,44 @@ def _build_from_codes(ds, plan: IndexPlan, fragment_ids, artifacts: IndexArtifac
             precomputed_shuffle_buffers=files,
             precomputed_shuffle_buffers_path=os.path.join(path, "data"),
         )
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return index, counts["nulls"], counts["bad"]
+
+
+def _build_from_partitions(ds, plan: IndexPlan, fragment_ids, artifacts: IndexArtifacts, create):
+    """Assign partitions here and hand Lance the map; returns (Index, nulls, unindexable)."""
+    import lance
+    import pyarrow as pa
+
+    from ._lance import iter_vectors
+    from .encode import PartitionAssigner
+
+    assigner = PartitionAssigner(artifacts.ivf_centroids, plan.params.metric)
+    schema = pa.schema([("row_id", pa.uint64()), ("partition", pa.uint32())])
+    counts = {"nulls": 0, "bad": 0, "rows": 0}
+
+    def batches():
+        for b in iter_vectors(ds, plan.column, plan.dimension, fragment_ids, with_row_id=True):
+            counts["nulls"] += b.nulls
+            counts["bad"] += int((~b.valid).sum())
+            x, rid = (b.vectors, b.row_ids) if b.valid.all() else (b.vectors[b.valid], b.row_ids[b.valid])
+            if not len(x):
+                continue
+            counts["rows"] += len(x)
+            yield pa.record_batch([pa.array(rid, pa.uint64()), pa.array(assigner.assign(x), pa.uint32())], schema=schema)
+
+    scratch = tempfile.mkdtemp(prefix="dli-parts-")
+    try:
+        path = os.path.join(scratch, "partitions.lance")
+        # Lance reads the map only as one fragment of one file: never split it
+        # (a limit past 2**31 - 1 rows overflows inside Lance: one fragment per batch).
+        lance.write_dataset(
+            pa.RecordBatchReader.from_batches(schema, batches()), path, max_rows_per_file=2**31 - 1
+        )
+        if counts["rows"] == 0:
+            return create(), counts["nulls"], counts["bad"]
+        index = create(precomputed_partition_dataset=path)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return index, counts["nulls"], counts["bad"]

@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 
-__all__ = ["PQEncoder"]
+__all__ = ["PQEncoder", "PartitionAssigner"]
 
 # Rows per chunk: the (chunk, 256) score matrix of one sub-space stays in cache.
 _CHUNK = 2048
@@ -32,6 +32,44 @@ def _augmented(c: np.ndarray) -> np.ndarray:
     rhs[:-1] = c.T
     rhs[-1] = -0.5 * np.einsum("ij,ij->i", c, c)
     return rhs
+
+
+class PartitionAssigner:
+    """Assign rows to IVF partitions as Lance does: cosine rows are normalised,
+    then l2 and cosine take the nearest centroid and dot the largest inner product.
+
+    For the index types Lance takes no precomputed codes for (IVF_FLAT, IVF_SQ,
+    IVF_RQ, the HNSW types): Lance then only encodes, reading each row's
+    partition from the map these ids make.
+    """
+
+    def __init__(self, centroids: np.ndarray, metric: str):
+        self.centroids = np.ascontiguousarray(centroids, dtype=np.float32)
+        self.metric = metric
+        self._rhs = np.ascontiguousarray(self.centroids.T) if metric == "dot" else _augmented(self.centroids)
+
+    def assign(self, x: np.ndarray) -> np.ndarray:
+        """Partition ids (uint32, shape (n,)), chunk by chunk in reused buffers (see PQEncoder.encode)."""
+        x = np.asarray(x, dtype=np.float32)
+        n, d = x.shape
+        c = _CHUNK
+        parts = np.empty(n, dtype=np.uint32)
+        lhs = np.ones((c, d + 1), dtype=np.float32)
+        norms = np.empty((c, 1), dtype=np.float32)
+        scores = np.empty((c, self.centroids.shape[0]), dtype=np.float32)
+        best = np.empty(c, dtype=np.intp)
+        for start in range(0, n, c):
+            m = min(c, n - start)
+            rows = lhs[:m, :d]
+            rows[...] = x[start : start + m]
+            if self.metric == "cosine":
+                np.sqrt(np.einsum("ij,ij->i", rows, rows)[:, None], out=norms[:m])
+                norms[:m][norms[:m] == 0] = 1.0
+                rows /= norms[:m]
+            np.matmul(rows if self.metric == "dot" else lhs[:m], self._rhs, out=scores[:m])
+            scores[:m].argmax(axis=1, out=best[:m])
+            parts[start : start + m] = best[:m]
+        return parts
 
 
 class PQEncoder:

@@ -332,28 +332,31 @@ def allocate_samples(fragments: Sequence[FragmentInfo], total: int) -> tuple[int
     return tuple(base)
 
 
-ENGINES = ("auto", "lance", "precomputed", "artifact")
+ENGINES = ("auto", "lance", "precomputed", "partitions", "artifact")
 
 
 def resolve_engine(engine: str, params: IndexParams) -> str:
-    """Who encodes the rows. Pure.
+    """Who assigns and encodes the rows. Pure.
 
     ``"precomputed"``: our workers assign and encode with NumPy BLAS and Lance
     only writes (8-bit PQ types: the only ones Lance takes precomputed codes
-    for). ``"artifact"``: as ``"precomputed"``, but through a partition
-    artifact (:mod:`.partition_artifacts`): encode tasks, a shuffle by bucket,
-    then finalize tasks. ``"lance"``: Lance encodes. ``"auto"`` picks ``"precomputed"`` where
-    it applies (benchmarks/bench_build.py measures the difference).
+    for). ``"partitions"``: our workers assign IVF partitions with NumPy BLAS
+    and Lance encodes from that map (any type; Lance's own assignment is the
+    larger part of its per-row cost). ``"artifact"``: as ``"precomputed"``,
+    but through a partition artifact (:mod:`.partition_artifacts`): encode
+    tasks, a shuffle by bucket, then finalize tasks. ``"lance"``: Lance
+    assigns and encodes. ``"auto"``: ``"precomputed"`` for 8-bit PQ types,
+    ``"partitions"`` otherwise (benchmarks/bench_build.py measures them).
     """
     if engine not in ENGINES:
         raise InvalidInputError(f"engine {engine!r} is not one of {ENGINES}")
     can = params.quantizer == "PQ" and params.num_bits == 8
     if engine == "auto":
-        return "precomputed" if can else "lance"
+        return "precomputed" if can else "partitions"
     if engine in ("precomputed", "artifact") and not can:
         raise InvalidInputError(
             f"engine={engine!r} needs an 8-bit PQ index type (IVF_PQ or IVF_HNSW_PQ); "
-            f"Lance encodes {params.index_type} itself. Fix: engine='auto' or 'lance'."
+            f"Lance encodes {params.index_type} itself. Fix: engine='auto', 'partitions' or 'lance'."
         )
     return engine
 
@@ -570,7 +573,7 @@ def plan_index(
         train.append("rabitq_model")
     engine = resolve_engine(engine, params)
     notes = []
-    if engine == "lance" and params.metric == "dot" and params.quantizer == "PQ" and len(fragments) > 1:
+    if engine in ("lance", "partitions") and params.metric == "dot" and params.quantizer == "PQ" and len(fragments) > 1:
         # pylance 14.0.2 encodes PQ codes of a segment that covers part of the
         # dataset by largest inner product instead of nearest code word when the
         # metric is dot: recall 0.06 instead of 0.25, without an error. One

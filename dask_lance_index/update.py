@@ -229,7 +229,7 @@ def update_index(
         parallelism=_parallelism(client),
         default_rows_per_task=default_rows_per_task(engine),
         rebuild=rebuild,
-        partial_segments_ok=not (engine == "lance" and params.metric == "dot" and params.quantizer == "PQ"),
+        partial_segments_ok=not (engine in ("lance", "partitions") and params.metric == "dot" and params.quantizer == "PQ"),
     )
 
     if decision.action == "noop":

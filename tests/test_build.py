@@ -272,3 +272,48 @@ def test_finite_screen_keeps_rows_whose_sum_overflows_and_drops_every_non_finite
     assert valid.tolist() == [True, False, True, False, True, False, True, True]
     assert np.array_equal(valid, np.isfinite(x).all(axis=1))
     np.testing.assert_array_equal(got[valid], x[valid])
+
+
+def _partition_sizes(ds, name="vector_idx"):
+    import os
+
+    os.environ.setdefault("LANCE_INCLUDE_VECTOR_CENTROIDS", "false")
+    stats = ds.stats.index_stats(name)
+    return [p["size"] for seg in stats["indices"] for p in seg["partitions"]]
+
+
+@pytest.mark.parametrize("index_type", ["IVF_FLAT", "IVF_RQ"])
+@pytest.mark.parametrize("metric", ["l2", "cosine", "dot"])
+def test_partitions_engine_assigns_every_row_where_lance_does(tmp_path, vectors, index_type, metric):
+    # Same seed, same artifacts: our BLAS assignment must put every row in the
+    # partition Lance's own assignment picks, NaN and null rows left out as Lance does.
+    x = vectors[:6000].copy()
+    x[[5, 17]] = np.nan
+    sizes = {}
+    for engine in ("lance", "partitions"):
+        uri = str(tmp_path / f"{engine}.lance")
+        lance.write_dataset(vector_table(x), uri, max_rows_per_file=1500)
+        build = dli.create_index(
+            uri, "vector", index_type, num_partitions=16, metric=metric, num_tasks=2, seed=3,
+            engine=engine, compute=False,
+        )
+        assert build.plan.engine == engine
+        with pytest.warns(UserWarning, match="2 rows were not indexed"):
+            result = build.compute(scheduler="sync")
+        sizes[engine] = _partition_sizes(result.dataset())
+    assert sum(sizes["partitions"]) == 6000 - 2
+    assert sizes["partitions"] == sizes["lance"]
+
+
+def test_auto_engine_assigns_partitions_for_types_lance_encodes():
+    from dask_lance_index.plan import resolve_engine, resolve_params
+
+    def engine(index_type, **kw):
+        return resolve_engine("auto", resolve_params(index_type, dimension=32, num_rows=10_000, **kw))
+
+    assert engine("IVF_PQ", num_sub_vectors=4) == "precomputed"
+    assert engine("IVF_PQ", num_sub_vectors=4, num_bits=4) == "partitions"
+    for t in ("IVF_FLAT", "IVF_SQ", "IVF_RQ", "IVF_HNSW_FLAT", "IVF_HNSW_SQ"):
+        assert engine(t) == "partitions"
+    with pytest.raises(dli.InvalidInputError, match="engine='precomputed' needs an 8-bit PQ"):
+        resolve_engine("precomputed", resolve_params("IVF_RQ", dimension=32, num_rows=10_000))
