@@ -304,16 +304,3 @@ def test_partitions_engine_assigns_every_row_where_lance_does(tmp_path, vectors,
     assert sum(sizes["partitions"]) == 6000 - 2
     assert sizes["partitions"] == sizes["lance"]
 
-
-def test_auto_engine_assigns_partitions_for_types_lance_encodes():
-    from dask_lance_index.plan import resolve_engine, resolve_params
-
-    def engine(index_type, **kw):
-        return resolve_engine("auto", resolve_params(index_type, dimension=32, num_rows=10_000, **kw))
-
-    assert engine("IVF_PQ", num_sub_vectors=4) == "precomputed"
-    assert engine("IVF_PQ", num_sub_vectors=4, num_bits=4) == "partitions"
-    for t in ("IVF_FLAT", "IVF_SQ", "IVF_RQ", "IVF_HNSW_FLAT", "IVF_HNSW_SQ"):
-        assert engine(t) == "partitions"
-    with pytest.raises(dli.InvalidInputError, match="engine='precomputed' needs an 8-bit PQ"):
-        resolve_engine("precomputed", resolve_params("IVF_RQ", dimension=32, num_rows=10_000))

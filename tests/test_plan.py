@@ -167,9 +167,12 @@ def test_engine_choice():
     assert resolve_engine("auto", pq) == "precomputed"
     assert resolve_engine("lance", pq) == "lance"
     pq4 = resolve_params("IVF_HNSW_PQ", dimension=32, num_rows=1000, num_partitions=4, num_bits=4)
-    assert resolve_engine("auto", pq4) == "lance"
+    assert resolve_engine("auto", pq4) == "partitions"  # Lance encodes 4-bit PQ; we assign
     flat = resolve_params("IVF_FLAT", dimension=32, num_rows=1000, num_partitions=4)
-    assert resolve_engine("auto", flat) == "lance"
+    assert resolve_engine("auto", flat) == "partitions"
+    assert resolve_engine("lance", flat) == "lance"
+    for t in ("IVF_SQ", "IVF_RQ", "IVF_HNSW_FLAT", "IVF_HNSW_SQ"):
+        assert resolve_engine("auto", resolve_params(t, dimension=32, num_rows=1000, num_partitions=4)) == "partitions"
     with pytest.raises(InvalidInputError, match="8-bit PQ"):
         resolve_engine("precomputed", flat)
     with pytest.raises(InvalidInputError, match="not one of"):
