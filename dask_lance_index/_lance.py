@@ -27,7 +27,9 @@ __all__ = [
     "take_vectors",
     "remove_index_dir",
     "filesystem",
+    "hide_secrets",
     "is_local",
+    "StorageOptions",
 ]
 
 
@@ -161,6 +163,38 @@ def take_vectors(
     frag = ds.get_fragment(fragment_id)
     table = frag.take(pa.array(np.sort(offsets).astype(np.uint64)), columns=[column])
     return _to_float32_matrix(table.column(0), dimension)
+
+
+# Settings shown as they are in a repr; every other value (keys, secrets, tokens, and
+# anything unknown) is shown as '***'.
+_PLAIN_KEYS = frozenset({
+    "aws_region", "region", "aws_endpoint", "aws_endpoint_url", "endpoint", "endpoint_url", "allow_http",
+    "allow_invalid_certificates", "aws_virtual_hosted_style_request", "virtual_hosted_style_request",
+    "timeout", "connect_timeout", "client_max_retries", "client_retry_timeout",
+})
+
+
+class StorageOptions(dict):
+    """Lance's ``storage_options``, as a plain dict whose ``repr`` hides the credentials.
+
+    A task graph carries the options as an argument of its tasks, and a worker
+    logs ``repr`` of a failing task ("Compute Failed ... Task: ..."): wrapped
+    in this class they show as ``{'aws_secret_access_key': '***', ...}``
+    there. Lance and pyarrow take it as the dict it is.
+    """
+
+    def __repr__(self) -> str:
+        shown = (f"{k!r}: {v!r}" if str(k).lower() in _PLAIN_KEYS else f"{k!r}: '***'" for k, v in self.items())
+        return "{" + ", ".join(shown) + "}"
+
+    __str__ = __repr__
+
+
+def hide_secrets(storage_options: dict | None) -> StorageOptions | None:
+    """``storage_options`` as a :class:`StorageOptions` (None stays None), for a task graph."""
+    if storage_options is None or isinstance(storage_options, StorageOptions):
+        return storage_options
+    return StorageOptions(storage_options)
 
 
 # Lance's (object_store's) names for S3 settings -> pyarrow.fs.S3FileSystem's.

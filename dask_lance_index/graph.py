@@ -122,6 +122,9 @@ def build_graph(
     to encode it (False: finalize an existing one) and whether to delete it
     after the commit (:mod:`.artifact_build`).
     """
+    from ._lance import hide_secrets
+
+    storage_options = hide_secrets(storage_options)  # a worker logs a failing task's arguments
     tok = plan.build_id[:8]
     plan_key = delayed(plan, name=f"dli-plan-{tok}")
 

@@ -442,3 +442,31 @@ def test_journal_and_artifact_errors_on_s3_never_hold_the_secret(s3, no_aws_env,
     assert SECRET not in "".join(journal_store(j.location, s3).read(f) or "" for f in ("journal.json",))
     j.remove()
     assert _s3_files("s3://vectors/journals", s3) == []
+
+
+def test_a_task_failing_on_s3_logs_no_secret(s3, s3_cluster, vectors):
+    """A worker logs a failing task ("Compute Failed ... Task: <repr>"), and dask's repr of a task
+    may show its arguments: the storage_options among them are a StorageOptions, whose repr
+    shows the keys, not the secret."""
+    from dask._task_spec import convert_legacy_graph
+
+    from dask_lance_index._lance import StorageOptions, filesystem
+
+    uri = f"s3://vectors/fail-{uuid.uuid4().hex[:6]}.lance"
+    _write_s3(uri, vectors[:6000], s3)
+    build = dli.create_index(uri, "vector", "IVF_FLAT", num_partitions=8, num_tasks=2, client=s3_cluster,
+                             storage_options=s3, compute=False)
+    tasks = convert_legacy_graph(dict(build.__dask_graph__())).values()
+    carried = [a for t in tasks for a in getattr(t, "args", ()) if isinstance(a, dict)]
+    assert len(carried) > 4 and all(isinstance(a, StorageOptions) for a in carried)
+    assert all(SECRET not in repr(a) and "'aws_secret_access_key': '***'" in repr(a) for a in carried)
+    assert all(SECRET not in repr(t) for t in tasks) and SECRET not in repr(build)
+    fs, path = filesystem(uri, s3)
+    fs.delete_file(f"{path}/data/{_s3_files(uri + '/data', s3)[0]}")  # a fragment's data is gone
+    with pytest.raises(Exception) as err:
+        dli.run(build, client=s3_cluster, retries=0)
+    assert SECRET not in str(err.value) and SECRET not in repr(err.value)
+    logs = "\n".join(msg for w, lines in s3_cluster.get_worker_logs().items() for _, msg in lines)
+    assert "Compute Failed" in logs and "Not found" in logs  # the failure was logged...
+    assert SECRET not in logs  # ...without the secret
+    assert _s3_files(f"{uri}/_dli", s3) == [] and not _s3_index_dirs(uri, s3)  # the failed build left nothing
