@@ -29,6 +29,7 @@ __all__ = [
     "filesystem",
     "hide_secrets",
     "is_local",
+    "options_apply",
     "StorageOptions",
 ]
 
@@ -240,6 +241,13 @@ def filesystem(uri: str, storage_options: dict | None = None):
             kwargs["scheme"] = proto if host else ("http" if str(opts.get("allow_http", "")).lower() == "true" else "https")
         return pafs.S3FileSystem(**kwargs), rest
     return pafs.FileSystem.from_uri(uri)
+
+
+def options_apply(uri: str, storage_options: dict | None = None) -> bool:
+    """Whether :func:`filesystem` reaches ``uri`` as Lance does with ``storage_options``: a
+    local path, an S3 URI, or no options (both then use the environment's credentials)."""
+    uri = str(uri)
+    return is_local(uri) or not storage_options or uri.partition("://")[0] in ("s3", "s3a")
 
 
 def remove_index_dir(uri: str, uuid: str, storage_options: dict | None = None) -> bool:

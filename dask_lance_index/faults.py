@@ -50,6 +50,14 @@ def start_build(plan: IndexPlan, journal, client=None, given=None,
 
     The journal goes to ``journal`` or, by default, ``<uri>/_dli/<build id>``:
     on an object store too, reached with the build's ``storage_options``."""
+    from ._lance import options_apply
+
+    if not journal and not options_apply(plan.uri, storage_options):
+        # pyarrow cannot be given these storage_options for this scheme (only S3's are
+        # mapped): no default journal rather than one written with other credentials.
+        log.info("build %s: no journal (storage_options for %s reach Lance only)", plan.build_id,
+                 plan.uri.partition("://")[0])
+        return None
     # The dataset itself: the segments go to <uri>/_indices.
     probe_writable(f"{plan.uri.rstrip('/')}/_dli", "the dataset", storage_options)
     if journal is False:

@@ -472,3 +472,24 @@ def test_a_task_failing_on_s3_logs_no_secret(s3, s3_cluster, vectors):
     assert "Compute Failed" in logs and "Not found" in logs  # the failure was logged...
     assert SECRET not in logs  # ...without the secret
     assert _s3_files(f"{uri}/_dli", s3) == [] and not _s3_index_dirs(uri, s3)  # the failed build left nothing
+
+
+def test_storage_options_repr_and_which_stores_get_a_default_journal():
+    """Pure: what a StorageOptions shows, and where pyarrow is given the user's storage_options."""
+    import pickle
+
+    from dask_lance_index._lance import StorageOptions, hide_secrets, options_apply
+
+    opts = {"aws_access_key_id": "AKIA-x", "aws_secret_access_key": SECRET, "aws_session_token": "sess-123",
+            "aws_region": "eu-west-1", "aws_endpoint": "http://h:9000", "google_service_account_key": "{...}"}
+    hidden = hide_secrets(opts)
+    assert hidden == opts and isinstance(hidden, dict) and hide_secrets(None) is None
+    shown = repr(hidden) + str(hidden) + repr([hidden])
+    assert all(v not in shown for v in (SECRET, "AKIA-x", "sess-123", "{...}"))
+    assert "'aws_region': 'eu-west-1'" in shown and "'aws_endpoint': 'http://h:9000'" in shown
+    back = pickle.loads(pickle.dumps(hidden))  # as tasks travel to workers
+    assert type(back) is StorageOptions and back == opts
+    # pyarrow gets the options for local paths and S3; for other schemes only the environment's
+    # credentials, so a build there journals only where journal= says.
+    assert options_apply("/data/x.lance", opts) and options_apply("s3://b/x.lance", opts)
+    assert options_apply("gs://b/x.lance", None) and not options_apply("gs://b/x.lance", opts)
