@@ -189,7 +189,9 @@ def create_index(
     given = _given_artifacts(ivf_centroids, pq_codebook, rabitq_model)
     from .faults import resume_build, start_build
 
-    resumed = resume_build(journal, uri, column, index_type, name, given, storage_options) if journal and resume else None
+    resumed = None
+    if journal and resume:
+        resumed = resume_build(journal, uri, column, index_type, name, given, storage_options)
     if resumed is not None:  # carry on the journaled build: its plan, its artifacts
         plan, given = resumed
     else:

@@ -205,5 +205,6 @@ def build_graph(
     if drop_artifact:
         from .artifact_build import drop_artifact as _drop
 
-        commit = delayed(_drop, pure=True)(commit, artifact_uri, storage_options, dask_key_name=f"dli-drop-artifact-{tok}")
+        commit = delayed(_drop, pure=True)(commit, artifact_uri, storage_options,
+                                           dask_key_name=f"dli-drop-artifact-{tok}")
     return IndexBuild(commit.key, commit.dask, plan, storage_options, journal)
