@@ -15,7 +15,6 @@ import sys
 import time
 import uuid
 
-import numpy as np
 import pytest
 
 import dask_lance_index as dli
