@@ -27,7 +27,10 @@ __all__ = [
     "take_vectors",
     "remove_index_dir",
     "filesystem",
+    "hide_secrets",
     "is_local",
+    "options_apply",
+    "StorageOptions",
 ]
 
 
@@ -169,6 +172,38 @@ def take_vectors(
     return _to_float32_matrix(table.column(0), dimension)
 
 
+# Settings shown as they are in a repr; every other value (keys, secrets, tokens, and
+# anything unknown) is shown as '***'.
+_PLAIN_KEYS = frozenset({
+    "aws_region", "region", "aws_endpoint", "aws_endpoint_url", "endpoint", "endpoint_url", "allow_http",
+    "allow_invalid_certificates", "aws_virtual_hosted_style_request", "virtual_hosted_style_request",
+    "timeout", "connect_timeout", "client_max_retries", "client_retry_timeout",
+})
+
+
+class StorageOptions(dict):
+    """Lance's ``storage_options``, as a plain dict whose ``repr`` hides the credentials.
+
+    A task graph carries the options as an argument of its tasks, and a worker
+    logs ``repr`` of a failing task ("Compute Failed ... Task: ..."): wrapped
+    in this class they show as ``{'aws_secret_access_key': '***', ...}``
+    there. Lance and pyarrow take it as the dict it is.
+    """
+
+    def __repr__(self) -> str:
+        shown = (f"{k!r}: {v!r}" if str(k).lower() in _PLAIN_KEYS else f"{k!r}: '***'" for k, v in self.items())
+        return "{" + ", ".join(shown) + "}"
+
+    __str__ = __repr__
+
+
+def hide_secrets(storage_options: dict | None) -> StorageOptions | None:
+    """``storage_options`` as a :class:`StorageOptions` (None stays None), for a task graph."""
+    if storage_options is None or isinstance(storage_options, StorageOptions):
+        return storage_options
+    return StorageOptions(storage_options)
+
+
 # Lance's (object_store's) names for S3 settings -> pyarrow.fs.S3FileSystem's.
 _S3_KEYS = {
     "aws_access_key_id": "access_key",
@@ -212,6 +247,13 @@ def filesystem(uri: str, storage_options: dict | None = None):
             kwargs["scheme"] = proto if host else ("http" if str(opts.get("allow_http", "")).lower() == "true" else "https")
         return pafs.S3FileSystem(**kwargs), rest
     return pafs.FileSystem.from_uri(uri)
+
+
+def options_apply(uri: str, storage_options: dict | None = None) -> bool:
+    """Whether :func:`filesystem` reaches ``uri`` as Lance does with ``storage_options``: a
+    local path, an S3 URI, or no options (both then use the environment's credentials)."""
+    uri = str(uri)
+    return is_local(uri) or not storage_options or uri.partition("://")[0] in ("s3", "s3a")
 
 
 def remove_index_dir(uri: str, uuid: str, storage_options: dict | None = None) -> bool:

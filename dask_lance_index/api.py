@@ -193,7 +193,9 @@ def create_index(
     given = _given_artifacts(ivf_centroids, pq_codebook, rabitq_model)
     from .faults import resume_build, start_build
 
-    resumed = resume_build(journal, uri, column, index_type, name, given) if journal and resume else None
+    resumed = None
+    if journal and resume:
+        resumed = resume_build(journal, uri, column, index_type, name, given, storage_options)
     if resumed is not None:  # carry on the journaled build: its plan, its artifacts
         plan, given = resumed
     else:
@@ -240,11 +242,11 @@ def create_index(
         from .finalize import check_row_ids
 
         check_row_ids(plan, storage_options)
-        art = _artifact_target(plan, artifact_uri)
+        art = _artifact_target(plan, artifact_uri, storage_options)
         plan = dataclasses.replace(plan, notes=plan.notes + (f"partition artifact at {art['artifact_uri']}",))
     elif artifact_uri is not None:
         raise InvalidInputError(f"artifact_uri applies to engine='artifact' only, not {plan.engine!r}")
-    location = str(journal) if resumed is not None else start_build(plan, journal, client, given)
+    location = str(journal) if resumed is not None else start_build(plan, journal, client, given, storage_options)
     build = build_graph(
         plan, given, storage_options, plan_seconds=time.time() - t0, journal=location, retries=retries,
         saved_artifacts_uri=saved_artifacts_uri, **art
@@ -284,7 +286,7 @@ def _given_artifacts(ivf_centroids, pq_codebook, rabitq_model) -> IndexArtifacts
     return IndexArtifacts(ivf_centroids=c, pq_codebook=cb, rabitq_model=rabitq_model)
 
 
-def _artifact_target(plan, artifact_uri: str | None) -> dict:
+def _artifact_target(plan, artifact_uri: str | None, storage_options: dict | None = None) -> dict:
     """Where the artifact engine writes, refusing to overwrite a complete artifact."""
     from .artifact_io import _exists, _join
     from .partition_artifacts import MANIFEST_FILE
@@ -292,7 +294,7 @@ def _artifact_target(plan, artifact_uri: str | None) -> dict:
     if artifact_uri is None:
         return {"artifact_uri": _join(plan.uri, f"_dli_artifacts/{plan.build_id}"), "drop_artifact": True}
     root = str(artifact_uri)
-    if _exists(_join(root, MANIFEST_FILE)):
+    if _exists(_join(root, MANIFEST_FILE), storage_options):
         raise InvalidInputError(
             f"{root} already holds a complete partition artifact. Fix: finalize it with "
             "dask_lance_index.finalize_artifact(...) (no encoding), or choose an empty artifact_uri."

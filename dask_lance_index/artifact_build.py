@@ -198,8 +198,9 @@ def artifact_tasks(plan: IndexPlan, plan_key, artifacts, root: str, storage_opti
     ]
 
 
-def drop_artifact(result, root: str):
-    """After a successful commit: delete a temporary artifact and pass the result on."""
+def drop_artifact(result, root: str, storage_options: dict | None = None):
+    """After a successful commit: delete a temporary artifact and pass the result on
+    (on an object store with the build's ``storage_options``)."""
     from .artifact_io import _is_local, _local
 
     if _is_local(root):
@@ -213,8 +214,8 @@ def drop_artifact(result, root: str):
             except OSError:
                 pass
     else:
-        import pyarrow.fs as pafs
+        from ._lance import filesystem
 
-        fs, p = pafs.FileSystem.from_uri(root)
-        fs.delete_dir(p)
+        fs, p = filesystem(root, storage_options)
+        fs.delete_dir(p.rstrip("/"))
     return result

@@ -43,7 +43,17 @@ def _join(root: str, rel: str) -> str:
 
 
 def _is_local(root: str) -> bool:
-    return "://" not in root or root.startswith("file://")
+    from ._lance import is_local
+
+    return is_local(root)
+
+
+def _fs(path: str, storage_options: dict | None):
+    """pyarrow file system and path for an object-store ``path``, reached with Lance's
+    ``storage_options`` (credentials, endpoint), not the process's environment."""
+    from ._lance import filesystem
+
+    return filesystem(path, storage_options)
 
 
 def _local(path: str) -> str:
@@ -54,9 +64,7 @@ def _read_text(path: str, storage_options: dict | None) -> str:
     if _is_local(path):
         with open(_local(path), encoding="utf-8") as f:
             return f.read()
-    import pyarrow.fs as pafs
-
-    fs, p = pafs.FileSystem.from_uri(path)
+    fs, p = _fs(path, storage_options)
     with fs.open_input_stream(p) as f:
         return f.read().decode("utf-8")
 
@@ -71,23 +79,21 @@ def _write_text(path: str, text: str, storage_options: dict | None) -> None:
             f.write(text)
         os.replace(tmp, p)
         return
-    import pyarrow.fs as pafs
-
-    fs, p = pafs.FileSystem.from_uri(path)
+    fs, p = _fs(path, storage_options)
     with fs.open_output_stream(p) as f:
         f.write(text.encode("utf-8"))
 
 
-def _exists(path: str) -> bool:
+def _exists(path: str, storage_options: dict | None = None) -> bool:
     if _is_local(path):
         return os.path.exists(_local(path))
     import pyarrow.fs as pafs
 
-    fs, p = pafs.FileSystem.from_uri(path)
+    fs, p = _fs(path, storage_options)
     return fs.get_file_info(p).type != pafs.FileType.NotFound
 
 
-def _list_partition_files(root: str) -> list[str]:
+def _list_partition_files(root: str, storage_options: dict | None = None) -> list[str]:
     """Relative paths of the files under ``partitions/``."""
     d = _join(root, PARTITIONS_DIR)
     if _is_local(root):
@@ -97,7 +103,7 @@ def _list_partition_files(root: str) -> list[str]:
         return sorted(f"{PARTITIONS_DIR}/{n}" for n in os.listdir(d) if n.endswith(".lance"))
     import pyarrow.fs as pafs
 
-    fs, p = pafs.FileSystem.from_uri(d)
+    fs, p = _fs(d, storage_options)
     infos = fs.get_file_info(pafs.FileSelector(p, allow_not_found=True))
     return sorted(f"{PARTITIONS_DIR}/{posixpath.basename(i.path)}" for i in infos if i.path.endswith(".lance"))
 
@@ -131,7 +137,7 @@ def read_metadata(root: str, metadata_file: str = METADATA_FILE, storage_options
     from lance.file import LanceFileReader
 
     path = _join(root, metadata_file)
-    if not _exists(path):
+    if not _exists(path, storage_options):
         raise InvalidPartitionArtifactError(
             f"the artifact at {root} has no {metadata_file}; it holds the centroids and codebook "
             "the codes were encoded with, so the artifact cannot be finalized without it"
@@ -206,21 +212,21 @@ class PartitionArtifact:
 
         root = str(root)
         mpath = _join(root, MANIFEST_FILE)
-        if not _exists(mpath):
+        if not _exists(mpath, storage_options):
             raise InvalidPartitionArtifactError(
                 f"no partition artifact at {root}: {MANIFEST_FILE} is missing (the writer writes it "
                 "last, so the artifact is incomplete or the path is wrong)"
             )
         manifest = ArtifactManifest.from_json(_read_text(mpath, storage_options))
         metadata = read_metadata(root, manifest.metadata_file or METADATA_FILE, storage_options)
-        paths = set(manifest.files()) | set(_list_partition_files(root))
+        paths = set(manifest.files()) | set(_list_partition_files(root, storage_options))
         file_rows: dict[str, int] = {}
         widths: dict[str, int] = {}
         readers = {}
         for rel in sorted(paths):
             _check_relative(rel, "bucket file")
             full = _join(root, rel)
-            if not _exists(full):
+            if not _exists(full, storage_options):
                 continue  # validate_manifest names the partitions that point here
             r = LanceFileReader(full, storage_options=storage_options)
             schema = r.metadata().schema

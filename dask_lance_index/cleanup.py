@@ -31,10 +31,10 @@ def _root(uri) -> str:
     return str(getattr(uri, "uri", uri)).rstrip("/")
 
 
-def index_dir_times(uri: str) -> dict[str, float]:
+def index_dir_times(uri: str, storage_options: dict | None = None) -> dict[str, float]:
     """``{segment uuid: last modification time}`` for every directory under ``_indices/``."""
     root = f"{_root(uri)}/_indices"
-    store = journal_store(root)
+    store = journal_store(root, storage_options)
     out = {}
     for name in store.listdir(""):
         if store.local:
@@ -63,12 +63,12 @@ def referenced_segments(uri, storage_options: dict | None = None) -> set[str]:
     return out
 
 
-def _journals(uri: str) -> list[BuildJournal]:
+def _journals(uri: str, storage_options: dict | None = None) -> list[BuildJournal]:
     """Journals at the default location beside the dataset."""
-    store = journal_store(f"{_root(uri)}/{JOURNAL_DIR}")
+    store = journal_store(f"{_root(uri)}/{JOURNAL_DIR}", storage_options)
     out = []
     for name in store.listdir(""):
-        j = BuildJournal.load(default_journal_location(_root(uri), name))
+        j = BuildJournal.load(default_journal_location(_root(uri), name), storage_options)
         if j is not None:
             out.append(j)
     return out
@@ -164,7 +164,8 @@ def cleanup(uri, build_id: str | None = None, *, storage_options: dict | None = 
         journal says it failed or committed, or whose driver is gone (a dead
         process on this host, or silent for a day on another host).
     storage_options : dict, optional
-        Passed to Lance.
+        Passed to Lance, and used to reach the journals and segment
+        directories on an object store (credentials, endpoint).
     dry_run : bool
         List what would be removed, remove nothing.
     journal : str, optional
@@ -181,9 +182,9 @@ def cleanup(uri, build_id: str | None = None, *, storage_options: dict | None = 
     """
     uri = _root(uri)
     now = time.time()
-    journals = _journals(uri)
+    journals = _journals(uri, storage_options)
     if journal is not None:
-        j = BuildJournal.load(journal)
+        j = BuildJournal.load(journal, storage_options)
         if j is None:
             from .errors import InvalidInputError
 
@@ -197,7 +198,7 @@ def cleanup(uri, build_id: str | None = None, *, storage_options: dict | None = 
         targets = [j for j in journals if j.plan.build_id == build_id]
     else:
         targets = [j for j in journals if _crashed(j, now)]
-    dirs = index_dir_times(uri)
+    dirs = index_dir_times(uri, storage_options)
     doomed: set[str] = set()
     for j in targets:
         others = [o for o in journals if o.plan.build_id != j.plan.build_id]
@@ -219,23 +220,23 @@ def cleanup(uri, build_id: str | None = None, *, storage_options: dict | None = 
     return removed
 
 
-def finish_journal(location: str, result) -> None:
+def finish_journal(location: str, result, storage_options: dict | None = None) -> None:
     """After a successful commit: remove orphans of merge attempts that died, then
     remove the journal (default location) or mark it committed (a chosen one)."""
-    j = BuildJournal.load(location)
+    j = BuildJournal.load(location, storage_options)
     if j is None:
         return
     now = time.time()
     if _open_windows(j, now):
-        others = [o for o in _journals(j.plan.uri) if o.plan.build_id != j.plan.build_id]
-        dirs = index_dir_times(j.plan.uri)
+        others = [o for o in _journals(j.plan.uri, storage_options) if o.plan.build_id != j.plan.build_id]
+        dirs = index_dir_times(j.plan.uri, storage_options)
         orphans = _merge_orphans(j, dirs, others, now) - set(result.segments)
         if orphans:
-            orphans -= referenced_segments(j.plan.uri)
+            orphans -= referenced_segments(j.plan.uri, storage_options)
         from ._lance import remove_index_dir
 
         for u in orphans:
-            remove_index_dir(j.plan.uri, u)
+            remove_index_dir(j.plan.uri, u, storage_options)
     if location.rstrip("/") == default_journal_location(j.plan.uri, j.plan.build_id):
         j.remove()
     else:
@@ -271,8 +272,9 @@ def abandon_build(build, client=None, future=None) -> list[str]:
     from ._lance import remove_index_dir
 
     plan = build.plan
+    opts = getattr(build, "storage_options", None)
     loc = getattr(build, "journal", None)
-    j = BuildJournal.load(loc) if loc else None
+    j = BuildJournal.load(loc, opts) if loc else None
     if j is not None:
         j.abort()
     stopped = True
@@ -283,18 +285,18 @@ def abandon_build(build, client=None, future=None) -> list[str]:
             pass
         stopped = _wait_for_tasks(client, plan.build_id[:8], ABANDON_WAIT_SECONDS)
     if loc:
-        j = BuildJournal.load(loc) or j  # records written since
+        j = BuildJournal.load(loc, opts) or j  # records written since
     uuids = {plan.segment_uuid(i) for i in range(plan.num_tasks)}
-    dirs = index_dir_times(plan.uri)
+    dirs = index_dir_times(plan.uri, opts)
     if j is not None:
         uuids |= j.segment_uuids()
-        others = [o for o in _journals(plan.uri) if o.plan.build_id != plan.build_id]
+        others = [o for o in _journals(plan.uri, opts) if o.plan.build_id != plan.build_id]
         uuids |= _merge_orphans(j, dirs, others, time.time())
     doomed = uuids & set(dirs)
     if doomed:
-        doomed -= referenced_segments(plan.uri, build.storage_options)
+        doomed -= referenced_segments(plan.uri, opts)
     for u in doomed:
-        remove_index_dir(plan.uri, u, build.storage_options)
+        remove_index_dir(plan.uri, u, opts)
     if j is not None:
         if stopped and loc.rstrip("/") == default_journal_location(plan.uri, plan.build_id):
             j.remove()

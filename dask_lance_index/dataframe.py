@@ -274,20 +274,19 @@ def _write_partition(df: pd.DataFrame, uri: str, vector_columns, lance_mode: str
     return _Written(list(frags), table.schema, table.num_rows)
 
 
-def _delete_data_files(uri: str, written: list[_Written]) -> None:
+def _delete_data_files(uri: str, written: list[_Written], storage_options: dict | None = None) -> None:
     """Remove the data files of uncommitted fragments, so a refused write leaves nothing behind.
 
-    Object stores are reached through pyarrow's file systems with their default
-    credentials (the environment), not ``storage_options``; if that fails the
-    files stay, unreferenced by any version (Lance's ``cleanup_old_versions``
-    removes such files).
+    Object stores are reached with the write's ``storage_options``; if that
+    fails the files stay, unreferenced by any version (Lance's
+    ``cleanup_old_versions`` removes such files).
     """
-    paths = [os.path.join(str(uri), "data", f.path) for w in written for frag in w.fragments for f in frag.files]
-    import pyarrow.fs as pafs
+    from ._lance import filesystem
 
+    paths = [os.path.join(str(uri), "data", f.path) for w in written for frag in w.fragments for f in frag.files]
     for p in paths:
         try:
-            fs, path = pafs.FileSystem.from_uri(p if "://" in p else os.path.abspath(p))
+            fs, path = filesystem(p if "://" in p else os.path.abspath(p), storage_options)
             fs.delete_file(path)
         except (FileNotFoundError, OSError, ValueError):
             pass
@@ -326,7 +325,7 @@ def _commit_write(written: list[_Written], uri: str, mode: str, read_version, st
                 "nothing was committed. Fix: run the write again."
             )
     if problem is not None:
-        _delete_data_files(uri, written)
+        _delete_data_files(uri, written, storage_options)
         raise problem
     fragments = [f for w in written for f in w.fragments]
     if mode == "append" and not fragments:
@@ -339,7 +338,7 @@ def _commit_write(written: list[_Written], uri: str, mode: str, read_version, st
     try:
         ds = lance.LanceDataset.commit(uri, op, read_version=read_version, storage_options=storage_options)
     except Exception:
-        _delete_data_files(uri, written)
+        _delete_data_files(uri, written, storage_options)
         raise
     return WriteResult(
         uri=str(uri),

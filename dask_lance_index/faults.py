@@ -13,7 +13,7 @@ import os
 import uuid as uuidlib
 
 from .errors import InvalidInputError
-from .journal import BuildJournal, _is_local, default_journal_location, journal_store
+from .journal import BuildJournal, default_journal_location, journal_store
 from .plan import IndexPlan
 
 __all__ = ["connect", "probe_writable", "resume_build", "run_with_retries", "start_build"]
@@ -22,9 +22,9 @@ log = logging.getLogger("dask_lance_index")
 
 
 
-def probe_writable(location: str, what: str) -> None:
+def probe_writable(location: str, what: str, storage_options: dict | None = None) -> None:
     """Write and remove a small file under ``location``; a clear error if that fails."""
-    store = journal_store(location)
+    store = journal_store(location, storage_options)
     made = store.local and not os.path.isdir(store.root)
     probe = f".dli-probe-{uuidlib.uuid4().hex}"
     try:
@@ -43,44 +43,53 @@ def probe_writable(location: str, what: str) -> None:
                 pass
 
 
-def start_build(plan: IndexPlan, journal, client=None, given=None) -> str | None:
+def start_build(plan: IndexPlan, journal, client=None, given=None,
+                storage_options: dict | None = None) -> str | None:
     """Check the dataset (and the journal location) can be written, and write the
-    journal of a new build. Returns the journal location, or None without one."""
-    if not journal and not _is_local(plan.uri):
-        # Journal I/O does not take Lance's storage_options yet: on an object store,
-        # journal only where the caller says so (cleanup then finds build segments by uuid).
+    journal of a new build. Returns the journal location, or None without one.
+
+    The journal goes to ``journal`` or, by default, ``<uri>/_dli/<build id>``:
+    on an object store too, reached with the build's ``storage_options``."""
+    from ._lance import options_apply
+
+    if not journal and not options_apply(plan.uri, storage_options):
+        # pyarrow cannot be given these storage_options for this scheme (only S3's are
+        # mapped): no default journal rather than one written with other credentials.
+        log.info("build %s: no journal (storage_options for %s reach Lance only)", plan.build_id,
+                 plan.uri.partition("://")[0])
         return None
     # The dataset itself: the segments go to <uri>/_indices.
-    probe_writable(f"{plan.uri.rstrip('/')}/_dli", "the dataset")
+    probe_writable(f"{plan.uri.rstrip('/')}/_dli", "the dataset", storage_options)
     if journal is False:
         return None
     location = str(journal) if journal else default_journal_location(plan.uri, plan.build_id)
-    if journal and BuildJournal.load(location) is not None:
+    if journal and BuildJournal.load(location, storage_options) is not None:
         raise InvalidInputError(
             f"a build journal already exists at {location!r}. Fix: pass resume=True to carry "
             "that build on, or remove what it left with dask_lance_index.cleanup(uri, "
             f"journal={location!r}), or choose another journal location."
         )
     if journal:
-        probe_writable(location, "the journal location")
-    j = BuildJournal.start(location, plan)
+        probe_writable(location, "the journal location", storage_options)
+    j = BuildJournal.start(location, plan, storage_options)
     if not plan.train and given is not None:
         j = j.save_artifacts(given)  # a resumed run needs them again
     return j.location
 
 
-def resume_build(journal, uri, column: str, index_type: str, name: str | None, given):
+def resume_build(journal, uri, column: str, index_type: str, name: str | None, given,
+                 storage_options: dict | None = None):
     """``(plan, artifacts)`` of the journaled build at ``journal`` to carry on, or
     None when there is no journal there yet."""
     from ._lance import open_dataset
 
     location = str(journal)
-    j = BuildJournal.load(location)
+    j = BuildJournal.load(location, storage_options)
     if j is None:
         return None
     plan = j.plan
     try:
-        here = open_dataset(uri).uri
+        here = open_dataset(uri, None, storage_options).uri
     except (ValueError, OSError) as exc:
         raise InvalidInputError(f"cannot open a Lance dataset at {uri!r}: {exc}") from None
     asked = (here, column, str(index_type).upper(), name or f"{column}_idx")

@@ -51,11 +51,11 @@ def report(result: BuildResult) -> BuildResult:
     return result
 
 
-def _finish(results, journal: str | None = None) -> BuildResult:
+def _finish(results, journal: str | None = None, storage_options: dict | None = None) -> BuildResult:
     if journal is not None:
         from .cleanup import finish_journal
 
-        finish_journal(journal, results[0])
+        finish_journal(journal, results[0], storage_options)
     return report(results[0])
 
 
@@ -79,7 +79,7 @@ class IndexBuild(Delayed):
         self.journal = journal  # location of the build journal (dask_lance_index.journal), if any
 
     def __dask_postcompute__(self):
-        return _finish, (self.journal,)
+        return _finish, (self.journal, self.storage_options)
 
     def __repr__(self) -> str:
         return f"IndexBuild({self.plan.params.index_type} {self.plan.name!r}, {len(self.dask)} tasks)"
@@ -122,6 +122,9 @@ def build_graph(
     to encode it (False: finalize an existing one) and whether to delete it
     after the commit (:mod:`.artifact_build`).
     """
+    from ._lance import hide_secrets
+
+    storage_options = hide_secrets(storage_options)  # a worker logs a failing task's arguments
     tok = plan.build_id[:8]
     plan_key = delayed(plan, name=f"dli-plan-{tok}")
 
@@ -150,6 +153,7 @@ def build_graph(
             artifacts = delayed(train_task, pure=True)(
                 samples,
                 journal=journal,
+                storage_options=storage_options,
                 params=plan.params,
                 dimension=plan.dimension,
                 train=plan.train,
@@ -201,5 +205,6 @@ def build_graph(
     if drop_artifact:
         from .artifact_build import drop_artifact as _drop
 
-        commit = delayed(_drop, pure=True)(commit, artifact_uri, dask_key_name=f"dli-drop-artifact-{tok}")
+        commit = delayed(_drop, pure=True)(commit, artifact_uri, storage_options,
+                                           dask_key_name=f"dli-drop-artifact-{tok}")
     return IndexBuild(commit.key, commit.dask, plan, storage_options, journal)

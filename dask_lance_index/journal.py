@@ -33,7 +33,7 @@ import json
 import os
 import socket
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -57,22 +57,30 @@ FORMAT = 1
 
 # -- storage ------------------------------------------------------------------------------------
 def _is_local(location: str) -> bool:
-    return "://" not in location or location.startswith("file://")
+    from ._lance import is_local
+
+    return is_local(location)
 
 
 class _Store:
-    """Small file operations on a local directory or, through pyarrow, an object store."""
+    """Small file operations on a local directory or, through pyarrow, an object store
+    reached with Lance's ``storage_options`` (credentials, endpoint), the same on the
+    driver and on every worker."""
 
-    def __init__(self, root: str):
+    def __init__(self, root: str, storage_options: dict | None = None):
         self.root = str(root).rstrip("/")
         self.local = _is_local(self.root)
         if self.local:
             self.root = self.root.removeprefix("file://")
             self.fs = None
         else:
-            import pyarrow.fs as pafs
+            from ._lance import filesystem
 
-            self.fs, self.base = pafs.FileSystem.from_uri(self.root)
+            self.fs, self.base = filesystem(self.root, storage_options)
+            self.base = self.base.rstrip("/")
+
+    def __repr__(self) -> str:  # never the storage options: they may hold credentials
+        return f"_Store({self.root!r})"
 
     def _p(self, rel: str) -> str:
         if self.local:
@@ -150,8 +158,9 @@ class _Store:
             self.fs.delete_file(path)
 
 
-def journal_store(location: str) -> _Store:
-    return _Store(location)
+def journal_store(location: str, storage_options: dict | None = None) -> _Store:
+    """File operations under ``location``, on an object store with ``storage_options``."""
+    return _Store(location, storage_options)
 
 
 def default_journal_location(uri: str, build_id: str) -> str:
@@ -286,6 +295,9 @@ class BuildJournal:
         The committed dataset version, once committed.
     aborted : bool
         The build failed and told its tasks to remove what they write.
+    storage_options : dict, optional
+        Lance's storage options that reach ``location`` on an object store. Kept
+        out of the repr and of comparisons; never written to the journal.
     """
 
     location: str
@@ -298,12 +310,16 @@ class BuildJournal:
     driver: dict | None = None
     version: int | None = None
     aborted: bool = False
+    storage_options: dict | None = field(default=None, repr=False, compare=False)
+
+    def _store(self) -> _Store:
+        return _Store(self.location, self.storage_options)
 
     # -- writing (driver) -------------------------------------------------------------------------
     @classmethod
-    def start(cls, location: str, plan: IndexPlan) -> BuildJournal:
+    def start(cls, location: str, plan: IndexPlan, storage_options: dict | None = None) -> BuildJournal:
         """Write a new journal for ``plan``; fails with a clear error if ``location`` is not writable."""
-        j = cls(location=str(location), plan=plan, driver=_driver())
+        j = cls(location=str(location), plan=plan, driver=_driver(), storage_options=storage_options)
         try:
             j._write_head()
         except OSError as exc:
@@ -324,7 +340,7 @@ class BuildJournal:
             "driver": {**(self.driver or _driver()), "updated": time.time()},
             "version": self.version,
         }
-        _Store(self.location).write("journal.json", json.dumps(head, indent=1))
+        self._store().write("journal.json", json.dumps(head, indent=1))
 
     def with_status(self, status: str, version: int | None = None) -> BuildJournal:
         j = replace(self, status=status, version=version)
@@ -333,28 +349,28 @@ class BuildJournal:
 
     def take_over(self) -> BuildJournal:
         """This process resumes the build: claim the journal and clear an abort."""
-        _Store(self.location).remove("aborted")
+        self._store().remove("aborted")
         j = replace(self, driver=_driver(), status="running", aborted=False)
         j._write_head()
         return j
 
     def save_artifacts(self, artifacts) -> BuildJournal:
-        _Store(self.location).write("artifacts.json", artifacts.to_json())
+        self._store().write("artifacts.json", artifacts.to_json())
         j = replace(self, artifacts="artifacts.json")
         j._write_head()
         return j
 
     def abort(self) -> None:
-        _Store(self.location).write("aborted", str(time.time()))
+        self._store().write("aborted", str(time.time()))
 
     def remove(self) -> None:
-        _Store(self.location).remove_tree()
+        self._store().remove_tree()
 
     # -- reading ----------------------------------------------------------------------------------
     @classmethod
-    def load(cls, location: str) -> BuildJournal | None:
-        """The journal at ``location``, or None if there is none."""
-        store = _Store(str(location))
+    def load(cls, location: str, storage_options: dict | None = None) -> BuildJournal | None:
+        """The journal at ``location`` (reached with ``storage_options``), or None if there is none."""
+        store = _Store(str(location), storage_options)
         text = store.read("journal.json")
         if text is None:
             return None
@@ -383,13 +399,14 @@ class BuildJournal:
             driver=head.get("driver"),
             version=head.get("version"),
             aborted=store.exists("aborted"),
+            storage_options=storage_options,
         )
 
     def load_artifacts(self):
         from .artifacts import IndexArtifacts
 
         # The training task writes them (on a worker) without touching journal.json.
-        text = _Store(self.location).read(self.artifacts or ARTIFACTS)
+        text = self._store().read(self.artifacts or ARTIFACTS)
         return None if text is None else IndexArtifacts.from_json(text)
 
     def segment_uuids(self) -> set[str]:
@@ -415,26 +432,30 @@ def _driver() -> dict:
 
 
 # -- task-side records (run on workers) ---------------------------------------------------------
-def is_aborted(location: str | None) -> bool:
-    return location is not None and _Store(location).exists("aborted")
+# Each takes the build's storage_options: a task on a worker reaches an object-store
+# journal with the credentials the user gave, not the worker's environment.
+def is_aborted(location: str | None, storage_options: dict | None = None) -> bool:
+    return location is not None and _Store(location, storage_options).exists("aborted")
 
 
-def read_segment(location: str, task: int) -> SegmentRecord | None:
-    text = _Store(location).read(f"segments/{task:06d}.json")
+def read_segment(location: str, task: int, storage_options: dict | None = None) -> SegmentRecord | None:
+    text = _Store(location, storage_options).read(f"segments/{task:06d}.json")
     return None if text is None else SegmentRecord.from_dict(json.loads(text))
 
 
-def write_segment(location: str, result) -> None:
-    _Store(location).write(f"segments/{result.task:06d}.json", json.dumps(SegmentRecord.of(result).to_dict()))
+def write_segment(location: str, result, storage_options: dict | None = None) -> None:
+    _Store(location, storage_options).write(
+        f"segments/{result.task:06d}.json", json.dumps(SegmentRecord.of(result).to_dict())
+    )
 
 
-def read_merge(location: str, slot: int) -> MergeRecord | None:
-    text = _Store(location).read(f"merges/{slot:06d}.json")
+def read_merge(location: str, slot: int, storage_options: dict | None = None) -> MergeRecord | None:
+    text = _Store(location, storage_options).read(f"merges/{slot:06d}.json")
     return None if text is None else MergeRecord.from_dict(json.loads(text))
 
 
-def write_merge(location: str, record: MergeRecord) -> None:
-    _Store(location).write(f"merges/{record.slot:06d}.json", json.dumps(record.to_dict()))
+def write_merge(location: str, record: MergeRecord, storage_options: dict | None = None) -> None:
+    _Store(location, storage_options).write(f"merges/{record.slot:06d}.json", json.dumps(record.to_dict()))
 
 
 # Seconds between a merge attempt's heartbeats: the output of an attempt that died was
@@ -445,10 +466,10 @@ HEARTBEAT_SECONDS = 1.0
 class MergeAttempt:
     """Journal a merge attempt: its start, then a heartbeat every HEARTBEAT_SECONDS until it ends."""
 
-    def __init__(self, location: str, slot: int, started: float):
+    def __init__(self, location: str, slot: int, started: float, storage_options: dict | None = None):
         import threading
 
-        self.store = _Store(location)
+        self.store = _Store(location, storage_options)
         self.name = f"merges/{slot:06d}.{time.time_ns()}.try"
         self.started = started
         self._done = threading.Event()
@@ -471,6 +492,6 @@ class MergeAttempt:
         self._thread.join()
 
 
-def write_attempt(location: str, slot: int, started: float) -> None:
+def write_attempt(location: str, slot: int, started: float, storage_options: dict | None = None) -> None:
     """Journal an attempt's start (and only that: as an attempt that died at once)."""
-    MergeAttempt(location, slot, started)
+    MergeAttempt(location, slot, started, storage_options)

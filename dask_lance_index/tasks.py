@@ -38,41 +38,45 @@ def index_of(x):
 def index_dir_exists(uri: str, uuid: str, storage_options: dict | None = None) -> bool:
     from .journal import journal_store
 
-    return journal_store(f"{str(uri).rstrip('/')}/_indices").exists(uuid)
+    return journal_store(f"{str(uri).rstrip('/')}/_indices", storage_options).exists(uuid)
 
 
-def _check_abort(journal: str | None, build_id: str) -> None:
+def _check_abort(journal: str | None, build_id: str, storage_options: dict | None = None) -> None:
     from .journal import is_aborted
 
-    if is_aborted(journal):
+    if is_aborted(journal, storage_options):
         raise BuildAbortedError(f"build {build_id} was abandoned; this task stops")
 
 
-def sample_task(*args, journal: str | None = None):
+def sample_task(uri: str, version: int, column: str, dimension: int, fragment_id: int, fragment_rows: int,
+                n: int, seed: int, build_id: str, storage_options: dict | None = None,
+                journal: str | None = None):
     """Sample one fragment, unless the journal holds the trained artifacts already
     (a recomputation after a worker died, or a resumed build): then sample nothing."""
     from .journal import ARTIFACTS, journal_store
 
-    if journal is not None and journal_store(journal).exists(ARTIFACTS):
+    if journal is not None and journal_store(journal, storage_options).exists(ARTIFACTS):
         import numpy as np
 
         now = time.time()
-        return np.empty((0, args[3]), np.float32), (now, now)
-    return sample_fragment(*args)
+        return np.empty((0, dimension), np.float32), (now, now)
+    return sample_fragment(uri, version, column, dimension, fragment_id, fragment_rows, n, seed, build_id,
+                           storage_options)
 
 
-def train_task(samples, journal: str | None = None, **kwargs):
+def train_task(samples, journal: str | None = None, storage_options: dict | None = None, **kwargs):
     """Train the shared artifacts (or load them from the journal) and journal them."""
     from .artifacts import IndexArtifacts
     from .journal import journal_store
 
-    if journal is not None:
-        text = journal_store(journal).read("artifacts.json")
+    store = journal_store(journal, storage_options) if journal is not None else None
+    if store is not None:
+        text = store.read("artifacts.json")
         if text is not None:
             return IndexArtifacts.from_json(text)
     artifacts = train_artifacts(samples, **kwargs)
-    if journal is not None:
-        journal_store(journal).write("artifacts.json", artifacts.to_json())
+    if store is not None:
+        store.write("artifacts.json", artifacts.to_json())
     return artifacts
 
 
@@ -84,15 +88,15 @@ def build_task(plan: IndexPlan, task: int, artifacts, storage_options: dict | No
 
     uuid = plan.segment_uuid(task)
     if journal is not None:
-        _check_abort(journal, plan.build_id)
-        rec = read_segment(journal, task)
+        _check_abort(journal, plan.build_id, storage_options)
+        rec = read_segment(journal, task, storage_options)
         if rec is not None and rec.uuid == uuid and index_dir_exists(plan.uri, uuid, storage_options):
             return rec.result()
     # build_segment removes any partial files of an earlier attempt under the same uuid.
     result = build_segment(plan, task, artifacts, storage_options)
     if journal is not None:
-        write_segment(journal, result)
-        if is_aborted(journal):
+        write_segment(journal, result, storage_options)
+        if is_aborted(journal, storage_options):
             remove_index_dir(plan.uri, uuid, storage_options)
             raise BuildAbortedError(f"build {plan.build_id} was abandoned; removed segment {uuid}")
     return result
@@ -120,20 +124,21 @@ def merge_task(plan: IndexPlan, slot: int, inputs: list, storage_options: dict |
     segments = [index_of(x) for x in inputs]
     input_uuids = tuple(ix.uuid for ix in segments)
     if journal is not None:
-        _check_abort(journal, plan.build_id)
-        rec = read_merge(journal, slot)
+        _check_abort(journal, plan.build_id, storage_options)
+        rec = read_merge(journal, slot, storage_options)
         if rec is not None:
             if rec.inputs == input_uuids and index_dir_exists(plan.uri, rec.uuid, storage_options):
                 return index_from_dict(rec.index), (rec.started, rec.finished)
             remove_index_dir(plan.uri, rec.uuid, storage_options)  # made from other inputs: stale
         t0 = time.time()
-        with MergeAttempt(journal, slot, t0):
+        with MergeAttempt(journal, slot, t0, storage_options):
             merged, (started, finished) = merge_segments(plan.uri, plan.version, segments, storage_options)
     else:
         merged, (started, finished) = merge_segments(plan.uri, plan.version, segments, storage_options)
     if journal is not None:
-        write_merge(journal, MergeRecord(slot, merged.uuid, input_uuids, index_to_dict(merged), t0, finished))
-        if is_aborted(journal):
+        write_merge(journal, MergeRecord(slot, merged.uuid, input_uuids, index_to_dict(merged), t0, finished),
+                    storage_options)
+        if is_aborted(journal, storage_options):
             remove_index_dir(plan.uri, merged.uuid, storage_options)
             raise BuildAbortedError(f"build {plan.build_id} was abandoned; removed segment {merged.uuid}")
     return merged, (started, finished)

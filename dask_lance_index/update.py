@@ -189,7 +189,7 @@ def update_index(
         (with ``compute=True``): the action taken and why, the new version,
         segments added and removed, drift.
     """
-    from ._lance import fragment_rows, open_dataset
+    from ._lance import fragment_rows, hide_secrets, open_dataset
     from .api import _parallelism, resolve_client
 
     t0 = time.time()
@@ -232,6 +232,7 @@ def update_index(
         partial_segments_ok=not (engine in ("lance", "partitions") and params.metric == "dot" and params.quantizer == "PQ"),
     )
 
+    storage_options = hide_secrets(storage_options)  # the graph's tasks carry them: no secret in a repr
     if decision.action == "noop":
         result = _noop_result(ds.uri, name, params.index_type, ds.version, decision, time.time() - t0)
         out = delayed(result, name=f"dli-update-noop-{uuidlib.uuid4().hex[:8]}")
