@@ -92,6 +92,8 @@ def run_one(engine: str, uri: str, args) -> dict:
             opts["tolerance"] = args.tolerance
         if args.sample_rate:
             opts["sample_rate"] = args.sample_rate
+        if args.rows_per_task:
+            opts["rows_per_task"] = args.rows_per_task
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             cluster = LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True, dashboard_address=None)
@@ -198,6 +200,7 @@ def main() -> int:
     p.add_argument("--pq-sample-rate", type=int, default=None, help="dli: rows per PQ code word")
     p.add_argument("--tolerance", type=float, default=None, help="dli: k-means stopping tolerance")
     p.add_argument("--sample-rate", type=int, default=None, help="dli: rows per IVF centroid")
+    p.add_argument("--rows-per-task", type=int, default=None, help="dli: rows per build task (default: the library's)")
     p.add_argument("--json", help="also write the figures to this file")
     p.add_argument("--plot", help="draw the scale curve (build seconds and seconds per million rows) to this PNG")
     p.add_argument("--_run", help=argparse.SUPPRESS)

@@ -118,9 +118,7 @@ def create_index(
         Passed to Lance in every task.
     num_tasks, rows_per_task : int, optional
         How many build tasks (one segment each), or rows per task. Default:
-        one task per worker thread, more when tasks would exceed 500k rows
-        (the precomputed engine: this bounds a worker's memory) or 2M rows
-        (Lance's own encoding).
+        one task per worker thread, more when tasks would exceed 2M rows.
     num_segments : int
         Segments the committed index should have (default 1: fastest queries).
         IVF_SQ and IVF_HNSW_SQ segments are never merged (Lance's merge of them

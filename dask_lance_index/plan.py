@@ -28,7 +28,6 @@ __all__ = [
     "IndexPlan",
     "resolve_params",
     "group_fragments",
-    "default_rows_per_task",
     "check_fragment_groups",
     "allocate_samples",
     "default_num_partitions",
@@ -54,10 +53,6 @@ NUM_BITS = {"PQ": (4, 8), "SQ": (8,), "RQ": RQ_NUM_BITS}
 DEFAULT_NUM_BITS = {"PQ": 8, "SQ": 8, "RQ": 5}
 # Default rows per build task: above it a build splits into more tasks than workers.
 DEFAULT_ROWS_PER_TASK = 2_000_000
-# The precomputed engine's grain is finer: Lance's build from precomputed codes holds
-# its task's codes in memory (a worker peaked at 452 MB with 1M-row tasks, 671 MB with
-# 2M), and its segments merge in one cheap step (about 0.1 s per million rows).
-PRECOMPUTED_ROWS_PER_TASK = 500_000
 _UUID_NAMESPACE = uuidlib.UUID("6f1c2a4e-3d7b-4c1e-9a8f-d1a5c0e11de0")
 
 
@@ -226,14 +221,13 @@ def group_fragments(
     num_tasks: int | None = None,
     rows_per_task: int | None = None,
     min_tasks: int = 1,
-    default_rows_per_task: int = DEFAULT_ROWS_PER_TASK,
 ) -> tuple[tuple[int, ...], ...]:
     """Group fragments into build tasks balanced by rows. Pure.
 
     Largest fragments first, each to the task with the fewest rows so far (LPT);
     a fragment is never split. Without ``num_tasks``, there are
     ``max(min_tasks, ceil(rows / rows_per_task))`` tasks (``rows_per_task``
-    defaults to ``default_rows_per_task``: see :func:`default_rows_per_task`). Each group lists its fragment ids in ascending
+    defaults to 2M). Each group lists its fragment ids in ascending
     order and groups are ordered by their first fragment id.
     """
     if not fragments:
@@ -242,7 +236,7 @@ def group_fragments(
         raise InvalidInputError("give num_tasks or rows_per_task, not both")
     total = sum(f.num_rows for f in fragments)
     if num_tasks is None:
-        per = rows_per_task or default_rows_per_task
+        per = rows_per_task or DEFAULT_ROWS_PER_TASK
         if per < 1:
             raise InvalidInputError(f"rows_per_task must be positive, got {per}")
         num_tasks = max(min_tasks, math.ceil(total / per))
@@ -256,17 +250,6 @@ def group_fragments(
         groups[i].append(f.fragment_id)
         loads[i] += f.num_rows
     return tuple(sorted((tuple(sorted(g)) for g in groups if g), key=lambda g: g[0]))
-
-
-def default_rows_per_task(engine: str) -> int:
-    """Rows per build task when the caller gives no grain. Pure.
-
-    The precomputed engine caps tasks at :data:`PRECOMPUTED_ROWS_PER_TASK`, which
-    bounds a worker's memory whatever the dataset's size; Lance's own encoding
-    keeps the coarser :data:`DEFAULT_ROWS_PER_TASK` (its segments may not merge,
-    and every extra unmerged segment slows queries).
-    """
-    return PRECOMPUTED_ROWS_PER_TASK if engine == "precomputed" else DEFAULT_ROWS_PER_TASK
 
 
 def check_fragment_groups(
@@ -594,7 +577,6 @@ def plan_index(
         groups = group_fragments(
             fragments, num_tasks=num_tasks, rows_per_task=rows_per_task,
             min_tasks=parallelism if rows_per_task is None else 1,
-            default_rows_per_task=default_rows_per_task(engine),
         )
     rows = {f.fragment_id: f.num_rows for f in fragments}
     group_rows = [sum(rows[i] for i in g) for g in groups]

@@ -41,7 +41,7 @@ from .build import SegmentResult, build_segment
 from .drift import DEFAULT_DRIFT_THRESHOLD, measure_drift
 from .errors import InvalidInputError
 from .merge import MergePlan, plan_merges
-from .plan import FragmentInfo, IndexPlan, allocate_samples, default_rows_per_task
+from .plan import FragmentInfo, IndexPlan, allocate_samples
 from .saved import SavedIndex, load_artifacts
 from .update_commit import UpdateResult, _noop_result, _rebuild_result, commit_update, report_update
 from .update_plan import DEFAULT_MAX_DELTAS, SegmentState, UpdateDecision, plan_update, segment_mergeable
@@ -227,7 +227,6 @@ def update_index(
         num_tasks=num_tasks,
         rows_per_task=rows_per_task,
         parallelism=_parallelism(client),
-        default_rows_per_task=default_rows_per_task(engine),
         rebuild=rebuild,
         partial_segments_ok=not (engine in ("lance", "partitions") and params.metric == "dot" and params.quantizer == "PQ"),
     )

@@ -13,7 +13,7 @@ from typing import Sequence
 
 from .errors import InvalidInputError
 from .merge import MERGE_DEPTH
-from .plan import DEFAULT_ROWS_PER_TASK, FragmentInfo, group_fragments
+from .plan import FragmentInfo, group_fragments
 
 __all__ = ["ACTIONS", "DEFAULT_MAX_DELTAS", "SegmentState", "UpdateDecision", "plan_update", "segment_mergeable"]
 
@@ -76,7 +76,6 @@ def plan_update(
     num_tasks: int | None = None,
     rows_per_task: int | None = None,
     parallelism: int = 1,
-    default_rows_per_task: int = DEFAULT_ROWS_PER_TASK,
     rebuild: bool = True,
     partial_segments_ok: bool = True,
 ) -> UpdateDecision:
@@ -94,7 +93,7 @@ def plan_update(
         ``base_segments + max_deltas`` before the policy acts.
     max_deltas : int
         Extra segments allowed beside the base.
-    num_tasks, rows_per_task, parallelism, default_rows_per_task
+    num_tasks, rows_per_task, parallelism
         How the new fragments are grouped into build tasks (as in a build).
     rebuild : bool
         When the deltas pass the threshold and Lance cannot merge them
@@ -131,7 +130,6 @@ def plan_update(
     groups = group_fragments(
         frags, num_tasks=num_tasks, rows_per_task=rows_per_task,
         min_tasks=parallelism if rows_per_task is None else 1,
-        default_rows_per_task=default_rows_per_task,
     )
     rows = sum(live[f] for f in new)
     reasons.insert(0, f"{len(new)} fragments ({rows} rows) are not covered by the index")
