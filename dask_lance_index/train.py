@@ -36,11 +36,13 @@ def _seed_for(build_seed: int | None, build_id: str, *parts: int) -> np.random.S
     return np.random.SeedSequence([base, *parts])
 
 
-# Rows per run of a training sample. Lance's random take reads each row on its own:
-# 8,192 scattered rows of a 250k-row fragment took 0.33 s, 1,024 runs of 8 rows 0.04 s.
-# Runs of 8 keep the sample spread over the whole fragment (32 runs per IVF centroid
-# at Lance's sample rate) even when the rows are stored sorted by some key.
-SAMPLE_RUN = 8
+# Rows per run of a training sample. Lance's random take reads scattered rows one by
+# one: 65k rows of a 2M-row set (250k-row fragments) took 2.64 s scattered, 0.34 s as
+# runs of 8. But runs cost recall on GloVe (rows sorted by word frequency): recall@10 at
+# nprobes 10/20/50 0.532/0.552/0.554 with runs of 8 against 0.548/0.563/0.571 scattered
+# (Lance: 0.556/0.569/0.577). So samples are scattered rows; `run` stays a parameter of
+# sample_offsets for measuring that trade again.
+SAMPLE_RUN = 1
 
 
 def sample_offsets(num_rows: int, num_samples: int, rng: np.random.Generator, run: int = SAMPLE_RUN) -> np.ndarray:
@@ -73,8 +75,8 @@ def sample_fragment(
     build_id: str,
     storage_options: dict | None = None,
 ):
-    """Sampling task: ``num_samples`` random rows of one fragment (in runs:
-    :func:`sample_offsets`), valid rows only.
+    """Sampling task: ``num_samples`` random rows of one fragment
+    (:func:`sample_offsets`), valid rows only.
 
     Returns ``(vectors (k, d) float32, (started, finished))``.
     """

@@ -117,17 +117,19 @@ def test_ivf_training_spread_over_the_cluster_matches_one_task(cluster_client, x
     np.testing.assert_allclose(np.linalg.norm(d_spread, axis=1), 1.0, rtol=1e-5)
 
 
+@pytest.mark.parametrize("run", [1, 8])
 @pytest.mark.parametrize("num_rows, num_samples", [(250_000, 8192), (1000, 8192), (10_007, 1500), (10_007, 300), (9, 4)])
-def test_sample_offsets_are_distinct_in_range_and_spread(num_rows, num_samples):
-    from dask_lance_index.train import SAMPLE_RUN, sample_offsets
+def test_sample_offsets_are_distinct_in_range_and_spread(num_rows, num_samples, run):
+    from dask_lance_index.train import sample_offsets
 
-    off = sample_offsets(num_rows, num_samples, np.random.default_rng(3))
+    off = sample_offsets(num_rows, num_samples, np.random.default_rng(3), run=run)
     assert len(off) == min(num_rows, num_samples)
     assert len(np.unique(off)) == len(off) and off.min() >= 0 and off.max() < num_rows
     assert np.all(np.diff(off) > 0)  # sorted
     if num_samples * 4 < num_rows:
         # drawn in runs, spread over the fragment: every tenth of it is hit
-        assert np.all(np.diff(off) >= 1) and len(np.unique(off // SAMPLE_RUN)) <= -(-len(off) // SAMPLE_RUN) + 1
+        # runs of `run` rows: the sample touches at most one more run than it needs
+        assert len(np.unique(off // run)) <= -(-len(off) // run) + (run > 1)
         assert len(np.unique(off * 10 // num_rows)) == 10
-    again = sample_offsets(num_rows, num_samples, np.random.default_rng(3))
+    again = sample_offsets(num_rows, num_samples, np.random.default_rng(3), run=run)
     assert np.array_equal(off, again)  # the same seed gives the same sample (retried tasks)
