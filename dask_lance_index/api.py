@@ -130,7 +130,9 @@ def create_index(
     pq_sample_rate : int
         Training rows per PQ code word.
     tolerance : float
-        k-means stops when inertia changes by less than this fraction.
+        k-means stops when inertia changes by less than this fraction
+        (default 5e-3; Lance's is 1e-4, which on GloVe gave about 0.01 more
+        recall@10 at nprobes 10 and five times the IVF training time).
     seed : int, optional
         Seed of sampling and training; the same seed and data give the same artifacts.
     engine : {"auto", "precomputed", "partitions", "lance", "artifact"}
