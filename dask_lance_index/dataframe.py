@@ -117,6 +117,9 @@ def read_lance(
     """
     import dask.dataframe as dd
 
+    from ._lance import hide_secrets
+
+    storage_options = hide_secrets(storage_options)  # the tasks carry them: no secret in a logged repr
     ds = _open(uri, version, storage_options)
     names = ds.schema.names
     if columns is not None:
@@ -450,7 +453,10 @@ def to_lance(
         raise InvalidInputError("to_lance takes a DataFrame, not a Series. Fix: ddf.to_frame().")
     if int(max_rows_per_file) < 1:
         raise InvalidInputError("max_rows_per_file must be at least 1.")
+    from ._lance import hide_secrets
+
     uri = str(uri)
+    storage_options = hide_secrets(storage_options)  # the tasks carry them: no secret in a logged repr
     vcols = _check_frame(ddf, vector_columns)
     exists = _exists(uri, storage_options)
     read_version = None

@@ -132,7 +132,10 @@ def batch_search(
         raise InvalidInputError(f"k={k}; it must be at least 1.")
     if nprobes < 1:
         raise InvalidInputError(f"nprobes={nprobes}; it must be at least 1.")
+    from ._lance import hide_secrets
+
     query_column = query_column or column
+    storage_options = hide_secrets(storage_options)  # the tasks carry them: no secret in a logged repr
     ds = _open(uri, version, storage_options)
     from ._lance import column_info
 

@@ -19,6 +19,7 @@ from dask_lance_index.encode import PQEncoder
 from dask_lance_index.errors import InvalidInputError
 from dask_lance_index.evaluate import exact_knn, recall_at_k, search
 from dask_lance_index.kmeans import assign, normalize_rows
+from dask_lance_index.datagen import write_vectors
 from dask_lance_index.train import residuals, train_ivf, train_pq
 
 
@@ -373,3 +374,40 @@ def test_read_search_and_encode_errors(dataset_uri, pq_artifacts, queries):
     small = IndexArtifacts(ivf_centroids=pq_artifacts.ivf_centroids[:, :16])
     with pytest.raises(InvalidInputError, match="dimension"):
         dli.add_ivf_partition(df, small)
+
+
+def test_dataframe_graphs_carry_storage_options_that_hide_their_secrets(tmp_path):
+    # A worker logs the repr of a failing task; the options every read, write and
+    # search task carries must be StorageOptions, whose repr shows no secret.
+    from dask._task_spec import convert_legacy_graph
+
+    from dask_lance_index._lance import StorageOptions
+
+    so = {"aws_secret_access_key": "TOPSECRET123", "region": "us-east-1"}
+    x = np.random.default_rng(0).standard_normal((100, 8)).astype(np.float32)
+    uri = str(tmp_path / "v.lance")
+    write_vectors(uri, x)
+    frame = dd.from_pandas(pd.DataFrame({"id": np.arange(100), "vector": dli.vector_series(x)}), npartitions=2)
+
+    def carried(obj):
+        def walk(o, acc):
+            if isinstance(o, dict):
+                acc.append(o)
+            for a in getattr(o, "args", ()) or ():
+                walk(a, acc)
+            for v in (getattr(o, "kwargs", None) or {}).values():
+                walk(v, acc)
+            return acc
+
+        tasks = convert_legacy_graph(dict(obj.__dask_graph__())).values()
+        return [a for t in tasks for a in walk(t, []) if "aws_secret_access_key" in a]
+
+    queries = dd.from_pandas(pd.DataFrame({"vector": dli.vector_series(x[:4])}), npartitions=1)
+    for name, obj in [
+        ("to_lance", dli.to_lance(frame, str(tmp_path / "w.lance"), storage_options=so, compute=False)),
+        ("read_lance", dli.read_lance(uri, storage_options=so)),
+        ("batch_search", dli.batch_search(queries, uri, "vector", k=3, storage_options=so)),
+    ]:
+        found = carried(obj)
+        assert found, name
+        assert all(type(a) is StorageOptions and "TOPSECRET123" not in repr(a) for a in found), name
