@@ -245,12 +245,13 @@ def exact_knn_dataset(
     from dask.base import tokenize
     from dask.delayed import delayed
 
-    from ._lance import column_info, open_dataset
+    from ._lance import column_info, hide_secrets, open_dataset
 
     metric = _check_metric(metric)
     if int(k) < 1:
         raise InvalidInputError(f"k must be at least 1, got {k}.")
     k = int(k)
+    storage_options = hide_secrets(storage_options)  # the tasks carry them: no secret in a logged repr
     ds = open_dataset(uri, version, storage_options)
     info = column_info(ds, column)
     q = _check_queries(queries, info.dimension)

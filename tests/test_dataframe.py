@@ -17,7 +17,7 @@ import dask_lance_index as dli
 from dask_lance_index.artifacts import IndexArtifacts
 from dask_lance_index.encode import PQEncoder
 from dask_lance_index.errors import InvalidInputError
-from dask_lance_index.evaluate import exact_knn, recall_at_k, search
+from dask_lance_index.evaluate import exact_knn, exact_knn_dataset, recall_at_k, search
 from dask_lance_index.kmeans import assign, normalize_rows
 from dask_lance_index.datagen import write_vectors
 from dask_lance_index.train import residuals, train_ivf, train_pq
@@ -407,6 +407,7 @@ def test_dataframe_graphs_carry_storage_options_that_hide_their_secrets(tmp_path
         ("to_lance", dli.to_lance(frame, str(tmp_path / "w.lance"), storage_options=so, compute=False)),
         ("read_lance", dli.read_lance(uri, storage_options=so)),
         ("batch_search", dli.batch_search(queries, uri, "vector", k=3, storage_options=so)),
+        ("exact_knn_dataset", exact_knn_dataset(uri, "vector", x[:4], 3, storage_options=so, compute=False)),
     ]:
         found = carried(obj)
         assert found, name
