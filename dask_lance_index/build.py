@@ -122,12 +122,25 @@ def _count_unindexable(ds, plan: IndexPlan, fragment_ids) -> tuple[int, int]:
     return nulls, bad
 
 
+def _valid_rows(ds, plan: IndexPlan, fragment_ids, counts: dict):
+    """Stream ``(vectors, row ids)`` of the rows Lance would index (not null, all
+    finite), batch by batch; ``counts`` gathers nulls, unindexable rows and rows."""
+    from ._lance import iter_vectors
+
+    for b in iter_vectors(ds, plan.column, plan.dimension, fragment_ids, with_row_id=True):
+        counts["nulls"] += b.nulls
+        counts["bad"] += int((~b.valid).sum())
+        x, rid = (b.vectors, b.row_ids) if b.valid.all() else (b.vectors[b.valid], b.row_ids[b.valid])
+        if len(x):
+            counts["rows"] += len(x)
+            yield x, rid
+
+
 def _build_from_codes(ds, plan: IndexPlan, fragment_ids, artifacts: IndexArtifacts, create):
     """Encode the rows here and hand Lance the codes; returns (Index, nulls, unindexable)."""
     import lance
     import pyarrow as pa
 
-    from ._lance import iter_vectors
     from .encode import PQEncoder
 
     encoder = PQEncoder(artifacts.ivf_centroids, artifacts.pq_codebook, plan.params.metric)
@@ -138,14 +151,8 @@ def _build_from_codes(ds, plan: IndexPlan, fragment_ids, artifacts: IndexArtifac
     counts = {"nulls": 0, "bad": 0, "rows": 0}
 
     def batches():
-        for b in iter_vectors(ds, plan.column, plan.dimension, fragment_ids, with_row_id=True):
-            counts["nulls"] += b.nulls
-            counts["bad"] += int((~b.valid).sum())
-            x, rid = (b.vectors, b.row_ids) if b.valid.all() else (b.vectors[b.valid], b.row_ids[b.valid])
-            if not len(x):
-                continue
+        for x, rid in _valid_rows(ds, plan, fragment_ids, counts):
             parts, codes = encoder.encode(x)
-            counts["rows"] += len(x)
             yield pa.record_batch(
                 [
                     pa.array(rid, pa.uint64()),
@@ -178,7 +185,6 @@ def _build_from_partitions(ds, plan: IndexPlan, fragment_ids, artifacts: IndexAr
     import lance
     import pyarrow as pa
 
-    from ._lance import iter_vectors
     from .encode import PartitionAssigner
 
     assigner = PartitionAssigner(artifacts.ivf_centroids, plan.params.metric)
@@ -186,13 +192,7 @@ def _build_from_partitions(ds, plan: IndexPlan, fragment_ids, artifacts: IndexAr
     counts = {"nulls": 0, "bad": 0, "rows": 0}
 
     def batches():
-        for b in iter_vectors(ds, plan.column, plan.dimension, fragment_ids, with_row_id=True):
-            counts["nulls"] += b.nulls
-            counts["bad"] += int((~b.valid).sum())
-            x, rid = (b.vectors, b.row_ids) if b.valid.all() else (b.vectors[b.valid], b.row_ids[b.valid])
-            if not len(x):
-                continue
-            counts["rows"] += len(x)
+        for x, rid in _valid_rows(ds, plan, fragment_ids, counts):
             yield pa.record_batch([pa.array(rid, pa.uint64()), pa.array(assigner.assign(x), pa.uint32())], schema=schema)
 
     scratch = tempfile.mkdtemp(prefix="dli-parts-")

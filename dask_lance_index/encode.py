@@ -46,28 +46,37 @@ class PartitionAssigner:
     def __init__(self, centroids: np.ndarray, metric: str):
         self.centroids = np.ascontiguousarray(centroids, dtype=np.float32)
         self.metric = metric
+        # dot: largest inner product; l2 and cosine: nearest, the norms folded into the GEMM.
         self._rhs = np.ascontiguousarray(self.centroids.T) if metric == "dot" else _augmented(self.centroids)
 
+    def buffers(self, chunk: int) -> tuple[np.ndarray, ...]:
+        """``(lhs, norms, scores, best)`` for :meth:`assign_chunk`, allocated once per call
+        (see :meth:`PQEncoder.encode` for why temporaries are reused)."""
+        d, k = self.centroids.shape[1], self.centroids.shape[0]
+        return (np.ones((chunk, d + 1), dtype=np.float32), np.empty((chunk, 1), dtype=np.float32),
+                np.empty((chunk, k), dtype=np.float32), np.empty(chunk, dtype=np.intp))
+
+    def assign_chunk(self, m: int, lhs, norms, scores, best) -> np.ndarray:
+        """Assign the ``m`` rows in ``lhs[:m, :-1]`` (normalised there first for cosine):
+        partition ids into ``best[:m]``. Returns the rows as prepared."""
+        rows = lhs[:m, :-1]
+        if self.metric == "cosine":
+            np.sqrt(np.einsum("ij,ij->i", rows, rows)[:, None], out=norms[:m])
+            norms[:m][norms[:m] == 0] = 1.0
+            rows /= norms[:m]
+        np.matmul(rows if self.metric == "dot" else lhs[:m], self._rhs, out=scores[:m])
+        scores[:m].argmax(axis=1, out=best[:m])
+        return rows
+
     def assign(self, x: np.ndarray) -> np.ndarray:
-        """Partition ids (uint32, shape (n,)), chunk by chunk in reused buffers (see PQEncoder.encode)."""
+        """Partition ids (uint32, shape (n,)), chunk by chunk in reused buffers."""
         x = np.asarray(x, dtype=np.float32)
-        n, d = x.shape
-        c = _CHUNK
-        parts = np.empty(n, dtype=np.uint32)
-        lhs = np.ones((c, d + 1), dtype=np.float32)
-        norms = np.empty((c, 1), dtype=np.float32)
-        scores = np.empty((c, self.centroids.shape[0]), dtype=np.float32)
-        best = np.empty(c, dtype=np.intp)
-        for start in range(0, n, c):
-            m = min(c, n - start)
-            rows = lhs[:m, :d]
-            rows[...] = x[start : start + m]
-            if self.metric == "cosine":
-                np.sqrt(np.einsum("ij,ij->i", rows, rows)[:, None], out=norms[:m])
-                norms[:m][norms[:m] == 0] = 1.0
-                rows /= norms[:m]
-            np.matmul(rows if self.metric == "dot" else lhs[:m], self._rhs, out=scores[:m])
-            scores[:m].argmax(axis=1, out=best[:m])
+        parts = np.empty(x.shape[0], dtype=np.uint32)
+        lhs, norms, scores, best = self.buffers(_CHUNK)
+        for start in range(0, x.shape[0], _CHUNK):
+            m = min(_CHUNK, x.shape[0] - start)
+            lhs[:m, :-1] = x[start : start + m]
+            self.assign_chunk(m, lhs, norms, scores, best)
             parts[start : start + m] = best[:m]
         return parts
 
@@ -90,11 +99,7 @@ class PQEncoder:
         self.dimension = self.centroids.shape[1]
         if self.num_sub_vectors * self.sub_dim != self.dimension:
             raise ValueError("codebook does not match the centroids' dimension")
-        if self.metric == "dot":
-            # Lance assigns by largest inner product for dot.
-            self._ivf_rhs = np.ascontiguousarray(self.centroids.T)
-        else:
-            self._ivf_rhs = _augmented(self.centroids)
+        self._ivf = PartitionAssigner(self.centroids, metric)
         self._pq_rhs = [_augmented(self.codebook[j]) for j in range(self.num_sub_vectors)]
         self._code_dtype = np.uint8 if self.num_codes <= 256 else np.uint16
 
@@ -111,26 +116,14 @@ class PQEncoder:
         parts = np.empty(n, dtype=np.uint32)
         codes = np.empty((n, self.num_sub_vectors), dtype=self._code_dtype)
         d, s, c = self.dimension, self.sub_dim, _CHUNK
-        lhs = np.ones((c, d + 1), dtype=np.float32)  # rows, then a ones column
+        lhs, norms, ivf_scores, best = self._ivf.buffers(c)  # rows, then a ones column
         sub_lhs = np.ones((c, s + 1), dtype=np.float32)
         resid = np.empty((c, d), dtype=np.float32)
-        norms = np.empty((c, 1), dtype=np.float32)
-        ivf_scores = np.empty((c, self.centroids.shape[0]), dtype=np.float32)
         pq_scores = np.empty((c, self.num_codes), dtype=np.float32)
-        best = np.empty(c, dtype=np.intp)
         for start in range(0, n, c):
             m = min(c, n - start)
-            rows = lhs[:m, :d]
-            rows[...] = x[start : start + m]
-            if self.metric == "cosine":
-                np.sqrt(np.einsum("ij,ij->i", rows, rows)[:, None], out=norms[:m])
-                norms[:m][norms[:m] == 0] = 1.0
-                rows /= norms[:m]
-            if self.metric == "dot":
-                np.matmul(rows, self._ivf_rhs, out=ivf_scores[:m])
-            else:
-                np.matmul(lhs[:m], self._ivf_rhs, out=ivf_scores[:m])
-            ivf_scores[:m].argmax(axis=1, out=best[:m])
+            lhs[:m, :d] = x[start : start + m]
+            rows = self._ivf.assign_chunk(m, lhs, norms, ivf_scores, best)
             parts[start : start + m] = best[:m]
             r = resid[:m]
             if self.metric == "dot":
