@@ -304,3 +304,36 @@ def test_partitions_engine_assigns_every_row_where_lance_does(tmp_path, vectors,
     assert sum(sizes["partitions"]) == 6000 - 2
     assert sizes["partitions"] == sizes["lance"]
 
+
+
+def test_sliced_scan_reads_every_live_row_once(tmp_path, vectors, monkeypatch):
+    # Fragments are read in slices (bounded memory); with deletions, nulls and a
+    # slice size that does not divide the fragments, every live row comes exactly once.
+    import dask_lance_index._lance as L
+
+    uri = str(tmp_path / "slices.lance")
+    x = vectors[:5000]
+    tbl = vector_table(x)
+    mask = np.zeros(len(x), dtype=bool)
+    mask[[7, 2601]] = True  # neither is deleted below
+    vec = tbl.column("vector").combine_chunks()
+    tbl = tbl.set_column(1, "vector", pa.FixedSizeListArray.from_arrays(vec.values, 32, mask=pa.array(mask)))
+    lance.write_dataset(tbl, uri, max_rows_per_file=2000)
+    ds = lance.dataset(uri)
+    ds.delete("id % 7 = 3 OR (id >= 2100 AND id < 2350)")
+    ds = lance.dataset(uri)
+    frags = [f.fragment_id for f in ds.get_fragments()]
+    whole = ds.to_table(columns=["vector"], with_row_id=True)
+    monkeypatch.setattr(L, "SCAN_SLICE_ROWS", 333)
+    got = list(L.iter_vectors(ds, "vector", 32, frags, batch_size=100, with_row_id=True))
+    rid = np.concatenate([b.row_ids for b in got])
+    assert len(rid) == whole.num_rows == len(np.unique(rid))
+    assert np.array_equal(np.sort(rid), np.sort(whole.column("_rowid").to_numpy()))
+    assert sum(b.nulls for b in got) == 2
+    keep = {int(r): i for i, r in enumerate(whole.column("_rowid").to_numpy())}
+    want = np.stack([np.zeros(32, np.float32) if v is None else np.asarray(v, np.float32)
+                     for v in whole.column("vector").to_pylist()])
+    xs = np.concatenate([b.vectors for b in got])
+    valid = np.concatenate([b.valid for b in got])
+    order = np.array([keep[int(r)] for r in rid])
+    np.testing.assert_array_equal(xs[valid], want[order][valid])
