@@ -136,9 +136,27 @@ def _valid_rows(ds, plan: IndexPlan, fragment_ids, counts: dict):
             yield x, rid
 
 
+def _hand_off(name: str, schema, batches, counts: dict, create, inputs, **write_kwargs):
+    """Stream ``batches`` into a scratch Lance dataset on the worker's disk (the
+    writer pulls one batch at a time: bounded memory), then let Lance build the
+    segment from it: ``create(**inputs(path, written dataset))``. Returns
+    ``(Index, nulls, unindexable)``; the scratch is removed either way."""
+    import lance
+    import pyarrow as pa
+
+    scratch = tempfile.mkdtemp(prefix=f"dli-{name}-")
+    try:
+        path = os.path.join(scratch, f"{name}.lance")
+        written = lance.write_dataset(pa.RecordBatchReader.from_batches(schema, batches), path, **write_kwargs)
+        # Nothing indexable here: let Lance build its (empty) segment itself.
+        index = create(**inputs(path, written)) if counts["rows"] else create()
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return index, counts["nulls"], counts["bad"]
+
+
 def _build_from_codes(ds, plan: IndexPlan, fragment_ids, artifacts: IndexArtifacts, create):
     """Encode the rows here and hand Lance the codes; returns (Index, nulls, unindexable)."""
-    import lance
     import pyarrow as pa
 
     from .encode import PQEncoder
@@ -162,27 +180,17 @@ def _build_from_codes(ds, plan: IndexPlan, fragment_ids, artifacts: IndexArtifac
                 schema=schema,
             )
 
-    scratch = tempfile.mkdtemp(prefix="dli-codes-")
-    try:
-        path = os.path.join(scratch, "codes.lance")
-        # Streamed: the writer pulls one encoded batch at a time (bounded memory).
-        codes_ds = lance.write_dataset(pa.RecordBatchReader.from_batches(schema, batches()), path)
-        if counts["rows"] == 0:
-            # Nothing indexable here: let Lance build its (empty) segment itself.
-            return create(), counts["nulls"], counts["bad"]
-        files = [f.path for frag in codes_ds.get_fragments() for f in frag.data_files()]
-        index = create(
-            precomputed_shuffle_buffers=files,
-            precomputed_shuffle_buffers_path=os.path.join(path, "data"),
-        )
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-    return index, counts["nulls"], counts["bad"]
+    def inputs(path, written):
+        return {
+            "precomputed_shuffle_buffers": [f.path for frag in written.get_fragments() for f in frag.data_files()],
+            "precomputed_shuffle_buffers_path": os.path.join(path, "data"),
+        }
+
+    return _hand_off("codes", schema, batches(), counts, create, inputs)
 
 
 def _build_from_partitions(ds, plan: IndexPlan, fragment_ids, artifacts: IndexArtifacts, create):
     """Assign partitions here and hand Lance the map; returns (Index, nulls, unindexable)."""
-    import lance
     import pyarrow as pa
 
     from .encode import PartitionAssigner
@@ -195,17 +203,9 @@ def _build_from_partitions(ds, plan: IndexPlan, fragment_ids, artifacts: IndexAr
         for x, rid in _valid_rows(ds, plan, fragment_ids, counts):
             yield pa.record_batch([pa.array(rid, pa.uint64()), pa.array(assigner.assign(x), pa.uint32())], schema=schema)
 
-    scratch = tempfile.mkdtemp(prefix="dli-parts-")
-    try:
-        path = os.path.join(scratch, "partitions.lance")
-        # Lance reads the map only as one fragment of one file: never split it
-        # (a limit past 2**31 - 1 rows overflows inside Lance: one fragment per batch).
-        lance.write_dataset(
-            pa.RecordBatchReader.from_batches(schema, batches()), path, max_rows_per_file=2**31 - 1
-        )
-        if counts["rows"] == 0:
-            return create(), counts["nulls"], counts["bad"]
-        index = create(precomputed_partition_dataset=path)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-    return index, counts["nulls"], counts["bad"]
+    # Lance reads the map only as one fragment of one file: never split it
+    # (a limit past 2**31 - 1 rows overflows inside Lance: one fragment per batch).
+    return _hand_off(
+        "partitions", schema, batches(), counts, create,
+        lambda path, written: {"precomputed_partition_dataset": path}, max_rows_per_file=2**31 - 1,
+    )
