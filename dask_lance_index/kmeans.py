@@ -205,8 +205,9 @@ def kmeans(
     spherical: bool = False,
     init: str = "auto",
     partials=None,
+    chunk_rows: int | None = None,
 ) -> tuple[np.ndarray, float]:
-    """Lloyd's k-means with GEMM distances.
+    """Lloyd's k-means with GEMM distances, incremental over chunks of rows.
 
     Parameters
     ----------
@@ -228,7 +229,12 @@ def kmeans(
     partials : callable, optional
         ``partials(centroids) -> LloydPartial`` over all training rows. By
         default :func:`lloyd_partial` of ``x`` here; a cluster passes one that
-        computes shard partials on the workers and merges them as a tree.
+        computes shard partials on the workers and merges them as a tree
+        (then every iteration is a full Lloyd step over all rows).
+    chunk_rows : int, optional
+        Rows per chunk of the incremental passes (default
+        ``CHUNK_ROWS_PER_CENTROID * k``); at least two chunks' worth of rows
+        switch them on (see :func:`_incremental`).
 
     Returns
     -------
@@ -253,10 +259,17 @@ def kmeans(
         centroids = x[rng.choice(n, k, replace=False)].copy()
     if spherical:
         centroids = normalize_rows(centroids)
+    step = chunk_rows or CHUNK_ROWS_PER_CENTROID * k
+    if partials is None and n >= 2 * step:
+        return _incremental(x, centroids, step, rng, max_iters=max_iters, tol=tol, spherical=spherical)
     if partials is None:
         def partials(c):
             return lloyd_partial(x, c)
+    return _lloyd(partials, centroids, max_iters=max_iters, tol=tol, spherical=spherical)
 
+
+def _lloyd(partials, centroids, *, max_iters, tol, spherical):
+    """Full Lloyd steps until the relative change of inertia is at most ``tol``."""
     prev = np.inf
     inertia = np.inf
     for _ in range(max_iters):
@@ -269,9 +282,81 @@ def kmeans(
     return centroids.astype(np.float32, copy=False), inertia
 
 
-# Rows per chunk of the batched assignment: (batch, rows, k) scores of a few MB,
-# which keeps the K = sub_dim + 1 GEMMs (output-bound, not FLOP-bound) in cache.
-_BATCH_SCORE_ELEMENTS = 1024 * 1024
+# Incremental k-means: rows per centroid in one chunk. Measured on GloVe's 50-d
+# sample (65,536 unit rows, 256 centroids, 4 seeds; IVF recall of the true
+# top-10 at nprobes 5/10/20): full Lloyd to tol 5e-3 0.786/0.883/0.951 in
+# 0.56 s, to tol 1e-3 0.798/0.892/0.953 in 0.99 s; 8 chunks (32 rows per
+# centroid), 6 passes 0.800/0.891/0.953 in 0.41 s. Lance: 0.802/0.892/0.953.
+CHUNK_ROWS_PER_CENTROID = 32
+
+
+def _incremental(x, centroids, step, rng, *, max_iters, tol, spherical):
+    """Incremental ("cyclic") Lloyd: converge on the first chunk of shuffled rows,
+    then pass over all chunks, each chunk's partial replacing its previous one and
+    the centroids recomputed from all chunks' partials after every chunk.
+
+    One pass costs one full Lloyd step but moves the centroids once per chunk,
+    each time with every row's latest assignment, so it reaches the quality of
+    full Lloyd to a tight tolerance in a fraction of the steps (figures at
+    :data:`CHUNK_ROWS_PER_CENTROID`). Passes stop when the summed inertia of a
+    pass changes by at most ``tol`` relative to the pass before, or after
+    ``max_iters`` passes.
+    """
+    n = x.shape[0]
+    order = rng.permutation(n)
+    chunks = [x[np.sort(part)] for part in np.array_split(order, n // step)]
+    centroids, _ = _lloyd(lambda c: lloyd_partial(chunks[0], c), centroids, max_iters=max_iters, tol=tol,
+                          spherical=spherical)
+    held = [lloyd_partial(chunk, centroids) for chunk in chunks]
+    centroids = lloyd_update(combine_partials(*held), spherical)
+    prev = sum(p.inertia for p in held)
+    inertia = prev
+    for _ in range(max_iters - 1):
+        for i, chunk in enumerate(chunks):
+            held[i] = lloyd_partial(chunk, centroids)
+            centroids = lloyd_update(combine_partials(*held), spherical)
+        inertia = sum(p.inertia for p in held)
+        if abs(prev - inertia) <= tol * max(prev, 1e-30):
+            break
+        prev = inertia
+    return centroids.astype(np.float32, copy=False), inertia
+
+
+# Rows per chunk of the batched assignment: one member's (rows, k) score block
+# of 2 MB stays in cache between the GEMM that writes it and the argmax that
+# reads it (the K = sub_dim + 1 GEMMs are bound by writing their output).
+_BATCH_CHUNK = 2048
+
+
+def _batched_rhs(c: np.ndarray) -> np.ndarray:
+    """``[c^T; -|c|^2 / 2]`` per member, shape (b, s + 1, k): with a ones column on
+    the rows, one GEMM gives ``x.c - |c|^2/2``, whose argmax is the nearest in l2."""
+    b, k, s = c.shape
+    rhs = np.empty((b, s + 1, k), dtype=np.float32)
+    rhs[:, :s] = c.transpose(0, 2, 1)
+    rhs[:, s] = -0.5 * np.einsum("bks,bks->bk", c, c)
+    return rhs
+
+
+def _assign_members(x: np.ndarray, rhs: np.ndarray, labels: np.ndarray, top: np.ndarray | None = None) -> None:
+    """Nearest centroid of every row of every member, into ``labels`` (b, n);
+    the best scores ``x.c - |c|^2/2`` into ``top`` when given. Member by member
+    in cache-sized chunks with reused buffers: measured 2-3x faster than one
+    batched matmul over all members (whose (b, rows, k) blocks leave the cache)."""
+    b, n, s = x.shape
+    k = rhs.shape[2]
+    step = min(_BATCH_CHUNK, max(n, 1))
+    lhs = np.ones((step, s + 1), dtype=np.float32)
+    scores = np.empty((step, k), dtype=np.float32)
+    for j in range(b):
+        for start in range(0, n, step):
+            m = min(step, n - start)
+            lhs[:m, :s] = x[j, start : start + m]
+            np.matmul(lhs[:m], rhs[j], out=scores[:m])
+            best = labels[j, start : start + m]
+            scores[:m].argmax(axis=1, out=best)
+            if top is not None:
+                top[j, start : start + m] = np.take_along_axis(scores[:m], best[:, None], axis=1)[:, 0]
 
 
 def assign_batched(x: np.ndarray, centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -289,29 +374,13 @@ def assign_batched(x: np.ndarray, centroids: np.ndarray) -> tuple[np.ndarray, np
     """
     x = np.ascontiguousarray(x, dtype=np.float32)
     c = np.ascontiguousarray(centroids, dtype=np.float32)
-    b, n, s = x.shape
-    k = c.shape[1]
-    # argmax (x.c - |c|^2/2), the norms folded in as a ones column: one batched GEMM.
-    rhs = np.empty((b, s + 1, k), dtype=np.float32)
-    rhs[:, :s] = c.transpose(0, 2, 1)
-    rhs[:, s] = -0.5 * np.einsum("bks,bks->bk", c, c)
-    step = max(64, min(n, _BATCH_SCORE_ELEMENTS // max(b * k, 1)))
-    lhs = np.ones((b, step, s + 1), dtype=np.float32)
-    scores = np.empty((b, step, k), dtype=np.float32)
-    best = np.empty((b, step), dtype=np.intp)
-    labels = np.empty((b, n), dtype=np.int32)
-    dists = np.empty((b, n), dtype=np.float32)
-    for start in range(0, n, step):
-        m = min(step, n - start)
-        xs = x[:, start : start + m]
-        lhs[:, :m, :s] = xs
-        np.matmul(lhs[:, :m], rhs, out=scores[:, :m])
-        scores[:, :m].argmax(axis=2, out=best[:, :m])
-        top = np.take_along_axis(scores[:, :m], best[:, :m, None], axis=2)[..., 0]
-        labels[:, start : start + m] = best[:, :m]
-        dists[:, start : start + m] = np.einsum("bns,bns->bn", xs, xs) - 2.0 * top
+    b, n, _ = x.shape
+    labels = np.empty((b, n), dtype=np.intp)
+    top = np.empty((b, n), dtype=np.float32)
+    _assign_members(x, _batched_rhs(c), labels, top)
+    dists = np.einsum("bns,bns->bn", x, x) - 2.0 * top
     np.maximum(dists, 0.0, out=dists)
-    return labels, dists
+    return labels.astype(np.int32), dists
 
 
 def _plusplus_init_batched(x: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
@@ -355,13 +424,17 @@ def kmeans_batched(
     max_iters: int = 50,
     tol: float = 1e-4,
     seed: int | np.random.SeedSequence | None = None,
+    chunk_rows: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Independent l2 k-means on every batch member at once (PQ codebooks: one per sub-space).
 
-    Each Lloyd iteration is one batched GEMM per chunk of rows and one sparse
-    product for the new centroids of all members: no Python loop over
-    sub-spaces. Iterations stop when every member's relative inertia change is
-    below ``tol``.
+    Each assignment step is one GEMM per member and cache-sized chunk of rows
+    (:func:`_assign_members`) and one sparse product for the new centroids of
+    all members; the inertia comes from the sums, not from per-row distances.
+    With at least two chunks of ``chunk_rows`` rows (default
+    ``CHUNK_ROWS_PER_CENTROID * k``) the steps are incremental, as in
+    :func:`kmeans`. Steps stop when every member's relative inertia change is
+    at most ``tol``.
 
     Parameters
     ----------
@@ -384,28 +457,67 @@ def kmeans_batched(
     sub = x if n <= m else x[:, rng.choice(n, m, replace=False)]
     centroids = _plusplus_init_batched(sub, k, rng)
 
+    step = chunk_rows or CHUNK_ROWS_PER_CENTROID * k
+    if n < 2 * step:
+        return _lloyd_batched([x], centroids, max_iters=max_iters, tol=tol)
+    # Incremental, as :func:`_incremental`: converge on the first chunk of
+    # shuffled rows, then passes over all chunks.
+    order = rng.permutation(n)
+    chunks = [np.ascontiguousarray(x[:, np.sort(part)]) for part in np.array_split(order, n // step)]
+    centroids, _ = _lloyd_batched(chunks[:1], centroids, max_iters=max_iters, tol=tol)
+    return _lloyd_batched(chunks, centroids, max_iters=max_iters, tol=tol)
+
+
+def _batched_stats(x: np.ndarray, centroids: np.ndarray):
+    """One assignment step of every member over rows ``x`` (b, n, s): per-cluster
+    sums (b, k, s) float64, counts (b, k), inertia (b,) and, for members with an
+    empty cluster, the rows worst served by their centroid (b, r, s), to re-seed it."""
+    b, n, s = x.shape
+    k = centroids.shape[1]
+    labels = np.empty((b, n), dtype=np.intp)
+    _assign_members(x, _batched_rhs(centroids), labels)
     # Member j's rows are rows j*n..j*n+n-1 of the flattened (b*n, s) array and
-    # its centroids rows j*k..j*k+k-1 of the (b*k, s) sums.
-    flat = x.reshape(b * n, s)
-    offsets = (np.arange(b, dtype=np.int64) * k)[:, None]
-    ones = np.ones(b * n, dtype=np.float32)
-    cols = np.arange(b * n)
-    prev = np.full(b, np.inf)
-    inertia = np.full(b, np.inf)
+    # its centroids rows j*k..j*k+k-1 of the (b*k, s) sums. The (b*n, b*k)
+    # membership matrix is built as CSR straight from the labels (one entry per
+    # row), and its transpose times the rows gives every member's sums at once.
+    keys = (labels + (np.arange(b, dtype=np.intp) * k)[:, None]).reshape(-1)
+    member = scipy.sparse.csr_matrix((np.ones(b * n, dtype=np.float32), keys, np.arange(b * n + 1)), shape=(b * n, b * k))
+    sums = np.asarray(member.T @ x.reshape(b * n, s), dtype=np.float64).reshape(b, k, s)
+    counts = np.bincount(keys, minlength=b * k).astype(np.float64).reshape(b, k)
+    # Inertia from the sums: sum |x - c|^2 = sum |x|^2 - 2 c.S_c + n_c |c|^2 over
+    # clusters, so no per-row distance is computed.
+    c64 = centroids.astype(np.float64)
+    sq = np.einsum("bns,bns->b", x, x, dtype=np.float64)
+    inertia = sq - 2.0 * np.einsum("bks,bks->b", c64, sums) + np.einsum("bk,bk->b", counts, np.einsum("bks,bks->bk", c64, c64))
+    r = min(_KEEP_WORST, n)
+    worst = np.empty((b, r, s), dtype=np.float32)
+    for j in range(b):  # (b, n) distances would cost a pass as large as the GEMMs'
+        if counts[j].min() == 0:
+            diff = x[j] - centroids[j][labels[j]]
+            worst[j] = x[j, np.argpartition(np.einsum("ns,ns->n", diff, diff), n - r)[n - r :]]
+    return sums, counts, np.maximum(inertia, 0.0), worst
+
+
+def _lloyd_batched(chunks: list, centroids: np.ndarray, *, max_iters: int, tol: float):
+    """Lloyd over the rows in ``chunks`` (each (b, m, s)). One chunk: full Lloyd
+    steps. Several: incremental passes, the centroids recomputed from every
+    chunk's latest statistics after each chunk. Stops when every member's
+    inertia (summed over a pass) changes by at most ``tol`` relative."""
+    held = [None] * len(chunks)
+    prev = np.full(centroids.shape[0], np.inf)
+    inertia = prev
     for _ in range(max_iters):
-        labels, dists = assign_batched(x, centroids)
-        inertia = dists.sum(axis=1, dtype=np.float64)
-        keys = (labels + offsets).reshape(-1)
-        member = scipy.sparse.csr_matrix((ones, (keys, cols)), shape=(b * k, b * n))
-        sums = np.asarray(member @ flat, dtype=np.float32).reshape(b, k, s)
-        counts = np.bincount(keys, minlength=b * k).astype(np.float32).reshape(b, k)
-        empty = counts == 0
-        counts[empty] = 1.0
-        new = sums / counts[..., None]
-        for j in np.flatnonzero(empty.any(axis=1)):  # rare: re-seed at the worst-served rows
-            e = int(empty[j].sum())
-            new[j, empty[j]] = x[j, np.argpartition(dists[j], -e)[-e:]]
-        centroids = new
+        for i, chunk in enumerate(chunks):
+            held[i] = _batched_stats(chunk, centroids)
+            if all(h is not None for h in held):
+                sums = sum(h[0] for h in held)
+                counts = sum(h[1] for h in held)
+                new = (sums / np.maximum(counts, 1.0)[..., None]).astype(np.float32)
+                empty = counts == 0
+                for j in np.flatnonzero(empty.any(axis=1)):  # rare: re-seed at the worst-served rows
+                    new[j, empty[j]] = np.resize(held[i][3][j], (int(empty[j].sum()), new.shape[2]))
+                centroids = new
+        inertia = sum(h[2] for h in held)
         done = np.abs(prev - inertia) <= tol * np.maximum(prev, 1e-30)
         if np.all(done & np.isfinite(prev)):
             break

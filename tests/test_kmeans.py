@@ -13,7 +13,7 @@ from dask_lance_index.kmeans import (
     lloyd_partial,
     lloyd_update,
 )
-from dask_lance_index.train import train_ivf, train_pq, train_shards
+from dask_lance_index.train import _train_ivf, train_ivf, train_pq, train_shards
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +95,12 @@ def test_train_shards_policy():
 
 
 def test_ivf_training_spread_over_the_cluster_matches_one_task(cluster_client, x):
-    local, li = train_ivf(x, 40, "l2", max_iters=25, seed=4, tol=1e-4)
+    # The sharded path takes full Lloyd steps; compare it with full Lloyd in one
+    # task (the local default is incremental, see test_incremental_*).
+    def full(x, k, metric, **kw):
+        return _train_ivf(x, k, metric, partials=lambda c: lloyd_partial(x, c), **kw)
+
+    local, li = full(x, 40, "l2", max_iters=25, seed=4, tol=1e-4)
     from distributed import get_task_stream
 
     with get_task_stream(cluster_client) as ts:
@@ -111,7 +116,7 @@ def test_ivf_training_spread_over_the_cluster_matches_one_task(cluster_client, x
     assert si == pytest.approx(li, rel=1e-4)
     np.testing.assert_allclose(spread, local, rtol=1e-3, atol=1e-3)
     # dot (spherical, best of 3 restarts) takes the same path
-    d_local, dl = train_ivf(x, 20, "dot", max_iters=10, seed=2, tol=1e-4)
+    d_local, dl = full(x, 20, "dot", max_iters=10, seed=2, tol=1e-4)
     d_spread, ds = cluster_client.submit(train_ivf, x, 20, "dot", max_iters=10, seed=2, tol=1e-4, shards=2, pure=False).result()
     assert ds == pytest.approx(dl, rel=1e-4)
     np.testing.assert_allclose(np.linalg.norm(d_spread, axis=1), 1.0, rtol=1e-5)
@@ -133,3 +138,49 @@ def test_sample_offsets_are_distinct_in_range_and_spread(num_rows, num_samples, 
         assert len(np.unique(off * 10 // num_rows)) == 10
     again = sample_offsets(num_rows, num_samples, np.random.default_rng(3), run=run)
     assert np.array_equal(off, again)  # the same seed gives the same sample (retried tasks)
+
+
+def _counting(monkeypatch, module, name):
+    """Wrap ``module.name`` to count the rows it is called on (first argument)."""
+    seen = {"rows": 0}
+    inner = getattr(module, name)
+
+    def wrapped(x, *args, **kwargs):
+        seen["rows"] += x.shape[-2]
+        return inner(x, *args, **kwargs)
+
+    monkeypatch.setattr(module, name, wrapped)
+    return seen
+
+
+def test_incremental_kmeans_beats_full_lloyd_for_less_work(monkeypatch):
+    import dask_lance_index.kmeans as km
+
+    x = make_vectors(24_000, 16, num_clusters=300, seed=5)
+    k = 64  # 32 rows per centroid: 2,048-row chunks, 11 of them
+    seen = _counting(monkeypatch, km, "lloyd_partial")
+    c_inc, _ = kmeans(x, k, max_iters=50, tol=2e-3, seed=1)
+    inc_rows, seen["rows"] = seen["rows"], 0
+    c_full, _ = kmeans(x, k, max_iters=50, tol=2e-3, seed=1, chunk_rows=len(x))  # one chunk: full Lloyd
+    full_rows = seen["rows"]
+    assert full_rows % len(x) == 0  # full steps only
+    inertia = {name: float(assign(x, c)[1].sum(dtype=np.float64)) for name, c in (("inc", c_inc), ("full", c_full))}
+    assert inertia["inc"] <= inertia["full"] * 1.002
+    assert inc_rows < full_rows
+
+
+def test_incremental_pq_codebooks_beat_full_lloyd_for_less_work(monkeypatch):
+    import dask_lance_index.kmeans as km
+
+    x = make_vectors(16_384, 16, num_clusters=400, seed=6)
+    xb = np.ascontiguousarray(x.reshape(len(x), 4, 4).transpose(1, 0, 2))
+    seen = _counting(monkeypatch, km, "_batched_stats")
+    c_inc, inc_inertia = kmeans_batched(xb, 64, max_iters=50, tol=2e-3, seed=2)  # 8 chunks of 2,048
+    inc_rows, seen["rows"] = seen["rows"], 0
+    c_full, _ = kmeans_batched(xb, 64, max_iters=50, tol=2e-3, seed=2, chunk_rows=len(x))
+    full_rows = seen["rows"]
+    for j in range(4):
+        inc = float(assign(xb[j], c_inc[j])[1].sum(dtype=np.float64))
+        full = float(assign(xb[j], c_full[j])[1].sum(dtype=np.float64))
+        assert inc <= full * 1.002
+    assert inc_rows < full_rows
