@@ -128,11 +128,13 @@ def create_index(
     sample_rate, max_iters : int
         Training rows per IVF centroid, and most k-means iterations (Lance's defaults).
     pq_sample_rate : int
-        Training rows per PQ code word.
+        Training rows per PQ code word (Lance's 256).
     tolerance : float
-        k-means stops when inertia changes by less than this fraction
-        (default 5e-3; Lance's is 1e-4, which on GloVe gave about 0.01 more
-        recall@10 at nprobes 10 and five times the IVF training time).
+        k-means stops when inertia changes by at most this fraction from one
+        pass over the training rows to the next (default 5e-3). Training is
+        incremental (centroids move after each chunk of 32 rows per centroid),
+        which reaches with 5e-3 the partitions full Lloyd reaches with Lance's
+        1e-4 (GloVe IVF recall within 0.003 of Lance's; docs/benchmarks.md).
     seed : int, optional
         Seed of sampling and training; the same seed and data give the same artifacts.
     engine : {"auto", "precomputed", "partitions", "lance", "artifact"}

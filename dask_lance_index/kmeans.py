@@ -43,8 +43,37 @@ def _chunk_rows(k: int) -> int:
     return max(1024, _SCORE_ELEMENTS // max(k, 1))
 
 
+class _Scratch:
+    """Buffers reused by every assignment step of one k-means run over chunks of
+    at most ``rows`` rows. Dask's nanny sets ``MALLOC_TRIM_THRESHOLD_``, which
+    pins glibc's mmap threshold: every fresh temporary over 128 KB is then an
+    mmap, page faults and a munmap (measured: the same PQ training 0.51 s in a
+    plain process, 0.68 s with that variable set, 0.92 s in a dask worker).
+    """
+
+    def __init__(self, rows: int, d: int, k: int, members: int = 1, exact: bool = False):
+        # ``exact``: float64 sums (the IVF partials, merged across shards);
+        # otherwise float32 sums of the float32 rows (PQ sub-spaces).
+        step = min(_BATCH_CHUNK, rows)
+        self.lhs = np.ones((step, d + 1), dtype=np.float32)
+        self.scores = np.empty((step, k), dtype=np.float32)
+        self.best = np.empty(step, dtype=np.intp)
+        self.labels = np.empty((members, rows), dtype=np.intp)
+        self.dists = np.empty(rows, dtype=np.float32)
+        self.x64 = np.empty((rows, d), dtype=np.float64) if exact else None
+        # The CSR structure of a membership matrix with one entry per row.
+        self.keys = np.empty(members * rows, dtype=np.int32)
+        self.ones = np.ones(members * rows, dtype=np.float64 if exact else np.float32)
+        self.indptr = np.arange(members * rows + 1, dtype=np.int32)
+
+    def membership(self, keys: np.ndarray, rows: int, cols: int):
+        """``(rows, cols)`` CSR matrix with a one at ``(i, keys[i])``, on the buffers."""
+        self.keys[:rows] = keys
+        return scipy.sparse.csr_matrix((self.ones[:rows], self.keys[:rows], self.indptr[: rows + 1]), shape=(rows, cols))
+
+
 def assign(
-    x: np.ndarray, centroids: np.ndarray, metric: str = "l2"
+    x: np.ndarray, centroids: np.ndarray, metric: str = "l2", scratch: _Scratch | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Nearest centroid of every row.
 
@@ -66,8 +95,11 @@ def assign(
     x = np.ascontiguousarray(x, dtype=np.float32)
     c = np.ascontiguousarray(centroids, dtype=np.float32)
     n = x.shape[0]
-    labels = np.empty(n, dtype=np.int32)
-    dists = np.empty(n, dtype=np.float32)
+    if scratch is None:
+        labels = np.empty(n, dtype=np.int32)
+        dists = np.empty(n, dtype=np.float32)
+    else:  # views of the buffers: valid until the next step
+        labels, dists = scratch.labels[0, :n], scratch.dists[:n]
     if metric == "l2":
         # argmin |x - c|^2 = argmax (2 x.c - |c|^2): fold -|c|^2 into the GEMM
         # as an extra column so one BLAS call gives the whole score matrix.
@@ -78,13 +110,17 @@ def assign(
         rhs = np.ascontiguousarray(c.T)
     else:  # pragma: no cover - callers validate metrics
         raise ValueError(f"assign() takes metric 'l2' or 'dot', got {metric!r}")
-    step = min(_chunk_rows(c.shape[0]), max(n, 1))
     # Buffers reused for every chunk: under dask's MALLOC_TRIM_THRESHOLD_ each
-    # fresh large temporary costs an mmap and page faults (see encode.py).
+    # fresh large temporary costs an mmap and page faults (see _Scratch).
     d = x.shape[1]
-    lhs = np.ones((step, d + 1), dtype=np.float32) if metric == "l2" else None
-    scores = np.empty((step, c.shape[0]), dtype=np.float32)
-    best = np.empty(step, dtype=np.intp)
+    if scratch is not None:
+        lhs, scores, best = scratch.lhs, scratch.scores, scratch.best
+        step = len(best)
+    else:
+        step = min(_chunk_rows(c.shape[0]), max(n, 1))
+        lhs = np.ones((step, d + 1), dtype=np.float32) if metric == "l2" else None
+        scores = np.empty((step, c.shape[0]), dtype=np.float32)
+        best = np.empty(step, dtype=np.intp)
     for start in range(0, n, step):
         m = min(step, n - start)
         xs = x[start : start + m]
@@ -145,15 +181,24 @@ class LloydPartial:
 _KEEP_WORST = 64
 
 
-def lloyd_partial(x: np.ndarray, centroids: np.ndarray, keep_worst: int = _KEEP_WORST) -> LloydPartial:
-    """Assignment step of Lloyd's algorithm on one shard: per-cluster sums, counts, inertia."""
+def lloyd_partial(x: np.ndarray, centroids: np.ndarray, keep_worst: int = _KEEP_WORST,
+                  scratch: _Scratch | None = None) -> LloydPartial:
+    """Assignment step of Lloyd's algorithm on one shard: per-cluster sums, counts, inertia.
+
+    ``scratch``: buffers for rows of this shard's size, reused across steps."""
     x = np.ascontiguousarray(x, dtype=np.float32)
     k = centroids.shape[0]
     n = x.shape[0]
-    labels, dists = assign(x, centroids, "l2")
+    labels, dists = assign(x, centroids, "l2", scratch)
     # Per-cluster sums as one sparse-times-dense product: O(n d), no loop.
-    member = scipy.sparse.csr_matrix((np.ones(n, np.float64), (labels, np.arange(n))), shape=(k, n))
-    sums = np.asarray(member @ x.astype(np.float64, copy=False))
+    if scratch is None:
+        member = scipy.sparse.csr_matrix((np.ones(n), labels, np.arange(n + 1)), shape=(n, k))
+        x64 = x.astype(np.float64, copy=False)
+    else:
+        member = scratch.membership(labels, n, k)
+        x64 = scratch.x64[:n]
+        x64[...] = x
+    sums = np.asarray(member.T @ x64)  # (k, d) float64: the merge order changes nothing beyond rounding
     r = min(keep_worst, n)
     worst = np.argpartition(dists, n - r)[n - r :] if r else np.empty(0, np.intp)
     return LloydPartial(
@@ -263,8 +308,10 @@ def kmeans(
     if partials is None and n >= 2 * step:
         return _incremental(x, centroids, step, rng, max_iters=max_iters, tol=tol, spherical=spherical)
     if partials is None:
+        scratch = _Scratch(n, d, k, exact=True)
+
         def partials(c):
-            return lloyd_partial(x, c)
+            return lloyd_partial(x, c, scratch=scratch)
     return _lloyd(partials, centroids, max_iters=max_iters, tol=tol, spherical=spherical)
 
 
@@ -283,10 +330,11 @@ def _lloyd(partials, centroids, *, max_iters, tol, spherical):
 
 
 # Incremental k-means: rows per centroid in one chunk. Measured on GloVe's 50-d
-# sample (65,536 unit rows, 256 centroids, 4 seeds; IVF recall of the true
-# top-10 at nprobes 5/10/20): full Lloyd to tol 5e-3 0.786/0.883/0.951 in
-# 0.56 s, to tol 1e-3 0.798/0.892/0.953 in 0.99 s; 8 chunks (32 rows per
-# centroid), 6 passes 0.800/0.891/0.953 in 0.41 s. Lance: 0.802/0.892/0.953.
+# sample (65,536 unit rows, 256 centroids, mean of 4 seeds, one core; IVF recall
+# of the true top-10 at nprobes 5/10/20): full Lloyd to tol 5e-3 0.786/0.883/0.951
+# in 0.56 s, to tol 1e-3 0.798/0.892/0.953 in 0.99 s; incremental in 8 chunks
+# (32 rows per centroid) to tol 5e-3 0.796/0.890/0.952 in 0.30 s, to 2e-3
+# 0.801/0.891/0.953 in 0.38 s. Lance (tol 1e-4): 0.802/0.892/0.953.
 CHUNK_ROWS_PER_CENTROID = 32
 
 
@@ -305,15 +353,16 @@ def _incremental(x, centroids, step, rng, *, max_iters, tol, spherical):
     n = x.shape[0]
     order = rng.permutation(n)
     chunks = [x[np.sort(part)] for part in np.array_split(order, n // step)]
-    centroids, _ = _lloyd(lambda c: lloyd_partial(chunks[0], c), centroids, max_iters=max_iters, tol=tol,
-                          spherical=spherical)
-    held = [lloyd_partial(chunk, centroids) for chunk in chunks]
+    scratch = _Scratch(max(len(c) for c in chunks), x.shape[1], centroids.shape[0], exact=True)
+    centroids, _ = _lloyd(lambda c: lloyd_partial(chunks[0], c, scratch=scratch), centroids, max_iters=max_iters,
+                          tol=tol, spherical=spherical)
+    held = [lloyd_partial(chunk, centroids, scratch=scratch) for chunk in chunks]
     centroids = lloyd_update(combine_partials(*held), spherical)
     prev = sum(p.inertia for p in held)
     inertia = prev
     for _ in range(max_iters - 1):
         for i, chunk in enumerate(chunks):
-            held[i] = lloyd_partial(chunk, centroids)
+            held[i] = lloyd_partial(chunk, centroids, scratch=scratch)
             centroids = lloyd_update(combine_partials(*held), spherical)
         inertia = sum(p.inertia for p in held)
         if abs(prev - inertia) <= tol * max(prev, 1e-30):
@@ -338,16 +387,18 @@ def _batched_rhs(c: np.ndarray) -> np.ndarray:
     return rhs
 
 
-def _assign_members(x: np.ndarray, rhs: np.ndarray, labels: np.ndarray, top: np.ndarray | None = None) -> None:
+def _assign_members(x: np.ndarray, rhs: np.ndarray, labels: np.ndarray, top: np.ndarray | None = None,
+                    scratch: _Scratch | None = None) -> None:
     """Nearest centroid of every row of every member, into ``labels`` (b, n);
     the best scores ``x.c - |c|^2/2`` into ``top`` when given. Member by member
     in cache-sized chunks with reused buffers: measured 2-3x faster than one
     batched matmul over all members (whose (b, rows, k) blocks leave the cache)."""
     b, n, s = x.shape
     k = rhs.shape[2]
-    step = min(_BATCH_CHUNK, max(n, 1))
-    lhs = np.ones((step, s + 1), dtype=np.float32)
-    scores = np.empty((step, k), dtype=np.float32)
+    if scratch is None:
+        scratch = _Scratch(max(n, 1), s, k, members=0)
+    lhs, scores = scratch.lhs, scratch.scores
+    step = len(lhs)
     for j in range(b):
         for start in range(0, n, step):
             m = min(step, n - start)
@@ -468,26 +519,25 @@ def kmeans_batched(
     return _lloyd_batched(chunks, centroids, max_iters=max_iters, tol=tol)
 
 
-def _batched_stats(x: np.ndarray, centroids: np.ndarray):
-    """One assignment step of every member over rows ``x`` (b, n, s): per-cluster
-    sums (b, k, s) float64, counts (b, k), inertia (b,) and, for members with an
-    empty cluster, the rows worst served by their centroid (b, r, s), to re-seed it."""
+def _batched_stats(x: np.ndarray, centroids: np.ndarray, sq: np.ndarray, scratch: _Scratch):
+    """One assignment step of every member over rows ``x`` (b, n, s), whose squared
+    norms per member are ``sq`` (b,): per-cluster sums (b, k, s) float64, counts
+    (b, k), inertia (b,) and, for members with an empty cluster, the rows worst
+    served by their centroid (b, r, s), to re-seed it."""
     b, n, s = x.shape
     k = centroids.shape[1]
-    labels = np.empty((b, n), dtype=np.intp)
-    _assign_members(x, _batched_rhs(centroids), labels)
+    labels = scratch.labels[:b, :n]
+    _assign_members(x, _batched_rhs(centroids), labels, scratch=scratch)
     # Member j's rows are rows j*n..j*n+n-1 of the flattened (b*n, s) array and
-    # its centroids rows j*k..j*k+k-1 of the (b*k, s) sums. The (b*n, b*k)
-    # membership matrix is built as CSR straight from the labels (one entry per
-    # row), and its transpose times the rows gives every member's sums at once.
+    # its centroids rows j*k..j*k+k-1 of the (b*k, s) sums: the transpose of the
+    # (b*n, b*k) membership matrix times the rows gives every member's sums at once.
     keys = (labels + (np.arange(b, dtype=np.intp) * k)[:, None]).reshape(-1)
-    member = scipy.sparse.csr_matrix((np.ones(b * n, dtype=np.float32), keys, np.arange(b * n + 1)), shape=(b * n, b * k))
+    member = scratch.membership(keys, b * n, b * k)
     sums = np.asarray(member.T @ x.reshape(b * n, s), dtype=np.float64).reshape(b, k, s)
     counts = np.bincount(keys, minlength=b * k).astype(np.float64).reshape(b, k)
     # Inertia from the sums: sum |x - c|^2 = sum |x|^2 - 2 c.S_c + n_c |c|^2 over
     # clusters, so no per-row distance is computed.
     c64 = centroids.astype(np.float64)
-    sq = np.einsum("bns,bns->b", x, x, dtype=np.float64)
     inertia = sq - 2.0 * np.einsum("bks,bks->b", c64, sums) + np.einsum("bk,bk->b", counts, np.einsum("bks,bks->bk", c64, c64))
     r = min(_KEEP_WORST, n)
     worst = np.empty((b, r, s), dtype=np.float32)
@@ -503,12 +553,15 @@ def _lloyd_batched(chunks: list, centroids: np.ndarray, *, max_iters: int, tol: 
     steps. Several: incremental passes, the centroids recomputed from every
     chunk's latest statistics after each chunk. Stops when every member's
     inertia (summed over a pass) changes by at most ``tol`` relative."""
+    b, k, s = centroids.shape
+    scratch = _Scratch(max(c.shape[1] for c in chunks), s, k, members=b)
+    sqs = [np.einsum("bns,bns->b", c, c, dtype=np.float64) for c in chunks]
     held = [None] * len(chunks)
-    prev = np.full(centroids.shape[0], np.inf)
+    prev = np.full(b, np.inf)
     inertia = prev
     for _ in range(max_iters):
         for i, chunk in enumerate(chunks):
-            held[i] = _batched_stats(chunk, centroids)
+            held[i] = _batched_stats(chunk, centroids, sqs[i], scratch)
             if all(h is not None for h in held):
                 sums = sum(h[0] for h in held)
                 counts = sum(h[1] for h in held)
