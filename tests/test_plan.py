@@ -72,7 +72,7 @@ def test_lance_defaults():
     assert (p.index_type, p.metric, p.num_partitions, p.num_sub_vectors, p.num_bits) == ("IVF_PQ", "l2", 12, 8, 8)
     assert resolve_params("IVF_RQ", dimension=64, num_rows=10**4).num_bits == 5
     assert resolve_params("IVF_FLAT", dimension=3, num_rows=10, metric="Euclidean").metric == "l2"
-    assert training_sample_size(p) == 256 * 64  # PQ: 2**8 code words * pq_sample_rate beats 12 * 256
+    assert training_sample_size(p) == 256 * 256  # PQ: 2**8 code words * pq_sample_rate (256, as Lance) beats 12 * 256
     assert training_sample_size(resolve_params("IVF_FLAT", dimension=8, num_rows=10**6, num_partitions=1000)) == 256_000
 
 
