@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import time
 
+from ._malloc import in_bulk
 from .build import SegmentResult, build_segment
 from .errors import BuildAbortedError
 from .merge import merge_segments
@@ -48,6 +49,7 @@ def _check_abort(journal: str | None, build_id: str, storage_options: dict | Non
         raise BuildAbortedError(f"build {build_id} was abandoned; this task stops")
 
 
+@in_bulk  # large temporaries from the heap, not one mmap each (see _malloc)
 def sample_task(uri: str, version: int, column: str, dimension: int, fragment_id: int, fragment_rows: int,
                 n: int, seed: int, build_id: str, storage_options: dict | None = None,
                 journal: str | None = None):
@@ -64,6 +66,7 @@ def sample_task(uri: str, version: int, column: str, dimension: int, fragment_id
                            storage_options)
 
 
+@in_bulk  # large temporaries from the heap, not one mmap each (see _malloc)
 def train_task(samples, journal: str | None = None, storage_options: dict | None = None, **kwargs):
     """Train the shared artifacts (or load them from the journal) and journal them."""
     from .artifacts import IndexArtifacts
@@ -80,6 +83,7 @@ def train_task(samples, journal: str | None = None, storage_options: dict | None
     return artifacts
 
 
+@in_bulk  # large temporaries from the heap, not one mmap each (see _malloc)
 def build_task(plan: IndexPlan, task: int, artifacts, storage_options: dict | None = None,
                journal: str | None = None) -> SegmentResult:
     """Build task ``task`` once: reuse a journaled segment, else build and journal it."""
@@ -102,6 +106,7 @@ def build_task(plan: IndexPlan, task: int, artifacts, storage_options: dict | No
     return result
 
 
+@in_bulk  # large temporaries from the heap, not one mmap each (see _malloc)
 def merge_task(plan: IndexPlan, slot: int, inputs: list, storage_options: dict | None = None,
                journal: str | None = None):
     """Merge step filling ``slot``: reuse a journaled output of the same inputs, else merge.

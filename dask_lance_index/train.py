@@ -215,6 +215,14 @@ def _train_ivf(x, num_partitions, metric, *, max_iters, seed, tol, partials):
 PQ_GROUP = 4
 
 
+def _train_group(stacked: np.ndarray, k: int, **kw):
+    """One group of PQ sub-spaces, as a task on another worker."""
+    from ._malloc import bulk_allocations
+
+    with bulk_allocations():
+        return kmeans_batched(stacked, k, **kw)
+
+
 def train_pq(
     r: np.ndarray, num_sub_vectors: int, num_bits: int, *, max_iters: int, seed, tol: float = 1e-3
 ) -> np.ndarray:
@@ -237,10 +245,8 @@ def train_pq(
     if client is not None and len(client.scheduler_info(n_workers=-1)["workers"]) > 1:
         from distributed import worker_client
 
-        from .kmeans import kmeans_batched as train_group
-
         with worker_client() as wc:  # secedes: this task waits on the group tasks
-            futures = [wc.submit(train_group, stacked[g], 2**num_bits, seed=s, pure=False, **kw)
+            futures = [wc.submit(_train_group, stacked[g], 2**num_bits, seed=s, pure=False, **kw)
                        for g, s in zip(groups, seeds)]
             books = [book for book, _ in wc.gather(futures)]
     else:

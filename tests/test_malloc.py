@@ -1,0 +1,58 @@
+"""The allocator settings a task runs under (dask_lance_index._malloc), in a fresh
+process started as dask's nanny starts workers (MALLOC_TRIM_THRESHOLD_ set)."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc only")
+
+PROBE = textwrap.dedent(
+    """
+    import json, os
+    import numpy as np
+    from dask_lance_index._malloc import bulk_allocations
+
+    def rss_mb():
+        return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+    def kept_after_free():  # resident MB an 8 MB array leaves behind once freed
+        before = rss_mb()
+        a = np.ones(1 << 20)  # 8 MB, every page touched
+        del a
+        return rss_mb() - before
+
+    out = {"outside": kept_after_free()}
+    with bulk_allocations():
+        out["inside"] = kept_after_free()
+        inner = rss_mb()
+    out["released_at_exit"] = inner - rss_mb()
+    out["after"] = kept_after_free()
+    print(json.dumps(out))
+    """
+)
+
+
+def _probe(**env):
+    full = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "DASK_LANCE_INDEX_NO_MALLOC_TUNING"}
+    full.update(env)
+    res = subprocess.run([sys.executable, "-c", PROBE], env=full, capture_output=True, text=True, check=True)
+    import json
+
+    return json.loads(res.stdout)
+
+
+def test_a_task_keeps_freed_memory_for_the_next_batch_and_returns_it_at_the_end():
+    got = _probe(MALLOC_TRIM_THRESHOLD_="65536")  # as dask's nanny sets it
+    assert got["outside"] < 2  # pinned 128 KB mmap threshold: an 8 MB array is unmapped on free
+    assert got["inside"] > 6  # inside a task: it stays in the heap for the next batch
+    assert got["released_at_exit"] > 6  # the last task out trims the heap
+    assert got["after"] < 2  # and the nanny's settings are back
+
+
+def test_the_opt_out_leaves_the_allocator_alone():
+    got = _probe(MALLOC_TRIM_THRESHOLD_="65536", DASK_LANCE_INDEX_NO_MALLOC_TUNING="1")
+    assert got["inside"] < 2 and got["released_at_exit"] < 2
