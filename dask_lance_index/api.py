@@ -132,9 +132,10 @@ def create_index(
     tolerance : float
         k-means stops when inertia changes by at most this fraction from one
         pass over the training rows to the next (default 5e-3). Training is
-        incremental (centroids move after each chunk of 32 rows per centroid),
-        which reaches with 5e-3 the partitions full Lloyd reaches with Lance's
-        1e-4 (GloVe IVF recall within 0.003 of Lance's; docs/benchmarks.md).
+        incremental (centroids move after each chunk of 32 rows per centroid):
+        with 5e-3 its GloVe partitions are within 0.006 of Lance's (1e-4) in
+        IVF recall, where full Lloyd steps to 5e-3 were 0.016 short
+        (docs/benchmarks.md).
     seed : int, optional
         Seed of sampling and training; the same seed and data give the same artifacts.
     engine : {"auto", "precomputed", "partitions", "lance", "artifact"}
