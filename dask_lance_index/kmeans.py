@@ -8,6 +8,7 @@ materialised (see ../shared/LANCE_NOTES.md, "NumPy facts").
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -313,21 +314,33 @@ def kmeans(
 
         def partials(c):
             return lloyd_partial(x, c, scratch=scratch)
-    return _lloyd(partials, centroids, max_iters=max_iters, tol=tol, spherical=spherical)
+    return _passes([partials], centroids, max_iters=max_iters, tol=tol, spherical=spherical)
 
 
-def _lloyd(partials, centroids, *, max_iters, tol, spherical):
-    """Full Lloyd steps until the relative change of inertia is at most ``tol``."""
+def _passes(steps: list, centroids, *, max_iters, tol, spherical):
+    """Lloyd passes over the chunks whose assignment steps are ``steps`` (each
+    ``c -> LloydPartial``): once every chunk has a partial, the centroids are
+    recomputed from all chunks' latest partials after each chunk. One chunk: full
+    Lloyd steps. Stops when a pass changes the summed inertia by at most ``tol``
+    relative, or after ``max_iters`` passes."""
+    held = [None] * len(steps)
     prev = np.inf
     inertia = np.inf
     for _ in range(max_iters):
-        p = partials(centroids)
-        inertia = p.inertia
-        centroids = lloyd_update(p, spherical)
+        for i, step in enumerate(steps):
+            held[i] = step(centroids)
+            if all(p is not None for p in held):
+                centroids = lloyd_update(combine_partials(*held), spherical)
+        inertia = sum(p.inertia for p in held)
         if prev < np.inf and abs(prev - inertia) <= tol * max(prev, 1e-30):
             break
         prev = inertia
     return centroids.astype(np.float32, copy=False), inertia
+
+
+def _shuffled_chunks(n: int, step: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """Row indices of ``n // step`` chunks of shuffled rows, each sorted (reads in order)."""
+    return [np.sort(part) for part in np.array_split(rng.permutation(n), n // step)]
 
 
 # Incremental k-means: rows per centroid in one chunk. Measured on GloVe's 50-d
@@ -351,25 +364,11 @@ def _incremental(x, centroids, step, rng, *, max_iters, tol, spherical):
     pass changes by at most ``tol`` relative to the pass before, or after
     ``max_iters`` passes.
     """
-    n = x.shape[0]
-    order = rng.permutation(n)
-    chunks = [x[np.sort(part)] for part in np.array_split(order, n // step)]
+    chunks = [x[rows] for rows in _shuffled_chunks(x.shape[0], step, rng)]
     scratch = _Scratch(max(len(c) for c in chunks), x.shape[1], centroids.shape[0], exact=True)
-    centroids, _ = _lloyd(lambda c: lloyd_partial(chunks[0], c, scratch=scratch), centroids, max_iters=max_iters,
-                          tol=tol, spherical=spherical)
-    held = [lloyd_partial(chunk, centroids, scratch=scratch) for chunk in chunks]
-    centroids = lloyd_update(combine_partials(*held), spherical)
-    prev = sum(p.inertia for p in held)
-    inertia = prev
-    for _ in range(max_iters - 1):
-        for i, chunk in enumerate(chunks):
-            held[i] = lloyd_partial(chunk, centroids, scratch=scratch)
-            centroids = lloyd_update(combine_partials(*held), spherical)
-        inertia = sum(p.inertia for p in held)
-        if abs(prev - inertia) <= tol * max(prev, 1e-30):
-            break
-        prev = inertia
-    return centroids.astype(np.float32, copy=False), inertia
+    steps = [functools.partial(lloyd_partial, chunk, scratch=scratch) for chunk in chunks]
+    centroids, _ = _passes(steps[:1], centroids, max_iters=max_iters, tol=tol, spherical=spherical)
+    return _passes(steps, centroids, max_iters=max_iters, tol=tol, spherical=spherical)
 
 
 # Rows per chunk of the batched assignment: one member's (rows, k) score block
@@ -514,8 +513,7 @@ def kmeans_batched(
         return _lloyd_batched([x], centroids, max_iters=max_iters, tol=tol)
     # Incremental, as :func:`_incremental`: converge on the first chunk of
     # shuffled rows, then passes over all chunks.
-    order = rng.permutation(n)
-    chunks = [np.ascontiguousarray(x[:, np.sort(part)]) for part in np.array_split(order, n // step)]
+    chunks = [np.ascontiguousarray(x[:, rows]) for rows in _shuffled_chunks(n, step, rng)]
     centroids, _ = _lloyd_batched(chunks[:1], centroids, max_iters=max_iters, tol=tol)
     return _lloyd_batched(chunks, centroids, max_iters=max_iters, tol=tol)
 

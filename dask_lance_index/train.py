@@ -13,6 +13,7 @@ import time
 
 import numpy as np
 
+from ._malloc import in_bulk
 from .artifacts import IndexArtifacts
 from .errors import InvalidInputError
 from .kmeans import assign, kmeans, kmeans_batched, normalize_rows
@@ -175,7 +176,7 @@ def train_ivf(
     if shards is None and n * num_partitions * d >= DISTRIBUTED_TRAIN_MIN_WORK:
         client = _worker_client_or_none()
         if client is not None:
-            shards = train_shards(n, num_partitions, d, len(client.scheduler_info(n_workers=-1)["workers"]))
+            shards = train_shards(n, num_partitions, d, _num_workers(client))
     elif shards is not None and shards > 1:
         client = _worker_client_or_none()
     if client is None or not shards or shards < 2:
@@ -186,6 +187,10 @@ def train_ivf(
         return _train_ivf(
             x, num_partitions, metric, max_iters=max_iters, seed=seed, tol=tol, partials=_cluster_partials(wc, x, shards)
         )
+
+
+def _num_workers(client) -> int:
+    return len(client.scheduler_info(n_workers=-1)["workers"])
 
 
 def _worker_client_or_none():
@@ -215,12 +220,10 @@ def _train_ivf(x, num_partitions, metric, *, max_iters, seed, tol, partials):
 PQ_GROUP = 4
 
 
+@in_bulk
 def _train_group(stacked: np.ndarray, k: int, **kw):
     """One group of PQ sub-spaces, as a task on another worker."""
-    from ._malloc import bulk_allocations
-
-    with bulk_allocations():
-        return kmeans_batched(stacked, k, **kw)
+    return kmeans_batched(stacked, k, **kw)
 
 
 def train_pq(
@@ -242,7 +245,7 @@ def train_pq(
     seeds = seq.spawn(len(groups))
     kw = dict(max_iters=max_iters, tol=tol)
     client = _worker_client_or_none() if len(groups) > 1 else None
-    if client is not None and len(client.scheduler_info(n_workers=-1)["workers"]) > 1:
+    if client is not None and _num_workers(client) > 1:
         from distributed import worker_client
 
         with worker_client() as wc:  # secedes: this task waits on the group tasks
