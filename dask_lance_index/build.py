@@ -22,6 +22,10 @@ Three engines:
     Lance dataset on the worker's disk, and Lance only writes the segment from
     those "precomputed shuffle buffers". Lance reads the whole buffer dataset,
     ignoring ``fragment_ids``, so each task's buffer holds exactly its own rows.
+    For IVF_RQ (l2, cosine), which Lance takes no codes for, the task encodes
+    the rows with :class:`.rq_encode.RQEncoder` and writes the segment's two
+    files itself in Lance's layout (:mod:`.rq_write`); Lance merges and
+    commits them as its own.
 
 Both count the rows Lance leaves out (null vectors, vectors with NaN or
 infinity), which Lance skips silently while its statistics still count them.
@@ -90,7 +94,9 @@ def build_segment(
             **extra,
         )
 
-    if plan.engine == "precomputed":
+    if plan.engine == "precomputed" and plan.params.quantizer == "RQ":
+        index, nulls, bad = _build_rq_segment(ds, plan, fragment_ids, artifacts, uuid, create, storage_options)
+    elif plan.engine == "precomputed":
         index, nulls, bad = _build_from_codes(ds, plan, fragment_ids, artifacts, create)
     elif plan.engine == "partitions":
         index, nulls, bad = _build_from_partitions(ds, plan, fragment_ids, artifacts, create)
@@ -209,3 +215,47 @@ def _build_from_partitions(ds, plan: IndexPlan, fragment_ids, artifacts: IndexAr
         "partitions", schema, batches(), counts, create,
         lambda path, written: {"precomputed_partition_dataset": path}, max_rows_per_file=2**31 - 1,
     )
+
+
+def _build_rq_segment(ds, plan: IndexPlan, fragment_ids, artifacts: IndexArtifacts, uuid: str, create,
+                      storage_options):
+    """Encode the rows here and write the IVF_RQ segment's files; returns (Index, nulls, unindexable).
+
+    The task holds its rows' codes (about 112 bytes a row at 128-d, 5 bits)
+    until it writes them grouped by partition, so its memory grows with its
+    rows, as a PQ task's scratch dataset grows on disk.
+    """
+    import numpy as np
+
+    from .rotation import RQRotation
+    from .rq_encode import RQEncoder
+    from .rq_write import rq_index, write_rq_segment
+
+    params = plan.params
+    encoder = RQEncoder(artifacts.ivf_centroids, RQRotation.from_json(artifacts.rabitq_model), params.metric,
+                        params.num_bits)
+    counts = {"nulls": 0, "bad": 0, "rows": 0}
+    parts, row_ids, loss = [], [], 0.0
+    for x, rid in _valid_rows(ds, plan, fragment_ids, counts):
+        out = encoder.encode(x)
+        loss += out.pop("loss")
+        parts.append(out)
+        row_ids.append(rid)
+    if not counts["rows"]:
+        return create(), counts["nulls"], counts["bad"]  # nothing indexable: Lance's own empty segment
+    codes = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    del parts
+    # Lance packs the sign bits of a segment over the whole dataset and leaves a
+    # partial segment's row-major (its merge packs them): do as it does.
+    whole = {f.fragment_id for f in ds.get_fragments()} == set(fragment_ids)
+    files = write_rq_segment(
+        plan.uri, uuid,
+        row_ids=np.concatenate(row_ids), part_ids=codes.pop("part_ids"), binary=codes.pop("binary"),
+        ex_codes=codes.pop("ex", None), factors=codes, model=artifacts.rabitq_model,
+        centroids=np.asarray(artifacts.ivf_centroids, dtype=np.float32), metric=params.metric,
+        num_bits=params.num_bits, loss=loss, packed=whole, storage_options=storage_options,
+    )
+    index = rq_index(ds, index_uuid=uuid, name=plan.name, column=plan.column, fragment_ids=fragment_ids,
+                     num_bits=params.num_bits, metric=params.metric, files=files,
+                     storage_options=storage_options)
+    return index, counts["nulls"], counts["bad"]

@@ -320,28 +320,46 @@ def allocate_samples(fragments: Sequence[FragmentInfo], total: int) -> tuple[int
 ENGINES = ("auto", "lance", "precomputed", "partitions", "artifact")
 
 
+def writes_codes(params: IndexParams) -> bool:
+    """Whether our workers can compute every code of this index, so that Lance only
+    writes: 8-bit PQ types (Lance takes the codes as precomputed shuffle buffers)
+    and IVF_RQ under l2 or cosine (we write the segment's files in Lance's layout,
+    :mod:`.rq_write`; Lance's dot-metric RaBitQ stores other factors). Pure."""
+    if params.quantizer == "PQ":
+        return params.num_bits == 8
+    return params.index_type == "IVF_RQ" and params.metric in ("l2", "cosine")
+
+
 def resolve_engine(engine: str, params: IndexParams) -> str:
     """Who assigns and encodes the rows. Pure.
 
     ``"precomputed"``: our workers assign and encode with NumPy BLAS and Lance
-    only writes (8-bit PQ types: the only ones Lance takes precomputed codes
-    for). ``"partitions"``: our workers assign IVF partitions with NumPy BLAS
-    and Lance encodes from that map (any type; it spares Lance its own
-    assignment: IVF_RQ's 1M-row build stage took 12.8 s instead of 14.3 s). ``"artifact"``: as ``"precomputed"``,
-    but through a partition artifact (:mod:`.partition_artifacts`): encode
-    tasks, a shuffle by bucket, then finalize tasks. ``"lance"``: Lance
-    assigns and encodes. ``"auto"``: ``"precomputed"`` for 8-bit PQ types,
-    ``"partitions"`` otherwise (benchmarks/bench_build.py measures them).
+    only writes (:func:`writes_codes`: 8-bit PQ types, and IVF_RQ under l2 and
+    cosine, whose segment files we write in Lance's layout). ``"partitions"``:
+    our workers assign IVF partitions with NumPy BLAS and Lance encodes from
+    that map (any type; it spares Lance its own assignment: IVF_RQ's 1M-row
+    build stage took 12.8 s instead of 14.3 s). ``"artifact"`` (8-bit PQ): as
+    ``"precomputed"``, but through a partition artifact
+    (:mod:`.partition_artifacts`): encode tasks, a shuffle by bucket, then
+    finalize tasks. ``"lance"``: Lance assigns and encodes. ``"auto"``:
+    ``"precomputed"`` where :func:`writes_codes`, ``"partitions"`` otherwise
+    (benchmarks/bench_build.py measures them).
     """
     if engine not in ENGINES:
         raise InvalidInputError(f"engine {engine!r} is not one of {ENGINES}")
-    can = params.quantizer == "PQ" and params.num_bits == 8
+    pq8 = params.quantizer == "PQ" and params.num_bits == 8
     if engine == "auto":
-        return "precomputed" if can else "partitions"
-    if engine in ("precomputed", "artifact") and not can:
+        return "precomputed" if writes_codes(params) else "partitions"
+    if engine == "artifact" and not pq8:
         raise InvalidInputError(
-            f"engine={engine!r} needs an 8-bit PQ index type (IVF_PQ or IVF_HNSW_PQ); "
-            f"Lance encodes {params.index_type} itself. Fix: engine='auto', 'partitions' or 'lance'."
+            f"engine='artifact' needs an 8-bit PQ index type (IVF_PQ or IVF_HNSW_PQ), not {params.index_type}. "
+            "Fix: engine='auto', 'partitions' or 'lance'."
+        )
+    if engine == "precomputed" and not writes_codes(params):
+        raise InvalidInputError(
+            f"engine='precomputed' needs an 8-bit PQ index type (IVF_PQ or IVF_HNSW_PQ) or IVF_RQ under l2 "
+            f"or cosine; Lance encodes {params.index_type} ({params.metric}) itself. "
+            "Fix: engine='auto', 'partitions' or 'lance'."
         )
     return engine
 

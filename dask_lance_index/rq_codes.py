@@ -256,3 +256,20 @@ def read_rq_segment(dataset_uri: str, index_uuid: str) -> RQSegment:
         stored_codes=stored,
         columns=columns,
     )
+
+
+def unpack_blocked_ex_codes(blocked: np.ndarray, ex_bits: int, dimension: int) -> np.ndarray:
+    """Inverse of :func:`pack_blocked_ex_codes`: Lance's ``__blocked_ex_codes`` rows ->
+    ex-code values ``(n, dimension)``.
+
+    The packing moves bits without mixing them, so each (dimension, bit) lands on
+    one (byte, bit) of a packed row; that map is read off by packing single bits.
+    """
+    blocked = np.asarray(blocked, dtype=np.uint8)
+    probe = np.zeros((dimension * ex_bits, dimension), dtype=np.uint8)
+    dims = np.repeat(np.arange(dimension), ex_bits)
+    bits = np.tile(np.arange(ex_bits), dimension)
+    probe[np.arange(dimension * ex_bits), dims] = (1 << bits).astype(np.uint8)
+    where = np.unpackbits(pack_blocked_ex_codes(probe, ex_bits), axis=1, bitorder="little").argmax(axis=1)
+    flat = np.unpackbits(blocked, axis=1, bitorder="little")[:, where]  # (n, dimension * ex_bits)
+    return (flat.reshape(len(blocked), dimension, ex_bits).astype(np.uint16) << np.arange(ex_bits)).sum(axis=2).astype(np.uint8)

@@ -171,9 +171,17 @@ def test_engine_choice():
     flat = resolve_params("IVF_FLAT", dimension=32, num_rows=1000, num_partitions=4)
     assert resolve_engine("auto", flat) == "partitions"
     assert resolve_engine("lance", flat) == "lance"
-    for t in ("IVF_SQ", "IVF_RQ", "IVF_HNSW_FLAT", "IVF_HNSW_SQ"):
+    for t in ("IVF_SQ", "IVF_HNSW_FLAT", "IVF_HNSW_SQ"):
         assert resolve_engine("auto", resolve_params(t, dimension=32, num_rows=1000, num_partitions=4)) == "partitions"
+    # IVF_RQ: we write the codes under l2 and cosine; Lance's dot RaBitQ stores other factors
+    for metric, engine in (("l2", "precomputed"), ("cosine", "precomputed"), ("dot", "partitions")):
+        rq = resolve_params("IVF_RQ", dimension=32, num_rows=1000, num_partitions=4, metric=metric)
+        assert resolve_engine("auto", rq) == engine
+    with pytest.raises(InvalidInputError, match="IVF_RQ under l2 or cosine"):
+        resolve_engine("precomputed", resolve_params("IVF_RQ", dimension=32, num_rows=1000, num_partitions=4, metric="dot"))
     with pytest.raises(InvalidInputError, match="8-bit PQ"):
         resolve_engine("precomputed", flat)
+    with pytest.raises(InvalidInputError, match="8-bit PQ"):
+        resolve_engine("artifact", resolve_params("IVF_RQ", dimension=32, num_rows=1000, num_partitions=4))
     with pytest.raises(InvalidInputError, match="not one of"):
         resolve_engine("gpu", flat)

@@ -15,6 +15,7 @@ from dask_lance_index.rq_codes import (
     pack_blocked_ex_codes,
     pack_lance_codes,
     read_rq_segment,
+    unpack_blocked_ex_codes,
 )
 from dask_lance_index.rq_encode import RQCodes, assign_l2, rq_encode, rq_factors
 
@@ -226,15 +227,20 @@ def test_numpy_codes_equal_the_codes_lance_stores(tmp_path, dim, num_bits, minte
         assert worst < 2e-5, f"{name}: relative difference up to {worst:.1e}"
 
 
-def test_distributed_ivf_rq_build_stores_the_numpy_codes(tmp_path, vectors, cluster_client):
+@pytest.mark.parametrize("engine", ["partitions", "precomputed"])
+def test_distributed_ivf_rq_build_stores_the_numpy_codes(tmp_path, vectors, cluster_client, engine):
     """The index dask_lance_index builds on a cluster holds, row for row, the codes that the
-    NumPy rotation of its one shared model gives."""
+    NumPy rotation of its one shared model gives: bit for bit where Lance encodes
+    (``partitions``); where the workers write the segments (``precomputed``), the same sign
+    bits, ex-codes from the calibrated rescale factor, and factors that are the ones Lance
+    would compute from those codes."""
     import lance
 
     uri = str(tmp_path / "rq.lance")
     write_vectors(uri, vectors, max_rows_per_file=3000)
     build = dli.create_index(
-        uri, "vector", "IVF_RQ", num_partitions=16, num_bits=3, num_tasks=3, seed=5, client=cluster_client, compute=False
+        uri, "vector", "IVF_RQ", num_partitions=16, num_bits=3, num_tasks=3, seed=5, client=cluster_client,
+        engine=engine, compute=False,
     )
     result = cluster_client.compute(build).result()
     assert result.num_segments_built == 3
@@ -246,10 +252,22 @@ def test_distributed_ivf_rq_build_stores_the_numpy_codes(tmp_path, vectors, clus
         models.add(seg.model)
         rows = np.array([ids[r] for r in seg.row_ids])
         seen.append(rows)
-        codes = rq_encode(vectors[rows], seg.centroids, RQRotation.from_json(seg.model), part_ids=seg.part_ids)
-        np.testing.assert_array_equal(codes.binary, seg.codes)
-        np.testing.assert_array_equal(pack_blocked_ex_codes(codes.ex, 2), seg.columns["__blocked_ex_codes"])
+        rot = RQRotation.from_json(seg.model)
+        codes = rq_encode(vectors[rows], seg.centroids, rot, part_ids=seg.part_ids)
         assert np.mean(assign_l2(vectors[rows], seg.centroids) == seg.part_ids) > 0.999
+        if engine == "partitions":
+            np.testing.assert_array_equal(codes.binary, seg.codes)
+            np.testing.assert_array_equal(pack_blocked_ex_codes(codes.ex, 2), seg.columns["__blocked_ex_codes"])
+            continue
+        # a GEMM rotation may flip the sign of a coordinate within rounding of zero
+        assert 1 - np.unpackbits(codes.binary ^ seg.codes).mean() > 0.9999
+        stored_ex = unpack_blocked_ex_codes(seg.columns["__blocked_ex_codes"], 2, vectors.shape[1])
+        assert 0.9 < np.mean(stored_ex == codes.ex) < 1.0  # near Lance's per-row optimum, not equal
+        ours = RQCodes(part_ids=seg.part_ids, binary=seg.codes, ex=stored_ex, rotated=codes.rotated)
+        r2 = np.sum(codes.rotated.astype(np.float64) ** 2, axis=1)
+        for name, want in rq_factors(ours, seg.centroids, rot).items():
+            size = np.abs(want) + (3 * r2 if name.startswith("__add") else 0) + 1e-12
+            assert np.max(np.abs(seg.columns[name] - want) / size) < 1e-4, name
     assert len(models) == 1 and RQRotation.from_json(models.pop()).num_bits == 3
     np.testing.assert_array_equal(np.sort(np.concatenate(seen)), np.arange(len(vectors)))
 
