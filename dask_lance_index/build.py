@@ -221,9 +221,11 @@ def _build_rq_segment(ds, plan: IndexPlan, fragment_ids, artifacts: IndexArtifac
                       storage_options):
     """Encode the rows here and write the IVF_RQ segment's files; returns (Index, nulls, unindexable).
 
-    The task holds its rows' codes (about 112 bytes a row at 128-d, 5 bits)
+    The task holds its rows' codes (112 bytes a row at 128-d, 5 bits: 4 bytes
+    of partition, 8 of row id, 16 of sign bits, 64 of ex-codes, 20 of factors)
     until it writes them grouped by partition, so its memory grows with its
-    rows, as a PQ task's scratch dataset grows on disk.
+    rows (224 MB for the default 2M-row task), as a PQ task's scratch dataset
+    grows on disk.
     """
     import numpy as np
 
@@ -235,22 +237,30 @@ def _build_rq_segment(ds, plan: IndexPlan, fragment_ids, artifacts: IndexArtifac
     encoder = RQEncoder(artifacts.ivf_centroids, RQRotation.from_json(artifacts.rabitq_model), params.metric,
                         params.num_bits)
     counts = {"nulls": 0, "bad": 0, "rows": 0}
-    parts, row_ids, loss = [], [], 0.0
+    # One array per column, sized by the fragments' rows (an upper bound of the valid
+    # rows) and filled batch by batch: no second copy when the task ends.
+    mine = set(fragment_ids)
+    bound = sum(f.num_rows for f in plan.fragments if f.fragment_id in mine)
+    codes, row_ids, loss, n = {}, np.empty(bound, np.uint64), 0.0, 0
     for x, rid in _valid_rows(ds, plan, fragment_ids, counts):
         out = encoder.encode(x)
         loss += out.pop("loss")
-        parts.append(out)
-        row_ids.append(rid)
+        if not codes:
+            codes = {k: np.empty((bound,) + v.shape[1:], v.dtype) for k, v in out.items()}
+        for k, v in out.items():
+            codes[k][n : n + len(v)] = v
+        row_ids[n : n + len(rid)] = rid
+        n += len(rid)
     if not counts["rows"]:
         return create(), counts["nulls"], counts["bad"]  # nothing indexable: Lance's own empty segment
-    codes = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-    del parts
+    codes = {k: v[:n] for k, v in codes.items()}
+    row_ids = row_ids[:n]
     # Lance packs the sign bits of a segment over the whole dataset and leaves a
     # partial segment's row-major (its merge packs them): do as it does.
-    whole = {f.fragment_id for f in ds.get_fragments()} == set(fragment_ids)
+    whole = {f.fragment_id for f in ds.get_fragments()} == mine
     files = write_rq_segment(
         plan.uri, uuid,
-        row_ids=np.concatenate(row_ids), part_ids=codes.pop("part_ids"), binary=codes.pop("binary"),
+        row_ids=row_ids, part_ids=codes.pop("part_ids"), binary=codes.pop("binary"),
         ex_codes=codes.pop("ex", None), factors=codes, model=artifacts.rabitq_model,
         centroids=np.asarray(artifacts.ivf_centroids, dtype=np.float32), metric=params.metric,
         num_bits=params.num_bits, loss=loss, packed=whole, storage_options=storage_options,

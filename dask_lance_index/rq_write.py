@@ -38,6 +38,7 @@ __all__ = ["ivf_message", "write_rq_segment", "RQ_INDEX_DETAILS_TYPE"]
 
 RQ_INDEX_DETAILS_TYPE = "/lance.index.pb.VectorIndexDetails"
 _FLOAT32 = 2  # lance.index.pb.TensorDataType.FLOAT32
+_WRITE_ROWS = 65536  # rows per written batch: the reordered copies stay this small
 
 
 def _varint(value: int) -> bytes:
@@ -147,26 +148,31 @@ def write_rq_segment(
     offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]])
     schema = _aux_schema(dimension, num_bits)
     code_bytes = dimension // 8
-    columns = [
-        pa.array(np.asarray(row_ids, dtype=np.uint64)[order]),
-        pa.FixedSizeListArray.from_arrays(
-            pa.array(pack_lance_codes(binary[order], lengths) if packed else binary[order].reshape(-1)), code_bytes
-        ),
-        *(pa.array(np.asarray(factors[k], dtype=np.float32)[order]) for k in ("__add_factors", "__scale_factors", "__error_factors")),
-    ]
+    # The sign bits are small (d / 8 bytes a row): reorder and pack them whole, since
+    # a packed block spans 32 rows of one partition. The rest is gathered in slices.
+    stored_binary = binary[order]
+    if packed:
+        stored_binary = pack_lance_codes(stored_binary, lengths).reshape(-1, code_bytes)
+    float_names = ["__add_factors", "__scale_factors", "__error_factors"]
     if num_bits > 1:
-        blocked = np.asarray(ex_codes, dtype=np.uint8)[order]
-        columns += [
-            pa.FixedSizeListArray.from_arrays(pa.array(blocked.reshape(-1)), blocked.shape[1]),
-            *(pa.array(np.asarray(factors[k], dtype=np.float32)[order]) for k in ("__add_factors_ex", "__scale_factors_ex")),
-        ]
+        float_names += ["__add_factors_ex", "__scale_factors_ex"]
     base = f"{str(dataset_uri).rstrip('/')}/_indices/{index_uuid}"
     if is_local(base):
         base = base.removeprefix("file://")
         os.makedirs(base, exist_ok=True)
     written = []
     aux = LanceFileWriter(f"{base}/auxiliary.idx", schema, version="2.2", storage_options=storage_options)
-    aux.write_batch(pa.record_batch(columns, schema=schema))
+    for lo in range(0, len(order), _WRITE_ROWS):
+        take = order[lo : lo + _WRITE_ROWS]
+        cols = {
+            "_rowid": pa.array(np.asarray(row_ids, dtype=np.uint64)[take]),
+            "_rabit_codes": pa.FixedSizeListArray.from_arrays(pa.array(stored_binary[lo : lo + len(take)].reshape(-1)), code_bytes),
+            **{k: pa.array(np.asarray(factors[k], dtype=np.float32)[take]) for k in float_names},
+        }
+        if num_bits > 1:
+            blocked = np.asarray(ex_codes, dtype=np.uint8)[take]
+            cols["__blocked_ex_codes"] = pa.FixedSizeListArray.from_arrays(pa.array(blocked.reshape(-1)), blocked.shape[1])
+        aux.write_batch(pa.record_batch([cols[name] for name in schema.names], schema=schema))
     pos = aux.add_global_buffer(ivf_message(offsets, lengths))
     aux.add_schema_metadata("distance_type", metric)
     # the model as Lance re-serialises it, with the layout of the codes
