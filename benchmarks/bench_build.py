@@ -6,6 +6,8 @@ and dask_lance_index, side by side in one run.
     python benchmarks/bench_build.py --data glove --metric cosine
     python benchmarks/bench_build.py --lance-ray-python /path/to/venv-with-lance-ray/bin/python
     python benchmarks/bench_build.py --rows 250000 --engines lance,dli,dli-artifact   # partition artifact path
+    python benchmarks/bench_build.py --rows 1000000 --index-type IVF_RQ --engines lance,dli,dli-partitions
+        # IVF_RQ: our codes and files (dli) against Lance encoding from our partition map
 
 Lance's create_index requires num_partitions and num_sub_vectors for IVF_PQ; the defaults here are
 the issue's reference setting (256 partitions, 16 sub-vectors); everything else is each library's
@@ -85,7 +87,7 @@ def run_one(engine: str, uri: str, args) -> dict:
 
         import dask_lance_index as dli
 
-        eng = {"dli-lance-encode": "lance", "dli-artifact": "artifact"}.get(engine, "auto")
+        eng = {"dli-lance-encode": "lance", "dli-artifact": "artifact", "dli-partitions": "partitions"}.get(engine, "auto")
         if args.pq_sample_rate:
             opts["pq_sample_rate"] = args.pq_sample_rate
         if args.tolerance is not None:

@@ -341,38 +341,39 @@ class RQEncoder:
             np.take(self.centroids, best[:m], axis=0, out=near[:m])
             np.subtract(rows, near[:m], out=near[:m])
             r = np.matmul(near[:m], self._rot_t, out=rot[:m])
-            np.take(self._rotated_centroids, best[:m], axis=0, out=near[:m])  # now the rotated centroids
             negative = np.signbit(r)
             out["binary"][s] = np.packbits(~negative, axis=1, bitorder="little")
+            # the rotated centroid with each coordinate's sign: <c, u> of a code u = sign * |u|
+            signed_c = np.take(self._rotated_centroids, best[:m], axis=0, out=near[:m])
+            np.negative(signed_c, out=signed_c, where=negative)
             r2 = np.einsum("ij,ij->i", r, r)
             loss += float(r2.sum(dtype=np.float64))
             a = np.abs(r, out=work[:m])
-            sum_abs = a.sum(axis=1)
-            # centroid . sign: the 1-bit code's <c, u> is half of it
-            c_sign = np.einsum("ij,ij->i", near[:m], np.where(negative, np.float32(-1), np.float32(1)))
-            self._factors(out, s, r2, 0.5 * sum_abs, 0.5 * c_sign, np.float32(d / 4), suffix="")
+            self._factors(out, s, r2, 0.5 * a.sum(axis=1), 0.5 * signed_c.sum(axis=1), np.float32(d / 4), suffix="")
             if self.ex_bits:
-                self._ex(out, s, r, a, r2, negative, near[:m], pack_blocked_ex_codes)
+                self._ex(out, s, a, r2, negative, signed_c, pack_blocked_ex_codes)
         out["loss"] = loss
         return out
 
-    def _ex(self, out, s, r, a, r2, negative, crot, pack):
-        max_code = (1 << self.ex_bits) - 1
+    def _ex(self, out, s, a, r2, negative, signed_c, pack):
+        max_code = np.float32((1 << self.ex_bits) - 1)
         if self.rescale is None:
-            self.rescale = calibrate_rescale(r[:RQ_CALIBRATION_ROWS], self.ex_bits)
-        # a = |r|; codes = floor(t * |r| / |r|_2 + eps) with t = rescale / max(|r| / |r|_2),
-        # i.e. floor(rescale * |r| / max|r| + eps)
+            self.rescale = calibrate_rescale(a[:RQ_CALIBRATION_ROWS], self.ex_bits)
+        # codes = floor(t * |r_i| / |r| + eps) with t = rescale / max_i(|r_i| / |r|),
+        # i.e. floor(rescale * |r_i| / max_i |r_i| + eps)
         amax = a.max(axis=1)
         ok = amax > 0
         scale = np.where(ok, np.float32(self.rescale) / np.where(ok, amax, 1), 0).astype(np.float32)
-        code = np.floor(a * scale[:, None] + _EPS)
+        code = np.multiply(a, scale[:, None])
+        code += _EPS
+        np.floor(code, out=code)
         np.clip(code, 0, max_code, out=code)
-        stored = code.astype(np.uint8)
-        stored = np.where(negative, ~stored & np.uint8(max_code), stored)
+        # negative coordinates store the complement (max - code), as Lance
+        stored = np.where(negative, max_code - code, code).astype(np.uint8)
         out["ex"][s] = pack(stored, self.ex_bits)
         code += np.float32(0.5)  # |u| per coordinate; u = sign * (code + 0.5)
         ip = np.einsum("ij,ij->i", a, code)
-        cu = np.einsum("ij,ij->i", crot, np.where(negative, -code, code))
+        cu = np.einsum("ij,ij->i", signed_c, code)
         uu = np.einsum("ij,ij->i", code, code)
         self._factors(out, s, r2, ip, cu, uu, suffix="_ex")
 
