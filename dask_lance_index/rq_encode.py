@@ -244,6 +244,13 @@ _RQ_CHUNK = 2048
 # Rows whose exact rescale factor calibrates RQEncoder's (Lance's sweep costs about
 # 65 us a row here; the constant it gives serves every later row).
 RQ_CALIBRATION_ROWS = 1024
+# Rescale factors each row tries, spread +-5% around the calibrated one (the per-row
+# optimum's 5th-95th percentiles were -5% and +5% of its median on 128-d data). Same
+# IVF and rotation, 250k synthetic rows, recall@10 at nprobes 10/20/50: one factor
+# 0.948/0.950/0.950, three 0.953/0.955/0.956, nine (+-8%) 0.953/0.956/0.956; Lance's
+# own encoding 0.952/0.955/0.955.
+RESCALE_TRIALS = 3
+RESCALE_SPREAD = 0.05
 
 
 def calibrate_rescale(rotated: np.ndarray, ex_bits: int) -> float:
@@ -290,9 +297,14 @@ class RQEncoder:
     metric : {"l2", "cosine"}
         cosine rows are normalised first (then as l2).
     num_bits : int
+    rescale_trials, rescale_spread : int, float
+        Each row's ex-code tries ``rescale_trials`` rescale factors spread
+        ``+-rescale_spread`` around the calibrated one and keeps the one whose
+        code is closest in angle to the row (see :data:`RESCALE_TRIALS`).
     """
 
-    def __init__(self, centroids: np.ndarray, rotation: RQRotation, metric: str, num_bits: int):
+    def __init__(self, centroids: np.ndarray, rotation: RQRotation, metric: str, num_bits: int,
+                 rescale_trials: int = RESCALE_TRIALS, rescale_spread: float = RESCALE_SPREAD):
         from .encode import PartitionAssigner
 
         if metric not in ("l2", "cosine"):
@@ -306,6 +318,8 @@ class RQEncoder:
         self._rot_t = rot_t
         self._rotated_centroids = self.centroids @ rot_t
         self.rescale: float | None = None
+        self.rescale_trials = rescale_trials
+        self.rescale_spread = rescale_spread
         self._buffers = None
 
     def encode(self, x: np.ndarray) -> dict:
@@ -363,11 +377,26 @@ class RQEncoder:
         # i.e. floor(rescale * |r_i| / max_i |r_i| + eps)
         amax = a.max(axis=1)
         ok = amax > 0
-        scale = np.where(ok, np.float32(self.rescale) / np.where(ok, amax, 1), 0).astype(np.float32)
-        code = np.multiply(a, scale[:, None])
-        code += _EPS
-        np.floor(code, out=code)
-        np.clip(code, 0, max_code, out=code)
+        unit = np.where(ok, 1 / np.where(ok, amax, 1), 0).astype(np.float32)
+        code, best_cos = None, None
+        factors = self._rescales()
+        for factor in factors:
+            trial = np.multiply(a, (np.float32(factor) * unit)[:, None])
+            trial += _EPS
+            np.floor(trial, out=trial)
+            np.clip(trial, 0, max_code, out=trial)
+            if len(factors) == 1:
+                code = trial
+                break
+            # cosine between |r| and the code's magnitudes (|r| itself is common to all trials)
+            half = trial + np.float32(0.5)
+            cos = np.einsum("ij,ij->i", a, half) / np.sqrt(np.einsum("ij,ij->i", half, half))
+            if code is None:
+                code, best_cos = trial, cos
+            else:
+                better = cos > best_cos
+                code[better] = trial[better]
+                best_cos = np.where(better, cos, best_cos)
         # negative coordinates store the complement (max - code), as Lance
         stored = np.where(negative, max_code - code, code).astype(np.uint8)
         out["ex"][s] = pack(stored, self.ex_bits)
@@ -376,6 +405,13 @@ class RQEncoder:
         cu = np.einsum("ij,ij->i", signed_c, code)
         uu = np.einsum("ij,ij->i", code, code)
         self._factors(out, s, r2, ip, cu, uu, suffix="_ex")
+
+    def _rescales(self) -> tuple:
+        """The rescale factors each row's ex-code tries (the best cosine wins)."""
+        k = self.rescale_trials
+        if k <= 1:
+            return (self.rescale,)
+        return tuple(self.rescale * (1 + self.rescale_spread * np.linspace(-1, 1, k)))
 
     @staticmethod
     def _factors(out, s, r2, ip, cu, uu, suffix):
