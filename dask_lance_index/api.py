@@ -142,7 +142,7 @@ def create_index(
         Who assigns and encodes the rows. ``"precomputed"``: the workers, with
         NumPy BLAS; for 8-bit PQ types they hand Lance the codes to write, for
         IVF_RQ (l2, cosine) they write the segment's files in Lance's layout
-        (Lance takes no RaBitQ codes; :mod:`dask_lance_index.rq_write`), with
+        (Lance takes no RaBitQ codes; :mod:`dask_lance_index.segment_write`), with
         the ex-codes' rescale factor chosen from three candidates per row
         instead of Lance's full sweep (recall@10 within 0.001 of Lance's own
         encoding of the same partitions, docs/benchmarks.md).

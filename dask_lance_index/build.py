@@ -17,15 +17,15 @@ Three engines:
     encodes. Lance drops rows missing from the map silently, so the map holds
     every row it would index: the valid rows of the task's fragments.
 ``"precomputed"``
-    For 8-bit PQ types: the task streams the rows, assigns partitions and
-    encodes PQ codes with NumPy BLAS (:mod:`.encode`), writes them to a scratch
-    Lance dataset on the worker's disk, and Lance only writes the segment from
-    those "precomputed shuffle buffers". Lance reads the whole buffer dataset,
-    ignoring ``fragment_ids``, so each task's buffer holds exactly its own rows.
-    For IVF_RQ (l2, cosine), which Lance takes no codes for, the task encodes
-    the rows with :class:`.rq_encode.RQEncoder` and writes the segment's two
-    files itself in Lance's layout (:mod:`.rq_write`); Lance merges and
-    commits them as its own.
+    The task streams the rows, assigns partitions and encodes them with NumPy
+    BLAS, and writes the segment's two files itself in Lance's layout
+    (:mod:`.segment_write`); Lance merges and commits them as its own. IVF_PQ:
+    :class:`.encode.PQEncoder`; IVF_RQ (l2, cosine; Lance takes no RaBitQ codes):
+    :class:`.rq_encode.RQEncoder`. IVF_HNSW_PQ, whose graphs Lance builds: the
+    codes go to a scratch Lance dataset on the worker's disk and Lance builds the
+    segment from those "precomputed shuffle buffers"; Lance reads the whole buffer
+    dataset, ignoring ``fragment_ids``, so each task's buffer holds exactly its
+    own rows.
 
 Both count the rows Lance leaves out (null vectors, vectors with NaN or
 infinity), which Lance skips silently while its statistics still count them.
@@ -94,8 +94,8 @@ def build_segment(
             **extra,
         )
 
-    if plan.engine == "precomputed" and plan.params.quantizer == "RQ":
-        index, nulls, bad = _build_rq_segment(ds, plan, fragment_ids, artifacts, uuid, create, storage_options)
+    if plan.engine == "precomputed" and plan.params.index_type in ("IVF_PQ", "IVF_RQ"):
+        index, nulls, bad = _write_segment(ds, plan, fragment_ids, artifacts, uuid, create, storage_options)
     elif plan.engine == "precomputed":
         index, nulls, bad = _build_from_codes(ds, plan, fragment_ids, artifacts, create)
     elif plan.engine == "partitions":
@@ -217,25 +217,41 @@ def _build_from_partitions(ds, plan: IndexPlan, fragment_ids, artifacts: IndexAr
     )
 
 
-def _build_rq_segment(ds, plan: IndexPlan, fragment_ids, artifacts: IndexArtifacts, uuid: str, create,
-                      storage_options):
-    """Encode the rows here and write the IVF_RQ segment's files; returns (Index, nulls, unindexable).
+def _write_segment(ds, plan: IndexPlan, fragment_ids, artifacts: IndexArtifacts, uuid: str, create,
+                   storage_options):
+    """Encode the rows here and write the IVF_PQ or IVF_RQ segment's files; returns
+    (Index, nulls, unindexable).
 
-    The task holds its rows' codes (112 bytes a row at 128-d, 5 bits: 4 bytes
-    of partition, 8 of row id, 16 of sign bits, 64 of ex-codes, 20 of factors)
-    until it writes them grouped by partition, so its memory grows with its
-    rows (224 MB for the default 2M-row task), as a PQ task's scratch dataset
-    grows on disk.
+    The task holds its rows' codes until it writes them grouped by partition, so
+    its memory grows with its rows: 28 bytes a row for IVF_PQ with 16 sub-vectors
+    (4 of partition, 8 of row id, 16 of codes), 112 for IVF_RQ at 128-d and 5 bits
+    (16 of sign bits, 64 of ex-codes, 20 of factors): 56 and 224 MB for the
+    default 2M-row task.
     """
     import numpy as np
 
-    from .rotation import RQRotation
-    from .rq_encode import RQEncoder
-    from .rq_write import rq_index, write_rq_segment
+    from .segment_write import segment_index, write_pq_segment, write_rq_segment
 
     params = plan.params
-    encoder = RQEncoder(artifacts.ivf_centroids, RQRotation.from_json(artifacts.rabitq_model), params.metric,
-                        params.num_bits)
+    centroids = np.asarray(artifacts.ivf_centroids, dtype=np.float32)
+    if params.quantizer == "PQ":
+        from .encode import PQEncoder
+
+        encoder = PQEncoder(centroids, artifacts.pq_codebook, params.metric)
+
+        def encode(x):
+            parts, codes, loss = encoder.encode(x, with_loss=True)
+            return {"part_ids": parts, "codes": codes}, loss
+    else:
+        from .rotation import RQRotation
+        from .rq_encode import RQEncoder
+
+        encoder = RQEncoder(centroids, RQRotation.from_json(artifacts.rabitq_model), params.metric, params.num_bits)
+
+        def encode(x):
+            out = encoder.encode(x)
+            return out, out.pop("loss")
+
     counts = {"nulls": 0, "bad": 0, "rows": 0}
     # One array per column, sized by the fragments' rows (an upper bound of the valid
     # rows) and filled batch by batch: no second copy when the task ends.
@@ -243,8 +259,8 @@ def _build_rq_segment(ds, plan: IndexPlan, fragment_ids, artifacts: IndexArtifac
     bound = sum(f.num_rows for f in plan.fragments if f.fragment_id in mine)
     codes, row_ids, loss, n = {}, np.empty(bound, np.uint64), 0.0, 0
     for x, rid in _valid_rows(ds, plan, fragment_ids, counts):
-        out = encoder.encode(x)
-        loss += out.pop("loss")
+        out, batch_loss = encode(x)
+        loss += batch_loss
         if not codes:
             codes = {k: np.empty((bound,) + v.shape[1:], v.dtype) for k, v in out.items()}
         for k, v in out.items():
@@ -254,18 +270,19 @@ def _build_rq_segment(ds, plan: IndexPlan, fragment_ids, artifacts: IndexArtifac
     if not counts["rows"]:
         return create(), counts["nulls"], counts["bad"]  # nothing indexable: Lance's own empty segment
     codes = {k: v[:n] for k, v in codes.items()}
-    row_ids = row_ids[:n]
-    # Lance packs the sign bits of a segment over the whole dataset and leaves a
-    # partial segment's row-major (its merge packs them): do as it does.
+    # Lance stores a segment over the whole dataset as a full index (PQ codes
+    # transposed, RaBitQ sign bits packed) and a partial one row-major: do as it does.
     whole = {f.fragment_id for f in ds.get_fragments()} == mine
-    files = write_rq_segment(
-        plan.uri, uuid,
-        row_ids=row_ids, part_ids=codes.pop("part_ids"), binary=codes.pop("binary"),
-        ex_codes=codes.pop("ex", None), factors=codes, model=artifacts.rabitq_model,
-        centroids=np.asarray(artifacts.ivf_centroids, dtype=np.float32), metric=params.metric,
-        num_bits=params.num_bits, loss=loss, packed=whole, storage_options=storage_options,
-    )
-    index = rq_index(ds, index_uuid=uuid, name=plan.name, column=plan.column, fragment_ids=fragment_ids,
-                     num_bits=params.num_bits, metric=params.metric, files=files,
-                     storage_options=storage_options)
+    common = dict(row_ids=row_ids[:n], part_ids=codes.pop("part_ids"), centroids=centroids, metric=params.metric,
+                  loss=loss, storage_options=storage_options)
+    if params.quantizer == "PQ":
+        files = write_pq_segment(plan.uri, uuid, codes=codes["codes"], codebook=artifacts.pq_codebook,
+                                 transposed=whole, **common)
+    else:
+        files = write_rq_segment(plan.uri, uuid, binary=codes.pop("binary"), ex_codes=codes.pop("ex", None),
+                                 factors=codes, model=artifacts.rabitq_model, num_bits=params.num_bits,
+                                 packed=whole, **common)
+    index = segment_index(ds, index_uuid=uuid, name=plan.name, column=plan.column, fragment_ids=fragment_ids,
+                          quantizer=params.quantizer, metric=params.metric, num_bits=params.num_bits,
+                          num_sub_vectors=params.num_sub_vectors, files=files, storage_options=storage_options)
     return index, counts["nulls"], counts["bad"]

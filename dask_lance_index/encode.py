@@ -107,8 +107,10 @@ class PQEncoder:
         self._code_dtype = np.uint8 if self.num_codes <= 256 else np.uint16
         self._buffers = None
 
-    def encode(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Partition ids (uint32, shape (n,)) and PQ codes (uint8, shape (n, num_sub_vectors)).
+    def encode(self, x: np.ndarray, with_loss: bool = False) -> tuple:
+        """Partition ids (uint32, shape (n,)) and PQ codes (uint8, shape (n, num_sub_vectors));
+        with ``with_loss``, also the rows' summed squared distance to their partition
+        centroid (the IVF loss Lance records in a segment).
 
         Every temporary lives in buffers the encoder allocates once and keeps
         for all its calls: dask's nanny sets ``MALLOC_TRIM_THRESHOLD_``, under
@@ -128,6 +130,7 @@ class PQEncoder:
                              np.empty((c, self.num_codes), dtype=np.float32))
         sub_lhs, resid, pq_scores = self._buffers
         s = self.sub_dim
+        loss = 0.0
         for start in range(0, n, c):
             m = min(c, n - start)
             lhs[:m, :d] = x[start : start + m]
@@ -139,9 +142,11 @@ class PQEncoder:
             else:
                 np.take(self.centroids, best[:m], axis=0, out=r)
                 np.subtract(rows, r, out=r)
+                if with_loss:
+                    loss += float(np.einsum("ij,ij->", r, r))
             for j, rhs in enumerate(self._pq_rhs):
                 sub_lhs[:m, :s] = r[:, j * s : (j + 1) * s]
                 np.matmul(sub_lhs[:m], rhs, out=pq_scores[:m])
                 pq_scores[:m].argmax(axis=1, out=best[:m])
                 codes[start : start + m, j] = best[:m]
-        return parts, codes
+        return (parts, codes, loss) if with_loss else (parts, codes)

@@ -324,7 +324,7 @@ def writes_codes(params: IndexParams) -> bool:
     """Whether our workers can compute every code of this index, so that Lance only
     writes: 8-bit PQ types (Lance takes the codes as precomputed shuffle buffers)
     and IVF_RQ under l2 or cosine (we write the segment's files in Lance's layout,
-    :mod:`.rq_write`; Lance's dot-metric RaBitQ stores other factors). Pure."""
+    :mod:`.segment_write`; Lance's dot-metric RaBitQ stores other factors). Pure."""
     if params.quantizer == "PQ":
         return params.num_bits == 8
     return params.index_type == "IVF_RQ" and params.metric in ("l2", "cosine")

@@ -139,7 +139,7 @@ def _s3_index_dirs(uri, storage_options) -> set[str]:
 # the rows over HTTP): 50 queries, not the 200 of the fixture, keep these tests short.
 
 
-# IVF_RQ: the workers write its segment files themselves (rq_write), on the store
+# IVF_RQ: the workers write its segment files themselves (segment_write), on the store
 @pytest.mark.parametrize("index_type", ["IVF_PQ", "IVF_FLAT", "IVF_RQ"])
 def test_build_on_s3_through_a_cli_started_cluster(s3, cli_cluster, vectors, queries, index_type):
     client, _ = cli_cluster
