@@ -140,10 +140,10 @@ def create_index(
         Seed of sampling and training; the same seed and data give the same artifacts.
     engine : {"auto", "precomputed", "partitions", "lance", "artifact"}
         Who assigns and encodes the rows. ``"precomputed"``: the workers, with
-        NumPy BLAS; for 8-bit PQ types they hand Lance the codes to write, for
-        IVF_RQ (l2, cosine) they write the segment's files in Lance's layout
-        (Lance takes no RaBitQ codes; :mod:`dask_lance_index.segment_write`), with
-        the ex-codes' rescale factor chosen from three candidates per row
+        NumPy BLAS, and they write each IVF_PQ and IVF_RQ (l2, cosine) segment's
+        files in Lance's layout (:mod:`dask_lance_index.segment_write`; for
+        IVF_HNSW_PQ they hand Lance the codes and Lance builds the graphs); for
+        IVF_RQ the ex-codes' rescale factor chosen from three candidates per row
         instead of Lance's full sweep (recall@10 within 0.001 of Lance's own
         encoding of the same partitions, docs/benchmarks.md).
         ``"partitions"`` (any type): the workers assign IVF partitions with

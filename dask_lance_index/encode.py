@@ -1,9 +1,9 @@
 """Per-row IVF assignment and PQ encoding in NumPy BLAS, as Lance would encode.
 
 This is the hot path of a PQ build: every row is assigned to its IVF partition
-and encoded to ``num_sub_vectors`` code bytes here, on the workers, and Lance
-only writes the result (the "precomputed shuffle buffers" hand-off, see
-../shared/LANCE_NOTES.md). Rows are processed in chunks, so memory is bounded
+and encoded to ``num_sub_vectors`` code bytes here, on the workers; the codes
+go into a segment written in Lance's layout (:mod:`.segment_write`) or, for
+IVF_HNSW_PQ, to Lance as "precomputed shuffle buffers" (../shared/LANCE_NOTES.md). Rows are processed in chunks, so memory is bounded
 by the chunk, not by the number of rows; there is no per-row Python loop.
 
 Encoding follows Lance's semantics per metric (measured, pylance 14.0.2):

@@ -344,7 +344,10 @@ def test_driver_killed_mid_build_resumes_without_rebuilding_finished_segments(
     after = BuildJournal.load(jloc)
     assert after.status == "committed" and len(after.segments) == 16 and after.plan.build_id == j.plan.build_id
     ref, truth = reference
-    assert recall(ds, big_queries, truth) == pytest.approx(ref, abs=0.01)
+    # The reference has 5,000-row fragments, this build 2,500: the same seed draws another
+    # sample. Fault-free builds of this data at nprobes 4 span 0.988-0.999 over seeds 1-4
+    # and both layouts (0.998 and 0.988 for seed 1), so the bound is 0.02, not 0.01.
+    assert recall(ds, big_queries, truth) == pytest.approx(ref, abs=0.02)
     no_leftovers(uri, ds)
     print(f"driver killed with {n} of 16 segments journaled; {len(seen)} rebuilt on resume")
 
