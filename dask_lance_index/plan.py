@@ -321,10 +321,11 @@ ENGINES = ("auto", "lance", "precomputed", "partitions", "artifact")
 
 
 def writes_codes(params: IndexParams) -> bool:
-    """Whether our workers can compute every code of this index, so that Lance only
-    writes: 8-bit PQ types (Lance takes the codes as precomputed shuffle buffers)
-    and IVF_RQ under l2 or cosine (we write the segment's files in Lance's layout,
-    :mod:`.segment_write`; Lance's dot-metric RaBitQ stores other factors). Pure."""
+    """Whether our workers can compute every code of this index: 8-bit PQ types
+    (IVF_PQ segments written in Lance's layout, :mod:`.segment_write`; IVF_HNSW_PQ
+    codes handed to Lance as precomputed shuffle buffers) and IVF_RQ under l2 or
+    cosine (segments written in Lance's layout; Lance's dot-metric RaBitQ stores
+    other factors). Pure."""
     if params.quantizer == "PQ":
         return params.num_bits == 8
     return params.index_type == "IVF_RQ" and params.metric in ("l2", "cosine")
