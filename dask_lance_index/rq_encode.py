@@ -284,9 +284,10 @@ class RQEncoder:
     model's rotation, a sign bit per coordinate plus ``num_bits - 1`` ex-bits,
     and the per-row factors of :func:`rq_factors`), with two differences that
     make it cheap: the rotation is one GEMM with its dense matrix instead of
-    Lance's fast transform (the same rotation, to float32 rounding), and the
-    ex-codes' rescale factor is :func:`calibrate_rescale`'s constant over each
-    row's largest coordinate instead of a per-row sweep. The factors are
+    Lance's fast transform (the same rotation, to float32 rounding), and each
+    row's ex-code rescale factor is the best of ``rescale_trials`` candidates
+    around :func:`calibrate_rescale`'s constant (over the row's largest
+    coordinate) instead of a sweep over every threshold. The factors are
     computed from the codes actually chosen, so the distance estimate stays
     consistent with them.
 
@@ -314,9 +315,8 @@ class RQEncoder:
         self.num_bits = int(num_bits)
         self.ex_bits = self.num_bits - 1
         self._ivf = PartitionAssigner(self.centroids, metric)
-        rot_t = np.ascontiguousarray(rotation.matrix().T, dtype=np.float32)
-        self._rot_t = rot_t
-        self._rotated_centroids = self.centroids @ rot_t
+        self._rot_t = np.ascontiguousarray(rotation.matrix().T, dtype=np.float32)  # rows @ R^T
+        self._rotated_centroids = self.centroids @ self._rot_t
         self.rescale: float | None = None
         self.rescale_trials = rescale_trials
         self.rescale_spread = rescale_spread

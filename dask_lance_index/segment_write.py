@@ -131,7 +131,7 @@ def _partition_order(part_ids: np.ndarray, num_partitions: int):
 
 
 def _write_aux(base: str, schema, order: np.ndarray, reordered: dict, gathered: dict, *, ivf: bytes,
-               extra_buffers: list, metadata: dict, storage_options) -> None:
+               extra_buffers: list, metric: str, quantizer_json: str, storage_options) -> None:
     """``auxiliary.idx``: ``reordered`` columns are already in partition order (full
     length), ``gathered`` ones are taken through ``order`` a slice at a time."""
     import pyarrow as pa
@@ -152,8 +152,8 @@ def _write_aux(base: str, schema, order: np.ndarray, reordered: dict, gathered: 
     pos = aux.add_global_buffer(ivf)
     for buffer in extra_buffers:
         aux.add_global_buffer(buffer)
-    aux.add_schema_metadata("distance_type", metadata.pop("distance_type"))
-    aux.add_schema_metadata("storage_metadata", metadata.pop("storage_metadata"))
+    aux.add_schema_metadata("distance_type", metric)
+    aux.add_schema_metadata("storage_metadata", json.dumps([quantizer_json]))
     aux.add_schema_metadata("lance:ivf", str(pos))
     aux.close()
 
@@ -220,7 +220,7 @@ def write_pq_segment(
         ivf=ivf_message(offsets, lengths),
         # the codebook as Lance stores it: [sub-vector][code][sub-dim] data under a (codes, d) shape
         extra_buffers=[_tensor(codebook, (num_codes, dimension))],
-        metadata={"distance_type": metric, "storage_metadata": json.dumps([json.dumps(quantizer, separators=(",", ":"))])},
+        metric=metric, quantizer_json=json.dumps(quantizer, separators=(",", ":")),
         storage_options=storage_options,
     )
     _write_index_file(base, "IVF_PQ", metric, centroids, loss, storage_options)
@@ -292,7 +292,7 @@ def write_rq_segment(
     _write_aux(
         base, _rq_schema(dimension, num_bits), order, {"_rabit_codes": stored}, gathered,
         ivf=ivf_message(offsets, lengths), extra_buffers=[],
-        metadata={"distance_type": metric, "storage_metadata": json.dumps([model_json])},
+        metric=metric, quantizer_json=model_json,
         storage_options=storage_options,
     )
     _write_index_file(base, "IVF_RQ", metric, centroids, loss, storage_options)
