@@ -270,13 +270,18 @@ def options_apply(uri: str, storage_options: dict | None = None) -> bool:
     return is_local(uri) or not storage_options or uri.partition("://")[0] in ("s3", "s3a")
 
 
+def index_dir(uri, uuid: str) -> str:
+    """``<uri>/_indices/<uuid>``: where Lance keeps one index segment's files."""
+    return str(uri).rstrip("/") + "/_indices/" + uuid
+
+
 def remove_index_dir(uri: str, uuid: str, storage_options: dict | None = None) -> bool:
     """Delete ``_indices/<uuid>`` if it exists. Returns whether anything was removed.
 
     Used by a retried build task to clear its own partial files before it
     writes again under the same deterministic uuid.
     """
-    path = str(uri).rstrip("/") + "/_indices/" + uuid
+    path = index_dir(uri, uuid)
     if is_local(path):
         path = path.removeprefix("file://")
         if os.path.isdir(path):

@@ -365,13 +365,14 @@ class RQEncoder:
             r2 = np.einsum("ij,ij->i", r, r)
             loss += float(r2.sum(dtype=np.float64))
             a = np.abs(r, out=work[:m])
-            self._factors(out, s, r2, 0.5 * a.sum(axis=1), 0.5 * signed_c.sum(axis=1), np.float32(d / 4), suffix="")
+            sum_a = a.sum(axis=1)  # <|r|, 1>: the 1-bit code's <r, u> is half of it, and each ex trial's needs it
+            self._factors(out, s, r2, 0.5 * sum_a, 0.5 * signed_c.sum(axis=1), np.float32(d / 4), suffix="")
             if self.ex_bits:
-                self._ex(out, s, a, r2, negative, signed_c, pack_blocked_ex_codes)
+                self._ex(out, s, a, sum_a, r2, negative, signed_c, pack_blocked_ex_codes)
         out["loss"] = loss
         return out
 
-    def _ex(self, out, s, a, r2, negative, signed_c, pack):
+    def _ex(self, out, s, a, sum_a, r2, negative, signed_c, pack):
         m, d = a.shape
         max_code = np.float32((1 << self.ex_bits) - 1)
         if self.rescale is None:
@@ -383,7 +384,6 @@ class RQEncoder:
         unit = np.where(ok, 1 / np.where(ok, amax, 1), 0).astype(np.float32)
         scaled, code, trial = (b[:m] for b in self._ex_buffers)
         np.multiply(a, unit[:, None], out=scaled)
-        sum_a = a.sum(axis=1)
         best = None
         for i, factor in enumerate(self._rescales()):
             dst = code if i == 0 else trial

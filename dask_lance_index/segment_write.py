@@ -113,9 +113,9 @@ def index_details(quantizer: str, metric: str, num_bits: int, num_sub_vectors: i
 
 
 def _segment_dir(dataset_uri: str, index_uuid: str) -> str:
-    from ._lance import is_local
+    from ._lance import index_dir, is_local
 
-    base = f"{str(dataset_uri).rstrip('/')}/_indices/{index_uuid}"
+    base = index_dir(dataset_uri, index_uuid)
     if is_local(base):
         base = base.removeprefix("file://")
         os.makedirs(base, exist_ok=True)
@@ -307,9 +307,9 @@ def segment_index(ds, *, index_uuid: str, name: str, column: str, fragment_ids, 
     from lance.bitmap import Bitmap
     from lance.dataset import Index, IndexFile
 
-    from ._lance import filesystem
+    from ._lance import filesystem, index_dir
 
-    fs, path = filesystem(f"{str(ds.uri).rstrip('/')}/_indices/{index_uuid}", storage_options)
+    fs, path = filesystem(index_dir(ds.uri, index_uuid), storage_options)
     infos = fs.get_file_info([f"{path}/{f}" for f in files])
     return Index(
         uuid=index_uuid,
