@@ -8,6 +8,7 @@ and dask_lance_index, side by side in one run.
     python benchmarks/bench_build.py --rows 250000 --engines lance,dli,dli-artifact   # partition artifact path
     python benchmarks/bench_build.py --rows 1000000 --index-type IVF_RQ --engines lance,dli,dli-partitions
         # IVF_RQ: our codes and files (dli) against Lance encoding from our partition map
+    python benchmarks/bench_build.py --rows 250000,2000000 --engines dli,dli-threads   # no client: threaded scheduler
 
 Lance's create_index requires num_partitions and num_sub_vectors for IVF_PQ; the defaults here are
 the issue's reference setting (256 partitions, 16 sub-vectors); everything else is each library's
@@ -96,6 +97,18 @@ def run_one(engine: str, uri: str, args) -> dict:
             opts["sample_rate"] = args.sample_rate
         if args.rows_per_task:
             opts["rows_per_task"] = args.rows_per_task
+        if engine == "dli-threads":
+            # No client: dask's local threaded scheduler, as in a notebook without a cluster.
+            import dask
+
+            with dask.config.set(scheduler="threads", num_workers=args.workers):
+                __import__("dask_lance_index.build") and __import__("lance")  # imports are not build time
+                t0 = time.perf_counter()
+                result = dli.create_index(uri, "vector", args.index_type, compute=False, **opts).compute()
+            inside = sum(v for k, v in result.seconds.items() if k != "total")
+            extra = {"stages": result.seconds, "overhead_s": max(0.0, (time.perf_counter() - t0) - inside),
+                     "worker_peak_mb": peak_rss_mb()}
+            return {"engine": engine, "seconds": time.perf_counter() - t0, "peak_mb": peak_rss_mb(), **extra}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             cluster = LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True, dashboard_address=None)
@@ -116,6 +129,21 @@ def run_one(engine: str, uri: str, args) -> dict:
     seconds = time.perf_counter() - t0
     out = {"engine": engine, "seconds": seconds, "peak_mb": peak_rss_mb(), **extra}
     return out
+
+
+def _print_flatness(results: list, sizes: list) -> None:
+    """How flat dask_lance_index's seconds per million rows are across the sweep, end to end and
+    without its fixed stages (sampling and training take Lance's sample sizes whatever the rows)."""
+    for engine in dict.fromkeys(r["engine"] for r in results):
+        runs = [r for n in sizes for r in results if r["rows"] == n and r["engine"] == engine and "stages" in r]
+        if len(runs) < 2:
+            continue
+        whole = [r["seconds"] / r["rows"] * 1e6 for r in runs]
+        fixed = [r["stages"].get("sample", 0.0) + r["stages"].get("train", 0.0) for r in runs]
+        rest = [(r["seconds"] - f) / r["rows"] * 1e6 for r, f in zip(runs, fixed)]
+        print(f"{engine}: s/M end to end {' '.join(f'{v:.2f}' for v in whole)} (max/min {max(whole) / min(whole):.2f}); "
+              f"without sampling and training {' '.join(f'{v:.2f}' for v in rest)} (max/min {max(rest) / min(rest):.2f}); "
+              f"sampling + training {min(fixed):.2f}-{max(fixed):.2f} s")
 
 
 def evaluate(uri: str, x: np.ndarray, q: np.ndarray, truth: np.ndarray, args) -> dict:
@@ -275,6 +303,7 @@ def main() -> int:
             cells = " ".join(f"{by[e]['seconds'] / n * 1e6:12.2f}" if e in by else f"{'-':>12s}" for e in engines)
             ratio = by["dli"]["seconds"] / by["lance"]["seconds"] if "dli" in by and "lance" in by else float("nan")
             print(f"{n:>10d} {cells}  {ratio:.2f}")
+        _print_flatness(results, sizes)
         if args.plot:
             _plot(results, args.plot)
     if args.json:

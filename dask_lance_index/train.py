@@ -9,10 +9,13 @@ NaN or infinity are dropped from the sample, as Lance drops them from the index.
 from __future__ import annotations
 
 import hashlib
+import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from ._blas import in_one_blas_thread, one_blas_thread
 from ._malloc import in_bulk
 from .artifacts import IndexArtifacts
 from .errors import InvalidInputError
@@ -220,6 +223,7 @@ PQ_GROUP = 4
 
 
 @in_bulk
+@in_one_blas_thread
 def _train_group(stacked: np.ndarray, k: int, **kw):
     """One group of PQ sub-spaces, as a task on another worker."""
     return kmeans_batched(stacked, k, **kw)
@@ -233,7 +237,8 @@ def train_pq(
     Sub-spaces train :data:`PQ_GROUP` at a time (:func:`.kmeans.kmeans_batched`:
     one sparse product for the centroid updates of a whole group); inside a
     dask worker with other workers to share with, the groups are tasks on the
-    cluster, otherwise they run here one after another.
+    cluster; under dask's local schedulers they run in threads here, one per
+    core; otherwise one after another. Always one BLAS thread per group.
     """
     n, d = r.shape
     sub = d // num_sub_vectors
@@ -243,16 +248,29 @@ def train_pq(
     groups = [slice(a, min(a + PQ_GROUP, num_sub_vectors)) for a in range(0, num_sub_vectors, PQ_GROUP)]
     seeds = seq.spawn(len(groups))
     kw = dict(max_iters=max_iters, tol=tol)
-    client = _worker_client_or_none() if len(groups) > 1 else None
-    if client is not None and _num_workers(client) > 1:
+
+    def one(group, group_seed):
+        return kmeans_batched(stacked[group], 2**num_bits, seed=group_seed, **kw)[0]
+
+    in_worker = _worker_client_or_none()
+    if in_worker is not None and len(groups) > 1 and _num_workers(in_worker) > 1:
         from distributed import worker_client
 
         with worker_client() as wc:  # secedes: this task waits on the group tasks
             futures = [wc.submit(_train_group, stacked[g], 2**num_bits, seed=s, pure=False, **kw)
                        for g, s in zip(groups, seeds)]
             books = [book for book, _ in wc.gather(futures)]
+    elif in_worker is None and len(groups) > 1 and (os.cpu_count() or 1) > 1:
+        # Dask's local schedulers: this task runs alone (every build task waits
+        # for it), so the groups take the cores as threads, one BLAS thread each
+        # (NumPy releases the GIL in the GEMMs and argmaxes). Measured at 65,536
+        # rows x 16 sub-spaces on 2 vCPUs: 1.89-2.32 s one group after another
+        # (one BLAS thread; 2.70-2.93 s with two), 1.1-1.3 s in threads.
+        with one_blas_thread(), ThreadPoolExecutor(min(len(groups), os.cpu_count() or 1)) as pool:
+            books = list(pool.map(one, groups, seeds))
     else:
-        books = [kmeans_batched(stacked[g], 2**num_bits, seed=s, **kw)[0] for g, s in zip(groups, seeds)]
+        with one_blas_thread():
+            books = [one(g, s) for g, s in zip(groups, seeds)]
     return np.concatenate(books)
 
 
