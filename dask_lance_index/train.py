@@ -265,7 +265,7 @@ def train_pq(
         # for it), so the groups take the cores as threads, one BLAS thread each
         # (NumPy releases the GIL in the GEMMs and argmaxes). Measured at 65,536
         # rows x 16 sub-spaces on 2 vCPUs: 1.89-2.32 s one group after another
-        # (one BLAS thread; 2.70-2.93 s with two), 1.1-1.3 s in threads.
+        # (one BLAS thread; 2.70-2.93 s with two), 1.41-1.82 s in two threads.
         with one_blas_thread(), ThreadPoolExecutor(min(len(groups), os.cpu_count() or 1)) as pool:
             books = list(pool.map(one, groups, seeds))
     else:
