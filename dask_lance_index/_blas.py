@@ -26,11 +26,10 @@ variable ``DASK_LANCE_INDEX_NO_BLAS_LIMIT`` (to anything) turns it off.
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 import threading
 
-__all__ = ["blas_threads", "in_one_blas_thread", "one_blas_thread"]
+__all__ = ["blas_threads", "one_blas_thread"]
 
 _lock = threading.Lock()
 _depth = 0
@@ -54,7 +53,8 @@ def blas_threads() -> int:
 
 @contextlib.contextmanager
 def one_blas_thread():
-    """Run the body with one BLAS thread (see the module docstring)."""
+    """Run the body with one BLAS thread (see the module docstring); as a
+    decorator, ``@one_blas_thread()``, each call of the function."""
     global _depth, _limiter
     if os.environ.get("DASK_LANCE_INDEX_NO_BLAS_LIMIT"):
         yield
@@ -80,8 +80,9 @@ def one_blas_thread():
 
 def _release_control() -> None:
     """Let the next thread set OpenBLAS's pool: threadpoolctl 3.8 lets only the
-    thread that last set it change a process-wide pool, and ignores the others
-    silently. Our first task in and last task out are usually different threads."""
+    first thread to set a process-wide pool change it until that thread gives up
+    control, and ignores the others silently. Our first task in and last task out
+    are usually different threads."""
     try:
         from threadpoolctl import OpenBLASController
     except ImportError:
@@ -89,14 +90,3 @@ def _release_control() -> None:
     clear = getattr(OpenBLASController, "clear_controlling_thread", None)
     if clear is not None:
         clear()  # only when this thread holds control: another library's limit stays
-
-
-def in_one_blas_thread(func):
-    """Decorator: run ``func`` inside :func:`one_blas_thread`."""
-
-    @functools.wraps(func)
-    def wrapper(*args, **kwargs):
-        with one_blas_thread():
-            return func(*args, **kwargs)
-
-    return wrapper

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 from dask.delayed import delayed
 
-from ._blas import in_one_blas_thread
+from ._blas import one_blas_thread
 from .artifacts import IndexArtifacts
 from .artifact_io import _join, _write_text, write_manifest, write_metadata
 from .artifact_writer import PartitionArtifactWriter
@@ -73,7 +73,7 @@ def num_reducers_for(plan: IndexPlan) -> int:
     return max(1, min(plan.num_tasks, default_num_buckets(plan.params.num_partitions)))
 
 
-@in_one_blas_thread  # partitions run side by side: one BLAS thread each (see _blas)
+@one_blas_thread()  # partitions run side by side: one BLAS thread each (see _blas)
 def encode_group(plan: IndexPlan, task: int, artifacts: IndexArtifacts, num_reducers: int,
                  storage_options: dict | None = None) -> tuple:
     """Encode task: ``(piece_0, ..., piece_{R-1}, EncodeStats)``.

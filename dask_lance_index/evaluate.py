@@ -23,7 +23,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ._blas import in_one_blas_thread
+from ._blas import one_blas_thread
 from .errors import InvalidInputError
 from .evaltable import EvaluationRow, EvaluationTable
 
@@ -150,7 +150,7 @@ def exact_knn(data: np.ndarray, queries: np.ndarray, k: int = 10, metric: str = 
 # -- exact neighbours over a Lance dataset, as a Dask graph ---------------------------------------
 
 
-@in_one_blas_thread  # partitions run side by side: one BLAS thread each (see _blas)
+@one_blas_thread()  # partitions run side by side: one BLAS thread each (see _blas)
 def fragment_topk(
     uri: str,
     version: int,

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from ._blas import in_one_blas_thread
+from ._blas import one_blas_thread
 from .errors import InvalidInputError
 from .vectors import vectors_to_numpy
 
@@ -24,7 +24,7 @@ def _valid_rows(x: np.ndarray) -> np.ndarray:
     return np.isfinite(x).all(axis=1)
 
 
-@in_one_blas_thread  # partitions run side by side: one BLAS thread each (see _blas)
+@one_blas_thread()  # partitions run side by side: one BLAS thread each (see _blas)
 def add_ivf_partition(
     df: pd.DataFrame,
     artifacts,
@@ -75,7 +75,7 @@ def add_ivf_partition(
     return out
 
 
-@in_one_blas_thread  # partitions run side by side: one BLAS thread each (see _blas)
+@one_blas_thread()  # partitions run side by side: one BLAS thread each (see _blas)
 def add_pq_codes(
     df: pd.DataFrame,
     artifacts,

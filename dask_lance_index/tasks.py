@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import time
 
-from ._blas import in_one_blas_thread
+from ._blas import one_blas_thread
 from ._malloc import in_bulk
 from .build import SegmentResult, build_segment
 from .errors import BuildAbortedError
@@ -85,7 +85,7 @@ def train_task(samples, journal: str | None = None, storage_options: dict | None
 
 
 @in_bulk  # large temporaries from the heap, not one mmap each (see _malloc)
-@in_one_blas_thread  # tasks run side by side: one BLAS thread each (see _blas)
+@one_blas_thread()  # tasks run side by side: one BLAS thread each (see _blas)
 def build_task(plan: IndexPlan, task: int, artifacts, storage_options: dict | None = None,
                journal: str | None = None) -> SegmentResult:
     """Build task ``task`` once: reuse a journaled segment, else build and journal it."""

@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from ._blas import in_one_blas_thread, one_blas_thread
+from ._blas import one_blas_thread
 from ._malloc import in_bulk
 from .artifacts import IndexArtifacts
 from .errors import InvalidInputError
@@ -223,7 +223,7 @@ PQ_GROUP = 4
 
 
 @in_bulk
-@in_one_blas_thread
+@one_blas_thread()
 def _train_group(stacked: np.ndarray, k: int, **kw):
     """One group of PQ sub-spaces, as a task on another worker."""
     return kmeans_batched(stacked, k, **kw)
