@@ -107,25 +107,24 @@ def run_one(engine: str, uri: str, args) -> dict:
                 t0 = time.perf_counter()
                 result = dli.create_index(uri, "vector", args.index_type, compute=False, **opts).compute()
                 seconds = time.perf_counter() - t0
-            inside = sum(v for k, v in result.seconds.items() if k != "total")
-            extra = {"stages": result.seconds, "overhead_s": max(0.0, seconds - inside), "worker_peak_mb": peak_rss_mb()}
-            return {"engine": engine, "seconds": seconds, "peak_mb": peak_rss_mb(), **extra}
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            cluster = LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True, dashboard_address=None)
-        with cluster, Client(cluster) as client:
-            # A long-lived cluster has its imports done: warm the fresh workers up
-            # (importing lance takes about a second) before the clock starts.
-            client.run(lambda: __import__("dask_lance_index.build") and __import__("lance"))
-            t0 = time.perf_counter()  # cluster start-up is not build time
-            result = dli.create_index(uri, "vector", args.index_type, client=client, engine=eng, compute=False, **opts)
-            result = client.compute(result).result()
-            seconds = time.perf_counter() - t0  # the cluster's shutdown is not build time either
-            extra = {"stages": result.seconds}
-            inside = sum(v for k, v in result.seconds.items() if k != "total")
-            extra["overhead_s"] = max(0.0, seconds - inside)
-            worker_rss = client.run(peak_rss_mb)
-            extra["worker_peak_mb"] = max(worker_rss.values())
+            worker_peak_mb = peak_rss_mb()
+        else:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                cluster = LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True,
+                                       dashboard_address=None)
+            with cluster, Client(cluster) as client:
+                # A long-lived cluster has its imports done: warm the fresh workers up
+                # (importing lance takes about a second) before the clock starts.
+                client.run(lambda: __import__("dask_lance_index.build") and __import__("lance"))
+                t0 = time.perf_counter()  # cluster start-up is not build time
+                build = dli.create_index(uri, "vector", args.index_type, client=client, engine=eng, compute=False,
+                                         **opts)
+                result = client.compute(build).result()
+                seconds = time.perf_counter() - t0  # the cluster's shutdown is not build time either
+                worker_peak_mb = max(client.run(peak_rss_mb).values())
+        inside = sum(v for k, v in result.seconds.items() if k != "total")
+        extra = {"stages": result.seconds, "overhead_s": max(0.0, seconds - inside), "worker_peak_mb": worker_peak_mb}
         return {"engine": engine, "seconds": seconds, "peak_mb": peak_rss_mb(), **extra}
     else:
         raise SystemExit(f"unknown engine {engine}")

@@ -260,17 +260,16 @@ def train_pq(
             futures = [wc.submit(_train_group, stacked[g], 2**num_bits, seed=s, pure=False, **kw)
                        for g, s in zip(groups, seeds)]
             books = [book for book, _ in wc.gather(futures)]
-    elif in_worker is None and len(groups) > 1 and (os.cpu_count() or 1) > 1:
-        # Dask's local schedulers: this task runs alone (every build task waits
-        # for it), so the groups take the cores as threads, one BLAS thread each
-        # (NumPy releases the GIL in the GEMMs and argmaxes). Measured at 65,536
-        # rows x 16 sub-spaces on 2 vCPUs: 1.89-2.32 s one group after another
-        # (one BLAS thread; 2.70-2.93 s with two), 1.41-1.82 s in two threads.
-        with one_blas_thread(), ThreadPoolExecutor(min(len(groups), os.cpu_count() or 1)) as pool:
-            books = list(pool.map(one, groups, seeds))
     else:
-        with one_blas_thread():
-            books = [one(g, s) for g, s in zip(groups, seeds)]
+        # Under dask's local schedulers this task runs alone (every build task
+        # waits for it), so the groups take the cores as threads, one BLAS thread
+        # each (NumPy releases the GIL in the GEMMs and argmaxes); in a lone
+        # worker, one after another. Measured at 65,536 rows x 16 sub-spaces on
+        # 2 vCPUs: 1.89-2.32 s one group after another (one BLAS thread;
+        # 2.70-2.93 s with two), 1.41-1.82 s in two threads.
+        threads = min(len(groups), os.cpu_count() or 1) if in_worker is None else 1
+        with one_blas_thread(), ThreadPoolExecutor(threads) as pool:
+            books = list(pool.map(one, groups, seeds))
     return np.concatenate(books)
 
 
