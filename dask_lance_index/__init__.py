@@ -3,59 +3,90 @@
 >>> import dask_lance_index as dli
 >>> ds = dli.create_index("data/docs.lance", "vector", "IVF_PQ",
 ...                       num_partitions=256, num_sub_vectors=16, metric="l2")  # doctest: +SKIP
+
+The package is laid out in pipeline order: :mod:`.plan` decides a build,
+:mod:`.train` samples and trains its model, :mod:`.build` writes one segment
+per fragment group (by an engine), :mod:`.merge` merges segments, and
+:mod:`.commit` commits them as one index; :mod:`.graph` lays those stages out
+as one Dask graph and :mod:`.api` holds the verbs. Beside the pipeline:
+:mod:`.model` (the shared centroids, codebook and rotation, in NumPy),
+:mod:`.partition_artifacts` (encoded rows on disk), :mod:`.update`,
+:mod:`.dataframe`, :mod:`.evaluation`, :mod:`.recovery` (journal, retries,
+resume, cleanup), :mod:`.storage` (every file and dataset touched) and
+:mod:`.runtime` (where tasks run). This module exports the verbs users call and
+the result and error types; everything else is importable from its subpackage.
 """
 
-from .api import create_index, run
-from .artifacts import IndexArtifacts
-from .commit import BuildResult
+__version__ = "0.1.0"
+
+from .api import create_index, finalize_artifact, plan_index, run
+from .commit import BuildResult, SavedModel, load_model, save_model
+from .dataframe import (
+    WriteResult,
+    add_ivf_partition,
+    add_pq_codes,
+    batch_search,
+    read_lance,
+    to_lance,
+    vector_series,
+    vectors_to_numpy,
+)
 from .errors import (
+    BuildAbortedError,
     CoverageError,
     DaskLanceIndexError,
     DatasetChangedError,
     IndexExistsError,
-    InvalidArtifactError,
     InvalidInputError,
+    InvalidModelError,
+)
+from .evaluation import (
+    EvaluationRow,
+    EvaluationTable,
+    RQBitsResult,
+    evaluate_index,
+    evaluate_rq_bits,
+    exact_knn_dataset,
+    plot_recall,
 )
 from .graph import IndexBuild
-from .plan import INDEX_TYPES, IndexParams, IndexPlan, plan_index
-from .rabitq import build_rq_rotation
-from .rotation import RQRotation
-from .rq_eval import RQBitsResult, evaluate_rq_bits
-from .dataframe import WriteResult, read_lance, to_lance
-from .frame_encode import add_ivf_partition, add_pq_codes
-from .frame_search import batch_search
-from .vectors import vector_series, vectors_to_numpy
-from .evaluate import evaluate_index, exact_knn_dataset
-from .evaltable import EvaluationRow, EvaluationTable, plot_recall
-from .finalize import finalize_artifact
-from .artifact_io import PartitionArtifact
-from .artifact_writer import PartitionArtifactWriter
-from .partition_artifacts import InvalidPartitionArtifactError
-from .saved import SavedIndex, load_artifacts, save_artifacts
-from .update import IndexUpdate, UpdateResult, run_update, update_index
-
-__version__ = "0.1.0"
+from .model import IndexModel, RQRotation, build_rq_rotation
+from .partition_artifacts import InvalidPartitionArtifactError, PartitionArtifact, PartitionArtifactWriter
+from .plan import INDEX_TYPES, IndexParams, IndexPlan
+from .recovery import BuildJournal, cleanup
+from .update import IndexUpdate, UpdateResult, update_index
 
 __all__ = [
+    # build, update, clean up
     "create_index",
     "plan_index",
     "run",
-    "build_rq_rotation",
+    "update_index",
+    "finalize_artifact",
+    "cleanup",
+    # what they plan, return and keep
+    "INDEX_TYPES",
     "IndexPlan",
     "IndexParams",
-    "IndexArtifacts",
     "IndexBuild",
+    "IndexUpdate",
     "BuildResult",
-    "INDEX_TYPES",
+    "UpdateResult",
+    "IndexModel",
+    "SavedModel",
+    "load_model",
+    "save_model",
+    "BuildJournal",
+    # errors
     "DaskLanceIndexError",
     "InvalidInputError",
-    "InvalidArtifactError",
+    "InvalidModelError",
     "IndexExistsError",
     "CoverageError",
     "DatasetChangedError",
-    "RQRotation",
-    "evaluate_rq_bits",
-    "RQBitsResult",
+    "BuildAbortedError",
+    "InvalidPartitionArtifactError",
+    # Dask DataFrames
     "read_lance",
     "to_lance",
     "WriteResult",
@@ -64,26 +95,18 @@ __all__ = [
     "batch_search",
     "vector_series",
     "vectors_to_numpy",
+    # evaluation
     "evaluate_index",
     "exact_knn_dataset",
     "EvaluationRow",
     "EvaluationTable",
     "plot_recall",
-    "finalize_artifact",
+    # RaBitQ
+    "build_rq_rotation",
+    "RQRotation",
+    "evaluate_rq_bits",
+    "RQBitsResult",
+    # partition artifacts
     "PartitionArtifact",
     "PartitionArtifactWriter",
-    "InvalidPartitionArtifactError",
-    "update_index",
-    "run_update",
-    "UpdateResult",
-    "IndexUpdate",
-    "SavedIndex",
-    "load_artifacts",
-    "save_artifacts",
 ]
-
-from .cleanup import cleanup  # noqa: E402
-from .errors import BuildAbortedError  # noqa: E402
-from .journal import BuildJournal  # noqa: E402
-
-__all__ += ["cleanup", "BuildJournal", "BuildAbortedError"]

@@ -1,47 +1,138 @@
-"""``create_index``: plan, check, build the graph, and run it (or hand it back lazily)."""
+"""The verbs that build an index: :func:`plan_index`, :func:`create_index`, :func:`finalize_artifact`.
+
+Each reads the dataset's metadata once (the I/O edge of planning), checks the
+request before any task runs, lays out the graph (:mod:`.graph`) and runs it
+through the one runner (:func:`dask_lance_index.recovery.run`), or hands the
+lazy build back with ``compute=False``.
+"""
 
 from __future__ import annotations
 
-import dataclasses
-import os
 import time
-from typing import Any
+from typing import Any, Sequence
 
-from .artifacts import IndexArtifacts, coerce_array, validate_artifacts
-from .errors import InvalidInputError
-from .graph import IndexBuild, build_graph
-from .plan import MAX_ITERS, PQ_SAMPLE_RATE, SAMPLE_RATE, TOLERANCE, plan_index
+from .build import ENGINES, resolve_engine
+from .errors import IndexExistsError, InvalidInputError
+from .graph import build_graph
+from .model import IndexModel, coerce_array, validate_model
+from .partition_artifacts import InvalidPartitionArtifactError, PartitionArtifact, check_artifact_fits, check_row_ids
+from .plan import (
+    MAX_ITERS,
+    PQ_SAMPLE_RATE,
+    SAMPLE_RATE,
+    TOLERANCE,
+    FragmentInfo,
+    IndexPlan,
+    make_plan,
+    model_parts_to_train,
+    resolve_params,
+)
+from .recovery import resume_build, run, start_journal
+from .runtime import parallelism, resolve_client
+from .storage import column_info, fragment_rows, index_names, open_or_fail
 
-__all__ = ["create_index", "resolve_client"]
-
-
-def resolve_client(client=None):
-    """The ``distributed.Client`` to run on: the one given (or one connected to the
-    scheduler address given), else the current one, else None."""
-    if isinstance(client, str):
-        from .faults import connect
-
-        return connect(client)
-    if client is not None:
-        from .faults import check_client
-
-        check_client(client)
-        return client
-    try:
-        from distributed import default_client
-
-        return default_client()
-    except (ImportError, ValueError):
-        return None
+__all__ = ["create_index", "finalize_artifact", "plan_index", "run"]
 
 
-def _parallelism(client) -> int:
-    if client is not None:
-        try:
-            return max(1, sum(client.nthreads().values()))
-        except Exception:  # a client that cannot answer: plan as for one machine
-            pass
-    return os.cpu_count() or 1
+def plan_index(
+    uri,
+    column: str,
+    index_type: str,
+    name: str | None = None,
+    metric: str = "l2",
+    replace: bool = False,
+    num_partitions: int | None = None,
+    target_partition_size: int | None = None,
+    num_sub_vectors: int | None = None,
+    num_bits: int | None = None,
+    *,
+    m: int | None = None,
+    ef_construction: int | None = None,
+    ivf_centroids=None,
+    pq_codebook=None,
+    rabitq_model: str | None = None,
+    num_tasks: int | None = None,
+    rows_per_task: int | None = None,
+    parallelism: int = 1,
+    num_segments: int = 1,
+    merge_fan_in: int = 16,
+    sample_rate: int = SAMPLE_RATE,
+    max_iters: int = MAX_ITERS,
+    pq_sample_rate: int = PQ_SAMPLE_RATE,
+    tolerance: float = TOLERANCE,
+    seed: int | None = None,
+    engine: str = "auto",
+    version: int | None = None,
+    storage_options: dict | None = None,
+    build_id: str | None = None,
+    fragment_groups: Sequence[Sequence[int]] | None = None,
+) -> IndexPlan:
+    """Plan an index build without running anything: an :class:`~dask_lance_index.plan.IndexPlan`.
+
+    Opens the dataset once, pins its version, reads the vector column's schema
+    and the fragments' row counts (metadata only), and decides the build
+    (:func:`dask_lance_index.plan.make_plan`). Parameters follow
+    :func:`create_index`; ``parallelism`` is the worker threads the build will
+    have (one build task each at least). Raises a
+    :class:`~dask_lance_index.InvalidInputError` subclass on bad input.
+    """
+    ds = open_or_fail(uri, version, storage_options)
+    info = column_info(ds, column)
+    name = name or f"{column}_idx"
+    if name in index_names(ds) and not replace:
+        raise IndexExistsError(
+            f"the dataset already has an index named {name!r}. Fix: pass replace=True to "
+            "replace it, or choose another name."
+        )
+    fragments = tuple(FragmentInfo(i, n) for i, n in fragment_rows(ds))
+    total = sum(f.num_rows for f in fragments)
+    if total == 0:
+        raise InvalidInputError(
+            f"the dataset at {ds.uri} has no rows at version {ds.version}; there is nothing to "
+            "index. Fix: write data first."
+        )
+    if ivf_centroids is not None and num_partitions is None:
+        num_partitions = len(ivf_centroids)
+    params = resolve_params(
+        index_type,
+        dimension=info.dimension,
+        num_rows=total,
+        metric=metric,
+        num_partitions=num_partitions,
+        target_partition_size=target_partition_size,
+        num_sub_vectors=num_sub_vectors,
+        num_bits=num_bits,
+        m=m,
+        ef_construction=ef_construction,
+        sample_rate=sample_rate,
+        max_iters=max_iters,
+        pq_sample_rate=pq_sample_rate,
+        tolerance=tolerance,
+    )
+    train = model_parts_to_train(params, ivf_centroids=ivf_centroids is not None,
+                                 pq_codebook=pq_codebook is not None, rabitq_model=rabitq_model is not None)
+    chosen = resolve_engine(engine, params)
+    return make_plan(
+        uri=ds.uri,
+        version=ds.version,
+        column=column,
+        dimension=info.dimension,
+        fragments=fragments,
+        params=params,
+        engine=chosen.name,
+        one_segment_reason=chosen.one_segment_reason(params),
+        name=name,
+        replace=replace,
+        train=train,
+        num_tasks=num_tasks,
+        rows_per_task=rows_per_task,
+        parallelism=parallelism,
+        num_segments=num_segments,
+        merge_fan_in=merge_fan_in,
+        seed=seed,
+        fragment_groups=fragment_groups,
+        build_id=build_id,
+    )
 
 
 def create_index(
@@ -81,7 +172,7 @@ def create_index(
     retries: int = 2,
     fragment_groups=None,
     progress: bool | None = None,
-    saved_artifacts_uri: str | None = None,
+    model_uri: str | None = None,
 ) -> Any:
     """Build a Lance vector index in parallel on Dask.
 
@@ -101,7 +192,7 @@ def create_index(
     num_partitions : int, optional
         IVF partitions; default ``num_rows // target_partition_size`` in [1, 4096].
     ivf_centroids, pq_codebook : array, optional
-        Pre-trained float32 artifacts, shapes ``(num_partitions, dim)`` and
+        A pre-trained float32 model, shapes ``(num_partitions, dim)`` and
         ``(num_sub_vectors, 2**num_bits, dim // num_sub_vectors)``: skip training.
     num_sub_vectors : int, optional
         PQ sub-vectors; default ``dim / 16`` (or /8, /4, /2 when 16 does not divide).
@@ -135,17 +226,17 @@ def create_index(
         incremental (centroids move after each chunk of 32 rows per centroid):
         with 5e-3 its GloVe partitions are within 0.006 of Lance's (1e-4) in
         IVF recall, where full Lloyd steps to 5e-3 were 0.016 short
-        (docs/benchmarks.md).
+        (``docs/benchmarks.md``).
     seed : int, optional
-        Seed of sampling and training; the same seed and data give the same artifacts.
+        Seed of sampling and training; the same seed and data give the same model.
     engine : {"auto", "precomputed", "partitions", "lance", "artifact"}
         Who assigns and encodes the rows. ``"precomputed"``: the workers, with
         NumPy BLAS, and they write each IVF_PQ and IVF_RQ (l2, cosine) segment's
-        files in Lance's layout (:mod:`dask_lance_index.segment_write`; for
+        files in Lance's layout (:mod:`dask_lance_index.storage.segment_files`; for
         IVF_HNSW_PQ they hand Lance the codes and Lance builds the graphs); for
         IVF_RQ the ex-codes' rescale factor chosen from three candidates per row
         instead of Lance's full sweep (recall@10 within 0.001 of Lance's own
-        encoding of the same partitions, docs/benchmarks.md).
+        encoding of the same partitions, ``docs/benchmarks.md``).
         ``"partitions"`` (any type): the workers assign IVF partitions with
         NumPy BLAS and Lance encodes from that map; ``"lance"``: Lance itself.
         ``"auto"``: ``"precomputed"`` for 8-bit PQ types and IVF_RQ under l2
@@ -153,6 +244,7 @@ def create_index(
         ``"artifact"`` (8-bit PQ types): the workers encode into a partition
         artifact in Lance's upstream layout (a shuffle by bucket), which is
         then finalized; see :mod:`dask_lance_index.partition_artifacts`.
+        Each engine is described in :mod:`dask_lance_index.build.engines`.
     artifact_uri : str, optional
         ``engine="artifact"``: where the artifact is written (storage every
         worker reaches). It is kept, so a build that fails after encoding can
@@ -168,17 +260,18 @@ def create_index(
     compute : bool
         ``True``: run now and return the committed ``LanceDataset``. ``False``:
         return an :class:`~dask_lance_index.graph.IndexBuild`, a lazy dask
-        object whose ``.compute()`` runs the build and returns a
-        :class:`~dask_lance_index.commit.BuildResult`.
+        object whose ``.compute()`` (or :func:`run`) runs the build and returns a
+        :class:`~dask_lance_index.BuildResult`.
     journal : str or False, optional
         Where the build journal goes (a directory or object-store prefix): the
-        plan, the trained artifacts and every finished segment, as JSON. Default
+        plan, the trained model and every finished segment, as JSON. Default
         ``<uri>/_dli/<build id>``, removed once the index is committed. Give a
         location to be able to resume; ``False``: no journal (no resume, and
         :func:`~dask_lance_index.cleanup` cannot find what a crash left).
     resume : bool
         When ``journal`` names an existing journal: carry on that build
-        (finished segments and merges are not redone) instead of failing.
+        (finished segments and merges are not redone, a journaled model is not
+        trained again) instead of failing.
     fragment_groups : list of lists of int, optional
         The build tasks' fragment groups, chosen by hand (instead of
         ``num_tasks`` / ``rows_per_task``): every fragment in exactly one group.
@@ -191,21 +284,16 @@ def create_index(
         cluster, dask's ``ProgressBar`` otherwise), on standard error. Default:
         on in a notebook or when standard error is a terminal, off in batch jobs
         whose output goes to a file or pipe.
-    saved_artifacts_uri : str, optional
-        Where to save the artifacts and the plan for
+    model_uri : str, optional
+        Where to save the model and the plan for
         :func:`~dask_lance_index.update_index`; default
-        ``<uri>/_dli_models/<name>/artifacts.json``.
+        ``<uri>/_dli_models/<name>/model.json``.
     """
     t0 = time.time()
-    # An explicit local scheduler wins over a default client picked up implicitly.
-    client = client if scheduler is not None else resolve_client(client)
-    given = _given_artifacts(ivf_centroids, pq_codebook, rabitq_model)
-    from .faults import resume_build, start_build
-
-    resumed = None
-    if journal and resume:
-        resumed = resume_build(journal, uri, column, index_type, name, given, storage_options)
-    if resumed is not None:  # carry on the journaled build: its plan, its artifacts
+    client = resolve_client(client, scheduler)
+    given = given_model(ivf_centroids, pq_codebook, rabitq_model)
+    resumed = resume_build(journal, uri, column, index_type, name, given, storage_options) if journal and resume else None
+    if resumed is not None:  # carry on the journaled build: its plan, its model
         plan, given = resumed
     else:
         plan = plan_index(
@@ -226,7 +314,7 @@ def create_index(
             rabitq_model=given.rabitq_model,
             num_tasks=num_tasks,
             rows_per_task=rows_per_task,
-            parallelism=_parallelism(client),
+            parallelism=parallelism(client),
             num_segments=num_segments,
             merge_fan_in=merge_fan_in,
             sample_rate=sample_rate,
@@ -238,7 +326,7 @@ def create_index(
             storage_options=storage_options,
             fragment_groups=fragment_groups,
         )
-    validate_artifacts(
+    validate_model(
         given,
         index_type=plan.params.index_type,
         dimension=plan.dimension,
@@ -246,66 +334,93 @@ def create_index(
         num_sub_vectors=plan.params.num_sub_vectors,
         num_bits=plan.params.num_bits,
     )
-    art = {}
-    if plan.engine == "artifact":
-        from .finalize import check_row_ids
-
-        check_row_ids(plan, storage_options)
-        art = _artifact_target(plan, artifact_uri, storage_options)
-        plan = dataclasses.replace(plan, notes=plan.notes + (f"partition artifact at {art['artifact_uri']}",))
-    elif artifact_uri is not None:
-        raise InvalidInputError(f"artifact_uri applies to engine='artifact' only, not {plan.engine!r}")
-    location = str(journal) if resumed is not None else start_build(plan, journal, client, given, storage_options)
-    build = build_graph(
-        plan, given, storage_options, plan_seconds=time.time() - t0, journal=location, retries=retries,
-        saved_artifacts_uri=saved_artifacts_uri, **art
-    )
+    plan, options = ENGINES[plan.engine].prepare(plan, storage_options, artifact_uri=artifact_uri)
+    location = str(journal) if resumed is not None else start_journal(plan, journal, given, storage_options)
+    build = build_graph(plan, given, storage_options, plan_seconds=time.time() - t0, journal=location,
+                        retries=retries, engine_options=options, model_uri=model_uri)
     if not compute:
         return build
-    result = run(build, client=client, scheduler=scheduler, retries=retries, progress=progress)
-    return result.dataset(storage_options)
+    return run(build, client=client, scheduler=scheduler, retries=retries, progress=progress).dataset(storage_options)
 
 
-def run(build: IndexBuild, client=None, scheduler: str | None = None, retries: int = 2,
-        progress: bool | None = None):
-    """Run a lazy build on ``client`` (or the local ``scheduler``) and return its BuildResult.
-
-    On a cluster a failing task is retried ``retries`` times, and the run is
-    resubmitted up to ``retries`` times when tasks were lost with dying workers
-    (journaled work is not redone). If the build fails, its tasks are stopped
-    and every uncommitted segment it wrote is removed (:func:`.cleanup.abandon_build`).
-
-    ``progress`` is as in :func:`create_index`. The result's ``seconds`` gains
-    ``"total"``: planning plus the wall time of this run.
-    """
-    from .faults import run_with_retries
-
-    client = client if scheduler is not None else resolve_client(client)
-    t0 = time.time()
-    result = run_with_retries(build, client, scheduler, retries, progress)
-    total = result.seconds.get("plan", 0.0) + time.time() - t0
-    return dataclasses.replace(result, seconds={**result.seconds, "total": round(total, 4)})
-
-
-def _given_artifacts(ivf_centroids, pq_codebook, rabitq_model) -> IndexArtifacts:
+def given_model(ivf_centroids=None, pq_codebook=None, rabitq_model=None) -> IndexModel:
+    """The parts of the model the user gave, checked for type (shapes: :func:`validate_model`)."""
     c = coerce_array(ivf_centroids, "ivf_centroids") if ivf_centroids is not None else None
     cb = coerce_array(pq_codebook, "pq_codebook") if pq_codebook is not None else None
     if rabitq_model is not None and not isinstance(rabitq_model, str):
         raise InvalidInputError("rabitq_model must be the JSON string of a RaBitQ model")
-    return IndexArtifacts(ivf_centroids=c, pq_codebook=cb, rabitq_model=rabitq_model)
+    return IndexModel(ivf_centroids=c, pq_codebook=cb, rabitq_model=rabitq_model)
 
 
-def _artifact_target(plan, artifact_uri: str | None, storage_options: dict | None = None) -> dict:
-    """Where the artifact engine writes, refusing to overwrite a complete artifact."""
-    from .artifact_io import _exists, _join
-    from .partition_artifacts import MANIFEST_FILE
+def finalize_artifact(
+    uri,
+    column: str,
+    artifact_uri: str,
+    *,
+    index_type: str = "IVF_PQ",
+    name: str | None = None,
+    replace: bool = False,
+    num_tasks: int | None = None,
+    rows_per_task: int | None = None,
+    num_segments: int = 1,
+    merge_fan_in: int = 16,
+    storage_options: dict | None = None,
+    client=None,
+    scheduler: str | None = None,
+    compute: bool = True,
+    journal=None,
+    retries: int = 2,
+    progress: bool | None = None,
+):
+    """Build and commit an index from an existing partition artifact, without encoding.
 
-    if artifact_uri is None:
-        return {"artifact_uri": _join(plan.uri, f"_dli_artifacts/{plan.build_id}"), "drop_artifact": True}
-    root = str(artifact_uri)
-    if _exists(_join(root, MANIFEST_FILE), storage_options):
-        raise InvalidInputError(
-            f"{root} already holds a complete partition artifact. Fix: finalize it with "
-            "dask_lance_index.finalize_artifact(...) (no encoding), or choose an empty artifact_uri."
+    The artifact (``manifest.json``, ``metadata.lance``, bucket files) is
+    validated against its files and against the column before any task runs.
+    Its model (centroids, codebook, metric, sub-vectors) decides the index's
+    parameters. Each fragment group's segment gets exactly its fragments' rows
+    of the artifact; the commit is the same validated commit as
+    :func:`create_index`, and the run the same (retries, journal, cleanup on
+    failure).
+
+    Parameters
+    ----------
+    uri : str or LanceDataset
+    column : str
+    artifact_uri : str
+        The artifact root: one written by ``create_index(engine="artifact",
+        artifact_uri=...)`` or by another backend in Lance's layout.
+    index_type : {"IVF_PQ", "IVF_HNSW_PQ"}
+    name, replace, num_tasks, rows_per_task, num_segments, merge_fan_in, storage_options, client, scheduler, compute, journal, retries, progress
+        As :func:`create_index`.
+
+    Returns
+    -------
+    LanceDataset, or an IndexBuild when ``compute=False``.
+    """
+    t0 = time.time()
+    client = resolve_client(client, scheduler)
+    art = PartitionArtifact.open(str(artifact_uri), storage_options)
+    md = art.metadata
+    plan = plan_index(
+        uri, column, index_type, name=name, metric=md.distance_type, replace=replace,
+        num_partitions=md.num_partitions, num_sub_vectors=md.num_sub_vectors, num_bits=md.num_bits,
+        ivf_centroids=md.ivf_centroids, pq_codebook=md.pq_codebook, num_tasks=num_tasks,
+        rows_per_task=rows_per_task, parallelism=parallelism(client), num_segments=num_segments,
+        merge_fan_in=merge_fan_in, engine="artifact", storage_options=storage_options,
+    )
+    check_artifact_fits(md, dimension=plan.dimension, num_partitions=plan.params.num_partitions,
+                        num_sub_vectors=plan.params.num_sub_vectors, metric=plan.params.metric)
+    check_row_ids(plan, storage_options)
+    if art.num_rows > plan.num_rows:
+        raise InvalidPartitionArtifactError(
+            f"the partition artifact holds {art.num_rows} rows but the dataset has {plan.num_rows}: "
+            "it was written for other data. Fix: encode again."
         )
-    return {"artifact_uri": root, "drop_artifact": False}
+    given = IndexModel(md.ivf_centroids, md.pq_codebook, source={"artifact": str(artifact_uri)})
+    location = start_journal(plan, journal, given, storage_options)
+    build = build_graph(plan, given, storage_options, plan_seconds=time.time() - t0, journal=location,
+                        retries=retries,
+                        engine_options={"artifact_uri": str(artifact_uri), "encode": False, "temporary": False})
+    if not compute:
+        return build
+    return run(build, client=client, scheduler=scheduler, retries=retries, progress=progress).dataset(storage_options)

@@ -34,7 +34,17 @@ import traceback
 import warnings
 from typing import Callable
 
+import numpy as np
+from distributed import Client, LocalCluster
+
+from . import __version__
+from .api import create_index, plan_index, run
 from .errors import DatasetChangedError, IndexExistsError, InvalidInputError
+from .evaluation import check_queries, evaluate_index, index_on, sample_query_rows
+from .plan import INDEX_TYPES
+from .recovery import cleanup
+from .runtime import parallelism
+from .storage import column_info, open_or_fail
 
 __all__ = ["main", "build_parser", "exit_code", "EXIT_CODES", "COMMANDS"]
 
@@ -49,7 +59,6 @@ EXIT_CODES = {
     "during the build (run again)",
     EXIT_INTERRUPTED: "interrupted (Ctrl-C)",
 }
-INDEX_TYPES = ("IVF_FLAT", "IVF_PQ", "IVF_SQ", "IVF_RQ", "IVF_HNSW_FLAT", "IVF_HNSW_PQ", "IVF_HNSW_SQ")
 
 
 SHORT_CODES = "exit codes: 0 ok, 1 failure (retry), 2 bad input, 3 conflict (index exists / dataset changed)"
@@ -69,8 +78,6 @@ class SchedulerUnreachable(Exception):
 
 def _connect(args):
     """A client of ``--scheduler``, or :class:`SchedulerUnreachable` naming the address."""
-    from distributed import Client
-
     try:
         return Client(args.scheduler, timeout=f"{args.connect_timeout}s")
     except (OSError, TimeoutError) as exc:
@@ -176,14 +183,10 @@ def _add_output_args(p: argparse.ArgumentParser) -> None:
 @contextlib.contextmanager
 def _cluster(args):
     """A client on ``--scheduler``, or on a LocalCluster started (and stopped) here."""
-    from distributed import Client
-
     if args.scheduler:
         with _connect(args) as client:
             yield client
         return
-    from distributed import LocalCluster
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "port in use" style start-up chatter
         cluster = LocalCluster(
@@ -243,10 +246,6 @@ def _add_build(sub) -> None:
 
 
 def _run_build(args) -> int:
-    from .api import create_index, run
-
-    from .plan import plan_index
-
     kwargs = _index_kwargs(args)
     # Check the request (metadata only) before starting a cluster: bad input exits at once.
     plan_index(args.uri, args.column, args.index_type, **kwargs)
@@ -288,16 +287,13 @@ def _add_plan(sub) -> None:
 
 
 def _run_plan(args) -> int:
-    from .api import _parallelism
-    from .plan import plan_index
-
     kwargs = _index_kwargs(args)
     if args.scheduler:
         with _connect(args) as client:
-            parallelism = _parallelism(client)
+            threads = parallelism(client)
     else:
-        parallelism = _parallelism(None)
-    plan = plan_index(args.uri, args.column, args.index_type, parallelism=parallelism, **kwargs)
+        threads = parallelism(None)
+    plan = plan_index(args.uri, args.column, args.index_type, parallelism=threads, **kwargs)
     _emit(args, plan.to_dict(), str(plan))
     return EXIT_OK
 
@@ -340,18 +336,7 @@ def _add_evaluate(sub) -> None:
     p.set_defaults(func=_run_evaluate)
 
 
-def _open(args):
-    from ._lance import open_dataset
-
-    try:
-        return open_dataset(args.uri, None, dict(args.storage_options) or None)
-    except (ValueError, OSError) as exc:
-        raise InvalidInputError(f"cannot open a Lance dataset at {args.uri!r}: {exc}") from None
-
-
 def _load_queries(args, ds, dimension: int):
-    import numpy as np
-
     if args.queries:
         try:
             return np.load(args.queries, allow_pickle=False)
@@ -360,28 +345,7 @@ def _load_queries(args, ds, dimension: int):
     return sample_query_rows(ds, args.column, args.num_queries, seed=args.seed, dimension=dimension)
 
 
-def sample_query_rows(ds, column: str, num_queries: int, *, seed: int = 0, dimension: int):
-    """``num_queries`` random usable (non-null, finite) vectors of the dataset, as float32."""
-    import numpy as np
-
-    from ._lance import _to_float32_matrix
-
-    total = ds.count_rows()
-    if total == 0:
-        raise InvalidInputError(f"the dataset at {ds.uri} has no rows to draw queries from.")
-    rng = np.random.default_rng(seed)
-    # Draw a few spare rows: null or NaN vectors are dropped.
-    picks = np.sort(rng.choice(total, size=min(total, 2 * num_queries + 16), replace=False))
-    x, valid = _to_float32_matrix(ds.take(picks, columns=[column]).column(column), dimension)
-    x = x[valid][:num_queries]
-    if len(x) == 0:
-        raise InvalidInputError(f"no usable (non-null, finite) vectors found in column {column!r} to query with.")
-    return x
-
-
 def _run_evaluate(args) -> int:
-    from .evaluate import evaluate_index
-
     if args.plot:
         try:
             import matplotlib
@@ -389,14 +353,11 @@ def _run_evaluate(args) -> int:
             matplotlib.use("Agg")
         except ImportError:
             raise UsageError("--plot needs matplotlib: pip install matplotlib") from None
-    from ._lance import column_info
-    from .evaluate import _check_queries, _index_on
-
     # Check the input before starting a cluster: bad input exits at once.
-    ds = _open(args)
+    ds = open_or_fail(args.uri, None, dict(args.storage_options) or None)
     dimension = column_info(ds, args.column).dimension
-    _index_on(ds, args.column, args.name)
-    queries = _check_queries(_load_queries(args, ds, dimension), dimension)
+    index_on(ds, args.column, args.name)
+    queries = check_queries(_load_queries(args, ds, dimension), dimension)
     with _cluster(args) as client:
         table = evaluate_index(
             args.uri, args.column, queries, args.k, args.nprobes, args.refine_factors,
@@ -408,8 +369,6 @@ def _run_evaluate(args) -> int:
     _emit(args, table.to_dict(), str(table) + (f"\nplot written to {args.plot}" if args.plot else ""))
     return EXIT_OK
 
-
-# -- the parser and main --------------------------------------------------------------------------
 
 # -- cleanup --------------------------------------------------------------------------------------
 
@@ -439,8 +398,6 @@ def _add_cleanup(sub) -> None:
 
 
 def _run_cleanup(args) -> int:
-    from .cleanup import cleanup
-
     removed = cleanup(
         args.uri, args.build_id, storage_options=dict(args.storage_options) or None,
         dry_run=args.dry_run, journal=args.journal,
@@ -454,9 +411,10 @@ def _run_cleanup(args) -> int:
 COMMANDS: list[Callable] = [_add_build, _add_plan, _add_evaluate, _add_cleanup]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+# -- the parser and main --------------------------------------------------------------------------
 
+
+def build_parser() -> argparse.ArgumentParser:
     codes = "\n".join(f"  {c:<4d} {what}" for c, what in EXIT_CODES.items())
     parser = argparse.ArgumentParser(
         prog=PROG,

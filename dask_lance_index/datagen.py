@@ -9,6 +9,7 @@ isotropic noise.
 
 from __future__ import annotations
 
+import lance
 import numpy as np
 import pyarrow as pa
 
@@ -64,8 +65,6 @@ def write_vectors(
     storage_options: dict | None = None,
 ):
     """Write vectors to a Lance dataset, one fragment per ``max_rows_per_file`` rows."""
-    import lance
-
     return lance.write_dataset(
         vector_table(vectors, column=column, start_id=start_id),
         uri,

@@ -18,6 +18,11 @@ import time
 import warnings
 
 import numpy as np
+from distributed import Client, LocalCluster
+
+from .api import create_index, run
+from .datagen import make_vectors, write_vectors
+from .evaluation import exact_knn, recall_at_k, search
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,12 +37,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--path", default=None, help="where to write the dataset (default: a temp dir)")
     args = parser.parse_args(argv)
-
-    from distributed import Client, LocalCluster
-
-    import dask_lance_index as dli
-    from dask_lance_index.datagen import make_vectors, write_vectors
-    from dask_lance_index.evaluate import exact_knn, recall_at_k, search
 
     root = args.path or tempfile.mkdtemp(prefix="dli-demo-")
     uri = os.path.join(root, "demo.lance")
@@ -56,10 +55,10 @@ def main(argv: list[str] | None = None) -> int:
         opts = {"num_partitions": args.num_partitions}
         if "PQ" in args.index_type.upper():
             opts["num_sub_vectors"] = args.num_sub_vectors or max(args.dim // 8, 1)
-        build = dli.create_index(uri, "vector", args.index_type, metric=args.metric, client=client, compute=False, **opts)
+        build = create_index(uri, "vector", args.index_type, metric=args.metric, client=client, compute=False, **opts)
         print(build.plan)
         t0 = time.time()
-        result = client.compute(build).result()
+        result = run(build, client=client)
         wall = time.time() - t0
     print(result)
     print(f"build wall time: {wall:.2f} s")

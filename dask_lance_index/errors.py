@@ -9,7 +9,7 @@ from __future__ import annotations
 __all__ = [
     "DaskLanceIndexError",
     "InvalidInputError",
-    "InvalidArtifactError",
+    "InvalidModelError",
     "IndexExistsError",
     "CoverageError",
     "DatasetChangedError",
@@ -25,8 +25,8 @@ class InvalidInputError(DaskLanceIndexError, ValueError):
     """A parameter, column or dataset cannot be indexed as asked."""
 
 
-class InvalidArtifactError(InvalidInputError):
-    """A user-given centroid array, PQ codebook or RaBitQ model does not fit the index."""
+class InvalidModelError(InvalidInputError):
+    """A user-given model (centroid array, PQ codebook or RaBitQ rotation) does not fit the index."""
 
 
 class IndexExistsError(InvalidInputError):

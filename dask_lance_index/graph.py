@@ -3,128 +3,86 @@
 ::
 
     dli-plan ──────────────┬──────────────┬──────────────┐
-    dli-sample-<frag> ─► dli-artifacts ─► dli-build-<i> ─► dli-merge-<j> ─► dli-commit
-                                                                          (barrier)
+    dli-sample-<frag> ─► dli-model ─► dli-build-<i> ─► dli-merge-<j> ─► dli-commit
+                                                                      (barrier)
 
-The plan and the artifacts each enter the graph once, as one key that every
-task depending on them names; nothing large is embedded per task. Keys carry
-the first 8 characters of the build id so that two builds never share a key.
+One task per fragment (sampling), one training task, one task per fragment
+group (build), the merges, then one barrier task that commits. The plan and the
+model each enter the graph once, as one key that every task depending on them
+names; nothing large is embedded per task. Each stage's work is a small
+callable object holding its settings (:class:`~dask_lance_index.train.SampleFragment`,
+:class:`~dask_lance_index.train.TrainModel`, :class:`~dask_lance_index.build.BuildSegment`,
+:class:`~dask_lance_index.merge.MergeSegments`, :class:`~dask_lance_index.commit.CommitIndex`),
+so a task's repr names its stage. Keys carry the first 8 characters of the
+build id so that two builds never share a key. An engine may add tasks
+upstream of the build tasks and one after the commit (the artifact engine's
+encode and shuffle, and the removal of its temporary artifact).
 """
 
 from __future__ import annotations
 
-import logging
-import warnings
+from dataclasses import dataclass, field
 
 import dask
-from dask.delayed import Delayed, delayed
+from dask.delayed import delayed
 
-from .artifacts import IndexArtifacts
-from .commit import BuildResult, commit_index
+from .build import BuildSegment, get_engine
+from .commit import BuildResult, CommitIndex
+from .merge import MergeSegments
+from .model import IndexModel
 from .plan import IndexPlan
-from .tasks import build_task, index_of, merge_task, sample_task, train_task
+from .recovery import IndexJob
+from .storage import hide_secrets
+from .train import SampleFragment, TrainModel
 
-__all__ = ["IndexBuild", "build_graph", "report"]
-
-log = logging.getLogger("dask_lance_index")
-
-
-def report(result: BuildResult) -> BuildResult:
-    """Warn about rows Lance left out, and log the result, in the calling process."""
-    if result.num_rows_skipped:
-        warnings.warn(
-            f"{result.num_rows_skipped} rows were not indexed: {result.null_rows} null vectors and "
-            f"{result.nan_rows} vectors with NaN or infinity. Lance never indexes them; queries "
-            "will not find these rows.",
-            UserWarning,
-            stacklevel=3,
-        )
-    if getattr(result, "num_rows_unindexed", 0):
-        warnings.warn(
-            f"{result.num_rows_unindexed} rows appended during the build are not in the index "
-            "(queries still find them, by a slower flat scan). Fix: build again, or let Lance's "
-            "optimize_indices add them.",
-            UserWarning,
-            stacklevel=3,
-        )
-    log.info("%s", result)
-    return result
+__all__ = ["IndexBuild", "build_graph"]
 
 
-def _finish(results, journal: str | None = None, storage_options: dict | None = None) -> BuildResult:
-    if journal is not None:
-        from .cleanup import finish_journal
-
-        finish_journal(journal, results[0], storage_options)
-    return report(results[0])
-
-
-class IndexBuild(Delayed):
-    """A lazy index build: a dask collection whose result is a :class:`BuildResult`.
+class IndexBuild(IndexJob):
+    """A lazy index build: a dask collection whose result is a :class:`~dask_lance_index.BuildResult`.
 
     ``build.compute()`` (or ``dask.compute(build)``, or ``client.compute(build)``)
-    runs it; ``build.plan`` is the :class:`IndexPlan` it carries out. The
-    warning about unindexed rows is raised where dask finalises the result: on
-    a distributed cluster that is a worker, so use :func:`dask_lance_index.run`
-    to have it raised in your process.
+    runs it; :func:`dask_lance_index.run` runs it with retries, a progress bar and
+    cleanup on failure. ``build.plan`` is the :class:`IndexPlan` it carries out.
     """
 
-    __slots__ = ("plan", "storage_options", "journal")
-
-    def __init__(self, key, dsk, plan: IndexPlan, storage_options: dict | None = None,
-                 journal: str | None = None):
-        super().__init__(key, dsk)
-        self.plan = plan
-        self.storage_options = storage_options
-        self.journal = journal  # location of the build journal (dask_lance_index.journal), if any
-
-    def __dask_postcompute__(self):
-        return _finish, (self.journal, self.storage_options)
+    __slots__ = ()
 
     def __repr__(self) -> str:
         return f"IndexBuild({self.plan.params.index_type} {self.plan.name!r}, {len(self.dask)} tasks)"
 
 
-def _commit_task(plan, final, built, merged, storage_options, plan_seconds, artifacts, saved_artifacts_uri=None):
-    result = commit_index(
-        plan,
-        [index_of(x) for x in final],
-        built,
-        merged,
-        storage_options,
-        plan_seconds=plan_seconds,
-        artifacts_source=artifacts.source,
-    )
-    from .saved import save_after_build  # artifacts kept for dli.update_index
+@dataclass(frozen=True)
+class AfterCommit:
+    """The engine's clean-up once the index is committed; passes the result on."""
 
-    save_after_build(plan, artifacts, result, storage_options, saved_artifacts_uri)
-    return result
+    engine: str
+    options: dict = field(default_factory=dict)
+    storage_options: dict | None = None
+
+    def __call__(self, result: BuildResult) -> BuildResult:
+        return get_engine(self.engine).after_commit(result, self.options, self.storage_options)
 
 
 def build_graph(
     plan: IndexPlan,
-    given: IndexArtifacts,
+    given: IndexModel,
     storage_options: dict | None = None,
     plan_seconds: float = 0.0,
     journal: str | None = None,
     retries: int = 2,
-    artifact_uri: str | None = None,
-    encode: bool = True,
-    drop_artifact: bool = False,
-    saved_artifacts_uri: str | None = None,
+    engine_options: dict | None = None,
+    model_uri: str | None = None,
 ) -> IndexBuild:
-    """The lazy graph that carries out ``plan``; ``given`` holds user-supplied artifacts.
+    """The lazy graph that carries out ``plan``; ``given`` holds the model's parts the user gave.
 
     With ``journal`` (a location), tasks journal their results there and reuse
-    results journaled by an earlier attempt (:mod:`.tasks`).
-
-    For ``plan.engine == "artifact"``: the partition artifact's root, whether
-    to encode it (False: finalize an existing one) and whether to delete it
-    after the commit (:mod:`.artifact_build`).
+    results journaled by an earlier attempt. ``engine_options`` are the engine's
+    (:meth:`dask_lance_index.build.Engine.prepare`); ``model_uri`` is where the
+    commit saves the model for updates.
     """
-    from ._lance import hide_secrets
-
     storage_options = hide_secrets(storage_options)  # a worker logs a failing task's arguments
+    engine, options = get_engine(plan.engine), dict(engine_options or {})
     tok = plan.build_id[:8]
     plan_key = delayed(plan, name=f"dli-plan-{tok}")
 
@@ -132,79 +90,41 @@ def build_graph(
     # a retried task replaces its own partial output); the commit task is not.
     with dask.annotate(retries=retries):
         if plan.train:
+            sample = SampleFragment(plan.uri, plan.version, plan.column, plan.dimension, plan.seed, plan.build_id,
+                                    storage_options, journal)
             samples = [
-                delayed(sample_task, pure=True)(
-                    plan.uri,
-                    plan.version,
-                    plan.column,
-                    plan.dimension,
-                    frag.fragment_id,
-                    frag.num_rows,
-                    n,
-                    plan.seed,
-                    plan.build_id,
-                    storage_options,
-                    journal=journal,
-                    dask_key_name=f"dli-sample-{tok}-{frag.fragment_id}",
-                )
+                delayed(sample, pure=True)(frag.fragment_id, frag.num_rows, n,
+                                           dask_key_name=f"dli-sample-{tok}-{frag.fragment_id}")
                 for frag, n in zip(plan.fragments, plan.samples)
                 if n > 0
             ]
-            artifacts = delayed(train_task, pure=True)(
-                samples,
-                journal=journal,
-                storage_options=storage_options,
-                params=plan.params,
-                dimension=plan.dimension,
-                train=plan.train,
-                given=given,
-                seed=plan.seed,
-                build_id=plan.build_id,
-                dask_key_name=f"dli-artifacts-{tok}",
-            )
+            train = TrainModel(plan.params, plan.dimension, plan.train, given, plan.seed, plan.build_id,
+                               storage_options, journal)
+            model = delayed(train, pure=True)(samples, dask_key_name=f"dli-model-{tok}")
         else:
-            artifacts = delayed(given, name=f"dli-artifacts-{tok}")
+            model = delayed(given, name=f"dli-model-{tok}")
 
-        if plan.engine == "artifact":
-            from .artifact_build import artifact_tasks
-
-            slots: list = artifact_tasks(plan, plan_key, artifacts, artifact_uri, storage_options, tok, encode)
-        else:
-            slots = [
-                delayed(build_task, pure=True)(
-                    plan_key, i, artifacts, storage_options, journal, dask_key_name=f"dli-build-{tok}-{i}"
-                )
-                for i in range(plan.num_tasks)
-            ]
+        upstream = engine.upstream(plan, plan_key, model, options, storage_options, tok)
+        build = BuildSegment(plan.engine, storage_options, journal, options)
+        slots = [
+            delayed(build, pure=True)(plan_key, i, model, upstream, dask_key_name=f"dli-build-{tok}-{i}")
+            for i in range(plan.num_tasks)
+        ]
         built = list(slots)
+        merge = MergeSegments(storage_options, journal)
         merged = []
         for stage in plan.merges.stages:
             for step in stage:
-                m = delayed(merge_task, pure=True)(
-                    plan_key,
-                    step.output,
-                    [slots[i] for i in step.inputs],
-                    storage_options,
-                    journal,
-                    dask_key_name=f"dli-merge-{tok}-{step.output}",
-                )
                 assert len(slots) == step.output
+                m = delayed(merge, pure=True)(plan_key, step.output, [slots[i] for i in step.inputs],
+                                              dask_key_name=f"dli-merge-{tok}-{step.output}")
                 slots.append(m)
                 merged.append(m)
-    commit = delayed(_commit_task, pure=True)(
-        plan_key,
-        [slots[i] for i in plan.merges.final],
-        built,
-        merged,
-        storage_options,
-        plan_seconds,
-        artifacts,
-        saved_artifacts_uri,
-        dask_key_name=f"dli-commit-{tok}",
+    commit = delayed(CommitIndex(storage_options, plan_seconds, model_uri), pure=True)(
+        plan_key, [slots[i] for i in plan.merges.final], built, merged, model, dask_key_name=f"dli-commit-{tok}"
     )
-    if drop_artifact:
-        from .artifact_build import drop_artifact as _drop
-
-        commit = delayed(_drop, pure=True)(commit, artifact_uri, storage_options,
-                                           dask_key_name=f"dli-drop-artifact-{tok}")
+    if engine.has_after_commit(options):
+        commit = delayed(AfterCommit(plan.engine, options, storage_options), pure=True)(
+            commit, dask_key_name=f"dli-after-commit-{tok}"
+        )
     return IndexBuild(commit.key, commit.dask, plan, storage_options, journal)

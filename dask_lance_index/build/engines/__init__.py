@@ -1,0 +1,20 @@
+"""The engines: who assigns and encodes the rows of each build task's segment, behind one
+interface (:class:`Engine`) and a registry (:func:`get_engine`, :func:`resolve_engine`).
+
+* ``"lance"``: Lance does it all (:mod:`.lance`);
+* ``"partitions"``: we assign IVF partitions, Lance encodes (:mod:`.partitions`);
+* ``"precomputed"``: we assign and encode, and write IVF_PQ/IVF_RQ segment files (:mod:`.precomputed`);
+* ``"artifact"``: as precomputed, through a partition artifact (:mod:`.artifact`).
+"""
+
+from .artifact import ArtifactEngine
+from .base import Engine, SegmentTask
+from .lance import LanceEngine
+from .partitions import PartitionsEngine
+from .precomputed import PrecomputedEngine, writes_codes
+from .registry import ENGINE_NAMES, ENGINES, get_engine, resolve_engine
+
+__all__ = [
+    "ENGINES", "ENGINE_NAMES", "ArtifactEngine", "Engine", "LanceEngine", "PartitionsEngine", "PrecomputedEngine",
+    "SegmentTask", "get_engine", "resolve_engine", "writes_codes",
+]

@@ -1,0 +1,123 @@
+"""The ``"precomputed"`` engine: we assign and encode every row with NumPy BLAS.
+
+IVF_PQ and IVF_RQ (l2, cosine): each task streams its rows, assigns and encodes
+them (:class:`dask_lance_index.model.PQEncoder`,
+:class:`dask_lance_index.model.RQEncoder`: Lance takes no RaBitQ codes at all)
+and writes the segment's two files itself in Lance's layout
+(:mod:`dask_lance_index.storage.segment_files`); Lance then merges and commits
+them as its own. IVF_HNSW_PQ, whose graphs Lance builds: the codes go to a
+scratch dataset on the worker's disk and Lance builds the segment from those
+"precomputed shuffle buffers"; Lance reads the whole buffer dataset, ignoring
+``fragment_ids``, so each task's buffer holds exactly its own rows. The default
+wherever it applies (:meth:`PrecomputedEngine.refuses`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ...model import PQEncoder, RQEncoder, RQRotation
+from ...storage import (
+    SegmentResult,
+    segment_index,
+    shuffle_buffer_batch,
+    shuffle_buffer_inputs,
+    shuffle_buffer_schema,
+    write_pq_segment,
+    write_rq_segment,
+)
+from .base import Engine, SegmentTask
+
+__all__ = ["PrecomputedEngine", "writes_codes"]
+
+
+def writes_codes(params) -> bool:
+    """Whether our workers can compute every code of this index: 8-bit PQ types
+    (IVF_PQ segments written in Lance's layout; IVF_HNSW_PQ codes handed to Lance
+    as precomputed shuffle buffers) and IVF_RQ under l2 or cosine (segments
+    written in Lance's layout; Lance's dot-metric RaBitQ stores other factors)."""
+    if params.quantizer == "PQ":
+        return params.num_bits == 8
+    return params.index_type == "IVF_RQ" and params.metric in ("l2", "cosine")
+
+
+class PrecomputedEngine(Engine):
+    name = "precomputed"
+
+    def refuses(self, params) -> str | None:
+        if writes_codes(params):
+            return None
+        return (f"engine='precomputed' needs an 8-bit PQ index type (IVF_PQ or IVF_HNSW_PQ) or IVF_RQ under l2 "
+                f"or cosine; Lance encodes {params.index_type} ({params.metric}) itself")
+
+    def build_segment(self, plan, task, model, storage_options=None, options=None, upstream=None) -> SegmentResult:
+        seg = SegmentTask(plan, task, model, storage_options)
+        if plan.params.index_type in ("IVF_PQ", "IVF_RQ"):
+            return seg.result(_write_segment(seg))
+        return seg.result(_hand_off_codes(seg))
+
+
+def _hand_off_codes(seg: SegmentTask):
+    """Encode the rows here and hand Lance the codes (IVF_HNSW_PQ: Lance builds the graphs)."""
+    encoder = PQEncoder(seg.model.ivf_centroids, seg.model.pq_codebook, seg.plan.params.metric)
+    batches = (shuffle_buffer_batch(rid, *encoder.encode(x)) for x, rid in seg.valid_rows())
+    return seg.hand_off("codes", shuffle_buffer_schema(encoder.num_sub_vectors), batches, shuffle_buffer_inputs)
+
+
+def _write_segment(seg: SegmentTask):
+    """Encode the rows here and write the IVF_PQ or IVF_RQ segment's files; returns its Index.
+
+    The task holds its rows' codes until it writes them grouped by partition, so
+    its memory grows with its rows: 28 bytes a row for IVF_PQ with 16 sub-vectors
+    (4 of partition, 8 of row id, 16 of codes), 112 for IVF_RQ at 128-d and 5 bits
+    (16 of sign bits, 64 of ex-codes, 20 of factors): 56 and 224 MB for the
+    default 2M-row task.
+    """
+    plan, model, params = seg.plan, seg.model, seg.plan.params
+    centroids = np.asarray(model.ivf_centroids, dtype=np.float32)
+    if params.quantizer == "PQ":
+        encoder = PQEncoder(centroids, model.pq_codebook, params.metric)
+
+        def encode(x):
+            parts, codes, loss = encoder.encode(x, with_loss=True)
+            return {"part_ids": parts, "codes": codes}, loss
+    else:
+        encoder = RQEncoder(centroids, RQRotation.from_json(model.rabitq_model), params.metric, params.num_bits)
+
+        def encode(x):
+            out = encoder.encode(x)
+            return out, out.pop("loss")
+
+    # One array per column, sized by the fragments' rows (an upper bound of the valid
+    # rows) and filled batch by batch: no second copy when the task ends.
+    mine = set(seg.fragment_ids)
+    bound = sum(f.num_rows for f in plan.fragments if f.fragment_id in mine)
+    codes, row_ids, loss, n = {}, np.empty(bound, np.uint64), 0.0, 0
+    for x, rid in seg.valid_rows():
+        out, batch_loss = encode(x)
+        loss += batch_loss
+        if not codes:
+            codes = {k: np.empty((bound,) + v.shape[1:], v.dtype) for k, v in out.items()}
+        for k, v in out.items():
+            codes[k][n : n + len(v)] = v
+        row_ids[n : n + len(rid)] = rid
+        n += len(rid)
+    if not seg.counts.rows:
+        return seg.create()  # nothing indexable: Lance's own empty segment
+    codes = {k: v[:n] for k, v in codes.items()}
+    # Lance stores a segment over the whole dataset as a full index (PQ codes
+    # transposed, RaBitQ sign bits packed) and a partial one row-major: do as it does.
+    whole = {f.fragment_id for f in seg.ds.get_fragments()} == mine
+    common = dict(row_ids=row_ids[:n], part_ids=codes.pop("part_ids"), centroids=centroids, metric=params.metric,
+                  loss=loss, storage_options=seg.storage_options)
+    if params.quantizer == "PQ":
+        files = write_pq_segment(plan.uri, seg.uuid, codes=codes["codes"], codebook=model.pq_codebook,
+                                 transposed=whole, **common)
+    else:
+        files = write_rq_segment(plan.uri, seg.uuid, binary=codes.pop("binary"), ex_codes=codes.pop("ex", None),
+                                 factors=codes, model=model.rabitq_model, num_bits=params.num_bits,
+                                 packed=whole, **common)
+    return segment_index(seg.ds, index_uuid=seg.uuid, name=plan.name, column=plan.column,
+                         fragment_ids=seg.fragment_ids, quantizer=params.quantizer, metric=params.metric,
+                         num_bits=params.num_bits, num_sub_vectors=params.num_sub_vectors, files=files,
+                         storage_options=seg.storage_options)

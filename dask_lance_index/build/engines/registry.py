@@ -1,0 +1,42 @@
+"""The engines by name, and the choice of one for an index (``engine="auto"``)."""
+
+from __future__ import annotations
+
+from ...errors import InvalidInputError
+from .artifact import ArtifactEngine
+from .base import Engine
+from .lance import LanceEngine
+from .partitions import PartitionsEngine
+from .precomputed import PrecomputedEngine
+
+__all__ = ["ENGINES", "ENGINE_NAMES", "get_engine", "resolve_engine"]
+
+ENGINES: dict[str, Engine] = {e.name: e for e in (LanceEngine(), PartitionsEngine(), PrecomputedEngine(), ArtifactEngine())}
+ENGINE_NAMES = ("auto", *ENGINES)
+
+
+def get_engine(name: str) -> Engine:
+    """The engine called ``name``."""
+    try:
+        return ENGINES[name]
+    except KeyError:
+        raise InvalidInputError(f"engine {name!r} is not one of {ENGINE_NAMES}") from None
+
+
+def resolve_engine(name: str, params) -> Engine:
+    """The engine that builds an index of ``params``. Pure.
+
+    ``"auto"``: ``"precomputed"`` where it applies (our workers assign and encode
+    with NumPy BLAS and write the segments: 8-bit PQ types, and IVF_RQ under l2
+    and cosine), ``"partitions"`` otherwise (our workers assign, Lance encodes).
+    An engine that cannot build the index is refused with the reason and the fix.
+    ``benchmarks/bench_build.py`` measures them side by side.
+    """
+    if name == "auto":
+        precomputed = ENGINES["precomputed"]
+        return precomputed if precomputed.refuses(params) is None else ENGINES["partitions"]
+    engine = get_engine(name)
+    why = engine.refuses(params)
+    if why is not None:
+        raise InvalidInputError(f"{why}. Fix: engine='auto', 'partitions' or 'lance'.")
+    return engine

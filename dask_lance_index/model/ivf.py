@@ -1,0 +1,128 @@
+"""The IVF model: centroids trained as Lance trains them, and rows assigned to them.
+
+Training (:func:`train_ivf`) runs k-means (:mod:`.kmeans`) on the prepared
+sample: raw vectors for l2, unit vectors for cosine (centroids left
+unnormalised, as Lance), spherical k-means for dot. Assignment
+(:class:`PartitionAssigner`) is the hot path of every build: each row's
+nearest centroid by one GEMM per chunk of rows, the centroid norms folded into
+the GEMM, in buffers kept across calls; no per-row Python loop.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .kmeans import assign, kmeans, normalize_rows
+
+__all__ = ["CHUNK", "PartitionAssigner", "augmented", "prepare_vectors", "residuals", "train_ivf"]
+
+# Rows per chunk: the (chunk, 256) score matrix of one PQ sub-space stays in cache.
+CHUNK = 2048
+
+
+def augmented(c: np.ndarray) -> np.ndarray:
+    """``[c^T; -|c|^2 / 2]``: with a ones column on the rows, one GEMM gives
+    ``x.c - |c|^2/2``, whose argmax is the nearest centroid in l2."""
+    c = np.asarray(c, dtype=np.float32)
+    rhs = np.empty((c.shape[1] + 1, c.shape[0]), dtype=np.float32)
+    rhs[:-1] = c.T
+    rhs[-1] = -0.5 * np.einsum("ij,ij->i", c, c)
+    return rhs
+
+
+class PartitionAssigner:
+    """Assign rows to IVF partitions as Lance does: cosine rows are normalised,
+    then l2 and cosine take the nearest centroid and dot the largest inner product.
+
+    For the index types Lance takes no precomputed codes for (IVF_FLAT, IVF_SQ,
+    IVF_RQ, the HNSW types): Lance then only encodes, reading each row's
+    partition from the map these ids make.
+    """
+
+    def __init__(self, centroids: np.ndarray, metric: str):
+        self.centroids = np.ascontiguousarray(centroids, dtype=np.float32)
+        self.metric = metric
+        # dot: largest inner product; l2 and cosine: nearest, the norms folded into the GEMM.
+        self._rhs = np.ascontiguousarray(self.centroids.T) if metric == "dot" else augmented(self.centroids)
+        self._buffers = None
+
+    def buffers(self, chunk: int) -> tuple[np.ndarray, ...]:
+        """``(lhs, norms, scores, best)`` for :meth:`assign_chunk`, allocated on first
+        use and kept for every later call (see :meth:`.pq.PQEncoder.encode` for why)."""
+        if self._buffers is None or len(self._buffers[3]) != chunk:
+            d, k = self.centroids.shape[1], self.centroids.shape[0]
+            self._buffers = (np.ones((chunk, d + 1), dtype=np.float32), np.empty((chunk, 1), dtype=np.float32),
+                             np.empty((chunk, k), dtype=np.float32), np.empty(chunk, dtype=np.intp))
+        return self._buffers
+
+    def assign_chunk(self, m: int, lhs, norms, scores, best) -> np.ndarray:
+        """Assign the ``m`` rows in ``lhs[:m, :-1]`` (normalised there first for cosine):
+        partition ids into ``best[:m]``. Returns the rows as prepared."""
+        rows = lhs[:m, :-1]
+        if self.metric == "cosine":
+            np.sqrt(np.einsum("ij,ij->i", rows, rows)[:, None], out=norms[:m])
+            norms[:m][norms[:m] == 0] = 1.0
+            rows /= norms[:m]
+        np.matmul(rows if self.metric == "dot" else lhs[:m], self._rhs, out=scores[:m])
+        scores[:m].argmax(axis=1, out=best[:m])
+        return rows
+
+    def assign(self, x: np.ndarray) -> np.ndarray:
+        """Partition ids (uint32, shape (n,)), chunk by chunk in reused buffers."""
+        x = np.asarray(x, dtype=np.float32)
+        parts = np.empty(x.shape[0], dtype=np.uint32)
+        lhs, norms, scores, best = self.buffers(CHUNK)
+        for start in range(0, x.shape[0], CHUNK):
+            m = min(CHUNK, x.shape[0] - start)
+            lhs[:m, :-1] = x[start : start + m]
+            self.assign_chunk(m, lhs, norms, scores, best)
+            parts[start : start + m] = best[:m]
+        return parts
+
+
+def prepare_vectors(x: np.ndarray, metric: str) -> np.ndarray:
+    """The space Lance's IVF model lives in: unit vectors for cosine, raw otherwise."""
+    return normalize_rows(x) if metric == "cosine" else np.asarray(x, dtype=np.float32)
+
+
+def residuals(x: np.ndarray, centroids: np.ndarray, metric: str) -> np.ndarray:
+    """What Lance's PQ encodes: ``x - centroid(x)`` for l2 and cosine (on unit
+    vectors), the raw vectors for dot (Lance uses no residual for dot)."""
+    if metric == "dot":
+        return np.asarray(x, dtype=np.float32)
+    labels, _ = assign(x, centroids, "l2")
+    return x - centroids[labels]
+
+
+def train_ivf(
+    x: np.ndarray,
+    num_partitions: int,
+    metric: str,
+    *,
+    max_iters: int,
+    seed,
+    tol: float = 1e-3,
+    partials=None,
+) -> tuple[np.ndarray, float]:
+    """IVF centroids of prepared vectors ``x`` (:func:`prepare_vectors`), trained as
+    Lance trains them; returns ``(centroids, inertia)``.
+
+    l2: k-means. cosine: k-means in l2 on unit vectors, centroids left
+    unnormalised. dot: spherical k-means (unit centroids, so the nearest in l2
+    is the one of largest inner product, which is how Lance assigns for dot),
+    best of 3 restarts: with rows of varied norms it has more poor local optima
+    (measured on the test data, IVF recall at nprobes 6 of 16 over 8 seeds:
+    0.968-0.997 with one start, 0.981-0.995 with three).
+
+    ``partials``: computes one Lloyd pass's sums elsewhere (the rows spread
+    over a cluster, :func:`dask_lance_index.train.train.cluster_partials`);
+    None runs the passes here.
+    """
+    if metric != "dot":
+        return kmeans(x, num_partitions, max_iters=max_iters, tol=tol, seed=seed, partials=partials)
+    seeds = (seed if isinstance(seed, np.random.SeedSequence) else np.random.SeedSequence(seed)).spawn(3)
+    runs = [
+        kmeans(x, num_partitions, max_iters=max_iters, tol=tol, seed=s, spherical=True, partials=partials)
+        for s in seeds
+    ]
+    return min(runs, key=lambda run: run[1])

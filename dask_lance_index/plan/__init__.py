@@ -1,0 +1,38 @@
+"""Plan: what a build will do, decided before anything runs. Pure functions over frozen
+dataclasses that round-trip through JSON and pickle.
+
+:mod:`.params` resolves the index's parameters and Lance's defaults,
+:mod:`.fragments` groups fragments into build tasks and spreads the training
+sample over them, :mod:`.merges` stages the merges where Lance merges
+correctly, and :mod:`.index_plan` holds it all as one :class:`IndexPlan`.
+(:func:`dask_lance_index.plan_index` reads the dataset's metadata and calls
+:func:`make_plan`.)
+"""
+
+from .fragments import DEFAULT_ROWS_PER_TASK, FragmentInfo, allocate_samples, check_fragment_groups, group_fragments
+from .index_plan import IndexPlan, make_plan, model_parts_to_train, segment_uuid
+from .merges import MERGE_DEPTH, MergePlan, MergeStep, plan_merges
+from .params import (
+    DEFAULT_NUM_BITS,
+    DEFAULT_TARGET_PARTITION_SIZE,
+    INDEX_TYPES,
+    MAX_ITERS,
+    MAX_PARTITIONS,
+    NUM_BITS,
+    PQ_SAMPLE_RATE,
+    SAMPLE_RATE,
+    TOLERANCE,
+    IndexParams,
+    default_num_partitions,
+    default_num_sub_vectors,
+    resolve_params,
+    training_sample_size,
+)
+
+__all__ = [
+    "DEFAULT_NUM_BITS", "DEFAULT_ROWS_PER_TASK", "DEFAULT_TARGET_PARTITION_SIZE", "INDEX_TYPES", "MAX_ITERS",
+    "MAX_PARTITIONS", "MERGE_DEPTH", "NUM_BITS", "PQ_SAMPLE_RATE", "SAMPLE_RATE", "TOLERANCE", "FragmentInfo",
+    "IndexParams", "IndexPlan", "MergePlan", "MergeStep", "allocate_samples", "check_fragment_groups",
+    "default_num_partitions", "default_num_sub_vectors", "group_fragments", "make_plan",
+    "model_parts_to_train", "plan_merges", "resolve_params", "segment_uuid", "training_sample_size",
+]

@@ -1,0 +1,238 @@
+"""What a build will do, decided before anything runs: the :class:`IndexPlan`. Pure.
+
+An :class:`IndexPlan` names the build tasks (fragment groups), the training
+sample, the merges and the segment uuids, at one pinned dataset version; it is
+frozen, printable, and round-trips through JSON (the build journal keeps it)
+and pickle (it enters the task graph once, as one key). :func:`make_plan`
+decides it from the dataset's metadata (read by
+:func:`dask_lance_index.plan_index`, the I/O edge) and the request.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid as uuidlib
+from dataclasses import asdict, dataclass, replace
+from typing import Any, Sequence
+
+from ..errors import InvalidInputError
+from .fragments import FragmentInfo, allocate_samples, check_fragment_groups, group_fragments
+from .merges import MERGE_DEPTH, MergePlan, plan_merges
+from .params import IndexParams, training_sample_size
+
+__all__ = ["IndexPlan", "make_plan", "model_parts_to_train", "segment_uuid"]
+
+_UUID_NAMESPACE = uuidlib.UUID("6f1c2a4e-3d7b-4c1e-9a8f-d1a5c0e11de0")
+
+
+def segment_uuid(build_id: str, task: int) -> str:
+    """The uuid of build task ``task``'s segment: unique to the build and task, and the
+    same when the task is retried (Lance overwrites a reused uuid's files silently, so
+    no two builds may share one)."""
+    return str(uuidlib.uuid5(_UUID_NAMESPACE, f"{build_id}/build/{task}"))
+
+
+@dataclass(frozen=True)
+class IndexPlan:
+    """Everything a build will do; printable, and a JSON/pickle round trip.
+
+    The dataset's ``storage_options`` are not part of the plan (they may hold
+    credentials); they travel to the tasks separately.
+    """
+
+    uri: str
+    column: str
+    name: str
+    version: int
+    dimension: int
+    params: IndexParams
+    fragments: tuple[FragmentInfo, ...]
+    groups: tuple[tuple[int, ...], ...]
+    merges: MergePlan
+    samples: tuple[int, ...]
+    build_id: str
+    replace: bool = False
+    train: tuple[str, ...] = ()
+    seed: int | None = None
+    notes: tuple[str, ...] = ()
+    engine: str = "lance"
+
+    # -- derived -----------------------------------------------------------------
+    @property
+    def num_rows(self) -> int:
+        return sum(f.num_rows for f in self.fragments)
+
+    @property
+    def num_tasks(self) -> int:
+        return len(self.groups)
+
+    def group_rows(self) -> tuple[int, ...]:
+        rows = {f.fragment_id: f.num_rows for f in self.fragments}
+        return tuple(sum(rows[i] for i in g) for g in self.groups)
+
+    def segment_uuid(self, task: int) -> str:
+        """The uuid of build task ``task``'s segment: unique to this build and task,
+        and the same when the task is retried."""
+        return segment_uuid(self.build_id, task)
+
+    # -- serialisation -----------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["merges"] = self.merges.to_dict()
+        d["fragments"] = [[f.fragment_id, f.num_rows] for f in self.fragments]
+        d["groups"] = [list(g) for g in self.groups]
+        d["samples"] = list(self.samples)
+        d["train"] = list(self.train)
+        d["notes"] = list(self.notes)
+        return d
+
+    def to_json(self, **kwargs) -> str:
+        return json.dumps(self.to_dict(), **kwargs)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "IndexPlan":
+        return cls(
+            uri=d["uri"],
+            column=d["column"],
+            name=d["name"],
+            version=int(d["version"]),
+            dimension=int(d["dimension"]),
+            params=IndexParams(**d["params"]),
+            fragments=tuple(FragmentInfo(int(a), int(b)) for a, b in d["fragments"]),
+            groups=tuple(tuple(int(i) for i in g) for g in d["groups"]),
+            merges=MergePlan.from_dict(d["merges"]),
+            samples=tuple(int(s) for s in d["samples"]),
+            build_id=d["build_id"],
+            replace=bool(d.get("replace", False)),
+            train=tuple(d.get("train", ())),
+            seed=d.get("seed"),
+            notes=tuple(d.get("notes", ())),
+            engine=d.get("engine", "lance"),
+        )
+
+    @classmethod
+    def from_json(cls, s: str) -> "IndexPlan":
+        return cls.from_dict(json.loads(s))
+
+    def __str__(self) -> str:
+        p = self.params
+        opts = ", ".join(
+            f"{k}={v}"
+            for k, v in asdict(p).items()
+            if v is not None and k not in ("index_type", "sample_rate", "max_iters", "pq_sample_rate", "tolerance")
+        )
+        lines = [
+            f"IndexPlan {self.build_id[:8]}: {p.index_type} index {self.name!r} on "
+            f"{self.uri} column {self.column!r} (dimension {self.dimension}) at version {self.version}",
+            f"  options: {opts}",
+            f"  rows: {self.num_rows} in {len(self.fragments)} fragments",
+            f"  train: {', '.join(self.train) or 'nothing (the whole model given)'}"
+            + (f" on {sum(self.samples)} sampled rows" if self.train else ""),
+            f"  build: {self.num_tasks} tasks ({self.engine} engine), rows per task {list(self.group_rows())}",
+        ]
+        if self.merges.stages:
+            for i, st in enumerate(self.merges.stages):
+                lines.append(f"  merge stage {i + 1}: {len(st)} merges of {[len(s.inputs) for s in st]} segments")
+        elif MERGE_DEPTH[p.index_type] == 0 and self.num_tasks > 1:
+            lines.append(f"  merge: none ({p.index_type} segments cannot be merged correctly)")
+        else:
+            lines.append("  merge: none")
+        lines.append(f"  commit: {len(self.merges.final)} segment(s)" + (" replacing the existing index" if self.replace else ""))
+        lines.extend(f"  note: {n}" for n in self.notes)
+        return "\n".join(lines)
+
+    def with_build_id(self, build_id: str) -> "IndexPlan":
+        return replace(self, build_id=build_id)
+
+
+def model_parts_to_train(params: IndexParams, *, ivf_centroids: bool, pq_codebook: bool,
+                         rabitq_model: bool) -> tuple[str, ...]:
+    """The parts of the model the build trains, given which ones the user gave. Pure."""
+    train = []
+    if not ivf_centroids:
+        train.append("ivf_centroids")
+    if params.quantizer == "PQ" and not pq_codebook:
+        if ivf_centroids:
+            raise InvalidInputError(
+                "ivf_centroids was given without pq_codebook: the codebook is trained on residuals "
+                "against the centroids, so give both or neither."
+            )
+        train.append("pq_codebook")
+    if params.quantizer == "RQ" and not rabitq_model:
+        train.append("rabitq_model")
+    return tuple(train)
+
+
+def make_plan(
+    *,
+    uri: str,
+    version: int,
+    column: str,
+    dimension: int,
+    fragments: Sequence[FragmentInfo],
+    params: IndexParams,
+    engine: str,
+    one_segment_reason: str | None = None,
+    name: str | None = None,
+    replace: bool = False,
+    train: tuple[str, ...] = (),
+    num_tasks: int | None = None,
+    rows_per_task: int | None = None,
+    parallelism: int = 1,
+    num_segments: int = 1,
+    merge_fan_in: int = 16,
+    seed: int | None = None,
+    fragment_groups: Sequence[Sequence[int]] | None = None,
+    build_id: str | None = None,
+) -> IndexPlan:
+    """Decide a build from the dataset's metadata and the request. Pure.
+
+    ``engine`` is resolved already; ``one_segment_reason`` says why that engine
+    cannot build this index correctly over part of the dataset (None: it can),
+    and the build is then one segment over every fragment, with the reason in
+    the plan's notes.
+    """
+    fragments = tuple(fragments)
+    if sum(f.num_rows for f in fragments) == 0:
+        raise InvalidInputError(
+            f"the dataset at {uri} has no rows at version {version}; there is nothing to "
+            "index. Fix: write data first."
+        )
+    notes = []
+    if one_segment_reason and len(fragments) > 1:
+        if fragment_groups is not None:
+            check_fragment_groups(fragment_groups, fragments)  # still refuse bad groups
+        fragment_groups, num_tasks, rows_per_task, parallelism = None, 1, None, 1
+        notes.append(f"built as one segment: {one_segment_reason}")
+    if fragment_groups is not None:
+        if num_tasks is not None or rows_per_task is not None:
+            raise InvalidInputError("give fragment_groups or num_tasks / rows_per_task, not both")
+        groups = check_fragment_groups(fragment_groups, fragments)
+    else:
+        groups = group_fragments(
+            fragments, num_tasks=num_tasks, rows_per_task=rows_per_task,
+            min_tasks=parallelism if rows_per_task is None else 1,
+        )
+    rows = {f.fragment_id: f.num_rows for f in fragments}
+    merges = plan_merges(params.index_type, [sum(rows[i] for i in g) for g in groups],
+                         num_segments=num_segments, fan_in=merge_fan_in)
+    needs_sample = any(t in train for t in ("ivf_centroids", "pq_codebook"))
+    samples = allocate_samples(fragments, training_sample_size(params)) if needs_sample else tuple(0 for _ in fragments)
+    return IndexPlan(
+        uri=uri,
+        column=column,
+        name=name or f"{column}_idx",
+        version=version,
+        dimension=dimension,
+        params=params,
+        fragments=fragments,
+        groups=groups,
+        merges=merges,
+        samples=samples,
+        build_id=build_id or str(uuidlib.uuid4()),
+        replace=replace,
+        train=tuple(train),
+        seed=seed,
+        notes=tuple(notes),
+        engine=engine,
+    )

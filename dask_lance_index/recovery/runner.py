@@ -1,0 +1,118 @@
+"""The one runner: every job on an index (a build, an update, a finalize) runs through :func:`run`.
+
+A job is an :class:`IndexJob`: a lazy dask collection whose result is the
+job's result (:class:`~dask_lance_index.BuildResult`,
+:class:`~dask_lance_index.UpdateResult`), carrying the plan it carries out and
+the location of its journal. :func:`run` computes it on a cluster or on dask's
+local scheduler, with
+
+* retries: a failing task is retried (the graph's annotations), and the whole
+  run is resubmitted when tasks were lost with dying workers, the journal
+  keeping what finished;
+* a progress bar, when someone is watching (:mod:`dask_lance_index.runtime.progress`);
+* on failure, the job abandoned: its tasks stopped and every uncommitted segment
+  it wrote removed (:func:`.cleanup.abandon_build`);
+* on success, the journal finished (:func:`.cleanup.finish_journal`) and the
+  result's warnings raised in the calling process.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+import warnings
+
+from dask.delayed import Delayed
+from distributed import KilledWorker
+
+from ..runtime import compute_with_progress, resolve_client, show_progress
+from ..runtime.client import wait_for_tasks
+from ..runtime.progress import distributed_bar
+from .cleanup import abandon_build, finish_journal
+
+__all__ = ["IndexJob", "report", "run"]
+
+log = logging.getLogger("dask_lance_index")
+
+
+def report(result):
+    """Raise the result's warnings (rows left out, retraining advised) and log it, in the
+    calling process."""
+    for message in result.warnings():
+        warnings.warn(message, UserWarning, stacklevel=3)
+    log.info("%s", result)
+    return result
+
+
+def _finish(results, journal: str | None = None, storage_options: dict | None = None):
+    if journal is not None:
+        finish_journal(journal, results[0], storage_options)
+    return report(results[0])
+
+
+class IndexJob(Delayed):
+    """A lazy job on an index: a dask collection whose result says what the job did.
+
+    ``job.compute()`` (or ``dask.compute(job)``, or ``client.compute(job)``) runs
+    it; :func:`run` runs it with retries, a progress bar and cleanup on failure.
+    ``job.plan`` is the :class:`~dask_lance_index.plan.IndexPlan` it carries out
+    (None for a job with nothing to build) and ``job.journal`` its journal's
+    location, if any. Warnings are raised where dask finalises the result: on a
+    distributed cluster that is a worker, so use :func:`run` to have them raised
+    in your process.
+    """
+
+    __slots__ = ("plan", "storage_options", "journal")
+
+    def __init__(self, key, dsk, plan=None, storage_options: dict | None = None, journal: str | None = None):
+        super().__init__(key, dsk)
+        self.plan = plan
+        self.storage_options = storage_options
+        self.journal = journal
+
+    def __dask_postcompute__(self):
+        return _finish, (self.journal, self.storage_options)
+
+
+def run(job: IndexJob, client=None, scheduler: str | None = None, retries: int = 2,
+        progress: bool | None = None):
+    """Run a lazy job on ``client`` (or the local ``scheduler``) and return its result.
+
+    On a cluster a failing task is retried ``retries`` times, and the run is
+    resubmitted up to ``retries`` times when tasks were lost with dying workers
+    (journaled work is not redone). If the job fails, its tasks are stopped and
+    every uncommitted segment it wrote is removed (:func:`.cleanup.abandon_build`).
+
+    ``progress``: draw a progress bar (``None``: when someone is watching). The
+    result's ``seconds`` gains ``"total"``: planning plus the wall time of this run.
+    """
+    client = resolve_client(client, scheduler)
+    t0 = time.time()
+    future = None
+    try:
+        if client is None:
+            result = compute_with_progress(job, scheduler=scheduler, progress=progress)
+        else:
+            for attempt in range(retries + 1):
+                future = client.compute(job)
+                if show_progress(progress):
+                    distributed_bar(future)
+                try:
+                    # distributed finalises on a worker: repeat the report here, where the caller is.
+                    result = report(future.result())
+                    break
+                except KilledWorker as exc:
+                    if attempt == retries or job.journal is None:
+                        raise
+                    # Workers died under some task too often. The journal keeps what
+                    # finished, so a resubmitted run only does the rest.
+                    log.warning("%s: %s; resubmitting (%d of %d)", job, exc, attempt + 1, retries)
+                    client.cancel(future, force=True)
+                    wait_for_tasks(client, job.plan.build_id[:8], 30.0)
+    except BaseException:
+        if job.plan is not None:
+            abandon_build(job, client, future)
+        raise
+    total = result.seconds.get("plan", 0.0) + time.time() - t0
+    return dataclasses.replace(result, seconds={**result.seconds, "total": round(total, 4)})

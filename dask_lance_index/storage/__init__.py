@@ -1,0 +1,42 @@
+"""Storage: the I/O edge. Opening datasets, reading vector columns, files on any store,
+and Lance's index segments on disk (where they live, their file layout, their removal).
+
+Nothing above this package touches a file or a Lance dataset except through it
+(or through Lance's own build, merge and commit calls in the pipeline's tasks).
+"""
+
+from .datasets import ColumnInfo, column_info, fragment_rows, index_names, open_dataset, open_or_fail
+from .files import Store, StorageOptions, filesystem, hide_secrets, is_local, join, options_apply
+from .scan import RowCounts, VectorBatch, iter_vectors, take_vectors, to_float32_matrix, valid_rows
+from .scratch import (
+    partition_map_batch,
+    partition_map_schema,
+    scratch_dataset,
+    shuffle_buffer_batch,
+    shuffle_buffer_inputs,
+    shuffle_buffer_schema,
+)
+from .segment_files import RQSegment, read_rq_segment, segment_index, write_pq_segment, write_rq_segment
+from .segments import (
+    SegmentResult,
+    as_lance_index,
+    committed_index,
+    index_dir,
+    index_dir_times,
+    index_from_dict,
+    index_to_dict,
+    referenced_segments,
+    remove_index_dir,
+    segment_exists,
+)
+
+__all__ = [
+    "ColumnInfo", "RQSegment", "RowCounts", "SegmentResult", "StorageOptions", "Store", "VectorBatch",
+    "as_lance_index", "column_info", "committed_index", "filesystem", "fragment_rows", "hide_secrets",
+    "index_dir", "index_dir_times", "index_from_dict", "index_names", "index_to_dict", "is_local",
+    "iter_vectors", "join", "open_dataset", "open_or_fail", "options_apply", "partition_map_batch",
+    "partition_map_schema", "read_rq_segment", "scratch_dataset", "shuffle_buffer_batch", "shuffle_buffer_inputs",
+    "shuffle_buffer_schema",
+    "referenced_segments", "remove_index_dir", "segment_exists", "segment_index", "take_vectors",
+    "to_float32_matrix", "valid_rows", "write_pq_segment", "write_rq_segment",
+]

@@ -1,0 +1,12 @@
+"""Train: the build's model. Per-fragment sampling tasks on the workers
+(:mod:`.sample`), then one training task (:mod:`.train`) that runs the model's
+k-means (:mod:`dask_lance_index.model`) and spreads what it can over the cluster.
+"""
+
+from .sample import SAMPLE_RUN, SampleFragment, sample_fragment, sample_offsets, seed_for
+from .train import TrainModel, cluster_partials, map_pq_groups, train_ivf_on_cluster, train_model, train_shards
+
+__all__ = [
+    "SAMPLE_RUN", "SampleFragment", "TrainModel", "cluster_partials", "map_pq_groups", "sample_fragment",
+    "sample_offsets", "seed_for", "train_ivf_on_cluster", "train_model", "train_shards",
+]
