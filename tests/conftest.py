@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
 
@@ -58,3 +59,23 @@ def index_dirs(uri: str) -> set[str]:
 
 def committed_segment_uuids(ds) -> set[str]:
     return {s.uuid for d in ds.describe_indices() for s in d.segments}
+
+
+@contextlib.contextmanager
+def count_builds():
+    """Count, per build task, the segments every engine builds in this process while the
+    block runs (the real builds run): ``{task: times}``."""
+    from dask_lance_index.build import ENGINES
+
+    seen: dict[int, int] = {}
+    for engine in ENGINES.values():
+        def counting(plan, task, *a, _real=engine.build_segment, **k):
+            seen[task] = seen.get(task, 0) + 1
+            return _real(plan, task, *a, **k)
+
+        engine.build_segment = counting  # an instance attribute shadows the method
+    try:
+        yield seen
+    finally:
+        for engine in ENGINES.values():
+            del engine.build_segment

@@ -50,26 +50,26 @@ CASES = {
     "PQ num_bits out of range": (dict(index_type="IVF_PQ", num_sub_vectors=4, num_bits=12), dli.InvalidInputError, "num_bits"),
     "more partitions than rows": (dict(num_partitions=5000), dli.InvalidInputError, "num_partitions <= 2000"),
     "centroids of the wrong dimension": (
-        dict(ivf_centroids=np.zeros((8, 16), np.float32)), dli.InvalidArtifactError, r"expected \(num_partitions, dimension\) = \(8, 20\)"),
-    "float64 centroids": (dict(ivf_centroids=np.zeros((8, 20))), dli.InvalidArtifactError, "astype"),
-    "NaN centroids": (dict(ivf_centroids=np.full((8, 20), np.nan, np.float32)), dli.InvalidArtifactError, "NaN"),
+        dict(ivf_centroids=np.zeros((8, 16), np.float32)), dli.InvalidModelError, r"expected \(num_partitions, dimension\) = \(8, 20\)"),
+    "float64 centroids": (dict(ivf_centroids=np.zeros((8, 20))), dli.InvalidModelError, "astype"),
+    "NaN centroids": (dict(ivf_centroids=np.full((8, 20), np.nan, np.float32)), dli.InvalidModelError, "NaN"),
     "centroids disagree with num_partitions": (
-        dict(ivf_centroids=np.zeros((8, 20), np.float32), num_partitions=4), dli.InvalidArtifactError, "set num_partitions"),
+        dict(ivf_centroids=np.zeros((8, 20), np.float32), num_partitions=4), dli.InvalidModelError, "set num_partitions"),
     "codebook of the wrong shape": (
         dict(index_type="IVF_PQ", num_sub_vectors=4, ivf_centroids=np.zeros((8, 20), np.float32),
-             pq_codebook=np.zeros((4, 256, 4), np.float32)), dli.InvalidArtifactError, r"\(4, 256, 5\)"),
+             pq_codebook=np.zeros((4, 256, 4), np.float32)), dli.InvalidModelError, r"\(4, 256, 5\)"),
     "float64 codebook": (
         dict(index_type="IVF_PQ", num_sub_vectors=4, ivf_centroids=np.zeros((8, 20), np.float32),
-             pq_codebook=np.zeros((4, 256, 5))), dli.InvalidArtifactError, "float32"),
+             pq_codebook=np.zeros((4, 256, 5))), dli.InvalidModelError, "float32"),
     "codebook without centroids": (
         dict(index_type="IVF_PQ", num_sub_vectors=4, pq_codebook=np.zeros((4, 256, 5), np.float32)),
-        dli.InvalidArtifactError, "both or neither"),
+        dli.InvalidModelError, "both or neither"),
     "centroids without codebook for PQ": (
         dict(index_type="IVF_PQ", num_sub_vectors=4, ivf_centroids=np.zeros((8, 20), np.float32)),
         dli.InvalidInputError, "both or neither"),
     "codebook for a non-PQ index": (
         dict(ivf_centroids=np.zeros((8, 20), np.float32), pq_codebook=np.zeros((4, 256, 5), np.float32)),
-        dli.InvalidArtifactError, "has no PQ"),
+        dli.InvalidModelError, "has no PQ"),
     "HNSW option on IVF_FLAT": (dict(m=16), dli.InvalidInputError, "IVF_HNSW"),
     "num_tasks and rows_per_task": (dict(num_tasks=2, rows_per_task=10), dli.InvalidInputError, "not both"),
     "SQ num_bits out of range": (dict(index_type="IVF_SQ", num_bits=4), dli.InvalidInputError, r"Lance takes \[8\]"),
@@ -110,13 +110,13 @@ def test_bad_input_fails_before_any_work(small_uri, case):
 def test_rabitq_model_for_another_dimension(tmp_path):
     uri = str(tmp_path / "d16.lance")
     lance.write_dataset(vector_table(np.ones((500, 16), np.float32)), uri)
-    with pytest.raises(dli.InvalidArtifactError, match="build_rq_model\\(16"):
+    with pytest.raises(dli.InvalidModelError, match="build_rq_model\\(16"):
         dli.create_index(uri, "vector", "IVF_RQ", num_partitions=2, rabitq_model=rq_model(32), compute=False)
-    with pytest.raises(dli.InvalidArtifactError, match="num_bits=5 but num_bits=3"):
+    with pytest.raises(dli.InvalidModelError, match="num_bits=5 but num_bits=3"):
         dli.create_index(uri, "vector", "IVF_RQ", num_partitions=2, num_bits=3, rabitq_model=rq_model(16), compute=False)
     bad = json.loads(rq_model(16))
     bad["fast_rotation_signs"] = bad["fast_rotation_signs"][:-1]
-    with pytest.raises(dli.InvalidArtifactError, match="sign bytes"):
+    with pytest.raises(dli.InvalidModelError, match="sign bytes"):
         dli.create_index(uri, "vector", "IVF_RQ", num_partitions=2, rabitq_model=json.dumps(bad), compute=False)
     untouched(uri, 1)
 

@@ -1,4 +1,4 @@
-"""BLAS threads while our tasks share a process (dask_lance_index._blas), probed in
+"""BLAS threads while our tasks share a process (dask_lance_index.runtime.blas), probed in
 fresh processes whose OpenBLAS starts with two threads, as under dask's local
 threaded scheduler on a 2-core machine."""
 
@@ -18,7 +18,7 @@ PROBE = textwrap.dedent(
     import json, threading
     from concurrent.futures import ThreadPoolExecutor
     import numpy as np
-    from dask_lance_index._blas import blas_threads, one_blas_thread
+    from dask_lance_index.runtime.blas import blas_threads, one_blas_thread
 
     a = np.ones((300, 300), np.float32)
     both_in = threading.Barrier(2)
@@ -48,13 +48,14 @@ BUILD_PROBE = textwrap.dedent(
     import json, sys
     import dask
     import dask_lance_index as dli
-    import dask_lance_index.tasks as tasks
-    import dask_lance_index.train as train
-    from dask_lance_index._blas import blas_threads
+    import dask_lance_index.model.pq as pq
+    from dask_lance_index.build import ENGINES
+    from dask_lance_index.runtime.blas import blas_threads
     from dask_lance_index.datagen import make_vectors, write_vectors
 
     seen = {"build": [], "pq": []}
-    build_segment, kmeans_batched = tasks.build_segment, train.kmeans_batched
+    engine = ENGINES["precomputed"]
+    build_segment, kmeans_batched = engine.build_segment, pq.kmeans_batched
 
     def spy_build(*a, **k):
         seen["build"].append(blas_threads())
@@ -64,7 +65,7 @@ BUILD_PROBE = textwrap.dedent(
         seen["pq"].append(blas_threads())
         return kmeans_batched(*a, **k)
 
-    tasks.build_segment, train.kmeans_batched = spy_build, spy_pq
+    engine.build_segment, pq.kmeans_batched = spy_build, spy_pq
     uri = sys.argv[1]
     write_vectors(uri, make_vectors(12000, 32, seed=5), max_rows_per_file=3000)
     start = blas_threads()
@@ -107,11 +108,17 @@ def test_a_threaded_scheduler_build_encodes_and_trains_pq_on_one_blas_thread(tmp
 
 def test_pq_groups_in_threads_give_the_codebook_of_groups_one_after_another(monkeypatch):
     from dask_lance_index.datagen import make_vectors
-    from dask_lance_index.train import train_pq
+    from dask_lance_index.model import train_pq
+    from dask_lance_index.train import map_pq_groups
 
     r = make_vectors(4096, 64, seed=3)
-    threaded = train_pq(r, 16, 6, max_iters=10, seed=7)
-    monkeypatch.setattr(os, "cpu_count", lambda: 1)  # no second core: groups run in turn
-    in_turn = train_pq(r, 16, 6, max_iters=10, seed=7)
+    in_turn = train_pq(r, 16, 6, max_iters=10, seed=7)  # no map_groups: one group after another
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)  # two cores, so two threads, on any machine
+    threads = []
+    real = map_pq_groups.__globals__["ThreadPoolExecutor"]
+    monkeypatch.setitem(map_pq_groups.__globals__, "ThreadPoolExecutor",
+                        lambda n: threads.append(n) or real(n))
+    threaded = train_pq(r, 16, 6, max_iters=10, seed=7, map_groups=map_pq_groups)
+    assert threads == [2]
     np.testing.assert_array_equal(threaded, in_turn)
     assert threaded.shape == (16, 64, 4)

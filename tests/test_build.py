@@ -10,7 +10,7 @@ import pytest
 
 import dask_lance_index as dli
 from dask_lance_index.datagen import vector_table
-from dask_lance_index.evaluate import exact_knn, recall_at_k, search
+from dask_lance_index.evaluation import exact_knn, recall_at_k, search
 
 from .conftest import committed_segment_uuids, index_dirs
 
@@ -87,13 +87,13 @@ def test_sq_segments_are_committed_unmerged(dataset_uri, vectors, queries):
     assert recall(ds, queries, truth, nprobes=8) > 0.85
 
 
-def test_each_artifact_is_one_key_every_build_task_depends_on(dataset_uri):
+def test_the_model_is_one_key_every_build_task_depends_on(dataset_uri):
     build = dli.create_index(
         dataset_uri, "vector", "IVF_PQ", num_partitions=16, num_sub_vectors=8, num_tasks=3, compute=False
     )
     graph = dict(build.__dask_graph__())
     tok = build.plan.build_id[:8]
-    art_key = f"dli-artifacts-{tok}"
+    art_key = f"dli-model-{tok}"
     plan_key = f"dli-plan-{tok}"
     builds = [k for k in graph if str(k).startswith(f"dli-build-{tok}")]
     assert len(builds) == 3
@@ -108,8 +108,8 @@ def test_each_artifact_is_one_key_every_build_task_depends_on(dataset_uri):
     assert set(samples) <= set(graph[art_key].dependencies)
 
 
-def test_given_artifacts_skip_training_and_are_one_key(dataset_uri, vectors, queries):
-    from dask_lance_index.train import residuals, train_ivf, train_pq
+def test_a_given_model_skips_training_and_is_one_key(dataset_uri, vectors, queries):
+    from dask_lance_index.model import residuals, train_ivf, train_pq
 
     x = vectors[np.random.default_rng(0).choice(len(vectors), 4096, replace=False)]
     c, _ = train_ivf(x, 16, "l2", max_iters=30, seed=0)
@@ -207,11 +207,11 @@ def test_an_index_committed_by_another_writer_during_the_build(dataset_uri):
 def test_a_failing_build_task_removes_the_segments_already_written(dataset_uri, vectors, monkeypatch):
     import os
 
-    import dask_lance_index._lance as io
+    import dask_lance_index.recovery.leftovers as cleanup
 
     removed = []
-    real = io.remove_index_dir
-    monkeypatch.setattr(io, "remove_index_dir", lambda *a: removed.append(real(*a)) or removed[-1])
+    real = cleanup.remove_index_dir
+    monkeypatch.setattr(cleanup, "remove_index_dir", lambda *a: removed.append(real(*a)) or removed[-1])
 
     # Given centroids: no sampling, so the build tasks run and write before one fails.
     centroids = vectors[:8].copy()
@@ -231,10 +231,10 @@ def test_a_failing_build_task_removes_the_segments_already_written(dataset_uri, 
 @pytest.mark.parametrize("metric", ["l2", "cosine", "dot"])
 def test_precomputed_codes_equal_lance_encoding(tmp_path, vectors, queries, metric):
     """Our BLAS encoding handed to Lance gives the index Lance's own encoding gives,
-    on the same artifacts (for dot: Lance's one-segment build, since its partial
+    on the same model (for dot: Lance's one-segment build, since its partial
     dot segments are mis-encoded)."""
     from dask_lance_index.datagen import write_vectors
-    from dask_lance_index.train import prepare_vectors, residuals, train_ivf, train_pq
+    from dask_lance_index.model import prepare_vectors, residuals, train_ivf, train_pq
 
     x = prepare_vectors(vectors[np.random.default_rng(0).choice(len(vectors), 4096, replace=False)], metric)
     c, _ = train_ivf(x, 16, metric, max_iters=30, seed=0)
@@ -259,7 +259,7 @@ def test_precomputed_codes_equal_lance_encoding(tmp_path, vectors, queries, metr
 def test_finite_screen_keeps_rows_whose_sum_overflows_and_drops_every_non_finite_row():
     # The reader screens rows by their float32 sum; a finite row whose sum
     # overflows must still count as valid, and +inf/-inf in one row (sum NaN) not.
-    from dask_lance_index._lance import _to_float32_matrix
+    from dask_lance_index.storage import to_float32_matrix
 
     x = np.random.default_rng(0).standard_normal((8, 4)).astype(np.float32)
     x[1, 2] = np.nan
@@ -268,7 +268,7 @@ def test_finite_screen_keeps_rows_whose_sum_overflows_and_drops_every_non_finite
     x[5, 1], x[5, 2] = -np.inf, np.inf
     x[6] = -3e38
     arr = pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), 4)
-    got, valid = _to_float32_matrix(arr, 4)
+    got, valid = to_float32_matrix(arr, 4)
     assert valid.tolist() == [True, False, True, False, True, False, True, True]
     assert np.array_equal(valid, np.isfinite(x).all(axis=1))
     np.testing.assert_array_equal(got[valid], x[valid])
@@ -285,7 +285,7 @@ def _partition_sizes(ds, name="vector_idx"):
 @pytest.mark.parametrize("index_type", ["IVF_FLAT", "IVF_RQ"])
 @pytest.mark.parametrize("metric", ["l2", "cosine", "dot"])
 def test_partitions_engine_assigns_every_row_where_lance_does(tmp_path, vectors, index_type, metric):
-    # Same seed, same artifacts: our BLAS assignment must put every row in the
+    # Same seed, same model: our BLAS assignment must put every row in the
     # partition Lance's own assignment picks, NaN and null rows left out as Lance does.
     x = vectors[:6000].copy()
     x[[5, 17]] = np.nan
@@ -309,7 +309,7 @@ def test_partitions_engine_assigns_every_row_where_lance_does(tmp_path, vectors,
 def test_sliced_scan_reads_every_live_row_once(tmp_path, vectors, monkeypatch):
     # Fragments are read in slices (bounded memory); with deletions, nulls and a
     # slice size that does not divide the fragments, every live row comes exactly once.
-    import dask_lance_index._lance as L
+    import dask_lance_index.storage.scan as L
 
     uri = str(tmp_path / "slices.lance")
     x = vectors[:5000]

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from dask_lance_index.cli import EXIT_CODES, main
-from dask_lance_index.evaluate import exact_knn, recall_at_k, search
+from dask_lance_index.evaluation import exact_knn, recall_at_k, search
 from dask_lance_index.plan import IndexPlan
 
 from .conftest import index_dirs

@@ -3,6 +3,7 @@ sync scheduler, search results checked against per-query search and NumPy."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import dask
@@ -14,13 +15,13 @@ import pyarrow as pa
 import pytest
 
 import dask_lance_index as dli
-from dask_lance_index.artifacts import IndexArtifacts
-from dask_lance_index.encode import PQEncoder
+from dask_lance_index.model import IndexModel
+from dask_lance_index.model import PQEncoder
 from dask_lance_index.errors import InvalidInputError
-from dask_lance_index.evaluate import exact_knn, exact_knn_dataset, recall_at_k, search
-from dask_lance_index.kmeans import assign, normalize_rows
+from dask_lance_index.evaluation import exact_knn, exact_knn_dataset, recall_at_k, search
+from dask_lance_index.model.kmeans import assign, normalize_rows
 from dask_lance_index.datagen import write_vectors
-from dask_lance_index.train import residuals, train_ivf, train_pq
+from dask_lance_index.model import residuals, train_ivf, train_pq
 
 
 def _frame(vectors: np.ndarray, *, null_rows=(), nan_rows=()) -> pd.DataFrame:
@@ -187,23 +188,23 @@ def test_read_lance_pushes_columns_and_filter_down_per_fragment(dataset_uri, vec
 
 
 @pytest.fixture(scope="module")
-def pq_artifacts(vectors):
+def pq_model(vectors):
     c, _ = train_ivf(vectors[:4000], 16, "l2", max_iters=10, seed=0)
     cb = train_pq(residuals(vectors[:4000], c, "l2"), 8, 8, max_iters=5, seed=0)
-    return IndexArtifacts(ivf_centroids=c, pq_codebook=cb)
+    return IndexModel(ivf_centroids=c, pq_codebook=cb)
 
 
-def test_map_partitions_codes_equal_pq_encoder(dataset_uri, vectors, pq_artifacts, cluster_client):
+def test_map_partitions_codes_equal_pq_encoder(dataset_uri, vectors, pq_model, cluster_client):
     ddf = dli.read_lance(dataset_uri)
-    coded = ddf.map_partitions(dli.add_pq_codes, pq_artifacts, "vector", metric="l2")
+    coded = ddf.map_partitions(dli.add_pq_codes, pq_model, "vector", metric="l2")
     assert coded.dtypes["__pq_code"] == pd.ArrowDtype(pa.list_(pa.uint8(), 8))
     got = cluster_client.compute(coded).result().sort_values("id")
 
-    parts, codes = PQEncoder(pq_artifacts.ivf_centroids, pq_artifacts.pq_codebook, "l2").encode(vectors)
+    parts, codes = PQEncoder(pq_model.ivf_centroids, pq_model.pq_codebook, "l2").encode(vectors)
     assert np.array_equal(got["__ivf_part_id"].to_numpy().astype(np.uint32), parts)
     assert np.array_equal(np.stack(got["__pq_code"].to_numpy()), codes)
 
-    ivf = ddf.map_partitions(dli.add_ivf_partition, pq_artifacts, "vector").compute(scheduler="sync")
+    ivf = ddf.map_partitions(dli.add_ivf_partition, pq_model, "vector").compute(scheduler="sync")
     assert np.array_equal(ivf.sort_values("id")["__ivf_part_id"].to_numpy().astype(np.uint32), parts)
 
 
@@ -213,11 +214,11 @@ def test_map_partitions_encoders_follow_the_metric_and_skip_null_rows(vectors, m
     prepared = normalize_rows(x) if metric == "cosine" else x
     c, _ = train_ivf(prepared, 8, metric, max_iters=5, seed=1)
     cb = train_pq(residuals(prepared, c, metric), 4, 4, max_iters=3, seed=1)
-    art = IndexArtifacts(ivf_centroids=c, pq_codebook=cb)
+    model = IndexModel(ivf_centroids=c, pq_codebook=cb)
     df = _frame(x, null_rows=[1], nan_rows=[2])
     ddf = dd.from_pandas(df, npartitions=2)
 
-    got = ddf.map_partitions(dli.add_pq_codes, art, "vector", metric=metric).compute(scheduler="sync")
+    got = ddf.map_partitions(dli.add_pq_codes, model, "vector", metric=metric).compute(scheduler="sync")
     valid = np.ones(len(x), bool)
     valid[[1, 2]] = False
     parts, codes = PQEncoder(c, cb, metric).encode(x[valid])
@@ -225,7 +226,7 @@ def test_map_partitions_encoders_follow_the_metric_and_skip_null_rows(vectors, m
     assert np.array_equal(got["__ivf_part_id"].to_numpy()[valid].astype(np.uint32), parts)
     assert np.array_equal(np.stack(got["__pq_code"].to_numpy()[valid]), codes)
 
-    ivf = ddf.map_partitions(dli.add_ivf_partition, art, "vector", metric=metric).compute(scheduler="sync")
+    ivf = ddf.map_partitions(dli.add_ivf_partition, model, "vector", metric=metric).compute(scheduler="sync")
     labels, _ = assign(prepared[valid], c, "dot" if metric == "dot" else "l2")
     assert np.array_equal(ivf["__ivf_part_id"].to_numpy()[valid].astype(np.uint32), labels)
 
@@ -349,7 +350,7 @@ def test_write_mode_errors_leave_the_dataset_unchanged(dataset_uri, tmp_path, ve
     assert _data_files(str(tmp_path / "dims.lance")) == []
 
 
-def test_read_search_and_encode_errors(dataset_uri, pq_artifacts, queries):
+def test_read_search_and_encode_errors(dataset_uri, pq_model, queries):
     with pytest.raises(InvalidInputError, match="not in the dataset"):
         dli.read_lance(dataset_uri, columns=["nope"])
     with pytest.raises(InvalidInputError, match="filter"):
@@ -370,8 +371,8 @@ def test_read_search_and_encode_errors(dataset_uri, pq_artifacts, queries):
 
     df = dli.read_lance(dataset_uri).get_partition(0).compute(scheduler="sync")
     with pytest.raises(InvalidInputError, match="pq_codebook"):
-        dli.add_pq_codes(df, IndexArtifacts(ivf_centroids=pq_artifacts.ivf_centroids))
-    small = IndexArtifacts(ivf_centroids=pq_artifacts.ivf_centroids[:, :16])
+        dli.add_pq_codes(df, IndexModel(ivf_centroids=pq_model.ivf_centroids))
+    small = IndexModel(ivf_centroids=pq_model.ivf_centroids[:, :16])
     with pytest.raises(InvalidInputError, match="dimension"):
         dli.add_ivf_partition(df, small)
 
@@ -381,7 +382,7 @@ def test_dataframe_graphs_carry_storage_options_that_hide_their_secrets(tmp_path
     # search task carries must be StorageOptions, whose repr shows no secret.
     from dask._task_spec import convert_legacy_graph
 
-    from dask_lance_index._lance import StorageOptions
+    from dask_lance_index.storage import StorageOptions
 
     so = {"aws_secret_access_key": "TOPSECRET123", "region": "us-east-1"}
     x = np.random.default_rng(0).standard_normal((100, 8)).astype(np.float32)
@@ -393,10 +394,15 @@ def test_dataframe_graphs_carry_storage_options_that_hide_their_secrets(tmp_path
         def walk(o, acc):
             if isinstance(o, dict):
                 acc.append(o)
+            if dataclasses.is_dataclass(o) and not isinstance(o, type):  # a task's callable and its settings
+                for f in dataclasses.fields(o):
+                    walk(getattr(o, f.name), acc)
             for a in getattr(o, "args", ()) or ():
                 walk(a, acc)
             for v in (getattr(o, "kwargs", None) or {}).values():
                 walk(v, acc)
+            if callable(getattr(o, "func", None)):
+                walk(o.func, acc)
             return acc
 
         tasks = convert_legacy_graph(dict(obj.__dask_graph__())).values()

@@ -8,6 +8,8 @@ command line. The workers get no AWS credentials in their environment: the
 
 from __future__ import annotations
 
+import dataclasses
+
 import os
 import socket
 import subprocess
@@ -18,7 +20,7 @@ import uuid
 import pytest
 
 import dask_lance_index as dli
-from dask_lance_index.evaluate import exact_knn, recall_at_k, search
+from dask_lance_index.evaluation import exact_knn, recall_at_k, search
 
 pytest.importorskip("moto")
 boto3 = pytest.importorskip("boto3")
@@ -128,7 +130,7 @@ def _write_s3(uri, vectors, storage_options, rows_per_file=3000):
 def _s3_index_dirs(uri, storage_options) -> set[str]:
     import pyarrow.fs as pafs
 
-    from dask_lance_index._lance import filesystem
+    from dask_lance_index.storage import filesystem
 
     fs, path = filesystem(uri + "/_indices", storage_options)
     infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
@@ -245,7 +247,7 @@ def _s3_files(prefix, storage_options) -> list[str]:
     """Files (not directory markers) under ``prefix``, relative to it."""
     import pyarrow.fs as pafs
 
-    from dask_lance_index._lance import filesystem
+    from dask_lance_index.storage import filesystem
 
     fs, path = filesystem(prefix, storage_options)
     infos = fs.get_file_info(pafs.FileSelector(path.rstrip("/"), recursive=True, allow_not_found=True))
@@ -340,8 +342,9 @@ def _kill_driver_on_s3(uri, storage_options, after=3) -> int:
 def test_a_driver_killed_on_s3_resumes_and_cleanup_finds_what_it_left(s3, no_aws_env, vectors, queries, caplog):
     import logging
 
-    from dask_lance_index import tasks
-    from dask_lance_index.journal import BuildJournal
+    from dask_lance_index.recovery import BuildJournal
+
+    from .conftest import count_builds
 
     uri = f"s3://vectors/crash-{uuid.uuid4().hex[:6]}.lance"
     _write_s3(uri, vectors, s3, rows_per_file=1000)  # 12 fragments, one build task each
@@ -350,27 +353,16 @@ def test_a_driver_killed_on_s3_resumes_and_cleanup_finds_what_it_left(s3, no_aws
     journal = f"{uri}/_dli/{build_id}"
     j = BuildJournal.load(journal, s3)
     assert j is not None and not j.driver_alive() and SECRET not in repr(j)
-    done = {s.task for s in j.segments}
+    done = {s.slot for s in j.segments}
     left = {s.uuid for s in j.segments}
     assert len(done) == n and left <= _s3_index_dirs(uri, s3)
     # cleanup finds the crashed build on the store: its segments and its journal
     dry = dli.cleanup(uri, storage_options=s3, dry_run=True)
     assert {p.rsplit("/", 1)[1] for p in dry} >= left | {build_id}
 
-    seen = {}
-    real = tasks.build_segment
-
-    def counting(plan, task, *a, **k):  # counts builds; the real build runs
-        seen[task] = seen.get(task, 0) + 1
-        return real(plan, task, *a, **k)
-
-    tasks.build_segment = counting
-    try:
-        with caplog.at_level(logging.DEBUG, logger="dask_lance_index"):
-            ds = dli.create_index(uri, "vector", "IVF_FLAT", journal=journal, resume=True, scheduler="sync",
-                                  storage_options=s3)
-    finally:
-        tasks.build_segment = real
+    with count_builds() as seen, caplog.at_level(logging.DEBUG, logger="dask_lance_index"):
+        ds = dli.create_index(uri, "vector", "IVF_FLAT", journal=journal, resume=True, scheduler="sync",
+                              storage_options=s3)
     assert set(seen) == set(range(12)) - done and all(v == 1 for v in seen.values())
     assert f"{n} of 12 segments journaled" in caplog.text and SECRET not in caplog.text
     segments = {s.uuid for d in ds.describe_indices() for s in d.segments}
@@ -409,7 +401,8 @@ def test_artifact_engine_on_s3_writes_its_scratch_there_and_removes_it(s3, s3_cl
 
 
 def test_journal_and_artifact_errors_on_s3_never_hold_the_secret(s3, no_aws_env, vectors):
-    from dask_lance_index.journal import BuildJournal, journal_store
+    from dask_lance_index.recovery import BuildJournal
+    from dask_lance_index.storage import Store
 
     uri = f"s3://vectors/errs-{uuid.uuid4().hex[:6]}.lance"
     _write_s3(uri, vectors[:3000], s3)
@@ -439,9 +432,9 @@ def test_journal_and_artifact_errors_on_s3_never_hold_the_secret(s3, no_aws_env,
     errors.append(err.value)
     for e in errors:
         assert SECRET not in str(e) and SECRET not in repr(e)
-    assert SECRET not in repr(j) and SECRET not in repr(journal_store(j.location, s3))
+    assert SECRET not in repr(j) and SECRET not in repr(Store(j.location, s3))
     assert BuildJournal.load(j.location, s3).plan == j.plan
-    assert SECRET not in "".join(journal_store(j.location, s3).read(f) or "" for f in ("journal.json",))
+    assert SECRET not in "".join(Store(j.location, s3).read(f) or "" for f in ("journal.json",))
     j.remove()
     assert _s3_files("s3://vectors/journals", s3) == []
 
@@ -452,14 +445,18 @@ def test_a_task_failing_on_s3_logs_no_secret(s3, s3_cluster, vectors):
     shows the keys, not the secret."""
     from dask._task_spec import convert_legacy_graph
 
-    from dask_lance_index._lance import StorageOptions, filesystem
+    from dask_lance_index.storage import StorageOptions, filesystem
 
     uri = f"s3://vectors/fail-{uuid.uuid4().hex[:6]}.lance"
     _write_s3(uri, vectors[:6000], s3)
     build = dli.create_index(uri, "vector", "IVF_FLAT", num_partitions=8, num_tasks=2, client=s3_cluster,
                              storage_options=s3, compute=False)
     tasks = convert_legacy_graph(dict(build.__dask_graph__())).values()
-    carried = [a for t in tasks for a in getattr(t, "args", ()) if isinstance(a, dict)]
+    # the options ride in the tasks' callables (BuildSegment(...), CommitIndex(...)) or their arguments
+    settings = [getattr(t.func, f.name) for t in tasks if dataclasses.is_dataclass(getattr(t, "func", None))
+                for f in dataclasses.fields(t.func)]
+    args = [a for t in tasks for a in getattr(t, "args", ())]
+    carried = [a for a in args + settings if isinstance(a, dict) and a]
     assert len(carried) > 4 and all(isinstance(a, StorageOptions) for a in carried)
     assert all(SECRET not in repr(a) and "'aws_secret_access_key': '***'" in repr(a) for a in carried)
     assert all(SECRET not in repr(t) for t in tasks) and SECRET not in repr(build)
@@ -478,7 +475,7 @@ def test_storage_options_repr_and_which_stores_get_a_default_journal():
     """Pure: what a StorageOptions shows, and where pyarrow is given the user's storage_options."""
     import pickle
 
-    from dask_lance_index._lance import StorageOptions, hide_secrets, options_apply
+    from dask_lance_index.storage import StorageOptions, hide_secrets, options_apply
 
     opts = {"aws_access_key_id": "AKIA-x", "aws_secret_access_key": SECRET, "aws_session_token": "sess-123",
             "aws_region": "eu-west-1", "aws_endpoint": "http://h:9000", "google_service_account_key": "{...}"}

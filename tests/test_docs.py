@@ -24,12 +24,12 @@ def test_docs_build_without_warnings(tmp_path):
     for page in ("index", "user-guide", "architecture", "api"):
         assert (out / f"{page}.html").is_file(), page
     api = (out / "api.html").read_text()
-    for name in ("create_index", "read_lance", "to_lance", "batch_search", "add_pq_codes", "IndexArtifacts"):
+    for name in ("create_index", "read_lance", "to_lance", "batch_search", "add_pq_codes", "IndexModel"):
         assert f'id="dask_lance_index.' in api and name in api, name
     for qualified in ("dataframe.to_lance", "frame_encode.add_pq_codes", "frame_search.batch_search"):
         assert f"dask_lance_index.{qualified}" in api, qualified
     # The architecture page carries the task-graph drawing.
-    assert "dli-artifacts" in (out / "architecture.html").read_text()
+    assert "dli-model" in (out / "architecture.html").read_text()
 
 
 def test_the_drawn_task_graph_is_the_real_one(dataset_uri):
@@ -53,12 +53,12 @@ def test_the_drawn_task_graph_is_the_real_one(dataset_uri):
     drawn = open(os.path.join(ROOT, "docs", "architecture.md")).read()
     assert [tuple(g) for g in build.plan.groups] == [(0, 3), (1,), (2,)]
     assert "frags 0, 3     frag 1       frag 2" in drawn
-    assert edges["dli-artifacts"] == [f"dli-sample-{i}" for i in range(4)]
+    assert edges["dli-model"] == [f"dli-sample-{i}" for i in range(4)]
     for i in range(3):
-        assert edges[f"dli-build-{i}"] == ["dli-artifacts", "dli-plan"]
+        assert edges[f"dli-build-{i}"] == ["dli-model", "dli-plan"]
     assert edges["dli-merge-3"] == ["dli-build-0", "dli-build-1", "dli-build-2", "dli-plan"]
     assert edges["dli-commit"] == sorted(
-        ["dli-artifacts", "dli-build-0", "dli-build-1", "dli-build-2", "dli-merge-3", "dli-plan"]
+        ["dli-model", "dli-build-0", "dli-build-1", "dli-build-2", "dli-merge-3", "dli-plan"]
     )
-    assert set(edges) == {"dli-plan", "dli-artifacts", "dli-merge-3", "dli-commit"} | {
+    assert set(edges) == {"dli-plan", "dli-model", "dli-merge-3", "dli-commit"} | {
         f"dli-sample-{i}" for i in range(4)} | {f"dli-build-{i}" for i in range(3)}

@@ -10,8 +10,8 @@ import pytest
 import dask_lance_index as dli
 from dask_lance_index.datagen import write_vectors
 from dask_lance_index.errors import InvalidInputError
-from dask_lance_index.evaltable import EvaluationTable
-from dask_lance_index.evaluate import (
+from dask_lance_index.evaluation import (
+    EvaluationTable,
     evaluate_index,
     exact_knn,
     exact_knn_dataset,

@@ -24,10 +24,11 @@ import pytest
 
 import dask_lance_index as dli
 from dask_lance_index.datagen import make_vectors, write_vectors
-from dask_lance_index.evaluate import exact_knn, recall_at_k, search
-from dask_lance_index.journal import BuildJournal, index_from_dict, index_to_dict
+from dask_lance_index.evaluation import exact_knn, recall_at_k, search
+from dask_lance_index.recovery import BuildJournal
+from dask_lance_index.storage import index_from_dict, index_to_dict
 
-from .conftest import committed_segment_uuids, index_dirs
+from .conftest import committed_segment_uuids, count_builds, index_dirs
 
 WORKTREE = str(Path(dli.__file__).resolve().parents[1])
 # The build the fault tests run: seeded, so a faulty run and a fault-free run
@@ -60,7 +61,7 @@ def recall(ds, queries, truth, nprobes=4):
 def no_leftovers(uri, ds=None) -> None:
     """Nothing under _indices/ that no version of the dataset uses (a replaced index stays
     for older versions), and no journal beside the data."""
-    from dask_lance_index.cleanup import referenced_segments
+    from dask_lance_index.storage import referenced_segments
 
     ds = ds or lance.dataset(uri)
     assert committed_segment_uuids(ds) <= index_dirs(uri) == referenced_segments(uri)
@@ -126,7 +127,7 @@ def test_every_task_but_the_commit_is_retried(dataset_uri):
             kind = key.split("-")[1]
             if kind != "plan":  # a literal: nothing runs
                 retries.setdefault(kind, set()).add(given(key) if callable(given) else given)
-    assert retries == {"sample": {4}, "artifacts": {4}, "build": {4}, "merge": {4}, "commit": {None}}
+    assert retries == {"sample": {4}, "model": {4}, "build": {4}, "merge": {4}, "commit": {None}}
     dli.cleanup(dataset_uri, build.plan.build_id)  # the lazy build is dropped: remove its journal
     assert not os.path.exists(os.path.join(dataset_uri, "_dli"))
 
@@ -164,7 +165,7 @@ def _kill_workers_during(client, fn, journal, triggers, rng):
         j = BuildJournal.load(journal)
         os.kill(int(rng.choice(pids)), signal.SIGKILL)
         at_kill.append({"t": round(time.time() - t0, 2), "segments": len(j.segments), "merges": len(j.merges), "merge attempts": len(j.attempts),
-                        "trained": j.load_artifacts() is not None})
+                        "trained": j.load_model() is not None})
     t.join(300)
     assert not t.is_alive(), "the build hung after its workers were killed"
     at_kill.append({"t": round(time.time() - t0, 2), "done": True})
@@ -237,7 +238,8 @@ def test_a_task_failing_on_a_cluster_stops_the_build_and_leaves_nothing(tmp_path
 def test_a_merge_attempt_that_died_before_recording_its_output_is_removed(tmp_path, vectors):
     """Lance names a merged segment itself: the output of an attempt that died is found by its
     time window (the journal's attempt record) and removed once the build commits."""
-    from dask_lance_index.journal import write_attempt
+    from dask_lance_index.build import BuildSegment
+    from dask_lance_index.recovery.journal import write_attempt
 
     uri = write(tmp_path / "m.lance", vectors, 3000)
     jloc = str(tmp_path / "journal")
@@ -246,10 +248,9 @@ def test_a_merge_attempt_that_died_before_recording_its_output_is_removed(tmp_pa
     plan = build.plan
     # What a worker leaves when it dies inside Lance's merge: the attempt's start is
     # journaled, the merged segment is written, its record is not.
-    from dask_lance_index.tasks import build_task
-
     ds = lance.dataset(uri)
-    segs = [build_task(plan, i, dli.IndexArtifacts(ivf_centroids=vectors[:8].copy()), None, jloc).index for i in range(4)]
+    build_segment = BuildSegment(plan.engine, journal=jloc)
+    segs = [build_segment(plan, i, dli.IndexModel(ivf_centroids=vectors[:8].copy())).index for i in range(4)]
     write_attempt(jloc, plan.merges.stages[0][0].output, time.time())
     dead = ds.merge_existing_index_segments(segs).uuid
     time.sleep(2.5)  # past the dead attempt's window (its last heartbeat + 1 s + 1 s slack)
@@ -319,25 +320,19 @@ def test_driver_killed_mid_build_resumes_without_rebuilding_finished_segments(
         before[s.uuid] = {f: os.stat(os.path.join(d, f)).st_mtime_ns for f in os.listdir(d)}
     records = {f: os.stat(os.path.join(jloc, "segments", f)).st_mtime_ns for f in os.listdir(os.path.join(jloc, "segments"))}
 
-    assert j.load_artifacts() is not None  # trained before any segment was built
-    seen = {}
-    from dask_lance_index import tasks
-
-    real, real_train = tasks.build_segment, tasks.train_artifacts
-
-    def counting(plan, task, *a, **k):  # counts builds; the real build runs
-        seen[task] = seen.get(task, 0) + 1
-        return real(plan, task, *a, **k)
+    assert j.load_model() is not None  # trained before any segment was built
+    import dask_lance_index.train.train as train
 
     def no_training(*a, **k):
-        raise AssertionError("the resumed build trained its artifacts again")
+        raise AssertionError("the resumed build trained its model again")
 
-    tasks.build_segment, tasks.train_artifacts = counting, no_training
+    real_train, train.train_model = train.train_model, no_training
     try:
-        ds = dli.create_index(uri, "vector", "IVF_FLAT", num_tasks=16, scheduler="sync", journal=jloc, **BUILD)
+        with count_builds() as seen:
+            ds = dli.create_index(uri, "vector", "IVF_FLAT", num_tasks=16, scheduler="sync", journal=jloc, **BUILD)
     finally:
-        tasks.build_segment, tasks.train_artifacts = real, real_train
-    done = {s.task for s in j.segments}
+        train.train_model = real_train
+    done = {s.slot for s in j.segments}
     assert set(seen) == set(range(16)) - done and all(v == 1 for v in seen.values())
     for f, t in records.items():  # the finished segments' records were not rewritten...
         assert os.stat(os.path.join(jloc, "segments", f)).st_mtime_ns == t

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from dask_lance_index.datagen import make_vectors
-from dask_lance_index.kmeans import (
+from dask_lance_index.model.kmeans import (
     assign,
     assign_batched,
     combine_partials,
@@ -13,7 +13,8 @@ from dask_lance_index.kmeans import (
     lloyd_partial,
     lloyd_update,
 )
-from dask_lance_index.train import _train_ivf, train_ivf, train_pq, train_shards
+from dask_lance_index.model import train_ivf, train_pq
+from dask_lance_index.train import train_ivf_on_cluster, train_shards
 
 
 @pytest.fixture(scope="module")
@@ -98,14 +99,14 @@ def test_ivf_training_spread_over_the_cluster_matches_one_task(cluster_client, x
     # The sharded path takes full Lloyd steps; compare it with full Lloyd in one
     # task (the local default is incremental, see test_incremental_*).
     def full(x, k, metric, **kw):
-        return _train_ivf(x, k, metric, partials=lambda c: lloyd_partial(x, c), **kw)
+        return train_ivf(x, k, metric, partials=lambda c: lloyd_partial(x, c), **kw)
 
     local, li = full(x, 40, "l2", max_iters=25, seed=4, tol=1e-4)
     from distributed import get_task_stream
 
     with get_task_stream(cluster_client) as ts:
         spread, si = cluster_client.submit(
-            train_ivf, x, 40, "l2", max_iters=25, seed=4, tol=1e-4, shards=3, pure=False
+            train_ivf_on_cluster, x, 40, "l2", max_iters=25, seed=4, tol=1e-4, shards=3, pure=False
         ).result()
     names = [t["key"][0] if isinstance(t["key"], tuple) else t["key"] for t in ts.data]
     partial_tasks = sum(str(n).startswith("lloyd_partial") for n in names)
@@ -117,7 +118,8 @@ def test_ivf_training_spread_over_the_cluster_matches_one_task(cluster_client, x
     np.testing.assert_allclose(spread, local, rtol=1e-3, atol=1e-3)
     # dot (spherical, best of 3 restarts) takes the same path
     d_local, dl = full(x, 20, "dot", max_iters=10, seed=2, tol=1e-4)
-    d_spread, ds = cluster_client.submit(train_ivf, x, 20, "dot", max_iters=10, seed=2, tol=1e-4, shards=2, pure=False).result()
+    d_spread, ds = cluster_client.submit(train_ivf_on_cluster, x, 20, "dot", max_iters=10, seed=2, tol=1e-4, shards=2,
+                                            pure=False).result()
     assert ds == pytest.approx(dl, rel=1e-4)
     np.testing.assert_allclose(np.linalg.norm(d_spread, axis=1), 1.0, rtol=1e-5)
 
@@ -154,7 +156,7 @@ def _counting(monkeypatch, module, name):
 
 
 def test_incremental_kmeans_beats_full_lloyd_for_less_work(monkeypatch):
-    import dask_lance_index.kmeans as km
+    import dask_lance_index.model.kmeans as km
 
     x = make_vectors(24_000, 16, num_clusters=300, seed=5)
     k = 64  # 32 rows per centroid: 2,048-row chunks, 11 of them
@@ -170,7 +172,7 @@ def test_incremental_kmeans_beats_full_lloyd_for_less_work(monkeypatch):
 
 
 def test_incremental_pq_codebooks_beat_full_lloyd_for_less_work(monkeypatch):
-    import dask_lance_index.kmeans as km
+    import dask_lance_index.model.kmeans as km
 
     x = make_vectors(16_384, 16, num_clusters=400, seed=6)
     xb = np.ascontiguousarray(x.reshape(len(x), 4, 4).transpose(1, 0, 2))

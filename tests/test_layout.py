@@ -189,3 +189,18 @@ def test_the_file_list_shows_the_pipeline():
 def test_each_package_says_what_it_holds(package):
     tree = ast.parse(open(MODULES[package]).read())
     assert ast.get_docstring(tree), f"{package}/__init__.py has no docstring"
+
+
+def test_no_package_hides_a_module_of_its_own_behind_a_name():
+    """``pkg/x.py`` beside ``from .x import x`` in ``pkg/__init__`` makes ``import pkg.x as m``
+    give the function, not the module: every re-exported name differs from the modules'."""
+    import importlib
+
+    clashes = []
+    for package in (m for m in MODULES if _is_package(m)):
+        mod = importlib.import_module(package)
+        for name in getattr(mod, "__all__", ()):
+            if f"{package}.{name}" in MODULES and not hasattr(getattr(mod, name), "__path__") \
+                    and getattr(getattr(mod, name), "__file__", None) is None:
+                clashes.append(f"{package}.{name}")
+    assert clashes == []

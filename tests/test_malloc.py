@@ -14,7 +14,7 @@ PROBE = textwrap.dedent(
     """
     import json, os
     import numpy as np
-    from dask_lance_index._malloc import bulk_allocations
+    from dask_lance_index.runtime.malloc import bulk_allocations
 
     def rss_mb():
         return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20

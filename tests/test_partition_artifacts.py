@@ -1,4 +1,4 @@
-"""Partition artifacts (Lance PR 6463's layout): writer, reader, validation, and the
+"""Partition artifacts (upstream Lance's layout): writer, reader, validation, and the
 ``engine="artifact"`` build and its resume, on real Lance datasets and a real LocalCluster."""
 
 from __future__ import annotations
@@ -15,20 +15,22 @@ from lance.file import LanceFileWriter
 
 import dask_lance_index as dli
 from dask_lance_index.datagen import write_vectors
-from dask_lance_index.evaluate import exact_knn, recall_at_k, search
-from dask_lance_index.artifact_io import PartitionArtifact, write_manifest, write_metadata
-from dask_lance_index.artifact_writer import PartitionArtifactWriter
+from dask_lance_index.evaluation import exact_knn, recall_at_k, search
 from dask_lance_index.partition_artifacts import (
     ArtifactMetadata,
     BucketSummary,
     InvalidPartitionArtifactError,
+    PartitionArtifact,
+    PartitionArtifactWriter,
     PartitionEntry,
     PartitionRange,
     assemble_manifest,
-    bucket_path,
     default_num_buckets,
+    write_manifest,
+    write_metadata,
 )
-from dask_lance_index.train import residuals, train_ivf, train_pq
+from dask_lance_index.partition_artifacts.layout import bucket_path
+from dask_lance_index.model import residuals, train_ivf, train_pq
 
 from .conftest import committed_segment_uuids, index_dirs
 
@@ -336,7 +338,7 @@ def test_crash_between_encode_and_finalize_resumes_from_the_artifact(tmp_path, v
     def no_encoding(*a, **k):
         raise AssertionError("resuming must not encode again")
 
-    monkeypatch.setattr("dask_lance_index.encode.PQEncoder.encode", no_encoding)
+    monkeypatch.setattr("dask_lance_index.model.pq.PQEncoder.encode", no_encoding)
     ds = dli.finalize_artifact(uri, "vector", root, num_tasks=2, scheduler="sync")
     assert ds.stats.index_stats("vector_idx")["num_indexed_rows"] == len(vectors)
     assert index_dirs(uri) == committed_segment_uuids(ds)

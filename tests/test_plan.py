@@ -5,10 +5,10 @@ import pickle
 
 import pytest
 
+from dask_lance_index.build import resolve_engine
 from dask_lance_index.errors import InvalidInputError
-from dask_lance_index.merge import MergePlan, plan_merges
+from dask_lance_index.plan import MergePlan, plan_merges
 from dask_lance_index.plan import (
-    resolve_engine,
     FragmentInfo,
     IndexParams,
     IndexPlan,
@@ -164,19 +164,19 @@ def test_plan_round_trips_through_json_and_pickle():
 
 def test_engine_choice():
     pq = resolve_params("IVF_PQ", dimension=32, num_rows=1000, num_partitions=4)
-    assert resolve_engine("auto", pq) == "precomputed"
-    assert resolve_engine("lance", pq) == "lance"
+    assert resolve_engine("auto", pq).name == "precomputed"
+    assert resolve_engine("lance", pq).name == "lance"
     pq4 = resolve_params("IVF_HNSW_PQ", dimension=32, num_rows=1000, num_partitions=4, num_bits=4)
-    assert resolve_engine("auto", pq4) == "partitions"  # Lance encodes 4-bit PQ; we assign
+    assert resolve_engine("auto", pq4).name == "partitions"  # Lance encodes 4-bit PQ; we assign
     flat = resolve_params("IVF_FLAT", dimension=32, num_rows=1000, num_partitions=4)
-    assert resolve_engine("auto", flat) == "partitions"
-    assert resolve_engine("lance", flat) == "lance"
+    assert resolve_engine("auto", flat).name == "partitions"
+    assert resolve_engine("lance", flat).name == "lance"
     for t in ("IVF_SQ", "IVF_HNSW_FLAT", "IVF_HNSW_SQ"):
-        assert resolve_engine("auto", resolve_params(t, dimension=32, num_rows=1000, num_partitions=4)) == "partitions"
+        assert resolve_engine("auto", resolve_params(t, dimension=32, num_rows=1000, num_partitions=4)).name == "partitions"
     # IVF_RQ: we write the codes under l2 and cosine; Lance's dot RaBitQ stores other factors
     for metric, engine in (("l2", "precomputed"), ("cosine", "precomputed"), ("dot", "partitions")):
         rq = resolve_params("IVF_RQ", dimension=32, num_rows=1000, num_partitions=4, metric=metric)
-        assert resolve_engine("auto", rq) == engine
+        assert resolve_engine("auto", rq).name == engine
     with pytest.raises(InvalidInputError, match="IVF_RQ under l2 or cosine"):
         resolve_engine("precomputed", resolve_params("IVF_RQ", dimension=32, num_rows=1000, num_partitions=4, metric="dot"))
     with pytest.raises(InvalidInputError, match="8-bit PQ"):

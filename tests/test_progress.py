@@ -8,7 +8,7 @@ import sys
 import lance
 
 import dask_lance_index as dli
-from dask_lance_index.progress import show_progress
+from dask_lance_index.runtime.progress import show_progress
 
 STAGES = ["plan", "sample", "train", "build", "merge", "commit", "total"]
 

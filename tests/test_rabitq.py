@@ -9,15 +9,15 @@ import pytest
 
 import dask_lance_index as dli
 from dask_lance_index.datagen import make_vectors, write_vectors
-from dask_lance_index.evaluate import search
-from dask_lance_index.rotation import RQRotation
-from dask_lance_index.rq_codes import (
+from dask_lance_index.evaluation import search
+from dask_lance_index.model.rabitq import RQRotation
+from dask_lance_index.storage import read_rq_segment
+from dask_lance_index.storage.rq_layout import (
     pack_blocked_ex_codes,
     pack_lance_codes,
-    read_rq_segment,
     unpack_blocked_ex_codes,
 )
-from dask_lance_index.rq_encode import RQCodes, assign_l2, rq_encode, rq_factors
+from dask_lance_index.model.rabitq_encoder import RQCodes, assign_l2, rq_encode, rq_factors
 
 
 def test_rotation_json_has_lances_fields_and_is_seeded():
@@ -130,7 +130,7 @@ def test_rotation_reads_lances_json_and_round_trips():
     assert pickle.loads(pickle.dumps(rot)) == rot
     assert RQRotation.from_json(ours) == RQRotation.from_json(json.loads(ours))
     assert RQRotation.from_json(ours, dimension=64).dimension == 64
-    with pytest.raises(dli.InvalidArtifactError, match=r"rotates 64-dimensional vectors \(code_dim\); the vectors have dimension 32"):
+    with pytest.raises(dli.InvalidModelError, match=r"rotates 64-dimensional vectors \(code_dim\); the vectors have dimension 32"):
         RQRotation.from_json(ours, dimension=32)
     with pytest.raises(dli.InvalidInputError, match=r"shape \(n, 64\)"):
         RQRotation.from_json(ours).apply(np.zeros((3, 32), np.float32))
@@ -156,7 +156,7 @@ def _model(**change):
     ],
 )
 def test_rotation_rejects_bad_models(model, match):
-    with pytest.raises(dli.InvalidArtifactError, match=match):
+    with pytest.raises(dli.InvalidModelError, match=match):
         RQRotation.from_json(model)
 
 
@@ -273,7 +273,7 @@ def test_distributed_ivf_rq_build_stores_the_numpy_codes(tmp_path, vectors, clus
 
 
 def test_lance_code_layout_round_trips():
-    from dask_lance_index.rq_codes import unpack_lance_codes
+    from dask_lance_index.storage.rq_layout import unpack_lance_codes
 
     rng = np.random.default_rng(0)
     codes = rng.integers(0, 256, size=(32 * 3 + 5 + 64 + 31, 6), dtype=np.uint8)
@@ -354,7 +354,7 @@ def test_evaluate_rq_bits_rejects_bad_input(kwargs, match):
 def test_fwht_rows_is_the_hadamard_transform():
     from scipy.linalg import hadamard
 
-    from dask_lance_index.rotation import fwht_rows
+    from dask_lance_index.model.rabitq import fwht_rows
 
     x = np.random.default_rng(0).integers(-8, 8, size=(5, 32)).astype(np.float32)  # exact in float32
     np.testing.assert_array_equal(fwht_rows(x.copy()), x @ hadamard(32).astype(np.float32))

@@ -18,7 +18,7 @@ import pytest
 
 import dask_lance_index as dli
 from dask_lance_index.datagen import write_vectors
-from dask_lance_index.evaluate import exact_knn, recall_at_k, search
+from dask_lance_index.evaluation import exact_knn, recall_at_k, search
 
 TYPES = ["IVF_FLAT", "IVF_PQ", "IVF_SQ", "IVF_RQ", "IVF_HNSW_FLAT", "IVF_HNSW_PQ", "IVF_HNSW_SQ"]
 METRICS = ["l2", "cosine", "dot"]

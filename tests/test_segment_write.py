@@ -18,13 +18,14 @@ from lance.file import LanceFileReader
 
 import dask_lance_index as dli
 from dask_lance_index.datagen import make_vectors, write_vectors
-from dask_lance_index.evaluate import exact_knn, recall_at_k, search
-from dask_lance_index.kmeans import normalize_rows
-from dask_lance_index.rotation import RQRotation
-from dask_lance_index.rq_codes import pack_blocked_ex_codes, read_rq_segment
-from dask_lance_index.encode import PQEncoder
-from dask_lance_index.rq_encode import RQEncoder, rq_encode, rq_factors
-from dask_lance_index.segment_write import segment_index, write_pq_segment, write_rq_segment
+from dask_lance_index.evaluation import exact_knn, recall_at_k, search
+from dask_lance_index.model.kmeans import normalize_rows
+from dask_lance_index.model.rabitq import RQRotation
+from dask_lance_index.storage import read_rq_segment
+from dask_lance_index.storage.rq_layout import pack_blocked_ex_codes
+from dask_lance_index.model import PQEncoder
+from dask_lance_index.model.rabitq_encoder import RQEncoder, rq_encode, rq_factors
+from dask_lance_index.storage.segment_files import segment_index, write_pq_segment, write_rq_segment
 
 
 def _files(uri, uuid):
@@ -154,13 +155,13 @@ def test_rq_encoder_codes_are_consistent_and_near_lances():
     np.testing.assert_array_equal(out["part_ids"], exact.part_ids)
     assert 1 - np.unpackbits(out["binary"] ^ exact.binary).mean() > 0.9999
     # the ex-codes: most coordinates as Lance's per-row optimum, the rest one step off
-    from dask_lance_index.rq_codes import unpack_blocked_ex_codes
+    from dask_lance_index.storage.rq_layout import unpack_blocked_ex_codes
 
     ex = unpack_blocked_ex_codes(out["ex"], 4, 64)
     assert 0.85 < np.mean(ex == exact.ex) < 1.0
     # quantisation quality: cosine between residual and reconstruction, within 0.1% of Lance's
     def quality(values):
-        from dask_lance_index.rq_encode import RQCodes
+        from dask_lance_index.model.rabitq_encoder import RQCodes
 
         u = RQCodes(exact.part_ids, exact.binary, values, exact.rotated).centred(5)
         r = exact.rotated
@@ -169,7 +170,7 @@ def test_rq_encoder_codes_are_consistent_and_near_lances():
 
     assert quality(ex) > quality(exact.ex) - 1e-3
     # the stored factors are the ones Lance computes from these very codes
-    from dask_lance_index.rq_encode import RQCodes
+    from dask_lance_index.model.rabitq_encoder import RQCodes
 
     want = rq_factors(RQCodes(exact.part_ids, out["binary"], ex, exact.rotated), centroids, rot, 5)
     for name, value in want.items():

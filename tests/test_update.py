@@ -12,7 +12,7 @@ import pytest
 
 import dask_lance_index as dli
 from dask_lance_index.datagen import write_vectors
-from dask_lance_index.evaluate import exact_knn, recall_at_k, search
+from dask_lance_index.evaluation import exact_knn, recall_at_k, search
 from dask_lance_index.update import SegmentState, UpdateDecision, plan_update
 
 from .conftest import committed_segment_uuids, index_dirs
@@ -61,8 +61,8 @@ def test_plan_update_decides_delta_merge_rebuild_by_type():
                     base_segments=1, max_deltas=1, num_tasks=1)
     assert d.action == "merge" and d.merge_segments == ("a", "b", "c")
     # dot-metric PQ encoded by Lance cannot be built in parts
-    d = plan_update("IVF_PQ", base, live, partial_segments_ok=False)
-    assert d.action == "rebuild"
+    d = plan_update("IVF_PQ", base, live, one_segment_reason="Lance mis-encodes partial dot PQ")
+    assert d.action == "rebuild" and "Lance mis-encodes partial dot PQ: rebuilt" in d.reasons[-1]
     assert UpdateDecision.from_dict(json.loads(json.dumps(d.to_dict()))) == d
 
 
@@ -87,8 +87,8 @@ def test_appends_in_rounds_update_only_new_fragments_and_match_a_fresh_build(tmp
         uri, "vector", "IVF_PQ", num_partitions=16, num_sub_vectors=8, num_tasks=3, scheduler="sync", seed=1,
         max_iters=10, pq_sample_rate=16,  # quick training: the test is about the updates
     )
-    saved = dli.load_artifacts(uri, "vector_idx")
-    assert saved.plan.params.num_partitions == 16 and saved.artifacts.pq_codebook.shape == (8, 256, 4)
+    saved = dli.load_model(uri, "vector_idx")
+    assert saved.plan.params.num_partitions == 16 and saved.model.pq_codebook.shape == (8, 256, 4)
 
     n = 3000
     actions = []
@@ -104,7 +104,7 @@ def test_appends_in_rounds_update_only_new_fragments_and_match_a_fresh_build(tmp
         assert len(_build_keys(upd)) == upd.plan.num_tasks == 2
         assert not any(str(k).startswith("dli-sample-") for k in dict(upd.__dask_graph__()))  # no training sample
         assert upd.plan.train == ()
-        result = dli.run_update(upd, scheduler="sync")
+        result = dli.run(upd, scheduler="sync")
         actions.append(result.action)
         assert result.num_segments_built == 2 and result.num_rows_indexed == 3000
         assert not result.retrain_advised and result.drift["ratio"] < 1.3
@@ -128,7 +128,7 @@ def test_appends_in_rounds_update_only_new_fragments_and_match_a_fresh_build(tmp
     # the same model built at once over all rows: what the updates must equal
     fresh = dli.create_index(
         fresh_uri, "vector", "IVF_PQ", num_tasks=3, scheduler="sync", num_sub_vectors=8,
-        ivf_centroids=saved.artifacts.ivf_centroids, pq_codebook=saved.artifacts.pq_codebook,
+        ivf_centroids=saved.model.ivf_centroids, pq_codebook=saved.model.pq_codebook,
     )
     want = _recall(fresh, queries, truth, nprobes=8, refine_factor=5)
     # and a fresh build that trains its own model on all rows (same build settings as the first)
@@ -148,11 +148,11 @@ def test_appends_in_rounds_update_only_new_fragments_and_match_a_fresh_build(tmp
     assert "nothing to update" in noop.reasons[0]
 
 
-def test_sq_deltas_past_the_threshold_rebuild_from_saved_artifacts(tmp_path, vectors, queries):
+def test_sq_deltas_past_the_threshold_rebuild_from_the_saved_model(tmp_path, vectors, queries):
     uri = str(tmp_path / "sq.lance")
     write_vectors(uri, vectors[:4000], max_rows_per_file=1000)
     dli.create_index(uri, "vector", "IVF_SQ", num_partitions=16, num_tasks=2, scheduler="sync", seed=2)
-    c0 = dli.load_artifacts(uri, "vector_idx").artifacts.ivf_centroids
+    c0 = dli.load_model(uri, "vector_idx").model.ivf_centroids
     write_vectors(uri, vectors[4000:8000], max_rows_per_file=1000, mode="append", start_id=4000)
     r = dli.update_index(uri, scheduler="sync", max_deltas=1, num_tasks=2)
     assert r.action == "rebuild" and "silently wrong" in r.reasons[-1]
@@ -160,7 +160,7 @@ def test_sq_deltas_past_the_threshold_rebuild_from_saved_artifacts(tmp_path, vec
     assert len(committed_segment_uuids(ds)) == r.num_segments == 2  # back to the base count
     assert ds.stats.index_stats("vector_idx")["num_unindexed_rows"] == 0
     # rebuilt with the same centroids: nothing was retrained
-    assert np.array_equal(dli.load_artifacts(uri, "vector_idx").artifacts.ivf_centroids, c0)
+    assert np.array_equal(dli.load_model(uri, "vector_idx").model.ivf_centroids, c0)
     truth = exact_knn(vectors[:8000], queries, 10, "l2")
     assert _recall(ds, queries, truth, nprobes=8) > 0.85
 
@@ -212,28 +212,28 @@ def test_another_writer_indexing_the_same_fragments_is_refused_and_leaves_nothin
     assert theirs.action == "delta"
     committed = committed_segment_uuids(lance.dataset(uri))
     with pytest.raises(dli.CoverageError, match="another writer"):
-        dli.run_update(ours, scheduler="sync")
+        dli.run(ours, scheduler="sync")
     assert committed_segment_uuids(lance.dataset(uri)) == committed
     assert not any(ours.plan.segment_uuid(i) in index_dirs(uri) for i in range(ours.plan.num_tasks))
 
 
-def test_artifacts_at_a_chosen_place_and_clear_errors_before_work(tmp_path, vectors):
+def test_a_model_at_a_chosen_place_and_clear_errors_before_work(tmp_path, vectors):
     uri = str(tmp_path / "errs.lance")
     elsewhere = str(tmp_path / "models" / "vec.json")
     write_vectors(uri, vectors[:3000], max_rows_per_file=1000)
-    dli.create_index(uri, "vector", "IVF_RQ", num_partitions=8, scheduler="sync", saved_artifacts_uri=elsewhere)
+    dli.create_index(uri, "vector", "IVF_RQ", num_partitions=8, scheduler="sync", model_uri=elsewhere)
     assert os.path.exists(elsewhere) and not os.path.exists(os.path.join(uri, "_dli"))
-    saved = dli.load_artifacts(uri, saved_artifacts_uri=elsewhere)
-    assert saved.artifacts.rabitq_model and dli.SavedIndex.from_json(saved.to_json()).artifacts.equals(saved.artifacts)
+    saved = dli.load_model(uri, model_uri=elsewhere)
+    assert saved.model.rabitq_model and dli.SavedModel.from_json(saved.to_json()).model.equals(saved.model)
     write_vectors(uri, vectors[3000:4000], max_rows_per_file=1000, mode="append", start_id=3000)
     v = lance.dataset(uri).version
-    with pytest.raises(dli.InvalidInputError, match="no saved artifacts.*saved_artifacts_uri"):
+    with pytest.raises(dli.InvalidInputError, match="no saved model.*model_uri"):
         dli.update_index(uri, "vector", scheduler="sync")
     with pytest.raises(dli.InvalidInputError, match="no index named 'other_idx'"):
         dli.update_index(uri, name="other_idx", scheduler="sync")
     lance.dataset(uri).create_index("vector", "IVF_FLAT", num_partitions=4, replace=True)  # another tool
-    with pytest.raises(dli.InvalidInputError, match="do not match index"):
-        dli.update_index(uri, "vector", scheduler="sync", saved_artifacts_uri=elsewhere)
+    with pytest.raises(dli.InvalidInputError, match="does not match index"):
+        dli.update_index(uri, "vector", scheduler="sync", model_uri=elsewhere)
     assert lance.dataset(uri).version == v + 1  # only the other tool's commit
 
 
@@ -252,13 +252,13 @@ def test_update_on_a_local_cluster_merges_flat_segments(tmp_path, vectors, queri
     assert _recall(ds, queries, truth, nprobes=16) == pytest.approx(1.0)
 
 
-def test_artifacts_and_updates_on_an_object_store(s3, vectors):  # noqa: F811
-    """The artifacts file goes through the same storage_options as Lance (a moto S3 server)."""
+def test_a_saved_model_and_updates_on_an_object_store(s3, vectors):  # noqa: F811
+    """The saved model goes through the same storage_options as Lance (a moto S3 server)."""
     uri = "s3://vectors/update.lance"
     write_vectors(uri, vectors[:3000], max_rows_per_file=1000, storage_options=s3)
     dli.create_index(uri, "vector", "IVF_FLAT", num_partitions=8, scheduler="sync", storage_options=s3)
-    saved = dli.load_artifacts(uri, "vector_idx", storage_options=s3)
-    assert saved.artifacts.ivf_centroids.shape == (8, 32)
+    saved = dli.load_model(uri, "vector_idx", storage_options=s3)
+    assert saved.model.ivf_centroids.shape == (8, 32)
     write_vectors(uri, vectors[3000:4000], max_rows_per_file=1000, mode="append", start_id=3000, storage_options=s3)
     r = dli.update_index(uri, "vector", scheduler="sync", storage_options=s3)
     assert r.action == "delta" and r.num_rows_indexed == 1000
@@ -297,12 +297,12 @@ def test_rq_merges_committed_shards_but_never_a_merged_segment(tmp_path, vectors
     assert _recall(r.dataset(), queries[:100], truth, nprobes=8, refine_factor=5) > 0.9
 
 
-def test_a_failure_to_save_the_artifacts_warns_and_keeps_the_committed_index(tmp_path, vectors):
+def test_a_failure_to_save_the_model_warns_and_keeps_the_committed_index(tmp_path, vectors):
     uri = str(tmp_path / "nosave.lance")
     write_vectors(uri, vectors[:2000], max_rows_per_file=1000)
     blocker = tmp_path / "a_file"
     blocker.write_text("not a directory")
-    with pytest.warns(UserWarning, match="committed but its artifacts could not be saved"):
+    with pytest.warns(UserWarning, match="committed but its model could not be saved"):
         ds = dli.create_index(uri, "vector", "IVF_FLAT", num_partitions=4, scheduler="sync",
-                              saved_artifacts_uri=str(blocker / "artifacts.json"))
+                              model_uri=str(blocker / "model.json"))
     assert [d.name for d in ds.describe_indices()] == ["vector_idx"]

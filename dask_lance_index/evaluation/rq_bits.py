@@ -24,7 +24,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from ..errors import InvalidInputError
-from ..model import RQ_NUM_BITS, RQRotation, build_rq_rotation, kmeans
+from ..model import RQ_NUM_BITS, RQRotation, build_rq_rotation
+from ..model.kmeans import kmeans
 from ..model.rabitq_encoder import RQCodes, assign_l2, ex_codes, sign_codes
 from ..storage.rq_layout import EX_BLOCK_DIMS
 

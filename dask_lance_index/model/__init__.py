@@ -9,13 +9,13 @@ RaBitQ code layout it encodes into).
 
 from .index_model import METRICS, IndexModel, coerce_array, validate_model
 from .ivf import PartitionAssigner, prepare_vectors, residuals, train_ivf
-from .kmeans import assign, kmeans, kmeans_batched, normalize_rows
+from .kmeans import assign, kmeans_batched, normalize_rows
 from .pq import PQEncoder, train_pq
 from .rabitq import RQ_NUM_BITS, RQRotation, build_rq_rotation
 from .rabitq_encoder import RQEncoder
 
 __all__ = [
     "METRICS", "IndexModel", "PQEncoder", "PartitionAssigner", "RQEncoder", "RQRotation", "RQ_NUM_BITS",
-    "assign", "build_rq_rotation", "coerce_array", "kmeans", "kmeans_batched", "normalize_rows",
+    "assign", "build_rq_rotation", "coerce_array", "kmeans_batched", "normalize_rows",
     "prepare_vectors", "residuals", "train_ivf", "train_pq", "validate_model",
 ]

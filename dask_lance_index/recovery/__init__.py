@@ -2,11 +2,11 @@
 
 :mod:`.journal` records what a job planned and finished; :mod:`.resume` starts a
 journal and carries on a job whose driver died; :mod:`.runner` runs every job
-with retries and abandons a failed one; :mod:`.cleanup` removes what failed and
+with retries and abandons a failed one; :mod:`.leftovers` removes what failed and
 crashed jobs left on storage, and nothing else.
 """
 
-from .cleanup import abandon_build, cleanup, finish_journal
+from .leftovers import abandon_build, cleanup, finish_journal
 from .journal import BuildJournal, default_journal_location
 from .resume import probe_writable, resume_build, resume_journal, start_journal
 from .runner import IndexJob, report, run

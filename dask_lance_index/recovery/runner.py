@@ -11,8 +11,8 @@ local scheduler, with
   keeping what finished;
 * a progress bar, when someone is watching (:mod:`dask_lance_index.runtime.progress`);
 * on failure, the job abandoned: its tasks stopped and every uncommitted segment
-  it wrote removed (:func:`.cleanup.abandon_build`);
-* on success, the journal finished (:func:`.cleanup.finish_journal`) and the
+  it wrote removed (:func:`.leftovers.abandon_build`);
+* on success, the journal finished (:func:`.leftovers.finish_journal`) and the
   result's warnings raised in the calling process.
 """
 
@@ -29,7 +29,7 @@ from distributed import KilledWorker
 from ..runtime import compute_with_progress, resolve_client, show_progress
 from ..runtime.client import wait_for_tasks
 from ..runtime.progress import distributed_bar
-from .cleanup import abandon_build, finish_journal
+from .leftovers import abandon_build, finish_journal
 
 __all__ = ["IndexJob", "report", "run"]
 
@@ -82,7 +82,7 @@ def run(job: IndexJob, client=None, scheduler: str | None = None, retries: int =
     On a cluster a failing task is retried ``retries`` times, and the run is
     resubmitted up to ``retries`` times when tasks were lost with dying workers
     (journaled work is not redone). If the job fails, its tasks are stopped and
-    every uncommitted segment it wrote is removed (:func:`.cleanup.abandon_build`).
+    every uncommitted segment it wrote is removed (:func:`.leftovers.abandon_build`).
 
     ``progress``: draw a progress bar (``None``: when someone is watching). The
     result's ``seconds`` gains ``"total"``: planning plus the wall time of this run.
