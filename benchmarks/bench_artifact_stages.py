@@ -31,13 +31,11 @@ def main() -> int:
     args = p.parse_args()
 
     import dask_lance_index as dli
-    from dask_lance_index import artifact_build as ab
-    from dask_lance_index import finalize as fz
-    from dask_lance_index._lance import remove_index_dir
-    from dask_lance_index.artifacts import IndexArtifacts
-    from dask_lance_index.build import build_segment
+    from dask_lance_index.build import ENGINES
     from dask_lance_index.datagen import make_vectors, write_vectors
-    from dask_lance_index.train import residuals, train_ivf, train_pq
+    from dask_lance_index.model import IndexModel, residuals, train_ivf, train_pq
+    from dask_lance_index.partition_artifacts import EncodeGroup, WriteArtifact, WriteBuckets, num_reducers_for
+    from dask_lance_index.storage import remove_index_dir
 
     root = tempfile.mkdtemp(prefix="dli-stages-")
     uri = f"{root}/data.lance"
@@ -47,7 +45,7 @@ def main() -> int:
     c, _ = train_ivf(s, args.num_partitions, "l2", max_iters=10, seed=0)
     cb = train_pq(residuals(s, c, "l2"), args.num_sub_vectors, 8, max_iters=10, seed=0)
     del x, s
-    arts = IndexArtifacts(c, cb)
+    model = IndexModel(c, cb)
     kw = dict(ivf_centroids=c, pq_codebook=cb, num_sub_vectors=args.num_sub_vectors, num_tasks=args.tasks)
     times: dict[str, float] = {}
 
@@ -58,19 +56,23 @@ def main() -> int:
         return out
 
     plan = dli.plan_index(uri, "vector", "IVF_PQ", engine="precomputed", **kw)
-    segs = timed("precomputed: build tasks", lambda: [build_segment(plan, i, arts) for i in range(plan.num_tasks)])
+    precomputed = ENGINES["precomputed"]
+    segs = timed("precomputed: build tasks",
+                 lambda: [precomputed.build_segment(plan, i, model) for i in range(plan.num_tasks)])
     for sgm in segs:
         remove_index_dir(uri, sgm.uuid)
 
     plan = dli.plan_index(uri, "vector", "IVF_PQ", engine="artifact", **kw)
     art = f"{root}/artifact"
-    R = ab.num_reducers_for(plan)
-    enc = timed("artifact: encode tasks", lambda: [ab.encode_group(plan, i, arts, R) for i in range(plan.num_tasks)])
-    buckets = timed("artifact: bucket writers", lambda: [
-        ab.write_buckets(art, r, R, args.num_partitions, args.num_sub_vectors, [e[r] for e in enc]) for r in range(R)])
-    summary = timed("artifact: manifest", lambda: ab.write_artifact(art, plan, arts, buckets, [e[R] for e in enc]))
+    R = num_reducers_for(plan)
+    encode, write = EncodeGroup(R), WriteBuckets(art, R, args.num_partitions, args.num_sub_vectors)
+    enc = timed("artifact: encode tasks", lambda: [encode(plan, i, model) for i in range(plan.num_tasks)])
+    buckets = timed("artifact: bucket writers", lambda: [write(r, [e[r] for e in enc]) for r in range(R)])
+    summary = timed("artifact: manifest", lambda: WriteArtifact(art)(plan, model, buckets, [e[R] for e in enc]))
     enc = None  # the encoded rows are on disk now
-    timed("artifact: finalize tasks", lambda: [fz.finalize_segment(plan, i, art, summary) for i in range(plan.num_tasks)])
+    finalize, options = ENGINES["artifact"], {"artifact_uri": art}
+    timed("artifact: finalize tasks",
+          lambda: [finalize.build_segment(plan, i, model, None, options, summary) for i in range(plan.num_tasks)])
     times["artifact: all"] = sum(v for k, v in times.items() if k.startswith("artifact:"))
 
     print(f"{args.rows} x {args.dim}, {args.num_partitions} partitions, {args.num_sub_vectors} sub-vectors, "

@@ -32,8 +32,8 @@ def vm_hwm_mb() -> float:
 
 
 def run_one(rows: int, args) -> dict:
-    from dask_lance_index.artifact_io import write_manifest
-    from dask_lance_index.artifact_writer import PartitionArtifactWriter
+    from dask_lance_index.partition_artifacts import write_manifest
+    from dask_lance_index.partition_artifacts import PartitionArtifactWriter
     from dask_lance_index.partition_artifacts import assemble_manifest
 
     import lance.file  # noqa: F401  (imported before the baseline: the writer needs it)

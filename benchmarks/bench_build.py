@@ -151,7 +151,7 @@ def _print_flatness(results: list, sizes: list) -> None:
 def evaluate(uri: str, x: np.ndarray, q: np.ndarray, truth: np.ndarray, args) -> dict:
     import lance
 
-    from dask_lance_index.evaluate import recall_at_k, search
+    from dask_lance_index.evaluation import recall_at_k, search
 
     ds = lance.dataset(uri)
     res = {}
@@ -245,7 +245,7 @@ def main() -> int:
         return 0
 
     from dask_lance_index.datagen import write_vectors
-    from dask_lance_index.evaluate import exact_knn
+    from dask_lance_index.evaluation import exact_knn
 
     sizes = [int(r) for r in args.rows.split(",")]
     args.rows = max(sizes) if 0 not in sizes else 0

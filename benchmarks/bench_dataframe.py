@@ -36,11 +36,11 @@ def main(argv=None) -> int:
     from distributed import Client, LocalCluster, wait
 
     import dask_lance_index as dli
-    from dask_lance_index.artifacts import IndexArtifacts
+    from dask_lance_index.model import IndexModel
     from dask_lance_index.datagen import make_vectors
-    from dask_lance_index.encode import PQEncoder
-    from dask_lance_index.evaluate import search
-    from dask_lance_index.train import residuals, train_ivf, train_pq
+    from dask_lance_index.model import PQEncoder
+    from dask_lance_index.evaluation import search
+    from dask_lance_index.model import residuals, train_ivf, train_pq
 
     root = tempfile.mkdtemp(prefix="dli-bench-df-")
     x = make_vectors(args.rows, args.dim, seed=0)
@@ -77,9 +77,9 @@ def main(argv=None) -> int:
         sample = x[np.random.default_rng(0).choice(args.rows, 65536, replace=False)]
         c, _ = train_ivf(sample, 256, "l2", max_iters=10, seed=0)
         cb = train_pq(residuals(sample, c, "l2"), args.dim // 8, 8, max_iters=10, seed=0)
-        art = IndexArtifacts(ivf_centroids=c, pq_codebook=cb)
+        model = IndexModel(ivf_centroids=c, pq_codebook=cb)
         t = time.perf_counter()
-        wait(client.persist(ddf.map_partitions(dli.add_pq_codes, art, "vector")))
+        wait(client.persist(ddf.map_partitions(dli.add_pq_codes, model, "vector")))
         out["map_partitions(add_pq_codes) (persist)"] = time.perf_counter() - t
         t = time.perf_counter()
         PQEncoder(c, cb, "l2").encode(x)

@@ -31,7 +31,7 @@ def main() -> int:
 
     import dask_lance_index as dli
     from dask_lance_index.datagen import make_vectors, write_vectors
-    from dask_lance_index.train import residuals, train_ivf, train_pq
+    from dask_lance_index.model import residuals, train_ivf, train_pq
 
     root = tempfile.mkdtemp(prefix="dli-fixed-")
     try:
@@ -60,11 +60,11 @@ def main() -> int:
                         seconds = time.perf_counter() - t0
                         fixed = result.seconds.get("sample", 0.0) + result.seconds.get("train", 0.0)
                         rows.append((n, given, seconds, fixed))
-                        print(f"{n:>9d} rows, {'artifacts given' if given else 'end to end':15s} {seconds:6.2f} s "
+                        print(f"{n:>9d} rows, {'model given' if given else 'end to end':15s} {seconds:6.2f} s "
                               f"{seconds / n * 1e6:6.2f} s/M (sampling + training {fixed:.2f} s)", flush=True)
         for given in (False, True):
             per = [s / n * 1e6 for n, g, s, _ in rows if g == given]
-            label = "artifacts given" if given else "end to end"
+            label = "model given" if given else "end to end"
             print(f"{label}: seconds per million rows {min(per):.2f}-{max(per):.2f}, max/min {max(per) / min(per):.2f}")
         fixed = [f for _, g, _, f in rows if not g]
         print(f"sampling + training of the end-to-end builds: {min(fixed):.2f}-{max(fixed):.2f} s")

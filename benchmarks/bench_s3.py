@@ -65,7 +65,7 @@ def main(argv=None) -> int:
 
     import dask_lance_index as dli
     from dask_lance_index.datagen import make_vectors, vector_table
-    from dask_lance_index.evaluate import exact_knn, recall_at_k, search
+    from dask_lance_index.evaluation import exact_knn, recall_at_k, search
 
     moto = None
     endpoint = args.endpoint

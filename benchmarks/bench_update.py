@@ -37,7 +37,7 @@ def main() -> None:
 
     import dask_lance_index as dli
     from dask_lance_index.datagen import make_vectors, write_vectors
-    from dask_lance_index.evaluate import exact_knn, recall_at_k, search
+    from dask_lance_index.evaluation import exact_knn, recall_at_k, search
 
     total = args.rows + args.rounds * args.append
     x = make_vectors(total, args.dim, seed=0)
@@ -67,16 +67,16 @@ def main() -> None:
             upd = dli.update_index(uri, "vector", client=client, max_deltas=args.max_deltas, compute=False)
             tasks = sum(1 for k in dict(upd.__dask_graph__()) if str(k).startswith("dli-build-"))
             t = time.time()
-            res = dli.run_update(upd, client=client)
+            res = dli.run(upd, client=client)
             print(
                 f"round {r + 1}: +{args.append} rows, {res.action}, {tasks} build tasks, "
                 f"{time.time() - t:.1f} s, {res.num_segments} segments, drift {res.drift['ratio']:.2f}, "
                 f"recall {recall(res.dataset(), n):.3f}"
             )
-        saved = dli.load_artifacts(uri, "vector_idx")
+        saved = dli.load_model(uri, "vector_idx")
         for label, extra in (
-            ("full build, saved artifacts", dict(ivf_centroids=saved.artifacts.ivf_centroids,
-                                                 pq_codebook=saved.artifacts.pq_codebook)),
+            ("full build, saved model", dict(ivf_centroids=saved.model.ivf_centroids,
+                                                 pq_codebook=saved.model.pq_codebook)),
             ("full build, retrained", dict(seed=0)),
         ):
             fresh = os.path.join(tmp, "fresh.lance")
