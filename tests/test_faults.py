@@ -215,6 +215,48 @@ def test_workers_killed_at_random_points_the_build_finishes_correct_and_clean(
     assert len(kills) >= 3, kills
 
 
+def test_workers_killed_mid_update_the_update_finishes_covering_every_fragment(tmp_path, big_vectors, big_queries):
+    """update_index runs through the build's runner: a worker killed while the new segments
+    are built, and again while they merge into the index, costs a retry, not the update."""
+    from distributed import Client, LocalCluster
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
+    client = Client(cluster)
+    rng = np.random.default_rng(21)
+    truth = exact_knn(big_vectors, big_queries, 10, "l2")
+    kills = []
+    try:
+        for attempt in range(3):  # on a fast machine an update may end before its last trigger
+            uri = write(tmp_path / f"upd{attempt}.lance", big_vectors[:8000], 2000)
+            dli.create_index(uri, "vector", "IVF_FLAT", num_tasks=2, scheduler="sync", **BUILD)
+            write_vectors(uri, big_vectors[8000:], max_rows_per_file=2000, mode="append", start_id=8000)
+            upd = dli.update_index(uri, "vector", client=client, num_tasks=8, max_deltas=1, compute=False)
+            assert upd.decision.action == "merge" and upd.journal is not None
+            triggers = [
+                lambda j: len(j.segments) >= 2,  # some new segments built, some not
+                lambda j: len(j.segments) == 8,  # merging into the index, or committing
+            ][len(kills):]
+            result, at_kill = _kill_workers_during(client, lambda: dli.run(upd, client=client), upd.journal,
+                                                   triggers, rng)
+            print(f"update {attempt}: kills at", at_kill)
+            assert isinstance(result, dli.UpdateResult), result
+            ds = result.dataset()
+            stats = ds.stats.index_stats("vector_idx")
+            assert stats["num_unindexed_rows"] == 0 and stats["num_indexed_rows"] == len(big_vectors)
+            assert result.num_rows_indexed == len(big_vectors) - 8000 and stats["num_segments"] == 1
+            assert recall(ds, big_queries, truth, nprobes=32) == pytest.approx(1.0)
+            no_leftovers(uri, ds)
+            kills += at_kill[:-1]
+            if len(kills) >= 2:
+                break
+    finally:
+        client.close()
+        cluster.close()
+    assert len(kills) >= 2, kills
+
+
 def test_a_task_failing_on_a_cluster_stops_the_build_and_leaves_nothing(tmp_path, vectors, cluster_client):
     uri = write(tmp_path / "fail.lance", vectors, 1500)  # 8 fragments
     ds = lance.dataset(uri)
