@@ -1,10 +1,12 @@
 """Synthetic embeddings with real data's low intrinsic dimension, and writing them to Lance.
 
 Isotropic blobs in 128 dimensions make every index look useless (every point of
-a cluster is about as far as every other), so the generator follows
-../shared/DATA.md: Gaussian clusters of varied widths in a latent space of about
-12 dimensions, projected linearly to the target dimension, plus a little
-isotropic noise.
+a cluster is about as far as every other: Lance's own index scored recall@10 of
+0.06 on them), so the generator makes what real embeddings look like: Gaussian
+clusters of varied widths in a latent space of about 12 dimensions, projected
+linearly to the target dimension, plus a little isotropic noise. On this data
+Lance's IVF_PQ index reaches recall@10 of 0.5-0.6 at nprobes 20 without refine
+(``docs/benchmarks.md``), as on real sentence embeddings.
 """
 
 from __future__ import annotations

@@ -112,7 +112,7 @@ def read_lance(
     dask.dataframe.DataFrame
         Unknown divisions; a default integer index per partition. Embedding
         columns are ``pd.ArrowDtype(pa.list_(pa.float32(), d))`` (see
-        :func:`~dask_lance_index.vectors.vectors_to_numpy`).
+        :func:`~dask_lance_index.dataframe.vectors_to_numpy`).
 
     Raises
     ------

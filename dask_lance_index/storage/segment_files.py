@@ -265,7 +265,7 @@ def write_rq_segment(
     """Write one IVF_RQ segment's files; returns the file names.
 
     ``binary``: the sign bits, row-major ``(n, dimension / 8)``; ``ex_codes``: the
-    ex-codes in Lance's blocked layout (:func:`.rq_codes.pack_blocked_ex_codes`),
+    ex-codes in Lance's blocked layout (:func:`.rq_layout.pack_blocked_ex_codes`),
     ``None`` for ``num_bits=1``; ``factors``: the float columns by Lance's names.
     ``packed``: store the sign bits in Lance's fast-scan blocks, as Lance does
     for a segment over every fragment of the dataset.
