@@ -6,7 +6,7 @@ a cluster is about as far as every other: Lance's own index scored recall@10 of
 clusters of varied widths in a latent space of about 12 dimensions, projected
 linearly to the target dimension, plus a little isotropic noise. On this data
 Lance's IVF_PQ index reaches recall@10 of 0.5-0.6 at nprobes 20 without refine
-(``docs/benchmarks.md``), as on real sentence embeddings.
+(``docs/benchmarks.md``).
 """
 
 from __future__ import annotations
