@@ -34,7 +34,12 @@ def main() -> int:
     from dask_lance_index.build import ENGINES
     from dask_lance_index.datagen import make_vectors, write_vectors
     from dask_lance_index.model import IndexModel, residuals, train_ivf, train_pq
-    from dask_lance_index.partition_artifacts import EncodeGroup, WriteArtifact, WriteBuckets, num_reducers_for
+    from dask_lance_index.partition_artifacts import (
+        EncodeGroup,
+        WriteArtifact,
+        WriteBuckets,
+        num_reducers_for,
+    )
     from dask_lance_index.storage import remove_index_dir
 
     root = tempfile.mkdtemp(prefix="dli-stages-")

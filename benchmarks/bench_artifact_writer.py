@@ -32,11 +32,13 @@ def vm_hwm_mb() -> float:
 
 
 def run_one(rows: int, args) -> dict:
-    from dask_lance_index.partition_artifacts import write_manifest
-    from dask_lance_index.partition_artifacts import PartitionArtifactWriter
-    from dask_lance_index.partition_artifacts import assemble_manifest
-
     import lance.file  # noqa: F401  (imported before the baseline: the writer needs it)
+
+    from dask_lance_index.partition_artifacts import (
+        PartitionArtifactWriter,
+        assemble_manifest,
+        write_manifest,
+    )
 
     base = vm_hwm_mb()
     rng = np.random.default_rng(rows)

@@ -36,11 +36,15 @@ def main(argv=None) -> int:
     from distributed import Client, LocalCluster, wait
 
     import dask_lance_index as dli
-    from dask_lance_index.model import IndexModel
     from dask_lance_index.datagen import make_vectors
-    from dask_lance_index.model import PQEncoder
     from dask_lance_index.evaluation import search
-    from dask_lance_index.model import residuals, train_ivf, train_pq
+    from dask_lance_index.model import (
+        IndexModel,
+        PQEncoder,
+        residuals,
+        train_ivf,
+        train_pq,
+    )
 
     root = tempfile.mkdtemp(prefix="dli-bench-df-")
     x = make_vectors(args.rows, args.dim, seed=0)

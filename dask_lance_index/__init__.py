@@ -51,7 +51,11 @@ from .evaluation import (
 )
 from .graph import IndexBuild
 from .model import IndexModel, RQRotation, build_rq_rotation
-from .partition_artifacts import InvalidPartitionArtifactError, PartitionArtifact, PartitionArtifactWriter
+from .partition_artifacts import (
+    InvalidPartitionArtifactError,
+    PartitionArtifact,
+    PartitionArtifactWriter,
+)
 from .plan import INDEX_TYPES, IndexParams, IndexPlan
 from .recovery import BuildJournal, cleanup
 from .update import IndexUpdate, UpdateResult, update_index

@@ -15,7 +15,12 @@ from .build import ENGINES, resolve_engine
 from .errors import IndexExistsError, InvalidInputError
 from .graph import build_graph
 from .model import IndexModel, coerce_array, validate_model
-from .partition_artifacts import InvalidPartitionArtifactError, PartitionArtifact, check_artifact_fits, check_row_ids
+from .partition_artifacts import (
+    InvalidPartitionArtifactError,
+    PartitionArtifact,
+    check_artifact_fits,
+    check_row_ids,
+)
 from .plan import (
     MAX_ITERS,
     PQ_SAMPLE_RATE,

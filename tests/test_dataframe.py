@@ -15,13 +15,16 @@ import pyarrow as pa
 import pytest
 
 import dask_lance_index as dli
-from dask_lance_index.model import IndexModel
-from dask_lance_index.model import PQEncoder
-from dask_lance_index.errors import InvalidInputError
-from dask_lance_index.evaluation import exact_knn, exact_knn_dataset, recall_at_k, search
-from dask_lance_index.model.kmeans import assign, normalize_rows
 from dask_lance_index.datagen import write_vectors
-from dask_lance_index.model import residuals, train_ivf, train_pq
+from dask_lance_index.errors import InvalidInputError
+from dask_lance_index.evaluation import (
+    exact_knn,
+    exact_knn_dataset,
+    recall_at_k,
+    search,
+)
+from dask_lance_index.model import IndexModel, PQEncoder, residuals, train_ivf, train_pq
+from dask_lance_index.model.kmeans import assign, normalize_rows
 
 
 def _frame(vectors: np.ndarray, *, null_rows=(), nan_rows=()) -> pd.DataFrame:

@@ -9,7 +9,6 @@ command line. The workers get no AWS credentials in their environment: the
 from __future__ import annotations
 
 import dataclasses
-
 import os
 import socket
 import subprocess

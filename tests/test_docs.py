@@ -25,7 +25,7 @@ def test_docs_build_without_warnings(tmp_path):
         assert (out / f"{page}.html").is_file(), page
     api = (out / "api.html").read_text()
     for name in ("create_index", "read_lance", "to_lance", "batch_search", "add_pq_codes", "IndexModel"):
-        assert f'id="dask_lance_index.' in api and name in api, name
+        assert 'id="dask_lance_index.' in api and name in api, name
     for qualified in ("dataframe.io.to_lance", "dataframe.encode.add_pq_codes", "dataframe.search.batch_search",
                       "api.create_index", "update.api.update_index", "model.index_model.IndexModel"):
         assert f"dask_lance_index.{qualified}" in api, qualified

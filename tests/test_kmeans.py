@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from dask_lance_index.datagen import make_vectors
+from dask_lance_index.model import train_ivf, train_pq
 from dask_lance_index.model.kmeans import (
     assign,
     assign_batched,
@@ -13,7 +14,6 @@ from dask_lance_index.model.kmeans import (
     lloyd_partial,
     lloyd_update,
 )
-from dask_lance_index.model import train_ivf, train_pq
 from dask_lance_index.train import train_ivf_on_cluster, train_shards
 
 

@@ -16,6 +16,7 @@ from lance.file import LanceFileWriter
 import dask_lance_index as dli
 from dask_lance_index.datagen import write_vectors
 from dask_lance_index.evaluation import exact_knn, recall_at_k, search
+from dask_lance_index.model import residuals, train_ivf, train_pq
 from dask_lance_index.partition_artifacts import (
     ArtifactMetadata,
     BucketSummary,
@@ -30,7 +31,6 @@ from dask_lance_index.partition_artifacts import (
     write_metadata,
 )
 from dask_lance_index.partition_artifacts.layout import bucket_path
-from dask_lance_index.model import residuals, train_ivf, train_pq
 
 from .conftest import committed_segment_uuids, index_dirs
 

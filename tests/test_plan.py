@@ -7,15 +7,16 @@ import pytest
 
 from dask_lance_index.build import resolve_engine
 from dask_lance_index.errors import InvalidInputError
-from dask_lance_index.plan import MergePlan, plan_merges
 from dask_lance_index.plan import (
     FragmentInfo,
     IndexParams,
     IndexPlan,
+    MergePlan,
     allocate_samples,
     default_num_partitions,
     default_num_sub_vectors,
     group_fragments,
+    plan_merges,
     resolve_params,
     training_sample_size,
 )

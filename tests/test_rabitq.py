@@ -11,13 +11,18 @@ import dask_lance_index as dli
 from dask_lance_index.datagen import make_vectors, write_vectors
 from dask_lance_index.evaluation import search
 from dask_lance_index.model.rabitq import RQRotation
+from dask_lance_index.model.rabitq_encoder import (
+    RQCodes,
+    assign_l2,
+    rq_encode,
+    rq_factors,
+)
 from dask_lance_index.storage import read_rq_segment
 from dask_lance_index.storage.rq_layout import (
     pack_blocked_ex_codes,
     pack_lance_codes,
     unpack_blocked_ex_codes,
 )
-from dask_lance_index.model.rabitq_encoder import RQCodes, assign_l2, rq_encode, rq_factors
 
 
 def test_rotation_json_has_lances_fields_and_is_seeded():

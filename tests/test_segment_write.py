@@ -19,13 +19,17 @@ from lance.file import LanceFileReader
 import dask_lance_index as dli
 from dask_lance_index.datagen import make_vectors, write_vectors
 from dask_lance_index.evaluation import exact_knn, recall_at_k, search
+from dask_lance_index.model import PQEncoder
 from dask_lance_index.model.kmeans import normalize_rows
 from dask_lance_index.model.rabitq import RQRotation
+from dask_lance_index.model.rabitq_encoder import RQEncoder, rq_encode, rq_factors
 from dask_lance_index.storage import read_rq_segment
 from dask_lance_index.storage.rq_layout import pack_blocked_ex_codes
-from dask_lance_index.model import PQEncoder
-from dask_lance_index.model.rabitq_encoder import RQEncoder, rq_encode, rq_factors
-from dask_lance_index.storage.segment_files import segment_index, write_pq_segment, write_rq_segment
+from dask_lance_index.storage.segment_files import (
+    segment_index,
+    write_pq_segment,
+    write_rq_segment,
+)
 
 
 def _files(uri, uuid):

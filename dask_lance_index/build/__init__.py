@@ -4,7 +4,15 @@
 :mod:`.engines` are who assigns and encodes the rows.
 """
 
-from .engines import ENGINE_NAMES, ENGINES, Engine, SegmentTask, get_engine, resolve_engine, writes_codes
+from .engines import (
+           ENGINE_NAMES,
+           ENGINES,
+           Engine,
+           SegmentTask,
+           get_engine,
+           resolve_engine,
+           writes_codes,
+)
 from .segment import BuildSegment
 
 __all__ = ["ENGINES", "ENGINE_NAMES", "BuildSegment", "Engine", "SegmentTask", "get_engine", "resolve_engine",

@@ -12,7 +12,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..recovery.journal import read_segment, remove_if_aborted, stop_if_aborted, write_segment
+from ..recovery.journal import (
+    read_segment,
+    remove_if_aborted,
+    stop_if_aborted,
+    write_segment,
+)
 from ..runtime import in_bulk, one_blas_thread
 from ..storage import SegmentResult, segment_exists
 from .engines import get_engine

@@ -5,7 +5,13 @@ in one transaction, what they replace removed; the result, and the model saved f
 from .checks import check_coverage, check_fragments_live, deleted_fragments
 from .commit import COMMIT_ATTEMPTS, CommitIndex, commit_segments, removing_on_failure
 from .results import BuildResult, IndexResult, stage_seconds
-from .saved import SavedModel, default_model_uri, load_model, save_after_build, save_model
+from .saved import (
+    SavedModel,
+    default_model_uri,
+    load_model,
+    save_after_build,
+    save_model,
+)
 
 __all__ = [
     "COMMIT_ATTEMPTS", "BuildResult", "CommitIndex", "IndexResult", "SavedModel", "check_coverage",

@@ -11,7 +11,13 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from ..recovery.journal import MergeAttempt, read_merge, remove_if_aborted, stop_if_aborted, write_merge
+from ..recovery.journal import (
+    MergeAttempt,
+    read_merge,
+    remove_if_aborted,
+    stop_if_aborted,
+    write_merge,
+)
 from ..runtime import in_bulk
 from ..storage import SegmentResult, open_dataset, remove_index_dir, segment_exists
 

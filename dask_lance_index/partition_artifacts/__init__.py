@@ -7,7 +7,15 @@ that write an artifact (encode, shuffle by bucket, manifest), and
 :mod:`.finalize` reads one fragment group's rows back for a segment.
 """
 
-from .encode import ArtifactSummary, EncodeGroup, EncodeStats, WriteArtifact, WriteBuckets, num_reducers_for, remove_artifact
+from .encode import (
+    ArtifactSummary,
+    EncodeGroup,
+    EncodeStats,
+    WriteArtifact,
+    WriteBuckets,
+    num_reducers_for,
+    remove_artifact,
+)
 from .finalize import GroupRows, check_artifact_fits, check_row_ids
 from .layout import (
     MANIFEST_FILE,

@@ -33,7 +33,12 @@ import numpy as np
 from ..model import PQEncoder
 from ..runtime import one_blas_thread
 from ..storage import RowCounts, Store, open_dataset, valid_rows
-from .layout import ArtifactMetadata, BucketSummary, assemble_manifest, default_num_buckets
+from .layout import (
+    ArtifactMetadata,
+    BucketSummary,
+    assemble_manifest,
+    default_num_buckets,
+)
 from .reader import write_manifest, write_metadata
 from .writer import PartitionArtifactWriter
 

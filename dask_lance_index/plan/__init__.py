@@ -9,7 +9,13 @@ correctly, and :mod:`.index_plan` holds it all as one :class:`IndexPlan`.
 :func:`make_plan`.)
 """
 
-from .fragments import DEFAULT_ROWS_PER_TASK, FragmentInfo, allocate_samples, check_fragment_groups, group_fragments
+from .fragments import (
+    DEFAULT_ROWS_PER_TASK,
+    FragmentInfo,
+    allocate_samples,
+    check_fragment_groups,
+    group_fragments,
+)
 from .index_plan import IndexPlan, make_plan, model_parts_to_train, segment_uuid
 from .merges import MERGE_DEPTH, MergePlan, MergeStep, plan_merges
 from .params import (

@@ -16,7 +16,12 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any, Sequence
 
 from ..errors import InvalidInputError
-from .fragments import FragmentInfo, allocate_samples, check_fragment_groups, group_fragments
+from .fragments import (
+    FragmentInfo,
+    allocate_samples,
+    check_fragment_groups,
+    group_fragments,
+)
 from .merges import MERGE_DEPTH, MergePlan, plan_merges
 from .params import IndexParams, training_sample_size
 

@@ -6,8 +6,8 @@ with retries and abandons a failed one; :mod:`.leftovers` removes what failed an
 crashed jobs left on storage, and nothing else.
 """
 
-from .leftovers import abandon_build, cleanup, finish_journal
 from .journal import BuildJournal, default_journal_location
+from .leftovers import abandon_build, cleanup, finish_journal
 from .resume import probe_writable, resume_build, resume_journal, start_journal
 from .runner import IndexJob, report, run
 

@@ -17,8 +17,19 @@ import time
 from ..errors import InvalidInputError
 from ..plan import segment_uuid
 from ..runtime.client import wait_for_tasks
-from ..storage import Store, index_dir_times, open_dataset, referenced_segments, remove_index_dir
-from .journal import HEARTBEAT_SECONDS, JOURNAL_DIR, BuildJournal, default_journal_location
+from ..storage import (
+    Store,
+    index_dir_times,
+    open_dataset,
+    referenced_segments,
+    remove_index_dir,
+)
+from .journal import (
+    HEARTBEAT_SECONDS,
+    JOURNAL_DIR,
+    BuildJournal,
+    default_journal_location,
+)
 
 __all__ = ["abandon_build", "cleanup", "finish_journal"]
 

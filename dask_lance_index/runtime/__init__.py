@@ -3,7 +3,14 @@ thread per task, and the allocator settings of a task's bulk work.
 """
 
 from .blas import blas_threads, one_blas_thread
-from .client import check_client, connect, num_workers, parallelism, resolve_client, worker_client_or_none
+from .client import (
+    check_client,
+    connect,
+    num_workers,
+    parallelism,
+    resolve_client,
+    worker_client_or_none,
+)
 from .malloc import bulk_allocations, in_bulk
 from .progress import compute_with_progress, show_progress
 

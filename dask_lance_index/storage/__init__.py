@@ -5,9 +5,31 @@ Nothing above this package touches a file or a Lance dataset except through it
 (or through Lance's own build, merge and commit calls in the pipeline's tasks).
 """
 
-from .datasets import ColumnInfo, column_info, fragment_rows, index_names, open_dataset, open_or_fail
-from .files import Store, StorageOptions, filesystem, hide_secrets, is_local, join, options_apply
-from .scan import RowCounts, VectorBatch, iter_vectors, take_vectors, to_float32_matrix, valid_rows
+from .datasets import (
+    ColumnInfo,
+    column_info,
+    fragment_rows,
+    index_names,
+    open_dataset,
+    open_or_fail,
+)
+from .files import (
+    StorageOptions,
+    Store,
+    filesystem,
+    hide_secrets,
+    is_local,
+    join,
+    options_apply,
+)
+from .scan import (
+    RowCounts,
+    VectorBatch,
+    iter_vectors,
+    take_vectors,
+    to_float32_matrix,
+    valid_rows,
+)
 from .scratch import (
     partition_map_batch,
     partition_map_schema,
@@ -16,7 +38,13 @@ from .scratch import (
     shuffle_buffer_inputs,
     shuffle_buffer_schema,
 )
-from .segment_files import RQSegment, read_rq_segment, segment_index, write_pq_segment, write_rq_segment
+from .segment_files import (
+    RQSegment,
+    read_rq_segment,
+    segment_index,
+    write_pq_segment,
+    write_rq_segment,
+)
 from .segments import (
     SegmentResult,
     as_lance_index,

@@ -3,8 +3,21 @@
 k-means (:mod:`dask_lance_index.model`) and spreads what it can over the cluster.
 """
 
-from .sample import SAMPLE_RUN, SampleFragment, sample_fragment, sample_offsets, seed_for
-from .train import TrainModel, cluster_partials, map_pq_groups, train_ivf_on_cluster, train_model, train_shards
+from .sample import (
+    SAMPLE_RUN,
+    SampleFragment,
+    sample_fragment,
+    sample_offsets,
+    seed_for,
+)
+from .train import (
+    TrainModel,
+    cluster_partials,
+    map_pq_groups,
+    train_ivf_on_cluster,
+    train_model,
+    train_shards,
+)
 
 __all__ = [
     "SAMPLE_RUN", "SampleFragment", "TrainModel", "cluster_partials", "map_pq_groups", "sample_fragment",

@@ -57,24 +57,6 @@ def sample_offsets(num_rows: int, num_samples: int, rng: np.random.Generator, ru
     return np.sort(rng.choice(offsets, size=k, replace=False))
 
 
-def sample_offsets(num_rows: int, num_samples: int, rng: np.random.Generator, run: int = SAMPLE_RUN) -> np.ndarray:
-    """``min(num_samples, num_rows)`` distinct sorted row offsets of a fragment, drawn
-    as runs of ``run`` adjacent rows at random aligned positions. Pure.
-
-    A dense sample (a quarter of the runs or more) is drawn row by row instead:
-    it reads about as much either way, and runs would clump it.
-    """
-    k = min(int(num_samples), int(num_rows))
-    slots = -(-num_rows // run)
-    need = -(-k // run) + 1  # one spare run: the last slot may be short
-    if run <= 1 or need * 4 > slots:
-        return np.sort(rng.choice(num_rows, size=k, replace=False))
-    starts = rng.choice(slots, size=need, replace=False) * run
-    offsets = (starts[:, None] + np.arange(run)).reshape(-1)
-    offsets = offsets[offsets < num_rows]
-    return np.sort(rng.choice(offsets, size=k, replace=False))
-
-
 def sample_fragment(
     uri: str,
     version: int,

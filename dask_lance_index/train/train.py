@@ -21,7 +21,14 @@ import numpy as np
 from distributed import worker_client
 
 from ..errors import InvalidInputError
-from ..model import IndexModel, build_rq_rotation, prepare_vectors, residuals, train_ivf, train_pq
+from ..model import (
+    IndexModel,
+    build_rq_rotation,
+    prepare_vectors,
+    residuals,
+    train_ivf,
+    train_pq,
+)
 from ..model.kmeans import combine_partials, lloyd_partial
 from ..recovery.journal import read_model, write_model
 from ..runtime import in_bulk, one_blas_thread

@@ -11,7 +11,14 @@ from .api import DRIFT_SAMPLE_ROWS, update_index
 from .commit import CommitUpdate, UpdateResult
 from .drift import DEFAULT_DRIFT_THRESHOLD, measure_drift
 from .graph import IndexUpdate
-from .plan import ACTIONS, DEFAULT_MAX_DELTAS, SegmentState, UpdateDecision, plan_update, segment_mergeable
+from .plan import (
+    ACTIONS,
+    DEFAULT_MAX_DELTAS,
+    SegmentState,
+    UpdateDecision,
+    plan_update,
+    segment_mergeable,
+)
 
 __all__ = [
     "ACTIONS", "DEFAULT_DRIFT_THRESHOLD", "DEFAULT_MAX_DELTAS", "DRIFT_SAMPLE_ROWS", "CommitUpdate", "IndexUpdate",

@@ -20,11 +20,23 @@ from ..commit import SavedModel, load_model
 from ..errors import InvalidInputError
 from ..recovery import resume_journal, run, start_journal
 from ..runtime import parallelism, resolve_client
-from ..storage import SegmentResult, committed_index, fragment_rows, hide_secrets, open_or_fail
+from ..storage import (
+    SegmentResult,
+    committed_index,
+    fragment_rows,
+    hide_secrets,
+    open_or_fail,
+)
 from .commit import noop_result
 from .drift import DEFAULT_DRIFT_THRESHOLD
 from .graph import delta_graph, delta_plan, noop_graph, rebuild_graph
-from .plan import DEFAULT_MAX_DELTAS, SegmentState, UpdateDecision, plan_update, segment_mergeable
+from .plan import (
+    DEFAULT_MAX_DELTAS,
+    SegmentState,
+    UpdateDecision,
+    plan_update,
+    segment_mergeable,
+)
 
 __all__ = ["DRIFT_SAMPLE_ROWS", "update_index"]
 

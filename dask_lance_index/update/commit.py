@@ -12,7 +12,13 @@ import time
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from ..commit import IndexResult, check_coverage, check_fragments_live, commit_segments, removing_on_failure
+from ..commit import (
+    IndexResult,
+    check_coverage,
+    check_fragments_live,
+    commit_segments,
+    removing_on_failure,
+)
 from ..commit.results import stage_seconds
 from ..errors import CoverageError, DatasetChangedError
 from ..storage import SegmentResult, as_lance_index, remove_index_dir

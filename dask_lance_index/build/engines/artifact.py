@@ -29,7 +29,14 @@ from ...partition_artifacts import (
     remove_artifact,
 )
 from ...partition_artifacts.encode import TEMPORARY_DIR
-from ...storage import SegmentResult, Store, join, scratch_dataset, shuffle_buffer_inputs, shuffle_buffer_schema
+from ...storage import (
+    SegmentResult,
+    Store,
+    join,
+    scratch_dataset,
+    shuffle_buffer_inputs,
+    shuffle_buffer_schema,
+)
 from .base import Engine, SegmentTask
 
 __all__ = ["ArtifactEngine"]
