@@ -306,3 +306,43 @@ def test_a_failure_to_save_the_model_warns_and_keeps_the_committed_index(tmp_pat
         ds = dli.create_index(uri, "vector", "IVF_FLAT", num_partitions=4, scheduler="sync",
                               model_uri=str(blocker / "model.json"))
     assert [d.name for d in ds.describe_indices()] == ["vector_idx"]
+
+
+def test_an_update_whose_driver_died_resumes_from_its_journal(tmp_path, vectors):
+    """An update keeps a journal as a build does: run again with that journal, it reuses the
+    segments built before the driver died and builds only the rest."""
+    import dask
+    from dask.delayed import Delayed
+
+    from dask_lance_index.recovery import BuildJournal
+
+    from .conftest import count_builds
+
+    uri = str(tmp_path / "resume.lance")
+    write_vectors(uri, vectors[:4000], max_rows_per_file=2000)
+    dli.create_index(uri, "vector", "IVF_FLAT", num_partitions=8, scheduler="sync")
+    write_vectors(uri, vectors[4000:8000], max_rows_per_file=1000, mode="append", start_id=4000)
+    jloc = str(tmp_path / "journal")
+    upd = dli.update_index(uri, "vector", scheduler="sync", num_tasks=4, journal=jloc, compute=False)
+    tok = upd.plan.build_id[:8]
+    graph = dict(upd.__dask_graph__())
+    # The driver "dies" after two of the four build tasks: nothing is committed.
+    dask.compute(*[Delayed(f"dli-build-{tok}-{i}", graph) for i in (0, 1)], scheduler="sync")
+    j = BuildJournal.load(jloc)
+    assert j.job["kind"] == "update" and sorted(s.slot for s in j.segments) == [0, 1]
+    version = lance.dataset(uri).version
+    with pytest.raises(dli.InvalidInputError, match="records an update, not a build"):
+        dli.create_index(uri, "vector", "IVF_FLAT", replace=True, scheduler="sync", journal=jloc)
+    assert lance.dataset(uri).version == version
+
+    with count_builds() as seen:
+        result = dli.update_index(uri, "vector", scheduler="sync", journal=jloc)
+    assert seen == {2: 1, 3: 1}  # the journaled segments were not built again
+    assert result.action == upd.decision.action and result.num_segments_built == 4
+    stats = result.dataset().stats.index_stats("vector_idx")
+    assert stats["num_unindexed_rows"] == 0 and stats["num_indexed_rows"] == 8000
+    after = BuildJournal.load(jloc)
+    assert after.status == "committed" and after.version == result.version
+    assert index_dirs(uri) >= committed_segment_uuids(result.dataset())
+    assert not (index_dirs(uri) - committed_segment_uuids(lance.dataset(uri, version=version))
+                - committed_segment_uuids(result.dataset()))  # nothing stray

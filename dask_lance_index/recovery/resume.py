@@ -24,6 +24,8 @@ __all__ = ["probe_writable", "resume_build", "resume_journal", "start_journal"]
 
 log = logging.getLogger("dask_lance_index")
 
+_A = {"build": "a build", "update": "an update"}
+
 
 def probe_writable(location: str, what: str, storage_options: dict | None = None) -> None:
     """Write and remove a small file under ``location``; a clear error if that fails."""
@@ -85,9 +87,10 @@ def resume_journal(journal, storage_options: dict | None = None, kind: str = "bu
     j = BuildJournal.load(location, storage_options)
     if j is None:
         return None
-    if j.job.get("kind", "build") != kind:
+    had = j.job.get("kind", "build")
+    if had != kind:
         raise InvalidInputError(
-            f"the journal at {location!r} is of an {j.job.get('kind')}, not of an {kind}. Fix: pass the "
+            f"the journal at {location!r} records {_A.get(had, had)}, not {_A.get(kind, kind)}. Fix: pass the "
             "journal location of this job, or another location."
         )
     if j.status == "committed":
