@@ -40,7 +40,7 @@ def main() -> int:
             uris[n] = os.path.join(root, f"{n}.lance")
             write_vectors(uris[n], make_vectors(n, 128, seed=0), max_rows_per_file=-(-n // 8))
         sample = make_vectors(65536, 128, seed=0)  # the same distribution the data sets come from
-        centroids, _ = train_ivf(sample, 256, "l2", max_iters=50, seed=1, tol=5e-3, shards=1)
+        centroids, _ = train_ivf(sample, 256, "l2", max_iters=50, seed=1, tol=5e-3)
         codebook = train_pq(residuals(sample, centroids, "l2"), 16, 8, max_iters=50, seed=1, tol=5e-3)
 
         with warnings.catch_warnings():
