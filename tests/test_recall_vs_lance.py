@@ -71,7 +71,8 @@ def test_recall_matches_lance(index_type, metric, tmp_path, vectors, queries, cl
     # under cosine likewise: ours 0.716 / 0.690-0.694 (seeds 0 / 1, the same before and after
     # the package's re-layout), Lance's own builds 0.698-0.730 over 14 builds (mean 0.715, sd
     # 0.009): with two Lance builds on each side of the comparison, 0.02 failed one run in ten.
-    tolerance = 0.03 if "PQ" in index_type and metric != "dot" else 0.02
+    known_gap = ("PQ" in index_type and metric == "l2") or (index_type, metric) == ("IVF_HNSW_PQ", "cosine")
+    tolerance = 0.03 if known_gap else 0.02
     assert np.mean(ours) >= np.mean(theirs) - tolerance, msg
     # and no single build of ours is grossly worse (a broken scheduler path would be)
     assert min(ours) >= np.mean(theirs) - 0.05, msg
