@@ -109,16 +109,16 @@ def test_a_threaded_scheduler_build_encodes_and_trains_pq_on_one_blas_thread(tmp
 def test_pq_groups_in_threads_give_the_codebook_of_groups_one_after_another(monkeypatch):
     from dask_lance_index.datagen import make_vectors
     from dask_lance_index.model import train_pq
-    from dask_lance_index.train import map_pq_groups
+    from dask_lance_index.train import map_groups
 
     r = make_vectors(4096, 64, seed=3)
     in_turn = train_pq(r, 16, 6, max_iters=10, seed=7)  # no map_groups: one group after another
     monkeypatch.setattr(os, "cpu_count", lambda: 2)  # two cores, so two threads, on any machine
     threads = []
-    real = map_pq_groups.__globals__["ThreadPoolExecutor"]
-    monkeypatch.setitem(map_pq_groups.__globals__, "ThreadPoolExecutor",
+    real = map_groups.__globals__["ThreadPoolExecutor"]
+    monkeypatch.setitem(map_groups.__globals__, "ThreadPoolExecutor",
                         lambda n: threads.append(n) or real(n))
-    threaded = train_pq(r, 16, 6, max_iters=10, seed=7, map_groups=map_pq_groups)
+    threaded = train_pq(r, 16, 6, max_iters=10, seed=7, map_groups=map_groups)
     assert threads == [2]
     np.testing.assert_array_equal(threaded, in_turn)
     assert threaded.shape == (16, 64, 4)

@@ -131,6 +131,7 @@ class CommitIndex:
             seconds=seconds,
             build_id=plan.build_id,
             num_rows_unindexed=appended,
+            assignment_agreement=src.get("assignment_agreement"),
         )
         save_after_build(plan, model, result, opts, self.model_uri)  # kept for dli.update_index
         return result

@@ -89,6 +89,9 @@ class BuildResult(IndexResult):
         present, 0.0 for a stage that did not run), and ``total`` when the build
         ran through :func:`~dask_lance_index.create_index` or :func:`~dask_lance_index.run`.
     build_id : str
+    assignment_agreement : float, optional
+        With a two-level IVF model: the share of sampled rows whose assignment
+        among the nearest groups' partitions is their exact nearest partition.
     """
 
     _TUPLES: ClassVar[tuple[str, ...]] = ("segments",)
@@ -108,6 +111,7 @@ class BuildResult(IndexResult):
     seconds: dict = field(default_factory=dict)
     build_id: str = ""
     num_rows_unindexed: int = 0
+    assignment_agreement: float | None = None
 
     def warnings(self) -> list[str]:
         out = []
@@ -136,4 +140,6 @@ class BuildResult(IndexResult):
             s += f"; {self.num_rows_skipped} rows not indexed ({self.null_rows} null, {self.nan_rows} NaN/inf)"
         if self.num_rows_unindexed:
             s += f"; {self.num_rows_unindexed} rows appended during the build are not in the index"
+        if self.assignment_agreement is not None:
+            s += f"; two-level assignment agreed with exact on {self.assignment_agreement:.2%} of sampled rows"
         return s

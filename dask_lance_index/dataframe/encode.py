@@ -14,7 +14,7 @@ import pandas as pd
 import pyarrow as pa
 
 from ..errors import InvalidInputError
-from ..model import PQEncoder, assign, normalize_rows
+from ..model import PartitionAssigner, PQEncoder
 from ..runtime import one_blas_thread
 from .vectors import vectors_to_numpy
 
@@ -65,11 +65,9 @@ def add_ivf_partition(
     x, valid = _vectors_of(df, column, centroids.shape[1])
     parts = np.zeros(len(x), dtype=np.uint32)
     if valid.any():
-        v = x[valid]
-        if metric == "cosine":
-            v = normalize_rows(v)
-        labels, _ = assign(v, centroids, "dot" if metric == "dot" else "l2")
-        parts[valid] = labels
+        # as the build assigns: cosine rows normalised, dot by largest inner product,
+        # a two-level model among the nearest groups' partitions
+        parts[valid] = PartitionAssigner(centroids, metric, getattr(model, "coarse_index", None)).assign(x[valid])
     out = df.copy()
     out[partition_column] = pd.arrays.ArrowExtensionArray(pa.array(parts, mask=~valid))
     return out
@@ -120,7 +118,7 @@ def add_pq_codes(
         raise InvalidInputError("add_pq_codes needs a model with a pq_codebook (an IVF_PQ model).")
     if metric not in ("l2", "cosine", "dot"):
         raise InvalidInputError(f"metric={metric!r} is not one of 'l2', 'cosine', 'dot'.")
-    encoder = PQEncoder(centroids, codebook, metric)
+    encoder = PQEncoder(centroids, codebook, metric, getattr(model, "coarse_index", None))
     x, valid = _vectors_of(df, column, centroids.shape[1])
     m = encoder.num_sub_vectors
     parts = np.zeros(len(x), dtype=np.uint32)

@@ -19,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 
 from ..errors import InvalidModelError
+from .coarse import CoarseIndex
 from .rabitq import sign_bytes
 
 __all__ = ["METRICS", "IndexModel", "coerce_array", "validate_model"]
@@ -27,12 +28,12 @@ __all__ = ["METRICS", "IndexModel", "coerce_array", "validate_model"]
 METRICS = {"l2": "l2", "euclidean": "l2", "cosine": "cosine", "dot": "dot"}
 
 
-def _encode_array(a: np.ndarray | None) -> dict | None:
+def _encode_array(a: np.ndarray | None, dtype=np.float32) -> dict | None:
     if a is None:
         return None
-    a = np.ascontiguousarray(a, dtype=np.float32)
+    a = np.ascontiguousarray(a, dtype=dtype)
     return {
-        "dtype": "float32",
+        "dtype": np.dtype(dtype).name,
         "shape": list(a.shape),
         "data": base64.b64encode(a.tobytes()).decode("ascii"),
     }
@@ -56,6 +57,11 @@ class IndexModel:
         Only for ``*_PQ`` index types.
     rabitq_model : str, optional
         The RaBitQ model JSON (``IVF_RQ`` only), as Lance's ``build_rq_model`` makes it.
+    ivf_coarse, ivf_groups : ndarray, optional
+        A two-level IVF (:mod:`.coarse`): the coarse centroids ``(k1, dimension)``
+        and the group of each partition ``(num_partitions,)`` int32. Assignment
+        then searches only the partitions of each row's nearest groups. Lance never
+        sees them.
     source : dict
         Where each part came from (``"trained"`` or ``"user"``) and training
         figures (sample rows, seconds, inertia); informational.
@@ -65,6 +71,8 @@ class IndexModel:
     pq_codebook: np.ndarray | None = None
     rabitq_model: str | None = None
     source: dict = field(default_factory=dict)
+    ivf_coarse: np.ndarray | None = None
+    ivf_groups: np.ndarray | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -72,7 +80,16 @@ class IndexModel:
             "pq_codebook": _encode_array(self.pq_codebook),
             "rabitq_model": self.rabitq_model,
             "source": dict(self.source),
+            "ivf_coarse": _encode_array(self.ivf_coarse),
+            "ivf_groups": _encode_array(self.ivf_groups, np.int32),
         }
+
+    @property
+    def coarse_index(self) -> CoarseIndex | None:
+        """The two-level grouping of the partitions, when the model has one."""
+        if self.ivf_coarse is None or self.ivf_groups is None:
+            return None
+        return CoarseIndex(self.ivf_coarse, self.ivf_groups)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict())
@@ -84,6 +101,8 @@ class IndexModel:
             pq_codebook=_decode_array(d.get("pq_codebook")),
             rabitq_model=d.get("rabitq_model"),
             source=dict(d.get("source") or {}),
+            ivf_coarse=_decode_array(d.get("ivf_coarse")),
+            ivf_groups=_decode_array(d.get("ivf_groups")),
         )
 
     @classmethod
@@ -110,6 +129,8 @@ class IndexModel:
             same(self.ivf_centroids, other.ivf_centroids)
             and same(self.pq_codebook, other.pq_codebook)
             and self.rabitq_model == other.rabitq_model
+            and same(self.ivf_coarse, other.ivf_coarse)
+            and same(self.ivf_groups, other.ivf_groups)
         )
 
     def __repr__(self) -> str:
@@ -120,6 +141,8 @@ class IndexModel:
             parts.append(f"pq_codebook={self.pq_codebook.shape}")
         if self.rabitq_model is not None:
             parts.append("rabitq_model=<json>")
+        if self.ivf_coarse is not None:
+            parts.append(f"ivf_coarse={self.ivf_coarse.shape}")
         return f"IndexModel({', '.join(parts)})"
 
 
@@ -163,6 +186,14 @@ def validate_model(
                 f"ivf_centroids has shape {c.shape}; expected (num_partitions, dimension) = "
                 f"({num_partitions}, {dimension}). Fix: train centroids for this column's "
                 f"dimension, or set num_partitions to match them."
+            )
+    if model.ivf_groups is not None:
+        k1 = 0 if model.ivf_coarse is None else len(model.ivf_coarse)
+        g = np.asarray(model.ivf_groups)
+        if g.shape != (num_partitions,) or k1 == 0 or g.min() < 0 or g.max() >= k1:
+            raise InvalidModelError(
+                f"the model's partition groups (shape {g.shape}) do not fit {num_partitions} partitions under "
+                f"{k1} coarse centroids. Fix: train the model again."
             )
     cb = model.pq_codebook
     if cb is not None:

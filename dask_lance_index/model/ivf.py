@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .coarse import DEFAULT_PROBES, CoarseIndex
 from .kmeans import assign, kmeans, normalize_rows
 
 __all__ = ["CHUNK", "PartitionAssigner", "augmented", "prepare_vectors", "residuals", "train_ivf"]
@@ -37,13 +38,24 @@ class PartitionAssigner:
     For the index types Lance takes no precomputed codes for (IVF_FLAT, IVF_SQ,
     IVF_RQ, the HNSW types): Lance then only encodes, reading each row's
     partition from the map these ids make.
+
+    With ``coarse`` (a two-level model, l2 and cosine), each row's partition is
+    searched among the partitions of its ``probes`` nearest coarse groups only
+    (:class:`.coarse.RestrictedAssigner`).
     """
 
-    def __init__(self, centroids: np.ndarray, metric: str):
+    def __init__(self, centroids: np.ndarray, metric: str, coarse: CoarseIndex | None = None,
+                 probes: int = DEFAULT_PROBES):
         self.centroids = np.ascontiguousarray(centroids, dtype=np.float32)
         self.metric = metric
+        self._restricted = coarse.assigner(self.centroids, probes) if coarse is not None and metric != "dot" else None
         # dot: largest inner product; l2 and cosine: nearest, the norms folded into the GEMM.
-        self._rhs = np.ascontiguousarray(self.centroids.T) if metric == "dot" else augmented(self.centroids)
+        if self._restricted is not None:
+            self._rhs = None
+        elif metric == "dot":
+            self._rhs = np.ascontiguousarray(self.centroids.T)
+        else:
+            self._rhs = augmented(self.centroids)
         self._buffers = None
 
     def buffers(self, chunk: int) -> tuple[np.ndarray, ...]:
@@ -51,6 +63,7 @@ class PartitionAssigner:
         use and kept for every later call (see :meth:`.pq.PQEncoder.encode` for why)."""
         if self._buffers is None or len(self._buffers[3]) != chunk:
             d, k = self.centroids.shape[1], self.centroids.shape[0]
+            k = 1 if self._restricted is not None else k  # the restricted search keeps no full score table
             self._buffers = (np.ones((chunk, d + 1), dtype=np.float32), np.empty((chunk, 1), dtype=np.float32),
                              np.empty((chunk, k), dtype=np.float32), np.empty(chunk, dtype=np.intp))
         return self._buffers
@@ -63,6 +76,9 @@ class PartitionAssigner:
             np.sqrt(np.einsum("ij,ij->i", rows, rows)[:, None], out=norms[:m])
             norms[:m][norms[:m] == 0] = 1.0
             rows /= norms[:m]
+        if self._restricted is not None:
+            self._restricted.assign_lhs(lhs[:m], best[:m])
+            return rows
         np.matmul(rows if self.metric == "dot" else lhs[:m], self._rhs, out=scores[:m])
         scores[:m].argmax(axis=1, out=best[:m])
         return rows

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any, Sequence
 
 from ..errors import InvalidInputError
+from ..model.coarse import coarse_size
 from .fragments import (
     FragmentInfo,
     allocate_samples,
@@ -124,7 +125,8 @@ class IndexPlan:
         opts = ", ".join(
             f"{k}={v}"
             for k, v in asdict(p).items()
-            if v is not None and k not in ("index_type", "sample_rate", "max_iters", "pq_sample_rate", "tolerance")
+            if v is not None and k not in ("index_type", "sample_rate", "max_iters", "pq_sample_rate", "tolerance",
+                                           "ivf_training", "coarse_probes")
         )
         lines = [
             f"IndexPlan {self.build_id[:8]}: {p.index_type} index {self.name!r} on "
@@ -204,6 +206,12 @@ def make_plan(
             "index. Fix: write data first."
         )
     notes = []
+    if params.ivf_training == "hierarchical" and "ivf_centroids" in train:
+        notes.append(
+            f"IVF trained in two levels ({coarse_size(params.num_partitions)} groups of partitions); each row is "
+            f"assigned among the partitions of its {params.coarse_probes} nearest groups (ivf_training='flat': "
+            "Lance's flat k-means and exact assignment)"
+        )
     if one_segment_reason and len(fragments) > 1:
         if fragment_groups is not None:
             check_fragment_groups(fragment_groups, fragments)  # still refuse bad groups

@@ -13,11 +13,14 @@ from typing import Any
 
 from ..errors import InvalidInputError
 from ..model import METRICS, RQ_NUM_BITS
+from ..model.coarse import DEFAULT_PROBES
 
 __all__ = [
     "DEFAULT_NUM_BITS",
     "DEFAULT_TARGET_PARTITION_SIZE",
+    "HIERARCHICAL_MIN_PARTITIONS",
     "INDEX_TYPES",
+    "IVF_TRAININGS",
     "MAX_ITERS",
     "MAX_PARTITIONS",
     "NUM_BITS",
@@ -48,6 +51,12 @@ TOLERANCE = 5e-3
 # Bits per code that Lance accepts, per quantizer.
 NUM_BITS = {"PQ": (4, 8), "SQ": (8,), "RQ": RQ_NUM_BITS}
 DEFAULT_NUM_BITS = {"PQ": 8, "SQ": 8, "RQ": 5}
+# How the IVF centroids are trained: Lance's flat k-means, or two levels
+# (model/coarse.py). "auto" trains two levels from this many partitions on (l2 and
+# cosine): at 4,096 partitions on 1M rows flat training took 35 s and two levels
+# 4.4 s, with the same partition recall (docs/benchmarks.md).
+IVF_TRAININGS = ("auto", "flat", "hierarchical")
+HIERARCHICAL_MIN_PARTITIONS = 4096
 
 
 def quantizer_of(index_type: str) -> str | None:
@@ -72,6 +81,8 @@ class IndexParams:
     max_iters: int = MAX_ITERS
     pq_sample_rate: int = PQ_SAMPLE_RATE
     tolerance: float = TOLERANCE
+    ivf_training: str = "flat"
+    coarse_probes: int = DEFAULT_PROBES
 
     @property
     def quantizer(self) -> str | None:
@@ -127,6 +138,8 @@ def resolve_params(
     max_iters: int = MAX_ITERS,
     pq_sample_rate: int = PQ_SAMPLE_RATE,
     tolerance: float = TOLERANCE,
+    ivf_training: str = "auto",
+    coarse_probes: int = DEFAULT_PROBES,
 ) -> IndexParams:
     """Validate the index options and fill in Lance's defaults. Pure."""
     if not isinstance(index_type, str) or index_type.upper() not in INDEX_TYPES:
@@ -189,6 +202,18 @@ def resolve_params(
         raise InvalidInputError("sample_rate, pq_sample_rate and max_iters must be positive")
     if not 0 <= tolerance < 1:
         raise InvalidInputError(f"tolerance must be in [0, 1), got {tolerance}")
+    if ivf_training not in IVF_TRAININGS:
+        raise InvalidInputError(f"ivf_training={ivf_training!r} is not one of {IVF_TRAININGS}.")
+    if ivf_training == "hierarchical" and metric == "dot":
+        raise InvalidInputError(
+            "ivf_training='hierarchical' trains l2 and cosine centroids; dot-metric IVF is trained as Lance "
+            "trains it (spherical k-means). Fix: ivf_training='auto' or 'flat'."
+        )
+    if ivf_training == "auto":
+        big = num_partitions >= HIERARCHICAL_MIN_PARTITIONS and metric != "dot"
+        ivf_training = "hierarchical" if big else "flat"
+    if not isinstance(coarse_probes, int) or isinstance(coarse_probes, bool) or coarse_probes < 1:
+        raise InvalidInputError(f"coarse_probes must be a positive int, got {coarse_probes!r}")
     return IndexParams(
         index_type=index_type,
         metric=metric,
@@ -201,6 +226,8 @@ def resolve_params(
         max_iters=max_iters,
         pq_sample_rate=pq_sample_rate,
         tolerance=tolerance,
+        ivf_training=ivf_training,
+        coarse_probes=coarse_probes,
     )
 
 

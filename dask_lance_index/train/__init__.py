@@ -13,13 +13,13 @@ from .sample import (
 from .train import (
     TrainModel,
     cluster_partials,
-    map_pq_groups,
+    map_groups,
     train_ivf_on_cluster,
     train_model,
     train_shards,
 )
 
 __all__ = [
-    "SAMPLE_RUN", "SampleFragment", "TrainModel", "cluster_partials", "map_pq_groups", "sample_fragment",
+    "SAMPLE_RUN", "SampleFragment", "TrainModel", "cluster_partials", "map_groups", "sample_fragment",
     "sample_offsets", "seed_for", "train_ivf_on_cluster", "train_model", "train_shards",
 ]

@@ -5,7 +5,7 @@ centroid and per PQ code word), so the k-means runs in one task on one worker
 with BLAS (:mod:`dask_lance_index.model`); what it can spread, it spreads:
 Lloyd passes over a large IVF sample go to the other workers as partial sums
 (:func:`cluster_partials`), and PQ's independent groups of sub-spaces train
-side by side (:func:`map_pq_groups`): as cluster tasks inside a worker that has
+side by side (:func:`map_groups`): as cluster tasks inside a worker that has
 others to share with, in threads under dask's local schedulers.
 """
 
@@ -29,14 +29,19 @@ from ..model import (
     train_ivf,
     train_pq,
 )
+from ..model.coarse import assignment_agreement, train_ivf_hierarchical
 from ..model.kmeans import combine_partials, lloyd_partial
 from ..recovery.journal import read_model, write_model
 from ..runtime import in_bulk, one_blas_thread
 from ..runtime.client import num_workers, worker_client_or_none
 from .sample import seed_for
 
-__all__ = ["DISTRIBUTED_TRAIN_MIN_WORK", "TrainModel", "cluster_partials", "map_pq_groups", "train_ivf_on_cluster",
+__all__ = ["DISTRIBUTED_TRAIN_MIN_WORK", "TrainModel", "cluster_partials", "map_groups", "train_ivf_on_cluster",
            "train_model", "train_shards"]
+
+# Rows of the training sample on which a two-level model's restricted assignment is
+# checked against exact assignment (reported as the model's assignment_agreement).
+AGREEMENT_ROWS = 16384
 
 # Lloyd iterations spread over the cluster only when one iteration is big
 # enough (rows x centroids x dims multiply-adds) to dwarf a round of task
@@ -101,22 +106,26 @@ def _group_task(fn: Callable, item: tuple):
     return fn(*item)
 
 
-def map_pq_groups(fn: Callable, items: Sequence) -> list:
-    """Run PQ's groups of sub-spaces side by side (``map_groups`` of
-    :func:`dask_lance_index.model.train_pq`), always one BLAS thread per group.
+def map_groups(fn: Callable, items: Sequence) -> list:
+    """Run independent training groups side by side: PQ's groups of sub-spaces
+    (``map_groups`` of :func:`dask_lance_index.model.train_pq`) and the second
+    level of a two-level IVF (:func:`dask_lance_index.model.coarse.train_ivf_hierarchical`),
+    always one BLAS thread per group. Each item's first element is its rows.
 
     Inside a dask worker with other workers to share with, the groups are tasks
-    on the cluster. Under dask's local schedulers this task runs alone (every
-    build task waits for it), so the groups take the cores as threads (NumPy
-    releases the GIL in the GEMMs and argmaxes); in a lone worker, one after
-    another. Measured at 65,536 rows x 16 sub-spaces on 2 vCPUs: 1.89-2.32 s one
-    group after another (one BLAS thread; 2.70-2.93 s with two), 1.41-1.82 s in
-    two threads.
+    on the cluster; their rows travel scattered, as data, not inside the task
+    graph. Under dask's local schedulers this task runs alone (every build task
+    waits for it), so the groups take the cores as threads (NumPy releases the
+    GIL in the GEMMs and argmaxes); in a lone worker, one after another.
+    Measured at 65,536 rows x 16 PQ sub-spaces on 2 vCPUs: 1.89-2.32 s one group
+    after another (one BLAS thread; 2.70-2.93 s with two), 1.41-1.82 s in two
+    threads.
     """
     in_worker = worker_client_or_none()
     if in_worker is not None and len(items) > 1 and num_workers(in_worker) > 1:
         with worker_client() as wc:  # secedes: this task waits on the group tasks
-            return wc.gather([wc.submit(_group_task, fn, item, pure=False) for item in items])
+            rows = wc.scatter([item[0] for item in items])
+            return wc.gather([wc.submit(_group_task, fn, (r, *item[1:]), pure=False) for r, item in zip(rows, items)])
     threads = min(len(items), os.cpu_count() or 1) if in_worker is None else 1
     with one_blas_thread(), ThreadPoolExecutor(max(threads, 1)) as pool:
         return list(pool.map(lambda item: fn(*item), items))
@@ -141,6 +150,7 @@ def train_model(
     t0 = time.time()
     source: dict = {k: "user" for k in ("ivf_centroids", "pq_codebook", "rabitq_model") if getattr(given, k) is not None}
     centroids = given.ivf_centroids
+    coarse = given.coarse_index
     codebook = given.pq_codebook
     rabitq = given.rabitq_model
     if samples:
@@ -163,9 +173,20 @@ def train_model(
             ivf_rows = min(len(x), params.num_partitions * params.sample_rate)
             xi = x if ivf_rows == len(x) else x[np.random.default_rng(ivf_seed).choice(len(x), ivf_rows, replace=False)]
             t1 = time.time()
-            centroids, inertia = train_ivf_on_cluster(
-                xi, params.num_partitions, params.metric, max_iters=params.max_iters, seed=ivf_seed, tol=params.tolerance
-            )
+            if params.ivf_training == "hierarchical":
+                centroids, inertia, coarse = train_ivf_hierarchical(
+                    xi, params.num_partitions, max_iters=params.max_iters, seed=ivf_seed, tol=params.tolerance,
+                    probes=params.coarse_probes, map_groups=map_groups,
+                )
+                source["ivf_training"] = f"hierarchical, {coarse.num_groups} groups"
+                check = xi[: AGREEMENT_ROWS]
+                source["assignment_agreement"] = round(
+                    assignment_agreement(check, centroids, coarse, params.coarse_probes), 5)
+            else:
+                centroids, inertia = train_ivf_on_cluster(
+                    xi, params.num_partitions, params.metric, max_iters=params.max_iters, seed=ivf_seed,
+                    tol=params.tolerance,
+                )
             source["ivf_centroids"] = "trained"
             source["ivf_inertia"] = inertia
             source["ivf_seconds"] = round(time.time() - t1, 4)
@@ -186,7 +207,7 @@ def train_model(
                 max_iters=params.max_iters,
                 seed=pq_seed,
                 tol=params.tolerance,
-                map_groups=map_pq_groups,
+                map_groups=map_groups,
             )
             source["pq_codebook"] = "trained"
             source["pq_seconds"] = round(time.time() - t1, 4)
@@ -194,7 +215,9 @@ def train_model(
         rabitq = build_rq_rotation(dimension, num_bits=params.num_bits, seed=seed_for(seed, build_id, 2**31 + 1))
         source["rabitq_model"] = "trained"
     source["train_seconds"] = round(time.time() - t0, 4)
-    return IndexModel(ivf_centroids=centroids, pq_codebook=codebook, rabitq_model=rabitq, source=source)
+    return IndexModel(ivf_centroids=centroids, pq_codebook=codebook, rabitq_model=rabitq, source=source,
+                      ivf_coarse=None if coarse is None else coarse.coarse,
+                      ivf_groups=None if coarse is None else coarse.groups)
 
 
 
