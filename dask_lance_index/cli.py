@@ -41,7 +41,7 @@ from . import __version__
 from .api import create_index, plan_index, run
 from .errors import DatasetChangedError, IndexExistsError, InvalidInputError
 from .evaluation import check_queries, evaluate_index, index_on, sample_query_rows
-from .plan import INDEX_TYPES
+from .plan import HIERARCHICAL_MIN_PARTITIONS, INDEX_TYPES, IVF_TRAININGS
 from .recovery import cleanup
 from .runtime import parallelism
 from .storage import column_info, open_or_fail
@@ -153,6 +153,13 @@ def _add_index_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--num-sub-vectors", type=_positive_int, metavar="N", help="PQ sub-vectors (default: dim/16, else /8, /4, /2)")
     g.add_argument("--num-bits", type=_positive_int, metavar="B", help="bits per code: PQ 4 or 8, SQ 8, RQ 1-9")
     g.add_argument("--replace", action="store_true", help="replace an existing index of that name, atomically")
+    t = p.add_argument_group("training")
+    t.add_argument("--ivf-training", default="auto", choices=IVF_TRAININGS,
+                   help="IVF k-means: flat (as Lance) or hierarchical (two levels, coarse-to-fine assignment; "
+                        f"default from {HIERARCHICAL_MIN_PARTITIONS} partitions on, l2 and cosine)")
+    t.add_argument("--coarse-probes", type=_positive_int, metavar="N",
+                   help="hierarchical: coarse groups searched per row (default: the fewest that assign 99.5%% of "
+                        "sampled rows exactly)")
     d = p.add_argument_group("build layout")
     d.add_argument("--num-tasks", type=_positive_int, metavar="N",
                    help="build tasks, one segment each (default: one per worker thread)")
@@ -206,6 +213,8 @@ def _index_kwargs(args) -> dict:
         target_partition_size=args.target_partition_size,
         num_sub_vectors=args.num_sub_vectors,
         num_bits=args.num_bits,
+        ivf_training=args.ivf_training,
+        coarse_probes=args.coarse_probes,
         num_tasks=args.num_tasks,
         num_segments=args.num_segments,
         seed=args.seed,

@@ -132,6 +132,7 @@ class CommitIndex:
             build_id=plan.build_id,
             num_rows_unindexed=appended,
             assignment_agreement=src.get("assignment_agreement"),
+            coarse_probes=src.get("coarse_probes"),
         )
         save_after_build(plan, model, result, opts, self.model_uri)  # kept for dli.update_index
         return result

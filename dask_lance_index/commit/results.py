@@ -91,7 +91,10 @@ class BuildResult(IndexResult):
     build_id : str
     assignment_agreement : float, optional
         With a two-level IVF model: the share of sampled rows whose assignment
-        among the nearest groups' partitions is their exact nearest partition.
+        among their ``coarse_probes`` nearest groups' partitions is their exact
+        nearest partition.
+    coarse_probes : int, optional
+        The groups each row's partition was searched in (two-level model).
     """
 
     _TUPLES: ClassVar[tuple[str, ...]] = ("segments",)
@@ -112,6 +115,7 @@ class BuildResult(IndexResult):
     build_id: str = ""
     num_rows_unindexed: int = 0
     assignment_agreement: float | None = None
+    coarse_probes: int | None = None
 
     def warnings(self) -> list[str]:
         out = []
@@ -141,5 +145,6 @@ class BuildResult(IndexResult):
         if self.num_rows_unindexed:
             s += f"; {self.num_rows_unindexed} rows appended during the build are not in the index"
         if self.assignment_agreement is not None:
-            s += f"; two-level assignment agreed with exact on {self.assignment_agreement:.2%} of sampled rows"
+            s += (f"; two-level assignment ({self.coarse_probes} probes) agreed with exact on "
+                  f"{self.assignment_agreement:.2%} of sampled rows")
         return s

@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 
 from ..errors import InvalidModelError
-from .coarse import CoarseIndex
+from .coarse import DEFAULT_PROBES, CoarseIndex
 from .rabitq import sign_bytes
 
 __all__ = ["METRICS", "IndexModel", "coerce_array", "validate_model"]
@@ -57,11 +57,10 @@ class IndexModel:
         Only for ``*_PQ`` index types.
     rabitq_model : str, optional
         The RaBitQ model JSON (``IVF_RQ`` only), as Lance's ``build_rq_model`` makes it.
-    ivf_coarse, ivf_groups : ndarray, optional
-        A two-level IVF (:mod:`.coarse`): the coarse centroids ``(k1, dimension)``
-        and the group of each partition ``(num_partitions,)`` int32. Assignment
-        then searches only the partitions of each row's nearest groups. Lance never
-        sees them.
+    ivf_coarse, ivf_groups, ivf_probes : optional
+        A two-level IVF (:mod:`.coarse`): the coarse centroids ``(k1, dimension)``,
+        the group of each partition ``(num_partitions,)`` int32, and how many of a
+        row's nearest groups its partition is searched in. Lance never sees them.
     source : dict
         Where each part came from (``"trained"`` or ``"user"``) and training
         figures (sample rows, seconds, inertia); informational.
@@ -73,6 +72,7 @@ class IndexModel:
     source: dict = field(default_factory=dict)
     ivf_coarse: np.ndarray | None = None
     ivf_groups: np.ndarray | None = None
+    ivf_probes: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -82,6 +82,7 @@ class IndexModel:
             "source": dict(self.source),
             "ivf_coarse": _encode_array(self.ivf_coarse),
             "ivf_groups": _encode_array(self.ivf_groups, np.int32),
+            "ivf_probes": self.ivf_probes,
         }
 
     @property
@@ -89,7 +90,7 @@ class IndexModel:
         """The two-level grouping of the partitions, when the model has one."""
         if self.ivf_coarse is None or self.ivf_groups is None:
             return None
-        return CoarseIndex(self.ivf_coarse, self.ivf_groups)
+        return CoarseIndex(self.ivf_coarse, self.ivf_groups, self.ivf_probes or DEFAULT_PROBES)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict())
@@ -103,6 +104,7 @@ class IndexModel:
             source=dict(d.get("source") or {}),
             ivf_coarse=_decode_array(d.get("ivf_coarse")),
             ivf_groups=_decode_array(d.get("ivf_groups")),
+            ivf_probes=d.get("ivf_probes"),
         )
 
     @classmethod
@@ -131,6 +133,7 @@ class IndexModel:
             and self.rabitq_model == other.rabitq_model
             and same(self.ivf_coarse, other.ivf_coarse)
             and same(self.ivf_groups, other.ivf_groups)
+            and self.ivf_probes == other.ivf_probes
         )
 
     def __repr__(self) -> str:
@@ -142,7 +145,7 @@ class IndexModel:
         if self.rabitq_model is not None:
             parts.append("rabitq_model=<json>")
         if self.ivf_coarse is not None:
-            parts.append(f"ivf_coarse={self.ivf_coarse.shape}")
+            parts.append(f"ivf_coarse={self.ivf_coarse.shape}, ivf_probes={self.ivf_probes}")
         return f"IndexModel({', '.join(parts)})"
 
 

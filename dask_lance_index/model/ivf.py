@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .coarse import DEFAULT_PROBES, CoarseIndex
+from .coarse import CoarseIndex
 from .kmeans import assign, kmeans, normalize_rows
 
 __all__ = ["CHUNK", "PartitionAssigner", "augmented", "prepare_vectors", "residuals", "train_ivf"]
@@ -40,15 +40,14 @@ class PartitionAssigner:
     partition from the map these ids make.
 
     With ``coarse`` (a two-level model, l2 and cosine), each row's partition is
-    searched among the partitions of its ``probes`` nearest coarse groups only
-    (:class:`.coarse.RestrictedAssigner`).
+    searched among the partitions of its ``coarse.probes`` nearest coarse groups
+    only (:class:`.coarse.RestrictedAssigner`).
     """
 
-    def __init__(self, centroids: np.ndarray, metric: str, coarse: CoarseIndex | None = None,
-                 probes: int = DEFAULT_PROBES):
+    def __init__(self, centroids: np.ndarray, metric: str, coarse: CoarseIndex | None = None):
         self.centroids = np.ascontiguousarray(centroids, dtype=np.float32)
         self.metric = metric
-        self._restricted = coarse.assigner(self.centroids, probes) if coarse is not None and metric != "dot" else None
+        self._restricted = coarse.assigner(self.centroids) if coarse is not None and metric != "dot" else None
         # dot: largest inner product; l2 and cosine: nearest, the norms folded into the GEMM.
         if self._restricted is not None:
             self._rhs = None

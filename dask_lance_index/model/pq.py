@@ -21,7 +21,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .coarse import DEFAULT_PROBES, CoarseIndex
+from .coarse import CoarseIndex
 from .ivf import CHUNK, PartitionAssigner, augmented
 from .kmeans import kmeans_batched
 
@@ -90,13 +90,12 @@ class PQEncoder:
     centroids : ndarray, shape (num_partitions, d), float32
     codebook : ndarray, shape (num_sub_vectors, 2**num_bits, d // num_sub_vectors), float32
     metric : {"l2", "cosine", "dot"}
-    coarse, probes : optional
-        A two-level model's grouping: partitions searched among the ``probes``
-        nearest groups only (:class:`.ivf.PartitionAssigner`).
+    coarse : CoarseIndex, optional
+        A two-level model's grouping: partitions searched among the nearest
+        groups' only (:class:`.ivf.PartitionAssigner`).
     """
 
-    def __init__(self, centroids: np.ndarray, codebook: np.ndarray, metric: str, coarse: CoarseIndex | None = None,
-                 probes: int = DEFAULT_PROBES):
+    def __init__(self, centroids: np.ndarray, codebook: np.ndarray, metric: str, coarse: CoarseIndex | None = None):
         self.centroids = np.ascontiguousarray(centroids, dtype=np.float32)
         self.codebook = np.ascontiguousarray(codebook, dtype=np.float32)
         self.metric = metric
@@ -104,7 +103,7 @@ class PQEncoder:
         self.dimension = self.centroids.shape[1]
         if self.num_sub_vectors * self.sub_dim != self.dimension:
             raise ValueError("codebook does not match the centroids' dimension")
-        self._ivf = PartitionAssigner(self.centroids, metric, coarse, probes)
+        self._ivf = PartitionAssigner(self.centroids, metric, coarse)
         self._pq_rhs = [augmented(self.codebook[j]) for j in range(self.num_sub_vectors)]
         self._code_dtype = np.uint8 if self.num_codes <= 256 else np.uint16
         self._buffers = None

@@ -31,7 +31,7 @@ import numpy as np
 
 from ..errors import InvalidInputError
 from ..storage.rq_layout import pack_blocked_ex_codes
-from .coarse import DEFAULT_PROBES, CoarseIndex
+from .coarse import CoarseIndex
 from .ivf import PartitionAssigner
 from .rabitq import RQRotation
 
@@ -305,20 +305,20 @@ class RQEncoder:
         Each row's ex-code tries ``rescale_trials`` rescale factors spread
         ``+-rescale_spread`` around the calibrated one and keeps the one whose
         code is closest in angle to the row (see :data:`RESCALE_TRIALS`).
-    coarse, probes : optional
+    coarse : CoarseIndex, optional
         A two-level model's grouping (:class:`.ivf.PartitionAssigner`).
     """
 
     def __init__(self, centroids: np.ndarray, rotation: RQRotation, metric: str, num_bits: int,
                  rescale_trials: int = RESCALE_TRIALS, rescale_spread: float = RESCALE_SPREAD,
-                 coarse: CoarseIndex | None = None, probes: int = DEFAULT_PROBES):
+                 coarse: CoarseIndex | None = None):
         if metric not in ("l2", "cosine"):
             raise InvalidInputError(f"RQEncoder encodes l2 and cosine, not {metric!r}")
         self.centroids = np.ascontiguousarray(centroids, dtype=np.float32)
         self.dimension = self.centroids.shape[1]
         self.num_bits = int(num_bits)
         self.ex_bits = self.num_bits - 1
-        self._ivf = PartitionAssigner(self.centroids, metric, coarse, probes)
+        self._ivf = PartitionAssigner(self.centroids, metric, coarse)
         self._rot_t = np.ascontiguousarray(rotation.matrix().T, dtype=np.float32)  # rows @ R^T
         self._rotated_centroids = self.centroids @ self._rot_t
         self.rescale: float | None = None

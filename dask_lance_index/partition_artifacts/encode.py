@@ -97,8 +97,7 @@ class EncodeGroup:
     def __call__(self, plan, task: int, model) -> tuple:
         t0 = time.time()
         ds = open_dataset(plan.uri, plan.version, self.storage_options)
-        encoder = PQEncoder(model.ivf_centroids, model.pq_codebook, plan.params.metric, model.coarse_index,
-                            plan.params.coarse_probes)
+        encoder = PQEncoder(model.ivf_centroids, model.pq_codebook, plan.params.metric, model.coarse_index)
         nb, R = default_num_buckets(plan.params.num_partitions), self.num_reducers
         chunks: list[list] = [[] for _ in range(R)]
         counts = RowCounts()

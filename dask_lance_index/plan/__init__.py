@@ -21,7 +21,9 @@ from .merges import MERGE_DEPTH, MergePlan, MergeStep, plan_merges
 from .params import (
     DEFAULT_NUM_BITS,
     DEFAULT_TARGET_PARTITION_SIZE,
+    HIERARCHICAL_MIN_PARTITIONS,
     INDEX_TYPES,
+    IVF_TRAININGS,
     MAX_ITERS,
     MAX_PARTITIONS,
     NUM_BITS,
@@ -36,7 +38,8 @@ from .params import (
 )
 
 __all__ = [
-    "DEFAULT_NUM_BITS", "DEFAULT_ROWS_PER_TASK", "DEFAULT_TARGET_PARTITION_SIZE", "INDEX_TYPES", "MAX_ITERS",
+    "DEFAULT_NUM_BITS", "DEFAULT_ROWS_PER_TASK", "DEFAULT_TARGET_PARTITION_SIZE", "HIERARCHICAL_MIN_PARTITIONS",
+    "INDEX_TYPES", "IVF_TRAININGS", "MAX_ITERS",
     "MAX_PARTITIONS", "MERGE_DEPTH", "NUM_BITS", "PQ_SAMPLE_RATE", "SAMPLE_RATE", "TOLERANCE", "FragmentInfo",
     "IndexParams", "IndexPlan", "MergePlan", "MergeStep", "allocate_samples", "check_fragment_groups",
     "default_num_partitions", "default_num_sub_vectors", "group_fragments", "make_plan",

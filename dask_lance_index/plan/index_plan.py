@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any, Sequence
 
 from ..errors import InvalidInputError
-from ..model.coarse import coarse_size
+from ..model.coarse import TARGET_AGREEMENT, coarse_size
 from .fragments import (
     FragmentInfo,
     allocate_samples,
@@ -209,8 +209,10 @@ def make_plan(
     if params.ivf_training == "hierarchical" and "ivf_centroids" in train:
         notes.append(
             f"IVF trained in two levels ({coarse_size(params.num_partitions)} groups of partitions); each row is "
-            f"assigned among the partitions of its {params.coarse_probes} nearest groups (ivf_training='flat': "
-            "Lance's flat k-means and exact assignment)"
+            "assigned among the partitions of its "
+            + (f"{params.coarse_probes} nearest groups" if params.coarse_probes else
+               f"nearest groups, as many as reach {TARGET_AGREEMENT:.1%} agreement with exact assignment")
+            + " (ivf_training='flat': Lance's flat k-means and exact assignment)"
         )
     if one_segment_reason and len(fragments) > 1:
         if fragment_groups is not None:

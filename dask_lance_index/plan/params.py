@@ -13,7 +13,6 @@ from typing import Any
 
 from ..errors import InvalidInputError
 from ..model import METRICS, RQ_NUM_BITS
-from ..model.coarse import DEFAULT_PROBES
 
 __all__ = [
     "DEFAULT_NUM_BITS",
@@ -82,7 +81,7 @@ class IndexParams:
     pq_sample_rate: int = PQ_SAMPLE_RATE
     tolerance: float = TOLERANCE
     ivf_training: str = "flat"
-    coarse_probes: int = DEFAULT_PROBES
+    coarse_probes: int | None = None
 
     @property
     def quantizer(self) -> str | None:
@@ -139,7 +138,7 @@ def resolve_params(
     pq_sample_rate: int = PQ_SAMPLE_RATE,
     tolerance: float = TOLERANCE,
     ivf_training: str = "auto",
-    coarse_probes: int = DEFAULT_PROBES,
+    coarse_probes: int | None = None,
 ) -> IndexParams:
     """Validate the index options and fill in Lance's defaults. Pure."""
     if not isinstance(index_type, str) or index_type.upper() not in INDEX_TYPES:
@@ -212,8 +211,12 @@ def resolve_params(
     if ivf_training == "auto":
         big = num_partitions >= HIERARCHICAL_MIN_PARTITIONS and metric != "dot"
         ivf_training = "hierarchical" if big else "flat"
-    if not isinstance(coarse_probes, int) or isinstance(coarse_probes, bool) or coarse_probes < 1:
-        raise InvalidInputError(f"coarse_probes must be a positive int, got {coarse_probes!r}")
+    if coarse_probes is not None and (
+        not isinstance(coarse_probes, int) or isinstance(coarse_probes, bool) or coarse_probes < 1
+    ):
+        raise InvalidInputError(
+            f"coarse_probes must be a positive int, or None to choose it by measured agreement, got {coarse_probes!r}"
+        )
     return IndexParams(
         index_type=index_type,
         metric=metric,

@@ -29,7 +29,13 @@ from ..model import (
     train_ivf,
     train_pq,
 )
-from ..model.coarse import assignment_agreement, train_ivf_hierarchical
+from ..model.coarse import (
+    TARGET_AGREEMENT,
+    CoarseIndex,
+    assignment_agreement,
+    choose_probes,
+    train_ivf_hierarchical,
+)
 from ..model.kmeans import combine_partials, lloyd_partial
 from ..recovery.journal import read_model, write_model
 from ..runtime import in_bulk, one_blas_thread
@@ -131,6 +137,26 @@ def map_groups(fn: Callable, items: Sequence) -> list:
         return list(pool.map(lambda item: fn(*item), items))
 
 
+def _with_probes(x: np.ndarray, centroids: np.ndarray, coarse: CoarseIndex, probes: int | None, seed,
+                 source: dict) -> CoarseIndex | None:
+    """The coarse index with its probes: the given ones, or the fewest that assign
+    :data:`TARGET_AGREEMENT` of sampled rows to their exact nearest partition; None
+    (assign exactly) when no affordable number does. Records the agreement in ``source``."""
+    rows = np.random.default_rng(seed).choice(len(x), min(len(x), AGREEMENT_ROWS), replace=False)
+    check = x[np.sort(rows)]
+    if probes is None:
+        probes, agreement = choose_probes(check, centroids, coarse)
+    else:
+        agreement = assignment_agreement(check, centroids, coarse, probes)
+    if probes is None:
+        source["assignment"] = (f"exact: no affordable number of coarse probes reached {TARGET_AGREEMENT:.1%} "
+                                f"agreement ({agreement:.2%} at the last tried)")
+        return None
+    source["coarse_probes"] = int(probes)
+    source["assignment_agreement"] = round(agreement, 5)
+    return coarse.with_probes(probes)
+
+
 def train_model(
     samples: list,
     *,
@@ -176,12 +202,10 @@ def train_model(
             if params.ivf_training == "hierarchical":
                 centroids, inertia, coarse = train_ivf_hierarchical(
                     xi, params.num_partitions, max_iters=params.max_iters, seed=ivf_seed, tol=params.tolerance,
-                    probes=params.coarse_probes, map_groups=map_groups,
+                    map_groups=map_groups,
                 )
                 source["ivf_training"] = f"hierarchical, {coarse.num_groups} groups"
-                check = xi[: AGREEMENT_ROWS]
-                source["assignment_agreement"] = round(
-                    assignment_agreement(check, centroids, coarse, params.coarse_probes), 5)
+                coarse = _with_probes(x, centroids, coarse, params.coarse_probes, ivf_seed, source)
             else:
                 centroids, inertia = train_ivf_on_cluster(
                     xi, params.num_partitions, params.metric, max_iters=params.max_iters, seed=ivf_seed,
@@ -217,7 +241,8 @@ def train_model(
     source["train_seconds"] = round(time.time() - t0, 4)
     return IndexModel(ivf_centroids=centroids, pq_codebook=codebook, rabitq_model=rabitq, source=source,
                       ivf_coarse=None if coarse is None else coarse.coarse,
-                      ivf_groups=None if coarse is None else coarse.groups)
+                      ivf_groups=None if coarse is None else coarse.groups,
+                      ivf_probes=None if coarse is None else coarse.probes)
 
 
 

@@ -163,7 +163,6 @@ def update_index(
                 ds.uri, saved.plan.column, p.index_type, name=saved.plan.name, metric=p.metric, replace=True,
                 num_partitions=p.num_partitions, num_sub_vectors=p.num_sub_vectors, num_bits=p.num_bits,
                 m=p.m, ef_construction=p.ef_construction, ivf_centroids=model.ivf_centroids,
-                coarse_probes=p.coarse_probes,
                 pq_codebook=model.pq_codebook, rabitq_model=model.rabitq_model, parallelism=parallelism(client),
                 seed=seed, engine=engine, version=ds.version, storage_options=storage_options,
             )

@@ -27,8 +27,7 @@ class PartitionsEngine(Engine):
 
     def build_segment(self, plan, task, model, storage_options=None, options=None, upstream=None) -> SegmentResult:
         seg = SegmentTask(plan, task, model, storage_options)
-        assigner = PartitionAssigner(model.ivf_centroids, plan.params.metric, model.coarse_index,
-                                     plan.params.coarse_probes)
+        assigner = PartitionAssigner(model.ivf_centroids, plan.params.metric, model.coarse_index)
         batches = (partition_map_batch(rid, assigner.assign(x)) for x, rid in seg.valid_rows())
         # Lance reads the map only as one fragment of one file: never split it
         # (a limit past 2**31 - 1 rows overflows inside Lance: one fragment per batch).

@@ -60,8 +60,7 @@ class PrecomputedEngine(Engine):
 def _hand_off_codes(seg: SegmentTask):
     """Encode the rows here and hand Lance the codes (IVF_HNSW_PQ: Lance builds the graphs)."""
     params = seg.plan.params
-    encoder = PQEncoder(seg.model.ivf_centroids, seg.model.pq_codebook, params.metric, seg.model.coarse_index,
-                        params.coarse_probes)
+    encoder = PQEncoder(seg.model.ivf_centroids, seg.model.pq_codebook, params.metric, seg.model.coarse_index)
     batches = (shuffle_buffer_batch(rid, *encoder.encode(x)) for x, rid in seg.valid_rows())
     return seg.hand_off("codes", shuffle_buffer_schema(encoder.num_sub_vectors), batches, shuffle_buffer_inputs)
 
@@ -78,14 +77,14 @@ def _write_segment(seg: SegmentTask):
     plan, model, params = seg.plan, seg.model, seg.plan.params
     centroids = np.asarray(model.ivf_centroids, dtype=np.float32)
     if params.quantizer == "PQ":
-        encoder = PQEncoder(centroids, model.pq_codebook, params.metric, model.coarse_index, params.coarse_probes)
+        encoder = PQEncoder(centroids, model.pq_codebook, params.metric, model.coarse_index)
 
         def encode(x):
             parts, codes, loss = encoder.encode(x, with_loss=True)
             return {"part_ids": parts, "codes": codes}, loss
     else:
         encoder = RQEncoder(centroids, RQRotation.from_json(model.rabitq_model), params.metric, params.num_bits,
-                            coarse=model.coarse_index, probes=params.coarse_probes)
+                            coarse=model.coarse_index)
 
         def encode(x):
             out = encoder.encode(x)
