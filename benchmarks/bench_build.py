@@ -9,13 +9,16 @@ and dask_lance_index, side by side in one run.
     python benchmarks/bench_build.py --rows 1000000 --index-type IVF_RQ --engines lance,dli,dli-partitions
         # IVF_RQ: our codes and files (dli) against Lance encoding from our partition map
     python benchmarks/bench_build.py --rows 250000,2000000 --engines dli,dli-threads   # no client: threaded scheduler
+    python benchmarks/bench_build.py --rows 1000000 --num-partitions 4096 --engines lance,dli,dli-flat
+        # two-level IVF training and assignment (dli, the default from 4,096 partitions) against flat
 
 Lance's create_index requires num_partitions and num_sub_vectors for IVF_PQ; the defaults here are
 the issue's reference setting (256 partitions, 16 sub-vectors); everything else is each library's
 default. --num-partitions 0 / --num-sub-vectors 0 leave them to dask_lance_index and lance-ray.
 
 Prints, per engine: build seconds, the ratio to Lance, recall@10 at nprobes 10/20/50 without
-and with refine_factor 5 (against NumPy brute force), mean query latency and the build's peak
+and with refine_factor 5 (against NumPy brute force), mean query latency, rows scanned per probe (the sum of squared
+partition sizes over the rows: what a query reads per partition it probes), the build's peak
 memory (the largest resident set of the build process or of any of its worker processes), and for
 dask_lance_index the seconds per stage and the orchestration overhead (wall time outside the stages'
 tasks: scheduling, serialisation, waiting). Each build runs in its own subprocess on its own copy
@@ -90,6 +93,10 @@ def run_one(engine: str, uri: str, args) -> dict:
         import dask_lance_index as dli
 
         eng = {"dli-lance-encode": "lance", "dli-artifact": "artifact", "dli-partitions": "partitions"}.get(engine, "auto")
+        if engine == "dli-flat":
+            opts["ivf_training"] = "flat"  # Lance's flat k-means and exact assignment, for comparison
+        elif args.ivf_training:
+            opts["ivf_training"] = args.ivf_training
         if args.pq_sample_rate:
             opts["pq_sample_rate"] = args.pq_sample_rate
         if args.tolerance is not None:
@@ -124,7 +131,8 @@ def run_one(engine: str, uri: str, args) -> dict:
                 seconds = time.perf_counter() - t0  # the cluster's shutdown is not build time either
                 worker_peak_mb = max(client.run(peak_rss_mb).values())
         inside = sum(v for k, v in result.seconds.items() if k != "total")
-        extra = {"stages": result.seconds, "overhead_s": max(0.0, seconds - inside), "worker_peak_mb": worker_peak_mb}
+        extra = {"stages": result.seconds, "overhead_s": max(0.0, seconds - inside), "worker_peak_mb": worker_peak_mb,
+                 "agreement": result.assignment_agreement, "coarse_probes": result.coarse_probes}
         return {"engine": engine, "seconds": seconds, "peak_mb": peak_rss_mb(), **extra}
     else:
         raise SystemExit(f"unknown engine {engine}")
@@ -162,6 +170,20 @@ def evaluate(uri: str, x: np.ndarray, q: np.ndarray, truth: np.ndarray, args) ->
     return res
 
 
+def rows_per_probe(uri: str) -> float:
+    """Rows a query reads per partition it probes, on average over the rows: sum of
+    squared partition sizes over the rows (partition sizes summed over segments)."""
+    import lance
+
+    stats = lance.dataset(uri).stats.index_stats("vector_idx")
+    sizes: dict[int, int] = {}
+    for seg in stats["indices"]:
+        for i, p in enumerate(seg["partitions"]):
+            sizes[i] = sizes.get(i, 0) + p["size"]
+    s = np.array(list(sizes.values()), dtype=np.float64)
+    return float((s**2).sum() / max(s.sum(), 1.0))
+
+
 def _pass_through(argv: list[str]) -> list[str]:
     """The command line minus --json (the subprocess writes no file)."""
     out, skip = [], False
@@ -179,17 +201,20 @@ def _print_table(rows: list[dict], header: str) -> None:
     base_s = next((r["seconds"] for r in rows if r["engine"] == "lance"), None)
     keys = ["np10", "np20", "np50", "np10r", "np20r", "np50r"]
     print(f"\n{header}")
-    print(f"{'engine':18s} {'build s':>8s} {'ratio':>6s} " + " ".join(f"{k:>6s}" for k in keys) + f" {'ms/q':>6s} {'peak MB':>8s}")
+    print(f"{'engine':18s} {'build s':>8s} {'ratio':>6s} " + " ".join(f"{k:>6s}" for k in keys) + f" {'ms/q':>6s} {'rows/pr':>7s} {'peak MB':>8s}")
     for r in rows:
         ratio = r["seconds"] / base_s if base_s else float("nan")
         rec = " ".join(f"{r['recall'][k][0]:6.3f}" for k in keys)
         lat = np.mean([v[1] for v in r["recall"].values()])
         peak = max(r["peak_mb"], r.get("worker_peak_mb", 0))  # largest single process
-        print(f"{r['engine']:18s} {r['seconds']:8.2f} {ratio:6.2f} {rec} {lat:6.2f} {peak:8.0f}")
+        print(f"{r['engine']:18s} {r['seconds']:8.2f} {ratio:6.2f} {rec} {lat:6.2f} {r.get('rows_per_probe', 0):7.0f}"
+              f" {peak:8.0f}")
         if "stages" in r:
             share = 100.0 * r["overhead_s"] / r["seconds"]
             print(f"{'':18s} stages: " + ", ".join(f"{k} {v:.2f}s" for k, v in r["stages"].items() if k != "total")
-                  + f"; orchestration {r['overhead_s']:.2f}s ({share:.1f}%)")
+                  + f"; orchestration {r['overhead_s']:.2f}s ({share:.1f}%)"
+                  + (f"; two-level assignment, {r['coarse_probes']} probes, agreement {r['agreement']:.4f}"
+                     if r.get("agreement") is not None else ""))
     print("(np10r = nprobes 10 with refine_factor 5; recall@10 against NumPy brute force)")
 
 
@@ -233,6 +258,8 @@ def main() -> int:
     p.add_argument("--tolerance", type=float, default=None, help="dli: k-means stopping tolerance")
     p.add_argument("--sample-rate", type=int, default=None, help="dli: rows per IVF centroid")
     p.add_argument("--rows-per-task", type=int, default=None, help="dli: rows per build task (default: the library's)")
+    p.add_argument("--ivf-training", choices=["auto", "flat", "hierarchical"], default=None,
+                   help="dli: IVF training (default: the library's; engine dli-flat forces flat)")
     p.add_argument("--json", help="also write the figures to this file")
     p.add_argument("--plot", help="draw the scale curve (build seconds and seconds per million rows) to this PNG")
     p.add_argument("--_run", help=argparse.SUPPRESS)
@@ -289,6 +316,7 @@ def main() -> int:
             r = json.loads(line[0][7:])
             r["rows"] = len(x)
             r["recall"] = evaluate(uri, x, q, truth, args)
+            r["rows_per_probe"] = rows_per_probe(uri)
             print(f"  {engine}: {r['seconds']:.2f} s", flush=True)
             rows.append(r)
             shutil.rmtree(uri)

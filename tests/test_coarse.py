@@ -75,10 +75,10 @@ def test_restricted_assignment_agrees_with_exact_and_more_probes_agree_more(x, h
     assert agree[8] >= 0.995, agree
     assert agree[1] < agree[2] < agree[4] <= agree[8], agree
     # a row assigned away from its nearest partition lands in a near one: the distance it pays is small
-    labels, dists = index.assigner(centroids, probes=4).assign(x)
+    labels, dists = index.assigner(centroids, probes=8).assign(x)
     _, exact_d = assign(x, centroids, "l2")
     assert np.all(dists >= exact_d - 1e-3)
-    assert dists.sum() <= exact_d.sum() * 1.02
+    assert dists.sum() <= exact_d.sum() * 1.005
 
 
 def test_hierarchical_training_is_as_good_as_flat(x, hier):
@@ -97,9 +97,13 @@ def test_hierarchical_training_is_as_good_as_flat(x, hier):
     two, _, _ = train_ivf_hierarchical(x, 256, max_iters=20, seed=1, refine_passes=2)
     assert assign(x, two, "l2")[1].sum() > d_h.sum()
     assert np.isfinite(inertia) and inertia == pytest.approx(float(d_h.sum()), rel=0.05)
-    # balanced: partitions are shared out by rows, so none is far over the mean size
-    sizes = np.bincount(assign(x, centroids, "l2")[0], minlength=256)
-    assert sizes.max() <= 6 * len(x) / 256, sizes.max()
+    # balanced: partitions are shared out by rows, so a query reads no more rows per probe
+    # (sum of squared partition sizes over the rows) than with flat k-means, give or take 10%
+    def rows_per_probe(c):
+        sizes = np.bincount(assign(x, c, "l2")[0], minlength=256).astype(np.float64)
+        return (sizes**2).sum() / len(x)
+
+    assert rows_per_probe(centroids) <= 1.1 * rows_per_probe(flat), (rows_per_probe(centroids), rows_per_probe(flat))
 
 
 def test_same_seed_same_model_and_groups_may_run_anywhere(x):
