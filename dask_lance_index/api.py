@@ -24,6 +24,7 @@ from .partition_artifacts import (
 from .plan import (
     MAX_ITERS,
     PQ_SAMPLE_RATE,
+    SAMPLE_RATE,
     TOLERANCE,
     FragmentInfo,
     IndexPlan,
@@ -60,7 +61,7 @@ def plan_index(
     parallelism: int = 1,
     num_segments: int = 1,
     merge_fan_in: int = 16,
-    sample_rate: int | None = None,
+    sample_rate: int = SAMPLE_RATE,
     max_iters: int = MAX_ITERS,
     pq_sample_rate: int = PQ_SAMPLE_RATE,
     tolerance: float = TOLERANCE,
@@ -165,7 +166,7 @@ def create_index(
     rows_per_task: int | None = None,
     num_segments: int = 1,
     merge_fan_in: int = 16,
-    sample_rate: int | None = None,
+    sample_rate: int = SAMPLE_RATE,
     max_iters: int = MAX_ITERS,
     pq_sample_rate: int = PQ_SAMPLE_RATE,
     tolerance: float = TOLERANCE,
@@ -226,11 +227,8 @@ def create_index(
         is silently wrong), so they keep one segment per task.
     merge_fan_in : int
         Most segments one merge reads (IVF_FLAT merges in stages).
-    sample_rate : int, optional
-        Training rows per IVF centroid: Lance's 256 for flat training, 128 for
-        two-level training (chosen by measured recall, ``docs/benchmarks.md``).
-    max_iters : int
-        Most k-means passes (Lance's 50).
+    sample_rate, max_iters : int
+        Training rows per IVF centroid, and most k-means iterations (Lance's defaults).
     pq_sample_rate : int
         Training rows per PQ code word (Lance's 256).
     tolerance : float

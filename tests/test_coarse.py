@@ -23,12 +23,7 @@ from dask_lance_index.model import (
 )
 from dask_lance_index.model.coarse import TARGET_AGREEMENT, allocate_centroids, coarse_size
 from dask_lance_index.model.kmeans import assign
-from dask_lance_index.plan import (
-    HIERARCHICAL_MIN_PARTITIONS,
-    HIERARCHICAL_SAMPLE_RATE,
-    SAMPLE_RATE,
-    resolve_params,
-)
+from dask_lance_index.plan import HIERARCHICAL_MIN_PARTITIONS, resolve_params
 
 
 
@@ -178,10 +173,6 @@ def test_auto_trains_two_levels_from_the_threshold_on():
     assert resolve_params(num_partitions=8192, metric="dot", **kw).ivf_training == "flat"
     assert resolve_params(num_partitions=64, ivf_training="hierarchical", **kw).ivf_training == "hierarchical"
     assert resolve_params(num_partitions=8192, ivf_training="flat", **kw).ivf_training == "flat"
-    # the sample per centroid follows the training: Lance's 256 flat, 128 in two levels, or as given
-    assert resolve_params(num_partitions=HIERARCHICAL_MIN_PARTITIONS, **kw).sample_rate == HIERARCHICAL_SAMPLE_RATE
-    assert resolve_params(num_partitions=8192, ivf_training="flat", **kw).sample_rate == SAMPLE_RATE
-    assert resolve_params(num_partitions=8192, sample_rate=32, **kw).sample_rate == 32
     with pytest.raises(InvalidInputError, match="Fix: ivf_training='auto' or 'flat'"):
         resolve_params(num_partitions=64, metric="dot", ivf_training="hierarchical", **kw)
     with pytest.raises(InvalidInputError, match="is not one of"):

@@ -237,7 +237,6 @@ def train_ivf_hierarchical(
     tol: float = 1e-3,
     coarse_rows_per_centroid: int = 256,
     refine_passes: int | None = None,
-    refine_rows_per_centroid: int | None = None,
     probes: int = DEFAULT_PROBES,
     map_groups: Callable[[Callable, Sequence], list] | None = None,
 ) -> tuple[np.ndarray, float, CoarseIndex]:
@@ -278,9 +277,7 @@ def train_ivf_hierarchical(
     groups = np.repeat(np.arange(k1, dtype=np.int32)[live], shares[live])
     index = CoarseIndex(coarse.astype(np.float32), groups)
     passes = max_iters if refine_passes is None else refine_passes
-    r = n if refine_rows_per_centroid is None else min(n, refine_rows_per_centroid * num_partitions)
-    xr = x if r == n else x[np.sort(np.random.default_rng(s2).choice(n, r, replace=False))]
-    return _refine(xr, centroids, index, probes, passes=passes, tol=tol if refine_passes is None else 0.0)
+    return _refine(x, centroids, index, probes, passes=passes, tol=tol if refine_passes is None else 0.0)
 
 
 _SUM_ROWS = 65536

@@ -18,7 +18,6 @@ __all__ = [
     "DEFAULT_NUM_BITS",
     "DEFAULT_TARGET_PARTITION_SIZE",
     "HIERARCHICAL_MIN_PARTITIONS",
-    "HIERARCHICAL_SAMPLE_RATE",
     "INDEX_TYPES",
     "IVF_TRAININGS",
     "MAX_ITERS",
@@ -48,12 +47,6 @@ MAX_ITERS = 50
 # k-means' relative-inertia stopping rule (per incremental pass, see kmeans.py).
 PQ_SAMPLE_RATE = 256
 TOLERANCE = 5e-3
-# Rows per IVF centroid for two-level training. At 4,096 partitions, partition recall
-# of the true top 10 at nprobes 10/20/50 (500 queries): GloVe 0.716/0.810/0.907 with
-# 128 rows against 0.709/0.799/0.895 with 64 and 0.726/0.811/0.902 for flat k-means
-# on all 400k rows; 1M clustered 128-d rows 0.997/1.0/1.0 with 128, as flat with 256,
-# in 14.6 s against 38.6 s (docs/benchmarks.md).
-HIERARCHICAL_SAMPLE_RATE = 128
 # Bits per code that Lance accepts, per quantizer.
 NUM_BITS = {"PQ": (4, 8), "SQ": (8,), "RQ": RQ_NUM_BITS}
 DEFAULT_NUM_BITS = {"PQ": 8, "SQ": 8, "RQ": 5}
@@ -140,7 +133,7 @@ def resolve_params(
     num_bits: int | None = None,
     m: int | None = None,
     ef_construction: int | None = None,
-    sample_rate: int | None = None,
+    sample_rate: int = SAMPLE_RATE,
     max_iters: int = MAX_ITERS,
     pq_sample_rate: int = PQ_SAMPLE_RATE,
     tolerance: float = TOLERANCE,
@@ -204,6 +197,10 @@ def resolve_params(
     for name, v in (("m", m), ("ef_construction", ef_construction)):
         if v is not None and (not isinstance(v, int) or v < 1):
             raise InvalidInputError(f"{name} must be a positive int, got {v!r}")
+    if sample_rate < 1 or max_iters < 1 or pq_sample_rate < 1:
+        raise InvalidInputError("sample_rate, pq_sample_rate and max_iters must be positive")
+    if not 0 <= tolerance < 1:
+        raise InvalidInputError(f"tolerance must be in [0, 1), got {tolerance}")
     if ivf_training not in IVF_TRAININGS:
         raise InvalidInputError(f"ivf_training={ivf_training!r} is not one of {IVF_TRAININGS}.")
     if ivf_training == "hierarchical" and metric == "dot":
@@ -214,12 +211,6 @@ def resolve_params(
     if ivf_training == "auto":
         big = num_partitions >= HIERARCHICAL_MIN_PARTITIONS and metric != "dot"
         ivf_training = "hierarchical" if big else "flat"
-    if sample_rate is None:
-        sample_rate = HIERARCHICAL_SAMPLE_RATE if ivf_training == "hierarchical" else SAMPLE_RATE
-    if sample_rate < 1 or max_iters < 1 or pq_sample_rate < 1:
-        raise InvalidInputError("sample_rate, pq_sample_rate and max_iters must be positive")
-    if not 0 <= tolerance < 1:
-        raise InvalidInputError(f"tolerance must be in [0, 1), got {tolerance}")
     if coarse_probes is not None and (
         not isinstance(coarse_probes, int) or isinstance(coarse_probes, bool) or coarse_probes < 1
     ):
