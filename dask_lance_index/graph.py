@@ -6,7 +6,8 @@
     dli-sample-<frag> ─► dli-model ─► dli-build-<i> ─► dli-merge-<j> ─► dli-commit
                                                                       (barrier)
 
-One task per fragment (sampling), one training task, one task per fragment
+One task per fragment (sampling; a two-level IVF's training task submits these
+itself and keeps their rows where they were drawn), one training task, one task per fragment
 group (build), the merges, then one barrier task that commits. The plan and the
 model each enter the graph once, as one key that every task depending on them
 names; nothing large is embedded per task. Each stage's work is a small
@@ -33,7 +34,7 @@ from .model import IndexModel
 from .plan import IndexPlan
 from .recovery import IndexJob
 from .storage import hide_secrets
-from .train import SampleFragment, TrainModel
+from .train import SampleFragment, TrainModel, two_level_sample
 
 __all__ = ["IndexBuild", "build_graph"]
 
@@ -92,15 +93,19 @@ def build_graph(
         if plan.train:
             sample = SampleFragment(plan.uri, plan.version, plan.column, plan.dimension, plan.seed, plan.build_id,
                                     storage_options, journal)
-            samples = [
-                delayed(sample, pure=True)(frag.fragment_id, frag.num_rows, n,
-                                           dask_key_name=f"dli-sample-{tok}-{frag.fragment_id}")
-                for frag, n in zip(plan.fragments, plan.samples)
-                if n > 0
-            ]
-            train = TrainModel(plan.params, plan.dimension, plan.train, given, plan.seed, plan.build_id,
-                               storage_options, journal)
-            model = delayed(train, pure=True)(samples, dask_key_name=f"dli-model-{tok}")
+            specs = [(frag.fragment_id, frag.num_rows, n) for frag, n in zip(plan.fragments, plan.samples) if n > 0]
+            if two_level_sample(plan):
+                # The model task draws the sample itself, as tasks whose rows stay on
+                # the workers that drew them (train.cluster_rows): never gathered.
+                train = TrainModel(plan.params, plan.dimension, plan.train, given, plan.seed, plan.build_id,
+                                   storage_options, journal, sampler=sample)
+                model = delayed(train, pure=True)(specs, dask_key_name=f"dli-model-{tok}")
+            else:
+                samples = [delayed(sample, pure=True)(*spec, dask_key_name=f"dli-sample-{tok}-{spec[0]}")
+                           for spec in specs]
+                train = TrainModel(plan.params, plan.dimension, plan.train, given, plan.seed, plan.build_id,
+                                   storage_options, journal)
+                model = delayed(train, pure=True)(samples, dask_key_name=f"dli-model-{tok}")
         else:
             model = delayed(given, name=f"dli-model-{tok}")
 

@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
-import scipy.sparse
 
 from .kmeans import assign, kmeans
+from .sample_rows import LocalRows, SampleRows
 
 __all__ = [
     "DEFAULT_PROBES",
@@ -224,12 +224,8 @@ def choose_probes(x: np.ndarray, centroids: np.ndarray, index: CoarseIndex,
     return None, agreement
 
 
-def _in_turn(fn: Callable, items: Sequence) -> list:
-    return [fn(*item) for item in items]
-
-
 def train_ivf_hierarchical(
-    x: np.ndarray,
+    x: np.ndarray | SampleRows,
     num_partitions: int,
     *,
     max_iters: int,
@@ -243,59 +239,56 @@ def train_ivf_hierarchical(
     """IVF centroids of prepared vectors ``x`` (l2; cosine on unit vectors) by two-level
     k-means; returns ``(centroids, inertia, coarse index)``.
 
+    ``x`` is an array or a :class:`~dask_lance_index.model.sample_rows.SampleRows`
+    (the sample in pieces, which need never meet: only the coarse level's
+    ``coarse_size x coarse_rows_per_centroid`` rows, one bucket of groups' rows at a
+    time, and ``(num_partitions, d)`` sums travel).
+
     The refinement runs ``refine_passes`` restricted Lloyd passes, or (``None``)
     until the inertia improves by less than ``tol`` from one pass to the next,
     at most ``max_iters`` (the default): on clustered data 2 passes left the
     inertia 2-4 % above flat k-means', converging to 5e-3 within 1.5 %
     (``tests/test_coarse.py``).
 
-    ``map_groups(fn, items)`` runs the second level's groups (``fn(*item)`` each,
-    independent of each other and of the order) however it likes; by default one
-    after another. The partitions come out grouped: group ``g``'s are contiguous.
+    ``map_groups(fn, items)`` runs an array's second-level groups (``fn(*item)``
+    each, independent of each other and of the order) however it likes; by
+    default one after another. The partitions come out grouped: group ``g``'s
+    are contiguous.
     """
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    n = len(x)
+    rows = x if isinstance(x, SampleRows) else LocalRows([x], map_groups=map_groups)
+    n = rows.num_rows
     k1 = min(coarse_size(num_partitions), n)
     seq = seed if isinstance(seed, np.random.SeedSequence) else np.random.SeedSequence(seed)
     s1, s2 = seq.spawn(2)
-    rng = np.random.default_rng(s1)
-    m = min(n, k1 * coarse_rows_per_centroid)
-    sub = x if m == n else x[np.sort(rng.choice(n, m, replace=False))]
+    sub = rows.sample(k1 * coarse_rows_per_centroid, np.random.default_rng(s1))
     coarse, _ = kmeans(sub, k1, max_iters=max_iters, tol=tol, seed=s1)
-    labels, _ = assign(x, coarse, "l2")
-    counts = np.bincount(labels, minlength=k1)
+    del sub
+    counts = rows.route(coarse)
     shares = allocate_centroids(counts, num_partitions)
     live = [g for g in range(k1) if shares[g] > 0]
     group_seeds = s2.spawn(k1)
-    items = [(x[labels == g], int(shares[g]), group_seeds[g]) for g in live]
-
-    def one(rows, k, group_seed):
-        return kmeans(rows, k, max_iters=max_iters, tol=tol, seed=group_seed, init=GROUP_INIT)[0]
-
-    parts = (map_groups or _in_turn)(one, items)
+    parts = rows.train_groups(_GroupKMeans(max_iters, tol, GROUP_INIT), [(g, int(shares[g]), group_seeds[g]) for g in live])
+    rows.release()
     centroids = np.concatenate(parts).astype(np.float32, copy=False)
     groups = np.repeat(np.arange(k1, dtype=np.int32)[live], shares[live])
     index = CoarseIndex(coarse.astype(np.float32), groups)
     passes = max_iters if refine_passes is None else refine_passes
-    return _refine(x, centroids, index, probes, passes=passes, tol=tol if refine_passes is None else 0.0)
+    return _refine(rows, centroids, index, probes, passes=passes, tol=tol if refine_passes is None else 0.0)
 
 
-_SUM_ROWS = 65536
+@dataclass(frozen=True)
+class _GroupKMeans:
+    """One group's partitions from its rows (picklable: it may run on another worker)."""
+
+    max_iters: int
+    tol: float
+    init: str
+
+    def __call__(self, rows: np.ndarray, k: int, seed) -> np.ndarray:
+        return kmeans(rows, k, max_iters=self.max_iters, tol=self.tol, seed=seed, init=self.init)[0]
 
 
-def _member_sums(x: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
-    """Per-partition float64 sums of rows ``x``, a block of rows at a time (no
-    float64 copy of all of ``x``)."""
-    sums = np.zeros((k, x.shape[1]), np.float64)
-    for s in range(0, len(x), _SUM_ROWS):
-        lab = labels[s : s + _SUM_ROWS]
-        n = len(lab)
-        member = scipy.sparse.csr_matrix((np.ones(n), lab, np.arange(n + 1)), shape=(n, k))
-        sums += member.T @ x[s : s + _SUM_ROWS].astype(np.float64)
-    return sums
-
-
-def _refine(x: np.ndarray, centroids: np.ndarray, index: CoarseIndex, probes: int, *, passes: int,
+def _refine(rows: SampleRows, centroids: np.ndarray, index: CoarseIndex, probes: int, *, passes: int,
             tol: float) -> tuple[np.ndarray, float, CoarseIndex]:
     """Lloyd passes over all partitions together, each row assigned among its
     nearest groups' partitions; the coarse centroids follow their partitions
@@ -308,18 +301,14 @@ def _refine(x: np.ndarray, centroids: np.ndarray, index: CoarseIndex, probes: in
     would take it out of its group). Stops after ``passes`` passes, or when a
     pass improves the inertia by at most ``tol`` relative.
     """
-    k = len(centroids)
     centroids = centroids.copy()
     index = index.with_coarse_from(centroids)
     prev = inertia = float("nan")
     for _ in range(passes):
-        labels, dists = index.assigner(centroids, probes).assign(x)
-        sums = _member_sums(x, labels, k)
-        counts = np.bincount(labels, minlength=k)
+        sums, counts, inertia = rows.refine_partials(centroids, index, probes)
         full = counts > 0
         centroids[full] = (sums[full] / counts[full, None]).astype(np.float32)
         index = index.with_coarse_from(centroids)
-        inertia = float(dists.sum(dtype=np.float64))
         if np.isfinite(prev) and prev - inertia <= tol * prev:
             break
         prev = inertia

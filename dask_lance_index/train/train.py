@@ -23,6 +23,8 @@ from distributed import worker_client
 from ..errors import InvalidInputError
 from ..model import (
     IndexModel,
+    LocalRows,
+    SampleRows,
     build_rq_rotation,
     prepare_vectors,
     residuals,
@@ -40,10 +42,11 @@ from ..model.kmeans import combine_partials, lloyd_partial
 from ..recovery.journal import read_model, write_model
 from ..runtime import in_bulk, one_blas_thread
 from ..runtime.client import num_workers, worker_client_or_none
+from .cluster_rows import draw_sample
 from .sample import seed_for
 
 __all__ = ["DISTRIBUTED_TRAIN_MIN_WORK", "TrainModel", "cluster_partials", "map_groups", "train_ivf_on_cluster",
-           "train_model", "train_shards"]
+           "train_model", "train_shards", "two_level_sample"]
 
 # Rows of the training sample on which a two-level model's restricted assignment is
 # checked against exact assignment (reported as the model's assignment_agreement).
@@ -137,13 +140,12 @@ def map_groups(fn: Callable, items: Sequence) -> list:
         return list(pool.map(lambda item: fn(*item), items))
 
 
-def _with_probes(x: np.ndarray, centroids: np.ndarray, coarse: CoarseIndex, probes: int | None, seed,
+def _with_probes(rows: SampleRows, centroids: np.ndarray, coarse: CoarseIndex, probes: int | None, seed,
                  source: dict) -> CoarseIndex | None:
     """The coarse index with its probes: the given ones, or the fewest that assign
     :data:`TARGET_AGREEMENT` of sampled rows to their exact nearest partition; None
     (assign exactly) when no affordable number does. Records the agreement in ``source``."""
-    rows = np.random.default_rng(seed).choice(len(x), min(len(x), AGREEMENT_ROWS), replace=False)
-    check = x[np.sort(rows)]
+    check = rows.sample(AGREEMENT_ROWS, np.random.default_rng(seed))
     if probes is None:
         probes, agreement = choose_probes(check, centroids, coarse)
     else:
@@ -166,13 +168,20 @@ def train_model(
     given: IndexModel,
     seed: int | None,
     build_id: str,
+    sampler: Callable | None = None,
 ) -> IndexModel:
     """The model of one build from the per-fragment samples.
 
     ``given`` holds the parts the user gave; only those named in ``train`` are
     trained. ``samples`` are the outputs of the sampling tasks
-    (:func:`.sample.sample_fragment`).
+    (:func:`.sample.sample_fragment`), or, with ``sampler``, their arguments:
+    this task then draws the sample itself (:func:`.cluster_rows.draw_sample`),
+    on the cluster when it runs in a dask worker, and trains in two levels
+    without gathering it.
     """
+    if sampler is not None:
+        return _train_two_level(samples, sampler, params=params, dimension=dimension, train=train, given=given,
+                                seed=seed, build_id=build_id)
     t0 = time.time()
     source: dict = {k: "user" for k in ("ivf_centroids", "pq_codebook", "rabitq_model") if getattr(given, k) is not None}
     centroids = given.ivf_centroids
@@ -205,7 +214,7 @@ def train_model(
                     map_groups=map_groups,
                 )
                 source["ivf_training"] = f"hierarchical, {coarse.num_groups} groups"
-                coarse = _with_probes(x, centroids, coarse, params.coarse_probes, ivf_seed, source)
+                coarse = _with_probes(LocalRows([x]), centroids, coarse, params.coarse_probes, ivf_seed, source)
             else:
                 centroids, inertia = train_ivf_on_cluster(
                     xi, params.num_partitions, params.metric, max_iters=params.max_iters, seed=ivf_seed,
@@ -245,12 +254,85 @@ def train_model(
                       ivf_probes=None if coarse is None else coarse.probes)
 
 
+def two_level_sample(plan) -> bool:
+    """Whether a build's training task draws its sample itself and keeps it in pieces:
+    a two-level IVF to train. Pure."""
+    return plan.params.ivf_training == "hierarchical" and "ivf_centroids" in plan.train
+
+
+def _train_two_level(specs: list, sampler: Callable, *, params, dimension: int, train: tuple[str, ...],
+                     given: IndexModel, seed: int | None, build_id: str) -> IndexModel:
+    """:func:`train_model` for a two-level IVF whose sample stays in pieces: on the
+    workers that drew them inside a dask worker, in this process otherwise."""
+    t0 = time.time()
+    source: dict = {k: "user" for k in ("pq_codebook", "rabitq_model") if getattr(given, k) is not None}
+    codebook, rabitq = given.pq_codebook, given.rabitq_model
+    if worker_client_or_none() is not None:
+        with worker_client() as wc:  # secedes: this task waits on the sample's tasks
+            centroids, coarse, pq_rows, pq_seed = _two_level_ivf(specs, sampler, wc, num_workers(wc), params,
+                                                                 dimension, train, seed, build_id, source)
+    else:
+        centroids, coarse, pq_rows, pq_seed = _two_level_ivf(specs, sampler, None, 1, params, dimension, train,
+                                                             seed, build_id, source)
+    if pq_rows is not None:  # PQ's groups of sub-spaces go to the cluster by map_groups, as for a flat build
+        t1 = time.time()
+        codebook = train_pq(residuals(pq_rows, centroids, params.metric), params.num_sub_vectors, params.num_bits,
+                            max_iters=params.max_iters, seed=pq_seed, tol=params.tolerance, map_groups=map_groups)
+        source["pq_codebook"] = "trained"
+        source["pq_seconds"] = round(time.time() - t1, 4)
+    if "rabitq_model" in train:
+        rabitq = build_rq_rotation(dimension, num_bits=params.num_bits, seed=seed_for(seed, build_id, 2**31 + 1))
+        source["rabitq_model"] = "trained"
+    # the sample was drawn inside this task: its stage is reported apart
+    source["train_seconds"] = round(time.time() - t0 - source.get("sample_seconds", 0.0), 4)
+    return IndexModel(ivf_centroids=centroids, pq_codebook=codebook, rabitq_model=rabitq, source=source,
+                      ivf_coarse=None if coarse is None else coarse.coarse,
+                      ivf_groups=None if coarse is None else coarse.groups,
+                      ivf_probes=None if coarse is None else coarse.probes)
+
+
+def _two_level_ivf(specs, sampler, client, workers: int, params, dimension: int, train, seed, build_id,
+                   source: dict):
+    """Draw the sample in pieces, train the two levels over them, choose the probes, and
+    draw PQ's rows: ``(centroids, coarse index or None, PQ rows or None, PQ seed)``."""
+    rows, times = draw_sample(sampler, specs, params.metric, dimension, client, workers, map_groups)
+    if times:
+        source["sample_seconds"] = round(max(t[1] for t in times) - min(t[0] for t in times), 4)
+    if rows.num_rows < params.num_partitions:
+        raise InvalidInputError(
+            f"only {rows.num_rows} valid (non-null, finite) vectors were found in the training sample, "
+            f"fewer than num_partitions={params.num_partitions}. Fix: lower num_partitions, or "
+            "check the column for null/NaN vectors."
+        )
+    source["sample_rows"] = rows.num_rows
+    source["sample_pieces"] = len(rows.lengths)
+    ivf_seed, pq_seed = seed_for(seed, build_id, 2**31).spawn(2)
+    t1 = time.time()
+    centroids, inertia, coarse = train_ivf_hierarchical(rows, params.num_partitions, max_iters=params.max_iters,
+                                                        seed=ivf_seed, tol=params.tolerance)
+    source["ivf_training"] = f"hierarchical, {coarse.num_groups} groups"
+    coarse = _with_probes(rows, centroids, coarse, params.coarse_probes, ivf_seed, source)
+    source["ivf_centroids"] = "trained"
+    source["ivf_inertia"] = inertia
+    source["ivf_seconds"] = round(time.time() - t1, 4)
+    if "pq_codebook" in train:
+        k = 2 ** params.num_bits
+        if rows.num_rows < k:
+            raise InvalidInputError(
+                f"PQ with num_bits={params.num_bits} needs at least {k} valid training vectors; "
+                f"found {rows.num_rows}. Fix: num_bits=4, or a larger dataset."
+            )
+        return centroids, coarse, rows.sample(k * params.pq_sample_rate, np.random.default_rng(pq_seed)), pq_seed
+    return centroids, coarse, None, pq_seed
+
 
 @dataclass(frozen=True)
 class TrainModel:
     """Training task of one build: called with the samples, returns the :class:`IndexModel`
     (:func:`train_model`). With a journal it returns a model journaled by an earlier
-    attempt instead of training again, and journals the one it trains."""
+    attempt instead of training again, and journals the one it trains. With a
+    ``sampler`` (a two-level build) it is called with the sampling tasks'
+    arguments instead and draws the sample itself (:func:`two_level_sample`)."""
 
     params: object
     dimension: int
@@ -260,6 +342,7 @@ class TrainModel:
     build_id: str
     storage_options: dict | None = None
     journal: str | None = None
+    sampler: Callable | None = None
 
     @in_bulk  # large temporaries from the heap, not one mmap each (runtime.malloc)
     def __call__(self, samples: list) -> IndexModel:
@@ -268,7 +351,7 @@ class TrainModel:
             if model is not None:
                 return model
         model = train_model(samples, params=self.params, dimension=self.dimension, train=self.train,
-                            given=self.given, seed=self.seed, build_id=self.build_id)
+                            given=self.given, seed=self.seed, build_id=self.build_id, sampler=self.sampler)
         if self.journal is not None:
             write_model(self.journal, model, self.storage_options)
         return model

@@ -1,0 +1,113 @@
+"""A two-level build's sample in pieces: never gathered, trained to the same model as in one place."""
+
+import pickle
+
+import numpy as np
+import pytest
+from distributed import worker_client
+
+import dask_lance_index as dli
+from dask_lance_index.datagen import make_vectors, write_vectors
+from dask_lance_index.model import LocalRows, train_ivf_hierarchical
+from dask_lance_index.model.sample_rows import group_buckets, piece_offsets, split_piece, train_bucket
+from dask_lance_index.train import ClusterRows, two_level_sample
+
+
+@pytest.fixture(scope="module")
+def x():
+    return make_vectors(12_000, 16, num_clusters=200, seed=11)
+
+
+def _cut(x, sizes):
+    bounds = np.cumsum([0, *sizes])
+    return [x[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+SIZES = [2500, 0, 4000, 1, 3000, 2499]
+
+
+def test_offsets_and_take_follow_the_pieces(x):
+    rows = LocalRows(_cut(x, SIZES))
+    assert rows.num_rows == len(x)
+    offsets = np.sort(np.random.default_rng(0).choice(len(x), 700, replace=False))
+    np.testing.assert_array_equal(rows.take(offsets), x[offsets])
+    got = piece_offsets(SIZES, np.array([0, 2499, 2500, 6500, 11999]))
+    assert [(i, o.tolist()) for i, o in got] == [(0, [0, 2499]), (2, [0]), (3, [0]), (5, [2498])]
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_buckets_hold_every_group_once_and_stay_within_the_bound(seed):
+    rng = np.random.default_rng(seed)
+    counts = rng.integers(0, 5000, size=int(rng.integers(1, 80)))
+    groups = [g for g in range(len(counts)) if rng.random() < 0.8] or [0]
+    max_rows = int(rng.integers(1, 20000))
+    min_buckets = int(rng.integers(1, 6))
+    buckets = group_buckets(counts, groups, max_rows, min_buckets)
+    assert sorted(g for b in buckets for g in b) == sorted(groups)
+    assert len(buckets) >= min(min_buckets, len(groups))
+    biggest = max(counts[g] for g in groups)
+    # the bound the docs state: a bucket is one group, or within max_rows plus the largest group
+    for b in buckets:
+        load = sum(counts[g] for g in b)
+        assert len(b) == 1 or load <= max_rows + biggest, (load, max_rows, biggest)
+
+
+def test_a_bucket_trains_each_group_on_exactly_its_rows_in_sample_order(x):
+    pieces = _cut(x, SIZES)
+    labels = [np.random.default_rng(i).integers(0, 6, len(p)).astype(np.int32) for i, p in enumerate(pieces)]
+    bucket_of_group = np.array([0, 1, 0, 1, 1, 0])
+    slices = [split_piece(p, lab, bucket_of_group, 2)[1] for p, lab in zip(pieces, labels)]
+    got = train_bucket(lambda rows, k, seed: rows, slices, [(1, 0, None), (4, 0, None), (3, 0, None)])
+    every = np.concatenate(labels)
+    for g, rows in zip((1, 4, 3), got):
+        np.testing.assert_array_equal(rows, x[every == g])
+
+
+def test_training_over_pieces_is_training_over_the_whole(x):
+    c1, inertia1, i1 = train_ivf_hierarchical(x, 144, max_iters=20, seed=3)
+    c2, inertia2, i2 = train_ivf_hierarchical(LocalRows(_cut(x, SIZES)), 144, max_iters=20, seed=3)
+    np.testing.assert_array_equal(i1.groups, i2.groups)
+    # the refinement's sums are added up piece by piece: equal to float32 rounding
+    np.testing.assert_allclose(c1, c2, rtol=0, atol=1e-4)
+    assert inertia2 == pytest.approx(inertia1, rel=1e-6)
+
+
+def _on_cluster(pieces, bucket_bytes):
+    """Train two levels from inside a task, the pieces as futures on the workers."""
+    with worker_client() as c:
+        futures = c.scatter(pieces)
+        rows = ClusterRows(c, futures, [len(p) for p in pieces], pieces[0].shape[1], num_workers=2,
+                           bucket_bytes=bucket_bytes)
+        return train_ivf_hierarchical(rows, 144, max_iters=20, seed=3)
+
+
+def test_training_on_the_cluster_is_training_in_one_place(x, cluster_client):
+    pieces = _cut(x, SIZES)
+    c1, inertia1, i1 = train_ivf_hierarchical(LocalRows(pieces), 144, max_iters=20, seed=3)
+    # buckets of at most 500 rows: every bucket task holds a slice of the sample, not the whole
+    c2, inertia2, i2 = cluster_client.submit(_on_cluster, pieces, 500 * 16 * 4, pure=False).result()
+    np.testing.assert_array_equal(i1.groups, i2.groups)
+    np.testing.assert_allclose(c1, c2, rtol=0, atol=1e-4)
+    np.testing.assert_allclose(i1.coarse, i2.coarse, rtol=0, atol=1e-4)
+    assert inertia2 == pytest.approx(inertia1, rel=1e-6)
+
+
+def test_a_two_level_graph_carries_no_sample_and_draws_it_on_the_workers(tmp_path, cluster_client):
+    vectors = make_vectors(20_000, 32, num_clusters=300, seed=2)
+    uri = str(tmp_path / "t.lance")
+    write_vectors(uri, vectors, max_rows_per_file=2500)
+    build = dli.create_index(uri, "vector", "IVF_PQ", num_partitions=256, num_sub_vectors=4, seed=1,
+                             ivf_training="hierarchical", client=cluster_client, compute=False)
+    assert two_level_sample(build.plan)
+    graph = dict(build.__dask_graph__())
+    assert not [k for k in graph if str(k).startswith("dli-sample-")]
+    model_keys = [k for k in graph if str(k).startswith("dli-model-")]
+    assert len(model_keys) == 1 and len(pickle.dumps(graph[model_keys[0]])) < 20_000
+    result = build.compute()
+    model = dli.load_model(uri, "vector_idx").model
+    assert model.source["sample_pieces"] == 8  # one per fragment, each left where it was drawn
+    assert model.source["sample_rows"] == sum(build.plan.samples)
+    assert result.assignment_agreement >= 0.99
+    flat = dli.create_index(uri, "vector", "IVF_PQ", num_partitions=256, num_sub_vectors=4, seed=1,
+                            ivf_training="flat", name="flat_idx", compute=False)
+    assert [k for k in dict(flat.__dask_graph__()) if str(k).startswith("dli-sample-")]
