@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import dask_lance_index as dli
-from dask_lance_index.datagen import write_vectors
+from dask_lance_index.datagen import make_vectors, write_vectors
 from dask_lance_index.evaluation import exact_knn, recall_at_k, search
 
 TYPES = ["IVF_FLAT", "IVF_PQ", "IVF_SQ", "IVF_RQ", "IVF_HNSW_FLAT", "IVF_HNSW_PQ", "IVF_HNSW_SQ"]
@@ -92,3 +92,24 @@ def test_same_seed_gives_the_same_index_on_any_scheduler(tmp_path, vectors, quer
         found.append(search(result.dataset(), "vector", queries, 10, nprobes=4)[0])
     assert sizes[0] == sizes[1]
     np.testing.assert_array_equal(found[0], found[1])
+
+
+@pytest.mark.parametrize("index_type, capped", [("IVF_PQ", True), ("IVF_HNSW_PQ", True), ("IVF_FLAT", False)])
+def test_the_plan_says_when_lance_would_train_fewer_partitions(tmp_path, index_type, capped):
+    """Lance trains at most rows // 256 partitions for PQ types; the plan names Lance's number,
+    checked against Lance's own build, and ours keeps every partition asked for."""
+    x = make_vectors(9000, 16, num_clusters=50, seed=1)
+    kw = {"num_sub_vectors": 4} if "PQ" in index_type else {}
+    theirs, ours = str(tmp_path / "lance.lance"), str(tmp_path / "ours.lance")
+    for uri in (theirs, ours):
+        write_vectors(uri, x, max_rows_per_file=3000)
+    lance.dataset(theirs).create_index("vector", index_type, num_partitions=48, **kw)
+    lance_parts = len(lance.dataset(theirs).stats.index_stats("vector_idx")["indices"][0]["partitions"])
+    assert (lance_parts < 48) == capped
+    build = dli.create_index(ours, "vector", index_type, num_partitions=48, num_tasks=2, compute=False, **kw)
+    note = [n for n in build.plan.notes if "Lance's own create_index would train only" in n]
+    assert bool(note) == capped
+    if capped:
+        assert f"would train only {lance_parts} " in note[0]
+    build.compute(scheduler="sync")
+    assert len(lance.dataset(ours).stats.index_stats("vector_idx")["indices"][0]["partitions"]) == 48

@@ -38,6 +38,10 @@ def segment_uuid(build_id: str, task: int) -> str:
     return str(uuidlib.uuid5(_UUID_NAMESPACE, f"{build_id}/build/{task}"))
 
 
+# Lance's create_index trains at most rows // 256 partitions for its PQ index types
+# (it logs "training N of the M requested IVF partitions"); IVF_FLAT, IVF_SQ keep all.
+LANCE_PQ_ROWS_PER_PARTITION = 256
+
 @dataclass(frozen=True)
 class IndexPlan:
     """Everything a build will do; printable, and a JSON/pickle round trip.
@@ -213,6 +217,13 @@ def make_plan(
             + (f"{params.coarse_probes} nearest groups" if params.coarse_probes else
                f"nearest groups, as many as reach {TARGET_AGREEMENT:.1%} agreement with exact assignment")
             + " (ivf_training='flat': Lance's flat k-means and exact assignment)"
+        )
+    total_rows = sum(f.num_rows for f in fragments)
+    if "PQ" in params.index_type and "ivf_centroids" in train and params.num_partitions > total_rows // LANCE_PQ_ROWS_PER_PARTITION:
+        notes.append(
+            f"all {params.num_partitions} partitions are trained as asked; Lance's own create_index would train "
+            f"only {max(1, total_rows // LANCE_PQ_ROWS_PER_PARTITION)} for {params.index_type} on {total_rows} rows "
+            f"(it keeps {LANCE_PQ_ROWS_PER_PARTITION} rows per partition), so compare the two at that num_partitions"
         )
     if one_segment_reason and len(fragments) > 1:
         if fragment_groups is not None:
