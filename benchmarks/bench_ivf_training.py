@@ -15,7 +15,8 @@ two-level model, the agreement of coarse-to-fine assignment with exact assignmen
 of the data set, and its time against exact assignment, for several numbers of probes.
 
 Variants: ``flat`` (model.train_ivf, as the flat build trains), ``hier`` (two levels refined to
-the tolerance, the default), ``hier-N`` (N refinement passes), ``hier-kmeans++`` (each group's
+the tolerance, the default), ``hier-N`` (N refinement passes), ``hier-pN`` (refinement passes that search N groups per row
+instead of 8), ``hier-kmeans++`` (each group's
 partitions seeded by k-means++ instead of at random rows).
 """
 
@@ -88,9 +89,11 @@ def main() -> int:
             if variant == "flat":
                 c, _ = train_ivf(sample, k, "l2", max_iters=50, seed=0, tol=args.tolerance)
             else:
-                passes = int(variant.split("-")[1]) if variant.split("-")[-1].isdigit() else None
+                tail = variant.split("-")[-1]
+                passes = int(tail) if tail.isdigit() else None
+                probes = int(tail[1:]) if tail[:1] == "p" and tail[1:].isdigit() else coarse.DEFAULT_PROBES
                 c, _, index = coarse.train_ivf_hierarchical(sample, k, max_iters=50, seed=0, tol=args.tolerance,
-                                                            refine_passes=passes)
+                                                            refine_passes=passes, probes=probes)
                 last = (c, index, sample)
             seconds = time.perf_counter() - t
             print(f"{rate:5d} {variant:16s} {len(sample):8d} {seconds:8.1f} {quality(c)}", flush=True)

@@ -223,8 +223,9 @@ def create_index(
         one task per worker thread, more when tasks would exceed 2M rows.
     num_segments : int
         Segments the committed index should have (default 1: fastest queries).
-        IVF_SQ and IVF_HNSW_SQ segments are never merged (Lance's merge of them
-        is silently wrong), so they keep one segment per task.
+        IVF_HNSW_SQ segments are never merged (Lance codes each with its own
+        SQ bounds, and its merge of them is silently wrong), so they keep one
+        segment per task; IVF_SQ segments share the model's bounds and merge.
     merge_fan_in : int
         Most segments one merge reads (IVF_FLAT merges in stages).
     sample_rate, max_iters : int

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pytest
 
 import dask_lance_index as dli
-from dask_lance_index.datagen import vector_table
+from dask_lance_index.datagen import vector_table, write_vectors
 from dask_lance_index.evaluation import exact_knn, recall_at_k, search
 
 from .conftest import committed_segment_uuids, index_dirs
@@ -76,13 +76,25 @@ def test_ivf_rq_on_local_cluster_shares_one_rotation(dataset_uri, vectors, queri
     assert recall(ds, queries, truth, nprobes=8, refine_factor=5) > 0.9
 
 
-def test_sq_segments_are_committed_unmerged(dataset_uri, vectors, queries):
-    result = dli.create_index(
-        dataset_uri, "vector", "IVF_SQ", num_partitions=16, num_tasks=3, compute=False
-    ).compute(scheduler="sync")
-    assert result.num_merges == 0 and len(result.segments) == 3
+@pytest.mark.parametrize("engine", ["auto", "partitions"])
+def test_sq_segments_merge_only_when_they_share_bounds(tmp_path, vectors, queries, engine):
+    """Our IVF_SQ segments share the model's bounds and merge into one; Lance-encoded
+    ones (each with its own bounds) are committed unmerged. Same recall either way."""
+    uri = str(tmp_path / "sq.lance")
+    write_vectors(uri, vectors, max_rows_per_file=2000)
+    build = dli.create_index(uri, "vector", "IVF_SQ", num_partitions=16, num_tasks=3, engine=engine, seed=1,
+                             compute=False)
+    result = build.compute(scheduler="sync")
     ds = result.dataset()
-    assert committed_segment_uuids(ds) == set(result.segments) == index_dirs(dataset_uri)
+    assert committed_segment_uuids(ds) == set(result.segments) == index_dirs(uri)
+    if engine == "auto":
+        assert build.plan.engine == "precomputed" and "sq_bounds" in build.plan.train
+        assert result.num_merges == 1 and len(result.segments) == 1
+        start, end = dli.load_model(uri, "vector_idx").model.sq_bounds
+        # the sample (65,536 rows at most, as Lance's) holds every row here: the data's own range
+        assert (start, end) == (float(vectors.min()), float(vectors.max()))
+    else:
+        assert result.num_merges == 0 and len(result.segments) == 3
     truth = exact_knn(vectors, queries, 10, "l2")
     assert recall(ds, queries, truth, nprobes=8) > 0.85
 

@@ -172,8 +172,13 @@ def test_engine_choice():
     flat = resolve_params("IVF_FLAT", dimension=32, num_rows=1000, num_partitions=4)
     assert resolve_engine("auto", flat).name == "partitions"
     assert resolve_engine("lance", flat).name == "lance"
-    for t in ("IVF_SQ", "IVF_HNSW_FLAT", "IVF_HNSW_SQ"):
+    for t in ("IVF_HNSW_FLAT", "IVF_HNSW_SQ"):
         assert resolve_engine("auto", resolve_params(t, dimension=32, num_rows=1000, num_partitions=4)).name == "partitions"
+    # IVF_SQ: we write the codes with the model's shared bounds, so its segments merge
+    sq = resolve_params("IVF_SQ", dimension=32, num_rows=1000, num_partitions=4)
+    assert resolve_engine("auto", sq).name == "precomputed"
+    assert plan_merges("IVF_SQ", [10, 10, 10], engine="precomputed").final != (0, 1, 2)
+    assert plan_merges("IVF_SQ", [10, 10, 10], engine="partitions").final == (0, 1, 2)
     # IVF_RQ: we write the codes under l2 and cosine; Lance's dot RaBitQ stores other factors
     for metric, engine in (("l2", "precomputed"), ("cosine", "precomputed"), ("dot", "partitions")):
         rq = resolve_params("IVF_RQ", dimension=32, num_rows=1000, num_partitions=4, metric=metric)

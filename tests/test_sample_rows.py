@@ -111,3 +111,15 @@ def test_a_two_level_graph_carries_no_sample_and_draws_it_on_the_workers(tmp_pat
     flat = dli.create_index(uri, "vector", "IVF_PQ", num_partitions=256, num_sub_vectors=4, seed=1,
                             ivf_training="flat", name="flat_idx", compute=False)
     assert [k for k in dict(flat.__dask_graph__()) if str(k).startswith("dli-sample-")]
+
+
+def test_a_two_level_sq_build_takes_its_bounds_from_the_pieces(tmp_path, cluster_client):
+    vectors = make_vectors(9000, 16, num_clusters=100, seed=4)
+    uri = str(tmp_path / "sq.lance")
+    write_vectors(uri, vectors, max_rows_per_file=1500)
+    result = dli.create_index(uri, "vector", "IVF_SQ", num_partitions=64, ivf_training="hierarchical",
+                              num_tasks=3, client=cluster_client, compute=False).compute()
+    model = dli.load_model(uri, "vector_idx").model
+    # Lance's SQ sample (65,536 rows) holds every row here: the data's own range, from six pieces
+    assert model.sq_bounds == (float(vectors.min()), float(vectors.max()))
+    assert model.source["sample_pieces"] == 6 and len(result.segments) == 1

@@ -1,4 +1,4 @@
-"""IVF_PQ and IVF_RQ segments written by the workers (segment_write) are Lance's own files.
+"""IVF_PQ, IVF_SQ and IVF_RQ segments written by the workers (segment_write) are Lance's own files.
 
 Each check builds a segment with Lance and one with :func:`write_rq_segment` for
 the same rows, model and centroids, and compares the files: schema, metadata,
@@ -19,7 +19,7 @@ from lance.file import LanceFileReader
 import dask_lance_index as dli
 from dask_lance_index.datagen import make_vectors, write_vectors
 from dask_lance_index.evaluation import exact_knn, recall_at_k, search
-from dask_lance_index.model import PQEncoder
+from dask_lance_index.model import PQEncoder, SQEncoder, train_sq_bounds
 from dask_lance_index.model.kmeans import normalize_rows
 from dask_lance_index.model.rabitq import RQRotation
 from dask_lance_index.model.rabitq_encoder import RQEncoder, rq_encode, rq_factors
@@ -29,6 +29,7 @@ from dask_lance_index.storage.segment_files import (
     segment_index,
     write_pq_segment,
     write_rq_segment,
+    write_sq_segment,
 )
 
 
@@ -145,6 +146,50 @@ def test_written_pq_segment_is_the_segment_lance_writes(tmp_path, metric, whole)
         # near-tie, so allow a few codes in a thousand)
         same = np.mean(got["__pq_code"].combine_chunks().flatten().to_numpy() == want["__pq_code"].combine_chunks().flatten().to_numpy())
         assert same == 1.0 if metric != "cosine" else same > 0.995, same
+    assert [f.size_bytes for f in ours.files] == [f.size_bytes for f in theirs.files]
+    assert (ours.fields, set(ours.fragment_ids), ours.index_version) == (theirs.fields, set(theirs.fragment_ids), theirs.index_version)
+    assert theirs.index_details[1].startswith(ours.index_details[1])
+
+
+@pytest.mark.parametrize("metric, whole", [("l2", False), ("l2", True), ("cosine", False), ("dot", True)])
+def test_written_sq_segment_is_the_segment_lance_writes(tmp_path, metric, whole):
+    x = make_vectors(3000, 24, num_clusters=25, seed=6)
+    uri = str(tmp_path / "v.lance")
+    ds = write_vectors(uri, x, max_rows_per_file=1500)
+    frags = [0, 1] if whole else [0]
+    centroids = x[np.random.default_rng(3).choice(len(x), 8, replace=False)]
+    if metric == "cosine":
+        centroids = normalize_rows(centroids)
+    theirs = ds.create_index_uncommitted(
+        "vector", "IVF_SQ", name="v_idx", metric=metric, fragment_ids=frags, num_partitions=8,
+        ivf_centroids=centroids,
+    )
+    table = ds.scanner(columns=["vector"], with_row_id=True, fragments=[ds.get_fragment(f) for f in frags]).to_table()
+    rows = np.stack(table["vector"].to_numpy(zero_copy_only=False)).astype(np.float32)
+    # Lance takes its bounds from a sample of 65,536 rows: here every row of the segment
+    bounds = train_sq_bounds(normalize_rows(rows) if metric == "cosine" else rows)
+    parts, codes, loss = SQEncoder(centroids, bounds, metric).encode(rows)
+    uuid = "0f0f0f0f-0000-4000-8000-000000000003"
+    files = write_sq_segment(uri, uuid, row_ids=table["_rowid"].to_numpy(), part_ids=parts, codes=codes,
+                             bounds=bounds, centroids=centroids, metric=metric, loss=loss)
+    ours = segment_index(ds, index_uuid=uuid, name="v_idx", column="vector", fragment_ids=frags, quantizer="SQ",
+                         metric=metric, num_bits=8, files=files)
+    (aux_t, idx_t), (aux_o, idx_o) = _files(uri, theirs.uuid), _files(uri, uuid)
+    assert idx_o.metadata().schema.equals(idx_t.metadata().schema, check_metadata=True)
+    mine, lances = aux_o.metadata().schema, aux_t.metadata().schema
+    if metric != "cosine":
+        assert mine.equals(lances, check_metadata=True)  # the bounds, too, to the last digit
+    else:  # Lance's row normalisation rounds a value one float32 step away now and then
+        assert mine.equals(lances) and mine.metadata.keys() == lances.metadata.keys()
+        got_b, want_b = (json.loads(json.loads(m.metadata[b"storage_metadata"])[0])["bounds"] for m in (mine, lances))
+        assert got_b == pytest.approx(want_b, rel=1e-6)
+    assert len(aux_o.metadata().global_buffers) == len(aux_t.metadata().global_buffers)
+    assert bytes(aux_o.read_global_buffer(1)) == bytes(aux_t.read_global_buffer(1))  # partition offsets, lengths
+    assert bytes(idx_o.read_global_buffer(1))[:-8] == bytes(idx_t.read_global_buffer(1))[:-8]
+    got, want = aux_o.read_all().to_table(), aux_t.read_all().to_table()
+    assert got["_rowid"].equals(want["_rowid"])
+    same = np.mean(got["__sq_code"].combine_chunks().flatten().to_numpy() == want["__sq_code"].combine_chunks().flatten().to_numpy())
+    assert same == 1.0 if metric != "cosine" else same > 0.999, same
     assert [f.size_bytes for f in ours.files] == [f.size_bytes for f in theirs.files]
     assert (ours.fields, set(ours.fragment_ids), ours.index_version) == (theirs.fields, set(theirs.fragment_ids), theirs.index_version)
     assert theirs.index_details[1].startswith(ours.index_details[1])

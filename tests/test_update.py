@@ -148,19 +148,27 @@ def test_appends_in_rounds_update_only_new_fragments_and_match_a_fresh_build(tmp
     assert "nothing to update" in noop.reasons[0]
 
 
-def test_sq_deltas_past_the_threshold_rebuild_from_the_saved_model(tmp_path, vectors, queries):
+@pytest.mark.parametrize("engine", ["auto", "partitions"])
+def test_sq_deltas_past_the_threshold_merge_or_rebuild_from_the_saved_model(tmp_path, vectors, queries, engine):
+    """Our IVF_SQ segments share the saved bounds: deltas merge with the base. Lance-encoded
+    ones each have their own: past the threshold the index is rebuilt from the saved model."""
     uri = str(tmp_path / "sq.lance")
     write_vectors(uri, vectors[:4000], max_rows_per_file=1000)
-    dli.create_index(uri, "vector", "IVF_SQ", num_partitions=16, num_tasks=2, scheduler="sync", seed=2)
-    c0 = dli.load_model(uri, "vector_idx").model.ivf_centroids
+    dli.create_index(uri, "vector", "IVF_SQ", num_partitions=16, num_tasks=2, scheduler="sync", seed=2,
+                     engine=engine)
+    saved = dli.load_model(uri, "vector_idx").model
     write_vectors(uri, vectors[4000:8000], max_rows_per_file=1000, mode="append", start_id=4000)
     r = dli.update_index(uri, scheduler="sync", max_deltas=1, num_tasks=2)
-    assert r.action == "rebuild" and "silently wrong" in r.reasons[-1]
     ds = r.dataset()
-    assert len(committed_segment_uuids(ds)) == r.num_segments == 2  # back to the base count
+    if engine == "auto":
+        assert r.action == "merge" and len(committed_segment_uuids(ds)) == r.num_segments == 1
+    else:
+        assert r.action == "rebuild" and "silently wrong" in r.reasons[-1]
+        assert len(committed_segment_uuids(ds)) == r.num_segments == 2  # back to the base count
     assert ds.stats.index_stats("vector_idx")["num_unindexed_rows"] == 0
-    # rebuilt with the same centroids: nothing was retrained
-    assert np.array_equal(dli.load_model(uri, "vector_idx").model.ivf_centroids, c0)
+    # the same model: nothing was retrained, the new rows coded with the same bounds
+    after = dli.load_model(uri, "vector_idx").model
+    assert np.array_equal(after.ivf_centroids, saved.ivf_centroids) and after.sq_bounds == saved.sq_bounds
     truth = exact_knn(vectors[:8000], queries, 10, "l2")
     assert _recall(ds, queries, truth, nprobes=8) > 0.85
 

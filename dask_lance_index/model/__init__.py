@@ -2,7 +2,7 @@
 
 IVF centroids (:mod:`.ivf`, trained flat or in two levels with
 coarse-to-fine assignment by :mod:`.coarse`), a PQ codebook (:mod:`.pq`) and a RaBitQ rotation
-(:mod:`.rabitq`, :mod:`.rabitq_encoder`), held together as one
+(:mod:`.rabitq`, :mod:`.rabitq_encoder`), SQ bounds (:mod:`.sq`), held together as one
 :class:`IndexModel`; k-means underneath (:mod:`.kmeans`); a training sample held
 in pieces that two-level training never gathers (:mod:`.sample_rows`). Pure computation on
 in-memory arrays: no Dask, no Lance dataset (the only storage it knows is the
@@ -24,10 +24,11 @@ from .pq import PQEncoder, train_pq
 from .rabitq import RQ_NUM_BITS, RQRotation, build_rq_rotation
 from .rabitq_encoder import RQEncoder
 from .sample_rows import LocalRows, SampleRows
+from .sq import SQ_SAMPLE_RATE, SQEncoder, train_sq_bounds
 
 __all__ = [
-    "DEFAULT_PROBES", "METRICS", "TARGET_AGREEMENT", "CoarseIndex", "IndexModel", "LocalRows", "PQEncoder", "PartitionAssigner", "RQEncoder", "RQRotation", "RQ_NUM_BITS", "SampleRows",
+    "DEFAULT_PROBES", "METRICS", "TARGET_AGREEMENT", "CoarseIndex", "IndexModel", "LocalRows", "PQEncoder", "PartitionAssigner", "RQEncoder", "RQRotation", "RQ_NUM_BITS", "SQEncoder", "SQ_SAMPLE_RATE", "SampleRows",
     "assign", "assignment_agreement", "build_rq_rotation", "choose_probes", "coerce_array", "kmeans_batched", "normalize_rows",
-    "prepare_vectors", "residuals", "train_ivf", "train_ivf_hierarchical", "train_pq",
+    "prepare_vectors", "residuals", "train_ivf", "train_ivf_hierarchical", "train_pq", "train_sq_bounds",
     "validate_model",
 ]

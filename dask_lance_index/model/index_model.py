@@ -61,6 +61,9 @@ class IndexModel:
         A two-level IVF (:mod:`.coarse`): the coarse centroids ``(k1, dimension)``,
         the group of each partition ``(num_partitions,)`` int32, and how many of a
         row's nearest groups its partition is searched in. Lance never sees them.
+    sq_bounds : (float, float), optional
+        IVF_SQ / IVF_HNSW_SQ: the ``(start, end)`` every segment's SQ codes share
+        (:mod:`.sq`); Lance never takes them as an argument.
     source : dict
         Where each part came from (``"trained"`` or ``"user"``) and training
         figures (sample rows, seconds, inertia); informational.
@@ -73,6 +76,7 @@ class IndexModel:
     ivf_coarse: np.ndarray | None = None
     ivf_groups: np.ndarray | None = None
     ivf_probes: int | None = None
+    sq_bounds: tuple[float, float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -83,6 +87,7 @@ class IndexModel:
             "ivf_coarse": _encode_array(self.ivf_coarse),
             "ivf_groups": _encode_array(self.ivf_groups, np.int32),
             "ivf_probes": self.ivf_probes,
+            "sq_bounds": None if self.sq_bounds is None else [float(v) for v in self.sq_bounds],
         }
 
     @property
@@ -105,6 +110,7 @@ class IndexModel:
             ivf_coarse=_decode_array(d.get("ivf_coarse")),
             ivf_groups=_decode_array(d.get("ivf_groups")),
             ivf_probes=d.get("ivf_probes"),
+            sq_bounds=None if d.get("sq_bounds") is None else tuple(float(v) for v in d["sq_bounds"]),
         )
 
     @classmethod
@@ -134,6 +140,7 @@ class IndexModel:
             and same(self.ivf_coarse, other.ivf_coarse)
             and same(self.ivf_groups, other.ivf_groups)
             and self.ivf_probes == other.ivf_probes
+            and self.sq_bounds == other.sq_bounds
         )
 
     def __repr__(self) -> str:
@@ -146,6 +153,8 @@ class IndexModel:
             parts.append("rabitq_model=<json>")
         if self.ivf_coarse is not None:
             parts.append(f"ivf_coarse={self.ivf_coarse.shape}, ivf_probes={self.ivf_probes}")
+        if self.sq_bounds is not None:
+            parts.append(f"sq_bounds=({self.sq_bounds[0]:.6g}, {self.sq_bounds[1]:.6g})")
         return f"IndexModel({', '.join(parts)})"
 
 

@@ -17,7 +17,7 @@ from .fragments import (
     group_fragments,
 )
 from .index_plan import IndexPlan, make_plan, model_parts_to_train, segment_uuid
-from .merges import MERGE_DEPTH, MergePlan, MergeStep, plan_merges
+from .merges import MERGE_DEPTH, MergePlan, MergeStep, merge_depth, plan_merges
 from .params import (
     DEFAULT_NUM_BITS,
     DEFAULT_TARGET_PARTITION_SIZE,
@@ -43,5 +43,5 @@ __all__ = [
     "MAX_PARTITIONS", "MERGE_DEPTH", "NUM_BITS", "PQ_SAMPLE_RATE", "SAMPLE_RATE", "TOLERANCE", "FragmentInfo",
     "IndexParams", "IndexPlan", "MergePlan", "MergeStep", "allocate_samples", "check_fragment_groups",
     "default_num_partitions", "default_num_sub_vectors", "group_fragments", "make_plan",
-    "model_parts_to_train", "plan_merges", "resolve_params", "segment_uuid", "training_sample_size",
+    "merge_depth", "model_parts_to_train", "plan_merges", "resolve_params", "segment_uuid", "training_sample_size",
 ]

@@ -23,7 +23,7 @@ from .fragments import (
     check_fragment_groups,
     group_fragments,
 )
-from .merges import MERGE_DEPTH, MergePlan, plan_merges
+from .merges import MergePlan, merge_depth, plan_merges
 from .params import IndexParams, training_sample_size
 
 __all__ = ["IndexPlan", "make_plan", "model_parts_to_train", "segment_uuid"]
@@ -144,7 +144,7 @@ class IndexPlan:
         if self.merges.stages:
             for i, st in enumerate(self.merges.stages):
                 lines.append(f"  merge stage {i + 1}: {len(st)} merges of {[len(s.inputs) for s in st]} segments")
-        elif MERGE_DEPTH[p.index_type] == 0 and self.num_tasks > 1:
+        elif merge_depth(p.index_type, self.engine) == 0 and self.num_tasks > 1:
             lines.append(f"  merge: none ({p.index_type} segments cannot be merged correctly)")
         else:
             lines.append("  merge: none")
@@ -171,6 +171,8 @@ def model_parts_to_train(params: IndexParams, *, ivf_centroids: bool, pq_codeboo
         train.append("pq_codebook")
     if params.quantizer == "RQ" and not rabitq_model:
         train.append("rabitq_model")
+    if params.quantizer == "SQ":  # from the sample, whatever else was given
+        train.append("sq_bounds")
     return tuple(train)
 
 
@@ -241,8 +243,8 @@ def make_plan(
         )
     rows = {f.fragment_id: f.num_rows for f in fragments}
     merges = plan_merges(params.index_type, [sum(rows[i] for i in g) for g in groups],
-                         num_segments=num_segments, fan_in=merge_fan_in)
-    needs_sample = any(t in train for t in ("ivf_centroids", "pq_codebook"))
+                         num_segments=num_segments, fan_in=merge_fan_in, engine=engine)
+    needs_sample = any(t in train for t in ("ivf_centroids", "pq_codebook", "sq_bounds"))
     samples = allocate_samples(fragments, training_sample_size(params)) if needs_sample else tuple(0 for _ in fragments)
     return IndexPlan(
         uri=uri,

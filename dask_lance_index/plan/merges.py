@@ -6,9 +6,11 @@ What Lance merges correctly differs per index type (pylance 14.0.2, measured;
 * IVF_FLAT merges at any depth, so large builds merge as a tree of stages;
 * IVF_PQ, IVF_RQ, IVF_HNSW_FLAT and IVF_HNSW_PQ merge one level only (a merged
   segment cannot be merged again: "stores transposed PQ codes" / "packed RQ codes");
-* IVF_SQ and IVF_HNSW_SQ never: each segment trains its own SQ bounds and the
-  merged index is silently wrong (recall 0.945 -> 0.41), so their segments are
-  committed unmerged.
+* IVF_SQ and IVF_HNSW_SQ never when Lance encodes them: each segment trains its
+  own SQ bounds and the merged index is silently wrong (recall 0.945 -> 0.41), so
+  their segments are committed unmerged. IVF_SQ segments that share one pair of
+  bounds (the ``precomputed`` engine writes them so) merge correctly at any depth
+  (:func:`merge_depth`).
 
 Segments are addressed by *slot*: build task ``i`` fills slot ``i``; each merge
 step reads some slots and fills a new one, numbered after all earlier slots.
@@ -21,7 +23,7 @@ from typing import Sequence
 
 from ..errors import InvalidInputError
 
-__all__ = ["MERGE_DEPTH", "MergePlan", "MergeStep", "plan_merges"]
+__all__ = ["MERGE_DEPTH", "MergePlan", "MergeStep", "merge_depth", "plan_merges"]
 
 # How many times a segment of each type can go through Lance's merge.
 # None: any depth; 0: never.
@@ -34,6 +36,19 @@ MERGE_DEPTH: dict[str, int | None] = {
     "IVF_SQ": 0,
     "IVF_HNSW_SQ": 0,
 }
+
+
+def merge_depth(index_type: str, engine: str | None = None) -> int | None:
+    """How many times a segment of ``index_type`` built by ``engine`` can go through
+    Lance's merge (None: any). Pure.
+
+    IVF_SQ segments written by the ``precomputed`` engine share the model's SQ
+    bounds; Lance merged such segments, and merged ones again, to the recall of one
+    segment (0.957 and 0.958 against 0.960 at nprobes 4, measured).
+    """
+    if index_type == "IVF_SQ" and engine == "precomputed":
+        return None
+    return MERGE_DEPTH[index_type]
 
 
 @dataclass(frozen=True)
@@ -105,6 +120,7 @@ def plan_merges(
     *,
     num_segments: int = 1,
     fan_in: int = 16,
+    engine: str | None = None,
 ) -> MergePlan:
     """Plan staged merges of built segments toward ``num_segments`` final segments.
 
@@ -119,6 +135,8 @@ def plan_merges(
         built segment; types that merge one level reach the target in one stage.
     fan_in : int
         Most segments one merge step reads, for types that merge at any depth.
+    engine : str, optional
+        The engine that builds the segments (:func:`merge_depth`).
 
     Returns
     -------
@@ -129,7 +147,7 @@ def plan_merges(
         raise InvalidInputError(f"num_segments must be a positive int, got {num_segments!r}. Fix: num_segments=1 (fastest queries) or more.")
     if fan_in < 2:
         raise InvalidInputError(f"merge_fan_in must be at least 2, got {fan_in!r}. Fix: merge_fan_in=16 (the default).")
-    depth = MERGE_DEPTH[index_type]
+    depth = merge_depth(index_type, engine)
     slots = list(range(n))
     if depth == 0 or n <= num_segments:
         return MergePlan(n, (), tuple(slots))

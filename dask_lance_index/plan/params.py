@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import InvalidInputError
-from ..model import METRICS, RQ_NUM_BITS
+from ..model import METRICS, RQ_NUM_BITS, SQ_SAMPLE_RATE
 
 __all__ = [
     "DEFAULT_NUM_BITS",
@@ -235,11 +235,14 @@ def resolve_params(
 
 
 def training_sample_size(params: IndexParams) -> int:
-    """Rows to train on: ``sample_rate`` rows per IVF centroid (as Lance), and
-    ``pq_sample_rate`` rows per PQ code word."""
+    """Rows to train on: ``sample_rate`` rows per IVF centroid (as Lance),
+    ``pq_sample_rate`` rows per PQ code word, and 256 per SQ code value (Lance's SQ
+    sample, from which the SQ bounds come)."""
     n = params.num_partitions * params.sample_rate
     if params.quantizer == "PQ":
         n = max(n, (2 ** (params.num_bits or 8)) * params.pq_sample_rate)
+    if params.quantizer == "SQ":
+        n = max(n, (2 ** (params.num_bits or 8)) * SQ_SAMPLE_RATE)
     return n
 
 

@@ -43,6 +43,7 @@ from .segment_files import (
     read_rq_segment,
     segment_index,
     write_pq_segment,
+    write_sq_segment,
     write_rq_segment,
 )
 from .segments import (
@@ -66,5 +67,5 @@ __all__ = [
     "partition_map_schema", "read_rq_segment", "scratch_dataset", "shuffle_buffer_batch", "shuffle_buffer_inputs",
     "shuffle_buffer_schema",
     "referenced_segments", "remove_index_dir", "segment_exists", "segment_index", "take_vectors",
-    "to_float32_matrix", "valid_rows", "write_pq_segment", "write_rq_segment",
+    "to_float32_matrix", "valid_rows", "write_pq_segment", "write_rq_segment", "write_sq_segment",
 ]

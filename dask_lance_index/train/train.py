@@ -24,12 +24,14 @@ from ..errors import InvalidInputError
 from ..model import (
     IndexModel,
     LocalRows,
+    SQ_SAMPLE_RATE,
     SampleRows,
     build_rq_rotation,
     prepare_vectors,
     residuals,
     train_ivf,
     train_pq,
+    train_sq_bounds,
 )
 from ..model.coarse import (
     TARGET_AGREEMENT,
@@ -192,10 +194,11 @@ def train_model(
         sample_t0 = min(s[1][0] for s in samples)
         sample_t1 = max(s[1][1] for s in samples)
         source["sample_seconds"] = round(sample_t1 - sample_t0, 4)
-    needs_data = "ivf_centroids" in train or "pq_codebook" in train
+    sq_bounds = given.sq_bounds
+    needs_data = "ivf_centroids" in train or "pq_codebook" in train or "sq_bounds" in train
     if needs_data:
         x = np.concatenate([s[0] for s in samples]) if samples else np.empty((0, dimension), np.float32)
-        if len(x) < params.num_partitions:
+        if len(x) < params.num_partitions or not len(x):
             raise InvalidInputError(
                 f"only {len(x)} valid (non-null, finite) vectors were found in the training sample, "
                 f"fewer than num_partitions={params.num_partitions}. Fix: lower num_partitions, or "
@@ -244,6 +247,8 @@ def train_model(
             )
             source["pq_codebook"] = "trained"
             source["pq_seconds"] = round(time.time() - t1, 4)
+        if "sq_bounds" in train:
+            sq_bounds = _sq_bounds(LocalRows([x]), params, seed, build_id, source)
     if "rabitq_model" in train:
         rabitq = build_rq_rotation(dimension, num_bits=params.num_bits, seed=seed_for(seed, build_id, 2**31 + 1))
         source["rabitq_model"] = "trained"
@@ -251,7 +256,15 @@ def train_model(
     return IndexModel(ivf_centroids=centroids, pq_codebook=codebook, rabitq_model=rabitq, source=source,
                       ivf_coarse=None if coarse is None else coarse.coarse,
                       ivf_groups=None if coarse is None else coarse.groups,
-                      ivf_probes=None if coarse is None else coarse.probes)
+                      ivf_probes=None if coarse is None else coarse.probes, sq_bounds=sq_bounds)
+
+
+def _sq_bounds(rows: SampleRows, params, seed, build_id: str, source: dict) -> tuple[float, float]:
+    """SQ bounds from Lance's SQ sample (``2**num_bits x 256`` rows) of the prepared sample."""
+    m = 2 ** params.num_bits * SQ_SAMPLE_RATE
+    bounds = train_sq_bounds(rows.sample(m, np.random.default_rng(seed_for(seed, build_id, 2**31 + 2))))
+    source["sq_bounds"] = "trained"
+    return bounds
 
 
 def two_level_sample(plan) -> bool:
@@ -266,14 +279,20 @@ def _train_two_level(specs: list, sampler: Callable, *, params, dimension: int, 
     workers that drew them inside a dask worker, in this process otherwise."""
     t0 = time.time()
     source: dict = {k: "user" for k in ("pq_codebook", "rabitq_model") if getattr(given, k) is not None}
-    codebook, rabitq = given.pq_codebook, given.rabitq_model
+    codebook, rabitq, sq_bounds = given.pq_codebook, given.rabitq_model, given.sq_bounds
     if worker_client_or_none() is not None:
         with worker_client() as wc:  # secedes: this task waits on the sample's tasks
-            centroids, coarse, pq_rows, pq_seed = _two_level_ivf(specs, sampler, wc, num_workers(wc), params,
-                                                                 dimension, train, seed, build_id, source)
+            centroids, coarse, pq_rows, pq_seed, rows = _two_level_ivf(specs, sampler, wc, num_workers(wc),
+                                                                       params, dimension, train, seed, build_id,
+                                                                       source)
+            if "sq_bounds" in train:
+                sq_bounds = _sq_bounds(rows, params, seed, build_id, source)
     else:
-        centroids, coarse, pq_rows, pq_seed = _two_level_ivf(specs, sampler, None, 1, params, dimension, train,
-                                                             seed, build_id, source)
+        centroids, coarse, pq_rows, pq_seed, rows = _two_level_ivf(specs, sampler, None, 1, params, dimension, train,
+                                                                   seed, build_id, source)
+        if "sq_bounds" in train:
+            sq_bounds = _sq_bounds(rows, params, seed, build_id, source)
+    del rows
     if pq_rows is not None:  # PQ's groups of sub-spaces go to the cluster by map_groups, as for a flat build
         t1 = time.time()
         codebook = train_pq(residuals(pq_rows, centroids, params.metric), params.num_sub_vectors, params.num_bits,
@@ -288,13 +307,13 @@ def _train_two_level(specs: list, sampler: Callable, *, params, dimension: int, 
     return IndexModel(ivf_centroids=centroids, pq_codebook=codebook, rabitq_model=rabitq, source=source,
                       ivf_coarse=None if coarse is None else coarse.coarse,
                       ivf_groups=None if coarse is None else coarse.groups,
-                      ivf_probes=None if coarse is None else coarse.probes)
+                      ivf_probes=None if coarse is None else coarse.probes, sq_bounds=sq_bounds)
 
 
 def _two_level_ivf(specs, sampler, client, workers: int, params, dimension: int, train, seed, build_id,
                    source: dict):
     """Draw the sample in pieces, train the two levels over them, choose the probes, and
-    draw PQ's rows: ``(centroids, coarse index or None, PQ rows or None, PQ seed)``."""
+    draw PQ's rows: ``(centroids, coarse index or None, PQ rows or None, PQ seed, the sample)``."""
     rows, times = draw_sample(sampler, specs, params.metric, dimension, client, workers, map_groups)
     if times:
         source["sample_seconds"] = round(max(t[1] for t in times) - min(t[0] for t in times), 4)
@@ -322,8 +341,8 @@ def _two_level_ivf(specs, sampler, client, workers: int, params, dimension: int,
                 f"PQ with num_bits={params.num_bits} needs at least {k} valid training vectors; "
                 f"found {rows.num_rows}. Fix: num_bits=4, or a larger dataset."
             )
-        return centroids, coarse, rows.sample(k * params.pq_sample_rate, np.random.default_rng(pq_seed)), pq_seed
-    return centroids, coarse, None, pq_seed
+        return centroids, coarse, rows.sample(k * params.pq_sample_rate, np.random.default_rng(pq_seed)), pq_seed, rows
+    return centroids, coarse, None, pq_seed, rows
 
 
 @dataclass(frozen=True)

@@ -127,7 +127,7 @@ def update_index(
             s.uuid,
             tuple(sorted(s.fragment_ids)),
             int(sum(p.get("size", 0) for p in seg_stats.get(s.uuid, {}).get("partitions", []))),
-            segment_mergeable(params.index_type, seg_stats.get(s.uuid, {})),
+            segment_mergeable(params.index_type, seg_stats.get(s.uuid, {}), saved.plan.engine),
         )
         for s in desc.segments
     ]
@@ -147,6 +147,7 @@ def update_index(
             parallelism=parallelism(client),
             rebuild=rebuild,
             one_segment_reason=get_engine(engine).one_segment_reason(params),
+            engine=saved.plan.engine,
         )
 
     opts = hide_secrets(storage_options)  # the graph's tasks carry them: no secret in a repr

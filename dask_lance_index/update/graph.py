@@ -78,7 +78,7 @@ def delta_plan(saved: SavedModel, ds, decision: UpdateDecision, live: dict, comm
     if decision.action != "merge":
         return replace(plan, merges=MergePlan(n, (), tuple(range(n))))
     rows = list(plan.group_rows()) + [s.num_rows for s in committed]
-    return replace(plan, merges=plan_merges(plan.params.index_type, rows, num_segments=1, fan_in=merge_fan_in))
+    return replace(plan, merges=plan_merges(plan.params.index_type, rows, num_segments=1, fan_in=merge_fan_in, engine=plan.engine))
 
 
 def _drift(plan: IndexPlan, decision: UpdateDecision, segments: list[SegmentState], live: dict, model,

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 from typing import Sequence
 
 from ..errors import InvalidInputError
-from ..plan import MERGE_DEPTH, FragmentInfo, group_fragments
+from ..plan import FragmentInfo, group_fragments, merge_depth
 
 __all__ = ["ACTIONS", "DEFAULT_MAX_DELTAS", "SegmentState", "UpdateDecision", "plan_update", "segment_mergeable"]
 
@@ -77,6 +77,7 @@ def plan_update(
     parallelism: int = 1,
     rebuild: bool = True,
     one_segment_reason: str | None = None,
+    engine: str | None = None,
 ) -> UpdateDecision:
     """Decide what an update does. Pure.
 
@@ -102,6 +103,9 @@ def plan_update(
         Why the build's engine cannot build this index correctly over part of
         the data (dot-metric PQ encoded by Lance): every update is then a
         rebuild, for that reason.
+    engine : str, optional
+        The engine that built the index: IVF_SQ segments we wrote share their
+        bounds and merge (:func:`dask_lance_index.plan.merge_depth`).
     """
     if max_deltas < 0:
         raise InvalidInputError(f"max_deltas must be >= 0, got {max_deltas}")
@@ -144,7 +148,7 @@ def plan_update(
         reasons.append(f"{total} segments after the update, within base {base_segments} + max_deltas {max_deltas}")
         return UpdateDecision("delta", tuple(reasons), new, groups, stale, dropped, ())
 
-    depth = MERGE_DEPTH[index_type]
+    depth = merge_depth(index_type, engine)
     over = f"{total} segments would pass base {base_segments} + max_deltas {max_deltas}"
     if depth == 0:
         why = f"{over}, and Lance's merge of {index_type} segments is silently wrong (each trains its own bounds)"
@@ -171,16 +175,16 @@ def _rebuild_or_advise(rebuild, reasons, why, new, groups, stale, dropped) -> Up
     return UpdateDecision("delta", tuple(reasons), new, groups, stale, dropped, ())
 
 
-def segment_mergeable(index_type: str, segment_stats: dict) -> bool:
+def segment_mergeable(index_type: str, segment_stats: dict, engine: str | None = None) -> bool:
     """Whether Lance can merge this committed segment again, from its index statistics.
 
-    IVF_FLAT: always. SQ types: never. PQ / RQ / HNSW types: only a segment
+    IVF_FLAT, and IVF_SQ we wrote (shared bounds): always. Other SQ: never. PQ / RQ / HNSW types: only a segment
     built over part of the data and never merged: Lance stores a merged (or
     whole-data) segment's PQ codes transposed and its RQ codes packed, and
     refuses to merge those ("stores transposed PQ codes"), and a merged
     segment has no training loss.
     """
-    depth = MERGE_DEPTH[index_type]
+    depth = merge_depth(index_type, engine)
     if depth is None:
         return True
     if depth == 0:

@@ -1,0 +1,86 @@
+"""Scalar quantization (IVF_SQ): one pair of bounds for every segment, codes in NumPy.
+
+Lance's IVF_SQ stores each row as one byte per dimension:
+``floor((v - start) * 255 / (end - start))`` clipped to 0-255, where
+``(start, end)`` are the smallest and largest value over all dimensions of a
+training sample (65,536 rows, ``2**num_bits x 256``; a row outside them is
+clipped), drawn per segment. Segments with different bounds merge into a
+silently wrong index, so here the bounds are trained once, from the build's
+sample, and every segment's codes use them (:class:`SQEncoder`); Lance merges
+such segments correctly. Rows are the raw vectors (unit vectors for cosine);
+no residual to the centroid, as Lance does.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .coarse import CoarseIndex
+from .ivf import CHUNK, PartitionAssigner
+
+__all__ = ["SQ_SAMPLE_RATE", "SQEncoder", "sq_codes", "train_sq_bounds"]
+
+# Rows per code value in the sample the bounds come from, as Lance's sq sample_rate.
+SQ_SAMPLE_RATE = 256
+
+
+def train_sq_bounds(x: np.ndarray) -> tuple[float, float]:
+    """``(start, end)``: the smallest and largest value of prepared rows ``x``."""
+    if not len(x):
+        raise ValueError("no rows to take SQ bounds from")
+    return float(np.min(x)), float(np.max(x))
+
+
+def sq_codes(rows: np.ndarray, bounds: tuple[float, float], num_bits: int = 8) -> np.ndarray:
+    """Lance's SQ codes of prepared ``rows`` (uint8, same shape), computed in float64:
+    equal to Lance's on every value measured (``tests/test_segment_write.py``)."""
+    start, end = bounds
+    top = 2**num_bits - 1
+    if not end > start:
+        return np.zeros(rows.shape, dtype=np.uint8)
+    # (v - start) * top / range, in that order: multiplying by top / range first moved
+    # values at a code's edge (the top code's, in a test) down by one
+    v = np.floor((rows.astype(np.float64) - start) * top / (end - start))
+    return np.clip(v, 0, top).astype(np.uint8)
+
+
+class SQEncoder:
+    """Assign rows to IVF partitions and encode their SQ codes with shared bounds.
+
+    Parameters
+    ----------
+    centroids : ndarray, shape (num_partitions, d), float32
+    bounds : (float, float)
+        The model's ``sq_bounds``.
+    metric : {"l2", "cosine", "dot"}
+    coarse : CoarseIndex, optional
+        A two-level model's grouping (:class:`.ivf.PartitionAssigner`).
+    """
+
+    def __init__(self, centroids: np.ndarray, bounds: tuple[float, float], metric: str,
+                 coarse: CoarseIndex | None = None, num_bits: int = 8):
+        self.centroids = np.ascontiguousarray(centroids, dtype=np.float32)
+        self.bounds = (float(bounds[0]), float(bounds[1]))
+        self.metric = metric
+        self.num_bits = num_bits
+        self.dimension = self.centroids.shape[1]
+        self._ivf = PartitionAssigner(self.centroids, metric, coarse)
+
+    def encode(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+        """Partition ids (uint32, (n,)), SQ codes (uint8, (n, d)) and the rows' summed
+        squared distance to their partition centroid (the IVF loss)."""
+        x = np.asarray(x, dtype=np.float32)
+        n, d = x.shape
+        parts = np.empty(n, dtype=np.uint32)
+        codes = np.empty((n, d), dtype=np.uint8)
+        lhs, norms, scores, best = self._ivf.buffers(CHUNK)
+        loss = 0.0
+        for start in range(0, n, CHUNK):
+            m = min(CHUNK, n - start)
+            lhs[:m, :d] = x[start : start + m]
+            rows = self._ivf.assign_chunk(m, lhs, norms, scores, best)
+            parts[start : start + m] = best[:m]
+            codes[start : start + m] = sq_codes(rows, self.bounds, self.num_bits)
+            r = rows - self.centroids[best[:m]]
+            loss += float(np.einsum("ij,ij->", r, r))
+        return parts, codes, loss
