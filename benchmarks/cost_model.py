@@ -1,0 +1,124 @@
+"""A cost model of a two-level IVF_PQ build, fitted to measured stage costs, and what it predicts
+for shapes one machine cannot run (1B rows, 1024-d, 65,536 partitions, on 64 and 512 workers).
+
+    python benchmarks/cost_model.py
+    python benchmarks/cost_model.py --json a.json --json b.json   # refit from bench_build --json runs
+
+The stage seconds come from ``bench_build.py`` runs on this machine (2 vCPUs that deliver about
+one core, so a run's stage time is its core time):
+
+    python benchmarks/bench_build.py --rows 1000000 --num-partitions 4096 --engines lance,dli,dli-flat --queries 300
+    python benchmarks/bench_build.py --rows 4000000 --num-partitions 16384 --engines lance,dli --queries 300
+    python benchmarks/bench_build.py --rows 1000000 --num-partitions 3906 --ivf-training hierarchical --engines lance,dli --queries 300
+
+The first two fit the model; the third checks it. The model, per stage (W workers of one core,
+n rows, d dimensions, k partitions, k1 = sqrt(k) groups, p = 8 probes, S = min(n, 256 k) sample
+rows, m sub-vectors of 256 codes):
+
+* sample: ``S x c_read x d / 128`` core seconds (reading is by the byte), spread over W;
+* train: ``F x d / 128`` in the model task (coarse level, probes check, PQ: fixed in n, serial
+  here, an upper bound) plus ``c_train x S x (k1 + p k / k1) x d`` spread over W (the refinement
+  passes and the groups, both proportional to rows x centroids searched x d), plus per refinement
+  pass the centroids to every worker and a tree of ``(k, d)`` float64 sums back;
+* build: ``n x (a x d / 128 + b x (k1 + p k / k1 + 256) x d)`` spread over W (read and write per
+  row; assignment and PQ encoding per row);
+* merge: ``n x c_merge x (8 + m) / 24`` in ONE task (Lance's merge; 24 bytes a row were measured).
+
+It leaves out what it cannot see here: network and storage contention, stragglers, the scheduler
+at a million tasks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+
+# Measured stage seconds (bench_build, one run each; see the module docstring).
+FIT = [
+    dict(rows=1_000_000, k=4096, d=128, m=16, sample=2.94, train=20.98, build=4.14, merge=0.16),
+    dict(rows=4_000_000, k=16384, d=128, m=16, sample=11.53, train=96.77, build=20.65, merge=0.65),
+]
+CHECK = [dict(rows=1_000_000, k=3906, d=128, m=16, sample=2.93, train=21.91, build=3.57, merge=0.16)]
+PROBES = 8
+PASSES = 4  # refinement passes to the default tolerance (measured at 4,096 partitions)
+LINK_BYTES_PER_S = 1.25e9  # 10 GbE per worker
+
+
+def coarse(k: int) -> int:
+    return max(1, round(math.sqrt(k)))
+
+
+def searched(k: int) -> int:
+    """Centroids one row's assignment multiplies against: the groups, then p groups' partitions."""
+    k1 = coarse(k)
+    return k1 + PROBES * math.ceil(k / k1)
+
+
+def sample_rows(run: dict) -> int:
+    return min(run["rows"], 256 * run["k"])
+
+
+def fit(runs: list[dict]) -> dict:
+    """Per-unit costs from two runs (two unknowns per stage that has two terms)."""
+    a, b = runs[0], runs[1]
+
+    def two(y, x):  # y = f + c x through both points
+        c = (y(b) - y(a)) / (x(b) - x(a))
+        return y(a) - c * x(a), c
+
+    f_train, c_train = two(lambda r: r["train"], lambda r: sample_rows(r) * searched(r["k"]) * r["d"])
+    a_build, b_build = two(lambda r: r["build"] / r["rows"], lambda r: (searched(r["k"]) + 256) * r["d"])
+    c_read = sum(r["sample"] for r in runs) / sum(sample_rows(r) for r in runs)
+    c_merge = sum(r["merge"] for r in runs) / sum(r["rows"] for r in runs)
+    return dict(f_train=f_train, c_train=c_train, a_build=a_build, b_build=b_build, c_read=c_read, c_merge=c_merge)
+
+
+def predict(c: dict, rows: int, k: int, d: int, m: int, workers: int) -> dict:
+    s, scale = min(rows, 256 * k), d / 128
+    sample = s * c["c_read"] * scale / workers
+    comm = 0.0
+    if workers > 1:  # centroids out to every worker, one (k, d) float64 partial per worker back as a tree
+        comm = PASSES * (k * d * 4 + k * d * 8 * math.ceil(math.log2(workers))) / LINK_BYTES_PER_S
+    train = c["f_train"] * scale + c["c_train"] * s * searched(k) * d / workers + comm
+    build = rows * (c["a_build"] * scale + c["b_build"] * (searched(k) + 256) * d) / workers
+    merge = rows * c["c_merge"] * (8 + m) / 24
+    return dict(sample=sample, train=train, build=build, merge=merge, total=sample + train + build + merge)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--json", action="append", help="bench_build --json output of a two-level run (two or more)")
+    args = p.parse_args()
+    runs = FIT
+    if args.json:
+        runs = []
+        for path in args.json:
+            with open(path) as f:
+                doc = json.load(f)
+            a = doc["args"]
+            for r in doc["results"]:
+                if r.get("engine") == "dli" and "stages" in r:
+                    runs.append(dict(rows=r["rows"], k=a["num_partitions"], d=a["dim"], m=a["num_sub_vectors"],
+                                     **{s: r["stages"][s] for s in ("sample", "train", "build", "merge")}))
+    if len({(r["rows"], r["k"]) for r in runs}) < 2:
+        p.error("the fit needs two-level runs of at least two shapes (rows, num_partitions)")
+    c = fit(runs[:2])
+    print("fitted: " + ", ".join(f"{k} {v:.3g}" for k, v in c.items()))
+    print(f"\n{'shape':40s} {'W':>4s} {'sample':>8s} {'train':>8s} {'build':>8s} {'merge':>8s} {'total':>8s} {'measured':>9s}")
+    for r in runs + CHECK:
+        got = predict(c, r["rows"], r["k"], r["d"], r["m"], 1)
+        meas = r["sample"] + r["train"] + r["build"] + r["merge"]
+        tag = "fit" if r in runs else "check"
+        print(f"{r['rows']:>11,} x {r['d']}-d, k={r['k']:>6,} ({tag:5s})   {1:4d} "
+              + " ".join(f"{got[s]:8.1f}" for s in ("sample", "train", "build", "merge", "total")) + f" {meas:9.1f}")
+    for workers in (64, 512):
+        got = predict(c, 10**9, 65536, 1024, 64, workers)
+        print(f"{'1,000,000,000 x 1024-d, k=65,536, m=64':40s} {workers:4d} "
+              + " ".join(f"{got[s]:8.0f}" for s in ("sample", "train", "build", "merge", "total"))
+              + f"   merge {100 * got['merge'] / got['total']:.0f}% of it")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
