@@ -11,6 +11,7 @@ and dask_lance_index, side by side in one run.
     python benchmarks/bench_build.py --rows 250000,2000000 --engines dli,dli-threads   # no client: threaded scheduler
     python benchmarks/bench_build.py --rows 1000000 --num-partitions 4096 --engines lance,dli,dli-flat
         # two-level IVF training and assignment (dli, the default from 4,096 partitions) against flat
+    python benchmarks/bench_build.py --rows 250000 --index-type IVF_HNSW_PQ --engines lance,dli,dli-parts  # HNSW in parts
 
 Lance's create_index requires num_partitions and num_sub_vectors for IVF_PQ; the defaults here are
 the issue's reference setting (256 partitions, 16 sub-vectors); everything else is each library's
@@ -105,6 +106,8 @@ def run_one(engine: str, uri: str, args) -> dict:
             opts["sample_rate"] = args.sample_rate
         if args.rows_per_task:
             opts["rows_per_task"] = args.rows_per_task
+        if engine == "dli-parts":  # one task per worker, merged: what HNSW types did before one segment
+            opts["num_tasks"] = args.workers
         if engine == "dli-threads":
             # No client: dask's local threaded scheduler, as in a notebook without a cluster.
             import dask

@@ -16,7 +16,7 @@ from .fragments import (
     check_fragment_groups,
     group_fragments,
 )
-from .index_plan import IndexPlan, make_plan, model_parts_to_train, segment_uuid
+from .index_plan import IndexPlan, graphs_built_twice, make_plan, model_parts_to_train, segment_uuid
 from .merges import MERGE_DEPTH, MergePlan, MergeStep, merge_depth, plan_merges
 from .params import (
     DEFAULT_NUM_BITS,
@@ -42,6 +42,6 @@ __all__ = [
     "INDEX_TYPES", "IVF_TRAININGS", "MAX_ITERS",
     "MAX_PARTITIONS", "MERGE_DEPTH", "NUM_BITS", "PQ_SAMPLE_RATE", "SAMPLE_RATE", "TOLERANCE", "FragmentInfo",
     "IndexParams", "IndexPlan", "MergePlan", "MergeStep", "allocate_samples", "check_fragment_groups",
-    "default_num_partitions", "default_num_sub_vectors", "group_fragments", "make_plan",
+    "default_num_partitions", "default_num_sub_vectors", "graphs_built_twice", "group_fragments", "make_plan",
     "merge_depth", "model_parts_to_train", "plan_merges", "resolve_params", "segment_uuid", "training_sample_size",
 ]

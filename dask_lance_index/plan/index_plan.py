@@ -26,7 +26,7 @@ from .fragments import (
 from .merges import MergePlan, merge_depth, plan_merges
 from .params import IndexParams, training_sample_size
 
-__all__ = ["IndexPlan", "make_plan", "model_parts_to_train", "segment_uuid"]
+__all__ = ["IndexPlan", "graphs_built_twice", "make_plan", "model_parts_to_train", "segment_uuid"]
 
 _UUID_NAMESPACE = uuidlib.UUID("6f1c2a4e-3d7b-4c1e-9a8f-d1a5c0e11de0")
 
@@ -156,6 +156,21 @@ class IndexPlan:
         return replace(self, build_id=build_id)
 
 
+def graphs_built_twice(params: IndexParams) -> str | None:
+    """Why an HNSW index is built as one segment by default (None: not an HNSW type). Pure.
+
+    Lance builds each segment's HNSW graphs, and its merge builds every graph again over
+    the merged partitions: segments built in parallel and merged cost more than one
+    segment built once (230k x 128, 256 partitions, 2 workers: IVF_HNSW_FLAT 24.4 s
+    against 15.4 s, IVF_HNSW_PQ 27.9 against 15.9, Lance 23.0 and 33.4;
+    ``docs/benchmarks.md``).
+    """
+    if params.index_type.startswith("IVF_HNSW"):
+        return ("Lance's merge builds every HNSW graph again, so graphs built per segment would be built "
+                "twice (num_tasks= or num_segments= builds in parts)")
+    return None
+
+
 def model_parts_to_train(params: IndexParams, *, ivf_centroids: bool, pq_codebook: bool,
                          rabitq_model: bool) -> tuple[str, ...]:
     """The parts of the model the build trains, given which ones the user gave. Pure."""
@@ -227,6 +242,10 @@ def make_plan(
             f"only {max(1, total_rows // LANCE_PQ_ROWS_PER_PARTITION)} for {params.index_type} on {total_rows} rows "
             f"(it keeps {LANCE_PQ_ROWS_PER_PARTITION} rows per partition), so compare the two at that num_partitions"
         )
+    graphs = graphs_built_twice(params)
+    if (not one_segment_reason and graphs and num_segments == 1 and len(fragments) > 1
+            and fragment_groups is None and num_tasks is None and rows_per_task is None):
+        one_segment_reason = graphs  # a speed rule, not a correctness one: explicit task sizes win
     if one_segment_reason and len(fragments) > 1:
         if fragment_groups is not None:
             check_fragment_groups(fragment_groups, fragments)  # still refuse bad groups
