@@ -220,7 +220,8 @@ def create_index(
         Passed to Lance in every task.
     num_tasks, rows_per_task : int, optional
         How many build tasks (one segment each), or rows per task. Default:
-        one task per worker thread, more when tasks would exceed 2M rows.
+        one task per worker thread, more when tasks would exceed 2M rows;
+        HNSW types one task (Lance's merge would build every graph again).
     num_segments : int
         Segments the committed index should have (default 1: fastest queries).
         IVF_HNSW_SQ segments are never merged (Lance codes each with its own
