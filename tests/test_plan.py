@@ -170,7 +170,7 @@ def test_engine_choice():
     pq4 = resolve_params("IVF_HNSW_PQ", dimension=32, num_rows=1000, num_partitions=4, num_bits=4)
     assert resolve_engine("auto", pq4).name == "partitions"  # Lance encodes 4-bit PQ; we assign
     flat = resolve_params("IVF_FLAT", dimension=32, num_rows=1000, num_partitions=4)
-    assert resolve_engine("auto", flat).name == "partitions"
+    assert resolve_engine("auto", flat).name == "precomputed"  # we write IVF_FLAT segments too
     assert resolve_engine("lance", flat).name == "lance"
     for t in ("IVF_HNSW_FLAT", "IVF_HNSW_SQ"):
         assert resolve_engine("auto", resolve_params(t, dimension=32, num_rows=1000, num_partitions=4)).name == "partitions"
@@ -186,8 +186,24 @@ def test_engine_choice():
     with pytest.raises(InvalidInputError, match="IVF_RQ under l2 or cosine"):
         resolve_engine("precomputed", resolve_params("IVF_RQ", dimension=32, num_rows=1000, num_partitions=4, metric="dot"))
     with pytest.raises(InvalidInputError, match="8-bit PQ"):
-        resolve_engine("precomputed", flat)
+        resolve_engine("precomputed", resolve_params("IVF_HNSW_FLAT", dimension=32, num_rows=1000, num_partitions=4))
     with pytest.raises(InvalidInputError, match="8-bit PQ"):
         resolve_engine("artifact", resolve_params("IVF_RQ", dimension=32, num_rows=1000, num_partitions=4))
     with pytest.raises(InvalidInputError, match="not one of"):
         resolve_engine("gpu", flat)
+
+
+def test_flat_tasks_written_by_us_are_bounded_in_bytes():
+    """The precomputed engine holds an IVF_FLAT task's rows until it writes them: the planner
+    keeps a task under FLAT_TASK_BYTES of rows (262k rows at 1024-d), at least one task per worker."""
+    from dask_lance_index.plan import make_plan
+    from dask_lance_index.plan.index_plan import FLAT_TASK_BYTES
+
+    fs = frags(*([125_000] * 16))
+    for dim, engine, want in ((1024, "precomputed", 8), (1024, "partitions", 2), (128, "precomputed", 2)):
+        params = resolve_params("IVF_FLAT", dimension=dim, num_rows=2_000_000, num_partitions=64)
+        plan = make_plan(uri="/d.lance", version=1, column="vector", dimension=dim, fragments=fs, params=params,
+                         engine=engine, parallelism=2)
+        assert plan.num_tasks == want, (dim, engine, plan.num_tasks)
+        if engine == "precomputed":
+            assert max(plan.group_rows()) * (4 * dim + 12) <= FLAT_TASK_BYTES

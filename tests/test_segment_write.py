@@ -19,7 +19,7 @@ from lance.file import LanceFileReader
 import dask_lance_index as dli
 from dask_lance_index.datagen import make_vectors, write_vectors
 from dask_lance_index.evaluation import exact_knn, recall_at_k, search
-from dask_lance_index.model import PQEncoder, SQEncoder, train_sq_bounds
+from dask_lance_index.model import FlatEncoder, PQEncoder, SQEncoder, train_sq_bounds
 from dask_lance_index.model.kmeans import normalize_rows
 from dask_lance_index.model.rabitq import RQRotation
 from dask_lance_index.model.rabitq_encoder import RQEncoder, rq_encode, rq_factors
@@ -27,6 +27,7 @@ from dask_lance_index.storage import read_rq_segment
 from dask_lance_index.storage.rq_layout import pack_blocked_ex_codes
 from dask_lance_index.storage.segment_files import (
     segment_index,
+    write_flat_segment,
     write_pq_segment,
     write_rq_segment,
     write_sq_segment,
@@ -191,6 +192,44 @@ def test_written_sq_segment_is_the_segment_lance_writes(tmp_path, metric, whole)
     same = np.mean(got["__sq_code"].combine_chunks().flatten().to_numpy() == want["__sq_code"].combine_chunks().flatten().to_numpy())
     assert same == 1.0 if metric != "cosine" else same > 0.999, same
     assert [f.size_bytes for f in ours.files] == [f.size_bytes for f in theirs.files]
+    assert (ours.fields, set(ours.fragment_ids), ours.index_version) == (theirs.fields, set(theirs.fragment_ids), theirs.index_version)
+    assert theirs.index_details[1].startswith(ours.index_details[1])
+
+
+@pytest.mark.parametrize("metric, whole", [("l2", False), ("l2", True), ("cosine", False), ("dot", True)])
+def test_written_flat_segment_is_the_segment_lance_writes(tmp_path, metric, whole):
+    x = make_vectors(3000, 24, num_clusters=25, seed=7)
+    uri = str(tmp_path / "v.lance")
+    ds = write_vectors(uri, x, max_rows_per_file=1500)
+    frags = [0, 1] if whole else [0]
+    centroids = x[np.random.default_rng(4).choice(len(x), 8, replace=False)]
+    if metric == "cosine":
+        centroids = normalize_rows(centroids)
+    theirs = ds.create_index_uncommitted(
+        "vector", "IVF_FLAT", name="v_idx", metric=metric, fragment_ids=frags, num_partitions=8, ivf_centroids=centroids,
+    )
+    table = ds.scanner(columns=["vector"], with_row_id=True, fragments=[ds.get_fragment(f) for f in frags]).to_table()
+    rows = np.stack(table["vector"].to_numpy(zero_copy_only=False)).astype(np.float32)
+    parts, stored, loss = FlatEncoder(centroids, metric).encode(rows)
+    uuid = "0f0f0f0f-0000-4000-8000-000000000004"
+    files = write_flat_segment(uri, uuid, row_ids=table["_rowid"].to_numpy(), part_ids=parts, vectors=stored,
+                               centroids=centroids, metric=metric, loss=loss)
+    ours = segment_index(ds, index_uuid=uuid, name="v_idx", column="vector", fragment_ids=frags, quantizer="FLAT",
+                         metric=metric, num_bits=8, files=files)
+    (aux_t, idx_t), (aux_o, idx_o) = _files(uri, theirs.uuid), _files(uri, uuid)
+    for t, o in ((aux_t, aux_o), (idx_t, idx_o)):
+        assert o.metadata().schema.equals(t.metadata().schema, check_metadata=True)
+    assert bytes(aux_o.read_global_buffer(1)) == bytes(aux_t.read_global_buffer(1))  # partition offsets, lengths
+    assert bytes(idx_o.read_global_buffer(1))[:-8] == bytes(idx_t.read_global_buffer(1))[:-8]
+    got, want = aux_o.read_all().to_table(), aux_t.read_all().to_table()
+    assert got["_rowid"].equals(want["_rowid"])
+    g = got["flat"].combine_chunks().flatten().to_numpy()
+    w = want["flat"].combine_chunks().flatten().to_numpy()
+    if metric == "cosine":  # Lance's row normalisation may round a value one float32 step away
+        np.testing.assert_allclose(g, w, rtol=1e-6, atol=1e-7)
+    else:
+        np.testing.assert_array_equal(g, w)
+    assert [f.size_bytes for f in ours.files] == [f.size_bytes for f in theirs.files] or metric == "cosine"
     assert (ours.fields, set(ours.fragment_ids), ours.index_version) == (theirs.fields, set(theirs.fragment_ids), theirs.index_version)
     assert theirs.index_details[1].startswith(ours.index_details[1])
 

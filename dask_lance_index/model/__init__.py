@@ -18,7 +18,7 @@ from .coarse import (
     train_ivf_hierarchical,
 )
 from .index_model import METRICS, IndexModel, coerce_array, validate_model
-from .ivf import PartitionAssigner, prepare_vectors, residuals, train_ivf
+from .ivf import FlatEncoder, PartitionAssigner, prepare_vectors, residuals, train_ivf
 from .kmeans import assign, kmeans_batched, normalize_rows
 from .pq import PQEncoder, train_pq
 from .rabitq import RQ_NUM_BITS, RQRotation, build_rq_rotation
@@ -27,7 +27,7 @@ from .sample_rows import LocalRows, SampleRows
 from .sq import SQ_SAMPLE_RATE, SQEncoder, train_sq_bounds
 
 __all__ = [
-    "DEFAULT_PROBES", "METRICS", "TARGET_AGREEMENT", "CoarseIndex", "IndexModel", "LocalRows", "PQEncoder", "PartitionAssigner", "RQEncoder", "RQRotation", "RQ_NUM_BITS", "SQEncoder", "SQ_SAMPLE_RATE", "SampleRows",
+    "DEFAULT_PROBES", "METRICS", "TARGET_AGREEMENT", "CoarseIndex", "FlatEncoder", "IndexModel", "LocalRows", "PQEncoder", "PartitionAssigner", "RQEncoder", "RQRotation", "RQ_NUM_BITS", "SQEncoder", "SQ_SAMPLE_RATE", "SampleRows",
     "assign", "assignment_agreement", "build_rq_rotation", "choose_probes", "coerce_array", "kmeans_batched", "normalize_rows",
     "prepare_vectors", "residuals", "train_ivf", "train_ivf_hierarchical", "train_pq", "train_sq_bounds",
     "validate_model",

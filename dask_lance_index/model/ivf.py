@@ -15,7 +15,7 @@ import numpy as np
 from .coarse import CoarseIndex
 from .kmeans import assign, kmeans, normalize_rows
 
-__all__ = ["CHUNK", "PartitionAssigner", "augmented", "prepare_vectors", "residuals", "train_ivf"]
+__all__ = ["CHUNK", "FlatEncoder", "PartitionAssigner", "augmented", "prepare_vectors", "residuals", "train_ivf"]
 
 # Rows per chunk: the (chunk, 256) score matrix of one PQ sub-space stays in cache.
 CHUNK = 2048
@@ -141,3 +141,31 @@ def train_ivf(
         for s in seeds
     ]
     return min(runs, key=lambda run: run[1])
+
+
+class FlatEncoder:
+    """Assign rows to IVF partitions; the "codes" of IVF_FLAT are the rows as Lance stores
+    them (unit vectors for cosine, raw otherwise)."""
+
+    def __init__(self, centroids: np.ndarray, metric: str, coarse: CoarseIndex | None = None):
+        self.centroids = np.ascontiguousarray(centroids, dtype=np.float32)
+        self.metric = metric
+        self._ivf = PartitionAssigner(self.centroids, metric, coarse)
+
+    def encode(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+        """Partition ids (uint32), the stored rows (float32) and the IVF loss."""
+        x = np.asarray(x, dtype=np.float32)
+        n, d = x.shape
+        parts = np.empty(n, dtype=np.uint32)
+        rows = np.empty((n, d), dtype=np.float32)
+        lhs, norms, scores, best = self._ivf.buffers(CHUNK)
+        loss = 0.0
+        for start in range(0, n, CHUNK):
+            m = min(CHUNK, n - start)
+            lhs[:m, :d] = x[start : start + m]
+            prepared = self._ivf.assign_chunk(m, lhs, norms, scores, best)
+            parts[start : start + m] = best[:m]
+            rows[start : start + m] = prepared
+            r = prepared - self.centroids[best[:m]]
+            loss += float(np.einsum("ij,ij->", r, r))
+        return parts, rows, loss

@@ -18,6 +18,7 @@ from typing import Any, Sequence
 from ..errors import InvalidInputError
 from ..model.coarse import TARGET_AGREEMENT, coarse_size
 from .fragments import (
+    DEFAULT_ROWS_PER_TASK,
     FragmentInfo,
     allocate_samples,
     check_fragment_groups,
@@ -41,6 +42,9 @@ def segment_uuid(build_id: str, task: int) -> str:
 # Lance's create_index trains at most rows // 256 partitions for its PQ index types
 # (it logs "training N of the M requested IVF partitions"); IVF_FLAT, IVF_SQ keep all.
 LANCE_PQ_ROWS_PER_PARTITION = 256
+# Most bytes of rows one IVF_FLAT task of the precomputed engine holds before it writes
+# its segment (its tasks are planned at most this large: 2M rows at 128-d, 262k at 1024-d).
+FLAT_TASK_BYTES = 2**30
 
 @dataclass(frozen=True)
 class IndexPlan:
@@ -256,8 +260,12 @@ def make_plan(
             raise InvalidInputError("give fragment_groups or num_tasks / rows_per_task, not both")
         groups = check_fragment_groups(fragment_groups, fragments)
     else:
+        per = rows_per_task
+        if per is None and num_tasks is None and engine == "precomputed" and params.index_type == "IVF_FLAT":
+            # the task holds its rows until it writes them grouped by partition
+            per = max(65536, min(DEFAULT_ROWS_PER_TASK, FLAT_TASK_BYTES // (4 * dimension + 12)))
         groups = group_fragments(
-            fragments, num_tasks=num_tasks, rows_per_task=rows_per_task,
+            fragments, num_tasks=num_tasks, rows_per_task=per,
             min_tasks=parallelism if rows_per_task is None else 1,
         )
     rows = {f.fragment_id: f.num_rows for f in fragments}

@@ -42,6 +42,7 @@ from .segment_files import (
     RQSegment,
     read_rq_segment,
     segment_index,
+    write_flat_segment,
     write_pq_segment,
     write_sq_segment,
     write_rq_segment,
@@ -67,5 +68,5 @@ __all__ = [
     "partition_map_schema", "read_rq_segment", "scratch_dataset", "shuffle_buffer_batch", "shuffle_buffer_inputs",
     "shuffle_buffer_schema",
     "referenced_segments", "remove_index_dir", "segment_exists", "segment_index", "take_vectors",
-    "to_float32_matrix", "valid_rows", "write_pq_segment", "write_rq_segment", "write_sq_segment",
+    "to_float32_matrix", "valid_rows", "write_flat_segment", "write_pq_segment", "write_rq_segment", "write_sq_segment",
 ]

@@ -1,4 +1,4 @@
-"""Lance's segment files: IVF_PQ, IVF_RQ and IVF_SQ segments written from codes computed with NumPy.
+"""Lance's segment files: IVF_PQ, IVF_RQ, IVF_SQ and IVF_FLAT segments written from codes computed with NumPy.
 
 Lance's ``create_index_uncommitted`` costs 0.6-0.7 s per million rows to turn
 precomputed PQ codes into a segment (after we write them to a scratch dataset
@@ -61,7 +61,7 @@ _WRITE_ROWS = 65536  # rows per written batch: the reordered copies stay this sm
 # lance.index.pb.VectorMetricType; l2 is the protobuf default, which is not written
 _METRIC_TYPE = {"l2": 0, "cosine": 1, "dot": 2}
 # the Index.index_version Lance gives a segment it writes, per quantizer (pylance 14.0.2)
-_INDEX_VERSION = {"PQ": 1, "RQ": 2, "SQ": 1}
+_INDEX_VERSION = {"PQ": 1, "RQ": 2, "SQ": 1, "FLAT": 1}
 
 
 def _varint(value: int) -> bytes:
@@ -119,6 +119,8 @@ def index_details(quantizer: str, metric: str, num_bits: int, num_sub_vectors: i
         body = _field(4, _uint_field(1, num_bits) + _uint_field(2, num_sub_vectors))
     elif quantizer == "SQ":
         body = _field(5, _uint_field(1, num_bits))
+    elif quantizer == "FLAT":
+        body = _field(8, b"")
     else:
         body = _field(6, _uint_field(1, num_bits))
     return INDEX_DETAILS_TYPE, head + body
@@ -263,6 +265,36 @@ def write_sq_segment(
         quantizer_json=json.dumps(quantizer, separators=(",", ":")), storage_options=storage_options,
     )
     _write_index_file(base, "IVF_SQ", metric, centroids, loss, storage_options)
+    return ["auxiliary.idx", "index.idx"]
+
+
+def write_flat_segment(
+    dataset_uri: str,
+    index_uuid: str,
+    *,
+    row_ids: np.ndarray,
+    part_ids: np.ndarray,
+    vectors: np.ndarray,
+    centroids: np.ndarray,
+    metric: str,
+    loss: float,
+    storage_options: dict | None = None,
+) -> list:
+    """Write one IVF_FLAT segment's files; returns the file names. ``vectors``: the rows
+    as Lance stores them (unit vectors for cosine, raw otherwise), float32."""
+    centroids = np.asarray(centroids, dtype=np.float32)
+    dimension = centroids.shape[1]
+    order, lengths, offsets = _partition_order(np.asarray(part_ids), len(centroids))
+    schema = pa.schema([pa.field("_rowid", pa.uint64()),
+                        pa.field("flat", pa.list_(pa.float32(), dimension), nullable=False)])
+    base = _segment_dir(dataset_uri, index_uuid)
+    _write_aux(
+        base, schema, order, {},
+        {"_rowid": np.asarray(row_ids, dtype=np.uint64), "flat": np.asarray(vectors, dtype=np.float32)},
+        ivf=ivf_message(offsets, lengths), extra_buffers=[], metric=metric,
+        quantizer_json=json.dumps({"dim": dimension}, separators=(",", ":")), storage_options=storage_options,
+    )
+    _write_index_file(base, "IVF_FLAT", metric, centroids, loss, storage_options)
     return ["auxiliary.idx", "index.idx"]
 
 

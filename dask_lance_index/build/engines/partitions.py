@@ -6,8 +6,8 @@ partition map to a scratch dataset on the worker's disk, and Lance reads the
 map instead of assigning (``precomputed_partition_dataset``), then encodes.
 Lance drops rows missing from the map silently, so the map holds every row it
 would index: the valid rows of the task's fragments. Every index type; the
-default for those whose codes we do not write (IVF_FLAT, IVF_SQ, 4-bit PQ, the
-HNSW types but IVF_HNSW_PQ, dot-metric IVF_RQ).
+default for those whose codes we do not write (4-bit PQ, the HNSW types but
+IVF_HNSW_PQ, dot-metric IVF_RQ).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The ``"precomputed"`` engine: we assign and encode every row with NumPy BLAS.
 
-IVF_PQ, IVF_SQ and IVF_RQ (l2, cosine): each task streams its rows, assigns and encodes
+IVF_PQ, IVF_SQ, IVF_FLAT and IVF_RQ (l2, cosine): each task streams its rows, assigns and encodes
 them (:class:`dask_lance_index.model.PQEncoder`,
 :class:`dask_lance_index.model.RQEncoder`: Lance takes no RaBitQ codes at all)
 and writes the segment's two files itself in Lance's layout
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ...model import PQEncoder, RQEncoder, RQRotation, SQEncoder
+from ...model import FlatEncoder, PQEncoder, RQEncoder, RQRotation, SQEncoder
 from ...storage import (
     SegmentResult,
     segment_index,
@@ -24,6 +24,7 @@ from ...storage import (
     shuffle_buffer_inputs,
     shuffle_buffer_schema,
     write_pq_segment,
+    write_flat_segment,
     write_rq_segment,
     write_sq_segment,
 )
@@ -38,10 +39,10 @@ def writes_codes(params) -> bool:
     as precomputed shuffle buffers) and IVF_RQ under l2 or cosine (segments
     written in Lance's layout; Lance's dot-metric RaBitQ stores other factors), and
     IVF_SQ (segments written in Lance's layout with the model's shared bounds, so
-    that they merge)."""
+    that they merge), and IVF_FLAT (the rows themselves, in Lance's layout)."""
     if params.quantizer == "PQ":
         return params.num_bits == 8
-    if params.index_type == "IVF_SQ":
+    if params.index_type in ("IVF_SQ", "IVF_FLAT"):
         return True
     return params.index_type == "IVF_RQ" and params.metric in ("l2", "cosine")
 
@@ -52,12 +53,12 @@ class PrecomputedEngine(Engine):
     def refuses(self, params) -> str | None:
         if writes_codes(params):
             return None
-        return (f"engine='precomputed' needs an 8-bit PQ index type (IVF_PQ or IVF_HNSW_PQ), IVF_SQ, or IVF_RQ "
+        return (f"engine='precomputed' needs an 8-bit PQ index type (IVF_PQ or IVF_HNSW_PQ), IVF_FLAT, IVF_SQ, or IVF_RQ "
                 f"under l2 or cosine; Lance encodes {params.index_type} ({params.metric}) itself")
 
     def build_segment(self, plan, task, model, storage_options=None, options=None, upstream=None) -> SegmentResult:
         seg = SegmentTask(plan, task, model, storage_options)
-        if plan.params.index_type in ("IVF_PQ", "IVF_RQ", "IVF_SQ"):
+        if plan.params.index_type in ("IVF_PQ", "IVF_RQ", "IVF_SQ", "IVF_FLAT"):
             return seg.result(_write_segment(seg))
         return seg.result(_hand_off_codes(seg))
 
@@ -75,7 +76,8 @@ def _write_segment(seg: SegmentTask):
 
     The task holds its rows' codes until it writes them grouped by partition, so
     its memory grows with its rows: 28 bytes a row for IVF_PQ with 16 sub-vectors
-    (4 of partition, 8 of row id, 16 of codes), 12 + d for IVF_SQ, 112 for IVF_RQ at 128-d and 5 bits
+    (4 of partition, 8 of row id, 16 of codes), 12 + d for IVF_SQ, 12 + 4d for IVF_FLAT
+    (so its tasks are planned smaller: :data:`dask_lance_index.plan.FLAT_TASK_BYTES`), 112 for IVF_RQ at 128-d and 5 bits
     (16 of sign bits, 64 of ex-codes, 20 of factors): 56 and 224 MB for the
     default 2M-row task.
     """
@@ -87,6 +89,12 @@ def _write_segment(seg: SegmentTask):
         def encode(x):
             parts, codes, loss = encoder.encode(x, with_loss=True)
             return {"part_ids": parts, "codes": codes}, loss
+    elif params.index_type == "IVF_FLAT":
+        encoder = FlatEncoder(centroids, params.metric, model.coarse_index)
+
+        def encode(x):
+            parts, rows, loss = encoder.encode(x)
+            return {"part_ids": parts, "codes": rows}, loss
     elif params.quantizer == "SQ":
         encoder = SQEncoder(centroids, model.sq_bounds, params.metric, model.coarse_index, params.num_bits)
 
@@ -126,6 +134,8 @@ def _write_segment(seg: SegmentTask):
     if params.quantizer == "PQ":
         files = write_pq_segment(plan.uri, seg.uuid, codes=codes["codes"], codebook=model.pq_codebook,
                                  transposed=whole, **common)
+    elif params.index_type == "IVF_FLAT":
+        files = write_flat_segment(plan.uri, seg.uuid, vectors=codes["codes"], **common)
     elif params.quantizer == "SQ":
         files = write_sq_segment(plan.uri, seg.uuid, codes=codes["codes"], bounds=model.sq_bounds,
                                  num_bits=params.num_bits, **common)
@@ -134,6 +144,6 @@ def _write_segment(seg: SegmentTask):
                                  factors=codes, model=model.rabitq_model, num_bits=params.num_bits,
                                  packed=whole, **common)
     return segment_index(seg.ds, index_uuid=seg.uuid, name=plan.name, column=plan.column,
-                         fragment_ids=seg.fragment_ids, quantizer=params.quantizer, metric=params.metric,
+                         fragment_ids=seg.fragment_ids, quantizer=params.quantizer or "FLAT", metric=params.metric,
                          num_bits=params.num_bits, num_sub_vectors=params.num_sub_vectors, files=files,
                          storage_options=seg.storage_options)

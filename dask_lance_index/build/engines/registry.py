@@ -27,7 +27,7 @@ def resolve_engine(name: str, params) -> Engine:
     """The engine that builds an index of ``params``. Pure.
 
     ``"auto"``: ``"precomputed"`` where it applies (our workers assign and encode
-    with NumPy BLAS and write the segments: 8-bit PQ types, IVF_SQ, and IVF_RQ
+    with NumPy BLAS and write the segments: 8-bit PQ types, IVF_FLAT, IVF_SQ, and IVF_RQ
     under l2 and cosine), ``"partitions"`` otherwise (our workers assign, Lance encodes).
     An engine that cannot build the index is refused with the reason and the fix.
     ``benchmarks/bench_build.py`` measures them side by side.
