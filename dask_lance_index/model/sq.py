@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from .coarse import CoarseIndex
-from .ivf import CHUNK, PartitionAssigner
+from .ivf import FlatEncoder
 
 __all__ = ["SQ_SAMPLE_RATE", "SQEncoder", "sq_codes", "train_sq_bounds"]
 
@@ -59,28 +59,12 @@ class SQEncoder:
 
     def __init__(self, centroids: np.ndarray, bounds: tuple[float, float], metric: str,
                  coarse: CoarseIndex | None = None, num_bits: int = 8):
-        self.centroids = np.ascontiguousarray(centroids, dtype=np.float32)
         self.bounds = (float(bounds[0]), float(bounds[1]))
-        self.metric = metric
         self.num_bits = num_bits
-        self.dimension = self.centroids.shape[1]
-        self._ivf = PartitionAssigner(self.centroids, metric, coarse)
+        self._flat = FlatEncoder(centroids, metric, coarse)  # the rows as Lance stores them, then coded
 
     def encode(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
         """Partition ids (uint32, (n,)), SQ codes (uint8, (n, d)) and the rows' summed
         squared distance to their partition centroid (the IVF loss)."""
-        x = np.asarray(x, dtype=np.float32)
-        n, d = x.shape
-        parts = np.empty(n, dtype=np.uint32)
-        codes = np.empty((n, d), dtype=np.uint8)
-        lhs, norms, scores, best = self._ivf.buffers(CHUNK)
-        loss = 0.0
-        for start in range(0, n, CHUNK):
-            m = min(CHUNK, n - start)
-            lhs[:m, :d] = x[start : start + m]
-            rows = self._ivf.assign_chunk(m, lhs, norms, scores, best)
-            parts[start : start + m] = best[:m]
-            codes[start : start + m] = sq_codes(rows, self.bounds, self.num_bits)
-            r = rows - self.centroids[best[:m]]
-            loss += float(np.einsum("ij,ij->", r, r))
-        return parts, codes, loss
+        parts, rows, loss = self._flat.encode(x)
+        return parts, sq_codes(rows, self.bounds, self.num_bits), loss
