@@ -34,7 +34,7 @@ from ..model.sample_rows import (
 )
 from ..runtime import in_bulk, one_blas_thread
 
-__all__ = ["BUCKET_BYTES", "ClusterRows", "draw_sample"]
+__all__ = ["BUCKET_BYTES", "ClusterRows", "draw_sample", "tree_reduce"]
 
 # Rows one bucket task of second-level groups holds at most (a larger group is a
 # bucket of its own): 256 MiB, 65,536 rows at 1024-d.
@@ -58,8 +58,8 @@ def _refine_task(pieces: Sequence, centroids: np.ndarray, index, probes: int) ->
     return refine_partials_of(pieces, centroids, index, probes)
 
 
-def _tree(client, futures: list, combine: Callable):
-    """Combine ``futures`` pairwise on the cluster; the last one's future."""
+def tree_reduce(client, futures: list, combine: Callable):
+    """Combine ``futures`` pairwise on the cluster, as a tree; the future of the whole."""
     level = list(futures)
     while len(level) > 1:
         level = [client.submit(combine, *level[i : i + 2], pure=False) if i + 1 < len(level) else level[i]
@@ -143,7 +143,7 @@ class ClusterRows(SampleRows):
             where.setdefault(holders[0] if holders else "", []).append(piece)
         parts = [c.submit(_refine_task, pieces, cf, xf, probes, workers=[addr] if addr else None,
                           allow_other_workers=True, pure=False) for addr, pieces in where.items()]
-        return _tree(c, parts, combine_refine_partials).result()
+        return tree_reduce(c, parts, combine_refine_partials).result()
 
     def _holders(self) -> list:
         who = self.client.who_has(self.pieces)

@@ -11,6 +11,7 @@ others to share with, in threads under dask's local schedulers.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -44,7 +45,7 @@ from ..model.kmeans import combine_partials, lloyd_partial
 from ..recovery.journal import read_model, write_model
 from ..runtime import in_bulk, one_blas_thread
 from ..runtime.client import num_workers, worker_client_or_none
-from .cluster_rows import draw_sample
+from .cluster_rows import draw_sample, tree_reduce
 from .sample import seed_for
 
 __all__ = ["DISTRIBUTED_TRAIN_MIN_WORK", "TrainModel", "cluster_partials", "map_groups", "train_ivf_on_cluster",
@@ -79,13 +80,8 @@ def cluster_partials(client, x: np.ndarray, shards: int) -> Callable:
 
     def partials(centroids):
         c = client.scatter(centroids, broadcast=True, hash=False)
-        level = [client.submit(lloyd_partial, piece, c, pure=False) for piece in pieces]
-        while len(level) > 1:
-            level = [
-                client.submit(combine_partials, *level[i : i + 2], pure=False) if i + 1 < len(level) else level[i]
-                for i in range(0, len(level), 2)
-            ]
-        return level[0].result()
+        return tree_reduce(client, [client.submit(lloyd_partial, piece, c, pure=False) for piece in pieces],
+                           combine_partials).result()
 
     return partials
 
@@ -178,32 +174,20 @@ def train_model(
     trained. ``samples`` are the outputs of the sampling tasks
     (:func:`.sample.sample_fragment`), or, with ``sampler``, their arguments:
     this task then draws the sample itself (:func:`.cluster_rows.draw_sample`),
-    on the cluster when it runs in a dask worker, and trains in two levels
-    without gathering it.
+    on the cluster when it runs in a dask worker. A two-level IVF trains over the
+    sample in pieces, never gathered (:func:`_train_two_level`).
     """
-    if sampler is not None:
+    if sampler is not None or (params.ivf_training == "hierarchical" and "ivf_centroids" in train):
         return _train_two_level(samples, sampler, params=params, dimension=dimension, train=train, given=given,
                                 seed=seed, build_id=build_id)
     t0 = time.time()
     source: dict = {k: "user" for k in ("ivf_centroids", "pq_codebook", "rabitq_model") if getattr(given, k) is not None}
-    centroids = given.ivf_centroids
-    coarse = given.coarse_index
-    codebook = given.pq_codebook
-    rabitq = given.rabitq_model
+    centroids, codebook, sq_bounds = given.ivf_centroids, given.pq_codebook, given.sq_bounds
     if samples:
-        sample_t0 = min(s[1][0] for s in samples)
-        sample_t1 = max(s[1][1] for s in samples)
-        source["sample_seconds"] = round(sample_t1 - sample_t0, 4)
-    sq_bounds = given.sq_bounds
-    needs_data = "ivf_centroids" in train or "pq_codebook" in train or "sq_bounds" in train
-    if needs_data:
+        source["sample_seconds"] = _span([s[1] for s in samples])
+    if "ivf_centroids" in train or "pq_codebook" in train or "sq_bounds" in train:
         x = np.concatenate([s[0] for s in samples]) if samples else np.empty((0, dimension), np.float32)
-        if len(x) < params.num_partitions or not len(x):
-            raise InvalidInputError(
-                f"only {len(x)} valid (non-null, finite) vectors were found in the training sample, "
-                f"fewer than num_partitions={params.num_partitions}. Fix: lower num_partitions, or "
-                "check the column for null/NaN vectors."
-            )
+        _check_sample(len(x), params)
         source["sample_rows"] = int(len(x))
         x = prepare_vectors(x, params.metric)
         ivf_seed, pq_seed = seed_for(seed, build_id, 2**31).spawn(2)
@@ -211,52 +195,58 @@ def train_model(
             ivf_rows = min(len(x), params.num_partitions * params.sample_rate)
             xi = x if ivf_rows == len(x) else x[np.random.default_rng(ivf_seed).choice(len(x), ivf_rows, replace=False)]
             t1 = time.time()
-            if params.ivf_training == "hierarchical":
-                centroids, inertia, coarse = train_ivf_hierarchical(
-                    xi, params.num_partitions, max_iters=params.max_iters, seed=ivf_seed, tol=params.tolerance,
-                    map_groups=map_groups,
-                )
-                source["ivf_training"] = f"hierarchical, {coarse.num_groups} groups"
-                coarse = _with_probes(LocalRows([x]), centroids, coarse, params.coarse_probes, ivf_seed, source)
-            else:
-                centroids, inertia = train_ivf_on_cluster(
-                    xi, params.num_partitions, params.metric, max_iters=params.max_iters, seed=ivf_seed,
-                    tol=params.tolerance,
-                )
+            centroids, inertia = train_ivf_on_cluster(
+                xi, params.num_partitions, params.metric, max_iters=params.max_iters, seed=ivf_seed,
+                tol=params.tolerance,
+            )
             source["ivf_centroids"] = "trained"
             source["ivf_inertia"] = inertia
             source["ivf_seconds"] = round(time.time() - t1, 4)
         if "pq_codebook" in train:
-            k = 2 ** params.num_bits
-            if len(x) < k:
-                raise InvalidInputError(
-                    f"PQ with num_bits={params.num_bits} needs at least {k} valid training vectors; "
-                    f"found {len(x)}. Fix: num_bits=4, or a larger dataset."
-                )
-            pq_rows = min(len(x), k * params.pq_sample_rate)
+            pq_rows = min(len(x), _pq_rows(len(x), params))
             xp = x if pq_rows == len(x) else x[np.random.default_rng(pq_seed).choice(len(x), pq_rows, replace=False)]
-            t1 = time.time()
-            codebook = train_pq(
-                residuals(xp, centroids, params.metric),
-                params.num_sub_vectors,
-                params.num_bits,
-                max_iters=params.max_iters,
-                seed=pq_seed,
-                tol=params.tolerance,
-                map_groups=map_groups,
-            )
-            source["pq_codebook"] = "trained"
-            source["pq_seconds"] = round(time.time() - t1, 4)
+            codebook = _train_codebook(xp, centroids, params, pq_seed, source)
         if "sq_bounds" in train:
             sq_bounds = _sq_bounds(LocalRows([x]), params, seed, build_id, source)
-    if "rabitq_model" in train:
-        rabitq = build_rq_rotation(dimension, num_bits=params.num_bits, seed=seed_for(seed, build_id, 2**31 + 1))
-        source["rabitq_model"] = "trained"
-    source["train_seconds"] = round(time.time() - t0, 4)
-    return IndexModel(ivf_centroids=centroids, pq_codebook=codebook, rabitq_model=rabitq, source=source,
-                      ivf_coarse=None if coarse is None else coarse.coarse,
-                      ivf_groups=None if coarse is None else coarse.groups,
-                      ivf_probes=None if coarse is None else coarse.probes, sq_bounds=sq_bounds)
+    return _model(centroids, codebook, given, given.coarse_index, sq_bounds, params=params, dimension=dimension,
+                  train=train, seed=seed, build_id=build_id, source=source, started=t0)
+
+
+def _span(times: list) -> float:
+    """Seconds from the first ``(started, finished)`` to the last."""
+    return round(max(t[1] for t in times) - min(t[0] for t in times), 4)
+
+
+def _check_sample(rows: int, params) -> None:
+    if rows < params.num_partitions:
+        raise InvalidInputError(
+            f"only {rows} valid (non-null, finite) vectors were found in the training sample, "
+            f"fewer than num_partitions={params.num_partitions}. Fix: lower num_partitions, or "
+            "check the column for null/NaN vectors."
+        )
+
+
+def _pq_rows(rows: int, params) -> int:
+    """PQ's training rows (``2**num_bits x pq_sample_rate``), once the sample is known to hold
+    one row per code word."""
+    k = 2 ** params.num_bits
+    if rows < k:
+        raise InvalidInputError(
+            f"PQ with num_bits={params.num_bits} needs at least {k} valid training vectors; "
+            f"found {rows}. Fix: num_bits=4, or a larger dataset."
+        )
+    return k * params.pq_sample_rate
+
+
+def _train_codebook(xp: np.ndarray, centroids: np.ndarray, params, pq_seed, source: dict) -> np.ndarray:
+    """The PQ codebook on the residuals of rows ``xp``; its groups of sub-spaces go to the
+    cluster by :func:`map_groups`."""
+    t1 = time.time()
+    codebook = train_pq(residuals(xp, centroids, params.metric), params.num_sub_vectors, params.num_bits,
+                        max_iters=params.max_iters, seed=pq_seed, tol=params.tolerance, map_groups=map_groups)
+    source["pq_codebook"] = "trained"
+    source["pq_seconds"] = round(time.time() - t1, 4)
+    return codebook
 
 
 def _sq_bounds(rows: SampleRows, params, seed, build_id: str, source: dict) -> tuple[float, float]:
@@ -267,82 +257,71 @@ def _sq_bounds(rows: SampleRows, params, seed, build_id: str, source: dict) -> t
     return bounds
 
 
-def two_level_sample(plan) -> bool:
-    """Whether a build's training task draws its sample itself and keeps it in pieces:
-    a two-level IVF to train. Pure."""
-    return plan.params.ivf_training == "hierarchical" and "ivf_centroids" in plan.train
-
-
-def _train_two_level(specs: list, sampler: Callable, *, params, dimension: int, train: tuple[str, ...],
-                     given: IndexModel, seed: int | None, build_id: str) -> IndexModel:
-    """:func:`train_model` for a two-level IVF whose sample stays in pieces: on the
-    workers that drew them inside a dask worker, in this process otherwise."""
-    t0 = time.time()
-    source: dict = {k: "user" for k in ("pq_codebook", "rabitq_model") if getattr(given, k) is not None}
-    codebook, rabitq, sq_bounds = given.pq_codebook, given.rabitq_model, given.sq_bounds
-    if worker_client_or_none() is not None:
-        with worker_client() as wc:  # secedes: this task waits on the sample's tasks
-            centroids, coarse, pq_rows, pq_seed, rows = _two_level_ivf(specs, sampler, wc, num_workers(wc),
-                                                                       params, dimension, train, seed, build_id,
-                                                                       source)
-            if "sq_bounds" in train:
-                sq_bounds = _sq_bounds(rows, params, seed, build_id, source)
-    else:
-        centroids, coarse, pq_rows, pq_seed, rows = _two_level_ivf(specs, sampler, None, 1, params, dimension, train,
-                                                                   seed, build_id, source)
-        if "sq_bounds" in train:
-            sq_bounds = _sq_bounds(rows, params, seed, build_id, source)
-    del rows
-    if pq_rows is not None:  # PQ's groups of sub-spaces go to the cluster by map_groups, as for a flat build
-        t1 = time.time()
-        codebook = train_pq(residuals(pq_rows, centroids, params.metric), params.num_sub_vectors, params.num_bits,
-                            max_iters=params.max_iters, seed=pq_seed, tol=params.tolerance, map_groups=map_groups)
-        source["pq_codebook"] = "trained"
-        source["pq_seconds"] = round(time.time() - t1, 4)
+def _model(centroids, codebook, given: IndexModel, coarse: CoarseIndex | None, sq_bounds, *, params, dimension: int,
+           train, seed, build_id: str, source: dict, started: float, excluded: float = 0.0) -> IndexModel:
+    """The model from its trained parts, the RaBitQ rotation made here if it is to be;
+    training took the time since ``started`` less ``excluded``."""
+    rabitq = given.rabitq_model
     if "rabitq_model" in train:
         rabitq = build_rq_rotation(dimension, num_bits=params.num_bits, seed=seed_for(seed, build_id, 2**31 + 1))
         source["rabitq_model"] = "trained"
-    # the sample was drawn inside this task: its stage is reported apart
-    source["train_seconds"] = round(time.time() - t0 - source.get("sample_seconds", 0.0), 4)
+    source["train_seconds"] = round(time.time() - started - excluded, 4)
     return IndexModel(ivf_centroids=centroids, pq_codebook=codebook, rabitq_model=rabitq, source=source,
                       ivf_coarse=None if coarse is None else coarse.coarse,
                       ivf_groups=None if coarse is None else coarse.groups,
                       ivf_probes=None if coarse is None else coarse.probes, sq_bounds=sq_bounds)
 
 
-def _two_level_ivf(specs, sampler, client, workers: int, params, dimension: int, train, seed, build_id,
-                   source: dict):
-    """Draw the sample in pieces, train the two levels over them, choose the probes, and
-    draw PQ's rows: ``(centroids, coarse index or None, PQ rows or None, PQ seed, the sample)``."""
-    rows, times = draw_sample(sampler, specs, params.metric, dimension, client, workers, map_groups)
-    if times:
-        source["sample_seconds"] = round(max(t[1] for t in times) - min(t[0] for t in times), 4)
-    if rows.num_rows < params.num_partitions:
-        raise InvalidInputError(
-            f"only {rows.num_rows} valid (non-null, finite) vectors were found in the training sample, "
-            f"fewer than num_partitions={params.num_partitions}. Fix: lower num_partitions, or "
-            "check the column for null/NaN vectors."
-        )
-    source["sample_rows"] = rows.num_rows
-    source["sample_pieces"] = len(rows.lengths)
-    ivf_seed, pq_seed = seed_for(seed, build_id, 2**31).spawn(2)
-    t1 = time.time()
-    centroids, inertia, coarse = train_ivf_hierarchical(rows, params.num_partitions, max_iters=params.max_iters,
-                                                        seed=ivf_seed, tol=params.tolerance)
-    source["ivf_training"] = f"hierarchical, {coarse.num_groups} groups"
-    coarse = _with_probes(rows, centroids, coarse, params.coarse_probes, ivf_seed, source)
-    source["ivf_centroids"] = "trained"
-    source["ivf_inertia"] = inertia
-    source["ivf_seconds"] = round(time.time() - t1, 4)
-    if "pq_codebook" in train:
-        k = 2 ** params.num_bits
-        if rows.num_rows < k:
-            raise InvalidInputError(
-                f"PQ with num_bits={params.num_bits} needs at least {k} valid training vectors; "
-                f"found {rows.num_rows}. Fix: num_bits=4, or a larger dataset."
-            )
-        return centroids, coarse, rows.sample(k * params.pq_sample_rate, np.random.default_rng(pq_seed)), pq_seed, rows
-    return centroids, coarse, None, pq_seed, rows
+def two_level_sample(plan) -> bool:
+    """Whether a build's training task draws its sample itself and keeps it in pieces:
+    a two-level IVF to train. Pure."""
+    return plan.params.ivf_training == "hierarchical" and "ivf_centroids" in plan.train
+
+
+def _train_two_level(samples: list, sampler: Callable | None, *, params, dimension: int, train: tuple[str, ...],
+                     given: IndexModel, seed: int | None, build_id: str) -> IndexModel:
+    """:func:`train_model` for a two-level IVF whose sample stays in pieces. With a
+    ``sampler``, ``samples`` are the sampling tasks' arguments and the pieces are drawn
+    here: as tasks whose rows stay on the workers inside a dask worker, in threads
+    otherwise. Without, ``samples`` are the sampling tasks' outputs, in this process."""
+    t0 = time.time()
+    source: dict = {k: "user" for k in ("pq_codebook", "rabitq_model") if getattr(given, k) is not None}
+    codebook, sq_bounds = given.pq_codebook, given.sq_bounds
+    cluster = sampler is not None and worker_client_or_none() is not None
+    # secedes inside a worker: this task waits on the sample's tasks
+    with worker_client() if cluster else contextlib.nullcontext() as client:
+        if sampler is not None:
+            rows, times = draw_sample(sampler, samples, params.metric, dimension, client,
+                                      num_workers(client) if cluster else 1, map_groups)
+        else:
+            rows = LocalRows([prepare_vectors(s[0], params.metric) for s in samples], dimension, map_groups)
+            times = [s[1] for s in samples]
+        if times:
+            source["sample_seconds"] = _span(times)
+        _check_sample(rows.num_rows, params)
+        source["sample_rows"] = rows.num_rows
+        source["sample_pieces"] = len(rows.lengths)
+        ivf_seed, pq_seed = seed_for(seed, build_id, 2**31).spawn(2)
+        t1 = time.time()
+        centroids, inertia, coarse = train_ivf_hierarchical(rows, params.num_partitions, max_iters=params.max_iters,
+                                                            seed=ivf_seed, tol=params.tolerance)
+        source["ivf_training"] = f"hierarchical, {coarse.num_groups} groups"
+        coarse = _with_probes(rows, centroids, coarse, params.coarse_probes, ivf_seed, source)
+        source["ivf_centroids"] = "trained"
+        source["ivf_inertia"] = inertia
+        source["ivf_seconds"] = round(time.time() - t1, 4)
+        pq_rows = None
+        if "pq_codebook" in train:
+            pq_rows = rows.sample(_pq_rows(rows.num_rows, params), np.random.default_rng(pq_seed))
+        if "sq_bounds" in train:
+            sq_bounds = _sq_bounds(rows, params, seed, build_id, source)
+        del rows
+    if pq_rows is not None:  # after the worker client: PQ's groups go to the cluster by map_groups
+        codebook = _train_codebook(pq_rows, centroids, params, pq_seed, source)
+    # a sample drawn inside this task is reported as its own stage
+    drawn_here = source.get("sample_seconds", 0.0) if sampler is not None else 0.0
+    return _model(centroids, codebook, given, coarse, sq_bounds, params=params, dimension=dimension, train=train,
+                  seed=seed, build_id=build_id, source=source, started=t0, excluded=drawn_here)
 
 
 @dataclass(frozen=True)
