@@ -231,6 +231,24 @@ def write_pq_segment(
     return ["auxiliary.idx", "index.idx"]
 
 
+def _write_row_major_segment(dataset_uri: str, index_uuid: str, index_type: str, field: pa.Field,
+                             values: np.ndarray, quantizer: dict, *, row_ids, part_ids, centroids, metric: str,
+                             loss: float, storage_options) -> list:
+    """A segment whose ``auxiliary.idx`` holds ``_rowid`` and one code column, ``field``,
+    row-major and grouped by partition (IVF_SQ, IVF_FLAT); returns the file names."""
+    centroids = np.asarray(centroids, dtype=np.float32)
+    order, lengths, offsets = _partition_order(np.asarray(part_ids), len(centroids))
+    schema = pa.schema([pa.field("_rowid", pa.uint64()), field])
+    base = _segment_dir(dataset_uri, index_uuid)
+    _write_aux(
+        base, schema, order, {}, {"_rowid": np.asarray(row_ids, dtype=np.uint64), field.name: values},
+        ivf=ivf_message(offsets, lengths), extra_buffers=[], metric=metric,
+        quantizer_json=json.dumps(quantizer, separators=(",", ":")), storage_options=storage_options,
+    )
+    _write_index_file(base, index_type, metric, centroids, loss, storage_options)
+    return ["auxiliary.idx", "index.idx"]
+
+
 def write_sq_segment(
     dataset_uri: str,
     index_uuid: str,
@@ -251,21 +269,14 @@ def write_sq_segment(
     the same for every segment of the index, which is what lets Lance merge them.
     Lance stores SQ codes row-major in whole and partial segments alike.
     """
-    centroids = np.asarray(centroids, dtype=np.float32)
-    dimension = centroids.shape[1]
-    order, lengths, offsets = _partition_order(np.asarray(part_ids), len(centroids))
-    schema = pa.schema([("_rowid", pa.uint64()), ("__sq_code", pa.list_(pa.uint8(), dimension))])
+    dimension = np.shape(centroids)[1]
     quantizer = {"dim": dimension, "num_bits": num_bits,
                  "bounds": {"start": float(bounds[0]), "end": float(bounds[1])}}
-    base = _segment_dir(dataset_uri, index_uuid)
-    _write_aux(
-        base, schema, order, {},
-        {"_rowid": np.asarray(row_ids, dtype=np.uint64), "__sq_code": np.asarray(codes, dtype=np.uint8)},
-        ivf=ivf_message(offsets, lengths), extra_buffers=[], metric=metric,
-        quantizer_json=json.dumps(quantizer, separators=(",", ":")), storage_options=storage_options,
+    return _write_row_major_segment(
+        dataset_uri, index_uuid, "IVF_SQ", pa.field("__sq_code", pa.list_(pa.uint8(), dimension)),
+        np.asarray(codes, dtype=np.uint8), quantizer, row_ids=row_ids, part_ids=part_ids, centroids=centroids,
+        metric=metric, loss=loss, storage_options=storage_options,
     )
-    _write_index_file(base, "IVF_SQ", metric, centroids, loss, storage_options)
-    return ["auxiliary.idx", "index.idx"]
 
 
 def write_flat_segment(
@@ -282,20 +293,12 @@ def write_flat_segment(
 ) -> list:
     """Write one IVF_FLAT segment's files; returns the file names. ``vectors``: the rows
     as Lance stores them (unit vectors for cosine, raw otherwise), float32."""
-    centroids = np.asarray(centroids, dtype=np.float32)
-    dimension = centroids.shape[1]
-    order, lengths, offsets = _partition_order(np.asarray(part_ids), len(centroids))
-    schema = pa.schema([pa.field("_rowid", pa.uint64()),
-                        pa.field("flat", pa.list_(pa.float32(), dimension), nullable=False)])
-    base = _segment_dir(dataset_uri, index_uuid)
-    _write_aux(
-        base, schema, order, {},
-        {"_rowid": np.asarray(row_ids, dtype=np.uint64), "flat": np.asarray(vectors, dtype=np.float32)},
-        ivf=ivf_message(offsets, lengths), extra_buffers=[], metric=metric,
-        quantizer_json=json.dumps({"dim": dimension}, separators=(",", ":")), storage_options=storage_options,
+    dimension = np.shape(centroids)[1]
+    return _write_row_major_segment(
+        dataset_uri, index_uuid, "IVF_FLAT", pa.field("flat", pa.list_(pa.float32(), dimension), nullable=False),
+        np.asarray(vectors, dtype=np.float32), {"dim": dimension}, row_ids=row_ids, part_ids=part_ids,
+        centroids=centroids, metric=metric, loss=loss, storage_options=storage_options,
     )
-    _write_index_file(base, "IVF_FLAT", metric, centroids, loss, storage_options)
-    return ["auxiliary.idx", "index.idx"]
 
 
 def _rq_schema(dimension: int, num_bits: int):
