@@ -152,21 +152,28 @@ def test_written_pq_segment_is_the_segment_lance_writes(tmp_path, metric, whole)
     assert theirs.index_details[1].startswith(ours.index_details[1])
 
 
-@pytest.mark.parametrize("metric, whole", [("l2", False), ("l2", True), ("cosine", False), ("dot", True)])
-def test_written_sq_segment_is_the_segment_lance_writes(tmp_path, metric, whole):
-    x = make_vectors(3000, 24, num_clusters=25, seed=6)
+def _lances_segment(tmp_path, index_type, metric, whole, data_seed, centroid_seed):
+    """A segment Lance writes of ``index_type`` over 8 partitions of 3,000 24-d rows (both
+    fragments when ``whole``), and the rows it covers: ``(uri, ds, frags, centroids, Lance's
+    Index, the rows' table with _rowid, the rows)``."""
+    x = make_vectors(3000, 24, num_clusters=25, seed=data_seed)
     uri = str(tmp_path / "v.lance")
     ds = write_vectors(uri, x, max_rows_per_file=1500)
     frags = [0, 1] if whole else [0]
-    centroids = x[np.random.default_rng(3).choice(len(x), 8, replace=False)]
+    centroids = x[np.random.default_rng(centroid_seed).choice(len(x), 8, replace=False)]
     if metric == "cosine":
         centroids = normalize_rows(centroids)
     theirs = ds.create_index_uncommitted(
-        "vector", "IVF_SQ", name="v_idx", metric=metric, fragment_ids=frags, num_partitions=8,
-        ivf_centroids=centroids,
+        "vector", index_type, name="v_idx", metric=metric, fragment_ids=frags, num_partitions=8, ivf_centroids=centroids,
     )
     table = ds.scanner(columns=["vector"], with_row_id=True, fragments=[ds.get_fragment(f) for f in frags]).to_table()
     rows = np.stack(table["vector"].to_numpy(zero_copy_only=False)).astype(np.float32)
+    return uri, ds, frags, centroids, theirs, table, rows
+
+
+@pytest.mark.parametrize("metric, whole", [("l2", False), ("l2", True), ("cosine", False), ("dot", True)])
+def test_written_sq_segment_is_the_segment_lance_writes(tmp_path, metric, whole):
+    uri, ds, frags, centroids, theirs, table, rows = _lances_segment(tmp_path, "IVF_SQ", metric, whole, 6, 3)
     # Lance takes its bounds from a sample of 65,536 rows: here every row of the segment
     bounds = train_sq_bounds(normalize_rows(rows) if metric == "cosine" else rows)
     parts, codes, loss = SQEncoder(centroids, bounds, metric).encode(rows)
@@ -198,18 +205,7 @@ def test_written_sq_segment_is_the_segment_lance_writes(tmp_path, metric, whole)
 
 @pytest.mark.parametrize("metric, whole", [("l2", False), ("l2", True), ("cosine", False), ("dot", True)])
 def test_written_flat_segment_is_the_segment_lance_writes(tmp_path, metric, whole):
-    x = make_vectors(3000, 24, num_clusters=25, seed=7)
-    uri = str(tmp_path / "v.lance")
-    ds = write_vectors(uri, x, max_rows_per_file=1500)
-    frags = [0, 1] if whole else [0]
-    centroids = x[np.random.default_rng(4).choice(len(x), 8, replace=False)]
-    if metric == "cosine":
-        centroids = normalize_rows(centroids)
-    theirs = ds.create_index_uncommitted(
-        "vector", "IVF_FLAT", name="v_idx", metric=metric, fragment_ids=frags, num_partitions=8, ivf_centroids=centroids,
-    )
-    table = ds.scanner(columns=["vector"], with_row_id=True, fragments=[ds.get_fragment(f) for f in frags]).to_table()
-    rows = np.stack(table["vector"].to_numpy(zero_copy_only=False)).astype(np.float32)
+    uri, ds, frags, centroids, theirs, table, rows = _lances_segment(tmp_path, "IVF_FLAT", metric, whole, 7, 4)
     parts, stored, loss = FlatEncoder(centroids, metric).encode(rows)
     uuid = "0f0f0f0f-0000-4000-8000-000000000004"
     files = write_flat_segment(uri, uuid, row_ids=table["_rowid"].to_numpy(), part_ids=parts, vectors=stored,
