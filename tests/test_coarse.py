@@ -21,7 +21,9 @@ from dask_lance_index.model import (
     train_ivf_hierarchical,
     validate_model,
 )
+from dask_lance_index.commit import LOW_AGREEMENT
 from dask_lance_index.model.coarse import TARGET_AGREEMENT, allocate_centroids, coarse_size
+from dask_lance_index.model.ivf import AUDIT_STRIDE, CHUNK
 from dask_lance_index.model.kmeans import assign
 from dask_lance_index.plan import HIERARCHICAL_MIN_PARTITIONS, resolve_params
 
@@ -146,6 +148,22 @@ def test_the_partition_assigner_applies_the_coarse_index(x, hier):
     assert np.array_equal(cos, assign(unit, centroids, "l2")[0])
 
 
+@pytest.mark.parametrize("probes", [1, 2])
+def test_the_partition_assigner_audits_every_256th_row_against_exact_assignment(x, hier, probes):
+    centroids, _, index = hier
+    assigner = PartitionAssigner(centroids, "l2", index.with_probes(probes))
+    restricted = assigner.assign(x).astype(np.intp)
+    exact, _ = assign(x, centroids, "l2")
+    assert CHUNK % AUDIT_STRIDE == 0  # so one call audits exactly every 256th row
+    audited = slice(None, None, AUDIT_STRIDE)
+    assert assigner.checked == len(x[audited])
+    assert assigner.agreed == int((restricted[audited] == exact[audited]).sum())
+    assert assigner.agreed < assigner.checked  # these probes do miss: the audit sees it
+    flat = PartitionAssigner(centroids, "l2")
+    flat.assign(x)
+    assert flat.checked == flat.agreed == 0  # exact assignment needs no audit
+
+
 def test_the_model_keeps_its_groups_through_json_and_pickle(hier):
     centroids, _, index = hier
     model = IndexModel(ivf_centroids=centroids, ivf_coarse=index.coarse, ivf_groups=index.groups, ivf_probes=5)
@@ -216,7 +234,8 @@ def test_a_two_level_build_puts_rows_where_the_model_says_and_searches_as_well_a
         got[training] = _recall(ds, queries, truth, nprobes=8, refine_factor=5)
         model = dli.load_model(uri, "vector_idx").model
         if training == "flat":
-            assert result.assignment_agreement is None and model.coarse_index is None
+            assert result.assignment_agreement is None and result.build_agreement is None
+            assert model.coarse_index is None
             continue
         index = model.coarse_index
         assert index is not None and index.num_groups == 8
@@ -224,6 +243,13 @@ def test_a_two_level_build_puts_rows_where_the_model_says_and_searches_as_well_a
         assert 0.9 <= result.assignment_agreement <= 1.0 and "two-level assignment (2 probes)" in str(result)
         # the committed partitions are the restricted assignment's, row for row counted
         labels, _ = index.assigner(model.ivf_centroids).assign(vectors)
+        # the tasks' audit of the rows they indexed: near the agreement over every row,
+        # and a warning exactly when it is low
+        whole = float(np.mean(labels == assign(vectors, model.ivf_centroids, "l2")[0]))
+        assert result.build_agreement is not None and abs(result.build_agreement - whole) < 0.1, (
+            result.build_agreement, whole)
+        warned = any("two-level assignment put" in w for w in result.warnings())
+        assert warned == (result.build_agreement < LOW_AGREEMENT)
         assert _partition_sizes(ds, 64) == np.bincount(labels, minlength=64).tolist()
     assert got["hierarchical"] >= got["flat"] - 0.03, got
     assert got["hierarchical"] > 0.85, got

@@ -133,9 +133,16 @@ class CommitIndex:
             num_rows_unindexed=appended,
             assignment_agreement=src.get("assignment_agreement"),
             coarse_probes=src.get("coarse_probes"),
+            build_agreement=_agreement(built),
         )
         save_after_build(plan, model, result, opts, self.model_uri)  # kept for dli.update_index
         return result
+
+
+def _agreement(built: list[SegmentResult]) -> float | None:
+    """The build tasks' audit of a two-level assignment, pooled (None: nothing checked)."""
+    checked = sum(s.checked_rows for s in built)
+    return round(sum(s.agreeing_rows for s in built) / checked, 5) if checked else None
 
 
 def _build_delta(plan, planned: list, final: list[SegmentResult], latest):

@@ -103,7 +103,7 @@ class PQEncoder:
         self.dimension = self.centroids.shape[1]
         if self.num_sub_vectors * self.sub_dim != self.dimension:
             raise ValueError("codebook does not match the centroids' dimension")
-        self._ivf = PartitionAssigner(self.centroids, metric, coarse)
+        self.assigner = PartitionAssigner(self.centroids, metric, coarse)
         self._pq_rhs = [augmented(self.codebook[j]) for j in range(self.num_sub_vectors)]
         self._code_dtype = np.uint8 if self.num_codes <= 256 else np.uint16
         self._buffers = None
@@ -125,7 +125,7 @@ class PQEncoder:
         parts = np.empty(n, dtype=np.uint32)
         codes = np.empty((n, self.num_sub_vectors), dtype=self._code_dtype)
         d, c = self.dimension, CHUNK
-        lhs, norms, ivf_scores, best = self._ivf.buffers(c)  # rows, then a ones column
+        lhs, norms, ivf_scores, best = self.assigner.buffers(c)  # rows, then a ones column
         if self._buffers is None:
             self._buffers = (np.ones((c, self.sub_dim + 1), dtype=np.float32), np.empty((c, d), dtype=np.float32),
                              np.empty((c, self.num_codes), dtype=np.float32))
@@ -135,7 +135,7 @@ class PQEncoder:
         for start in range(0, n, c):
             m = min(c, n - start)
             lhs[:m, :d] = x[start : start + m]
-            rows = self._ivf.assign_chunk(m, lhs, norms, ivf_scores, best)
+            rows = self.assigner.assign_chunk(m, lhs, norms, ivf_scores, best)
             parts[start : start + m] = best[:m]
             r = resid[:m]
             if self.metric == "dot":

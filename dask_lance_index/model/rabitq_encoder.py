@@ -318,7 +318,7 @@ class RQEncoder:
         self.dimension = self.centroids.shape[1]
         self.num_bits = int(num_bits)
         self.ex_bits = self.num_bits - 1
-        self._ivf = PartitionAssigner(self.centroids, metric, coarse)
+        self.assigner = PartitionAssigner(self.centroids, metric, coarse)
         self._rot_t = np.ascontiguousarray(rotation.matrix().T, dtype=np.float32)  # rows @ R^T
         self._rotated_centroids = self.centroids @ self._rot_t
         self.rescale: float | None = None
@@ -332,7 +332,7 @@ class RQEncoder:
         named as Lance's columns, and ``loss`` (sum of squared residual norms)."""
         x = np.asarray(x, dtype=np.float32)
         n, d, c = x.shape[0], self.dimension, _RQ_CHUNK
-        lhs, norms, scores, best = self._ivf.buffers(c)
+        lhs, norms, scores, best = self.assigner.buffers(c)
         if self._buffers is None:
             self._buffers = tuple(np.empty((c, d), np.float32) for _ in range(3))
             self._ex_buffers = tuple(np.empty((c, d), np.float32) for _ in range(3))
@@ -353,7 +353,7 @@ class RQEncoder:
             m = min(c, n - start)
             s = slice(start, start + m)
             lhs[:m, :d] = x[s]
-            rows = self._ivf.assign_chunk(m, lhs, norms, scores, best)
+            rows = self.assigner.assign_chunk(m, lhs, norms, scores, best)
             out["part_ids"][s] = best[:m]
             np.take(self.centroids, best[:m], axis=0, out=near[:m])
             np.subtract(rows, near[:m], out=near[:m])

@@ -62,6 +62,7 @@ class SQEncoder:
         self.bounds = (float(bounds[0]), float(bounds[1]))
         self.num_bits = num_bits
         self._flat = FlatEncoder(centroids, metric, coarse)  # the rows as Lance stores them, then coded
+        self.assigner = self._flat.assigner
 
     def encode(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
         """Partition ids (uint32, (n,)), SQ codes (uint8, (n, d)) and the rows' summed

@@ -170,6 +170,10 @@ class SegmentResult:
         Wall-clock start and end of the task that wrote it (0 for a committed one).
     inputs : tuple of str
         The uuids a merge step merged into it (empty for a build task's segment).
+    checked_rows, agreeing_rows : int
+        A two-level model's audit (:data:`~dask_lance_index.model.ivf.AUDIT_STRIDE`):
+        rows the task also assigned exactly, and how many of them the restricted
+        search gave their exact nearest partition (0 and 0: no audit).
     """
 
     slot: int
@@ -181,6 +185,8 @@ class SegmentResult:
     started: float = 0.0
     finished: float = 0.0
     inputs: tuple[str, ...] = field(default=())
+    checked_rows: int = 0
+    agreeing_rows: int = 0
 
     @property
     def uuid(self) -> str:
@@ -202,6 +208,7 @@ class SegmentResult:
             "slot": self.slot, "index": index_to_dict(self.index), "fragment_ids": list(self.fragment_ids),
             "num_rows": self.num_rows, "null_rows": self.null_rows, "nan_rows": self.nan_rows,
             "started": self.started, "finished": self.finished, "inputs": list(self.inputs),
+            "checked_rows": self.checked_rows, "agreeing_rows": self.agreeing_rows,
         }
 
     @classmethod
@@ -210,4 +217,5 @@ class SegmentResult:
             slot=int(d["slot"]), index=index_from_dict(d["index"]), fragment_ids=tuple(d["fragment_ids"]),
             num_rows=int(d["num_rows"]), null_rows=int(d["null_rows"]), nan_rows=int(d["nan_rows"]),
             started=float(d["started"]), finished=float(d["finished"]), inputs=tuple(d.get("inputs", ())),
+            checked_rows=int(d.get("checked_rows", 0)), agreeing_rows=int(d.get("agreeing_rows", 0)),
         )

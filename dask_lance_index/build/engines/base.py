@@ -99,7 +99,9 @@ class SegmentTask:
             return self.create(**inputs(path, written)) if self.counts.rows else self.create()
 
     def result(self, index, *, null_rows: int | None = None, nan_rows: int | None = None,
-               started: float | None = None) -> SegmentResult:
+               started: float | None = None, assigner=None) -> SegmentResult:
+        """The task's :class:`SegmentResult`; with ``assigner`` (the task's
+        :class:`~dask_lance_index.model.PartitionAssigner`), its audit's counts."""
         rows = {f.fragment_id: f.num_rows for f in self.plan.fragments}
         return SegmentResult(
             slot=self.task,
@@ -110,6 +112,8 @@ class SegmentTask:
             nan_rows=int(self.counts.nan_rows if nan_rows is None else nan_rows),
             started=self.started if started is None else started,
             finished=time.time(),
+            checked_rows=getattr(assigner, "checked", 0),
+            agreeing_rows=getattr(assigner, "agreed", 0),
         )
 
 

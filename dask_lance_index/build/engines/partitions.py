@@ -34,4 +34,4 @@ class PartitionsEngine(Engine):
         index = seg.hand_off("partitions", partition_map_schema(), batches,
                              lambda path, written: {"precomputed_partition_dataset": path},
                              max_rows_per_file=2**31 - 1)
-        return seg.result(index)
+        return seg.result(index, assigner=assigner)

@@ -58,21 +58,25 @@ class PrecomputedEngine(Engine):
 
     def build_segment(self, plan, task, model, storage_options=None, options=None, upstream=None) -> SegmentResult:
         seg = SegmentTask(plan, task, model, storage_options)
-        if plan.params.index_type in ("IVF_PQ", "IVF_RQ", "IVF_SQ", "IVF_FLAT"):
-            return seg.result(_write_segment(seg))
-        return seg.result(_hand_off_codes(seg))
+        writes_files = plan.params.index_type in ("IVF_PQ", "IVF_RQ", "IVF_SQ", "IVF_FLAT")
+        write = _write_segment if writes_files else _hand_off_codes
+        index, assigner = write(seg)
+        return seg.result(index, assigner=assigner)
 
 
 def _hand_off_codes(seg: SegmentTask):
-    """Encode the rows here and hand Lance the codes (IVF_HNSW_PQ: Lance builds the graphs)."""
+    """Encode the rows here and hand Lance the codes (IVF_HNSW_PQ: Lance builds the graphs);
+    returns the segment's Index and the encoder's partition assigner."""
     params = seg.plan.params
     encoder = PQEncoder(seg.model.ivf_centroids, seg.model.pq_codebook, params.metric, seg.model.coarse_index)
     batches = (shuffle_buffer_batch(rid, *encoder.encode(x)) for x, rid in seg.valid_rows())
-    return seg.hand_off("codes", shuffle_buffer_schema(encoder.num_sub_vectors), batches, shuffle_buffer_inputs)
+    return seg.hand_off("codes", shuffle_buffer_schema(encoder.num_sub_vectors), batches,
+                        shuffle_buffer_inputs), encoder.assigner
 
 
 def _write_segment(seg: SegmentTask):
-    """Encode the rows here and write the IVF_PQ or IVF_RQ segment's files; returns its Index.
+    """Encode the rows here and write the IVF_PQ, IVF_SQ, IVF_FLAT or IVF_RQ segment's files;
+    returns its Index and the encoder's partition assigner.
 
     The task holds its rows' codes until it writes them grouped by partition, so
     its memory grows with its rows: 28 bytes a row for IVF_PQ with 16 sub-vectors
@@ -124,7 +128,7 @@ def _write_segment(seg: SegmentTask):
         row_ids[n : n + len(rid)] = rid
         n += len(rid)
     if not seg.counts.rows:
-        return seg.create()  # nothing indexable: Lance's own empty segment
+        return seg.create(), encoder.assigner  # nothing indexable: Lance's own empty segment
     codes = {k: v[:n] for k, v in codes.items()}
     # Lance stores a segment over the whole dataset as a full index (PQ codes
     # transposed, RaBitQ sign bits packed) and a partial one row-major: do as it does.
@@ -143,7 +147,8 @@ def _write_segment(seg: SegmentTask):
         files = write_rq_segment(plan.uri, seg.uuid, binary=codes.pop("binary"), ex_codes=codes.pop("ex", None),
                                  factors=codes, model=model.rabitq_model, num_bits=params.num_bits,
                                  packed=whole, **common)
-    return segment_index(seg.ds, index_uuid=seg.uuid, name=plan.name, column=plan.column,
-                         fragment_ids=seg.fragment_ids, quantizer=params.quantizer or "FLAT", metric=params.metric,
-                         num_bits=params.num_bits, num_sub_vectors=params.num_sub_vectors, files=files,
-                         storage_options=seg.storage_options)
+    index = segment_index(seg.ds, index_uuid=seg.uuid, name=plan.name, column=plan.column,
+                          fragment_ids=seg.fragment_ids, quantizer=params.quantizer or "FLAT", metric=params.metric,
+                          num_bits=params.num_bits, num_sub_vectors=params.num_sub_vectors, files=files,
+                          storage_options=seg.storage_options)
+    return index, encoder.assigner
