@@ -141,7 +141,8 @@ def run_one(engine: str, uri: str, args) -> dict:
                 worker_peak_mb = max(client.run(peak_rss_mb).values())
         inside = sum(v for k, v in result.seconds.items() if k != "total")
         extra = {"stages": result.seconds, "overhead_s": max(0.0, seconds - inside), "worker_peak_mb": worker_peak_mb,
-                 "agreement": result.assignment_agreement, "coarse_probes": result.coarse_probes}
+                 "agreement": result.assignment_agreement, "coarse_probes": result.coarse_probes,
+                 "build_agreement": result.build_agreement}
         return {"engine": engine, "seconds": seconds, "peak_mb": peak_rss_mb(), **extra}
     else:
         raise SystemExit(f"unknown engine {engine}")
@@ -222,8 +223,9 @@ def _print_table(rows: list[dict], header: str) -> None:
             share = 100.0 * r["overhead_s"] / r["seconds"]
             print(f"{'':18s} stages: " + ", ".join(f"{k} {v:.2f}s" for k, v in r["stages"].items() if k != "total")
                   + f"; orchestration {r['overhead_s']:.2f}s ({share:.1f}%)"
-                  + (f"; two-level assignment, {r['coarse_probes']} probes, agreement {r['agreement']:.4f}"
-                     if r.get("agreement") is not None else ""))
+                  + (f"; two-level assignment, {r['coarse_probes']} probes, agreement {r['agreement']:.4f} "
+                     f"on the training sample, {r['build_agreement']:.4f} on the indexed rows checked"
+                     if r.get("agreement") is not None and r.get("build_agreement") is not None else ""))
     print("(np10r = nprobes 10 with refine_factor 5; recall@10 against NumPy brute force)")
 
 
