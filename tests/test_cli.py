@@ -128,7 +128,6 @@ def test_subcommand_help(capsys):
         (["plan", "{missing}"], 2, "cannot open a Lance dataset"),
         (["plan", "{uri}", "--index-type", "IVF_PQ", "--num-sub-vectors", "5"], 2, "num_sub_vectors"),
         (["evaluate", "{uri}"], 2, "has no index on column 'vector'"),
-        (["evaluate", "{uri}", "--queries", "{missing}"], 2, ""),
     ],
 )
 def test_exit_codes_for_bad_input(dataset_uri, tmp_path, capsys, argv, code, message):
@@ -152,6 +151,19 @@ def test_wrong_queries_file_exits_2(dataset_uri, tmp_path, capsys):
     np.save(path, np.zeros((5, 7), np.float32))
     assert main(["evaluate", dataset_uri, "--queries", str(path)]) == 2
     assert "shape (num_queries, 32)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("queries", ["missing.npy", "not_npy.npy"])
+def test_unreadable_queries_file_exits_2_naming_it(dataset_uri, tmp_path, capsys, queries):
+    # The dataset has an index: the command gets as far as reading the queries file.
+    lance.dataset(dataset_uri).create_index("vector", "IVF_FLAT", num_partitions=4)
+    path = tmp_path / queries
+    if queries == "not_npy.npy":
+        path.write_text("id,vector\n1,[0.5]\n")
+    assert main(["evaluate", dataset_uri, "--queries", str(path), "--scheduler", "tcp://127.0.0.1:1"]) == 2
+    err = capsys.readouterr().err
+    assert f"UsageError: cannot read queries from {str(path)!r}" in err and "Traceback" not in err
+    assert lance.dataset(dataset_uri).version == 2  # the index build's commit, nothing more
 
 
 def test_unreachable_scheduler_exits_1_with_the_address(dataset_uri, capsys):
