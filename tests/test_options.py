@@ -85,13 +85,14 @@ def test_num_segments_2_merges_4_build_segments_into_2(dataset_uri, vectors, que
 
 
 def test_rows_per_task_sets_the_fragment_groups(dataset_uri):
-    # 6,000 rows per task over 4 fragments of 3,000: two tasks of two fragments; kept as two segments.
-    build = dli.create_index(dataset_uri, "vector", "IVF_FLAT", num_partitions=8, rows_per_task=6000,
-                             num_segments=2, scheduler="sync", compute=False)
-    groups = [frozenset(g) for g in build.plan.groups]
-    assert len(groups) == 2 and all(len(g) == 2 for g in groups)
-    ds = dli.run(build, scheduler="sync").dataset()
-    assert sorted(map(sorted, (fs for _, fs in _segments(ds)))) == sorted(map(sorted, groups))
+    # 3,000 rows per task over 4 fragments of 3,000: a task per fragment (one by default on the
+    # synchronous scheduler), merged into the one committed segment.
+    build = dli.create_index(dataset_uri, "vector", "IVF_FLAT", num_partitions=8, rows_per_task=3000,
+                             scheduler="sync", compute=False)
+    assert sorted(map(sorted, build.plan.groups)) == [[0], [1], [2], [3]]
+    result = dli.run(build, scheduler="sync")
+    assert result.num_merges == 1 and len(result.segments) == 1
+    assert [sorted(fs) for _, fs in _segments(result.dataset())] == [[0, 1, 2, 3]]
 
 
 def test_fragment_groups_are_the_committed_segments(dataset_uri, vectors, queries):
