@@ -412,7 +412,7 @@ def test_a_task_failing_on_s3_logs_no_secret(s3, s3_cluster, vectors):
     assert all(SECRET not in repr(t) for t in tasks) and SECRET not in repr(build)
     fs, path = filesystem(uri, s3)
     fs.delete_file(f"{path}/data/{_s3_files(uri + '/data', s3)[0]}")  # a fragment's data is gone
-    with pytest.raises(Exception) as err:
+    with pytest.raises(OSError, match="Not found: .*/data/") as err:  # the fragment's file, on the store
         dli.run(build, client=s3_cluster, retries=0)
     assert SECRET not in str(err.value) and SECRET not in repr(err.value)
     logs = "\n".join(msg for w, lines in s3_cluster.get_worker_logs().items() for _, msg in lines)
