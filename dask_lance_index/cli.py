@@ -277,7 +277,7 @@ def _run_build(args) -> int:
         result = run(build, client=client, progress=args.progress)
         cluster = _cluster_info(client)
     _emit(args, {"plan": build.plan.to_dict(), "result": result.to_dict(), "cluster": cluster},
-          f"{result}\n{_seconds_table(result.seconds)}\n{_cluster_line(cluster)}")
+          f"{result}\n{_cluster_line(cluster)}\n{_seconds_table(result.seconds)}")
     return EXIT_OK
 
 

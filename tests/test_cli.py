@@ -61,6 +61,7 @@ def test_build_text_output_prints_plan_result_and_seconds(dataset_uri, scheduler
     assert main(["build", dataset_uri, "--index-type", "IVF_FLAT", "--num-partitions", "8", "--scheduler", scheduler]) == 0
     out, err = capfd.readouterr()
     assert out.startswith("IndexPlan ") and "committed at version 2" in out
+    assert f"cluster: 2 worker(s), threads per worker [1, 1], scheduler {scheduler}" in out
     table = out[out.index("seconds per stage:"):].splitlines()[1:]
     assert [line.split()[0] for line in table] == ["plan", "sample", "train", "build", "merge", "commit", "total"]
     assert "% Completed" not in err  # no terminal: no bar by default
