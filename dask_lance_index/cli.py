@@ -204,6 +204,18 @@ def _cluster(args):
         yield client
 
 
+def _cluster_info(client) -> dict:
+    """What the command ran on: the scheduler, its workers and each worker's threads."""
+    threads = client.nthreads()
+    return {"scheduler": client.scheduler.address, "workers": len(threads),
+            "threads_per_worker": sorted(threads.values())}
+
+
+def _cluster_line(info: dict) -> str:
+    return (f"cluster: {info['workers']} worker(s), threads per worker {info['threads_per_worker']}, "
+            f"scheduler {info['scheduler']}")
+
+
 def _index_kwargs(args) -> dict:
     return dict(
         name=args.name,
@@ -263,7 +275,9 @@ def _run_build(args) -> int:
         if not args.json:
             print(build.plan, flush=True)
         result = run(build, client=client, progress=args.progress)
-    _emit(args, {"plan": build.plan.to_dict(), "result": result.to_dict()}, f"{result}\n{_seconds_table(result.seconds)}")
+        cluster = _cluster_info(client)
+    _emit(args, {"plan": build.plan.to_dict(), "result": result.to_dict(), "cluster": cluster},
+          f"{result}\n{_cluster_line(cluster)}\n{_seconds_table(result.seconds)}")
     return EXIT_OK
 
 
@@ -373,9 +387,11 @@ def _run_evaluate(args) -> int:
             name=args.name, metric=args.metric, id_column=args.id_column,
             storage_options=dict(args.storage_options) or None, client=client, progress=args.progress,
         )
+        cluster = _cluster_info(client)
     if args.plot:
         table.plot().savefig(args.plot, dpi=120)
-    _emit(args, table.to_dict(), str(table) + (f"\nplot written to {args.plot}" if args.plot else ""))
+    _emit(args, {**table.to_dict(), "cluster": cluster},
+          f"{table}\n{_cluster_line(cluster)}" + (f"\nplot written to {args.plot}" if args.plot else ""))
     return EXIT_OK
 
 

@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
 import warnings
 
 import numpy as np
 import pytest
 
+import dask_lance_index as dli
 from dask_lance_index.datagen import make_vectors, write_vectors
 
 # Lance's statistics call warns about centroids on every use; it is noise here.
@@ -50,6 +56,63 @@ def cluster_client():
     yield client
     client.close()
     cluster.close()
+
+
+# -- an S3 server on loopback (moto), for every module that needs one ------------------------------
+
+SECRET = "not-a-real-secret-" + uuid.uuid4().hex[:8]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _clean_env() -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env["LANCE_INCLUDE_VECTOR_CENTROIDS"] = "false"
+    # The processes started here import the package under test (this checkout), not another install.
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [os.path.dirname(os.path.dirname(dli.__file__)),
+                                                      env.get("PYTHONPATH")]))
+    return env
+
+
+@pytest.fixture(scope="module")
+def s3():
+    """An S3-compatible server on loopback; yields Lance storage_options for it. Skips the
+    tests that use it (only those) when moto or boto3 is not installed."""
+    pytest.importorskip("moto")
+    boto3 = pytest.importorskip("boto3")
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=_clean_env(),
+    )
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(100):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        client = boto3.client(
+            "s3", endpoint_url=endpoint, aws_access_key_id="testing", aws_secret_access_key=SECRET, region_name="us-east-1"
+        )
+        client.create_bucket(Bucket="vectors")
+        yield {
+            "aws_access_key_id": "testing",
+            "aws_secret_access_key": SECRET,
+            "aws_region": "us-east-1",
+            "aws_endpoint": endpoint,
+            "allow_http": "true",
+        }
+    finally:
+        proc.terminate()
+        proc.wait(10)
 
 
 def index_dirs(uri: str) -> set[str]:

@@ -1,6 +1,7 @@
 """End-to-end builds on real Lance datasets, on the synchronous scheduler and a real LocalCluster."""
 
 import json
+import os
 import pickle
 
 import lance
@@ -233,7 +234,7 @@ def test_a_failing_build_task_removes_the_segments_already_written(dataset_uri, 
     ds = lance.dataset(dataset_uri)
     last = build.plan.groups[0][0]  # make one task's fragment unreadable
     os.remove(os.path.join(dataset_uri, "data", ds.get_fragment(last).data_files()[0].path))
-    with pytest.raises(Exception):
+    with pytest.raises(pa.lib.ArrowInvalid, match="Not found: .*/data/.*\\.lance"):  # the fragment's file
         dli.run(build, scheduler="sync")
     assert any(removed), "no segment had been written before the failure: the test proves nothing"
     assert index_dirs(dataset_uri) == set()
@@ -286,12 +287,23 @@ def test_finite_screen_keeps_rows_whose_sum_overflows_and_drops_every_non_finite
     np.testing.assert_array_equal(got[valid], x[valid])
 
 
-def _partition_sizes(ds, name="vector_idx"):
-    import os
+def _row_partitions(ds, name="vector_idx") -> dict[int, int]:
+    """``{row id: IVF partition}`` of every row the committed index holds, read from its segments'
+    ``auxiliary.idx`` (row ids in partition order, partition lengths in the IVF buffer)."""
+    from lance.file import LanceFileReader
 
-    os.environ.setdefault("LANCE_INCLUDE_VECTOR_CENTROIDS", "false")
-    stats = ds.stats.index_stats(name)
-    return [p["size"] for seg in stats["indices"] for p in seg["partitions"]]
+    from dask_lance_index.storage.segment_files import _ivf_lengths
+
+    out = {}
+    for seg in (s for d in ds.describe_indices() if d.name == name for s in d.segments):
+        reader = LanceFileReader(os.path.join(ds.uri, "_indices", seg.uuid, "auxiliary.idx"))
+        meta = reader.metadata().schema.metadata
+        lengths = _ivf_lengths(bytes(reader.read_global_buffer(int(meta[b"lance:ivf"]))))
+        row_ids = reader.read_all().to_table().column("_rowid").to_numpy()
+        parts = np.repeat(np.arange(len(lengths)), lengths)
+        assert len(parts) == len(row_ids)
+        out.update(zip(row_ids.tolist(), parts.tolist()))
+    return out
 
 
 @pytest.mark.parametrize("index_type", ["IVF_FLAT", "IVF_RQ"])
@@ -301,7 +313,7 @@ def test_partitions_engine_assigns_every_row_where_lance_does(tmp_path, vectors,
     # partition Lance's own assignment picks, NaN and null rows left out as Lance does.
     x = vectors[:6000].copy()
     x[[5, 17]] = np.nan
-    sizes = {}
+    rows = {}
     for engine in ("lance", "partitions"):
         uri = str(tmp_path / f"{engine}.lance")
         lance.write_dataset(vector_table(x), uri, max_rows_per_file=1500)
@@ -312,9 +324,9 @@ def test_partitions_engine_assigns_every_row_where_lance_does(tmp_path, vectors,
         assert build.plan.engine == engine
         with pytest.warns(UserWarning, match="2 rows were not indexed"):
             result = build.compute(scheduler="sync")
-        sizes[engine] = _partition_sizes(result.dataset())
-    assert sum(sizes["partitions"]) == 6000 - 2
-    assert sizes["partitions"] == sizes["lance"]
+        rows[engine] = _row_partitions(result.dataset())
+    assert len(rows["partitions"]) == 6000 - 2 and not {5, 17} & set(rows["partitions"])  # row id = row here
+    assert rows["partitions"] == rows["lance"]  # row by row
 
 
 

@@ -61,6 +61,7 @@ def test_build_text_output_prints_plan_result_and_seconds(dataset_uri, scheduler
     assert main(["build", dataset_uri, "--index-type", "IVF_FLAT", "--num-partitions", "8", "--scheduler", scheduler]) == 0
     out, err = capfd.readouterr()
     assert out.startswith("IndexPlan ") and "committed at version 2" in out
+    assert f"cluster: 2 worker(s), threads per worker [1, 1], scheduler {scheduler}" in out
     table = out[out.index("seconds per stage:"):].splitlines()[1:]
     assert [line.split()[0] for line in table] == ["plan", "sample", "train", "build", "merge", "commit", "total"]
     assert "% Completed" not in err  # no terminal: no bar by default
@@ -128,7 +129,6 @@ def test_subcommand_help(capsys):
         (["plan", "{missing}"], 2, "cannot open a Lance dataset"),
         (["plan", "{uri}", "--index-type", "IVF_PQ", "--num-sub-vectors", "5"], 2, "num_sub_vectors"),
         (["evaluate", "{uri}"], 2, "has no index on column 'vector'"),
-        (["evaluate", "{uri}", "--queries", "{missing}"], 2, ""),
     ],
 )
 def test_exit_codes_for_bad_input(dataset_uri, tmp_path, capsys, argv, code, message):
@@ -152,6 +152,19 @@ def test_wrong_queries_file_exits_2(dataset_uri, tmp_path, capsys):
     np.save(path, np.zeros((5, 7), np.float32))
     assert main(["evaluate", dataset_uri, "--queries", str(path)]) == 2
     assert "shape (num_queries, 32)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("queries", ["missing.npy", "not_npy.npy"])
+def test_unreadable_queries_file_exits_2_naming_it(dataset_uri, tmp_path, capsys, queries):
+    # The dataset has an index: the command gets as far as reading the queries file.
+    lance.dataset(dataset_uri).create_index("vector", "IVF_FLAT", num_partitions=4)
+    path = tmp_path / queries
+    if queries == "not_npy.npy":
+        path.write_text("id,vector\n1,[0.5]\n")
+    assert main(["evaluate", dataset_uri, "--queries", str(path), "--scheduler", "tcp://127.0.0.1:1"]) == 2
+    err = capsys.readouterr().err
+    assert f"UsageError: cannot read queries from {str(path)!r}" in err and "Traceback" not in err
+    assert lance.dataset(dataset_uri).version == 2  # the index build's commit, nothing more
 
 
 def test_unreachable_scheduler_exits_1_with_the_address(dataset_uri, capsys):

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -21,60 +20,12 @@ import pytest
 import dask_lance_index as dli
 from dask_lance_index.evaluation import exact_knn, recall_at_k, search
 
+from .conftest import SECRET, _clean_env, _free_port
+
 pytest.importorskip("moto")
 boto3 = pytest.importorskip("boto3")
 
 BIN = os.path.dirname(sys.executable)
-SECRET = "not-a-real-secret-" + uuid.uuid4().hex[:8]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _clean_env() -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-    env["LANCE_INCLUDE_VECTOR_CENTROIDS"] = "false"
-    # The processes started here import the package under test (this checkout), not another install.
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [os.path.dirname(os.path.dirname(dli.__file__)),
-                                                      env.get("PYTHONPATH")]))
-    return env
-
-
-@pytest.fixture(scope="module")
-def s3():
-    """An S3-compatible server on loopback; yields Lance storage_options for it."""
-    port = _free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=_clean_env(),
-    )
-    endpoint = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(100):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                time.sleep(0.1)
-        client = boto3.client(
-            "s3", endpoint_url=endpoint, aws_access_key_id="testing", aws_secret_access_key=SECRET, region_name="us-east-1"
-        )
-        client.create_bucket(Bucket="vectors")
-        yield {
-            "aws_access_key_id": "testing",
-            "aws_secret_access_key": SECRET,
-            "aws_region": "us-east-1",
-            "aws_endpoint": endpoint,
-            "allow_http": "true",
-        }
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 @pytest.fixture(scope="module")
@@ -461,7 +412,7 @@ def test_a_task_failing_on_s3_logs_no_secret(s3, s3_cluster, vectors):
     assert all(SECRET not in repr(t) for t in tasks) and SECRET not in repr(build)
     fs, path = filesystem(uri, s3)
     fs.delete_file(f"{path}/data/{_s3_files(uri + '/data', s3)[0]}")  # a fragment's data is gone
-    with pytest.raises(Exception) as err:
+    with pytest.raises(OSError, match="Not found: .*/data/") as err:  # the fragment's file, on the store
         dli.run(build, client=s3_cluster, retries=0)
     assert SECRET not in str(err.value) and SECRET not in repr(err.value)
     logs = "\n".join(msg for w, lines in s3_cluster.get_worker_logs().items() for _, msg in lines)

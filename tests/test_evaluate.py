@@ -116,7 +116,6 @@ def test_evaluate_index_recall_equals_direct_computation(indexed_uri, vectors, q
     for r in table.rows:
         found, _ = search(ds, "vector", queries, 10, nprobes=r.nprobes, refine_factor=r.refine_factor)
         assert r.recall == pytest.approx(recall_at_k(found, truth), abs=1e-6), r
-        assert 0 < r.p50_ms <= r.p95_ms and r.latency_ms > 0
     # More probes and refinement find more true neighbours on this data.
     assert table.recall(16, 5) > table.recall(1, None)
     assert table.recall(16, 5) > 0.8

@@ -33,10 +33,10 @@ def test_cluster_draws_distributed_progress_and_reports_every_stage(dataset_uri,
     out, err = capfd.readouterr()
     assert "% Completed" in err and "Completed" not in out
     assert list(result.seconds) == STAGES
-    assert result.num_merges == 1 and result.seconds["merge"] > 0  # 2 workers: 2 segments merged once
-    parts = sum(v for k, v in result.seconds.items() if k != "total")
-    assert result.seconds["total"] >= max(result.seconds.values()) and result.seconds["total"] > 0.5 * parts
-    assert lance.dataset(dataset_uri).version == result.version
+    assert result.num_merges == 1  # 2 workers: 2 build segments merged once into the committed one
+    ds = lance.dataset(dataset_uri)
+    assert ds.version == result.version
+    assert [s.uuid for d in ds.describe_indices() for s in d.segments] == list(result.segments)
 
 
 def test_every_stage_is_reported_when_nothing_is_trained_or_merged(dataset_uri, vectors):

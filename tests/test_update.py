@@ -16,7 +16,6 @@ from dask_lance_index.evaluation import exact_knn, recall_at_k, search
 from dask_lance_index.update import SegmentState, UpdateDecision, plan_update
 
 from .conftest import committed_segment_uuids, index_dirs
-from .test_deploy import s3  # noqa: F401  (the moto S3 server fixture)
 
 
 def _recall(ds, queries, truth, **kw):
@@ -260,7 +259,7 @@ def test_update_on_a_local_cluster_merges_flat_segments(tmp_path, vectors, queri
     assert _recall(ds, queries, truth, nprobes=16) == pytest.approx(1.0)
 
 
-def test_a_saved_model_and_updates_on_an_object_store(s3, vectors):  # noqa: F811
+def test_a_saved_model_and_updates_on_an_object_store(s3, vectors):
     """The saved model goes through the same storage_options as Lance (a moto S3 server)."""
     uri = "s3://vectors/update.lance"
     write_vectors(uri, vectors[:3000], max_rows_per_file=1000, storage_options=s3)
