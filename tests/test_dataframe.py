@@ -247,7 +247,7 @@ def indexed_uri(tmp_path_factory, vectors, cluster_client):
     return uri
 
 
-def test_batch_search_equals_per_query_search(indexed_uri, vectors, queries, cluster_client):
+def test_batch_search_equals_per_query_search(indexed_uri, vectors, queries, cluster_client, tmp_path):
     q = dd.from_pandas(pd.DataFrame({"qid": np.arange(len(queries)), "vector": dli.vector_series(queries)}), npartitions=3)
 
     out = cluster_client.compute(dli.batch_search(q, indexed_uri, k=10, nprobes=8)).result().sort_values("qid")
@@ -256,8 +256,14 @@ def test_batch_search_equals_per_query_search(indexed_uri, vectors, queries, clu
     assert np.array_equal(ids, want)
     d = np.stack(out["distances"].to_numpy())
     assert (np.diff(d, axis=1) >= 0).all()  # nearest first
-    # The index built on what to_lance wrote is a good one.
-    assert recall_at_k(ids, exact_knn(vectors, queries, 10)) > 0.6
+    # The index built on what to_lance wrote searches as well as Lance's own index of the
+    # same vectors written directly (recall moves by up to 0.02 with the training seed).
+    truth = exact_knn(vectors, queries, 10)
+    reference = str(tmp_path / "reference.lance")
+    write_vectors(reference, vectors)
+    lance.dataset(reference).create_index("vector", "IVF_PQ", num_partitions=32, num_sub_vectors=8)
+    lance_ids, _ = search(lance.dataset(reference), "vector", queries, 10, nprobes=8)
+    assert recall_at_k(ids, truth) >= recall_at_k(lance_ids, truth) - 0.03
 
     refined = dli.batch_search(q, indexed_uri, k=10, nprobes=8, refine_factor=5).compute(scheduler="sync")
     want_r, _ = search(lance.dataset(indexed_uri), "vector", queries, 10, nprobes=8, refine_factor=5)
