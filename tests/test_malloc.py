@@ -14,7 +14,12 @@ PROBE = textwrap.dedent(
     """
     import json, os
     import numpy as np
-    from dask_lance_index.runtime.malloc import bulk_allocations
+    from dask_lance_index.runtime.malloc import _set_numpy_hugepages, bulk_allocations
+
+    def hugepages():  # NumPy's madvise of huge pages for new arrays, left as it was
+        before = _set_numpy_hugepages(True)
+        _set_numpy_hugepages(before)
+        return before
 
     def rss_mb():
         return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
@@ -25,19 +30,22 @@ PROBE = textwrap.dedent(
         del a
         return rss_mb() - before
 
-    out = {"outside": kept_after_free()}
+    out = {"outside": kept_after_free(), "huge_outside": hugepages()}
     with bulk_allocations():
         out["inside"] = kept_after_free()
+        out["huge_inside"] = hugepages()
         inner = rss_mb()
     out["released_at_exit"] = inner - rss_mb()
     out["after"] = kept_after_free()
+    out["huge_after"] = hugepages()
     print(json.dumps(out))
     """
 )
 
 
 def _probe(**env):
-    full = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "DASK_LANCE_INDEX_NO_MALLOC_TUNING"}
+    full = {k: v for k, v in os.environ.items()
+            if not k.startswith("MALLOC_") and k not in ("DASK_LANCE_INDEX_NO_MALLOC_TUNING", "NUMPY_MADVISE_HUGEPAGE")}
     full.update(env)
     res = subprocess.run([sys.executable, "-c", PROBE], env=full, capture_output=True, text=True, check=True)
     import json
@@ -53,6 +61,15 @@ def test_a_task_keeps_freed_memory_for_the_next_batch_and_returns_it_at_the_end(
     assert got["after"] < 2  # and the nanny's settings are back
 
 
+@pytest.mark.parametrize("numpy_setting", ["1", "0"])
+def test_a_task_makes_numpy_arrays_without_huge_pages_and_puts_the_setting_back(numpy_setting):
+    got = _probe(NUMPY_MADVISE_HUGEPAGE=numpy_setting)  # no MALLOC_ variable: any process, not only a worker
+    assert got["huge_outside"] is (numpy_setting == "1")
+    assert got["huge_inside"] is False
+    assert got["huge_after"] is got["huge_outside"]
+
+
 def test_the_opt_out_leaves_the_allocator_alone():
-    got = _probe(MALLOC_TRIM_THRESHOLD_="65536", DASK_LANCE_INDEX_NO_MALLOC_TUNING="1")
+    got = _probe(MALLOC_TRIM_THRESHOLD_="65536", DASK_LANCE_INDEX_NO_MALLOC_TUNING="1", NUMPY_MADVISE_HUGEPAGE="1")
     assert got["inside"] < 2 and got["released_at_exit"] < 2
+    assert got["huge_inside"] is True

@@ -2,11 +2,12 @@
 thread per task, and the allocator settings of a task's bulk work.
 """
 
-from .blas import blas_threads, one_blas_thread
+from .blas import blas_threads, host_blas_threads, host_cores, one_blas_thread
 from .client import (
     check_client,
     connect,
     num_workers,
+    other_hosts,
     parallelism,
     resolve_client,
     worker_client_or_none,
@@ -15,6 +16,7 @@ from .malloc import bulk_allocations, in_bulk
 from .progress import compute_with_progress, show_progress
 
 __all__ = [
-    "blas_threads", "bulk_allocations", "check_client", "compute_with_progress", "connect", "in_bulk",
-    "num_workers", "one_blas_thread", "parallelism", "resolve_client", "show_progress", "worker_client_or_none",
+    "blas_threads", "bulk_allocations", "check_client", "compute_with_progress", "connect", "host_blas_threads",
+    "host_cores", "in_bulk", "num_workers", "one_blas_thread", "other_hosts", "parallelism", "resolve_client",
+    "show_progress", "worker_client_or_none",
 ]

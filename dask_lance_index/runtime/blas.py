@@ -31,7 +31,7 @@ import threading
 
 from threadpoolctl import OpenBLASController, ThreadpoolController
 
-__all__ = ["blas_threads", "one_blas_thread"]
+__all__ = ["blas_threads", "host_blas_threads", "host_cores", "one_blas_thread"]
 
 _lock = threading.Lock()
 _depth = 0
@@ -73,6 +73,36 @@ def one_blas_thread():
                 _limiter.restore_original_limits()
                 _limiter = None
                 _release_control()
+
+
+def host_cores() -> int:
+    """The cores this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+@contextlib.contextmanager
+def host_blas_threads():
+    """Run the body with one BLAS thread per core of this host: for the model's
+    training, the one task every other task waits on, so the host's other
+    workers are idle while it runs (dask's nanny gave this worker one thread).
+    Measured in a worker of a 2-worker LocalCluster on 2 vCPUs: a 4,000 x 4,000
+    GEMM 1.32 s with the worker's one thread, 0.82 s with two. Groups of work
+    inside (:func:`one_blas_thread`) still take one thread each."""
+    if os.environ.get("DASK_LANCE_INDEX_NO_BLAS_LIMIT"):
+        yield
+        return
+    with _lock:
+        limiter = _controller().limit(limits=host_cores())
+        _release_control()
+    try:
+        yield
+    finally:
+        with _lock:
+            limiter.restore_original_limits()
+            _release_control()
 
 
 def _release_control() -> None:

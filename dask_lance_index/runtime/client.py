@@ -11,8 +11,8 @@ from distributed import Client, default_client, get_worker
 
 from ..errors import InvalidInputError
 
-__all__ = ["check_client", "connect", "num_workers", "parallelism", "resolve_client", "wait_for_tasks",
-           "worker_client_or_none"]
+__all__ = ["check_client", "connect", "num_workers", "other_hosts", "parallelism", "resolve_client",
+           "wait_for_tasks", "worker_client_or_none"]
 
 
 def connect(address: str) -> Client:
@@ -75,6 +75,17 @@ def worker_client_or_none():
 
 def num_workers(client) -> int:
     return len(client.scheduler_info(n_workers=-1)["workers"])
+
+
+def other_hosts(client) -> bool:
+    """Whether any of the cluster's workers runs on another host than this task's
+    worker (hosts by the address workers listen on)."""
+    here = _host(get_worker().address)
+    return any(_host(addr) != here for addr in client.scheduler_info(n_workers=-1)["workers"])
+
+
+def _host(address: str) -> str:
+    return address.split("://")[-1].rsplit(":", 1)[0]
 
 
 def wait_for_tasks(client, token: str, timeout: float) -> bool:
