@@ -14,7 +14,7 @@ PROBE = textwrap.dedent(
     """
     import json, os
     import numpy as np
-    from dask_lance_index.runtime.malloc import _set_numpy_hugepages, bulk_allocations
+    from dask_lance_index.runtime.malloc import _set_numpy_hugepages, bulk_allocations, small_pages
 
     def hugepages():  # NumPy's madvise of huge pages for new arrays, left as it was
         before = _set_numpy_hugepages(True)
@@ -33,9 +33,11 @@ PROBE = textwrap.dedent(
     out = {"outside": kept_after_free(), "huge_outside": hugepages()}
     with bulk_allocations():
         out["inside"] = kept_after_free()
-        out["huge_inside"] = hugepages()
+        out["huge_in_bulk"] = hugepages()
         inner = rss_mb()
     out["released_at_exit"] = inner - rss_mb()
+    with small_pages():
+        out["huge_inside"] = hugepages()
     out["after"] = kept_after_free()
     out["huge_after"] = hugepages()
     print(json.dumps(out))
@@ -62,11 +64,12 @@ def test_a_task_keeps_freed_memory_for_the_next_batch_and_returns_it_at_the_end(
 
 
 @pytest.mark.parametrize("numpy_setting", ["1", "0"])
-def test_a_task_makes_numpy_arrays_without_huge_pages_and_puts_the_setting_back(numpy_setting):
+def test_sampling_and_training_make_numpy_arrays_without_huge_pages_and_put_the_setting_back(numpy_setting):
     got = _probe(NUMPY_MADVISE_HUGEPAGE=numpy_setting)  # no MALLOC_ variable: any process, not only a worker
     assert got["huge_outside"] is (numpy_setting == "1")
     assert got["huge_inside"] is False
     assert got["huge_after"] is got["huge_outside"]
+    assert got["huge_in_bulk"] is got["huge_outside"]  # the build's own tasks keep NumPy's setting
 
 
 def test_the_opt_out_leaves_the_allocator_alone():

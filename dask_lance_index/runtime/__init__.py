@@ -12,11 +12,11 @@ from .client import (
     resolve_client,
     worker_client_or_none,
 )
-from .malloc import bulk_allocations, in_bulk
+from .malloc import bulk_allocations, in_bulk, small_pages, with_small_pages
 from .progress import compute_with_progress, show_progress
 
 __all__ = [
     "blas_threads", "bulk_allocations", "check_client", "compute_with_progress", "connect", "host_blas_threads",
     "host_cores", "in_bulk", "num_workers", "one_blas_thread", "other_hosts", "parallelism", "resolve_client",
-    "show_progress", "worker_client_or_none",
+    "show_progress", "small_pages", "with_small_pages", "worker_client_or_none",
 ]

@@ -18,15 +18,20 @@ goes back to the OS between tasks as the nanny intends. It acts only on
 glibc and only when ``MALLOC_TRIM_THRESHOLD_`` (or ``MALLOC_MMAP_THRESHOLD_``)
 is set; otherwise glibc's own dynamic thresholds are left alone.
 
-It also stops NumPy from asking the kernel for transparent huge pages for its
-arrays while our tasks run (NumPy does by default on Linux: ``madvise``). On a
-host whose memory is full of page cache, as a worker's is after reading a data
-set, each fresh huge page can mean direct compaction: measured here, with 11 GB
-of page cache, a fresh 100 MB array took 0.14-0.52 s to touch with huge pages
-and 0.05 s without; the training task of a 384-d build (65,536 rows) took
-5.1-6.0 s with them and 2.9-3.1 s without. The setting is put back when the
-last task finishes. Setting the environment variable
-``DASK_LANCE_INDEX_NO_MALLOC_TUNING`` (to anything) turns all of this off.
+:func:`small_pages` stops NumPy from asking the kernel for transparent huge
+pages for its arrays (NumPy does by default on Linux: ``madvise``) while the
+sampling and model tasks run, whose work is large fresh arrays (the gathered
+sample, its normalised copy, the residuals). On a host whose memory is full of
+page cache, as a worker's is after reading a data set, each fresh huge page can
+mean direct compaction: measured here, with 11 GB of page cache, a fresh 100 MB
+array took 0.14-0.52 s to touch with huge pages and 0.05 s without; the
+training task of a 384-d build (65,536 rows) 5.1-6.0 s with them and 2.9-3.1 s
+without. Tasks that loop over reused buffers keep them: with huge pages off in
+every task, a two-level 128-d build at 4,096 partitions took 29.3-29.8 s
+against 27.8-28.8 s. The setting is put back when the last such task finishes.
+
+Setting the environment variable ``DASK_LANCE_INDEX_NO_MALLOC_TUNING`` (to
+anything) turns all of this off.
 """
 
 from __future__ import annotations
@@ -45,7 +50,7 @@ except ImportError:  # NumPy 1.x, or none of this switch
     except ImportError:
         _set_madvise_hugepage = None
 
-__all__ = ["bulk_allocations", "in_bulk"]
+__all__ = ["bulk_allocations", "in_bulk", "small_pages", "with_small_pages"]
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
@@ -95,13 +100,12 @@ def _pinned() -> tuple[int, int] | None:
 
 @contextlib.contextmanager
 def bulk_allocations():
-    """Run the body with the heap kept for large temporaries and without huge pages
-    for NumPy's arrays (see the module docstring).
+    """Run the body with the heap kept for large temporaries (see the module docstring).
 
     Nested and concurrent uses (threads of one worker) share one setting: the
     first to enter changes it, the last to leave restores it (and trims the heap).
     """
-    global _depth, _hugepages
+    global _depth
     if os.environ.get("DASK_LANCE_INDEX_NO_MALLOC_TUNING"):
         yield
         return
@@ -109,7 +113,6 @@ def bulk_allocations():
     with _lock:
         _depth += 1
         if _depth == 1:
-            _hugepages = _set_numpy_hugepages(False)
             if lib is not None and pinned is not None:
                 lib.mallopt(_M_MMAP_THRESHOLD, _BULK_MMAP_THRESHOLD)
                 lib.mallopt(_M_TRIM_THRESHOLD, _BULK_TRIM_THRESHOLD)
@@ -119,12 +122,46 @@ def bulk_allocations():
         with _lock:
             _depth -= 1
             if _depth == 0:
-                if _hugepages is not None:
-                    _set_numpy_hugepages(_hugepages)
                 if lib is not None and pinned is not None:
                     lib.mallopt(_M_TRIM_THRESHOLD, pinned[0])
                     lib.mallopt(_M_MMAP_THRESHOLD, pinned[1])
                     lib.malloc_trim(0)
+
+
+_small_depth = 0
+
+
+@contextlib.contextmanager
+def small_pages():
+    """Run the body with NumPy making its arrays without transparent huge pages
+    (see the module docstring); nested and concurrent uses share one setting, as
+    :func:`bulk_allocations`."""
+    global _small_depth, _hugepages
+    if os.environ.get("DASK_LANCE_INDEX_NO_MALLOC_TUNING"):
+        yield
+        return
+    with _lock:
+        _small_depth += 1
+        if _small_depth == 1:
+            _hugepages = _set_numpy_hugepages(False)
+    try:
+        yield
+    finally:
+        with _lock:
+            _small_depth -= 1
+            if _small_depth == 0 and _hugepages is not None:
+                _set_numpy_hugepages(_hugepages)
+
+
+def with_small_pages(func):
+    """Decorator: run ``func`` inside :func:`small_pages`."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        with small_pages():
+            return func(*args, **kwargs)
+
+    return wrapper
 
 
 def in_bulk(func):

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..recovery.journal import has_model
-from ..runtime import in_bulk
+from ..runtime import in_bulk, with_small_pages
 from ..storage import open_dataset, take_vectors
 
 __all__ = ["SAMPLE_RUN", "SampleFragment", "sample_fragment", "sample_offsets", "seed_for"]
@@ -103,6 +103,7 @@ class SampleFragment:
     journal: str | None = None
 
     @in_bulk  # large temporaries from the heap, not one mmap each (runtime.malloc)
+    @with_small_pages  # fresh arrays without huge pages (runtime.malloc)
     def __call__(self, fragment_id: int, fragment_rows: int, num_samples: int):
         if has_model(self.journal, self.storage_options):
             now = time.time()

@@ -43,7 +43,7 @@ from ..model.coarse import (
 )
 from ..model.kmeans import combine_partials, lloyd_partial
 from ..recovery.journal import read_model, write_model
-from ..runtime import host_blas_threads, host_cores, in_bulk, one_blas_thread
+from ..runtime import host_blas_threads, host_cores, in_bulk, one_blas_thread, with_small_pages
 from ..runtime.client import num_workers, other_hosts, worker_client_or_none
 from .cluster_rows import draw_sample, tree_reduce
 from .sample import seed_for
@@ -356,6 +356,7 @@ class TrainModel:
     sampler: Callable | None = None
 
     @in_bulk  # large temporaries from the heap, not one mmap each (runtime.malloc)
+    @with_small_pages  # fresh arrays without huge pages (runtime.malloc)
     def __call__(self, samples: list) -> IndexModel:
         if self.journal is not None:
             model = read_model(self.journal, self.storage_options)
