@@ -153,23 +153,19 @@ def small_pages():
                 _set_numpy_hugepages(_hugepages)
 
 
-def with_small_pages(func):
-    """Decorator: run ``func`` inside :func:`small_pages`."""
+def _inside(context):
+    """A decorator that runs each call of a function inside ``context()``."""
 
-    @functools.wraps(func)
-    def wrapper(*args, **kwargs):
-        with small_pages():
-            return func(*args, **kwargs)
+    def decorate(func):
+        @functools.wraps(func)
+        def wrapper(*args, **kwargs):
+            with context():
+                return func(*args, **kwargs)
 
-    return wrapper
+        return wrapper
+
+    return decorate
 
 
-def in_bulk(func):
-    """Decorator: run ``func`` inside :func:`bulk_allocations`."""
-
-    @functools.wraps(func)
-    def wrapper(*args, **kwargs):
-        with bulk_allocations():
-            return func(*args, **kwargs)
-
-    return wrapper
+in_bulk = _inside(bulk_allocations)  # decorator: each call inside bulk_allocations()
+with_small_pages = _inside(small_pages)  # decorator: each call inside small_pages()
