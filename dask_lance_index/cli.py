@@ -20,14 +20,19 @@ as given cannot succeed: a wrong argument, column, dimension, artifact or
 dataset path); 3 conflict (an index of that name exists without ``--replace``,
 or the dataset changed under the build); 1 any other failure (worth a retry:
 a lost worker, an unreachable scheduler, an I/O error); 130 interrupted.
+
+A command that seems stuck prints every thread's stack to stderr on
+``kill -USR1 <pid>`` and goes on (:mod:`faulthandler`).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import faulthandler
 import json
 import os
+import signal
 import sys
 import textwrap
 import traceback
@@ -468,6 +473,9 @@ def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit code (see :data:`EXIT_CODES`)."""
     # Lance warns about centroids in index statistics on every call; the CLI does not need them.
     os.environ.setdefault("LANCE_INCLUDE_VECTOR_CENTROIDS", "false")
+    if hasattr(signal, "SIGUSR1") and sys.stderr is not None:  # where a stuck command is: kill -USR1
+        with contextlib.suppress(ValueError, OSError, AttributeError, RuntimeError):  # not main thread, no fileno
+            faulthandler.register(signal.SIGUSR1, all_threads=True)
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
