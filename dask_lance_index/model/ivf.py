@@ -56,7 +56,9 @@ class PartitionAssigner:
         self.metric = metric
         self._restricted = coarse.assigner(self.centroids) if coarse is not None and metric != "dot" else None
         self.checked = self.agreed = 0
-        self._half_norms = 0.5 * np.einsum("ij,ij->i", self.centroids, self.centroids) if self._restricted is not None else None
+        # the audit's exact scores are rows @ centroids.T - |c|^2/2 (no transposed copy of the centroids)
+        self._half_norms = (None if self._restricted is None
+                            else 0.5 * np.einsum("ij,ij->i", self.centroids, self.centroids))
         # dot: largest inner product; l2 and cosine: nearest, the norms folded into the GEMM.
         if self._restricted is not None:
             self._rhs = None

@@ -41,6 +41,7 @@ import ctypes
 import functools
 import os
 import threading
+from typing import Callable
 
 try:
     from numpy._core.multiarray import _set_madvise_hugepage
@@ -64,8 +65,6 @@ _BULK_MMAP_THRESHOLD = 16 << 20
 _BULK_TRIM_THRESHOLD = 16 << 20
 
 _lock = threading.Lock()
-_depth = 0
-_hugepages = None  # NumPy's huge-page setting before the first task in
 
 
 def _set_numpy_hugepages(enabled: bool) -> bool | None:
@@ -98,37 +97,66 @@ def _pinned() -> tuple[int, int] | None:
         return None
 
 
+class _Shared:
+    """A process-wide setting that our tasks share while any of them runs (threads
+    of one worker, nested calls): the first in applies it, the last out undoes it.
+    ``apply()`` returns what ``undo`` needs to put the process's own setting back."""
+
+    def __init__(self, apply: Callable[[], object], undo: Callable[[object], None]):
+        self._apply, self._undo = apply, undo
+        self._depth = 0
+        self._saved = None
+
+    @contextlib.contextmanager
+    def held(self):
+        with _lock:
+            self._depth += 1
+            if self._depth == 1:
+                self._saved = self._apply()
+        try:
+            yield
+        finally:
+            with _lock:
+                self._depth -= 1
+                if self._depth == 0:
+                    self._undo(self._saved)
+
+
+def _lift_thresholds() -> tuple[int, int]:
+    pinned = _pinned()
+    _glibc().mallopt(_M_MMAP_THRESHOLD, _BULK_MMAP_THRESHOLD)
+    _glibc().mallopt(_M_TRIM_THRESHOLD, _BULK_TRIM_THRESHOLD)
+    return pinned
+
+
+def _restore_thresholds(pinned: tuple[int, int]) -> None:
+    lib = _glibc()
+    lib.mallopt(_M_TRIM_THRESHOLD, pinned[0])
+    lib.mallopt(_M_MMAP_THRESHOLD, pinned[1])
+    lib.malloc_trim(0)
+
+
+def _restore_hugepages(before: bool | None) -> None:
+    if before is not None:
+        _set_numpy_hugepages(before)
+
+
+_thresholds = _Shared(_lift_thresholds, _restore_thresholds)
+_small = _Shared(lambda: _set_numpy_hugepages(False), _restore_hugepages)
+
+
 @contextlib.contextmanager
 def bulk_allocations():
     """Run the body with the heap kept for large temporaries (see the module docstring).
 
     Nested and concurrent uses (threads of one worker) share one setting: the
-    first to enter changes it, the last to leave restores it (and trims the heap).
+    first to enter lifts the thresholds, the last to leave restores and trims.
     """
-    global _depth
-    if os.environ.get("DASK_LANCE_INDEX_NO_MALLOC_TUNING"):
+    if _glibc() is None or _pinned() is None or os.environ.get("DASK_LANCE_INDEX_NO_MALLOC_TUNING"):
         yield
         return
-    lib, pinned = _glibc(), _pinned()
-    with _lock:
-        _depth += 1
-        if _depth == 1:
-            if lib is not None and pinned is not None:
-                lib.mallopt(_M_MMAP_THRESHOLD, _BULK_MMAP_THRESHOLD)
-                lib.mallopt(_M_TRIM_THRESHOLD, _BULK_TRIM_THRESHOLD)
-    try:
+    with _thresholds.held():
         yield
-    finally:
-        with _lock:
-            _depth -= 1
-            if _depth == 0:
-                if lib is not None and pinned is not None:
-                    lib.mallopt(_M_TRIM_THRESHOLD, pinned[0])
-                    lib.mallopt(_M_MMAP_THRESHOLD, pinned[1])
-                    lib.malloc_trim(0)
-
-
-_small_depth = 0
 
 
 @contextlib.contextmanager
@@ -136,21 +164,11 @@ def small_pages():
     """Run the body with NumPy making its arrays without transparent huge pages
     (see the module docstring); nested and concurrent uses share one setting, as
     :func:`bulk_allocations`."""
-    global _small_depth, _hugepages
     if os.environ.get("DASK_LANCE_INDEX_NO_MALLOC_TUNING"):
         yield
         return
-    with _lock:
-        _small_depth += 1
-        if _small_depth == 1:
-            _hugepages = _set_numpy_hugepages(False)
-    try:
+    with _small.held():
         yield
-    finally:
-        with _lock:
-            _small_depth -= 1
-            if _small_depth == 0 and _hugepages is not None:
-                _set_numpy_hugepages(_hugepages)
 
 
 def _inside(context):

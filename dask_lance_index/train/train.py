@@ -12,7 +12,6 @@ others to share with, in threads under dask's local schedulers.
 from __future__ import annotations
 
 import contextlib
-import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -130,7 +129,7 @@ def map_groups(fn: Callable, items: Sequence) -> list:
     tasks on the two workers, 2.39 s as two threads.
     """
     in_worker = worker_client_or_none()
-    if in_worker is not None and len(items) > 1 and num_workers(in_worker) > 1 and other_hosts(in_worker):
+    if in_worker is not None and len(items) > 1 and other_hosts(in_worker):  # other hosts: other workers
         with worker_client() as wc:  # secedes: this task waits on the group tasks
             rows = wc.scatter([item[0] for item in items])
             return wc.gather([wc.submit(_group_task, fn, (r, *item[1:]), pure=False) for r, item in zip(rows, items)])
