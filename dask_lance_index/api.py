@@ -24,7 +24,6 @@ from .partition_artifacts import (
 from .plan import (
     MAX_ITERS,
     PQ_SAMPLE_RATE,
-    SAMPLE_RATE,
     TOLERANCE,
     FragmentInfo,
     IndexPlan,
@@ -61,7 +60,7 @@ def plan_index(
     parallelism: int = 1,
     num_segments: int = 1,
     merge_fan_in: int = 16,
-    sample_rate: int = SAMPLE_RATE,
+    sample_rate: int | None = None,
     max_iters: int = MAX_ITERS,
     pq_sample_rate: int = PQ_SAMPLE_RATE,
     tolerance: float = TOLERANCE,
@@ -166,7 +165,7 @@ def create_index(
     rows_per_task: int | None = None,
     num_segments: int = 1,
     merge_fan_in: int = 16,
-    sample_rate: int = SAMPLE_RATE,
+    sample_rate: int | None = None,
     max_iters: int = MAX_ITERS,
     pq_sample_rate: int = PQ_SAMPLE_RATE,
     tolerance: float = TOLERANCE,
@@ -229,8 +228,12 @@ def create_index(
         segment per task; IVF_SQ segments share the model's bounds and merge.
     merge_fan_in : int
         Most segments one merge reads (IVF_FLAT merges in stages).
-    sample_rate, max_iters : int
-        Training rows per IVF centroid, and most k-means iterations (Lance's defaults).
+    sample_rate : int, optional
+        Training rows per IVF centroid: Lance's 256 for flat training, 64 for
+        two levels (``plan.params.HIERARCHICAL_SAMPLE_RATE``, chosen by measured
+        recall).
+    max_iters : int
+        Most k-means iterations (Lance's 50).
     pq_sample_rate : int
         Training rows per PQ code word (Lance's 256).
     tolerance : float

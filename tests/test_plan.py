@@ -8,6 +8,8 @@ import pytest
 from dask_lance_index.build import resolve_engine
 from dask_lance_index.errors import InvalidInputError
 from dask_lance_index.plan import (
+    HIERARCHICAL_SAMPLE_RATE,
+    SAMPLE_RATE,
     FragmentInfo,
     IndexParams,
     IndexPlan,
@@ -207,3 +209,17 @@ def test_flat_tasks_written_by_us_are_bounded_in_bytes():
         assert plan.num_tasks == want, (dim, engine, plan.num_tasks)
         if engine == "precomputed":
             assert max(plan.group_rows()) * (4 * dim + 12) <= FLAT_TASK_BYTES
+
+
+def test_two_level_training_samples_fewer_rows_per_centroid_unless_told():
+    kw = dict(dimension=128, num_rows=10_000_000, num_partitions=4096)
+    two = resolve_params("IVF_FLAT", **kw)
+    flat = resolve_params("IVF_FLAT", ivf_training="flat", **kw)
+    assert two.ivf_training == "hierarchical" and two.sample_rate == HIERARCHICAL_SAMPLE_RATE < SAMPLE_RATE
+    assert flat.sample_rate == SAMPLE_RATE == 256  # Lance's rule for Lance's k-means
+    assert training_sample_size(two) == 4096 * HIERARCHICAL_SAMPLE_RATE
+    assert training_sample_size(flat) == 4096 * 256
+    told = resolve_params("IVF_FLAT", sample_rate=200, **kw)
+    assert told.sample_rate == 200 and training_sample_size(told) == 4096 * 200
+    # the resolved rate is the plan's: it survives the JSON round trip
+    assert IndexParams(**json.loads(json.dumps(two.__dict__))).sample_rate == HIERARCHICAL_SAMPLE_RATE

@@ -22,6 +22,7 @@ import scipy.sparse
 from .kmeans import assign
 
 __all__ = [
+    "GroupMembers",
     "LocalRows",
     "SampleRows",
     "combine_refine_partials",
@@ -104,13 +105,32 @@ def split_piece(x: np.ndarray, labels: np.ndarray, bucket_of_group: np.ndarray, 
     return out
 
 
+class GroupMembers:
+    """The rows of each group of one piece, found by one stable sort of its labels
+    rather than one comparison of every label per group (at 128 groups of a
+    1M-row sample: 3 s of a 11 s second level)."""
+
+    def __init__(self, labels: np.ndarray | None):
+        labels = np.zeros(0, np.int64) if labels is None else np.asarray(labels, dtype=np.int64)
+        self.order = np.argsort(labels, kind="stable")
+        top = int(labels.max()) + 1 if len(labels) else 0
+        self.bounds = np.searchsorted(labels[self.order], np.arange(top + 1))
+
+    def rows(self, x: np.ndarray, g: int) -> np.ndarray:
+        """Group ``g``'s rows of ``x``, in ``x``'s order."""
+        if g + 1 >= len(self.bounds):
+            return x[:0]
+        return x[self.order[self.bounds[g] : self.bounds[g + 1]]]
+
+
 def train_bucket(fn: Callable, slices: Sequence, items: Sequence) -> list:
     """The groups of one bucket: ``slices`` are every piece's ``(rows, labels)`` of the
     bucket, pieces in order; ``items`` ``(group, k, seed)``. Returns ``fn(group rows, k,
     seed)`` per item, the group's rows in the order of the whole sample."""
     rows = np.concatenate([s[0] for s in slices]) if slices else None
     labels = np.concatenate([s[1] for s in slices]) if slices else None
-    return [fn(rows[labels == g], k, seed) for g, k, seed in items]
+    members = GroupMembers(labels)
+    return [fn(members.rows(rows, g), k, seed) for g, k, seed in items]
 
 
 def refine_partial(x: np.ndarray, centroids: np.ndarray, index, probes: int) -> tuple:
@@ -204,8 +224,11 @@ class LocalRows(SampleRows):
         return sum(group_counts(lab, len(coarse)) for lab in self._labels)
 
     def train_groups(self, fn: Callable, items: Sequence[tuple[int, int, object]]) -> list:
+        members = [GroupMembers(lab) for lab in self._labels]
+
         def rows(g):
-            return np.concatenate([p[lab == g] for p, lab in zip(self.pieces, self._labels)])
+            parts = [m.rows(p, g) for p, m in zip(self.pieces, members)]
+            return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
         return self._map_groups(fn, [(rows(g), k, seed) for g, k, seed in items])
 
