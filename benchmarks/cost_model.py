@@ -12,14 +12,16 @@ one core, so a run's stage time is its core time):
     python benchmarks/bench_build.py --rows 1000000 --num-partitions 3906 --ivf-training hierarchical --engines lance,dli --queries 300
 
 The first two fit the model; the third checks it. The model, per stage (W workers of one core,
-n rows, d dimensions, k partitions, k1 = sqrt(k) groups, p = 8 probes, S = min(n, 256 k) sample
-rows, m sub-vectors of 256 codes):
+n rows, d dimensions, k partitions, k1 = sqrt(k) groups, r = the library's REFINE_PROBES groups
+searched by a refinement pass, p = 8 probes at build time, S = min(n, s k) sample rows with s the
+library's HIERARCHICAL_SAMPLE_RATE, m sub-vectors of 256 codes):
 
 * sample: ``S x c_read x d / 128`` core seconds (reading is by the byte), spread over W;
 * train: ``F x d / 128`` in the model task (coarse level, probes check, PQ: fixed in n, serial
-  here, an upper bound) plus ``c_train x S x (k1 + p k / k1) x d`` spread over W (the refinement
+  here, an upper bound) plus ``c_train x S x (k1 + r k / k1) x d`` spread over W (the refinement
   passes and the groups, both proportional to rows x centroids searched x d), plus per refinement
-  pass the centroids to every worker and a tree of ``(k, d)`` float64 sums back;
+  pass (at most REFINE_PASSES) the centroids to every worker and a tree of ``(k, d)`` float64 sums
+  back;
 * build: ``n x (a x d / 128 + b x (k1 + p k / k1 + 256) x d)`` spread over W (read and write per
   row; assignment and PQ encoding per row);
 * merge: ``n x c_merge x (8 + m) / 24`` in ONE task (Lance's merge; 24 bytes a row were measured).
@@ -34,14 +36,16 @@ import argparse
 import json
 import math
 
+from dask_lance_index.model.coarse import REFINE_PASSES, REFINE_PROBES
+from dask_lance_index.plan import HIERARCHICAL_SAMPLE_RATE
+
 # Measured stage seconds (bench_build, one run each; see the module docstring).
 FIT = [
     dict(rows=1_000_000, k=4096, d=128, m=16, sample=2.94, train=20.98, build=4.14, merge=0.16),
     dict(rows=4_000_000, k=16384, d=128, m=16, sample=11.53, train=96.77, build=20.65, merge=0.65),
 ]
 CHECK = [dict(rows=1_000_000, k=3906, d=128, m=16, sample=2.93, train=21.91, build=3.57, merge=0.16)]
-PROBES = 8
-PASSES = 4  # refinement passes to the default tolerance (measured at 4,096 partitions)
+PROBES = 8  # at build time: choose_probes picked 6-8 on the 128-d sets
 LINK_BYTES_PER_S = 1.25e9  # 10 GbE per worker
 
 
@@ -49,14 +53,14 @@ def coarse(k: int) -> int:
     return max(1, round(math.sqrt(k)))
 
 
-def searched(k: int) -> int:
-    """Centroids one row's assignment multiplies against: the groups, then p groups' partitions."""
+def searched(k: int, probes: int = PROBES) -> int:
+    """Centroids one row's assignment multiplies against: the groups, then ``probes`` groups' partitions."""
     k1 = coarse(k)
-    return k1 + PROBES * math.ceil(k / k1)
+    return k1 + probes * math.ceil(k / k1)
 
 
 def sample_rows(run: dict) -> int:
-    return min(run["rows"], 256 * run["k"])
+    return min(run["rows"], HIERARCHICAL_SAMPLE_RATE * run["k"])
 
 
 def fit(runs: list[dict]) -> dict:
@@ -67,7 +71,7 @@ def fit(runs: list[dict]) -> dict:
         c = (y(b) - y(a)) / (x(b) - x(a))
         return y(a) - c * x(a), c
 
-    f_train, c_train = two(lambda r: r["train"], lambda r: sample_rows(r) * searched(r["k"]) * r["d"])
+    f_train, c_train = two(lambda r: r["train"], lambda r: sample_rows(r) * searched(r["k"], REFINE_PROBES) * r["d"])
     a_build, b_build = two(lambda r: r["build"] / r["rows"], lambda r: (searched(r["k"]) + 256) * r["d"])
     c_read = sum(r["sample"] for r in runs) / sum(sample_rows(r) for r in runs)
     c_merge = sum(r["merge"] for r in runs) / sum(r["rows"] for r in runs)
@@ -75,12 +79,12 @@ def fit(runs: list[dict]) -> dict:
 
 
 def predict(c: dict, rows: int, k: int, d: int, m: int, workers: int) -> dict:
-    s, scale = min(rows, 256 * k), d / 128
+    s, scale = min(rows, HIERARCHICAL_SAMPLE_RATE * k), d / 128
     sample = s * c["c_read"] * scale / workers
     comm = 0.0
     if workers > 1:  # centroids out to every worker, one (k, d) float64 partial per worker back as a tree
-        comm = PASSES * (k * d * 4 + k * d * 8 * math.ceil(math.log2(workers))) / LINK_BYTES_PER_S
-    train = c["f_train"] * scale + c["c_train"] * s * searched(k) * d / workers + comm
+        comm = REFINE_PASSES * (k * d * 4 + k * d * 8 * math.ceil(math.log2(workers))) / LINK_BYTES_PER_S
+    train = c["f_train"] * scale + c["c_train"] * s * searched(k, REFINE_PROBES) * d / workers + comm
     build = rows * (c["a_build"] * scale + c["b_build"] * (searched(k) + 256) * d) / workers
     merge = rows * c["c_merge"] * (8 + m) / 24
     return dict(sample=sample, train=train, build=build, merge=merge, total=sample + train + build + merge)
