@@ -1,9 +1,14 @@
-"""The merge task: segments merged into one new segment by Lance, journaled.
+"""The merge task: segments merged into one new segment, journaled.
 
-Lance's ``merge_existing_index_segments`` writes a new segment (a uuid Lance
-picks) and leaves its inputs on storage; the commit deletes the inputs once
-the merged segment is committed. Which index types Lance merges correctly, and
-how deep, is the plan's business (:mod:`dask_lance_index.plan.merges`).
+Segments this build wrote itself (the ``precomputed`` engine: IVF_FLAT, IVF_SQ,
+IVF_PQ, IVF_RQ) are concatenated partition by partition
+(:func:`dask_lance_index.storage.concat_segments`): no codes computed again,
+and the merged segment searches as fast as one written in one piece, which
+Lance's merge output does not. Other segments go through Lance's
+``merge_existing_index_segments``, which writes a new segment (a uuid Lance
+picks). Either way the inputs stay on storage; the commit deletes them once the
+merged segment is committed. Which index types merge, and how deep, is the
+plan's business (:mod:`dask_lance_index.plan.merges`).
 """
 
 from __future__ import annotations
@@ -19,9 +24,18 @@ from ..recovery.journal import (
     write_merge,
 )
 from ..runtime import in_bulk
-from ..storage import SegmentResult, open_dataset, remove_index_dir, segment_exists
+from ..plan import segment_uuid
+from ..storage import (
+    CONCAT_TYPES,
+    SegmentResult,
+    concat_segments,
+    open_dataset,
+    remove_index_dir,
+    segment_exists,
+    segment_index,
+)
 
-__all__ = ["MergeSegments", "merge_segments"]
+__all__ = ["MergeSegments", "concatenates", "merge_segments"]
 
 
 def merge_segments(uri: str, version: int, segments: list, storage_options: dict | None = None):
@@ -32,6 +46,29 @@ def merge_segments(uri: str, version: int, segments: list, storage_options: dict
     """
     ds = open_dataset(uri, version, storage_options)
     return ds.merge_existing_index_segments(list(segments))
+
+
+def concatenates(plan, inputs: list[SegmentResult]) -> bool:
+    """Whether a merge of ``inputs`` concatenates them (segments this build's
+    ``precomputed`` engine wrote) rather than asking Lance. Pure."""
+    return (plan.engine == "precomputed" and plan.params.index_type in CONCAT_TYPES
+            and all(s.slot >= 0 for s in inputs))
+
+
+def concat_into(plan, slot: int, inputs: list[SegmentResult], storage_options: dict | None = None):
+    """Concatenate ``inputs`` into the segment of merge slot ``slot`` (its uuid is the
+    build's, as a build task's: a retry writes the same one); its Index."""
+    uuid = segment_uuid(plan.build_id, slot)
+    remove_index_dir(plan.uri, uuid, storage_options)  # a dead attempt's partial files
+    fragment_ids = sorted(f for s in inputs for f in s.fragment_ids)
+    whole = set(fragment_ids) == {f.fragment_id for f in plan.fragments}
+    files = concat_segments(plan.uri, [s.uuid for s in inputs], uuid, index_type=plan.params.index_type,
+                            whole=whole, storage_options=storage_options)
+    params = plan.params
+    return segment_index(open_dataset(plan.uri, plan.version, storage_options), index_uuid=uuid, name=plan.name,
+                         column=plan.column, fragment_ids=fragment_ids, quantizer=params.quantizer or "FLAT",
+                         metric=params.metric, num_bits=params.num_bits, num_sub_vectors=params.num_sub_vectors,
+                         files=files, storage_options=storage_options)
 
 
 @dataclass(frozen=True)
@@ -66,9 +103,9 @@ class MergeSegments:
                     return done
                 remove_index_dir(plan.uri, done.uuid, opts)  # made from other inputs: stale
             with MergeAttempt(journal, slot, t0, opts):
-                merged = merge_segments(plan.uri, plan.version, [s.index for s in inputs], opts)
+                merged = self._merge(plan, slot, inputs)
         else:
-            merged = merge_segments(plan.uri, plan.version, [s.index for s in inputs], opts)
+            merged = self._merge(plan, slot, inputs)
         result = SegmentResult(
             slot=slot,
             index=merged,
@@ -84,3 +121,8 @@ class MergeSegments:
             write_merge(journal, result, opts)
             remove_if_aborted(journal, plan, merged.uuid, opts)
         return result
+
+    def _merge(self, plan, slot: int, inputs: list[SegmentResult]):
+        if concatenates(plan, inputs):
+            return concat_into(plan, slot, inputs, self.storage_options)
+        return merge_segments(plan.uri, plan.version, [s.index for s in inputs], self.storage_options)

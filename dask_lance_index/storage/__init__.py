@@ -38,6 +38,7 @@ from .scratch import (
     shuffle_buffer_inputs,
     shuffle_buffer_schema,
 )
+from .segment_concat import CONCAT_ROWS, CONCAT_TYPES, concat_segments
 from .segment_files import (
     RQSegment,
     read_rq_segment,
@@ -61,8 +62,8 @@ from .segments import (
 )
 
 __all__ = [
-    "ColumnInfo", "RQSegment", "RowCounts", "SegmentResult", "StorageOptions", "Store", "VectorBatch",
-    "as_lance_index", "column_info", "committed_index", "filesystem", "fragment_rows", "hide_secrets",
+    "CONCAT_ROWS", "CONCAT_TYPES", "ColumnInfo", "RQSegment", "RowCounts", "SegmentResult", "StorageOptions", "Store", "VectorBatch",
+    "as_lance_index", "column_info", "committed_index", "concat_segments", "filesystem", "fragment_rows", "hide_secrets",
     "index_dir", "index_dir_times", "index_from_dict", "index_names", "index_to_dict", "is_local",
     "iter_vectors", "join", "open_dataset", "open_or_fail", "options_apply", "partition_map_batch",
     "partition_map_schema", "read_rq_segment", "scratch_dataset", "shuffle_buffer_batch", "shuffle_buffer_inputs",
