@@ -28,6 +28,8 @@ from .plan import (
     TOLERANCE,
     FragmentInfo,
     IndexPlan,
+    check_column,
+    column_engine,
     make_plan,
     model_parts_to_train,
     resolve_params,
@@ -85,6 +87,8 @@ def plan_index(
     """
     ds = open_or_fail(uri, version, storage_options)
     info = column_info(ds, column)
+    column = info.name  # Lance's spelling of a field path, as its index records it
+    ivf_training = check_column(info.kind, column, index_type, metric, ivf_training)
     name = name or f"{column}_idx"
     if name in index_names(ds) and not replace:
         raise IndexExistsError(
@@ -120,7 +124,7 @@ def plan_index(
     )
     train = model_parts_to_train(params, ivf_centroids=ivf_centroids is not None,
                                  pq_codebook=pq_codebook is not None, rabitq_model=rabitq_model is not None)
-    chosen = resolve_engine(engine, params)
+    chosen = resolve_engine(column_engine(info.kind, column, engine) or engine, params)
     return make_plan(
         uri=ds.uri,
         version=ds.version,
@@ -141,6 +145,7 @@ def plan_index(
         seed=seed,
         fragment_groups=fragment_groups,
         build_id=build_id,
+        column_kind=info.kind,
     )
 
 
