@@ -8,6 +8,7 @@ lazy build back with ``compute=False``.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any, Sequence
 
@@ -104,11 +105,13 @@ def plan_index(
         )
     if ivf_centroids is not None and num_partitions is None:
         num_partitions = len(ivf_centroids)
+    # hamming is a binary column's metric (checked above); the other options resolve as for l2.
+    hamming = info.kind == "binary"
     params = resolve_params(
         index_type,
         dimension=info.dimension,
         num_rows=total,
-        metric=metric,
+        metric="l2" if hamming else metric,
         num_partitions=num_partitions,
         target_partition_size=target_partition_size,
         num_sub_vectors=num_sub_vectors,
@@ -122,6 +125,8 @@ def plan_index(
         ivf_training=ivf_training,
         coarse_probes=coarse_probes,
     )
+    if hamming:
+        params = dataclasses.replace(params, metric="hamming")
     train = model_parts_to_train(params, ivf_centroids=ivf_centroids is not None,
                                  pq_codebook=pq_codebook is not None, rabitq_model=rabitq_model is not None)
     chosen = resolve_engine(column_engine(info.kind, column, engine) or engine, params)

@@ -25,7 +25,7 @@ from .rabitq import sign_bytes
 __all__ = ["METRICS", "IndexModel", "coerce_array", "validate_model"]
 
 # The metrics Lance takes, by every name it accepts.
-METRICS = {"l2": "l2", "euclidean": "l2", "cosine": "cosine", "dot": "dot", "hamming": "hamming"}
+METRICS = {"l2": "l2", "euclidean": "l2", "cosine": "cosine", "dot": "dot"}
 
 
 def _encode_array(a: np.ndarray | None, dtype=np.float32) -> dict | None:
