@@ -202,12 +202,18 @@ def create_index(
     uri : str, path or LanceDataset
         The dataset. Its current version is pinned for the whole build.
     column : str
-        The vector column (fixed-size list of floats).
+        The vector column, or a field path into structs as Lance spells it (``"emb.v"``; a
+        field name holding a dot in backticks, ``"s.`v.w`"``). Float vectors
+        (``fixed_size_list<float>[d]``) take every type and l2, cosine, dot; binary vectors
+        (``fixed_size_list<uint8>[d]``) IVF_FLAT and IVF_HNSW_FLAT with ``metric="hamming"``;
+        multivectors (``list<fixed_size_list<float>[d]>``) every type with ``metric="cosine"``
+        (:mod:`dask_lance_index.plan.columns`).
     index_type : str
         One of IVF_FLAT, IVF_PQ, IVF_SQ, IVF_RQ, IVF_HNSW_FLAT, IVF_HNSW_PQ, IVF_HNSW_SQ.
     name : str, optional
         Index name; default ``f"{column}_idx"`` (as Lance).
-    metric : {"l2", "cosine", "dot"}
+    metric : {"l2", "cosine", "dot", "hamming"}
+        ``"hamming"`` for binary columns only: k-modes centroids, as Lance trains them.
     replace : bool
         Replace an existing index of that name, atomically in one commit.
     num_partitions : int, optional

@@ -175,6 +175,12 @@ def test_field_name_holding_a_dot_in_backticks(tmp_path, vectors):
     (desc,) = ds.describe_indices()
     assert list(desc.field_names) == ["emb.`v.w`"] and desc.name == "emb.`v.w`_idx"
     assert ids_of(ds, "emb.`v.w`", vectors[17], 1, 4) == [17]
+    # Any spelling of the path is the same column: the index and its saved plan hold Lance's.
+    ds = dli.create_index(uri, "`emb`.`v.w`", "IVF_FLAT", num_partitions=4, scheduler="sync", replace=True)
+    assert [d.name for d in ds.describe_indices()] == ["emb.`v.w`_idx"]
+    lance.write_dataset(nested_table(vectors[3000:3500], start=3000, field="v.w"), uri, mode="append")
+    dli.update_index(uri, "emb.`v.w`", scheduler="sync")
+    assert lance.dataset(uri).describe_indices()[0].num_rows_indexed == 3500
 
 
 def test_nested_index_searched_by_lancedb(tmp_path, vectors):
