@@ -304,6 +304,18 @@ def test_multivector_recall_equals_lances(tmp_path, index_type, where, request):
             assert mine >= lances - 0.02, (k, nprobes, mine, lances)
 
 
+def test_multivector_rows_without_vectors_are_counted_as_skipped(tmp_path):
+    rng = np.random.default_rng(0)
+    rows = [None if i == 3 else [] if i == 4 else rng.standard_normal((2, 8)).tolist() for i in range(600)]
+    uri = str(tmp_path / "m.lance")
+    lance.write_dataset(pa.table({"id": np.arange(600), "mv": pa.array(rows, pa.list_(pa.list_(pa.float32(), 8)))}),
+                        uri, max_rows_per_file=300)
+    with pytest.warns(UserWarning, match="2 null vectors"):
+        result = dli.create_index(uri, "mv", "IVF_FLAT", metric="cosine", num_partitions=2, scheduler="sync",
+                                  compute=False).compute(scheduler="sync")
+    assert (result.num_rows_indexed, result.num_rows_skipped) == (598, 2)
+
+
 # -- refusals ----------------------------------------------------------------------------------
 
 

@@ -170,9 +170,13 @@ def field_of(table, column: str):
         return table.column(column)
     parts = split_field_path(column)
     arr = table.column(parts[0])
+
+    def child(a, p):  # flatten(): a null struct row makes its fields null, as Lance reads them
+        return a.flatten()[a.type.get_field_index(p)]
+
     for p in parts[1:]:
-        arr = pa.chunked_array([c.field(p) for c in arr.chunks], type=arr.type.field(p).type) \
-            if isinstance(arr, pa.ChunkedArray) else arr.field(p)
+        arr = pa.chunked_array([child(c, p) for c in arr.chunks], type=arr.type.field(p).type) \
+            if isinstance(arr, pa.ChunkedArray) else child(arr, p)
     return arr
 
 
