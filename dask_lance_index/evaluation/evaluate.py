@@ -207,6 +207,12 @@ def evaluate_index(
         q = q.astype(np.uint8)
     index = index_on(ds, column, name)
     metric = _check_metric(metric) if metric is not None else _index_metric(ds, index)
+    if (metric == "hamming") != (info.kind == "binary"):
+        raise InvalidInputError(
+            f"metric {metric!r} cannot rank the {info.kind} column {column!r}: hamming compares the bits of "
+            "binary (uint8) columns, and only those. Fix: leave metric=None to use the index's, or pass "
+            + ("'hamming'." if info.kind == "binary" else "'l2', 'cosine' or 'dot'.")
+        )
     if truth is not None:
         truth = np.asarray(truth)
         if truth.ndim != 2 or len(truth) != len(q) or truth.shape[1] < k:
