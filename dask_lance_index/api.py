@@ -8,6 +8,7 @@ lazy build back with ``compute=False``.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any, Sequence
 
@@ -27,6 +28,8 @@ from .plan import (
     TOLERANCE,
     FragmentInfo,
     IndexPlan,
+    check_column,
+    column_engine,
     make_plan,
     model_parts_to_train,
     resolve_params,
@@ -84,6 +87,8 @@ def plan_index(
     """
     ds = open_or_fail(uri, version, storage_options)
     info = column_info(ds, column)
+    column = info.name  # Lance's spelling of a field path, as its index records it
+    ivf_training = check_column(info.kind, column, index_type, metric, ivf_training)
     name = name or f"{column}_idx"
     if name in index_names(ds) and not replace:
         raise IndexExistsError(
@@ -99,11 +104,13 @@ def plan_index(
         )
     if ivf_centroids is not None and num_partitions is None:
         num_partitions = len(ivf_centroids)
+    # hamming is a binary column's metric (checked above); the other options resolve as for l2.
+    hamming = info.kind == "binary"
     params = resolve_params(
         index_type,
         dimension=info.dimension,
         num_rows=total,
-        metric=metric,
+        metric="l2" if hamming else metric,
         num_partitions=num_partitions,
         target_partition_size=target_partition_size,
         num_sub_vectors=num_sub_vectors,
@@ -117,9 +124,11 @@ def plan_index(
         ivf_training=ivf_training,
         coarse_probes=coarse_probes,
     )
+    if hamming:
+        params = dataclasses.replace(params, metric="hamming")
     train = model_parts_to_train(params, ivf_centroids=ivf_centroids is not None,
                                  pq_codebook=pq_codebook is not None, rabitq_model=rabitq_model is not None)
-    chosen = resolve_engine(engine, params)
+    chosen = resolve_engine(column_engine(info.kind, column, engine) or engine, params)
     return make_plan(
         uri=ds.uri,
         version=ds.version,
@@ -140,6 +149,7 @@ def plan_index(
         seed=seed,
         fragment_groups=fragment_groups,
         build_id=build_id,
+        column_kind=info.kind,
     )
 
 
@@ -191,12 +201,18 @@ def create_index(
     uri : str, path or LanceDataset
         The dataset. Its current version is pinned for the whole build.
     column : str
-        The vector column (fixed-size list of floats).
+        The vector column, or a field path into structs as Lance spells it (``"emb.v"``; a
+        field name holding a dot in backticks, ``"s.`v.w`"``). Float vectors
+        (``fixed_size_list<float>[d]``) take every type and l2, cosine, dot; binary vectors
+        (``fixed_size_list<uint8>[d]``) IVF_FLAT and IVF_HNSW_FLAT with ``metric="hamming"``;
+        multivectors (``list<fixed_size_list<float>[d]>``) every type with ``metric="cosine"``
+        (:mod:`dask_lance_index.plan.columns`).
     index_type : str
         One of IVF_FLAT, IVF_PQ, IVF_SQ, IVF_RQ, IVF_HNSW_FLAT, IVF_HNSW_PQ, IVF_HNSW_SQ.
     name : str, optional
         Index name; default ``f"{column}_idx"`` (as Lance).
-    metric : {"l2", "cosine", "dot"}
+    metric : {"l2", "cosine", "dot", "hamming"}
+        ``"hamming"`` for binary columns only: k-modes centroids, as Lance trains them.
     replace : bool
         Replace an existing index of that name, atomically in one commit.
     num_partitions : int, optional

@@ -138,7 +138,7 @@ def _key_value(text: str) -> tuple[str, str]:
 
 def _add_dataset_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("uri", help="the Lance dataset: a path or URI (file://, s3://, gs://, az://, ...)")
-    p.add_argument("--column", default="vector", help="the vector column (default: %(default)s)")
+    p.add_argument("--column", default="vector", help="the vector column, or a field path such as emb.v (default: %(default)s)")
     p.add_argument(
         "--storage-option", dest="storage_options", metavar="KEY=VALUE", type=_key_value, action="append",
         default=[], help="a Lance storage option, e.g. aws_region=us-east-1 (repeatable)",
@@ -150,7 +150,8 @@ def _add_index_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--index-type", default="IVF_PQ", type=str.upper, choices=INDEX_TYPES, metavar="TYPE",
                    help=f"one of {', '.join(INDEX_TYPES)} (default: %(default)s)")
     g.add_argument("--name", help="index name (default: <column>_idx)")
-    g.add_argument("--metric", default="l2", choices=("l2", "cosine", "dot"), help="distance (default: %(default)s)")
+    g.add_argument("--metric", default="l2", choices=("l2", "cosine", "dot", "hamming"),
+                   help="distance (default: %(default)s; hamming for uint8 binary vectors, cosine for multivectors)")
     g.add_argument("--num-partitions", type=_positive_int, metavar="N",
                    help="IVF partitions (default: rows / target partition size, in [1, 4096])")
     g.add_argument("--target-partition-size", type=_positive_int, metavar="ROWS",
@@ -355,7 +356,7 @@ def _add_evaluate(sub) -> None:
     q.add_argument("--num-queries", type=_positive_int, default=100, metavar="N",
                    help="query with N random rows of the dataset (default: %(default)s)")
     q.add_argument("--queries", metavar="FILE.npy", help="query with the rows of this (num_queries, dim) .npy array")
-    p.add_argument("--metric", choices=("l2", "cosine", "dot"), help="metric of the exact search (default: the index's)")
+    p.add_argument("--metric", choices=("l2", "cosine", "dot", "hamming"), help="metric of the exact search (default: the index's)")
     p.add_argument("--id-column", help="compare this column's values (default: Lance row ids)")
     p.add_argument("--seed", type=int, default=0, help="seed of the query sample (default: %(default)s)")
     p.add_argument("--plot", metavar="FILE.png", help="also draw recall against nprobes and latency (needs matplotlib)")
@@ -383,8 +384,9 @@ def _run_evaluate(args) -> int:
             raise UsageError("--plot needs matplotlib: pip install matplotlib") from None
     # Check the input before starting a cluster: bad input exits at once.
     ds = open_or_fail(args.uri, None, dict(args.storage_options) or None)
-    dimension = column_info(ds, args.column).dimension
-    index_on(ds, args.column, args.name)
+    info = column_info(ds, args.column)
+    dimension = info.dimension
+    index_on(ds, info.name, args.name)
     queries = check_queries(_load_queries(args, ds, dimension), dimension)
     with _cluster(args) as client:
         table = evaluate_index(

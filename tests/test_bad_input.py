@@ -41,7 +41,7 @@ def rq_model(dim, bits=5):
 
 CASES = {
     "missing column": (dict(column="embedding"), dli.InvalidInputError, "not in the dataset"),
-    "string column": (dict(column="text"), dli.InvalidInputError, "fixed_size_list of floats"),
+    "string column": (dict(column="text"), dli.InvalidInputError, r"Lance indexes fixed_size_list<float>\[d\] vectors"),
     "integer vectors": (dict(column="ints"), dli.InvalidInputError, "cast the embeddings to float32"),
     "unknown index type": (dict(index_type="IVF_LSH"), dli.InvalidInputError, "choose one of"),
     "unknown metric": (dict(metric="manhattan"), dli.InvalidInputError, "choose 'l2'"),

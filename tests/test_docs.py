@@ -63,3 +63,20 @@ def test_the_drawn_task_graph_is_the_real_one(dataset_uri):
     )
     assert set(edges) == {"dli-plan", "dli-model", "dli-merge-3", "dli-commit"} | {
         f"dli-sample-{i}" for i in range(4)} | {f"dli-build-{i}" for i in range(3)}
+
+
+def test_the_column_kinds_table_matches_what_the_planner_accepts():
+    """docs/user-guide.md lists, per index type, what each column kind takes: it must say what
+    ``plan.columns`` accepts (binary: hamming on BINARY_INDEX_TYPES only; multivector: cosine)."""
+    from dask_lance_index.plan import BINARY_INDEX_TYPES, INDEX_TYPES
+
+    guide = open(os.path.join(ROOT, "docs", "user-guide.md")).read()
+    rows = {}
+    for line in guide.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 4 and cells[0] in INDEX_TYPES:
+            rows[cells[0]] = cells[1:]
+    assert sorted(rows) == sorted(INDEX_TYPES)
+    for index_type, (floats, binary, multi) in rows.items():
+        assert floats == "l2, cosine, dot" and multi == "cosine", index_type
+        assert (binary == "hamming") == (index_type in BINARY_INDEX_TYPES), index_type

@@ -31,7 +31,7 @@ from lance.fragment import write_fragments
 
 from ..errors import DaskLanceIndexError, DatasetChangedError, InvalidInputError
 from ..runtime import resolve_client
-from ..storage import filesystem, hide_secrets, open_or_fail
+from ..storage import field_paths, filesystem, hide_secrets, open_or_fail, resolve_field
 from .vectors import check_vector_type, is_vector_type, vector_array
 
 __all__ = ["CommitWrite", "ReadFragment", "WritePartition", "WriteResult", "read_lance", "to_lance"]
@@ -122,13 +122,14 @@ def read_lance(
     """
     storage_options = hide_secrets(storage_options)  # the tasks carry them: no secret in a logged repr
     ds = open_or_fail(uri, version, storage_options)
-    names = ds.schema.names
     if columns is not None:
         columns = list(columns)
-        missing = [c for c in columns if c not in names]
+        # A field path (emb.v) reads one field of a struct, named by the path, as Lance's scanner names it.
+        missing = [c for c in columns if resolve_field(ds.schema, c) is None]
         if missing:
             raise InvalidInputError(
-                f"columns {missing} are not in the dataset; its columns are {names}. Fix: pick from those."
+                f"columns {missing} are not in the dataset; its columns and fields are {field_paths(ds.schema)}. "
+                "Fix: pick from those."
             )
     if filter is not None:
         try:
@@ -136,7 +137,8 @@ def read_lance(
         except (ValueError, OSError) as exc:
             raise InvalidInputError(f"the filter {filter!r} is not valid for this dataset: {exc}") from None
     frag_ids = [f.fragment_id for f in ds.get_fragments()]
-    schema = ds.schema if columns is None else pa.schema([ds.schema.field(c) for c in columns])
+    schema = ds.schema if columns is None else pa.schema(
+        [pa.field(c, resolve_field(ds.schema, c)[1].type) for c in columns])
     if with_row_id:
         schema = schema.append(pa.field("_rowid", pa.uint64()))
     meta = _to_pandas(schema.empty_table())

@@ -24,6 +24,23 @@ def _valid_rows(x: np.ndarray) -> np.ndarray:
     return np.isfinite(x).all(axis=1)
 
 
+def _binary_queries(col: pd.Series, dimension: int) -> np.ndarray:
+    """uint8 query vectors as float32 (null rows NaN, skipped as every invalid query)."""
+    arr = pa.array(col.array) if not isinstance(col.dtype, pd.ArrowDtype) else pa.chunked_array(
+        col.array._pa_array).combine_chunks()
+    if not isinstance(arr.type, (pa.FixedSizeListType, pa.ListType)):
+        raise InvalidInputError(f"query column {col.name!r} has Arrow type {arr.type}; binary queries are uint8 lists.")
+    out = np.full((len(arr), dimension), np.nan, np.float32)
+    for i, v in enumerate(arr.to_pylist()):
+        if v is not None:
+            if len(v) != dimension:
+                raise InvalidInputError(
+                    f"query column {col.name!r} has a {len(v)}-byte query; the binary column has {dimension} bytes. "
+                    "Fix: pack the queries' bits as the column's.")
+            out[i] = v
+    return out
+
+
 @dataclass(frozen=True)
 class SearchPartition:
     """Search task of :func:`batch_search`: called with one partition of queries, returns it
@@ -41,6 +58,7 @@ class SearchPartition:
     filter: str | None = None
     prefilter: bool = False
     storage_options: dict | None = None
+    kind: str = "vector"  # the column's kind (storage.COLUMN_KINDS)
 
     def __call__(self, df: pd.DataFrame) -> pd.DataFrame:
         n, k, dimension = len(df), self.k, self.dimension
@@ -48,7 +66,12 @@ class SearchPartition:
         dists = np.full((n, k), np.inf, dtype=np.float32)
         if n:
             col = df[self.query_column]
-            q = vectors_to_numpy(col) if not _all_null(col) else np.full((n, dimension), np.nan, np.float32)
+            if _all_null(col):
+                q = np.full((n, dimension), np.nan, np.float32)
+            elif self.kind == "binary":
+                q = _binary_queries(col, dimension)
+            else:
+                q = vectors_to_numpy(col)
             if q.shape[1] != dimension:
                 raise InvalidInputError(
                     f"query column {self.query_column!r} has dimension {q.shape[1]}; the dataset's "
@@ -59,7 +82,10 @@ class SearchPartition:
             id_col = self.id_column or "_rowid"
             cols = [id_col, "_distance"] if self.id_column else ["_distance"]
             # Lance answers one query vector per call; the loop is over queries, not rows of data.
-            for i in np.flatnonzero(_valid_rows(q)):
+            valid = _valid_rows(q)
+            if self.kind == "binary":  # Lance compares a binary column's bits with uint8 queries only
+                q = np.where(valid[:, None], q, 0).astype(np.uint8)
+            for i in np.flatnonzero(valid):
                 nearest = {"column": self.column, "q": q[i], "k": k, "nprobes": self.nprobes}
                 if self.refine_factor:
                     nearest["refine_factor"] = self.refine_factor
@@ -142,6 +168,12 @@ def batch_search(
     storage_options = hide_secrets(storage_options)  # the tasks carry them: no secret in a logged repr
     ds = open_or_fail(uri, version, storage_options)
     info = column_info(ds, column)
+    if info.kind == "multivector":
+        raise InvalidInputError(
+            f"batch_search takes one query vector per row; {column!r} holds multivectors, which Lance searches "
+            "with a list of query vectors each. Fix: search them with Lance, "
+            "ds.to_table(nearest={'column': column, 'q': [vectors of one query], 'k': k})."
+        )
     if id_column is not None and id_column not in ds.schema.names:
         raise InvalidInputError(
             f"id_column {id_column!r} is not in the dataset; its columns are {ds.schema.names}. "
@@ -153,7 +185,14 @@ def batch_search(
             f"query column {query_column!r} is not in the queries DataFrame; its columns are {list(meta.columns)}."
         )
     qdtype = meta[query_column].dtype
-    if isinstance(qdtype, pd.ArrowDtype):
+    if isinstance(qdtype, pd.ArrowDtype) and info.kind == "binary":
+        t = qdtype.pyarrow_dtype
+        if not (pa.types.is_fixed_size_list(t) or pa.types.is_list(t)) or not pa.types.is_uint8(t.value_type):
+            raise InvalidInputError(
+                f"query column {query_column!r} has Arrow type {t}; {column!r} holds binary vectors, searched "
+                "with uint8 queries. Fix: pack the queries' bits into uint8 lists as the column's."
+            )
+    elif isinstance(qdtype, pd.ArrowDtype):
         check_vector_type(qdtype.pyarrow_dtype, query_column)
         t = qdtype.pyarrow_dtype
         if pa.types.is_fixed_size_list(t) and t.list_size != info.dimension:
@@ -174,8 +213,8 @@ def batch_search(
     out_meta = meta.copy()
     out_meta["ids"] = pd.Series([], dtype=pd.ArrowDtype(pa.list_(pa.int64(), k)))
     out_meta["distances"] = pd.Series([], dtype=pd.ArrowDtype(pa.list_(pa.float32(), k)))
-    search = SearchPartition(ds.uri, ds.version, column, query_column, int(k), int(nprobes), info.dimension,
-                             refine_factor, id_column, filter, bool(prefilter), storage_options)
+    search = SearchPartition(ds.uri, ds.version, info.name, query_column, int(k), int(nprobes), info.dimension,
+                             refine_factor, id_column, filter, bool(prefilter), storage_options, info.kind)
     return queries.map_partitions(
         search,
         meta=out_meta,

@@ -15,7 +15,7 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import InvalidInputError
-from ..storage import column_info, open_or_fail, to_float32_matrix
+from ..storage import column_info, field_of, open_or_fail, to_float32_matrix
 from .knn import _check_metric, check_queries, exact_knn_dataset
 from .table import EvaluationRow, EvaluationTable
 
@@ -50,7 +50,9 @@ def timed_search(
     """
     out = np.full((len(queries), k), -1, dtype=np.int64)
     seconds = np.empty(len(queries), dtype=np.float64)
-    for i, v in enumerate(np.asarray(queries, dtype=np.float32)):  # one query per call: latency is per query
+    # Binary columns are searched with uint8 queries (Lance compares their bits).
+    queries = queries if np.asarray(queries).dtype == np.uint8 else np.asarray(queries, dtype=np.float32)
+    for i, v in enumerate(queries):  # one query per call: latency is per query
         t0 = time.perf_counter()
         ids = _nearest(ds, column, v, k, nprobes, refine_factor, id_column)
         seconds[i] = time.perf_counter() - t0
@@ -193,9 +195,24 @@ def evaluate_index(
     refine_factors = _as_tuple(refine_factors, "refine_factors", allow_none=True)
     ds = open_or_fail(uri, version, storage_options)
     info = column_info(ds, column)
+    if info.kind == "multivector":
+        raise InvalidInputError(
+            f"evaluate_index measures one query vector against one vector per row; {column!r} holds multivectors, "
+            "which Lance scores against a list of query vectors. Fix: compare ds.to_table(nearest={'column': "
+            "column, 'q': [query vectors], 'k': k}) with and without use_index=False."
+        )
+    column = info.name  # Lance's spelling of a field path, as the index records it
     q = check_queries(queries, info.dimension)
+    if info.kind == "binary":
+        q = q.astype(np.uint8)
     index = index_on(ds, column, name)
     metric = _check_metric(metric) if metric is not None else _index_metric(ds, index)
+    if (metric == "hamming") != (info.kind == "binary"):
+        raise InvalidInputError(
+            f"metric {metric!r} cannot rank the {info.kind} column {column!r}: hamming compares the bits of "
+            "binary (uint8) columns, and only those. Fix: leave metric=None to use the index's, or pass "
+            + ("'hamming'." if info.kind == "binary" else "'l2', 'cosine' or 'dot'.")
+        )
     if truth is not None:
         truth = np.asarray(truth)
         if truth.ndim != 2 or len(truth) != len(q) or truth.shape[1] < k:
@@ -249,7 +266,7 @@ def sample_query_rows(ds, column: str, num_queries: int, *, seed: int = 0, dimen
     rng = np.random.default_rng(seed)
     # Draw a few spare rows: null or NaN vectors are dropped.
     picks = np.sort(rng.choice(total, size=min(total, 2 * num_queries + 16), replace=False))
-    x, valid = to_float32_matrix(ds.take(picks, columns=[column]).column(column), dimension)
+    x, valid = to_float32_matrix(field_of(ds.take(picks, columns=[column]), column), dimension)
     x = x[valid][:num_queries]
     if len(x) == 0:
         raise InvalidInputError(f"no usable (non-null, finite) vectors found in column {column!r} to query with.")

@@ -25,11 +25,11 @@ from dask.delayed import delayed
 
 from ..errors import InvalidInputError
 from ..runtime import compute_with_progress, one_blas_thread, resolve_client
-from ..storage import column_info, hide_secrets, open_dataset, to_float32_matrix
+from ..storage import column_info, field_of, hide_secrets, open_dataset, to_float32_matrix
 
 __all__ = ["FragmentTopK", "check_queries", "exact_knn", "exact_knn_dataset", "merge_topk"]
 
-_METRICS = ("l2", "cosine", "dot")
+_METRICS = ("l2", "cosine", "dot", "hamming")
 # Scores of (queries x rows) held at once by a fragment task: 16M float32 = 64 MB.
 _SCORE_BUDGET = 1 << 24
 
@@ -54,6 +54,8 @@ def _scores(q: np.ndarray, x: np.ndarray, metric: str) -> np.ndarray:
     l2 ranks by ``2 q.x - |x|^2`` (``|q|^2`` is the same for every row of a query),
     so the whole block is one GEMM plus a row vector, updated in place.
     """
+    if metric == "hamming":
+        return -_hamming(q, x)
     finite = np.isfinite(x).all(axis=1)
     if not finite.all():
         x = np.where(finite[:, None], x, 0.0).astype(np.float32)  # no NaN may leak into the GEMM
@@ -68,6 +70,14 @@ def _scores(q: np.ndarray, x: np.ndarray, metric: str) -> np.ndarray:
     if not finite.all():
         s[:, ~finite] = -np.inf
     return s
+
+
+def _hamming(q: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Hamming distances of uint8 (bit-packed) queries to uint8 rows, as float32: the
+    bits unpacked, two GEMMs count the ones of q that x lacks and the ones x has that q lacks."""
+    qb = np.unpackbits(np.asarray(q).astype(np.uint8), axis=1).astype(np.float32)
+    xb = np.unpackbits(np.asarray(x).astype(np.uint8), axis=1).astype(np.float32)
+    return qb @ (1.0 - xb).T + (1.0 - qb) @ xb.T
 
 
 def _top(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -177,7 +187,7 @@ class FragmentTopK:
         for batch in scanner.to_batches():
             if not batch.num_rows:
                 continue
-            x, valid = to_float32_matrix(batch.column(self.column), dimension)
+            x, valid = to_float32_matrix(field_of(batch, self.column), dimension)
             ids = np.asarray(batch.column(id_column or "_rowid").to_numpy(zero_copy_only=False)).astype(np.int64)
             s = _scores(queries, x, self.metric)
             if not valid.all():

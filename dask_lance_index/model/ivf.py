@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from .coarse import CoarseIndex
+from .hamming import train_kmodes
 from .kmeans import assign, kmeans, normalize_rows
 
 __all__ = ["AUDIT_STRIDE", "CHUNK", "FlatEncoder", "PartitionAssigner", "augmented", "prepare_vectors", "residuals", "train_ivf"]
@@ -116,7 +117,10 @@ class PartitionAssigner:
 
 
 def prepare_vectors(x: np.ndarray, metric: str) -> np.ndarray:
-    """The space Lance's IVF model lives in: unit vectors for cosine, raw otherwise."""
+    """The space Lance's IVF model lives in: unit vectors for cosine, bit-packed
+    uint8 rows for hamming, raw otherwise."""
+    if metric == "hamming":
+        return np.asarray(x).astype(np.uint8)
     return normalize_rows(x) if metric == "cosine" else np.asarray(x, dtype=np.float32)
 
 
@@ -153,6 +157,9 @@ def train_ivf(
     over a cluster, :func:`dask_lance_index.train.train.cluster_partials`);
     None runs the passes here.
     """
+    if metric == "hamming":  # k-modes on the bits, as Lance; Lance takes the centroids as floats
+        centroids, loss = train_kmodes(x, num_partitions, max_iters=max_iters, seed=seed, tol=tol)
+        return centroids.astype(np.float32), loss
     if metric != "dot":
         return kmeans(x, num_partitions, max_iters=max_iters, tol=tol, seed=seed, partials=partials)
     seeds = (seed if isinstance(seed, np.random.SeedSequence) else np.random.SeedSequence(seed)).spawn(3)

@@ -9,6 +9,7 @@ correctly, and :mod:`.index_plan` holds it all as one :class:`IndexPlan`.
 :func:`make_plan`.)
 """
 
+from .columns import BINARY_INDEX_TYPES, check_column, column_engine
 from .fragments import (
     DEFAULT_ROWS_PER_TASK,
     FragmentInfo,
@@ -39,6 +40,7 @@ from .params import (
 )
 
 __all__ = [
+    "BINARY_INDEX_TYPES", "check_column", "column_engine",
     "DEFAULT_NUM_BITS", "DEFAULT_ROWS_PER_TASK", "DEFAULT_TARGET_PARTITION_SIZE", "HIERARCHICAL_MIN_PARTITIONS", "HIERARCHICAL_SAMPLE_RATE",
     "INDEX_TYPES", "IVF_TRAININGS", "MAX_ITERS",
     "MAX_PARTITIONS", "MERGE_DEPTH", "NUM_BITS", "PQ_SAMPLE_RATE", "SAMPLE_RATE", "TOLERANCE", "FragmentInfo",

@@ -70,6 +70,7 @@ class IndexPlan:
     seed: int | None = None
     notes: tuple[str, ...] = ()
     engine: str = "lance"
+    column_kind: str = "vector"  # storage.COLUMN_KINDS: vector, binary (uint8, hamming) or multivector
 
     # -- derived -----------------------------------------------------------------
     @property
@@ -122,6 +123,7 @@ class IndexPlan:
             seed=d.get("seed"),
             notes=tuple(d.get("notes", ())),
             engine=d.get("engine", "lance"),
+            column_kind=d.get("column_kind", "vector"),
         )
 
     @classmethod
@@ -216,6 +218,7 @@ def make_plan(
     seed: int | None = None,
     fragment_groups: Sequence[Sequence[int]] | None = None,
     build_id: str | None = None,
+    column_kind: str = "vector",
 ) -> IndexPlan:
     """Decide a build from the dataset's metadata and the request. Pure.
 
@@ -290,4 +293,5 @@ def make_plan(
         seed=seed,
         notes=tuple(notes),
         engine=engine,
+        column_kind=column_kind,
     )

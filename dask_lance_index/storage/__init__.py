@@ -6,8 +6,14 @@ Nothing above this package touches a file or a Lance dataset except through it
 """
 
 from .datasets import (
+    COLUMN_KINDS,
     ColumnInfo,
     column_info,
+    field_of,
+    field_paths,
+    resolve_field,
+    join_field_path,
+    split_field_path,
     fragment_rows,
     index_names,
     open_dataset,
@@ -62,6 +68,7 @@ from .segments import (
 )
 
 __all__ = [
+    "COLUMN_KINDS", "field_of", "field_paths", "resolve_field", "join_field_path", "split_field_path",
     "CONCAT_ROWS", "CONCAT_TYPES", "ColumnInfo", "RQSegment", "RowCounts", "SegmentResult", "StorageOptions", "Store", "VectorBatch",
     "as_lance_index", "column_info", "committed_index", "concat_segments", "filesystem", "fragment_rows", "hide_secrets",
     "index_dir", "index_dir_times", "index_from_dict", "index_names", "index_to_dict", "is_local",

@@ -14,17 +14,28 @@ from typing import Iterator, Sequence
 import numpy as np
 import pyarrow as pa
 
+from .datasets import field_of
+
 __all__ = ["RowCounts", "SCAN_SLICE_ROWS", "VectorBatch", "iter_vectors", "take_vectors", "to_float32_matrix",
            "valid_rows"]
 
 
 def to_float32_matrix(arr: pa.Array, dimension: int) -> tuple[np.ndarray, np.ndarray]:
     """Vectors of a FixedSizeList chunk as (n, d) float32 plus a validity mask
-    (False for null vectors and vectors holding any NaN or infinity)."""
+    (False for null vectors and vectors holding any NaN or infinity).
+
+    A multivector chunk (``list<fixed_size_list>``) gives its inner vectors, one
+    row each (null lists none); a uint8 chunk (binary vectors) gives them as uint8,
+    valid unless null (hamming compares bits, never floats).
+    """
     if isinstance(arr, pa.ChunkedArray):
         arr = arr.combine_chunks()
     if isinstance(arr, pa.ExtensionArray):
         arr = arr.storage
+    if pa.types.is_list(arr.type) or pa.types.is_large_list(arr.type):
+        arr = arr.flatten()  # null lists hold no vectors; honours the offset
+    if pa.types.is_fixed_size_list(arr.type) and pa.types.is_uint8(arr.type.value_type):
+        return _uint8_matrix(arr, dimension)
     n = len(arr)
     valid = np.ones(n, dtype=bool)
     if arr.null_count:
@@ -42,6 +53,16 @@ def to_float32_matrix(arr: pa.Array, dimension: int) -> tuple[np.ndarray, np.nda
     if suspect.any():
         rows = np.flatnonzero(suspect)
         valid[rows] &= np.isfinite(x[rows]).all(axis=1)
+    return x, valid
+
+
+def _uint8_matrix(arr: pa.Array, dimension: int) -> tuple[np.ndarray, np.ndarray]:
+    n = len(arr)
+    valid = np.ones(n, dtype=bool)
+    if arr.null_count:
+        valid &= ~np.asarray(arr.is_null().to_numpy(zero_copy_only=False))
+        arr = arr.fill_null(pa.scalar([0] * dimension, type=arr.type))
+    x = np.asarray(arr.flatten().to_numpy(zero_copy_only=False), dtype=np.uint8).reshape(n, dimension)
     return x, valid
 
 
@@ -94,7 +115,7 @@ def iter_vectors(
             )
             for batch in scanner.to_batches():
                 if batch.num_rows:
-                    col = batch.column(column)
+                    col = field_of(batch, column)
                     x, valid = to_float32_matrix(col, dimension)
                     rid = None
                     if with_row_id:
@@ -108,7 +129,7 @@ def take_vectors(
     """Rows at ``offsets`` of one fragment, as (vectors, validity)."""
     frag = ds.get_fragment(fragment_id)
     table = frag.take(pa.array(np.sort(offsets).astype(np.uint64)), columns=[column])
-    return to_float32_matrix(table.column(0), dimension)
+    return to_float32_matrix(field_of(table, column), dimension)
 
 
 @dataclass

@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..model import assign, normalize_rows
+from ..model.hamming import hamming_assign
 
 __all__ = ["DEFAULT_DRIFT_THRESHOLD", "measure_drift"]
 
@@ -23,6 +24,9 @@ def _drift_sums(x: np.ndarray, centroids: np.ndarray, metric: str) -> tuple[floa
     """(sum of squared distances to the nearest centroid, rows) in the IVF model's space."""
     if not len(x):
         return 0.0, 0
+    if metric == "hamming":  # binary rows: hamming distance to the nearest k-modes centroid
+        _, d = hamming_assign(x, centroids)
+        return float(d.astype(np.float64).sum()), int(len(d))
     if metric in ("cosine", "dot"):
         # cosine: Lance's IVF lives on unit vectors. dot: the centroids are unit
         # (spherical k-means), so compare directions.

@@ -18,11 +18,14 @@ import time
 from abc import ABC, abstractmethod
 from typing import Callable, ClassVar, Iterable
 
+import pyarrow.compute as pc
+
 from ...errors import InvalidInputError
 from ...model import IndexModel
 from ...storage import (
     RowCounts,
     SegmentResult,
+    field_of,
     iter_vectors,
     open_dataset,
     remove_index_dir,
@@ -87,6 +90,18 @@ class SegmentTask:
 
     def count_unindexable(self) -> None:
         """Count the rows Lance will leave out (for an engine that reads no rows itself)."""
+        if getattr(self.plan, "column_kind", "vector") == "multivector":
+            # A row is a bag of vectors: one with none (null or empty) can never be found.
+            for f in self.fragment_ids:
+                scanner = self.ds.scanner(columns=[self.plan.column], fragments=[self.ds.get_fragment(f)],
+                                          batch_size=16384, batch_readahead=2)
+                for batch in scanner.to_batches():
+                    col = field_of(batch, self.plan.column)
+                    empty = pc.fill_null(pc.equal(pc.list_value_length(col), 0), True)
+                    none = int(pc.sum(empty).as_py() or 0)  # counted as null vectors
+                    self.counts.nulls += none
+                    self.counts.unindexable += none
+            return
         for b in iter_vectors(self.ds, self.plan.column, self.plan.dimension, self.fragment_ids):
             self.counts.unindexable += int((~b.valid).sum())
             self.counts.nulls += b.nulls
