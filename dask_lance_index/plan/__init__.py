@@ -4,7 +4,9 @@ dataclasses that round-trip through JSON and pickle.
 :mod:`.params` resolves the index's parameters and Lance's defaults,
 :mod:`.fragments` groups fragments into build tasks and spreads the training
 sample over them, :mod:`.merges` stages the merges where Lance merges
-correctly, and :mod:`.index_plan` holds it all as one :class:`IndexPlan`.
+correctly, :mod:`.index_plan` holds it all as one :class:`IndexPlan`, and
+:mod:`.scalar` plans scalar and full-text indexes (BTREE, INVERTED, ...) on the
+same :class:`IndexPlan`.
 (:func:`dask_lance_index.plan_index` reads the dataset's metadata and calls
 :func:`make_plan`.)
 """
@@ -18,6 +20,16 @@ from .fragments import (
 )
 from .index_plan import IndexPlan, graphs_built_twice, make_plan, model_parts_to_train, segment_uuid
 from .merges import MERGE_DEPTH, MergePlan, MergeStep, merge_depth, plan_merges
+from .scalar import (
+    SCALAR_ALIASES,
+    SCALAR_INDEX_TYPES,
+    SCALAR_ONE_TASK,
+    check_scalar_column,
+    is_scalar,
+    make_scalar_plan,
+    normalize_scalar_type,
+    scalar_params,
+)
 from .params import (
     DEFAULT_NUM_BITS,
     DEFAULT_TARGET_PARTITION_SIZE,
@@ -43,5 +55,6 @@ __all__ = [
     "MAX_PARTITIONS", "MERGE_DEPTH", "NUM_BITS", "PQ_SAMPLE_RATE", "SAMPLE_RATE", "TOLERANCE", "FragmentInfo",
     "IndexParams", "IndexPlan", "MergePlan", "MergeStep", "allocate_samples", "check_fragment_groups",
     "default_num_partitions", "default_num_sub_vectors", "graphs_built_twice", "group_fragments", "make_plan",
-    "merge_depth", "model_parts_to_train", "plan_merges", "resolve_params", "segment_uuid", "training_sample_size",
+    "merge_depth", "model_parts_to_train", "SCALAR_ALIASES", "SCALAR_INDEX_TYPES", "SCALAR_ONE_TASK",
+    "check_scalar_column", "is_scalar", "make_scalar_plan", "normalize_scalar_type", "scalar_params", "plan_merges", "resolve_params", "segment_uuid", "training_sample_size",
 ]

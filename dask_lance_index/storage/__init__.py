@@ -8,6 +8,8 @@ Nothing above this package touches a file or a Lance dataset except through it
 from .datasets import (
     ColumnInfo,
     column_info,
+    field_type,
+    has_values,
     fragment_rows,
     index_names,
     open_dataset,
@@ -62,7 +64,7 @@ from .segments import (
 
 __all__ = [
     "ColumnInfo", "RQSegment", "RowCounts", "SegmentResult", "StorageOptions", "Store", "VectorBatch",
-    "as_lance_index", "column_info", "committed_index", "filesystem", "fragment_rows", "hide_secrets",
+    "as_lance_index", "column_info", "field_type", "has_values", "committed_index", "filesystem", "fragment_rows", "hide_secrets",
     "index_dir", "index_dir_times", "index_from_dict", "index_names", "index_to_dict", "is_local",
     "iter_vectors", "join", "open_dataset", "open_or_fail", "options_apply", "partition_map_batch",
     "partition_map_schema", "read_rq_segment", "scratch_dataset", "shuffle_buffer_batch", "shuffle_buffer_inputs",

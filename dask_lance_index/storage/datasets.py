@@ -14,7 +14,10 @@ import pyarrow as pa
 
 from ..errors import InvalidInputError
 
-__all__ = ["ColumnInfo", "column_info", "fragment_rows", "index_names", "open_dataset", "open_or_fail"]
+__all__ = [
+    "ColumnInfo", "column_info", "field_type", "fragment_rows", "has_values", "index_names", "open_dataset",
+    "open_or_fail",
+]
 
 
 def open_dataset(uri, version: int | None = None, storage_options: dict | None = None) -> lance.LanceDataset:
@@ -59,6 +62,46 @@ def column_info(ds, column: str) -> ColumnInfo:
     if dim < 1:
         raise InvalidInputError(f"column {column!r} has dimension {dim}")
     return ColumnInfo(column, int(dim), str(value))
+
+
+def _leaf_paths(fields, prefix: str = "") -> list[str]:
+    out = []
+    for f in fields:
+        path = f"{prefix}{f.name}"
+        out.append(path)
+        if pa.types.is_struct(f.type):
+            out += _leaf_paths(list(f.type), path + ".")
+    return out
+
+
+def field_type(ds, column: str) -> pa.DataType:
+    """The Arrow type of ``column``, a top-level column or a nested field (``"a.b"``),
+    or a clear error naming the columns there are."""
+    names = ds.schema.names
+    if column in names:
+        return ds.schema.field(column).type
+    parts = column.split(".")
+    t = None
+    if parts[0] in names:
+        t = ds.schema.field(parts[0]).type
+        for part in parts[1:]:
+            if not pa.types.is_struct(t) or t.get_field_index(part) < 0:
+                t = None
+                break
+            t = t.field(part).type
+    if t is None:
+        raise InvalidInputError(
+            f"column {column!r} is not in the dataset; its columns are {_leaf_paths(ds.schema)}. "
+            "Fix: pass one of them (a nested field as 'parent.child')."
+        )
+    return t
+
+
+def has_values(ds, column: str) -> bool:
+    """Whether ``column`` holds any non-null value: scans until the first one."""
+    quoted = ".".join(f"`{p}`" for p in column.split("."))
+    t = ds.to_table(columns=[], filter=f"{quoted} IS NOT NULL", limit=1, with_row_id=True)
+    return t.num_rows > 0
 
 
 def fragment_rows(ds) -> list[tuple[int, int]]:
