@@ -24,6 +24,8 @@ from .scalar import (
     SCALAR_ALIASES,
     SCALAR_INDEX_TYPES,
     SCALAR_ONE_TASK,
+    SCALAR_STAGED,
+    finalize_staged,
     check_scalar_column,
     is_scalar,
     make_scalar_plan,
@@ -55,6 +57,6 @@ __all__ = [
     "MAX_PARTITIONS", "MERGE_DEPTH", "NUM_BITS", "PQ_SAMPLE_RATE", "SAMPLE_RATE", "TOLERANCE", "FragmentInfo",
     "IndexParams", "IndexPlan", "MergePlan", "MergeStep", "allocate_samples", "check_fragment_groups",
     "default_num_partitions", "default_num_sub_vectors", "graphs_built_twice", "group_fragments", "make_plan",
-    "merge_depth", "model_parts_to_train", "SCALAR_ALIASES", "SCALAR_INDEX_TYPES", "SCALAR_ONE_TASK",
+    "merge_depth", "model_parts_to_train", "SCALAR_ALIASES", "SCALAR_INDEX_TYPES", "SCALAR_ONE_TASK", "SCALAR_STAGED", "finalize_staged",
     "check_scalar_column", "is_scalar", "make_scalar_plan", "normalize_scalar_type", "scalar_params", "plan_merges", "resolve_params", "segment_uuid", "training_sample_size",
 ]

@@ -34,6 +34,7 @@ class ScalarEngine(Engine):
         ds = open_dataset(plan.uri, plan.version, storage_options)
         index = ds.create_index_uncommitted(
             plan.column, plan.params.index_type, name=plan.name, fragment_ids=fragment_ids,
+            replace=True,  # an existing index of the name: replacing it is the commit's decision (plan.replace)
             **plan.params.lance_kwargs(),
         )
         rows = {f.fragment_id: f.num_rows for f in plan.fragments}
