@@ -8,6 +8,7 @@ replace leaves nothing of itself, and what pylance 14.0.2 does with parts is pin
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import shutil
@@ -274,3 +275,19 @@ def test_the_plan_is_pure_and_round_trips():
     assert btree.merges.stages == () and btree.merges.final == (0, 1, 2)
     with pytest.raises(InvalidInputError, match="plain values"):
         scalar_params("BTREE", {"callback": object()})
+
+
+def test_the_cli_builds_a_full_text_index(data, reference, cluster_client, capsys):
+    from dask_lance_index.cli import main
+
+    argv = ["build", data, "--index-type", "INVERTED", "--column", "text", "--num-tasks", "3",
+            "--lance-option", "with_position=true", "--scheduler", cluster_client.scheduler.address, "--json"]
+    assert main(argv) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["result"]["num_segments_built"] == 3 and out["plan"]["params"]["options"] == '{"with_position": true}'
+    ds = lance.dataset(data)
+    assert [_rows(ds, "INVERTED", q) for q in CASES["INVERTED"][2]] == reference["INVERTED"]
+    # an existing index without --replace: a conflict (3); a vector-only option: bad input (2)
+    assert main(argv[:-1]) == 3
+    assert main(["plan", data, "--index-type", "BTREE", "--column", "id", "--num-partitions", "4"]) == 2
+    assert "vector indexes only" in capsys.readouterr().err

@@ -125,7 +125,7 @@ def check_scalar_column(column: str, index_type: str, value_type: pa.DataType) -
     ``value_type``. Pure."""
     if not _fits(index_type, value_type):
         raise InvalidInputError(
-            f"column {column!r} has type {value_type}; a {index_type} index needs {_KINDS[index_type]}. "
+            f"column {column!r} has type {value_type}; the {index_type} index needs {_KINDS[index_type]}. "
             f"Fix: {_FIX[index_type]}."
         )
 
