@@ -291,3 +291,36 @@ def test_the_cli_builds_a_full_text_index(data, reference, cluster_client, capsy
     assert main(argv[:-1]) == 3
     assert main(["plan", data, "--index-type", "BTREE", "--column", "id", "--num-partitions", "4"]) == 2
     assert "vector indexes only" in capsys.readouterr().err
+
+
+def _lance_answers(uri: str, where: str, index_type: str) -> list[list[int]]:
+    """Lance's own single-process index on a copy of ``uri`` as it is now: its answers."""
+    column, options, queries = CASES[index_type]
+    shutil.copytree(uri, where)
+    ref = lance.dataset(where)
+    ref.drop_index(f"{column}_idx")
+    ref = lance.dataset(where)
+    ref.create_scalar_index(column, index_type, name="ref", **options)
+    return [_rows(ref, index_type, q) for q in queries]
+
+
+@pytest.mark.parametrize("index_type", ["INVERTED", "BTREE"])
+def test_update_indexes_new_fragments_without_rebuilding_old_parts(index_type, data, tmp_path):
+    column, options, queries = CASES[index_type]
+    ds = dli.create_scalar_index(data, column, index_type, num_tasks=3, scheduler="sync", **options)
+    old = committed_segment_uuids(ds)
+    more = _table(seed=9)
+    lance.write_dataset(more.slice(0, 3000), data, mode="append", max_rows_per_file=1500)
+    result = dli.update_index(data, column, num_tasks=2, scheduler="sync")
+    ds = lance.dataset(data)
+    assert result.action == "delta" and result.num_segments_built == 2
+    assert old < committed_segment_uuids(ds)  # the old part kept as it was, the new ones beside it
+    assert ds.stats.index_stats(f"{column}_idx")["num_unindexed_rows"] == 0
+    assert [_rows(ds, index_type, q) for q in queries] == _lance_answers(data, str(tmp_path / "a.lance"), index_type)
+    lance.write_dataset(more.slice(3000, 2000), data, mode="append")
+    merged = dli.update_index(data, column, max_deltas=0, scheduler="sync")
+    ds = lance.dataset(data)
+    assert merged.action == "merge" and len(committed_segment_uuids(ds)) == 1
+    assert ds.stats.index_stats(f"{column}_idx")["num_unindexed_rows"] == 0
+    assert [_rows(ds, index_type, q) for q in queries] == _lance_answers(data, str(tmp_path / "b.lance"), index_type)
+    assert index_dirs(data) >= committed_segment_uuids(ds) and _leftovers(data) == []
