@@ -324,3 +324,22 @@ def test_update_indexes_new_fragments_without_rebuilding_old_parts(index_type, d
     assert ds.stats.index_stats(f"{column}_idx")["num_unindexed_rows"] == 0
     assert [_rows(ds, index_type, q) for q in queries] == _lance_answers(data, str(tmp_path / "b.lance"), index_type)
     assert index_dirs(data) >= committed_segment_uuids(ds) and _leftovers(data) == []
+
+
+def test_a_crashed_build_resumes_without_rebuilding_finished_parts(data, reference, tmp_path):
+    """Two of three parts built, then the driver is gone: the same call with the journal builds
+    only the third, and the index answers as Lance's."""
+    import dask
+
+    from .conftest import count_builds
+
+    column, options, queries = CASES["BTREE"]
+    jloc = str(tmp_path / "journal")
+    build = dli.create_scalar_index(data, column, "BTREE", num_tasks=3, journal=jloc, compute=False)
+    tok = build.plan.build_id[:8]
+    dask.get(dict(build.__dask_graph__()), [f"dli-build-{tok}-0", f"dli-build-{tok}-1"])  # then the "crash"
+    with count_builds() as seen:
+        ds = dli.create_scalar_index(data, column, "BTREE", num_tasks=3, journal=jloc, scheduler="sync")
+    assert seen == {2: 1}
+    assert [_rows(ds, "BTREE", q) for q in queries] == reference["BTREE"]
+    assert index_dirs(data) == committed_segment_uuids(ds)
