@@ -22,7 +22,7 @@ from lance.query import PhraseQuery
 import dask_lance_index as dli
 from dask_lance_index.build import ENGINES
 from dask_lance_index.errors import DatasetChangedError, IndexExistsError, InvalidInputError
-from dask_lance_index.plan import IndexPlan, SCALAR_INDEX_TYPES, FragmentInfo, make_scalar_plan, scalar_params
+from dask_lance_index.plan import SCALAR_INDEX_TYPES, FragmentInfo, IndexPlan, make_scalar_plan, scalar_params
 
 from .conftest import committed_segment_uuids, index_dirs
 
@@ -131,7 +131,7 @@ def test_each_type_built_in_parts_answers_as_lance(index_type, data, reference, 
         if index_type == "INVERTED":
             assert ("PhraseQuery" if isinstance(query, PhraseQuery) else "MatchQuery") in plan
         else:
-            assert f"ScalarIndexQuery" in plan and f"@{column}_idx(" in plan, plan
+            assert "ScalarIndexQuery" in plan and f"@{column}_idx(" in plan, plan
     assert index_dirs(data) == committed_segment_uuids(ds)  # the parts merged away, nothing else
     assert _leftovers(data) == []
 

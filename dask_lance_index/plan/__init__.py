@@ -20,18 +20,6 @@ from .fragments import (
 )
 from .index_plan import IndexPlan, graphs_built_twice, make_plan, model_parts_to_train, segment_uuid
 from .merges import MERGE_DEPTH, MergePlan, MergeStep, merge_depth, plan_merges
-from .scalar import (
-    SCALAR_ALIASES,
-    SCALAR_INDEX_TYPES,
-    SCALAR_ONE_TASK,
-    SCALAR_STAGED,
-    finalize_staged,
-    check_scalar_column,
-    is_scalar,
-    make_scalar_plan,
-    normalize_scalar_type,
-    scalar_params,
-)
 from .params import (
     DEFAULT_NUM_BITS,
     DEFAULT_TARGET_PARTITION_SIZE,
@@ -50,6 +38,18 @@ from .params import (
     resolve_params,
     training_sample_size,
 )
+from .scalar import (
+    SCALAR_ALIASES,
+    SCALAR_INDEX_TYPES,
+    SCALAR_ONE_TASK,
+    SCALAR_STAGED,
+    check_scalar_column,
+    finalize_staged,
+    is_scalar,
+    make_scalar_plan,
+    normalize_scalar_type,
+    scalar_params,
+)
 
 __all__ = [
     "DEFAULT_NUM_BITS", "DEFAULT_ROWS_PER_TASK", "DEFAULT_TARGET_PARTITION_SIZE", "HIERARCHICAL_MIN_PARTITIONS",
@@ -57,6 +57,8 @@ __all__ = [
     "MAX_PARTITIONS", "MERGE_DEPTH", "NUM_BITS", "PQ_SAMPLE_RATE", "SAMPLE_RATE", "TOLERANCE", "FragmentInfo",
     "IndexParams", "IndexPlan", "MergePlan", "MergeStep", "allocate_samples", "check_fragment_groups",
     "default_num_partitions", "default_num_sub_vectors", "graphs_built_twice", "group_fragments", "make_plan",
-    "merge_depth", "model_parts_to_train", "SCALAR_ALIASES", "SCALAR_INDEX_TYPES", "SCALAR_ONE_TASK", "SCALAR_STAGED", "finalize_staged",
-    "check_scalar_column", "is_scalar", "make_scalar_plan", "normalize_scalar_type", "scalar_params", "plan_merges", "resolve_params", "segment_uuid", "training_sample_size",
+    "merge_depth", "model_parts_to_train", "plan_merges", "resolve_params", "segment_uuid", "training_sample_size",
+    # scalar and full-text indexes
+    "SCALAR_ALIASES", "SCALAR_INDEX_TYPES", "SCALAR_ONE_TASK", "SCALAR_STAGED", "check_scalar_column",
+    "finalize_staged", "is_scalar", "make_scalar_plan", "normalize_scalar_type", "scalar_params",
 ]
