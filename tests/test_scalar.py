@@ -17,7 +17,7 @@ import lance
 import numpy as np
 import pyarrow as pa
 import pytest
-from lance.query import PhraseQuery
+from lance.query import MatchQuery, PhraseQuery
 
 import dask_lance_index as dli
 from dask_lance_index.build import ENGINES
@@ -163,6 +163,12 @@ def test_nested_field_and_large_string(data, tmp_path):
     for q in ("meta.year < 1905", "meta.year = 2000"):
         assert _rows(ds, "BTREE", q) == _rows(ref, "BTREE", q)
         assert "ScalarIndexQuery" in ds.scanner(filter=q).explain_plan()
+    ref.create_scalar_index("meta.title", "INVERTED")
+    ds = dli.create_scalar_index(data, "meta.title", "INVERTED", num_tasks=3, scheduler="sync")
+    for q in ("river", "love"):
+        want = ref.to_table(columns=["id"], full_text_query=MatchQuery(q, "meta.title"), with_row_id=True)
+        got = ds.to_table(columns=["id"], full_text_query=MatchQuery(q, "meta.title"), with_row_id=True)
+        assert sorted(got["_rowid"].to_pylist()) == sorted(want["_rowid"].to_pylist()) and got.num_rows > 0
     assert pa.types.is_large_string(ds.schema.field("text").type)  # INVERTED / NGRAM cases index it
 
 
