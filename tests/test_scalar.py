@@ -349,3 +349,16 @@ def test_a_crashed_build_resumes_without_rebuilding_finished_parts(data, referen
     assert seen == {2: 1}
     assert [_rows(ds, "BTREE", q) for q in queries] == reference["BTREE"]
     assert index_dirs(data) == committed_segment_uuids(ds)
+
+
+def test_a_racing_writer_of_the_same_index_wins_cleanly(data):
+    """Another writer commits an index of the name during the build (replace=False): the commit
+    refuses, removes every part of ours, and leaves the other writer's index as it was."""
+    build = dli.create_scalar_index(data, "id", "BTREE", replace=False, num_tasks=3, compute=False)
+    lance.dataset(data).create_scalar_index("id", "BTREE", name="id_idx")
+    theirs = lance.dataset(data)
+    with pytest.raises(IndexExistsError, match="another writer"):
+        dli.run(build, scheduler="sync")
+    ds = lance.dataset(data)
+    assert ds.version == theirs.version and index_dirs(data) == committed_segment_uuids(theirs)
+    assert _leftovers(data) == []
