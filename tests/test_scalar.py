@@ -22,7 +22,14 @@ from lance.query import MatchQuery, PhraseQuery
 import dask_lance_index as dli
 from dask_lance_index.build import ENGINES
 from dask_lance_index.errors import DatasetChangedError, IndexExistsError, InvalidInputError
-from dask_lance_index.plan import SCALAR_INDEX_TYPES, FragmentInfo, IndexPlan, make_scalar_plan, scalar_params
+from dask_lance_index.plan import (
+    SCALAR_INDEX_TYPES,
+    FragmentInfo,
+    IndexPlan,
+    check_scalar_column,
+    make_scalar_plan,
+    scalar_params,
+)
 
 from .conftest import committed_segment_uuids, index_dirs
 
@@ -281,6 +288,13 @@ def test_the_plan_is_pure_and_round_trips():
     assert btree.merges.stages == () and btree.merges.final == (0, 1, 2)
     with pytest.raises(InvalidInputError, match="plain values"):
         scalar_params("BTREE", {"callback": object()})
+    # the column check follows what Lance 14.0.2 builds (measured): booleans take ZONEMAP, not BLOOMFILTER
+    check_scalar_column("b", "ZONEMAP", pa.bool_())
+    check_scalar_column("t", "INVERTED", pa.list_(pa.large_string()))
+    for index_type, t in (("BLOOMFILTER", pa.bool_()), ("LABEL_LIST", pa.string()), ("NGRAM", pa.int32()),
+                          ("BTREE", pa.list_(pa.int64())), ("INVERTED", pa.float32())):
+        with pytest.raises(InvalidInputError, match=f"the {index_type} index needs .* Fix: "):
+            check_scalar_column("c", index_type, t)
 
 
 def test_the_cli_builds_a_full_text_index(data, reference, cluster_client, capsys):

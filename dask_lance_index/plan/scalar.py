@@ -58,7 +58,7 @@ SCALAR_ONE_TASK: dict[str, str] = {}
 _KINDS = {
     "BTREE": "integers, floats, booleans, strings, binary, decimals or dates/timestamps",
     "BITMAP": "integers, floats, booleans, strings, binary, decimals or dates/timestamps",
-    "ZONEMAP": "integers, floats, strings, decimals or dates/timestamps",
+    "ZONEMAP": "integers, floats, booleans, strings, binary, decimals or dates/timestamps",
     "BLOOMFILTER": "integers, floats, strings, binary, decimals or dates/timestamps",
     "LABEL_LIST": "lists of labels (list or large_list of a scalar type)",
     "INVERTED": "text (string, large_string, or a list of strings)",
@@ -68,7 +68,7 @@ _FIX = {
     "BTREE": "cast the column, or index a text column with INVERTED (words) or NGRAM (substrings)",
     "BITMAP": "cast the column, or use LABEL_LIST for a list column",
     "ZONEMAP": "cast the column, or use BTREE",
-    "BLOOMFILTER": "cast the column, or use BTREE",
+    "BLOOMFILTER": "cast the column, or use BTREE or BITMAP",
     "LABEL_LIST": "store the labels as pa.list_(pa.string()), or use BITMAP / BTREE for a single value per row",
     "INVERTED": "index a text column; for numbers use BTREE (ranges) or BITMAP (few distinct values)",
     "NGRAM": "index a text column; for numbers use BTREE (ranges) or BITMAP (few distinct values)",
@@ -105,9 +105,9 @@ def _text(t: pa.DataType) -> bool:
 def _fits(index_type: str, t: pa.DataType) -> bool:
     if isinstance(t, pa.ExtensionType):
         t = t.storage_type
-    if index_type in ("BTREE", "BITMAP"):
+    if index_type in ("BTREE", "BITMAP", "ZONEMAP"):
         return _scalar_value(t)
-    if index_type in ("ZONEMAP", "BLOOMFILTER"):
+    if index_type == "BLOOMFILTER":  # Lance: "Bloom filter index does not support data type: Boolean"
         return _scalar_value(t) and not pa.types.is_boolean(t)
     if index_type == "LABEL_LIST":
         return (pa.types.is_list(t) or pa.types.is_large_list(t)) and _scalar_value(t.value_type)
