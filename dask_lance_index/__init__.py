@@ -1,4 +1,4 @@
-"""dask_lance_index: build Lance vector indexes at cluster scale on Dask.
+"""dask_lance_index: build Lance vector, scalar and full-text indexes at cluster scale on Dask.
 
 >>> import dask_lance_index as dli
 >>> ds = dli.create_index("data/docs.lance", "vector", "IVF_PQ",
@@ -19,7 +19,7 @@ the result and error types; everything else is importable from its subpackage.
 
 __version__ = "0.1.0"
 
-from .api import create_index, finalize_artifact, plan_index, run
+from .api import create_index, create_scalar_index, finalize_artifact, plan_index, plan_scalar_index, run
 from .commit import BuildResult, SavedModel, load_model, save_model
 from .dataframe import (
     WriteResult,
@@ -56,20 +56,23 @@ from .partition_artifacts import (
     PartitionArtifact,
     PartitionArtifactWriter,
 )
-from .plan import INDEX_TYPES, IndexParams, IndexPlan
+from .plan import INDEX_TYPES, SCALAR_INDEX_TYPES, IndexParams, IndexPlan
 from .recovery import BuildJournal, cleanup
 from .update import IndexUpdate, UpdateResult, update_index
 
 __all__ = [
     # build, update, clean up
     "create_index",
+    "create_scalar_index",
     "plan_index",
+    "plan_scalar_index",
     "run",
     "update_index",
     "finalize_artifact",
     "cleanup",
     # what they plan, return and keep
     "INDEX_TYPES",
+    "SCALAR_INDEX_TYPES",
     "IndexPlan",
     "IndexParams",
     "IndexBuild",

@@ -1,4 +1,5 @@
-"""The verbs that build an index: :func:`plan_index`, :func:`create_index`, :func:`finalize_artifact`.
+"""The verbs that build an index: :func:`plan_index`, :func:`create_index`, :func:`finalize_artifact`,
+and for scalar and full-text indexes :func:`plan_scalar_index`, :func:`create_scalar_index`.
 
 Each reads the dataset's metadata once (the I/O edge of planning), checks the
 request before any task runs, lays out the graph (:mod:`.graph`) and runs it
@@ -30,15 +31,19 @@ from .plan import (
     IndexPlan,
     check_column,
     column_engine,
+    check_scalar_column,
     make_plan,
+    make_scalar_plan,
     model_parts_to_train,
+    normalize_scalar_type,
     resolve_params,
+    scalar_params,
 )
 from .recovery import resume_build, run, start_journal
 from .runtime import parallelism, resolve_client
-from .storage import column_info, fragment_rows, index_names, open_or_fail
+from .storage import column_info, field_type, fragment_rows, has_values, index_names, open_or_fail
 
-__all__ = ["create_index", "finalize_artifact", "plan_index", "run"]
+__all__ = ["create_index", "create_scalar_index", "finalize_artifact", "plan_index", "plan_scalar_index", "run"]
 
 
 def plan_index(
@@ -471,6 +476,166 @@ def finalize_artifact(
     build = build_graph(plan, given, storage_options, plan_seconds=time.time() - t0, journal=location,
                         retries=retries,
                         engine_options={"artifact_uri": str(artifact_uri), "encode": False, "temporary": False})
+    if not compute:
+        return build
+    return run(build, client=client, scheduler=scheduler, retries=retries, progress=progress).dataset(storage_options)
+
+
+def plan_scalar_index(
+    uri,
+    column: str,
+    index_type: str,
+    name: str | None = None,
+    *,
+    replace: bool = True,
+    num_tasks: int | None = None,
+    rows_per_task: int | None = None,
+    parallelism: int = 1,
+    num_segments: int = 1,
+    merge_fan_in: int = 16,
+    fragment_groups: Sequence[Sequence[int]] | None = None,
+    version: int | None = None,
+    storage_options: dict | None = None,
+    build_id: str | None = None,
+    **kwargs,
+) -> IndexPlan:
+    """Plan a scalar or full-text index build without running anything: an
+    :class:`~dask_lance_index.plan.IndexPlan` (:func:`dask_lance_index.plan.make_scalar_plan`).
+
+    Opens the dataset once, pins its version, checks the request (the index
+    type, the column and its type, an existing index, a column with no values)
+    and reads the fragments' row counts. Parameters follow
+    :func:`create_scalar_index`; ``parallelism`` is the worker threads the build
+    will have. Raises an :class:`~dask_lance_index.InvalidInputError` subclass
+    on bad input, before any task runs.
+    """
+    params = scalar_params(index_type, kwargs)
+    ds = open_or_fail(uri, version, storage_options)
+    check_scalar_column(column, params.index_type, field_type(ds, column))
+    name = name or f"{column}_idx"
+    if name in index_names(ds) and not replace:
+        raise IndexExistsError(
+            f"the dataset already has an index named {name!r}. Fix: pass replace=True to "
+            "replace it (in the same commit), or choose another name."
+        )
+    fragments = tuple(FragmentInfo(i, n) for i, n in fragment_rows(ds))
+    if sum(f.num_rows for f in fragments) == 0 or not has_values(ds, column):
+        raise InvalidInputError(
+            f"column {column!r} of the dataset at {ds.uri} has no values at version {ds.version} "
+            "(no rows, or every value null); there is nothing to index. Fix: write data first."
+        )
+    return make_scalar_plan(
+        uri=ds.uri, version=ds.version, column=column, fragments=fragments, params=params, name=name,
+        replace=replace, num_tasks=num_tasks, rows_per_task=rows_per_task, parallelism=parallelism,
+        num_segments=num_segments, merge_fan_in=merge_fan_in, fragment_groups=fragment_groups, build_id=build_id,
+    )
+
+
+def create_scalar_index(
+    uri,
+    column: str,
+    index_type: str,
+    name: str | None = None,
+    *,
+    replace: bool = True,
+    client=None,
+    num_tasks: int | None = None,
+    storage_options: dict[str, str] | None = None,
+    compute: bool = True,
+    progress: bool | None = None,
+    rows_per_task: int | None = None,
+    num_segments: int = 1,
+    merge_fan_in: int = 16,
+    fragment_groups=None,
+    scheduler: str | None = None,
+    journal=None,
+    resume: bool = True,
+    retries: int = 2,
+    **kwargs,
+) -> Any:
+    """Build a Lance scalar or full-text index in parallel on Dask.
+
+    Each task builds one uncommitted segment over a group of fragments with
+    Lance's own ``create_index_uncommitted(..., fragment_ids=...)``; Lance
+    merges them (``merge_existing_index_segments``), and one checked commit
+    publishes the index (every fragment of the pinned version covered exactly
+    once, an old index of the same name replaced in the same transaction).
+    Queries then give exactly what Lance's single-process
+    ``ds.create_scalar_index`` gives (``docs/scalar.md``).
+
+    Parameters
+    ----------
+    uri : str, path or LanceDataset
+        The dataset. Its current version is pinned for the whole build.
+    column : str
+        The column, or a nested field as ``"parent.child"``.
+    index_type : str
+        One of BTREE, BITMAP, LABEL_LIST, INVERTED (alias FTS), NGRAM, ZONEMAP,
+        BLOOMFILTER, as Lance.
+    name : str, optional
+        Index name; default ``f"{column}_idx"`` (as Lance).
+    replace : bool
+        Replace an existing index of that name, atomically in one commit
+        (default True, as Lance's ``create_scalar_index``); False refuses.
+    client : distributed.Client, optional
+        Cluster to run on; default the current client, if any, else the local
+        ``scheduler`` (dask's threaded scheduler by default).
+    num_tasks, rows_per_task : int, optional
+        How many build tasks (one fragment group each), or rows per task.
+        Default: one task per worker thread, more when tasks would exceed 2M rows.
+    storage_options : dict, optional
+        Passed to Lance in every task.
+    compute : bool
+        ``True``: run now and return the committed ``LanceDataset``. ``False``:
+        return the lazy :class:`~dask_lance_index.graph.IndexBuild`, whose
+        ``.compute()`` (or :func:`run`) returns a :class:`~dask_lance_index.BuildResult`.
+    progress : bool, optional
+        Draw a progress bar (default: when someone is watching), as :func:`create_index`.
+    num_segments : int
+        Segments the committed index should have (default 1: Lance's merge
+        joins the parts).
+    merge_fan_in : int
+        Most segments one merge reads (merges run in stages above it).
+    fragment_groups : list of lists of int, optional
+        The build tasks' fragment groups, chosen by hand.
+    scheduler, journal, resume, retries
+        As :func:`create_index`: the local scheduler, where the journal goes
+        (resume after a crash, cleanup), and how often failing tasks and lost
+        runs are retried.
+    **kwargs
+        Passed to Lance for every part: e.g. ``with_position=True`` (phrase
+        queries), ``base_tokenizer``, ``language``, ``stem``,
+        ``remove_stop_words``, ``lower_case``, ``max_token_length`` (INVERTED);
+        plain values only.
+
+    Returns
+    -------
+    LanceDataset, or an IndexBuild when ``compute=False``.
+
+    Raises
+    ------
+    InvalidInputError
+        Before any task runs, the dataset unchanged: an unknown index type, a
+        missing column, a column of a type the index cannot hold, an existing
+        index with ``replace=False`` (:class:`~dask_lance_index.IndexExistsError`),
+        a column with no values.
+    """
+    t0 = time.time()
+    index_type = normalize_scalar_type(index_type)  # an unknown type: an error naming the types there are
+    client = resolve_client(client, scheduler)
+    given = IndexModel()
+    resumed = resume_build(journal, uri, column, index_type, name, given, storage_options) if journal and resume else None
+    if resumed is not None:
+        plan, given = resumed
+    else:
+        plan = plan_scalar_index(
+            uri, column, index_type, name, replace=replace, num_tasks=num_tasks, rows_per_task=rows_per_task,
+            parallelism=parallelism(client), num_segments=num_segments, merge_fan_in=merge_fan_in,
+            fragment_groups=fragment_groups, storage_options=storage_options, **kwargs,
+        )
+    location = str(journal) if resumed is not None else start_journal(plan, journal, given, storage_options)
+    build = build_graph(plan, given, storage_options, plan_seconds=time.time() - t0, journal=location,
+                        retries=retries)
     if not compute:
         return build
     return run(build, client=client, scheduler=scheduler, retries=retries, progress=progress).dataset(storage_options)

@@ -43,10 +43,10 @@ import numpy as np
 from distributed import Client, LocalCluster
 
 from . import __version__
-from .api import create_index, plan_index, run
+from .api import create_index, create_scalar_index, plan_index, plan_scalar_index, run
 from .errors import DatasetChangedError, IndexExistsError, InvalidInputError
 from .evaluation import check_queries, evaluate_index, index_on, sample_query_rows
-from .plan import HIERARCHICAL_MIN_PARTITIONS, INDEX_TYPES, IVF_TRAININGS
+from .plan import HIERARCHICAL_MIN_PARTITIONS, INDEX_TYPES, IVF_TRAININGS, SCALAR_ALIASES, SCALAR_INDEX_TYPES, is_scalar
 from .recovery import cleanup
 from .runtime import parallelism
 from .storage import column_info, open_or_fail
@@ -133,12 +133,22 @@ def _key_value(text: str) -> tuple[str, str]:
     return key, value
 
 
+def _lance_option(text: str) -> tuple[str, object]:
+    """``KEY=VALUE`` with the value read as JSON where it is (true, 3, ["a"]), else as text."""
+    key, value = _key_value(text)
+    try:
+        return key, json.loads(value)
+    except ValueError:
+        return key, value
+
+
 # -- shared option groups -------------------------------------------------------------------------
 
 
 def _add_dataset_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("uri", help="the Lance dataset: a path or URI (file://, s3://, gs://, az://, ...)")
-    p.add_argument("--column", default="vector", help="the vector column, or a field path such as emb.v (default: %(default)s)")
+    p.add_argument("--column", default="vector",
+                   help="the column to index, or a field path such as emb.v (default: %(default)s)")
     p.add_argument(
         "--storage-option", dest="storage_options", metavar="KEY=VALUE", type=_key_value, action="append",
         default=[], help="a Lance storage option, e.g. aws_region=us-east-1 (repeatable)",
@@ -147,8 +157,14 @@ def _add_dataset_args(p: argparse.ArgumentParser) -> None:
 
 def _add_index_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("index options (as Lance's create_index)")
-    g.add_argument("--index-type", default="IVF_PQ", type=str.upper, choices=INDEX_TYPES, metavar="TYPE",
-                   help=f"one of {', '.join(INDEX_TYPES)} (default: %(default)s)")
+    g.add_argument("--index-type", default="IVF_PQ", type=str.upper,
+                   choices=(*INDEX_TYPES, *SCALAR_INDEX_TYPES, *SCALAR_ALIASES), metavar="TYPE",
+                   help=f"a vector index, one of {', '.join(INDEX_TYPES)} (default: %(default)s), or a scalar or "
+                        f"full-text one, {', '.join(SCALAR_INDEX_TYPES)} (FTS is INVERTED)")
+    g.add_argument("--lance-option", dest="lance_options", metavar="KEY=VALUE", type=_lance_option,
+                   action="append", default=[],
+                   help="scalar and full-text indexes: an option passed to Lance, e.g. with_position=true or "
+                        "base_tokenizer=whitespace (repeatable; values read as JSON where they are)")
     g.add_argument("--name", help="index name (default: <column>_idx)")
     g.add_argument("--metric", default="l2", choices=("l2", "cosine", "dot", "hamming"),
                    help="distance (default: %(default)s; hamming for uint8 binary vectors, cosine for multivectors)")
@@ -240,6 +256,29 @@ def _index_kwargs(args) -> dict:
     )
 
 
+# Options of vector indexes only: refused with a scalar --index-type rather than ignored.
+_VECTOR_ONLY = ("num_partitions", "target_partition_size", "num_sub_vectors", "num_bits", "coarse_probes", "seed")
+
+
+def _scalar_kwargs(args) -> dict:
+    """The scalar or full-text build's arguments, or an error naming a vector-only option given."""
+    given = [f"--{k.replace('_', '-')}" for k in _VECTOR_ONLY if getattr(args, k) is not None]
+    if given:
+        raise InvalidInputError(
+            f"the options {', '.join(given)} are for vector indexes only, not {args.index_type}. Fix: drop them "
+            "(Lance's options of a scalar index go in --lance-option KEY=VALUE)."
+        )
+    return dict(name=args.name, replace=args.replace, num_tasks=args.num_tasks, num_segments=args.num_segments,
+                storage_options=dict(args.storage_options) or None, **dict(args.lance_options))
+
+
+def _check_lance_options(args) -> None:
+    if args.lance_options and not is_scalar(args.index_type):
+        raise InvalidInputError(
+            f"--lance-option applies to scalar and full-text indexes, not {args.index_type}. Fix: drop it."
+        )
+
+
 def _emit(args, obj: dict, text: str) -> None:
     print(json.dumps(obj, indent=2, default=str) if args.json else text, flush=True)
 
@@ -255,12 +294,14 @@ def _add_build(sub) -> None:
     p = sub.add_parser(
         "build", help="build and commit an index on a cluster",
         description=_para(
-            "Plan, train, build, merge and commit a vector index on a Dask cluster. "
+            "Plan, train, build, merge and commit a vector index on a Dask cluster, or a scalar or "
+            "full-text index (--index-type BTREE, INVERTED, ...: one Lance part per fragment group, merged). "
             "Prints the plan, the result and the seconds of each stage."
         ),
         epilog=textwrap.dedent(f"""\
             examples:
               {PROG} build data/docs.lance --index-type IVF_PQ --num-partitions 256 --num-sub-vectors 16
+              {PROG} build data/docs.lance --index-type INVERTED --column text --lance-option with_position=true
               {PROG} build s3://bucket/docs.lance --scheduler tcp://10.0.0.5:8786 \\
                   --storage-option aws_region=us-east-1 --replace --json > build.json""") + "\n\n" + SHORT_CODES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -273,11 +314,14 @@ def _add_build(sub) -> None:
 
 
 def _run_build(args) -> int:
-    kwargs = _index_kwargs(args)
+    _check_lance_options(args)
+    scalar = is_scalar(args.index_type)
+    kwargs = _scalar_kwargs(args) if scalar else _index_kwargs(args)
+    plan, create = (plan_scalar_index, create_scalar_index) if scalar else (plan_index, create_index)
     # Check the request (metadata only) before starting a cluster: bad input exits at once.
-    plan_index(args.uri, args.column, args.index_type, **kwargs)
+    plan(args.uri, args.column, args.index_type, **kwargs)
     with _cluster(args) as client:
-        build = create_index(args.uri, args.column, args.index_type, client=client, compute=False, **kwargs)
+        build = create(args.uri, args.column, args.index_type, client=client, compute=False, **kwargs)
         if not args.json:
             print(build.plan, flush=True)
         result = run(build, client=client, progress=args.progress)
@@ -316,13 +360,16 @@ def _add_plan(sub) -> None:
 
 
 def _run_plan(args) -> int:
-    kwargs = _index_kwargs(args)
+    _check_lance_options(args)
+    scalar = is_scalar(args.index_type)
+    kwargs = _scalar_kwargs(args) if scalar else _index_kwargs(args)
     if args.scheduler:
         with _connect(args) as client:
             threads = parallelism(client)
     else:
         threads = parallelism(None)
-    plan = plan_index(args.uri, args.column, args.index_type, parallelism=threads, **kwargs)
+    plan = (plan_scalar_index if scalar else plan_index)(args.uri, args.column, args.index_type,
+                                                         parallelism=threads, **kwargs)
     _emit(args, plan.to_dict(), str(plan))
     return EXIT_OK
 

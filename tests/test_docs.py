@@ -21,13 +21,14 @@ def test_docs_build_without_warnings(tmp_path):
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     # The pages exist, and the API reference was generated from the docstrings.
-    for page in ("index", "user-guide", "architecture", "api", "lance", "benchmarks"):
+    for page in ("index", "user-guide", "scalar", "architecture", "api", "lance", "benchmarks"):
         assert (out / f"{page}.html").is_file(), page
     api = (out / "api.html").read_text()
     for name in ("create_index", "read_lance", "to_lance", "batch_search", "add_pq_codes", "IndexModel"):
         assert 'id="dask_lance_index.' in api and name in api, name
     for qualified in ("dataframe.io.to_lance", "dataframe.encode.add_pq_codes", "dataframe.search.batch_search",
-                      "api.create_index", "update.api.update_index", "model.index_model.IndexModel"):
+                      "api.create_index", "api.create_scalar_index", "plan.scalar.make_scalar_plan",
+                      "update.api.update_index", "model.index_model.IndexModel"):
         assert f"dask_lance_index.{qualified}" in api, qualified
     # The architecture page carries the task-graph drawing.
     assert "dli-model" in (out / "architecture.html").read_text()

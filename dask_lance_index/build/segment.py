@@ -10,9 +10,12 @@ unique to the build and task and the same when the task is retried.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import contextlib
+import time
+from dataclasses import dataclass, field, replace
 
 from ..recovery.journal import (
+    MergeAttempt,
     read_segment,
     remove_if_aborted,
     stop_if_aborted,
@@ -44,17 +47,27 @@ class BuildSegment:
     @one_blas_thread()  # tasks run side by side: one BLAS thread each (runtime.blas)
     def __call__(self, plan, task: int, model, upstream=None) -> SegmentResult:
         journal, opts = self.journal, self.storage_options
+        engine = get_engine(self.engine)
         uuid = plan.segment_uuid(task)
         if journal is not None:
             stop_if_aborted(journal, plan.build_id, opts)
             done = read_segment(journal, task, opts)
-            if done is not None and done.uuid == uuid and segment_exists(plan.uri, uuid, opts):
+            if (done is not None and (done.uuid == uuid or engine.picks_uuid)
+                    and segment_exists(plan.uri, done.uuid, opts)):
                 return done
-        # The engine removes any partial files of an earlier attempt under the same uuid.
-        result = get_engine(self.engine).build_segment(plan, task, model, opts, self.options, upstream)
+        if engine.picks_uuid:
+            # Lance names the segment: journal the attempt (its start and a heartbeat), by
+            # which the files of an attempt that dies are found and removed (as a merge's).
+            t0 = time.time()
+            attempt = MergeAttempt(journal, task, t0, opts) if journal is not None else contextlib.nullcontext()
+            with attempt:
+                result = replace(engine.build_segment(plan, task, model, opts, self.options, upstream), started=t0)
+        else:
+            # The engine removes any partial files of an earlier attempt under the same uuid.
+            result = engine.build_segment(plan, task, model, opts, self.options, upstream)
         if journal is not None:
             write_segment(journal, result, opts)
-            remove_if_aborted(journal, plan, uuid, opts)
+            remove_if_aborted(journal, plan, result.uuid, opts)
         return result
 
     def __repr__(self) -> str:

@@ -4,7 +4,9 @@ dataclasses that round-trip through JSON and pickle.
 :mod:`.params` resolves the index's parameters and Lance's defaults,
 :mod:`.fragments` groups fragments into build tasks and spreads the training
 sample over them, :mod:`.merges` stages the merges where Lance merges
-correctly, and :mod:`.index_plan` holds it all as one :class:`IndexPlan`.
+correctly, :mod:`.index_plan` holds it all as one :class:`IndexPlan`, and
+:mod:`.scalar` plans scalar and full-text indexes (BTREE, INVERTED, ...) on the
+same :class:`IndexPlan`.
 (:func:`dask_lance_index.plan_index` reads the dataset's metadata and calls
 :func:`make_plan`.)
 """
@@ -38,6 +40,18 @@ from .params import (
     resolve_params,
     training_sample_size,
 )
+from .scalar import (
+    SCALAR_ALIASES,
+    SCALAR_INDEX_TYPES,
+    SCALAR_ONE_TASK,
+    SCALAR_STAGED,
+    check_scalar_column,
+    finalize_staged,
+    is_scalar,
+    make_scalar_plan,
+    normalize_scalar_type,
+    scalar_params,
+)
 
 __all__ = [
     "BINARY_INDEX_TYPES", "check_column", "column_engine",
@@ -47,4 +61,7 @@ __all__ = [
     "IndexParams", "IndexPlan", "MergePlan", "MergeStep", "allocate_samples", "check_fragment_groups",
     "default_num_partitions", "default_num_sub_vectors", "graphs_built_twice", "group_fragments", "make_plan",
     "merge_depth", "model_parts_to_train", "plan_merges", "resolve_params", "segment_uuid", "training_sample_size",
+    # scalar and full-text indexes
+    "SCALAR_ALIASES", "SCALAR_INDEX_TYPES", "SCALAR_ONE_TASK", "SCALAR_STAGED", "check_scalar_column",
+    "finalize_staged", "is_scalar", "make_scalar_plan", "normalize_scalar_type", "scalar_params",
 ]

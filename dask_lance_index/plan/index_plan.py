@@ -134,16 +134,17 @@ class IndexPlan:
         p = self.params
         opts = ", ".join(
             f"{k}={v}"
-            for k, v in asdict(p).items()
+            for k, v in (p.lance_kwargs().items() if p.is_scalar else asdict(p).items())
             if v is not None and k not in ("index_type", "sample_rate", "max_iters", "pq_sample_rate", "tolerance",
-                                           "ivf_training", "coarse_probes")
-        )
+                                           "ivf_training", "coarse_probes", "options")
+        ) or "Lance's defaults"
         lines = [
             f"IndexPlan {self.build_id[:8]}: {p.index_type} index {self.name!r} on "
-            f"{self.uri} column {self.column!r} (dimension {self.dimension}) at version {self.version}",
+            f"{self.uri} column {self.column!r}" + (f" (dimension {self.dimension})" if self.dimension else "")
+            + f" at version {self.version}",
             f"  options: {opts}",
             f"  rows: {self.num_rows} in {len(self.fragments)} fragments",
-            f"  train: {', '.join(self.train) or 'nothing (the whole model given)'}"
+            f"  train: {', '.join(self.train) or ('nothing (a scalar index has no model)' if p.is_scalar else 'nothing (the whole model given)')}"
             + (f" on {sum(self.samples)} sampled rows" if self.train else ""),
             f"  build: {self.num_tasks} tasks ({self.engine} engine), rows per task {list(self.group_rows())}",
         ]
@@ -154,7 +155,7 @@ class IndexPlan:
             lines.append(f"  merge: none ({p.index_type} segments cannot be merged correctly)")
         else:
             lines.append("  merge: none")
-        lines.append(f"  commit: {len(self.merges.final)} segment(s)" + (" replacing the existing index" if self.replace else ""))
+        lines.append(f"  commit: {len(self.merges.final)} segment(s)" + (" replacing any index of that name" if self.replace else ""))
         lines.extend(f"  note: {n}" for n in self.notes)
         return "\n".join(lines)
 

@@ -35,6 +35,8 @@ MERGE_DEPTH: dict[str, int | None] = {
     "IVF_HNSW_PQ": 1,
     "IVF_SQ": 0,
     "IVF_HNSW_SQ": 0,
+    # Scalar and full-text segments merge at any depth (measured; plan/scalar.py).
+    **{t: None for t in ("BTREE", "BITMAP", "LABEL_LIST", "INVERTED", "NGRAM", "ZONEMAP", "BLOOMFILTER")},
 }
 
 

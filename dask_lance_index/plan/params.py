@@ -8,6 +8,7 @@ or build silently wrong.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -91,10 +92,17 @@ class IndexParams:
     tolerance: float = TOLERANCE
     ivf_training: str = "flat"
     coarse_probes: int | None = None
+    # A scalar index's options for Lance (tokenizer settings, ...), as sorted JSON.
+    options: str | None = None
 
     @property
     def quantizer(self) -> str | None:
         return quantizer_of(self.index_type)
+
+    @property
+    def is_scalar(self) -> bool:
+        """A scalar or full-text index (BTREE, INVERTED, ...): no vectors, no model."""
+        return self.index_type not in INDEX_TYPES
 
     @property
     def is_hnsw(self) -> bool:
@@ -102,6 +110,8 @@ class IndexParams:
 
     def lance_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for ``create_index_uncommitted`` (besides the model)."""
+        if self.is_scalar:
+            return json.loads(self.options) if self.options else {}
         kw: dict[str, Any] = {"metric": self.metric, "num_partitions": self.num_partitions}
         for key in ("num_sub_vectors", "num_bits", "m", "ef_construction"):
             if getattr(self, key) is not None:

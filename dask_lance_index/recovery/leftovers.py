@@ -4,7 +4,8 @@ Lance keeps uncommitted segments forever (only ``cleanup_old_versions(
 delete_unverified=True)`` removes them, in-flight ones of other writers too).
 Here a build's segments are found from its journal (:mod:`.journal`): build
 segments by their uuid5 names, merged segments by the journal's records, and
-the output of a merge attempt that died mid-merge by its time window. A
+the output of a merge attempt (or of a build task whose segment Lance names:
+a scalar index's) that died mid-way by its time window. A
 segment that any version of the dataset references is never removed.
 """
 
@@ -59,7 +60,8 @@ def _journals(uri: str, storage_options: dict | None = None) -> list[BuildJourna
 def _open_windows(j: BuildJournal, now: float) -> list[tuple[float, float]]:
     """Time windows of ``j``'s merge attempts that recorded no output: from the
     attempt's start to its last heartbeat plus one period (it wrote nothing after)."""
-    finished = {m.slot: m.started for m in j.merges}
+    # Merges, and build tasks whose segment Lance names (the scalar engine), journal attempts.
+    finished = {m.slot: m.started for m in (*j.segments, *j.merges)}
     return [
         (started, beat + HEARTBEAT_SECONDS)
         for slot, started, beat in j.attempts

@@ -14,6 +14,8 @@ from .datasets import (
     resolve_field,
     join_field_path,
     split_field_path,
+    field_type,
+    has_values,
     fragment_rows,
     index_names,
     open_dataset,
@@ -70,7 +72,8 @@ from .segments import (
 __all__ = [
     "COLUMN_KINDS", "field_of", "field_paths", "resolve_field", "join_field_path", "split_field_path",
     "CONCAT_ROWS", "CONCAT_TYPES", "ColumnInfo", "RQSegment", "RowCounts", "SegmentResult", "StorageOptions", "Store", "VectorBatch",
-    "as_lance_index", "column_info", "committed_index", "concat_segments", "filesystem", "fragment_rows", "hide_secrets",
+    "as_lance_index", "column_info", "committed_index", "concat_segments", "field_type", "filesystem", "fragment_rows",
+    "has_values", "hide_secrets",
     "index_dir", "index_dir_times", "index_from_dict", "index_names", "index_to_dict", "is_local",
     "iter_vectors", "join", "open_dataset", "open_or_fail", "options_apply", "partition_map_batch",
     "partition_map_schema", "read_rq_segment", "scratch_dataset", "shuffle_buffer_batch", "shuffle_buffer_inputs",

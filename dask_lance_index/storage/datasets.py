@@ -14,7 +14,11 @@ import pyarrow as pa
 
 from ..errors import InvalidInputError
 
-__all__ = ["COLUMN_KINDS", "ColumnInfo", "column_info", "field_of", "field_paths", "resolve_field", "join_field_path", "split_field_path", "fragment_rows", "index_names", "open_dataset", "open_or_fail"]
+__all__ = [
+    "COLUMN_KINDS", "ColumnInfo", "column_info", "field_of", "field_paths", "field_type", "fragment_rows",
+    "has_values", "index_names", "join_field_path", "open_dataset", "open_or_fail", "resolve_field",
+    "split_field_path",
+]
 
 
 def open_dataset(uri, version: int | None = None, storage_options: dict | None = None) -> lance.LanceDataset:
@@ -178,6 +182,46 @@ def field_of(table, column: str):
         arr = pa.chunked_array([child(c, p) for c in arr.chunks], type=arr.type.field(p).type) \
             if isinstance(arr, pa.ChunkedArray) else child(arr, p)
     return arr
+
+
+def _leaf_paths(fields, prefix: str = "") -> list[str]:
+    out = []
+    for f in fields:
+        path = f"{prefix}{f.name}"
+        out.append(path)
+        if pa.types.is_struct(f.type):
+            out += _leaf_paths(list(f.type), path + ".")
+    return out
+
+
+def field_type(ds, column: str) -> pa.DataType:
+    """The Arrow type of ``column``, a top-level column or a nested field (``"a.b"``),
+    or a clear error naming the columns there are."""
+    names = ds.schema.names
+    if column in names:
+        return ds.schema.field(column).type
+    parts = column.split(".")
+    t = None
+    if parts[0] in names:
+        t = ds.schema.field(parts[0]).type
+        for part in parts[1:]:
+            if not pa.types.is_struct(t) or t.get_field_index(part) < 0:
+                t = None
+                break
+            t = t.field(part).type
+    if t is None:
+        raise InvalidInputError(
+            f"column {column!r} is not in the dataset; its columns are {_leaf_paths(ds.schema)}. "
+            "Fix: pass one of them (a nested field as 'parent.child')."
+        )
+    return t
+
+
+def has_values(ds, column: str) -> bool:
+    """Whether ``column`` holds any non-null value: scans until the first one."""
+    quoted = ".".join(f"`{p}`" for p in column.split("."))
+    t = ds.to_table(columns=[], filter=f"{quoted} IS NOT NULL", limit=1, with_row_id=True)
+    return t.num_rows > 0
 
 
 def fragment_rows(ds) -> list[tuple[int, int]]:

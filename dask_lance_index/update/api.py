@@ -68,12 +68,18 @@ def update_index(
 ) -> Any:
     """Index the fragments an index does not cover, with the model its build saved.
 
+    Vector indexes (:func:`~dask_lance_index.create_index`) and scalar and
+    full-text ones (:func:`~dask_lance_index.create_scalar_index`) alike: the new
+    fragments are built in parts as the build built them and committed beside
+    the old segments (a delta), or merged with them past ``max_deltas``; the
+    old parts are never built again. A scalar index has no model and no drift.
+
     Parameters
     ----------
     uri : str, path or LanceDataset
         The dataset; its current version is pinned.
     column : str, optional
-        The vector column; checked against the saved plan. Default: the saved plan's.
+        The indexed column; checked against the saved plan. Default: the saved plan's.
     name : str, optional
         The index; default ``f"{column}_idx"``, or the only vector index of the dataset.
     max_deltas : int
@@ -122,16 +128,17 @@ def update_index(
     _check_saved(saved, desc, seg_stats, column, name, model_uri or "the saved model")
     params = saved.plan.params
     engine = get_engine(saved.plan.engine).for_updates()
+    live = dict(fragment_rows(ds))
     segments = [
         SegmentState(
             s.uuid,
             tuple(sorted(s.fragment_ids)),
-            int(sum(p.get("size", 0) for p in seg_stats.get(s.uuid, {}).get("partitions", []))),
+            int(sum(p.get("size", 0) for p in seg_stats.get(s.uuid, {}).get("partitions", [])))
+            if not params.is_scalar else sum(live.get(f, 0) for f in s.fragment_ids),
             segment_mergeable(params.index_type, seg_stats.get(s.uuid, {}), saved.plan.engine),
         )
         for s in desc.segments
     ]
-    live = dict(fragment_rows(ds))
     resumed = resume_journal(journal, storage_options, kind="update") if journal and resume else None
     if resumed is not None:  # carry on the journaled update: its decision, its plan
         decision = UpdateDecision.from_dict(resumed.job["decision"])
@@ -217,7 +224,8 @@ def _index_state(ds, name: str):
             "dli.create_index, or pass the right name."
         )
     stats = ds.stats.index_stats(name)
-    return desc, {s["uuid"]: s for s in stats.get("indices", [])}
+    # A scalar index's statistics name no segment (no uuid): nothing per segment to check.
+    return desc, {s["uuid"]: s for s in stats.get("indices", []) if "uuid" in s}
 
 
 def _check_saved(saved: SavedModel, desc, seg_stats: dict, column, name, where) -> None:
@@ -230,7 +238,7 @@ def _check_saved(saved: SavedModel, desc, seg_stats: dict, column, name, where) 
         problems.append(f"it is for index {p.name!r}, not {name!r}")
     if desc.field_names and list(desc.field_names) != [p.column]:
         problems.append(f"the index is on {list(desc.field_names)}, it on {p.column!r}")
-    if desc.index_type != p.params.index_type:
+    if desc.index_type.replace("_", "").upper() != p.params.index_type.replace("_", "").upper():  # BTree: BTREE
         problems.append(f"the index is {desc.index_type}, it is for {p.params.index_type}")
     rq = json.loads(saved.model.rabitq_model) if saved.model.rabitq_model else {}
     for uuid, st in seg_stats.items():

@@ -24,7 +24,7 @@ from ..build import BuildSegment
 from ..commit import SavedModel
 from ..graph import build_graph
 from ..merge import MergeSegments
-from ..plan import FragmentInfo, IndexPlan, MergePlan, allocate_samples, plan_merges
+from ..plan import SCALAR_STAGED, FragmentInfo, IndexPlan, MergePlan, allocate_samples, finalize_staged, plan_merges
 from ..recovery import IndexJob
 from ..storage import SegmentResult
 from ..train import SampleFragment
@@ -76,14 +76,20 @@ def delta_plan(saved: SavedModel, ds, decision: UpdateDecision, live: dict, comm
     )
     n = len(decision.groups)
     if decision.action != "merge":
-        return replace(plan, merges=MergePlan(n, (), tuple(range(n))))
+        merges = MergePlan(n, (), tuple(range(n)))
+        if plan.params.index_type in SCALAR_STAGED:  # a part Lance leaves unfinished: a merge finalizes it
+            merges = finalize_staged(merges)
+        return replace(plan, merges=merges)
     rows = list(plan.group_rows()) + [s.num_rows for s in committed]
     return replace(plan, merges=plan_merges(plan.params.index_type, rows, num_segments=1, fan_in=merge_fan_in, engine=plan.engine))
 
 
 def _drift(plan: IndexPlan, decision: UpdateDecision, segments: list[SegmentState], live: dict, model,
            threshold: float, sample_rows: int, seed, storage_options):
-    """Drift tasks: a sample of the new rows against a sample of the rows already indexed."""
+    """Drift tasks: a sample of the new rows against a sample of the rows already indexed
+    (None for a scalar index: no vectors, no centroids)."""
+    if plan.params.is_scalar:
+        return None
     tok = plan.build_id[:8]
     sample = SampleFragment(plan.uri, plan.version, plan.column, plan.dimension, seed, plan.build_id, storage_options)
     old_ids = sorted({f for s in segments if s.uuid not in decision.dropped_segments for f in s.fragment_ids} & set(live))

@@ -4,7 +4,8 @@ interface (:class:`Engine`) and a registry (:func:`get_engine`, :func:`resolve_e
 * ``"lance"``: Lance does it all (:mod:`.lance`);
 * ``"partitions"``: we assign IVF partitions, Lance encodes (:mod:`.partitions`);
 * ``"precomputed"``: we assign and encode, and write IVF_PQ/IVF_RQ segment files (:mod:`.precomputed`);
-* ``"artifact"``: as precomputed, through a partition artifact (:mod:`.artifact`).
+* ``"artifact"``: as precomputed, through a partition artifact (:mod:`.artifact`);
+* ``"scalar"``: Lance builds a scalar or full-text index (BTREE, INVERTED, ...) (:mod:`.scalar`).
 """
 
 from .artifact import ArtifactEngine
@@ -12,9 +13,11 @@ from .base import Engine, SegmentTask
 from .lance import LanceEngine
 from .partitions import PartitionsEngine
 from .precomputed import PrecomputedEngine, writes_codes
+from .scalar import ScalarEngine
 from .registry import ENGINE_NAMES, ENGINES, get_engine, resolve_engine
 
 __all__ = [
     "ENGINES", "ENGINE_NAMES", "ArtifactEngine", "Engine", "LanceEngine", "PartitionsEngine", "PrecomputedEngine",
+    "ScalarEngine",
     "SegmentTask", "get_engine", "resolve_engine", "writes_codes",
 ]

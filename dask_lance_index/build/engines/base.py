@@ -140,6 +140,9 @@ class Engine(ABC):
     """
 
     name: ClassVar[str]
+    # Lance picks the segment's uuid (not the plan): the build task journals each attempt
+    # (start and heartbeat), by which cleanup finds the files of an attempt that died.
+    picks_uuid: ClassVar[bool] = False
 
     def refuses(self, params) -> str | None:
         """Why this engine cannot build an index of ``params`` (None: it can)."""

@@ -8,10 +8,12 @@ from .base import Engine
 from .lance import LanceEngine
 from .partitions import PartitionsEngine
 from .precomputed import PrecomputedEngine
+from .scalar import ScalarEngine
 
 __all__ = ["ENGINES", "ENGINE_NAMES", "get_engine", "resolve_engine"]
 
-ENGINES: dict[str, Engine] = {e.name: e for e in (LanceEngine(), PartitionsEngine(), PrecomputedEngine(), ArtifactEngine())}
+ENGINES: dict[str, Engine] = {e.name: e for e in (LanceEngine(), PartitionsEngine(), PrecomputedEngine(), ArtifactEngine(),
+                                                  ScalarEngine())}
 ENGINE_NAMES = ("auto", *ENGINES)
 
 
