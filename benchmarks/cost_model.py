@@ -24,7 +24,7 @@ library's HIERARCHICAL_SAMPLE_RATE, m sub-vectors of 256 codes):
   back;
 * build: ``n x (a x d / 128 + b x (k1 + p k / k1 + 256) x d)`` spread over W (read and write per
   row; assignment and PQ encoding per row);
-* merge: ``n x c_merge x (8 + m) / 24`` in ONE task (Lance's merge; 24 bytes a row were measured).
+* merge: ``n x c_merge x (8 + m) / 24`` in ONE task (the concatenating merge; 24 bytes a row were measured).
 
 It leaves out what it cannot see here: network and storage contention, stragglers, the scheduler
 at a million tasks.
@@ -41,10 +41,10 @@ from dask_lance_index.plan import HIERARCHICAL_SAMPLE_RATE
 
 # Measured stage seconds (bench_build, one run each; see the module docstring).
 FIT = [
-    dict(rows=1_000_000, k=4096, d=128, m=16, sample=2.94, train=20.98, build=4.14, merge=0.16),
-    dict(rows=4_000_000, k=16384, d=128, m=16, sample=11.53, train=96.77, build=20.65, merge=0.65),
+    dict(rows=1_000_000, k=4096, d=128, m=16, sample=0.60, train=6.85, build=4.45, merge=0.20),
+    dict(rows=4_000_000, k=16384, d=128, m=16, sample=3.31, train=30.92, build=23.12, merge=0.52),
 ]
-CHECK = [dict(rows=1_000_000, k=3906, d=128, m=16, sample=2.93, train=21.91, build=3.57, merge=0.16)]
+CHECK = [dict(rows=1_000_000, k=3906, d=128, m=16, sample=0.56, train=6.53, build=4.13, merge=0.15)]
 PROBES = 8  # at build time: choose_probes picked 6-8 on the 128-d sets
 LINK_BYTES_PER_S = 1.25e9  # 10 GbE per worker
 
