@@ -4,9 +4,9 @@ Segments of the ``precomputed`` engine (:mod:`.segment_files`) share one model,
 so merging them needs no distances and no codes: partition ``p`` of the merged
 segment is partition ``p`` of each input, one after another. Lance's own merge
 (``merge_existing_index_segments``) gives the same rows, but its output searched
-1.5-1.6x slower than a segment written in one piece, with the same model
-(GloVe, 4,096 partitions, nprobes 20, median ms per query: IVF_FLAT 2.08-4.76
-against 1.28-2.97, IVF_PQ 2.58-3.05 against 1.71-2.05; ``docs/benchmarks.md``).
+1.5-1.7x slower than a segment written in one piece with the same model (GloVe, 4,096
+partitions, nprobes 20, median ms per query: IVF_FLAT 4.79 against 2.82, IVF_PQ 5.49 against
+3.63; ``benchmarks/bench_merge_queries.py``), and ours as fast as the one piece.
 
 The inputs are read a run of partitions at a time (:data:`CONCAT_ROWS` rows of
 output), so the merge holds a bounded slice of the index, never all of it. A
