@@ -118,15 +118,19 @@ def concat_segments(dataset_uri: str, input_uuids: list[str], output_uuid: str, 
     aux = LanceFileWriter(f"{base}/auxiliary.idx", schema, version="2.2", storage_options=storage_options)
     for p0, p1 in _runs(lengths, CONCAT_ROWS):
         parts = [i.read(p0, p1) for i in inputs]
-        # each input's slice is grouped by partition: a stable sort by partition gives
-        # partition by partition, each partition's rows input by input
-        part = np.concatenate([np.repeat(np.arange(p0, p1), i.lengths[p0:p1]) for i in inputs])
-        table = pa.concat_tables(parts).take(pa.array(np.argsort(part, kind="stable")))
+        # each input's slice is grouped by partition: partition by partition, each
+        # partition's rows input by input, as zero-copy slices (one copy when written)
+        pieces = []
+        for p in range(p0, p1):
+            for i, t in zip(inputs, parts):
+                if i.lengths[p]:
+                    pieces.append(t.slice(int(i.offsets[p] - i.offsets[p0]), int(i.lengths[p])))
+        table = pa.concat_tables(pieces) if pieces else schema.empty_table()
         if whole and index_type == "IVF_PQ":
             table = _transpose_pq(table, lengths[p0:p1])
         if whole and index_type == "IVF_RQ":
             table = _pack_rq(table, lengths[p0:p1])
-        for batch in table.combine_chunks().to_batches():
+        for batch in table.to_batches():  # the slices as they are: no copy
             aux.write_batch(batch)
     pos = aux.add_global_buffer(ivf_message(np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths))
     if index_type == "IVF_PQ":  # the codebook, as its inputs keep it
