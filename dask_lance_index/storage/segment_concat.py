@@ -50,16 +50,16 @@ class _Input:
     def __init__(self, dataset_uri: str, uuid: str, storage_options: dict | None):
         base = index_dir(dataset_uri, uuid)
         self.reader = LanceFileReader(f"{base}/auxiliary.idx", storage_options=storage_options)
-        meta = self.reader.metadata().schema.metadata or {}
+        self.schema = self.reader.metadata().schema
+        meta = self.schema.metadata or {}
         if b"lance:ivf" not in meta:
             raise InvalidInputError(f"index segment {uuid} has no IVF metadata: not a segment this library wrote")
         self.meta = meta
-        self.schema = self.reader.metadata().schema
         self.lengths = np.array(_ivf_lengths(bytes(self.reader.read_global_buffer(int(meta[b"lance:ivf"])))),
                                 dtype=np.int64)
         self.offsets = np.concatenate([[0], np.cumsum(self.lengths)])
-        ivf = bytes(LanceFileReader(f"{base}/index.idx", storage_options=storage_options)
-                    .read_global_buffer(int(_index_meta(base, storage_options)[b"lance:ivf"])))
+        index = LanceFileReader(f"{base}/index.idx", storage_options=storage_options)
+        ivf = bytes(index.read_global_buffer(int((index.metadata().schema.metadata or {})[b"lance:ivf"])))
         self.centroids = _ivf_centroids(ivf)
         loss = _pb_fields(ivf).get(5)
         self.loss = struct.unpack("<d", loss[0])[0] if loss else 0.0
@@ -69,10 +69,6 @@ class _Input:
         if stop == start:
             return self.schema.empty_table()
         return self.reader.read_range(start, stop - start, batch_size=stop - start).to_table()
-
-
-def _index_meta(base: str, storage_options: dict | None) -> dict:
-    return LanceFileReader(f"{base}/index.idx", storage_options=storage_options).metadata().schema.metadata or {}
 
 
 def _runs(lengths: np.ndarray, max_rows: int) -> list[tuple[int, int]]:
