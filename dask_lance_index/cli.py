@@ -44,7 +44,7 @@ from distributed import Client, LocalCluster
 
 from . import __version__
 from .api import create_index, create_scalar_index, plan_index, plan_scalar_index, run
-from .errors import DatasetChangedError, IndexExistsError, InvalidInputError
+from .errors import ClusterLostError, DatasetChangedError, IndexExistsError, InvalidInputError
 from .evaluation import check_queries, evaluate_index, index_on, sample_query_rows
 from .plan import HIERARCHICAL_MIN_PARTITIONS, INDEX_TYPES, IVF_TRAININGS, SCALAR_ALIASES, SCALAR_INDEX_TYPES, is_scalar
 from .recovery import cleanup
@@ -188,6 +188,10 @@ def _add_index_args(p: argparse.ArgumentParser) -> None:
     d.add_argument("--num-segments", type=_positive_int, default=1, metavar="N",
                    help="segments in the committed index (default: %(default)s)")
     d.add_argument("--seed", type=int, help="seed of sampling and training (same seed and data: same index)")
+    d.add_argument("--journal", metavar="LOCATION",
+                   help="keep the build's journal here (a directory or object-store prefix); the same command "
+                        "again resumes the build where it stopped (default: <uri>/_dli/<build id>, removed "
+                        "after the commit)")
 
 
 def _add_cluster_args(p: argparse.ArgumentParser, *, required_for: str) -> None:
@@ -253,6 +257,7 @@ def _index_kwargs(args) -> dict:
         num_segments=args.num_segments,
         seed=args.seed,
         storage_options=dict(args.storage_options) or None,
+        journal=args.journal,
     )
 
 
@@ -269,7 +274,8 @@ def _scalar_kwargs(args) -> dict:
             "(Lance's options of a scalar index go in --lance-option KEY=VALUE)."
         )
     return dict(name=args.name, replace=args.replace, num_tasks=args.num_tasks, num_segments=args.num_segments,
-                storage_options=dict(args.storage_options) or None, **dict(args.lance_options))
+                storage_options=dict(args.storage_options) or None, journal=args.journal,
+                **dict(args.lance_options))
 
 
 def _check_lance_options(args) -> None:
@@ -319,7 +325,7 @@ def _run_build(args) -> int:
     kwargs = _scalar_kwargs(args) if scalar else _index_kwargs(args)
     plan, create = (plan_scalar_index, create_scalar_index) if scalar else (plan_index, create_index)
     # Check the request (metadata only) before starting a cluster: bad input exits at once.
-    plan(args.uri, args.column, args.index_type, **kwargs)
+    plan(args.uri, args.column, args.index_type, **{k: v for k, v in kwargs.items() if k != "journal"})
     with _cluster(args) as client:
         build = create(args.uri, args.column, args.index_type, client=client, compute=False, **kwargs)
         if not args.json:
@@ -363,6 +369,7 @@ def _run_plan(args) -> int:
     _check_lance_options(args)
     scalar = is_scalar(args.index_type)
     kwargs = _scalar_kwargs(args) if scalar else _index_kwargs(args)
+    kwargs.pop("journal")  # a plan writes nothing
     if args.scheduler:
         with _connect(args) as client:
             threads = parallelism(client)
@@ -534,7 +541,7 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except BaseException as exc:  # noqa: BLE001 - every failure becomes a documented exit code
         code = exit_code(exc)
-        if code == EXIT_FAILURE and not isinstance(exc, SchedulerUnreachable):
+        if code == EXIT_FAILURE and not isinstance(exc, (SchedulerUnreachable, ClusterLostError)):
             traceback.print_exc()  # unexpected: the traceback is what a bug report needs
         msg = "interrupted" if code == EXIT_INTERRUPTED else f"{type(exc).__name__}: {exc}"
         print(f"{PROG}: error: {msg}", file=sys.stderr, flush=True)

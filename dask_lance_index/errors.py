@@ -14,6 +14,7 @@ __all__ = [
     "CoverageError",
     "DatasetChangedError",
     "BuildAbortedError",
+    "ClusterLostError",
 ]
 
 
@@ -43,3 +44,8 @@ class DatasetChangedError(DaskLanceIndexError, RuntimeError):
 
 class BuildAbortedError(DaskLanceIndexError, RuntimeError):
     """The build was abandoned (it failed elsewhere); this task removed what it wrote."""
+
+
+class ClusterLostError(DaskLanceIndexError, ConnectionError):
+    """The connection to the Dask scheduler was lost mid-job; the journal keeps the finished
+    work, and the same call with ``journal=`` that location resumes it."""

@@ -22,12 +22,15 @@ default ``<dataset uri>/_dli/<build id>``)::
     merges/<slot>.<t>.try   one per merge attempt: its start time and heartbeat (finds
                             Lance's randomly named output of an attempt that died)
     aborted                 written when the build fails: late tasks remove their output
+    result.json             the committed job's result, written with status "committed" where the
+                            job finished on a worker (its driver may have lost the cluster meanwhile)
 
 Each file is written by one task only, so tasks never contend for a file.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import socket
@@ -61,6 +64,7 @@ __all__ = [
 
 JOURNAL_DIR = "_dli"
 MODEL = "model.json"
+RESULT = "result.json"  # the committed result, kept where the driver may not have received it
 FORMAT = 2
 
 
@@ -211,6 +215,22 @@ class BuildJournal:
             aborted=store.exists("aborted"),
             storage_options=storage_options,
         )
+
+    def save_result(self, result) -> None:
+        """Keep the committed job's result (an :class:`~dask_lance_index.commit.IndexResult`),
+        for a driver that lost the cluster while the commit ran."""
+        cls = type(result)
+        self._store().write(RESULT, json.dumps({"type": f"{cls.__module__}:{cls.__qualname__}",
+                                                "result": result.to_dict()}))
+
+    def load_result(self):
+        """The result :meth:`save_result` kept, or None."""
+        text = self._store().read(RESULT)
+        if text is None:
+            return None
+        saved = json.loads(text)
+        module, _, name = saved["type"].partition(":")
+        return getattr(importlib.import_module(module), name).from_dict(saved["result"])
 
     def load_model(self) -> IndexModel | None:
         """The journaled model (the training task writes it on a worker), or None."""

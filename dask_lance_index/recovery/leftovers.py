@@ -32,7 +32,7 @@ from .journal import (
     default_journal_location,
 )
 
-__all__ = ["abandon_build", "cleanup", "finish_journal"]
+__all__ = ["abandon_build", "cleanup", "drop_committed_journal", "finish_journal"]
 
 log = logging.getLogger("dask_lance_index")
 
@@ -189,9 +189,11 @@ def cleanup(uri, build_id: str | None = None, *, storage_options: dict | None = 
     return removed
 
 
-def finish_journal(location: str, result, storage_options: dict | None = None) -> None:
+def finish_journal(location: str, result, storage_options: dict | None = None, remove: bool = True) -> None:
     """After a successful commit: remove orphans of merge attempts that died, then
-    remove the journal (default location) or mark it committed (a chosen one)."""
+    remove the journal (default location, with ``remove``) or mark it committed and keep
+    the result in it (a chosen location; or, without ``remove``, until the driver has the
+    result: :func:`drop_committed_journal`)."""
     j = BuildJournal.load(location, storage_options)
     if j is None:
         return
@@ -204,10 +206,19 @@ def finish_journal(location: str, result, storage_options: dict | None = None) -
             orphans -= referenced_segments(j.plan.uri, storage_options)
         for u in orphans:
             remove_index_dir(j.plan.uri, u, storage_options)
-    if location.rstrip("/") == default_journal_location(j.plan.uri, j.plan.build_id):
+    if remove and location.rstrip("/") == default_journal_location(j.plan.uri, j.plan.build_id):
         j.remove()
     else:
+        j.save_result(result)
         j.with_status("committed", result.version)
+
+
+def drop_committed_journal(location: str, storage_options: dict | None = None) -> None:
+    """The driver has the result: remove a committed journal at its default location."""
+    j = BuildJournal.load(location, storage_options)
+    if j is not None and j.status == "committed" and \
+            location.rstrip("/") == default_journal_location(j.plan.uri, j.plan.build_id):
+        j.remove()
 
 
 def abandon_build(job, client=None, future=None) -> list[str]:

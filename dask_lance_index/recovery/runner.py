@@ -13,7 +13,12 @@ local scheduler, with
 * on failure, the job abandoned: its tasks stopped and every uncommitted segment
   it wrote removed (:func:`.leftovers.abandon_build`);
 * on success, the journal finished (:func:`.leftovers.finish_journal`) and the
-  result's warnings raised in the calling process.
+  result's warnings raised in the calling process;
+* when the connection to the scheduler is lost (the scheduler died, or this
+  process's link to it was cut long enough for either side to give up), the job
+  is not abandoned: the journal keeps what finished. If the commit went through
+  meanwhile (the journal says so and holds the result), that result is returned;
+  otherwise :class:`~dask_lance_index.errors.ClusterLostError` says how to resume.
 """
 
 from __future__ import annotations
@@ -25,15 +30,25 @@ import warnings
 
 from dask.delayed import Delayed
 from distributed import KilledWorker
+from distributed.client import FutureCancelledError
+from distributed.comm import CommClosedError
 
+from ..errors import ClusterLostError
 from ..runtime import compute_with_progress, resolve_client, show_progress
-from ..runtime.client import wait_for_tasks
+from ..runtime.client import num_workers, wait_for_tasks, worker_client_or_none
 from ..runtime.progress import distributed_bar
-from .leftovers import abandon_build, finish_journal
+from ..storage import open_dataset
+from .journal import BuildJournal
+from .leftovers import abandon_build, drop_committed_journal, finish_journal
 
 __all__ = ["IndexJob", "report", "run"]
 
 log = logging.getLogger("dask_lance_index")
+
+# After losing the scheduler: how long to wait for the client to reconnect (a cut link that
+# heals), then for tasks of the job still running on the cluster to end (one may be the commit).
+RECONNECT_SECONDS = 120.0  # the client itself gives up after its connect timeout
+SETTLE_SECONDS = 30.0
 
 
 def report(result):
@@ -47,7 +62,9 @@ def report(result):
 
 def _finish(results, journal: str | None = None, storage_options: dict | None = None):
     if journal is not None:
-        finish_journal(journal, results[0], storage_options)
+        # On a worker the driver may never hear of this commit (its link to the scheduler
+        # cut, the scheduler dead): keep the result in the journal until it has it.
+        finish_journal(journal, results[0], storage_options, remove=worker_client_or_none() is None)
     return report(results[0])
 
 
@@ -80,8 +97,11 @@ def run(job: IndexJob, client=None, scheduler: str | None = None, retries: int =
     """Run a lazy job on ``client`` (or the local ``scheduler``) and return its result.
 
     On a cluster a failing task is retried ``retries`` times, and the run is
-    resubmitted up to ``retries`` times when tasks were lost with dying workers
-    (journaled work is not redone). If the job fails, its tasks are stopped and
+    resubmitted up to ``retries`` times when tasks were lost with dying workers,
+    or when the connection to the scheduler was lost and came back (journaled work
+    is not redone). A connection that does not come back raises
+    :class:`~dask_lance_index.errors.ClusterLostError`, the journal kept: the same
+    call with ``journal=`` its location resumes the job. If the job fails, its tasks are stopped and
     every uncommitted segment it wrote is removed (:func:`.leftovers.abandon_build`).
 
     ``progress``: draw a progress bar (``None``: when someone is watching). The
@@ -110,9 +130,62 @@ def run(job: IndexJob, client=None, scheduler: str | None = None, retries: int =
                     log.warning("%s: %s; resubmitting (%d of %d)", job, exc, attempt + 1, retries)
                     client.cancel(future, force=True)
                     wait_for_tasks(client, job.plan.build_id[:8], 30.0)
+                except BaseException as exc:
+                    if not (job.plan is not None and job.journal is not None and _cluster_lost(exc, client)):
+                        raise
+                    # The scheduler died or our link to it was cut: nothing to abandon, the
+                    # journal keeps what finished. Find a commit that went through, or go on
+                    # once reconnected, or say how to resume.
+                    result = _after_cluster_lost(job, client, exc, last=attempt == retries)
+                    if result is not None:
+                        break
+                    continue
+    except ClusterLostError:
+        raise  # the journal is kept for the rerun that resumes
     except BaseException:
         if job.plan is not None:
             abandon_build(job, client, future)
         raise
+    if job.journal is not None and client is not None:
+        drop_committed_journal(job.journal, job.storage_options)
     total = result.seconds.get("plan", 0.0) + time.time() - t0
     return dataclasses.replace(result, seconds={**result.seconds, "total": round(total, 4)})
+
+
+def _cluster_lost(exc: BaseException, client) -> bool:
+    """Whether ``exc`` means this process lost the scheduler (not that a task failed)."""
+    if isinstance(exc, FutureCancelledError):
+        return exc.reason == "scheduler-connection-lost"
+    return isinstance(exc, (CommClosedError, ConnectionError, TimeoutError)) and client.status != "running"
+
+
+def _after_cluster_lost(job: IndexJob, client, exc: BaseException, last: bool):
+    """After losing the scheduler: the job's result if it committed all the same; None
+    when the client is connected again and the run may be resubmitted (journaled work
+    is not redone, and a commit that went through is found by the commit task);
+    otherwise :class:`ClusterLostError`, the journal kept for a rerun to resume."""
+    plan, loc, opts = job.plan, job.journal, job.storage_options
+    deadline = time.time() + RECONNECT_SECONDS
+    while client.status == "connecting" and time.time() < deadline:  # the client retries on its own
+        time.sleep(0.5)
+    back = client.status == "running"
+    if back:  # let tasks of the lost run end (one may be the commit) before looking
+        wait_for_tasks(client, plan.build_id[:8], SETTLE_SECONDS)
+    j = BuildJournal.load(loc, opts)
+    if j is not None and j.status == "committed" and (result := j.load_result()) is not None:
+        log.warning("%s: lost the scheduler (%s) while the commit ran; it went through: version %d",
+                    job, exc, result.version)
+        return report(result)
+    if back and not last and num_workers(client) > 0:
+        log.warning("%s: lost the scheduler (%s), connected again; resubmitting", job, exc)
+        return None
+    version = open_dataset(plan.uri, None, opts).version
+    done = f"{len(j.segments)} of {plan.num_tasks} segments" if j is not None else "nothing"
+    raise ClusterLostError(
+        f"lost the connection to the Dask scheduler while {job} ran ({type(exc).__name__}: {exc}). "
+        f"{plan.uri} is at version {version} (the job read version {plan.version}); the journal at {loc!r} "
+        f"keeps what finished ({done}). Fix: once the scheduler and its workers are up, run the same call "
+        f"again with journal={loc!r} (CLI: --journal {loc}): it resumes where this run stopped, and finds a "
+        f"commit that went through; or remove what it left with dask_lance_index.cleanup({plan.uri!r}, "
+        f"{plan.build_id!r})."
+    ) from None
