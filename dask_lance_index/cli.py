@@ -88,6 +88,11 @@ TLS_NAMES = {"ca": "--tls-ca-file", "cert": "--tls-cert", "key": "--tls-key",
                     "and its key)"}
 
 
+_TLS_HINT = (" With TLS this is also what you see when the scheduler refused this client's certificate or the "
+             "client did not trust the scheduler's: check that --tls-cert is signed by the cluster's CA and that "
+             "--tls-ca-file is that CA.")
+
+
 def _security(args):
     """The ``Security`` of ``--tls-ca-file/--tls-cert/--tls-key`` for ``--scheduler``, or None;
     checked (files, options, address scheme) before any connection or work."""
@@ -112,7 +117,7 @@ def _connect(args):
         raise SchedulerUnreachable(
             f"no dask scheduler answered at {args.scheduler} within {args.connect_timeout:g} s ({exc}). "
             "Fix: check the address and that the scheduler is running, or omit --scheduler to start a "
-            "LocalCluster."
+            "LocalCluster." + (_TLS_HINT if args.security is not None else "")
         ) from None
 
 

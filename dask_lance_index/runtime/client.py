@@ -185,7 +185,9 @@ def connect(address: str, security: Security | None = None, timeout: float | Non
         raise InvalidInputError(
             f"cannot reach a Dask scheduler at {address!r} ({type(exc).__name__}: {exc}). Fix: start "
             "the scheduler (dask scheduler / LocalCluster) or pass the right address, or pass "
-            "client=None to build with the local scheduler."
+            "client=None to build with the local scheduler." + (
+                " With TLS, check that the client's certificate and tls_ca_file come from the cluster's CA: "
+                "the scheduler refuses a client certificate its CA did not sign." if _scheme(address) == "tls" else "")
         ) from None
 
 
