@@ -119,13 +119,16 @@ def test_cli_build_through_a_tls_scheduler(dataset_uri, tls_cluster, certs, vect
     assert recall_at_k(found, truth) > 0.9
 
 
-def test_python_connect_with_security_and_a_cert_file_holding_its_key(tls_cluster, certs):
+def test_python_connect_with_security_and_a_cert_file_holding_its_key(tls_cluster, certs, dataset_uri, capsys):
     good = certs["good"]
     with connect(tls_cluster.address, security=_security(good["ca"], good["cert"], good["key"]), timeout=30) as c:
         assert len(c.scheduler_info()["workers"]) == 2
     # dask allows the key appended to the certificate file, and so does the CLI (plan asks the cluster)
     with connect(tls_cluster.address, security=_security(good["ca"], good["both"], None), timeout=30) as c:
         assert c.submit(sum, [1, 2]).result() == 3
+    assert main(["plan", dataset_uri, "--num-partitions", "8", "--scheduler", tls_cluster.address, "--json",
+                 "--tls-ca-file", good["ca"], "--tls-cert", good["both"]]) == 0
+    assert json.loads(capsys.readouterr().out)["num_tasks"] == 2  # sized for the cluster's 2 worker threads
 
 
 # -- (b) clients without the cluster's certificate are refused -------------------------------------
@@ -175,4 +178,91 @@ def test_clients_without_the_certificate_are_refused(dataset_uri, tls_cluster, c
                  "--connect-timeout", "3", "--tls-ca-file", certs["good"]["ca"], "--tls-cert", other["cert"],
                  "--tls-key", other["key"]]) == 1
     assert "refused this client's certificate" in capsys.readouterr().err
+    assert lance.dataset(dataset_uri).version == 1 and not index_dirs(dataset_uri)
+
+
+# -- (c) bad TLS input: refused before any connection or work --------------------------------------
+
+
+def _unused_tls_address() -> str:
+    """A tls:// address nothing listens on: a check made after connecting would exit 1, not 2."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"tls://127.0.0.1:{s.getsockname()[1]}"
+
+
+def _bad_inputs(good: dict, other: dict, d) -> list[tuple[str, list[str], list[str]]]:
+    """``(case, options after the dataset, what the message says)``."""
+    dead = _unused_tls_address()
+    (d / "garbage.pem").write_text("not a certificate\n")
+    (d / "a-directory.pem").mkdir(exist_ok=True)
+    missing = str(d / "missing-ca.pem")
+    return [
+        ("missing CA file", ["--scheduler", dead, "--tls-ca-file", missing, "--tls-cert", good["cert"], "--tls-key",
+                             good["key"]], [f"--tls-ca-file {missing!r}: no such file", "Fix: give the path"]),
+        ("a directory as key", ["--scheduler", dead, *_tls_options({**good, "key": str(d / "a-directory.pem")})],
+         ["--tls-key", "a-directory.pem' is a directory", "Fix: give the path of a PEM file"]),
+        ("cert without key", ["--scheduler", dead, "--tls-ca-file", good["ca"], "--tls-cert", good["cert"]],
+         [f"--tls-cert {good['cert']!r} holds no private key, and no --tls-key was given", "Fix: pass --tls-key"]),
+        ("key without cert", ["--scheduler", dead, "--tls-ca-file", good["ca"], "--tls-key", good["key"]],
+         ["TLS needs --tls-cert too", "Fix: pass --tls-ca-file CA.pem --tls-cert CERT.pem --tls-key KEY.pem"]),
+        ("no CA", ["--scheduler", dead, "--tls-cert", good["cert"], "--tls-key", good["key"]],
+         ["TLS needs --tls-ca-file too", "Fix: pass --tls-ca-file CA.pem"]),
+        ("tls:// without options", ["--scheduler", dead],
+         [f"the scheduler address '{dead}' is TLS", "Fix: pass --tls-ca-file CA.pem --tls-cert CERT.pem"]),
+        ("options with tcp://", ["--scheduler", dead.replace("tls://", "tcp://"), *_tls_options(good)],
+         ["is not TLS (tcp://)", "Fix: write the address as tls://HOST:PORT"]),
+        ("options with a plain HOST:PORT", ["--scheduler", dead.replace("tls://", ""), *_tls_options(good)],
+         ["is not TLS (tcp://)", "Fix: write the address as tls://HOST:PORT"]),
+        ("options without --scheduler", _tls_options(good), ["no --scheduler was given", "Fix: pass --scheduler tls://"]),
+        ("key of another certificate", ["--scheduler", dead, *_tls_options({**good, "key": other["key"]})],
+         ["do not make a TLS context", "Fix: give PEM files, the key that belongs to the certificate"]),
+        ("a CA file that is not PEM", ["--scheduler", dead, *_tls_options({**good, "ca": str(d / "garbage.pem")})],
+         ["do not make a TLS context", "Fix: give PEM files"]),
+    ]
+
+
+@pytest.mark.parametrize("command", ["build", "plan", "evaluate"])
+def test_bad_tls_input_exits_2_before_any_connection_or_work(command, dataset_uri, certs, tmp_path, capsys):
+    if command == "evaluate":  # an index to evaluate, so that only the TLS input is wrong
+        lance.dataset(dataset_uri).create_index("vector", "IVF_FLAT", num_partitions=4)
+    version, indices = lance.dataset(dataset_uri).version, index_dirs(dataset_uri)
+    extra = ["--num-partitions", "8"] if command != "evaluate" else []
+    for case, options, says in _bad_inputs(certs["good"], certs["other"], tmp_path):
+        assert main([command, dataset_uri, *extra, "--connect-timeout", "20", *options]) == 2, case
+        err = capsys.readouterr().err
+        assert err.startswith("dask-lance-index: error: InvalidInputError: "), (case, err)
+        for text in says:
+            assert text in err, (case, text, err)
+        assert lance.dataset(dataset_uri).version == version and index_dirs(dataset_uri) == indices, case
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads a file whatever its mode")
+def test_an_unreadable_cert_file_exits_2(dataset_uri, certs, tmp_path, capsys):
+    cert = tmp_path / "cert.pem"
+    cert.write_bytes(open(certs["good"]["cert"], "rb").read())
+    cert.chmod(0)
+    opts = _tls_options({**certs["good"], "cert": str(cert)})
+    assert main(["build", dataset_uri, "--scheduler", _unused_tls_address(), *opts]) == 2
+    err = capsys.readouterr().err
+    assert f"--tls-cert {str(cert)!r} cannot be read" in err and "Fix: make it readable" in err
+    assert lance.dataset(dataset_uri).version == 1 and not index_dirs(dataset_uri)
+
+
+def test_python_api_tls_errors_name_the_python_settings(dataset_uri, tls_cluster, certs, tmp_path):
+    good, other = certs["good"], certs["other"]
+    with pytest.raises(dli.InvalidInputError, match="is TLS, and no TLS settings were given.*Fix: pass "
+                                                    r"security=Security\(tls_ca_file="):
+        connect(tls_cluster.address)
+    with pytest.raises(dli.InvalidInputError, match="is TLS.*or a Client made with it as client="):
+        dli.create_index(dataset_uri, "vector", "IVF_FLAT", num_partitions=8, client=tls_cluster.address)
+    with pytest.raises(dli.InvalidInputError, match=r"is not TLS \(tcp://\)"):
+        connect(tls_cluster.address.replace("tls://", "tcp://"), _security(good["ca"], good["cert"], good["key"]))
+    missing = str(tmp_path / "nope.pem")
+    with pytest.raises(dli.InvalidInputError, match=f"tls_ca_file '{missing}': no such file"):
+        connect(tls_cluster.address, _security(missing, good["cert"], good["key"]))
+    with pytest.raises(dli.InvalidInputError, match="tls_client_cert .* holds no private key, and no tls_client_key"):
+        connect(tls_cluster.address, _security(good["ca"], good["cert"], None))
+    with pytest.raises(dli.InvalidInputError, match="do not make a TLS context"):
+        connect(tls_cluster.address, _security(good["ca"], good["cert"], other["key"]))
     assert lance.dataset(dataset_uri).version == 1 and not index_dirs(dataset_uri)

@@ -77,24 +77,30 @@ def tls_security(ca_file: str | None, cert: str | None, key: str | None = None,
         a key that does not match the certificate).
     """
     names = names or PYTHON_TLS_NAMES
+    _check_settings(ca_file, cert, key, names)
+    security = Security(tls_ca_file=ca_file, tls_client_cert=cert, tls_client_key=key, require_encryption=True)
+    _check_context(security, names)
+    return security
+
+
+def _check_settings(ca_file: str | None, cert: str | None, key: str | None, names: dict[str, str]) -> None:
+    """The files exist and can be read, a CA file and a certificate are given, and a key unless the
+    certificate file holds it. Settings holding PEM text (dask allows it) are not files."""
     given = {"ca": ca_file, "cert": cert, "key": key}
     for k, path in given.items():
-        if path is not None:
+        if path is not None and "\n" not in path:
             _check_file(path, names[k])
-    missing = [names[k] for k in ("ca", "cert") if given[k] is None]
+    missing = [names[k] for k in ("ca", "cert") if not given[k]]
     if missing:
         raise InvalidInputError(
             f"TLS needs {' and '.join(missing)} too: the scheduler accepts only clients that show a certificate "
             f"signed by the cluster's CA. Fix: {names['fix']}."
         )
-    if key is None and not _holds_key(cert):
+    if key is None and "\n" not in cert and not _holds_key(cert):
         raise InvalidInputError(
             f"{names['cert']} {cert!r} holds no private key, and no {names['key']} was given. Fix: pass "
             f"{names['key']} with the certificate's key file (or append the key to the certificate file)."
         )
-    security = Security(tls_ca_file=ca_file, tls_client_cert=cert, tls_client_key=key, require_encryption=True)
-    _check_context(security, names)
-    return security
 
 
 def _check_context(security: Security, names: dict[str, str]) -> None:
@@ -145,12 +151,7 @@ def check_security(address: str, security: Security | None, names: dict[str, str
         )
     if not tls:
         return security
-    for k, path in (("ca", configured.tls_ca_file), ("cert", configured.tls_client_cert),
-                    ("key", configured.tls_client_key)):
-        if path is not None and "\n" not in path:  # a path, not PEM text held in memory
-            _check_file(path, names[k])
-    if not (configured.tls_ca_file and configured.tls_client_cert):
-        return tls_security(configured.tls_ca_file, configured.tls_client_cert, configured.tls_client_key, names)
+    _check_settings(configured.tls_ca_file, configured.tls_client_cert, configured.tls_client_key, names)
     _check_context(configured, names)
     return security
 
