@@ -25,6 +25,7 @@ from distributed.security import Security
 import dask_lance_index as dli
 from dask_lance_index.cli import main
 from dask_lance_index.evaluation import exact_knn, recall_at_k, search
+from dask_lance_index.plan import IndexPlan
 from dask_lance_index.runtime import connect
 
 from .conftest import dask_processes, index_dirs
@@ -128,7 +129,7 @@ def test_python_connect_with_security_and_a_cert_file_holding_its_key(tls_cluste
         assert c.submit(sum, [1, 2]).result() == 3
     assert main(["plan", dataset_uri, "--num-partitions", "8", "--scheduler", tls_cluster.address, "--json",
                  "--tls-ca-file", good["ca"], "--tls-cert", good["both"]]) == 0
-    assert json.loads(capsys.readouterr().out)["num_tasks"] == 2  # sized for the cluster's 2 worker threads
+    assert IndexPlan.from_json(capsys.readouterr().out).num_tasks == 2  # sized for the cluster's 2 worker threads
 
 
 # -- (b) clients without the cluster's certificate are refused -------------------------------------
