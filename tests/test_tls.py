@@ -26,7 +26,7 @@ import dask_lance_index as dli
 from dask_lance_index.cli import main
 from dask_lance_index.evaluation import exact_knn, recall_at_k, search
 from dask_lance_index.plan import IndexPlan
-from dask_lance_index.runtime import connect
+from dask_lance_index.runtime import connect, tls_security
 
 from .conftest import dask_processes, index_dirs
 
@@ -266,4 +266,9 @@ def test_python_api_tls_errors_name_the_python_settings(dataset_uri, tls_cluster
         connect(tls_cluster.address, _security(good["ca"], good["cert"], None))
     with pytest.raises(dli.InvalidInputError, match="do not make a TLS context"):
         connect(tls_cluster.address, _security(good["ca"], good["cert"], other["key"]))
+    with pytest.raises(dli.InvalidInputError, match=r"the TLS files \(tls_ca_file, .*do not make a TLS context"):
+        tls_security(good["ca"], good["cert"], other["key"])
+    made = tls_security(good["ca"], good["cert"], good["key"])  # what the CLI's options make
+    assert made.require_encryption is True and made.get_tls_config_for_role("client") == {
+        "ca_file": good["ca"], "ciphers": None, "cert": good["cert"], "key": good["key"]}
     assert lance.dataset(dataset_uri).version == 1 and not index_dirs(dataset_uri)
