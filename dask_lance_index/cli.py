@@ -48,7 +48,7 @@ from .errors import ClusterLostError, DatasetChangedError, IndexExistsError, Inv
 from .evaluation import check_queries, evaluate_index, index_on, sample_query_rows
 from .plan import HIERARCHICAL_MIN_PARTITIONS, INDEX_TYPES, IVF_TRAININGS, SCALAR_ALIASES, SCALAR_INDEX_TYPES, is_scalar
 from .recovery import cleanup
-from .runtime import parallelism
+from .runtime import check_security, parallelism, tls_security
 from .storage import column_info, open_or_fail
 
 __all__ = ["main", "build_parser", "exit_code", "EXIT_CODES", "COMMANDS"]
@@ -81,15 +81,43 @@ class SchedulerUnreachable(Exception):
     """No scheduler answered at ``--scheduler`` in time (exit code 1: worth a retry)."""
 
 
+# How error messages name the TLS settings on the command line (the options of ``dask worker``).
+TLS_NAMES = {"ca": "--tls-ca-file", "cert": "--tls-cert", "key": "--tls-key",
+             "fix": "pass --tls-ca-file CA.pem --tls-cert CERT.pem --tls-key KEY.pem, the options of "
+                    "'dask worker' (the CA that signed the cluster's certificates, this client's certificate "
+                    "and its key)"}
+
+
+_TLS_HINT = (" With TLS this is also what you see when the scheduler refused this client's certificate or the "
+             "client did not trust the scheduler's: check that --tls-cert is signed by the cluster's CA and that "
+             "--tls-ca-file is that CA.")
+
+
+def _security(args):
+    """The ``Security`` of ``--tls-ca-file/--tls-cert/--tls-key`` for ``--scheduler``, or None;
+    checked (files, options, address scheme) before any connection or work."""
+    given = [n for n, v in (("--tls-ca-file", args.tls_ca_file), ("--tls-cert", args.tls_cert),
+                            ("--tls-key", args.tls_key)) if v is not None]
+    if not args.scheduler:
+        if given:
+            raise InvalidInputError(
+                f"{', '.join(given)} secure the connection to --scheduler, and no --scheduler was given. Fix: "
+                "pass --scheduler tls://HOST:PORT, or drop the TLS options for a LocalCluster on this machine."
+            )
+        return None
+    security = tls_security(args.tls_ca_file, args.tls_cert, args.tls_key, TLS_NAMES) if given else None
+    return check_security(args.scheduler, security, TLS_NAMES)
+
+
 def _connect(args):
     """A client of ``--scheduler``, or :class:`SchedulerUnreachable` naming the address."""
     try:
-        return Client(args.scheduler, timeout=f"{args.connect_timeout}s")
+        return Client(args.scheduler, timeout=f"{args.connect_timeout}s", security=args.security)
     except (OSError, TimeoutError) as exc:
         raise SchedulerUnreachable(
             f"no dask scheduler answered at {args.scheduler} within {args.connect_timeout:g} s ({exc}). "
             "Fix: check the address and that the scheduler is running, or omit --scheduler to start a "
-            "LocalCluster."
+            "LocalCluster." + (_TLS_HINT if args.security is not None else "")
         ) from None
 
 
@@ -197,16 +225,26 @@ def _add_index_args(p: argparse.ArgumentParser) -> None:
 def _add_cluster_args(p: argparse.ArgumentParser, *, required_for: str) -> None:
     g = p.add_argument_group("cluster")
     g.add_argument("--scheduler", metavar="ADDRESS",
-                   help="a dask-distributed scheduler, e.g. tcp://10.0.0.5:8786 "
-                   f"(default: start a LocalCluster on this machine for {required_for})")
+                   help="a dask-distributed scheduler, e.g. tcp://10.0.0.5:8786, or tls://10.0.0.5:8786 with "
+                   f"the --tls-* options (default: start a LocalCluster on this machine for {required_for})")
     g.add_argument("--connect-timeout", type=float, default=30.0, metavar="SECONDS",
                    help="how long to wait for --scheduler to answer (default: %(default)g)")
+    _add_tls_args(g)
     g.add_argument("--workers", type=_positive_int, metavar="N",
                    help="worker processes of the LocalCluster (default: dask's choice for this machine)")
     g.add_argument("--threads-per-worker", type=_positive_int, default=1, metavar="N",
                    help="threads per LocalCluster worker (default: %(default)s)")
     g.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bar on stderr (default: only when stderr is a terminal)")
+
+
+def _add_tls_args(g) -> None:
+    """The TLS options of ``dask worker``, for a ``--scheduler tls://...`` started with ``--protocol tls``."""
+    g.add_argument("--tls-ca-file", metavar="PATH",
+                   help="CA certificate(s) that signed the cluster's certificates, PEM (as dask worker); "
+                        "with --tls-cert and --tls-key for a --scheduler tls://HOST:PORT")
+    g.add_argument("--tls-cert", metavar="PATH", help="this client's certificate, PEM (may hold the key too)")
+    g.add_argument("--tls-key", metavar="PATH", help="this client's private key, PEM")
 
 
 def _add_output_args(p: argparse.ArgumentParser) -> None:
@@ -309,7 +347,9 @@ def _add_build(sub) -> None:
               {PROG} build data/docs.lance --index-type IVF_PQ --num-partitions 256 --num-sub-vectors 16
               {PROG} build data/docs.lance --index-type INVERTED --column text --lance-option with_position=true
               {PROG} build s3://bucket/docs.lance --scheduler tcp://10.0.0.5:8786 \\
-                  --storage-option aws_region=us-east-1 --replace --json > build.json""") + "\n\n" + SHORT_CODES,
+                  --storage-option aws_region=us-east-1 --replace --json > build.json
+              {PROG} build s3://bucket/docs.lance --scheduler tls://10.0.0.5:8786 \\
+                  --tls-ca-file ca.pem --tls-cert client.pem --tls-key client-key.pem""") + "\n\n" + SHORT_CODES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_dataset_args(p)
@@ -361,6 +401,7 @@ def _add_plan(sub) -> None:
                    help="size the plan for this scheduler's worker threads (default: this machine's CPUs)")
     g.add_argument("--connect-timeout", type=float, default=30.0, metavar="SECONDS",
                    help="how long to wait for --scheduler to answer (default: %(default)g)")
+    _add_tls_args(g)
     _add_output_args(p)
     p.set_defaults(func=_run_plan)
 
@@ -512,6 +553,7 @@ def build_parser() -> argparse.ArgumentParser:
               {PROG} evaluate data/docs.lance --nprobes 10,20,50 --refine-factors none,5 --plot recall.png
 
             Without --scheduler, build and evaluate start a LocalCluster on this machine.
+            A scheduler started with --protocol tls takes --tls-ca-file, --tls-cert and --tls-key, as dask worker.
             Run '{PROG} COMMAND --help' for the options of a command.
 
             exit codes:
@@ -538,6 +580,8 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:  # --help, --version, or a usage error (argparse exits 2)
         return int(exc.code or 0) if not isinstance(exc.code, str) else EXIT_USAGE
     try:
+        if hasattr(args, "scheduler"):  # check TLS files and the address before any work
+            args.security = _security(args)
         return args.func(args)
     except BaseException as exc:  # noqa: BLE001 - every failure becomes a documented exit code
         code = exit_code(exc)

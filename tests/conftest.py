@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
+import pathlib
 import socket
 import subprocess
 import sys
@@ -76,6 +78,93 @@ def _clean_env() -> dict:
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [os.path.dirname(os.path.dirname(dli.__file__)),
                                                       env.get("PYTHONPATH")]))
     return env
+
+
+# -- a cluster started the way a cluster script starts it, each process logging to a file -----------
+
+BIN = os.path.dirname(sys.executable)
+
+
+@dataclasses.dataclass
+class DaskProcesses:
+    """``dask scheduler`` and ``dask worker`` processes started by :func:`dask_processes`."""
+
+    address: str
+    procs: list
+    logs: list  # one file per process (stdout and stderr): scheduler.log, worker-0.log, ...
+
+    def log_text(self) -> str:
+        """Everything every process has logged so far."""
+        return "\n".join(p.read_text(errors="replace") for p in self.logs)
+
+
+def _tls_args(tls: dict | None) -> list[str]:
+    if not tls:
+        return []
+    return ["--tls-ca-file", str(tls["ca"]), "--tls-cert", str(tls["cert"]), "--tls-key", str(tls["key"])]
+
+
+@contextlib.contextmanager
+def dask_processes(log_dir, workers: int = 2, tls: dict | None = None, host: str = "127.0.0.1",
+                   worker_args: tuple = ("--memory-limit", "4GB")):
+    """Start ``dask scheduler`` and ``workers`` ``dask worker`` processes (one thread each, no
+    dashboard) with their output in files under ``log_dir``; wait until every worker has joined;
+    stop them all on exit.
+
+    Parameters
+    ----------
+    log_dir : path
+        Where the logs go: ``scheduler.log``, ``worker-0.log``, ...
+    workers : int
+        Worker processes.
+    tls : dict, optional
+        ``{"ca": path, "cert": path, "key": path}``: the scheduler listens on ``tls://`` with them
+        and every worker connects with them (the options of ``dask scheduler`` / ``dask worker``).
+    host : str
+        The address the scheduler listens on.
+    worker_args : tuple
+        More options of ``dask worker``.
+
+    Yields
+    ------
+    DaskProcesses
+    """
+    from distributed import Client
+    from distributed.security import Security
+
+    log_dir = pathlib.Path(log_dir)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    port = _free_port()
+    address = f"{'tls' if tls else 'tcp'}://{host}:{port}"
+    dask = os.path.join(BIN, "dask")
+    env = _clean_env()
+    procs, logs = [], []
+
+    def start(name, cmd):
+        logs.append(log_dir / f"{name}.log")
+        with open(logs[-1], "wb") as out:
+            procs.append(subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env))
+
+    protocol = ["--protocol", "tls"] if tls else []
+    start("scheduler", [dask, "scheduler", *protocol, *_tls_args(tls), "--host", host, "--port", str(port),
+                        "--no-dashboard"])
+    try:
+        for i in range(workers):
+            start(f"worker-{i}", [dask, "worker", address, *_tls_args(tls), "--nthreads", "1", "--no-dashboard",
+                                  *worker_args])
+        security = Security(tls_ca_file=str(tls["ca"]), tls_client_cert=str(tls["cert"]),
+                            tls_client_key=str(tls["key"]), require_encryption=True) if tls else None
+        with Client(address, security=security, timeout="60s") as client:
+            client.wait_for_workers(workers, timeout=120)
+        yield DaskProcesses(address, procs, logs)
+    finally:
+        for p in procs[::-1]:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(20)
+            except subprocess.TimeoutExpired:
+                p.kill()
 
 
 @pytest.fixture(scope="module")

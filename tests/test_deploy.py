@@ -19,54 +19,23 @@ import pytest
 
 import dask_lance_index as dli
 from dask_lance_index.evaluation import exact_knn, recall_at_k, search
+from dask_lance_index.storage import filesystem
 
-from .conftest import SECRET, _clean_env, _free_port
+from .conftest import BIN, SECRET, _clean_env, dask_processes
 
 pytest.importorskip("moto")
 boto3 = pytest.importorskip("boto3")
 
-BIN = os.path.dirname(sys.executable)
-
-
 @pytest.fixture(scope="module")
-def cli_cluster():
-    """``dask scheduler`` + two ``dask worker`` processes, as a cluster script starts them."""
-    port = _free_port()
-    address = f"tcp://127.0.0.1:{port}"
-    dask = os.path.join(BIN, "dask")
-    env = _clean_env()
-    procs = [
-        subprocess.Popen(
-            [dask, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            env=env,
-        )
-    ]
+def cli_cluster(tmp_path_factory):
+    """``dask scheduler`` + two ``dask worker`` processes, as a cluster script starts them; yields
+    a client, the processes and the :class:`DaskProcesses` whose logs (files) the tests read."""
     from distributed import Client
 
-    try:
-        for _ in range(2):
-            procs.append(
-                subprocess.Popen(
-                    [dask, "worker", address, "--nthreads", "1", "--no-dashboard", "--memory-limit", "4GB"],
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                    env=env,
-                )
-            )
-        client = Client(address, timeout="60s")
-        client.wait_for_workers(2, timeout=120)
-        yield client, procs
+    with dask_processes(tmp_path_factory.mktemp("cli-cluster-logs")) as cluster:
+        client = Client(cluster.address, timeout="60s")
+        yield client, cluster.procs, cluster
         client.close()
-    finally:
-        for p in procs[::-1]:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(20)
-            except subprocess.TimeoutExpired:
-                p.kill()
 
 
 def _write_s3(uri, vectors, storage_options, rows_per_file=3000):
@@ -94,7 +63,7 @@ def _s3_index_dirs(uri, storage_options) -> set[str]:
 # IVF_RQ: the workers write its segment files themselves (segment_write), on the store
 @pytest.mark.parametrize("index_type", ["IVF_PQ", "IVF_FLAT", "IVF_RQ"])
 def test_build_on_s3_through_a_cli_started_cluster(s3, cli_cluster, vectors, queries, index_type):
-    client, _ = cli_cluster
+    client, _, _ = cli_cluster
     uri = f"s3://vectors/{index_type.lower()}-{uuid.uuid4().hex[:6]}.lance"
     _write_s3(uri, vectors, s3)
     t0 = time.perf_counter()
@@ -109,7 +78,7 @@ def test_build_on_s3_through_a_cli_started_cluster(s3, cli_cluster, vectors, que
 
 
 def test_storage_options_are_not_in_errors(s3, cli_cluster, vectors):
-    client, _ = cli_cluster
+    client, _, _ = cli_cluster
     uri = f"s3://vectors/err-{uuid.uuid4().hex[:6]}.lance"
     _write_s3(uri, vectors, s3)
     with pytest.raises(dli.InvalidInputError) as err:
@@ -122,7 +91,7 @@ def test_a_worker_stopped_mid_build_the_build_still_finishes(s3, cli_cluster, ve
     import signal
     import threading
 
-    client, _ = cli_cluster
+    client, _, _ = cli_cluster
     uri = f"s3://vectors/kill-{uuid.uuid4().hex[:6]}.lance"
     _write_s3(uri, vectors, s3, rows_per_file=1000)  # 12 fragments: a longer build
     before = set(client.scheduler_info()["workers"])
@@ -419,6 +388,29 @@ def test_a_task_failing_on_s3_logs_no_secret(s3, s3_cluster, vectors):
     assert "Compute Failed" in logs and "Not found" in logs  # the failure was logged...
     assert SECRET not in logs  # ...without the secret
     assert _s3_files(f"{uri}/_dli", s3) == [] and not _s3_index_dirs(uri, s3)  # the failed build left nothing
+
+
+def test_the_scheduler_and_worker_processes_log_no_secret(s3, cli_cluster, vectors):
+    """The ``dask scheduler`` and ``dask worker`` processes' own output (files, as a cluster script
+    keeps it) holds no secret after a build on S3 and a task failing on S3 through them."""
+    client, _, cluster = cli_cluster
+    uri = f"s3://vectors/logs-{uuid.uuid4().hex[:6]}.lance"
+    _write_s3(uri, vectors[:6000], s3)
+    dli.create_index(uri, "vector", "IVF_FLAT", num_partitions=8, num_tasks=2, client=client, storage_options=s3)
+    build = dli.create_index(uri, "vector", "IVF_FLAT", num_partitions=8, num_tasks=2, replace=True, client=client,
+                             storage_options=s3, compute=False)
+    fs, path = filesystem(uri, s3)
+    fs.delete_file(f"{path}/data/{_s3_files(uri + '/data', s3)[0]}")  # a fragment's data is gone
+    with pytest.raises(OSError, match="Not found: .*/data/"):
+        dli.run(build, client=client, retries=0)
+    time.sleep(0.5)  # the workers' log lines of the failure reach their files
+    names = [p.name for p in cluster.logs]
+    assert names == ["scheduler.log", "worker-0.log", "worker-1.log"]
+    texts = {p.name: p.read_text(errors="replace") for p in cluster.logs}
+    assert "Scheduler at:" in texts["scheduler.log"] and all("Start worker at:" in texts[n] for n in names[1:])
+    assert "Compute Failed" in cluster.log_text() and "Not found" in cluster.log_text()  # the failure was logged...
+    for name, text in texts.items():
+        assert SECRET not in text, f"the secret is in {name}"  # ...by no process with the secret
 
 
 def test_storage_options_repr_and_which_stores_get_a_default_journal():
