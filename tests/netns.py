@@ -247,20 +247,27 @@ class HostCluster:
         Environment of every process (``FAST_FAILURE`` timeouts are added).
     worker_args
         Extra ``dask worker`` options.
+    tls
+        ``{"ca", "cert", "key"}`` files: every process speaks TLS with them (as ``dask scheduler
+        --protocol tls --tls-ca-file --tls-cert --tls-key``), and so does :meth:`client`.
     """
 
     SCHEDULER_PORT = 8786
     STORE_PORT = 5000
 
     def __init__(self, net: Network, scheduler: str = "sched", workers: tuple[str, ...] = ("w1", "w2"),
-                 store: str | None = None, env: dict | None = None, worker_args: tuple[str, ...] = ()) -> None:
+                 store: str | None = None, env: dict | None = None, worker_args: tuple[str, ...] = (),
+                 tls: dict | None = None) -> None:
         self.net = net
         self.scheduler_host = scheduler
         self.worker_hosts = list(workers)
         self.store_host = store
         self.env = dict(env if env is not None else os.environ, **FAST_FAILURE)
-        self.worker_args = list(worker_args)
-        self.address = f"tcp://{net.addresses[scheduler]}:{self.SCHEDULER_PORT}"
+        self.tls = tls
+        self.tls_args = ["--tls-ca-file", tls["ca"], "--tls-cert", tls["cert"], "--tls-key", tls["key"]] if tls else []
+        self.worker_args = list(worker_args) + self.tls_args
+        scheme = "tls" if tls else "tcp"
+        self.address = f"{scheme}://{net.addresses[scheduler]}:{self.SCHEDULER_PORT}"
         self.scheduler = None
         self.workers: dict[str, subprocess.Popen] = {}
         self.store = None
@@ -274,7 +281,8 @@ class HostCluster:
         host = self.scheduler_host
         self.scheduler = self.net.start(host, "scheduler", [
             os.path.join(BIN, "dask"), "scheduler", "--host", self.net.addresses[host],
-            "--port", str(self.SCHEDULER_PORT), "--no-dashboard"], env=self.env)
+            "--port", str(self.SCHEDULER_PORT), "--no-dashboard",
+            *(["--protocol", "tls", *self.tls_args] if self.tls else [])], env=self.env)
         self.net.wait_for_port(host, self.SCHEDULER_PORT)
 
     def kill_scheduler(self) -> None:
@@ -301,6 +309,12 @@ class HostCluster:
         """A ``distributed.Client`` from the client host, once every worker has joined."""
         from distributed import Client
 
-        client = Client(self.address, timeout=f"{timeout}s")
+        security = None
+        if self.tls:
+            from distributed.security import Security
+
+            security = Security(tls_ca_file=self.tls["ca"], tls_client_cert=self.tls["cert"],
+                                tls_client_key=self.tls["key"], require_encryption=True)
+        client = Client(self.address, timeout=f"{timeout}s", security=security)
         client.wait_for_workers(len(self.worker_hosts), timeout=timeout)
         return client

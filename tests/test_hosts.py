@@ -332,3 +332,35 @@ def test_update_and_scalar_index_with_a_worker_hosts_link_cut(healthy, tmp_path,
     assert sorted(got) == picks
     assert "ScalarIndexQuery" in ds.scanner(filter="id = 8000", columns=["id"]).explain_plan()
     assert not os.path.exists(os.path.join(uri, "_dli"))
+
+
+# -- TLS across the hosts -------------------------------------------------------------------------
+def test_a_build_through_a_tls_scheduler_on_other_hosts_and_a_client_without_the_certificate_refused(
+        tmp_path, vectors, queries, truth):
+    from distributed import Client
+
+    from .certs import make_ca
+
+    good, other = make_ca(tmp_path, "cluster"), make_ca(tmp_path, "other")
+    uri = write(tmp_path / "tls.lance", vectors[:20_000])
+    with Network(["sched", "w1"], logs=tmp_path / "logs") as net:
+        cluster = HostCluster(net, workers=("w1",), env=_clean_env(), tls=good)
+        cluster.client().close()  # the worker has joined, over TLS
+        tls = ["--tls-ca-file", good["ca"], "--tls-cert", good["cert"], "--tls-key", good["key"]]
+        base = [sys.executable, "-m", "dask_lance_index", "build", uri, "--index-type", "IVF_FLAT",
+                "--num-partitions", "16", "--num-tasks", "4", "--scheduler", cluster.address,
+                "--connect-timeout", "10", "--no-progress"]
+        refused = subprocess.run(base, env=_clean_env(), capture_output=True, text=True, timeout=120)
+        assert refused.returncode == 2 and "--tls-ca-file" in refused.stderr, refused.stderr[-2000:]
+        with pytest.raises(Exception):  # no certificate: dask cannot even open the comm
+            Client(cluster.address, timeout="5s")
+        wrong = base + ["--tls-ca-file", other["ca"], "--tls-cert", other["cert"], "--tls-key", other["key"]]
+        refused = subprocess.run(wrong, env=_clean_env(), capture_output=True, text=True, timeout=120)
+        assert refused.returncode == 1, refused.stderr[-2000:]  # another CA's certificate: the handshake fails
+        assert not os.path.exists(os.path.join(uri, "_indices"))
+        built = subprocess.run(base + tls, env=_clean_env(), capture_output=True, text=True, timeout=300)
+        assert built.returncode == 0, built.stderr[-3000:]
+        ds = lance.dataset(uri)
+        found, _ = search(ds, "vector", queries, 10, nprobes=16)
+        assert recall_at_k(found, exact_knn(vectors[:20_000], queries, 10, "l2")) == pytest.approx(1.0)
+        assert "tls://" in net.log_text()["sched-scheduler.log"]
