@@ -186,3 +186,28 @@ def test_incremental_pq_codebooks_beat_full_lloyd_for_less_work(monkeypatch):
         full = float(assign(xb[j], c_full[j])[1].sum(dtype=np.float64))
         assert inc <= full * 1.002
     assert inc_rows < full_rows
+
+
+def _train_big_enough_to_spread(x, k):
+    """In a worker: train with the spreading threshold at its floor, as a big sample would."""
+    import dask_lance_index.train.train as train
+
+    floor, train.DISTRIBUTED_TRAIN_MIN_WORK = train.DISTRIBUTED_TRAIN_MIN_WORK, 1
+    train_shards.__defaults__ = (1,)
+    try:
+        return train_ivf_on_cluster(x, k, "l2", max_iters=10, seed=4, tol=1e-4)
+    finally:
+        train.DISTRIBUTED_TRAIN_MIN_WORK = floor
+        train_shards.__defaults__ = (floor,)
+
+
+def test_ivf_training_stays_in_one_task_when_every_worker_shares_this_host(cluster_client, x):
+    # A LocalCluster's workers share one host's cores: one task's incremental passes do the
+    # same work in fewer full-pass equivalents than full Lloyd steps spread over them.
+    from distributed import get_task_stream
+
+    with get_task_stream(cluster_client) as ts:
+        centroids, _ = cluster_client.submit(_train_big_enough_to_spread, x, 40, pure=False).result()
+    names = [str(t["key"][0] if isinstance(t["key"], tuple) else t["key"]) for t in ts.data]
+    assert not [n for n in names if n.startswith("lloyd_partial")], names
+    assert centroids.shape == (40, x.shape[1])

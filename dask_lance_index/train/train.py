@@ -94,7 +94,9 @@ def train_ivf_on_cluster(x: np.ndarray, num_partitions: int, metric: str, *, max
     client = None
     if shards is None and n * num_partitions * d >= DISTRIBUTED_TRAIN_MIN_WORK:
         client = worker_client_or_none()
-        if client is not None:
+        # Workers on this host only share its cores: the incremental passes of one task
+        # do the same in fewer full-pass equivalents than distributed full Lloyd steps.
+        if client is not None and other_hosts(client):
             shards = train_shards(n, num_partitions, d, num_workers(client))
     elif shards is not None and shards > 1:
         client = worker_client_or_none()
