@@ -36,6 +36,19 @@ def queries(vectors) -> np.ndarray:
     return vectors[picks] + 0.05 * rng.standard_normal((200, vectors.shape[1])).astype(np.float32)
 
 
+@pytest.fixture(scope="session")
+def big_vectors() -> np.ndarray:
+    """40,000 clustered 32-d vectors: builds long enough to hit with a fault."""
+    return make_vectors(40_000, 32, num_clusters=200, seed=3)
+
+
+@pytest.fixture(scope="session")
+def big_queries(big_vectors) -> np.ndarray:
+    rng = np.random.default_rng(5)
+    picks = rng.choice(len(big_vectors), 100, replace=False)
+    return big_vectors[picks] + 0.05 * rng.standard_normal((100, 32)).astype(np.float32)
+
+
 @pytest.fixture
 def dataset_uri(tmp_path, vectors) -> str:
     """A fresh Lance dataset of ``vectors`` in 4 fragments of 3,000 rows."""

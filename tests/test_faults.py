@@ -24,7 +24,7 @@ import pyarrow as pa
 import pytest
 
 import dask_lance_index as dli
-from dask_lance_index.datagen import make_vectors, write_vectors
+from dask_lance_index.datagen import write_vectors
 from dask_lance_index.evaluation import exact_knn, recall_at_k, search
 from dask_lance_index.recovery import BuildJournal
 from dask_lance_index.storage import index_from_dict, index_to_dict
@@ -35,18 +35,6 @@ WORKTREE = str(Path(dli.__file__).resolve().parents[1])
 # The build the fault tests run: seeded, so a faulty run and a fault-free run
 # train the same centroids and must reach the same recall.
 BUILD = dict(num_partitions=32, sample_rate=128, seed=1)
-
-
-@pytest.fixture(scope="module")
-def big_vectors() -> np.ndarray:
-    return make_vectors(40_000, 32, num_clusters=200, seed=3)
-
-
-@pytest.fixture(scope="module")
-def big_queries(big_vectors) -> np.ndarray:
-    rng = np.random.default_rng(5)
-    picks = rng.choice(len(big_vectors), 100, replace=False)
-    return big_vectors[picks] + 0.05 * rng.standard_normal((100, 32)).astype(np.float32)
 
 
 def write(uri, x, rows_per_file):

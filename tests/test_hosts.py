@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 
 import dask_lance_index as dli
-from dask_lance_index.datagen import make_vectors, write_vectors
+from dask_lance_index.datagen import write_vectors
 from dask_lance_index.evaluation import exact_knn, recall_at_k, search
 from dask_lance_index.recovery import BuildJournal
 
@@ -39,15 +39,13 @@ CUT_SECONDS = 16.0  # longer than the workers' heartbeat TTL (10 s) and TCP time
 
 
 @pytest.fixture(scope="module")
-def vectors() -> np.ndarray:
-    return make_vectors(40_000, 32, num_clusters=200, seed=3)
+def vectors(big_vectors) -> np.ndarray:
+    return big_vectors
 
 
 @pytest.fixture(scope="module")
-def queries(vectors) -> np.ndarray:
-    rng = np.random.default_rng(5)
-    picks = rng.choice(len(vectors), 100, replace=False)
-    return vectors[picks] + 0.05 * rng.standard_normal((100, 32)).astype(np.float32)
+def queries(big_queries) -> np.ndarray:
+    return big_queries
 
 
 @pytest.fixture(scope="module")
