@@ -79,10 +79,15 @@ def healthy(hosts):
 def heal(net, cluster, client) -> None:
     for host in ["*", "client", *net.hosts]:
         net.impair(host)
-    if cluster.scheduler.poll() is not None:
+    restarted = cluster.scheduler.poll() is not None
+    if restarted:
         cluster.start_scheduler()
     for host, proc in cluster.workers.items():
-        if proc.poll() is not None:  # a worker that lost the scheduler exits: its supervisor restarts it
+        # A worker that lost the scheduler closes (its process may linger): its supervisor starts it again.
+        if restarted and proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        if proc.poll() is not None:
             cluster.start_worker(host)
     deadline = time.time() + 60
     while client.status != "running" and time.time() < deadline:
@@ -258,16 +263,18 @@ def test_the_scheduler_killed_mid_build_a_new_one_and_the_same_command_resume(he
     assert lance.dataset(uri).version == version  # nothing committed
     j = BuildJournal.load(journal)
     assert j.status == "running" and len(j.segments) >= 3  # kept, for the rerun
-    finished = {s.uuid: os.stat(os.path.join(uri, "_indices", s.uuid)).st_mtime_ns for s in j.segments}
+    records = os.path.join(journal, "segments")
+    finished = {f: os.stat(os.path.join(records, f)).st_mtime_ns for f in os.listdir(records)}
+    assert len(finished) == len(j.segments)
 
     heal(net, cluster, client)  # a new scheduler on the same address, the workers started again
     rerun = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, (rerun.stdout[-2000:], rerun.stderr[-4000:])
     ds = lance.dataset(uri)
     assert ds.version == version + 1
-    for uuid, mtime in finished.items():  # journaled segments were not built again
-        if uuid in index_dirs(uri):
-            assert os.stat(os.path.join(uri, "_indices", uuid)).st_mtime_ns == mtime
+    for f, mtime in finished.items():  # a segment built again would have written its record again
+        assert os.stat(os.path.join(records, f)).st_mtime_ns == mtime
+    assert len(os.listdir(records)) == 8
     assert BuildJournal.load(journal).status == "committed"
     # The CLI build has its own sample rate: compare with exact search at all partitions.
     assert recall(ds, queries, truth, nprobes=32) == pytest.approx(1.0)
@@ -277,9 +284,11 @@ def test_the_scheduler_killed_mid_build_a_new_one_and_the_same_command_resume(he
 
 
 # -- 5. the client's link cut during the commit ----------------------------------------------------
-def test_the_clients_link_cut_during_the_commit(healthy, tmp_path, vectors, queries, truth, reference):
+def test_the_clients_link_cut_during_the_commit(healthy, tmp_path, vectors, queries, truth, reference, caplog):
+    """The commit goes through on the cluster while the client is cut off; the client finds the
+    result in the journal once its connection is back."""
     net, cluster, client = healthy
-    uri = write(tmp_path / "commit.lance", vectors)
+    uri = write(tmp_path / "client.lance", vectors)
     version = lance.dataset(uri).version
     build = dli.create_index(uri, "vector", "IVF_FLAT", client=client, compute=False, **BUILD)
     t0 = time.time()
@@ -290,10 +299,34 @@ def test_the_clients_link_cut_during_the_commit(healthy, tmp_path, vectors, quer
     result = finish(box)
     assert isinstance(result, dli.BuildResult), result
     assert net.stats()["client"]["cut"] > 0
+    assert any("it went through" in m for m in _said(caplog)), _said(caplog)
     ds = result.dataset()
     assert ds.version == version + 1 and result.version == ds.version  # committed once
     check_index(uri, ds, len(vectors), queries, truth, reference[0])
     print(f"client cut {CUT_SECONDS:.0f} s from the last segment on: build {time.time() - t0:.1f} s")
+
+
+def _said(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "dask_lance_index" and "lost the scheduler" in r.getMessage()]
+
+
+def test_a_scheduler_restarted_mid_build_the_same_run_carries_on(healthy, tmp_path, vectors, queries, truth,
+                                                                  reference, caplog):
+    """A supervisor restarts the scheduler (and the workers that left with it) within the
+    client's connect timeout: the client reconnects and the run is resubmitted, the journaled
+    segments reused."""
+    net, cluster, client = healthy
+    uri = write(tmp_path / "restart.lance", vectors)
+    build = dli.create_index(uri, "vector", "IVF_FLAT", client=client, compute=False, **BUILD)
+    box = in_thread(lambda: dli.run(build, client=client))
+    j = wait_for(build.journal, lambda j: len(j.segments) >= 2, box)
+    cluster.kill_scheduler()
+    heal(net, cluster, client)
+    result = finish(box)
+    assert isinstance(result, dli.BuildResult), result
+    assert any("resubmitting" in m for m in _said(caplog)), _said(caplog)
+    check_index(uri, result.dataset(), len(vectors), queries, truth, reference[0])
+    print(f"scheduler restarted with {len(j.segments)} of 8 segments journaled: the run carried on")
 
 
 # -- 6. an update and a scalar index under a cut worker link ----------------------------------------

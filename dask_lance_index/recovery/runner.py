@@ -23,6 +23,7 @@ local scheduler, with
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import time
@@ -176,6 +177,9 @@ def _after_cluster_lost(job: IndexJob, client, exc: BaseException, last: bool):
         log.warning("%s: lost the scheduler (%s) while the commit ran; it went through: version %d",
                     job, exc, result.version)
         return report(result)
+    if back and not last:  # a restarted scheduler: its workers join again in a while
+        with contextlib.suppress(Exception):
+            client.wait_for_workers(1, timeout=SETTLE_SECONDS)
     if back and not last and num_workers(client) > 0:
         log.warning("%s: lost the scheduler (%s), connected again; resubmitting", job, exc)
         return None
