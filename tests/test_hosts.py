@@ -318,6 +318,7 @@ def test_a_scheduler_restarted_mid_build_the_same_run_carries_on(healthy, tmp_pa
     net, cluster, client = healthy
     uri = write(tmp_path / "restart.lance", vectors)
     build = dli.create_index(uri, "vector", "IVF_FLAT", client=client, compute=False, **BUILD)
+    t0 = time.time()
     box = in_thread(lambda: dli.run(build, client=client))
     j = wait_for(build.journal, lambda j: len(j.segments) >= 2, box)
     cluster.kill_scheduler()
@@ -326,7 +327,8 @@ def test_a_scheduler_restarted_mid_build_the_same_run_carries_on(healthy, tmp_pa
     assert isinstance(result, dli.BuildResult), result
     assert any("resubmitting" in m for m in _said(caplog)), _said(caplog)
     check_index(uri, result.dataset(), len(vectors), queries, truth, reference[0])
-    print(f"scheduler restarted with {len(j.segments)} of 8 segments journaled: the run carried on")
+    print(f"scheduler restarted with {len(j.segments)} of 8 segments journaled: the run carried on, "
+          f"build {time.time() - t0:.1f} s")
 
 
 # -- 6. an update and a scalar index under a cut worker link ----------------------------------------
