@@ -33,6 +33,7 @@ from .dataframe import (
 )
 from .errors import (
     BuildAbortedError,
+    CommittedDespiteError,
     CoverageError,
     DaskLanceIndexError,
     DatasetChangedError,
@@ -92,6 +93,7 @@ __all__ = [
     "CoverageError",
     "DatasetChangedError",
     "BuildAbortedError",
+    "CommittedDespiteError",
     "InvalidPartitionArtifactError",
     # Dask DataFrames
     "read_lance",

@@ -14,6 +14,7 @@ __all__ = [
     "CoverageError",
     "DatasetChangedError",
     "BuildAbortedError",
+    "CommittedDespiteError",
 ]
 
 
@@ -43,3 +44,13 @@ class DatasetChangedError(DaskLanceIndexError, RuntimeError):
 
 class BuildAbortedError(DaskLanceIndexError, RuntimeError):
     """The build was abandoned (it failed elsewhere); this task removed what it wrote."""
+
+
+class CommittedDespiteError(DaskLanceIndexError, RuntimeError):
+    """The run failed after its commit landed (e.g. the client lost the scheduler while the
+    commit task ran on a worker): the index is committed at ``version``; do not run it again.
+    The error that ended the run is its ``__cause__``."""
+
+    def __init__(self, message: str, version: int):
+        super().__init__(message)
+        self.version = version

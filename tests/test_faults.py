@@ -530,3 +530,27 @@ def test_racing_commits_never_lose_an_index(tmp_path, vectors, replace):
         no_leftovers(uri, ds)
         if not replace:
             ds.drop_index("vector_idx")  # its files stay, for the older versions
+
+
+def test_a_run_that_fails_after_its_commit_landed_says_so(tmp_path, vectors, monkeypatch):
+    """The client can lose the scheduler while the commit task runs on a worker: the run fails
+    but the index is committed. The error says so (not "re-run your work"), with the version."""
+    import dask_lance_index.recovery.runner as runner
+
+    uri = write(tmp_path / "lost.lance", vectors, 3000)
+    before = lance.dataset(uri).version
+
+    def lost(result):
+        raise ConnectionError("lost the connection to the scheduler")
+
+    monkeypatch.setattr(runner, "report", lost)
+    with pytest.raises(dli.CommittedDespiteError, match="committed at version") as err:
+        dli.create_index(uri, "vector", "IVF_FLAT", num_partitions=8, num_tasks=4, scheduler="sync")
+    ds = lance.dataset(uri)
+    assert err.value.version == ds.version == before + 1 and isinstance(err.value.__cause__, ConnectionError)
+    assert ds.stats.index_stats("vector_idx")["num_indexed_rows"] == len(vectors)
+    no_leftovers(uri, ds)
+    # a run failing before its commit raises its own error, as before
+    monkeypatch.setattr(runner, "report", lost)
+    with pytest.raises(ConnectionError):
+        dli.update_index(uri, "vector", scheduler="sync")  # nothing to do: no commit of its own

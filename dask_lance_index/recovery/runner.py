@@ -26,9 +26,12 @@ import warnings
 from dask.delayed import Delayed
 from distributed import KilledWorker
 
+from ..errors import CommittedDespiteError
 from ..runtime import compute_with_progress, resolve_client, show_progress
 from ..runtime.client import wait_for_tasks
 from ..runtime.progress import distributed_bar
+from ..storage import open_dataset
+from .journal import BuildJournal
 from .leftovers import abandon_build, finish_journal
 
 __all__ = ["IndexJob", "report", "run"]
@@ -110,9 +113,39 @@ def run(job: IndexJob, client=None, scheduler: str | None = None, retries: int =
                     log.warning("%s: %s; resubmitting (%d of %d)", job, exc, attempt + 1, retries)
                     client.cancel(future, force=True)
                     wait_for_tasks(client, job.plan.build_id[:8], 30.0)
-    except BaseException:
-        if job.plan is not None:
+    except BaseException as exc:
+        if job.plan is None:
+            raise
+        version = _committed_version(job) if isinstance(exc, Exception) else None
+        if version is None:
             abandon_build(job, client, future)
-        raise
+            raise
+        raise CommittedDespiteError(
+            f"the job failed after its commit landed: the index {job.plan.name!r} is committed at version "
+            f"{version} of {job.plan.uri}. Do not run it again. The run ended with {type(exc).__name__}: {exc}",
+            version) from exc
     total = result.seconds.get("plan", 0.0) + time.time() - t0
     return dataclasses.replace(result, seconds={**result.seconds, "total": round(total, 4)})
+
+
+
+def _committed_version(job: IndexJob) -> int | None:
+    """The version the job committed, when its commit landed though the run failed (the
+    client lost the scheduler while the commit task ran on a worker), else None.
+
+    Only a committed job's journal says ``committed`` (a chosen location) or is gone (the
+    default location, removed by the task that finalises a commit; a failed job's journal is
+    removed by this process, later). Without a journal: the index holds a build task's segment."""
+    plan = job.plan
+    try:
+        j = BuildJournal.load(job.journal, job.storage_options) if job.journal else None
+        if j is not None:
+            return j.version if j.status == "committed" else None
+        ds = open_dataset(plan.uri, None, job.storage_options)
+        if not job.journal:
+            ours = {plan.segment_uuid(i) for i in range(plan.num_tasks)}
+            if not any(d.name == plan.name and ours & {s.uuid for s in d.segments} for d in ds.describe_indices()):
+                return None
+        return ds.version if ds.version > plan.version and any(d.name == plan.name for d in ds.describe_indices()) else None
+    except Exception:  # noqa: BLE001 - cannot tell (e.g. the store unreachable): the run's own error stands
+        return None

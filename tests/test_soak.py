@@ -1,0 +1,38 @@
+"""The soak, short: a few index operations in a row on hosts in network namespaces, each fault of
+``tests/soak.py`` once, and the dataset's invariants after every operation (``benchmarks/soak.py``
+runs the long one)."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+from .conftest import _clean_env
+from .netns import unavailable
+from .soak import soak
+
+WHY = unavailable()
+pytestmark = pytest.mark.skipif(WHY is not None, reason=WHY or "")
+
+# Every fault once, on the dataset on the store host's S3 server (so that cutting the store's
+# link matters): create, then the library's other operations, with a delete and a compaction.
+SCHEDULE = [
+    ("create", "scheduler_kill"),
+    ("update", "store_cut"),
+    ("delete", None),
+    ("scalar", "slow_lossy"),
+    ("compact", None),
+    ("update", "client_cut"),
+    ("create", "worker_cut"),
+]
+
+
+def test_the_soak_finds_nothing_lost_and_nothing_left(tmp_path):
+    t0 = time.time()
+    tally = soak(str(tmp_path), SCHEDULE, store="s3", env=_clean_env(), rows=16_000, append=2_000)
+    print(f"\n{tally.table()}\n{time.time() - t0:.0f} s")
+    assert sum(tally.operations.values()) == len(SCHEDULE)
+    assert set(tally.faults) == {f for _, f in SCHEDULE if f}
+    assert tally.violations == [] and tally.leftovers == [], tally.table()
