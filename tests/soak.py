@@ -60,6 +60,9 @@ HOSTS = ["sched", "w1", "w2", "store"]
 LONG_CUT = 16.0
 OP_TIMEOUT = 300.0  # an operation that has not ended by then hangs: a violation, and the soak stops
 NUM_PARTITIONS = 8
+# How long the client tries to reach a lost scheduler before it gives up (dask's default: 30 s,
+# HostCluster.client's 60 s): a killed scheduler is noticed in this time.
+CLIENT_TIMEOUT = "15s"
 
 
 class SoakAborted(RuntimeError):
@@ -160,7 +163,8 @@ class Soak:
         self.pending: set[int] = set(range(rows))  # live rows no vector index covers
         self.has_index = self.has_scalar = False
         self.emptied: set[int] = set()  # fragments whose every row a delete removed
-        self.client = cluster.client()
+        self.client = Client(cluster.address, timeout=CLIENT_TIMEOUT)
+        self.client.wait_for_workers(len(cluster.worker_hosts), timeout=120)
         self.op_no = 0
 
     # -- the run ---------------------------------------------------------------------------------
@@ -381,7 +385,7 @@ class Soak:
                 self.client.close(timeout=5)
             self.client = None
         if self.client is None or self.client.status != "running":
-            self.client = Client(c.address, timeout="60s")
+            self.client = Client(c.address, timeout=CLIENT_TIMEOUT)
         # A worker cut off from the scheduler shuts itself down (its process ends a moment
         # later): start a new one on that host until both are in.
         deadline = time.monotonic() + 120
