@@ -37,7 +37,8 @@ def main() -> int:
     p.add_argument("--operations", type=int, default=30)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--store", choices=["local", "s3"], default="local")
-    p.add_argument("--rows", type=int, default=24_000)
+    p.add_argument("--rows", type=int, default=120_000)
+    p.add_argument("--append", type=int, default=10_000)
     p.add_argument("--keep", action="store_true", help="keep the data and the host logs")
     args = p.parse_args()
     why = unavailable()
@@ -49,7 +50,7 @@ def main() -> int:
     t0 = time.time()
     try:
         tally = soak(workdir, operations=args.operations, seed=args.seed, store=args.store, env=_clean_env(),
-                     rows=args.rows, log=lambda line: print(line, flush=True))
+                     rows=args.rows, append=args.append, log=lambda line: print(line, flush=True))
     finally:
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)

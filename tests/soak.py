@@ -182,10 +182,14 @@ class Soak:
         """``n`` random operations, a random fault from ``faults`` in about ``fault_rate`` of the
         library's; the first operation is always a create."""
         faults = [f for f in faults if f != "store_cut" or self.store == "s3"]
-        out = []
+        out, bag = [], []
         for i in range(n):
             op = "create" if i == 0 else self.rng.choice(OPERATIONS)
-            fault = self.rng.choice(faults) if op in ("create", "update", "scalar") and self.rng.random() < fault_rate else None
+            fault = None
+            if op in ("create", "update", "scalar") and self.rng.random() < fault_rate:
+                if not bag:  # every kind once, in random order, then again
+                    bag = self.rng.sample(faults, len(faults))
+                fault = bag.pop()
             out.append((op, fault))
         return out
 
@@ -337,9 +341,9 @@ class Soak:
         thread.start()
         try:
             if fault in ("worker_cut", "store_cut", "scheduler_kill"):
-                wait = time.monotonic() + self.rng.uniform(0.5, 2.5)
-                while thread.is_alive() and time.monotonic() < wait:  # sampling, training or building
-                    time.sleep(0.05)
+                while thread.is_alive() and self._journal(journal) is None:  # planned and journaled: tasks next
+                    time.sleep(0.01)
+                thread.join(self.rng.uniform(0.0, 0.5))  # sampling, training or building
                 if thread.is_alive():
                     if fault == "worker_cut":
                         with self.net.cut(self.rng.choice(self.cluster.worker_hosts)):
