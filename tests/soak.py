@@ -343,7 +343,7 @@ class Soak:
             if fault in ("worker_cut", "store_cut", "scheduler_kill"):
                 while thread.is_alive() and self._journal(journal) is None:  # planned and journaled: tasks next
                     time.sleep(0.01)
-                thread.join(self.rng.uniform(0.0, 0.5))  # sampling, training or building
+                thread.join(self.rng.uniform(0.0, 0.15))  # sampling, training or building
                 if thread.is_alive():
                     if fault == "worker_cut":
                         with self.net.cut(self.rng.choice(self.cluster.worker_hosts)):

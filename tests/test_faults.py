@@ -550,6 +550,16 @@ def test_a_run_that_fails_after_its_commit_landed_says_so(tmp_path, vectors, mon
     assert err.value.version == ds.version == before + 1 and isinstance(err.value.__cause__, ConnectionError)
     assert ds.stats.index_stats("vector_idx")["num_indexed_rows"] == len(vectors)
     no_leftovers(uri, ds)
+    # a chosen journal, the commit landed but not yet finalised (the finalising task lost):
+    # the journal is marked committed, as a finished run's
+    uri2 = write(tmp_path / "lost2.lance", vectors, 3000)
+    jloc = str(tmp_path / "journal")
+    monkeypatch.setattr(runner, "finish_journal", lambda *a: None)
+    with pytest.raises(dli.CommittedDespiteError) as err:
+        dli.create_index(uri2, "vector", "IVF_FLAT", num_partitions=8, num_tasks=4, scheduler="sync", journal=jloc)
+    j = BuildJournal.load(jloc)
+    assert err.value.version == lance.dataset(uri2).version == j.version and j.status == "committed"
+    monkeypatch.undo()
     # a run failing before its commit raises its own error, as before
     monkeypatch.setattr(runner, "report", lost)
     with pytest.raises(ConnectionError):

@@ -31,7 +31,7 @@ from ..runtime import compute_with_progress, resolve_client, show_progress
 from ..runtime.client import wait_for_tasks
 from ..runtime.progress import distributed_bar
 from ..storage import open_dataset
-from .journal import BuildJournal
+from .journal import BuildJournal, default_journal_location
 from .leftovers import abandon_build, finish_journal
 
 __all__ = ["IndexJob", "report", "run"]
@@ -131,21 +131,30 @@ def run(job: IndexJob, client=None, scheduler: str | None = None, retries: int =
 
 def _committed_version(job: IndexJob) -> int | None:
     """The version the job committed, when its commit landed though the run failed (the
-    client lost the scheduler while the commit task ran on a worker), else None.
+    client lost the scheduler while the commit task ran on a worker), else None. Its journal
+    is then finished as a successful run's is: marked committed, or removed (the default location).
 
-    Only a committed job's journal says ``committed`` (a chosen location) or is gone (the
-    default location, removed by the task that finalises a commit; a failed job's journal is
-    removed by this process, later). Without a journal: the index holds a build task's segment."""
+    A journal that says ``committed`` tells; one that is gone does too (the default location is
+    removed by the task finalising a commit; a failed job's, by this process, later); otherwise
+    the commit landed when the index holds a segment of the job (a build task's, or a journaled
+    merge's)."""
     plan = job.plan
     try:
         j = BuildJournal.load(job.journal, job.storage_options) if job.journal else None
-        if j is not None:
-            return j.version if j.status == "committed" else None
+        if j is not None and j.status == "committed":
+            return j.version
         ds = open_dataset(plan.uri, None, job.storage_options)
-        if not job.journal:
-            ours = {plan.segment_uuid(i) for i in range(plan.num_tasks)}
-            if not any(d.name == plan.name and ours & {s.uuid for s in d.segments} for d in ds.describe_indices()):
-                return None
-        return ds.version if ds.version > plan.version and any(d.name == plan.name for d in ds.describe_indices()) else None
+        if j is None and job.journal:
+            named = any(d.name == plan.name for d in ds.describe_indices())
+            return ds.version if ds.version > plan.version and named else None
+        ours = {plan.segment_uuid(i) for i in range(plan.num_tasks)} | (j.segment_uuids() if j else set())
+        if not any(d.name == plan.name and ours & {s.uuid for s in d.segments} for d in ds.describe_indices()):
+            return None
+        if j is not None:
+            if job.journal.rstrip("/") == default_journal_location(plan.uri, plan.build_id):
+                j.remove()
+            else:
+                j.with_status("committed", ds.version)
+        return ds.version
     except Exception:  # noqa: BLE001 - cannot tell (e.g. the store unreachable): the run's own error stands
         return None
