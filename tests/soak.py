@@ -178,7 +178,7 @@ class Soak:
             self.tally.wall = time.monotonic() - t0
         return self.tally
 
-    def schedule(self, n: int, fault_rate: float = 0.5, faults=FAULTS) -> list[tuple[str, str | None]]:
+    def schedule(self, n: int, fault_rate: float = 0.7, faults=FAULTS) -> list[tuple[str, str | None]]:
         """``n`` random operations, a random fault from ``faults`` in about ``fault_rate`` of the
         library's; the first operation is always a create."""
         faults = [f for f in faults if f != "store_cut" or self.store == "s3"]
@@ -380,8 +380,8 @@ class Soak:
         if c.scheduler.poll() is not None:  # killed: workers lose it and shut down; start afresh
             for host, proc in c.workers.items():
                 try:
-                    proc.wait(20)
-                except Exception:  # noqa: BLE001 - still up after 20 s
+                    proc.wait(5)
+                except Exception:  # noqa: BLE001 - still up: a cluster script restarts it
                     proc.kill()
                     proc.wait(10)
             c.start_scheduler()
