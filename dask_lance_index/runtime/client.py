@@ -89,13 +89,16 @@ def _host(address: str) -> str:
 
 
 def wait_for_tasks(client, token: str, timeout: float) -> bool:
-    """Wait until no worker executes a task whose key holds ``token``; True if none does."""
+    """Wait until no worker executes a task whose key holds ``token``; True if none does,
+    False at once when ``client`` has closed (it lost the scheduler: nobody can tell)."""
 
     def executing(dask_worker, token=token):
         return [str(ts.key) for ts in dask_worker.state.executing if token in str(ts.key)]
 
     deadline = time.time() + timeout
     while time.time() < deadline:
+        if getattr(client, "status", "running") in ("closing", "closed", "failed"):
+            return False
         try:
             running = [k for keys in client.run(executing).values() for k in keys]
         except Exception:  # workers going away: ask again
