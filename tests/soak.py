@@ -75,6 +75,7 @@ class Tally:
 
     operations: collections.Counter = dataclasses.field(default_factory=collections.Counter)
     faults: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+    landed: collections.Counter = dataclasses.field(default_factory=collections.Counter)  # while the job ran
     failures: collections.Counter = dataclasses.field(default_factory=collections.Counter)  # by fault
     reruns: collections.Counter = dataclasses.field(default_factory=collections.Counter)  # by fault
     failed_ops: collections.Counter = dataclasses.field(default_factory=collections.Counter)  # by operation
@@ -93,11 +94,11 @@ class Tally:
                 lines.append(f"{op:<10} {self.operations[op]:>5} {self.failed_ops[op]:>7} "
                              f"{np.mean(s):>8.1f} {max(s):>7.1f}")
         lines.append("")
-        lines.append(f"{'fault':<15} {'injected':>8} {'failures':>9} {'reruns':>7} {'mean s':>8}")
+        lines.append(f"{'fault':<15} {'injected':>8} {'landed':>7} {'failures':>9} {'reruns':>7} {'mean s':>8}")
         for f in FAULTS:
             s = self.fault_seconds.get(f, [])
             mean = f"{np.mean(s):>8.1f}" if s else f"{'-':>8}"
-            lines.append(f"{f:<15} {self.faults[f]:>8} {self.failures[f]:>9} {self.reruns[f]:>7} {mean}")
+            lines.append(f"{f:<15} {self.faults[f]:>8} {self.landed[f]:>7} {self.failures[f]:>9} {self.reruns[f]:>7} {mean}")
         lines.append("")
         total = sum(self.operations.values())
         lines.append(f"operations: {total}; faults injected: {sum(self.faults.values())}; "
@@ -338,6 +339,7 @@ class Soak:
         deadline = time.monotonic() + OP_TIMEOUT
         if fault == "slow_lossy":
             self.net.impair("*", delay=0.1, loss=0.02)
+            self.tally.landed[fault] += 1
         thread.start()
         try:
             if fault in ("worker_cut", "store_cut", "scheduler_kill"):
@@ -345,6 +347,7 @@ class Soak:
                     time.sleep(0.01)
                 thread.join(self.rng.uniform(0.0, 0.15))  # sampling, training or building
                 if thread.is_alive():
+                    self.tally.landed[fault] += 1
                     if fault == "worker_cut":
                         with self.net.cut(self.rng.choice(self.cluster.worker_hosts)):
                             thread.join(LONG_CUT)
@@ -360,6 +363,7 @@ class Soak:
                         break
                     time.sleep(0.02)
                 if thread.is_alive():
+                    self.tally.landed[fault] += 1
                     with self.net.cut("client"):
                         thread.join(LONG_CUT)
             thread.join(max(deadline - time.monotonic(), 0))
