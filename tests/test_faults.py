@@ -564,19 +564,3 @@ def test_a_run_that_fails_after_its_commit_landed_says_so(tmp_path, vectors, mon
     monkeypatch.setattr(runner, "report", lost)
     with pytest.raises(ConnectionError):
         dli.update_index(uri, "vector", scheduler="sync")  # nothing to do: no commit of its own
-
-
-def test_waiting_for_tasks_on_a_client_that_lost_its_scheduler_returns_at_once():
-    """A run whose client lost the scheduler is abandoned without waiting a minute for answers
-    that cannot come (the soak's scheduler kill took 68 s before, about 20 s after)."""
-    from dask_lance_index.runtime.client import wait_for_tasks
-
-    class Closed:
-        status = "closed"
-
-        def run(self, fn):
-            raise OSError("no scheduler")
-
-    t0 = time.time()
-    assert wait_for_tasks(Closed(), "abcd1234", 60.0) is False
-    assert time.time() - t0 < 1
