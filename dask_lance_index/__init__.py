@@ -34,6 +34,7 @@ from .dataframe import (
 from .errors import (
     BuildAbortedError,
     ClusterLostError,
+    CommittedDespiteError,
     CoverageError,
     DaskLanceIndexError,
     DatasetChangedError,
@@ -94,6 +95,7 @@ __all__ = [
     "DatasetChangedError",
     "BuildAbortedError",
     "ClusterLostError",
+    "CommittedDespiteError",
     "InvalidPartitionArtifactError",
     # Dask DataFrames
     "read_lance",

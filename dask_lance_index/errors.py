@@ -15,6 +15,7 @@ __all__ = [
     "DatasetChangedError",
     "BuildAbortedError",
     "ClusterLostError",
+    "CommittedDespiteError",
 ]
 
 
@@ -48,4 +49,18 @@ class BuildAbortedError(DaskLanceIndexError, RuntimeError):
 
 class ClusterLostError(DaskLanceIndexError, ConnectionError):
     """The connection to the Dask scheduler was lost mid-job; the journal keeps the finished
-    work, and the same call with ``journal=`` that location resumes it."""
+    work, and the same call with ``journal=`` that location (``.journal``) resumes it."""
+
+    def __init__(self, message: str, journal: str | None = None):
+        super().__init__(message)
+        self.journal = journal
+
+
+class CommittedDespiteError(DaskLanceIndexError, RuntimeError):
+    """The run failed after its commit landed (e.g. the client lost the scheduler while the
+    commit task ran on a worker): the index is committed at ``version``; do not run it again.
+    The error that ended the run is its ``__cause__``."""
+
+    def __init__(self, message: str, version: int):
+        super().__init__(message)
+        self.version = version

@@ -330,6 +330,33 @@ def test_a_task_that_ends_after_its_build_was_abandoned_removes_its_own_segment(
     assert lance.dataset(uri).version == 1
 
 
+@pytest.mark.parametrize("num_segments", [1, 2])
+def test_a_task_that_ends_after_its_job_committed_leaves_no_segment_and_no_journal(tmp_path, vectors, queries,
+                                                                                   num_segments):
+    """A build task cut off on a dropped worker ends after its retry finished the job: it writes
+    no record (the journal is gone) and removes its segment, unless the commit references that
+    segment (build segments committed as they are, ``num_segments == num_tasks``)."""
+    from dask_lance_index.build import BuildSegment
+
+    uri = write(tmp_path / "late.lance", vectors, 3000)
+    centroids = vectors[:8].copy()
+    build = dli.create_index(uri, "vector", "IVF_FLAT", num_partitions=8, num_tasks=2, num_segments=num_segments,
+                             scheduler="sync", compute=False, ivf_centroids=centroids)
+    result = dli.run(build, scheduler="sync")
+    committed = index_dirs(uri)
+    assert not os.path.exists(os.path.join(uri, "_dli"))
+    late = build.plan.segment_uuid(0)
+    assert (late in committed) == (num_segments == 2)
+    with pytest.raises(dli.BuildAbortedError, match="ended while this task ran"):
+        BuildSegment(build.plan.engine, journal=build.journal)(build.plan, 0, dli.IndexModel(ivf_centroids=centroids))
+    assert index_dirs(uri) == committed  # the late segment removed, or left as committed
+    assert not os.path.exists(os.path.join(uri, "_dli"))  # no record brought the journal back
+    ds = lance.dataset(uri)
+    assert ds.version == result.version
+    truth = exact_knn(vectors, queries, 10, "l2")
+    assert recall(ds, queries, truth, nprobes=8) == pytest.approx(1.0)
+
+
 # -- a killed driver: resume and cleanup ----------------------------------------------------------
 DRIVER = """
 import sys
@@ -518,3 +545,37 @@ def test_racing_commits_never_lose_an_index(tmp_path, vectors, replace):
         no_leftovers(uri, ds)
         if not replace:
             ds.drop_index("vector_idx")  # its files stay, for the older versions
+
+
+def test_a_run_that_fails_after_its_commit_landed_says_so(tmp_path, vectors, monkeypatch):
+    """The client can lose the scheduler while the commit task runs on a worker: the run fails
+    but the index is committed. The error says so (not "re-run your work"), with the version."""
+    import dask_lance_index.recovery.runner as runner
+
+    uri = write(tmp_path / "lost.lance", vectors, 3000)
+    before = lance.dataset(uri).version
+
+    def lost(result):
+        raise ConnectionError("lost the connection to the scheduler")
+
+    monkeypatch.setattr(runner, "report", lost)
+    with pytest.raises(dli.CommittedDespiteError, match="committed at version") as err:
+        dli.create_index(uri, "vector", "IVF_FLAT", num_partitions=8, num_tasks=4, scheduler="sync")
+    ds = lance.dataset(uri)
+    assert err.value.version == ds.version == before + 1 and isinstance(err.value.__cause__, ConnectionError)
+    assert ds.stats.index_stats("vector_idx")["num_indexed_rows"] == len(vectors)
+    no_leftovers(uri, ds)
+    # a chosen journal, the commit landed but not yet finalised (the finalising task lost):
+    # the journal is marked committed, as a finished run's
+    uri2 = write(tmp_path / "lost2.lance", vectors, 3000)
+    jloc = str(tmp_path / "journal")
+    monkeypatch.setattr(runner, "finish_journal", lambda *a: None)
+    with pytest.raises(dli.CommittedDespiteError) as err:
+        dli.create_index(uri2, "vector", "IVF_FLAT", num_partitions=8, num_tasks=4, scheduler="sync", journal=jloc)
+    j = BuildJournal.load(jloc)
+    assert err.value.version == lance.dataset(uri2).version == j.version and j.status == "committed"
+    monkeypatch.undo()
+    # a run failing before its commit raises its own error, as before
+    monkeypatch.setattr(runner, "report", lost)
+    with pytest.raises(ConnectionError):
+        dli.update_index(uri, "vector", scheduler="sync")  # nothing to do: no commit of its own

@@ -18,6 +18,7 @@ from ..recovery.journal import (
     MergeAttempt,
     read_segment,
     remove_if_aborted,
+    remove_if_over,
     stop_if_aborted,
     write_segment,
 )
@@ -66,6 +67,7 @@ class BuildSegment:
             # The engine removes any partial files of an earlier attempt under the same uuid.
             result = engine.build_segment(plan, task, model, opts, self.options, upstream)
         if journal is not None:
+            remove_if_over(journal, plan, result.uuid, opts)
             write_segment(journal, result, opts)
             remove_if_aborted(journal, plan, result.uuid, opts)
         return result

@@ -41,7 +41,7 @@ from dataclasses import dataclass, field, replace
 from ..errors import BuildAbortedError, InvalidInputError
 from ..model import IndexModel
 from ..plan import IndexPlan
-from ..storage import SegmentResult, Store, remove_index_dir
+from ..storage import SegmentResult, Store, referenced_segments, remove_index_dir
 
 __all__ = [
     "JOURNAL_DIR",
@@ -55,6 +55,7 @@ __all__ = [
     "read_model",
     "read_segment",
     "remove_if_aborted",
+    "remove_if_over",
     "stop_if_aborted",
     "write_attempt",
     "write_merge",
@@ -284,6 +285,23 @@ def remove_if_aborted(location: str | None, plan, uuid: str, storage_options: di
     if is_aborted(location, storage_options):
         remove_index_dir(plan.uri, uuid, storage_options)
         raise BuildAbortedError(f"build {plan.build_id} was abandoned; removed segment {uuid}")
+
+
+def remove_if_over(location: str | None, plan, uuid: str, storage_options: dict | None = None) -> None:
+    """Before a task journals its segment: a task that ends after its job did (it ran on
+    a worker the scheduler dropped, its retry finished the job) writes no record, which
+    would bring back a removed journal, and removes the segment it wrote unless a
+    version of the dataset references it (its retry's segment, of the same name, may
+    have been committed as it is)."""
+    if location is None:
+        return
+    text = Store(location, storage_options).read("journal.json")
+    if text is not None and json.loads(text).get("status") == "running":
+        return
+    if uuid not in referenced_segments(plan.uri, storage_options):
+        remove_index_dir(plan.uri, uuid, storage_options)
+    raise BuildAbortedError(f"build {plan.build_id} ended while this task ran (its worker was dropped and the "
+                            f"task run again elsewhere); segment {uuid} left as the job committed it")
 
 
 def has_model(location: str | None, storage_options: dict | None = None) -> bool:

@@ -34,12 +34,12 @@ from distributed import KilledWorker
 from distributed.client import FutureCancelledError
 from distributed.comm import CommClosedError
 
-from ..errors import ClusterLostError
+from ..errors import ClusterLostError, CommittedDespiteError
 from ..runtime import compute_with_progress, resolve_client, show_progress
 from ..runtime.client import num_workers, wait_for_tasks, worker_client_or_none
 from ..runtime.progress import distributed_bar
 from ..storage import open_dataset
-from .journal import BuildJournal
+from .journal import BuildJournal, default_journal_location
 from .leftovers import abandon_build, drop_committed_journal, finish_journal
 
 __all__ = ["IndexJob", "report", "run"]
@@ -141,12 +141,16 @@ def run(job: IndexJob, client=None, scheduler: str | None = None, retries: int =
                     if result is not None:
                         break
                     continue
-    except ClusterLostError:
-        raise  # the journal is kept for the rerun that resumes
-    except BaseException:
-        if job.plan is not None:
+    except (ClusterLostError, CommittedDespiteError):
+        raise  # the journal is kept: for the rerun that resumes, or marked committed
+    except BaseException as exc:
+        if job.plan is None:
+            raise
+        version = _committed_version(job) if isinstance(exc, Exception) else None
+        if version is None:
             abandon_build(job, client, future)
-        raise
+            raise
+        raise _committed_despite(job, version, exc) from exc
     if job.journal is not None and client is not None:
         drop_committed_journal(job.journal, job.storage_options)
     total = result.seconds.get("plan", 0.0) + time.time() - t0
@@ -183,6 +187,9 @@ def _after_cluster_lost(job: IndexJob, client, exc: BaseException, last: bool):
     if back and not last and num_workers(client) > 0:
         log.warning("%s: lost the scheduler (%s), connected again; resubmitting", job, exc)
         return None
+    committed = _committed_version(job)
+    if committed is not None:  # the commit landed, its result lost with the connection
+        raise _committed_despite(job, committed, exc) from exc
     version = open_dataset(plan.uri, None, opts).version
     done = f"{len(j.segments)} of {plan.num_tasks} segments" if j is not None else "nothing"
     raise ClusterLostError(
@@ -191,5 +198,42 @@ def _after_cluster_lost(job: IndexJob, client, exc: BaseException, last: bool):
         f"keeps what finished ({done}). Fix: once the scheduler and its workers are up, run the same call "
         f"again with journal={loc!r} (CLI: --journal {loc}): it resumes where this run stopped, and finds a "
         f"commit that went through; or remove what it left with dask_lance_index.cleanup({plan.uri!r}, "
-        f"{plan.build_id!r})."
+        f"{plan.build_id!r}).", journal=loc,
     ) from None
+
+def _committed_version(job: IndexJob) -> int | None:
+    """The version the job committed, when its commit landed though the run failed (the
+    client lost the scheduler while the commit task ran on a worker), else None. Its journal
+    is then finished as a successful run's is: marked committed, or removed (the default location).
+
+    A journal that says ``committed`` tells; one that is gone does too (the default location is
+    removed by the task finalising a commit; a failed job's, by this process, later); otherwise
+    the commit landed when the index holds a segment of the job (a build task's, or a journaled
+    merge's)."""
+    plan = job.plan
+    try:
+        j = BuildJournal.load(job.journal, job.storage_options) if job.journal else None
+        if j is not None and j.status == "committed":
+            return j.version
+        ds = open_dataset(plan.uri, None, job.storage_options)
+        if j is None and job.journal:
+            named = any(d.name == plan.name for d in ds.describe_indices())
+            return ds.version if ds.version > plan.version and named else None
+        ours = {plan.segment_uuid(i) for i in range(plan.num_tasks)} | (j.segment_uuids() if j else set())
+        if not any(d.name == plan.name and ours & {s.uuid for s in d.segments} for d in ds.describe_indices()):
+            return None
+        if j is not None:
+            if job.journal.rstrip("/") == default_journal_location(plan.uri, plan.build_id):
+                j.remove()
+            else:
+                j.with_status("committed", ds.version)
+        return ds.version
+    except Exception:  # noqa: BLE001 - cannot tell (e.g. the store unreachable): the run's own error stands
+        return None
+
+
+def _committed_despite(job: IndexJob, version: int, exc: BaseException) -> CommittedDespiteError:
+    return CommittedDespiteError(
+        f"the job failed after its commit landed: the index {job.plan.name!r} is committed at version "
+        f"{version} of {job.plan.uri}. Do not run it again. The run ended with {type(exc).__name__}: {exc}",
+        version)
