@@ -23,6 +23,7 @@ not when they are missing, for tests to skip with.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import random
@@ -47,6 +48,9 @@ FAST_FAILURE = {
     "DASK_DISTRIBUTED__SCHEDULER__WORKER_TTL": "10s",
     "DASK_DISTRIBUTED__COMM__RETRY__COUNT": "3",
 }
+
+
+_NETWORKS = itertools.count()  # this process's networks: unique interface and namespace names
 
 
 def unavailable() -> str | None:
@@ -79,7 +83,7 @@ def remove_stale() -> None:
     listing = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     for line in listing.splitlines():
         name = line.split()[0] if line.split() else ""
-        m = re.fullmatch(r"dli(\d+)x\d-.+", name)
+        m = re.fullmatch(r"dli(\d+)x\d+-.+", name)
         if m and not os.path.exists(f"/proc/{m.group(1)}"):
             subprocess.run(["ip", "netns", "del", name], capture_output=True)
 
@@ -112,12 +116,14 @@ class Network:
 
     def __init__(self, hosts: list[str], logs: str | os.PathLike | None = None) -> None:
         remove_stale()
-        self.tag = f"{os.getpid()}x{random.randint(0, 9)}"  # ports: dli<pid>x<n><i>, within 15 characters
+        n = next(_NETWORKS)
+        self.tag = f"{os.getpid()}x{n}"
         self.hosts = list(hosts)
         self.prefix = free_subnet()
         self.addresses = {"client": f"{self.prefix}.1"}
         self.addresses.update({h: f"{self.prefix}.{i + 2}" for i, h in enumerate(self.hosts)})
-        self.ports = {h: f"dli{self.tag}{i}" for i, h in enumerate(["client"] + self.hosts)}
+        # Interface names have at most 15 characters: dl<pid, 5 digits><n, 2 digits>p<i>.
+        self.ports = {h: f"dl{os.getpid() % 100000:05d}{n % 100:02d}p{i}" for i, h in enumerate(["client"] + self.hosts)}
         self.namespaces = {h: f"dli{self.tag}-{h}" for h in self.hosts}  # dli<pid>x<n>-<host>
         self.logs = Path(logs or tempfile.mkdtemp(prefix="dli-hosts-"))
         self.logs.mkdir(parents=True, exist_ok=True)
