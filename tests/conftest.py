@@ -9,6 +9,7 @@ import pathlib
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 import warnings
@@ -215,6 +216,23 @@ def s3():
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def in_thread(fn) -> dict:
+    """Start ``fn`` in a thread; returns a box that gets ``result`` (or the exception) and ``t``,
+    when it ended, and holds the ``thread``: a test injects its fault meanwhile."""
+    box = {}
+
+    def target():
+        try:
+            box["result"] = fn()
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            box["result"] = exc
+        box["t"] = time.time()
+
+    box["thread"] = threading.Thread(target=target, daemon=True)
+    box["thread"].start()
+    return box
 
 
 def index_dirs(uri: str) -> set[str]:

@@ -29,7 +29,7 @@ from dask_lance_index.evaluation import exact_knn, recall_at_k, search
 from dask_lance_index.recovery import BuildJournal
 from dask_lance_index.storage import index_from_dict, index_to_dict
 
-from .conftest import committed_segment_uuids, count_builds, index_dirs
+from .conftest import committed_segment_uuids, count_builds, in_thread, index_dirs
 
 WORKTREE = str(Path(dli.__file__).resolve().parents[1])
 # The build the fault tests run: seeded, so a faulty run and a fault-free run
@@ -126,17 +126,9 @@ def _kill_workers_during(client, fn, journal, triggers, rng):
     """Run ``fn`` in a thread; meanwhile SIGKILL a random worker process once each
     trigger (a test on the build's journal) holds, a random few ms later. Returns
     (result or exception, what the journal held at each kill)."""
-    box = {}
-
-    def target():
-        try:
-            box["result"] = fn()
-        except BaseException as exc:  # noqa: BLE001 - handed to the test
-            box["result"] = exc
-
-    t = threading.Thread(target=target)
     t0 = time.time()
-    t.start()
+    box = in_thread(fn)
+    t = box["thread"]
     at_kill = []
     for trigger in triggers:
         while t.is_alive():

@@ -28,7 +28,7 @@ from dask_lance_index.datagen import write_vectors
 from dask_lance_index.evaluation import exact_knn, recall_at_k, search
 from dask_lance_index.recovery import BuildJournal
 
-from .conftest import SECRET, _clean_env, committed_segment_uuids, index_dirs
+from .conftest import SECRET, _clean_env, committed_segment_uuids, in_thread, index_dirs
 from .netns import HostCluster, Network, unavailable
 
 REASON = unavailable()
@@ -132,22 +132,6 @@ def reference(hosts, tmp_path_factory, vectors, queries, truth):
     check_index(uri, ds, len(vectors), queries, truth, r)
     print(f"fault-free build on the hosts: {seconds:.1f} s, recall@10 {r:.3f}")
     return r, seconds
-
-
-def in_thread(fn):
-    """Start ``fn`` in a thread; returns a box that gets ``result`` (or the exception) and ``t``."""
-    box = {}
-
-    def target():
-        try:
-            box["result"] = fn()
-        except BaseException as exc:  # noqa: BLE001 - handed to the test
-            box["result"] = exc
-        box["t"] = time.time()
-
-    box["thread"] = threading.Thread(target=target, daemon=True)
-    box["thread"].start()
-    return box
 
 
 def wait_for(journal, test, box, storage_options=None, timeout=120.0) -> BuildJournal:
