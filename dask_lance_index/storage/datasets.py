@@ -184,42 +184,22 @@ def field_of(table, column: str):
     return arr
 
 
-def _leaf_paths(fields, prefix: str = "") -> list[str]:
-    out = []
-    for f in fields:
-        path = f"{prefix}{f.name}"
-        out.append(path)
-        if pa.types.is_struct(f.type):
-            out += _leaf_paths(list(f.type), path + ".")
-    return out
-
-
 def field_type(ds, column: str) -> pa.DataType:
-    """The Arrow type of ``column``, a top-level column or a nested field (``"a.b"``),
-    or a clear error naming the columns there are."""
-    names = ds.schema.names
-    if column in names:
-        return ds.schema.field(column).type
-    parts = column.split(".")
-    t = None
-    if parts[0] in names:
-        t = ds.schema.field(parts[0]).type
-        for part in parts[1:]:
-            if not pa.types.is_struct(t) or t.get_field_index(part) < 0:
-                t = None
-                break
-            t = t.field(part).type
-    if t is None:
+    """The Arrow type of ``column``, a top-level column or a field path (``"a.b"``),
+    or a clear error naming the columns and fields there are."""
+    found = resolve_field(ds.schema, column)
+    if found is None:
         raise InvalidInputError(
-            f"column {column!r} is not in the dataset; its columns are {_leaf_paths(ds.schema)}. "
+            f"column {column!r} is not in the dataset; its columns are {field_paths(ds.schema)}. "
             "Fix: pass one of them (a nested field as 'parent.child')."
         )
-    return t
+    return found[1].type
 
 
 def has_values(ds, column: str) -> bool:
     """Whether ``column`` holds any non-null value: scans until the first one."""
-    quoted = ".".join(f"`{p}`" for p in column.split("."))
+    parts = resolve_field(ds.schema, column)[0]
+    quoted = ".".join("`" + p.replace("`", "``") + "`" for p in parts)
     t = ds.to_table(columns=[], filter=f"{quoted} IS NOT NULL", limit=1, with_row_id=True)
     return t.num_rows > 0
 
