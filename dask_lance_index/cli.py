@@ -48,7 +48,7 @@ from .errors import ClusterLostError, DatasetChangedError, IndexExistsError, Inv
 from .evaluation import check_queries, evaluate_index, index_on, sample_query_rows
 from .plan import HIERARCHICAL_MIN_PARTITIONS, INDEX_TYPES, IVF_TRAININGS, SCALAR_ALIASES, SCALAR_INDEX_TYPES, is_scalar
 from .recovery import cleanup
-from .runtime import check_security, parallelism, tls_security
+from .runtime import check_security, parallelism, tls_refused_hint, tls_security
 from .storage import column_info, open_or_fail
 
 __all__ = ["main", "build_parser", "exit_code", "EXIT_CODES", "COMMANDS"]
@@ -88,11 +88,6 @@ TLS_NAMES = {"ca": "--tls-ca-file", "cert": "--tls-cert", "key": "--tls-key",
                     "and its key)"}
 
 
-_TLS_HINT = (" With TLS this is also what you see when the scheduler refused this client's certificate or the "
-             "client did not trust the scheduler's: check that --tls-cert is signed by the cluster's CA and that "
-             "--tls-ca-file is that CA.")
-
-
 def _security(args):
     """The ``Security`` of ``--tls-ca-file/--tls-cert/--tls-key`` for ``--scheduler``, or None;
     checked (files, options, address scheme) before any connection or work."""
@@ -117,7 +112,7 @@ def _connect(args):
         raise SchedulerUnreachable(
             f"no dask scheduler answered at {args.scheduler} within {args.connect_timeout:g} s ({exc}). "
             "Fix: check the address and that the scheduler is running, or omit --scheduler to start a "
-            "LocalCluster." + (_TLS_HINT if args.security is not None else "")
+            "LocalCluster." + (tls_refused_hint(TLS_NAMES) if args.security is not None else "")
         ) from None
 
 
@@ -295,7 +290,6 @@ def _index_kwargs(args) -> dict:
         num_segments=args.num_segments,
         seed=args.seed,
         storage_options=dict(args.storage_options) or None,
-        journal=args.journal,
     )
 
 
@@ -312,8 +306,7 @@ def _scalar_kwargs(args) -> dict:
             "(Lance's options of a scalar index go in --lance-option KEY=VALUE)."
         )
     return dict(name=args.name, replace=args.replace, num_tasks=args.num_tasks, num_segments=args.num_segments,
-                storage_options=dict(args.storage_options) or None, journal=args.journal,
-                **dict(args.lance_options))
+                storage_options=dict(args.storage_options) or None, **dict(args.lance_options))
 
 
 def _check_lance_options(args) -> None:
@@ -365,9 +358,10 @@ def _run_build(args) -> int:
     kwargs = _scalar_kwargs(args) if scalar else _index_kwargs(args)
     plan, create = (plan_scalar_index, create_scalar_index) if scalar else (plan_index, create_index)
     # Check the request (metadata only) before starting a cluster: bad input exits at once.
-    plan(args.uri, args.column, args.index_type, **{k: v for k, v in kwargs.items() if k != "journal"})
+    plan(args.uri, args.column, args.index_type, **kwargs)
     with _cluster(args) as client:
-        build = create(args.uri, args.column, args.index_type, client=client, compute=False, **kwargs)
+        build = create(args.uri, args.column, args.index_type, client=client, compute=False, journal=args.journal,
+                       **kwargs)
         if not args.json:
             print(build.plan, flush=True)
         result = run(build, client=client, progress=args.progress)
@@ -410,7 +404,6 @@ def _run_plan(args) -> int:
     _check_lance_options(args)
     scalar = is_scalar(args.index_type)
     kwargs = _scalar_kwargs(args) if scalar else _index_kwargs(args)
-    kwargs.pop("journal")  # a plan writes nothing
     if args.scheduler:
         with _connect(args) as client:
             threads = parallelism(client)

@@ -122,6 +122,12 @@ class BuildJournal:
     def _store(self) -> Store:
         return Store(self.location, self.storage_options)
 
+    @property
+    def at_default_location(self) -> bool:
+        """Whether the journal lives where the build put it by default (removed after the
+        commit), rather than where the caller chose (kept, saying committed)."""
+        return self.location.rstrip("/") == default_journal_location(self.plan.uri, self.plan.build_id)
+
     # -- writing (driver) -------------------------------------------------------------------------
     @classmethod
     def start(cls, location: str, plan: IndexPlan, storage_options: dict | None = None,

@@ -206,7 +206,7 @@ def finish_journal(location: str, result, storage_options: dict | None = None, r
             orphans -= referenced_segments(j.plan.uri, storage_options)
         for u in orphans:
             remove_index_dir(j.plan.uri, u, storage_options)
-    if remove and location.rstrip("/") == default_journal_location(j.plan.uri, j.plan.build_id):
+    if remove and j.at_default_location:
         j.remove()
     else:
         j.save_result(result)
@@ -216,8 +216,7 @@ def finish_journal(location: str, result, storage_options: dict | None = None, r
 def drop_committed_journal(location: str, storage_options: dict | None = None) -> None:
     """The driver has the result: remove a committed journal at its default location."""
     j = BuildJournal.load(location, storage_options)
-    if j is not None and j.status == "committed" and \
-            location.rstrip("/") == default_journal_location(j.plan.uri, j.plan.build_id):
+    if j is not None and j.status == "committed" and j.at_default_location:
         j.remove()
 
 
@@ -256,7 +255,7 @@ def abandon_build(job, client=None, future=None) -> list[str]:
     for u in doomed:
         remove_index_dir(plan.uri, u, opts)
     if j is not None:
-        if stopped and loc.rstrip("/") == default_journal_location(plan.uri, plan.build_id):
+        if stopped and j.at_default_location:
             j.remove()
         else:  # kept: a chosen location, or tasks still running (they see the marker)
             j.with_status("failed")

@@ -39,7 +39,7 @@ from ..runtime import compute_with_progress, resolve_client, show_progress
 from ..runtime.client import num_workers, wait_for_tasks, worker_client_or_none
 from ..runtime.progress import distributed_bar
 from ..storage import open_dataset
-from .journal import BuildJournal, default_journal_location
+from .journal import BuildJournal
 from .leftovers import abandon_build, drop_committed_journal, finish_journal
 
 __all__ = ["IndexJob", "report", "run"]
@@ -201,6 +201,7 @@ def _after_cluster_lost(job: IndexJob, client, exc: BaseException, last: bool):
         f"{plan.build_id!r}).", journal=loc,
     ) from None
 
+
 def _committed_version(job: IndexJob) -> int | None:
     """The version the job committed, when its commit landed though the run failed (the
     client lost the scheduler while the commit task ran on a worker), else None. Its journal
@@ -214,6 +215,8 @@ def _committed_version(job: IndexJob) -> int | None:
     try:
         j = BuildJournal.load(job.journal, job.storage_options) if job.journal else None
         if j is not None and j.status == "committed":
+            if j.at_default_location:  # the driver will not get the result: as drop_committed_journal
+                j.remove()
             return j.version
         ds = open_dataset(plan.uri, None, job.storage_options)
         if j is None and job.journal:
@@ -223,7 +226,7 @@ def _committed_version(job: IndexJob) -> int | None:
         if not any(d.name == plan.name and ours & {s.uuid for s in d.segments} for d in ds.describe_indices()):
             return None
         if j is not None:
-            if job.journal.rstrip("/") == default_journal_location(plan.uri, plan.build_id):
+            if j.at_default_location:
                 j.remove()
             else:
                 j.with_status("committed", ds.version)

@@ -11,6 +11,7 @@ from .client import (
     other_hosts,
     parallelism,
     resolve_client,
+    tls_refused_hint,
     tls_security,
     worker_client_or_none,
 )
@@ -20,5 +21,5 @@ from .progress import compute_with_progress, show_progress
 __all__ = [
     "blas_threads", "bulk_allocations", "check_client", "check_security", "compute_with_progress", "connect", "host_blas_threads",
     "host_cores", "in_bulk", "num_workers", "one_blas_thread", "other_hosts", "parallelism", "resolve_client",
-    "show_progress", "small_pages", "tls_security", "with_small_pages", "worker_client_or_none",
+    "show_progress", "small_pages", "tls_refused_hint", "tls_security", "with_small_pages", "worker_client_or_none",
 ]

@@ -14,12 +14,20 @@ from distributed.security import Security
 from ..errors import InvalidInputError
 
 __all__ = ["check_client", "check_security", "connect", "num_workers", "other_hosts", "parallelism",
-           "resolve_client", "tls_security", "wait_for_tasks", "worker_client_or_none"]
+           "resolve_client", "tls_refused_hint", "tls_security", "wait_for_tasks", "worker_client_or_none"]
 
 # How the Python API names the TLS settings; the command line passes its option names instead.
 PYTHON_TLS_NAMES = {"ca": "tls_ca_file", "cert": "tls_client_cert", "key": "tls_client_key",
                     "fix": "pass security=Security(tls_ca_file=..., tls_client_cert=..., tls_client_key=..., "
                            "require_encryption=True) to connect(), or a Client made with it as client="}
+
+
+def tls_refused_hint(names: dict[str, str] | None = None) -> str:
+    """What to add to a failed TLS connection's message: a refused certificate looks the same."""
+    names = names or PYTHON_TLS_NAMES
+    return (f" With TLS this is also what you see when the scheduler refused this client's certificate or the "
+            f"client did not trust the scheduler's: check that {names['cert']} is signed by the cluster's CA and "
+            f"that {names['ca']} is that CA.")
 
 
 def _scheme(address: str) -> str:
@@ -186,9 +194,7 @@ def connect(address: str, security: Security | None = None, timeout: float | Non
         raise InvalidInputError(
             f"cannot reach a Dask scheduler at {address!r} ({type(exc).__name__}: {exc}). Fix: start "
             "the scheduler (dask scheduler / LocalCluster) or pass the right address, or pass "
-            "client=None to build with the local scheduler." + (
-                " With TLS, check that the client's certificate and tls_ca_file come from the cluster's CA: "
-                "the scheduler refuses a client certificate its CA did not sign." if _scheme(address) == "tls" else "")
+            "client=None to build with the local scheduler." + (tls_refused_hint() if _scheme(address) == "tls" else "")
         ) from None
 
 
