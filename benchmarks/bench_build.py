@@ -314,6 +314,7 @@ def main() -> int:
                     continue
             uri = os.path.join(root, f"{engine}.lance")
             shutil.copytree(base, uri)
+            os.sync()  # the copy's dirty pages written back before the clock starts, not during a build
             argv = _pass_through(sys.argv[1:])
             argv = [a for i, a in enumerate(argv) if a != "--rows" and (i == 0 or argv[i - 1] != "--rows") and not a.startswith("--rows=")]
             argv = [a for i, a in enumerate(argv) if a != "--plot" and (i == 0 or argv[i - 1] != "--plot") and not a.startswith("--plot=")]

@@ -264,14 +264,15 @@ def make_plan(
             raise InvalidInputError("give fragment_groups or num_tasks / rows_per_task, not both")
         groups = check_fragment_groups(fragment_groups, fragments)
     else:
-        per = rows_per_task
+        per, min_tasks = rows_per_task, parallelism if rows_per_task is None else 1
         if per is None and num_tasks is None and engine == "precomputed" and params.index_type == "IVF_FLAT":
-            # the task holds its rows until it writes them grouped by partition
+            # The task holds its rows until it writes them grouped by partition, so its size is
+            # bounded; and it is not split further to give every worker a task: the merge then
+            # reads and writes every row once more, which costs more than the split saves
+            # (docs/benchmarks.md, "IVF_FLAT").
             per = max(65536, min(DEFAULT_ROWS_PER_TASK, FLAT_TASK_BYTES // (4 * dimension + 12)))
-        groups = group_fragments(
-            fragments, num_tasks=num_tasks, rows_per_task=per,
-            min_tasks=parallelism if rows_per_task is None else 1,
-        )
+            min_tasks = 1
+        groups = group_fragments(fragments, num_tasks=num_tasks, rows_per_task=per, min_tasks=min_tasks)
     rows = {f.fragment_id: f.num_rows for f in fragments}
     merges = plan_merges(params.index_type, [sum(rows[i] for i in g) for g in groups],
                          num_segments=num_segments, fan_in=merge_fan_in, engine=engine)
