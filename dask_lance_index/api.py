@@ -241,7 +241,9 @@ def create_index(
     num_tasks, rows_per_task : int, optional
         How many build tasks (one segment each), or rows per task. Default:
         one task per worker thread, more when tasks would exceed 2M rows;
-        HNSW types one task (Lance's merge would build every graph again).
+        HNSW types one task (Lance's merge would build every graph again);
+        IVF_FLAT tasks of at most 1 GiB of rows, not split further (its merge
+        reads and writes every row again).
     num_segments : int
         Segments the committed index should have (default 1: fastest queries).
         IVF_HNSW_SQ segments are never merged (Lance codes each with its own

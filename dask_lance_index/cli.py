@@ -207,7 +207,7 @@ def _add_index_args(p: argparse.ArgumentParser) -> None:
                         "sampled rows exactly)")
     d = p.add_argument_group("build layout")
     d.add_argument("--num-tasks", type=_positive_int, metavar="N",
-                   help="build tasks, one segment each (default: one per worker thread)")
+                   help="build tasks, one segment each (default: one per worker thread; IVF_FLAT: 1 GiB of rows each)")
     d.add_argument("--num-segments", type=_positive_int, default=1, metavar="N",
                    help="segments in the committed index (default: %(default)s)")
     d.add_argument("--seed", type=int, help="seed of sampling and training (same seed and data: same index)")
