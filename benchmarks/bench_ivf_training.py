@@ -16,7 +16,7 @@ of the data set, and its time against exact assignment, for several numbers of p
 
 Variants: ``flat`` (model.train_ivf, as the flat build trains), ``hier`` (two levels refined to
 the tolerance, the default), ``hier-N`` (N refinement passes), ``hier-pN`` (refinement passes that search N groups per row
-instead of 8), ``hier-kmeans++`` (each group's
+instead of REFINE_PROBES), ``hier-kmeans++`` (each group's
 partitions seeded by k-means++ instead of at random rows).
 """
 
@@ -91,7 +91,7 @@ def main() -> int:
             else:
                 tail = variant.split("-")[-1]
                 passes = int(tail) if tail.isdigit() else None
-                probes = int(tail[1:]) if tail[:1] == "p" and tail[1:].isdigit() else coarse.DEFAULT_PROBES
+                probes = int(tail[1:]) if tail[:1] == "p" and tail[1:].isdigit() else coarse.REFINE_PROBES
                 c, _, index = coarse.train_ivf_hierarchical(sample, k, max_iters=50, seed=0, tol=args.tolerance,
                                                             refine_passes=passes, probes=probes)
                 last = (c, index, sample)

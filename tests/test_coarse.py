@@ -23,7 +23,7 @@ from dask_lance_index.model import (
 )
 from dask_lance_index.commit import LOW_AGREEMENT
 from dask_lance_index.model.coarse import PROBE_LADDER, TARGET_AGREEMENT, allocate_centroids, coarse_size
-from dask_lance_index.model.ivf import AUDIT_STRIDE, CHUNK
+from dask_lance_index.model.ivf import AUDIT_STRIDE, CHUNK, residuals
 from dask_lance_index.model.kmeans import assign
 from dask_lance_index.plan import HIERARCHICAL_MIN_PARTITIONS, resolve_params
 
@@ -149,6 +149,20 @@ def test_the_partition_assigner_applies_the_coarse_index(x, hier):
     unit = x / np.linalg.norm(x, axis=1, keepdims=True)
     cos = PartitionAssigner(centroids, "cosine", index.with_probes(index.num_groups)).assign(x)
     assert np.array_equal(cos, assign(unit, centroids, "l2")[0])
+
+
+def test_pq_residuals_of_a_two_level_model_are_against_the_partitions_the_build_gives(x, hier):
+    """The codebook learns the residuals the encoder will make: each row minus the centroid
+    of the partition the coarse search gives it (not compared with every centroid)."""
+    centroids, _, index = hier
+    one = index.with_probes(1)
+    got = residuals(x, centroids, "l2", one)
+    want = x - centroids[PartitionAssigner(centroids, "l2", one).assign(x)]
+    assert np.array_equal(got, want)
+    assert not np.array_equal(got, residuals(x, centroids, "l2"))  # one probe does cut: not exact
+    every = index.with_probes(index.num_groups)
+    assert np.array_equal(residuals(x, centroids, "l2", every), residuals(x, centroids, "l2"))
+    assert np.array_equal(residuals(x, centroids, "dot", one), x)  # dot: Lance encodes the raw vectors
 
 
 @pytest.mark.parametrize("probes", [1, 2])

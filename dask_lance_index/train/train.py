@@ -251,11 +251,13 @@ def _pq_rows(rows: int, params) -> int:
     return k * params.pq_sample_rate
 
 
-def _train_codebook(xp: np.ndarray, centroids: np.ndarray, params, pq_seed, source: dict) -> np.ndarray:
-    """The PQ codebook on the residuals of rows ``xp``; its groups of sub-spaces go to the
-    cluster by :func:`map_groups`."""
+def _train_codebook(xp: np.ndarray, centroids: np.ndarray, params, pq_seed, source: dict,
+                    coarse: CoarseIndex | None = None) -> np.ndarray:
+    """The PQ codebook on the residuals of rows ``xp`` (against the partitions a two-level
+    model's ``coarse`` search gives them); its groups of sub-spaces go to the cluster by
+    :func:`map_groups`."""
     t1 = time.time()
-    codebook = train_pq(residuals(xp, centroids, params.metric), params.num_sub_vectors, params.num_bits,
+    codebook = train_pq(residuals(xp, centroids, params.metric, coarse), params.num_sub_vectors, params.num_bits,
                         max_iters=params.max_iters, seed=pq_seed, tol=params.tolerance, map_groups=map_groups)
     source["pq_codebook"] = "trained"
     source["pq_seconds"] = round(time.time() - t1, 4)
@@ -331,7 +333,7 @@ def _train_two_level(samples: list, sampler: Callable | None, *, params, dimensi
         del rows
     if pq_rows is not None:  # after the worker client: PQ's groups go to the cluster by map_groups
         with host_blas_threads():  # the other tasks wait for this one
-            codebook = _train_codebook(pq_rows, centroids, params, pq_seed, source)
+            codebook = _train_codebook(pq_rows, centroids, params, pq_seed, source, coarse)
     # a sample drawn inside this task is reported as its own stage
     drawn_here = source.get("sample_seconds", 0.0) if sampler is not None else 0.0
     return _model(centroids, codebook, given, coarse, sq_bounds, params=params, dimension=dimension, train=train,
