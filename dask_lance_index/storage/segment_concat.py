@@ -114,19 +114,12 @@ def concat_segments(dataset_uri: str, input_uuids: list[str], output_uuid: str, 
     aux = LanceFileWriter(f"{base}/auxiliary.idx", schema, version="2.2", storage_options=storage_options)
     for p0, p1 in _runs(lengths, CONCAT_ROWS):
         parts = [i.read(p0, p1) for i in inputs]
-        # each input's slice is grouped by partition: partition by partition, each
-        # partition's rows input by input, as zero-copy slices (one copy when written)
-        pieces = []
-        for p in range(p0, p1):
-            for i, t in zip(inputs, parts):
-                if i.lengths[p]:
-                    pieces.append(t.slice(int(i.offsets[p] - i.offsets[p0]), int(i.lengths[p])))
-        table = pa.concat_tables(pieces) if pieces else schema.empty_table()
+        table = _interleave(parts, np.stack([i.lengths[p0:p1] for i in inputs]), schema)
         if whole and index_type == "IVF_PQ":
             table = _transpose_pq(table, lengths[p0:p1])
         if whole and index_type == "IVF_RQ":
             table = _pack_rq(table, lengths[p0:p1])
-        for batch in table.to_batches():  # the slices as they are: no copy
+        for batch in table.to_batches():  # the run as taken: one copy of its rows
             aux.write_batch(batch)
     pos = aux.add_global_buffer(ivf_message(np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths))
     if index_type == "IVF_PQ":  # the codebook, as its inputs keep it
@@ -142,6 +135,23 @@ def concat_segments(dataset_uri: str, input_uuids: list[str], output_uuid: str, 
     metric = first.meta[b"distance_type"].decode()
     _write_index_file(base, index_type, metric, first.centroids, float(sum(i.loss for i in inputs)), storage_options)
     return ["auxiliary.idx", "index.idx"]
+
+
+def _interleave(parts: list, lengths: np.ndarray, schema) -> pa.Table:
+    """The inputs' rows of a run of partitions, partition by partition and each partition's
+    rows input by input: ``parts[i]`` holds input ``i``'s rows grouped by partition,
+    ``lengths[i]`` its rows per partition. One ``take`` of a permutation, not a slice per
+    partition and input: with 16,384 partitions the slices (and as many written batches)
+    made a 2-segment merge of 4M rows take 4.4 s (0.4 s at 256 partitions)."""
+    total = int(lengths.sum())
+    if not total:
+        return schema.empty_table()
+    # where each (input, partition) block starts in the inputs' concatenation
+    starts = np.concatenate([[0], np.cumsum(lengths.reshape(-1))[:-1]]).reshape(lengths.shape)
+    starts, sizes = starts.T.reshape(-1), lengths.T.reshape(-1)  # partition-major order of the blocks
+    out_starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    index = np.repeat(starts - out_starts, sizes) + np.arange(total)
+    return pa.concat_tables(parts).take(pa.array(index))
 
 
 def _transpose_pq(table: pa.Table, lengths: np.ndarray) -> pa.Table:
