@@ -300,6 +300,14 @@ class HostCluster:
             os.path.join(BIN, "dask"), "worker", self.address, "--host", self.net.addresses[host],
             "--nthreads", "1", "--no-dashboard", "--memory-limit", "4GB", *self.worker_args], env=self.env)
 
+    def restart_worker(self, host: str) -> None:
+        """Stop ``host``'s worker if it still runs, and start it again (what a supervisor does)."""
+        proc = self.workers.get(host)
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        self.start_worker(host)
+
     def start_store(self) -> None:
         host = self.store_host
         self.store = self.net.start(host, "store", [

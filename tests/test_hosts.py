@@ -83,13 +83,10 @@ def heal(net, cluster, client) -> None:
     restarted = cluster.scheduler.poll() is not None
     if restarted:
         cluster.start_scheduler()
-    for host, proc in cluster.workers.items():
+    for host, proc in list(cluster.workers.items()):
         # A worker that lost the scheduler closes (its process may linger): its supervisor starts it again.
-        if restarted and proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
-        if proc.poll() is not None:
-            cluster.start_worker(host)
+        if restarted or proc.poll() is not None:
+            cluster.restart_worker(host)
     deadline = time.time() + 60
     while client.status != "running" and time.time() < deadline:
         time.sleep(0.2)
@@ -99,12 +96,9 @@ def heal(net, cluster, client) -> None:
         # A worker still closing after a cut may linger without rejoining (seen once in CI, on a
         # loaded machine): a supervisor would restart it, so restart those the scheduler lacks.
         joined = {urlparse(w).hostname for w in client.scheduler_info()["workers"]}
-        for host, proc in cluster.workers.items():
+        for host in cluster.worker_hosts:
             if net.addresses[host] not in joined:
-                if proc.poll() is None:
-                    proc.kill()
-                    proc.wait(10)
-                cluster.start_worker(host)
+                cluster.restart_worker(host)
         client.wait_for_workers(len(cluster.worker_hosts), timeout=60)
 
 
