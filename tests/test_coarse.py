@@ -1,6 +1,5 @@
 """Two-level IVF: hierarchical training, coarse-to-fine assignment, and builds that use them."""
 
-import json
 import pickle
 
 import lance
@@ -22,9 +21,16 @@ from dask_lance_index.model import (
     validate_model,
 )
 from dask_lance_index.commit import LOW_AGREEMENT
-from dask_lance_index.model.coarse import PROBE_LADDER, TARGET_AGREEMENT, allocate_centroids, coarse_size
+from dask_lance_index.model.coarse import (
+    PROBE_LADDER,
+    REFINE_NEIGHBOURS,
+    TARGET_AGREEMENT,
+    allocate_centroids,
+    coarse_size,
+    partition_neighbours,
+)
 from dask_lance_index.model.ivf import AUDIT_STRIDE, CHUNK, residuals
-from dask_lance_index.model.kmeans import assign
+from dask_lance_index.model.kmeans import assign, assign_among_neighbours
 from dask_lance_index.plan import HIERARCHICAL_MIN_PARTITIONS, resolve_params
 
 
@@ -81,6 +87,49 @@ def test_restricted_assignment_agrees_with_exact_and_more_probes_agree_more(x, h
     _, exact_d = assign(x, centroids, "l2")
     assert np.all(dists >= exact_d - 1e-3)
     assert dists.sum() <= exact_d.sum() * 1.005
+
+
+def test_partition_neighbours_are_the_nearest_partitions_itself_first(hier):
+    centroids, _, index = hier
+    d2 = ((centroids[:, None, :] - centroids[None, :, :]) ** 2).sum(-1)
+    np.fill_diagonal(d2, -1.0)  # itself first
+    truth = np.argsort(d2, axis=1, kind="stable")[:, :REFINE_NEIGHBOURS]
+    # searching every group's partitions: exactly the nearest, nearest first
+    every = partition_neighbours(centroids, index, REFINE_NEIGHBOURS, probes=index.num_groups)
+    assert every.shape == (256, REFINE_NEIGHBOURS) and every.dtype == np.int32
+    np.testing.assert_array_equal(every[:, 0], np.arange(256))
+    assert np.mean([len(np.intersect1d(a, b)) for a, b in zip(every, truth)]) == REFINE_NEIGHBOURS
+    # fewer groups searched: the nearest of their partitions, fewer of the true ones found
+    def found(probes):
+        near = partition_neighbours(centroids, index, REFINE_NEIGHBOURS, probes=probes)
+        np.testing.assert_array_equal(near[:, 0], np.arange(256))
+        assert all(len(set(row)) == REFINE_NEIGHBOURS for row in near.tolist())
+        return np.mean([len(np.intersect1d(a, b)) for a, b in zip(near, truth)]) / REFINE_NEIGHBOURS
+
+    assert found(4) < found(8) <= found(None) == 1.0  # by default 8 x 32 candidates: all 16 groups
+    # more asked for than there are partitions: all of them
+    small = CoarseIndex(index.coarse[:1], np.zeros(3, np.int32))
+    got = partition_neighbours(centroids[:3], small, 5)
+    assert got.shape == (3, 3) and [set(row) for row in got.tolist()] == [{0, 1, 2}] * 3
+
+
+def test_assignment_among_neighbours_moves_rows_to_the_nearest_neighbour(x, hier):
+    centroids, _, index = hier
+    exact, exact_d = assign(x, centroids, "l2")
+    start = index.assigner(centroids, probes=2).assign(x)[0]
+    assert np.mean(start == exact) < 0.95  # two groups searched: many rows start elsewhere
+    # every partition a neighbour of every other: exact assignment, whatever the start
+    labels, dists = assign_among_neighbours(x, centroids, start, np.tile(np.arange(256), (256, 1)))
+    np.testing.assert_array_equal(labels, exact)
+    np.testing.assert_allclose(dists, exact_d, rtol=1e-4, atol=1e-3)
+    # itself only: nobody moves
+    assert np.array_equal(assign_among_neighbours(x, centroids, start, np.arange(256)[:, None])[0], start)
+    # the refinement's neighbours: rows move to their nearest partition, bar a few, never farther
+    labels, dists = assign_among_neighbours(x, centroids, start, partition_neighbours(centroids, index, REFINE_NEIGHBOURS))
+    assert np.mean(labels == exact) >= 0.99
+    assert np.all(dists >= exact_d - 1e-3)
+    start_d = ((x - centroids[start]) ** 2).sum(1)
+    assert np.all(dists <= start_d + 1e-3)
 
 
 def test_hierarchical_training_is_as_good_as_flat(x, hier):

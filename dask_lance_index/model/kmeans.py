@@ -17,6 +17,7 @@ import scipy.sparse
 
 __all__ = [
     "assign",
+    "assign_among_neighbours",
     "assign_batched",
     "kmeans",
     "kmeans_batched",
@@ -576,3 +577,29 @@ def _lloyd_batched(chunks: list, centroids: np.ndarray, *, max_iters: int, tol: 
             break
         prev = inertia
     return centroids.astype(np.float32, copy=False), inertia
+
+
+def assign_among_neighbours(x: np.ndarray, centroids: np.ndarray, labels: np.ndarray,
+                            neighbours: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(labels, squared distances)`` of rows ``x``, each row's partition the nearest
+    of ``neighbours[labels[row]]`` (its current partition's neighbours, itself among
+    them): one small GEMM per current partition."""
+    x = np.asarray(x, dtype=np.float32)
+    n = x.shape[0]
+    k = len(centroids)
+    centroids = np.ascontiguousarray(centroids, dtype=np.float32)
+    half = 0.5 * np.einsum("ij,ij->i", centroids, centroids)
+    order = np.argsort(labels, kind="stable")
+    bounds = np.searchsorted(labels[order], np.arange(k + 1))
+    new = np.empty(n, dtype=np.intp)
+    score = np.empty(n, dtype=np.float32)
+    for j in np.flatnonzero(np.diff(bounds)):
+        rows = order[bounds[j] : bounds[j + 1]]
+        cand = neighbours[j]
+        s = x[rows] @ centroids[cand].T
+        s -= half[cand]
+        w = s.argmax(axis=1)
+        new[rows] = cand[w]
+        score[rows] = s[np.arange(len(rows)), w]
+    dists = np.einsum("ij,ij->i", x, x) - 2.0 * score
+    return new, np.maximum(dists, 0.0)

@@ -19,7 +19,7 @@ from typing import Callable, Sequence
 import numpy as np
 import scipy.sparse
 
-from .kmeans import assign
+from .kmeans import assign, assign_among_neighbours
 
 __all__ = [
     "GroupMembers",
@@ -29,7 +29,7 @@ __all__ = [
     "group_buckets",
     "piece_offsets",
     "refine_partial",
-    "refine_partials_of",
+    "refine_pieces",
     "route_piece",
     "split_piece",
     "take_rows",
@@ -133,17 +133,28 @@ def train_bucket(fn: Callable, slices: Sequence, items: Sequence) -> list:
     return [fn(members.rows(rows, g), k, seed) for g, k, seed in items]
 
 
-def refine_partial(x: np.ndarray, centroids: np.ndarray, index, probes: int) -> tuple:
-    """One refinement pass over a piece: ``(per-partition float64 sums, counts,
-    inertia)`` under restricted assignment (``index``: a CoarseIndex)."""
+def refine_partial(x: np.ndarray, centroids: np.ndarray, index, probes: int, neighbours: np.ndarray | None = None,
+                   labels: np.ndarray | None = None) -> tuple[tuple, np.ndarray]:
+    """One refinement pass over a piece: ``((per-partition float64 sums, counts,
+    inertia), labels)``. Without ``neighbours``, each row is assigned among its
+    ``probes`` nearest groups' partitions (``index``: a CoarseIndex); with them,
+    among ``neighbours[labels[row]]``, ``labels`` those of the pass before."""
     k = len(centroids)
-    labels, dists = index.assigner(centroids, probes).assign(x)
-    return member_sums(x, labels, k), np.bincount(labels, minlength=k), float(dists.sum(dtype=np.float64))
+    if neighbours is None:
+        labels, dists = index.assigner(centroids, probes).assign(x)
+    else:
+        labels, dists = assign_among_neighbours(x, centroids, labels, neighbours)
+    partial = (member_sums(x, labels, k), np.bincount(labels, minlength=k), float(dists.sum(dtype=np.float64)))
+    return partial, labels.astype(np.int32)
 
 
-def refine_partials_of(pieces: Sequence[np.ndarray], centroids: np.ndarray, index, probes: int) -> tuple:
-    """:func:`refine_partial` of several pieces, combined: one ``(k, d)`` result for all."""
-    return combine_refine_partials(*(refine_partial(p, centroids, index, probes) for p in pieces))
+def refine_pieces(pieces: Sequence[np.ndarray], centroids: np.ndarray, index, probes: int,
+                  neighbours: np.ndarray | None = None, labels: Sequence[np.ndarray] | None = None) -> tuple:
+    """:func:`refine_partial` of several pieces: ``(one combined partial, [labels of
+    each piece])``."""
+    labels = [None] * len(pieces) if labels is None else labels
+    done = [refine_partial(p, centroids, index, probes, neighbours, lab) for p, lab in zip(pieces, labels)]
+    return combine_refine_partials(*(d[0] for d in done)), [d[1] for d in done]
 
 
 def combine_refine_partials(*parts: tuple) -> tuple:
@@ -191,12 +202,15 @@ class SampleRows:
         :meth:`route`), in that order."""
         raise NotImplementedError
 
-    def refine_partials(self, centroids: np.ndarray, index, probes: int) -> tuple:
-        """:func:`refine_partial` over all the rows."""
+    def refine_partials(self, centroids: np.ndarray, index, probes: int,
+                        neighbours: np.ndarray | None = None) -> tuple:
+        """One refinement pass (:func:`refine_partial`) over all the rows: the combined
+        ``(sums, counts, inertia)``. Remembers each row's partition, which a pass
+        with ``neighbours`` starts from."""
         raise NotImplementedError
 
     def release(self) -> None:
-        """Drop what :meth:`route` kept."""
+        """Drop what :meth:`route` and :meth:`refine_partials` kept."""
 
 
 def _in_turn(fn: Callable, items: Sequence) -> list:
@@ -214,6 +228,7 @@ class LocalRows(SampleRows):
         self.lengths = tuple(len(p) for p in self.pieces)
         self._map_groups = map_groups or _in_turn
         self._labels: list[np.ndarray] | None = None
+        self._refined: list[np.ndarray] | None = None  # each row's partition after the last pass
 
     def take(self, offsets: np.ndarray) -> np.ndarray:
         parts = [take_rows(self.pieces[i], o) for i, o in piece_offsets(self.lengths, np.asarray(offsets))]
@@ -232,8 +247,12 @@ class LocalRows(SampleRows):
 
         return self._map_groups(fn, [(rows(g), k, seed) for g, k, seed in items])
 
-    def refine_partials(self, centroids: np.ndarray, index, probes: int) -> tuple:
-        return refine_partials_of(self.pieces, centroids, index, probes)
+    def refine_partials(self, centroids: np.ndarray, index, probes: int,
+                        neighbours: np.ndarray | None = None) -> tuple:
+        partial, self._refined = refine_pieces(self.pieces, centroids, index, probes, neighbours,
+                                               None if neighbours is None else self._refined)
+        return partial
 
     def release(self) -> None:
         self._labels = None
+        self._refined = None

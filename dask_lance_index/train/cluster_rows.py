@@ -26,7 +26,7 @@ from ..model.sample_rows import (
     group_buckets,
     group_counts,
     piece_offsets,
-    refine_partials_of,
+    refine_pieces,
     route_piece,
     split_piece,
     take_rows,
@@ -54,8 +54,9 @@ def _bucket_task(fn: Callable, slices: Sequence, items: Sequence) -> list:
 
 
 @in_bulk
-def _refine_task(pieces: Sequence, centroids: np.ndarray, index, probes: int) -> tuple:
-    return refine_partials_of(pieces, centroids, index, probes)
+def _refine_task(pieces: Sequence, centroids: np.ndarray, index, probes: int, neighbours=None,
+                 labels: Sequence | None = None) -> tuple:
+    return refine_pieces(pieces, centroids, index, probes, neighbours, labels)
 
 
 def tree_reduce(client, futures: list, combine: Callable):
@@ -95,6 +96,8 @@ class ClusterRows(SampleRows):
         self.bucket_bytes = int(bucket_bytes)
         self._labels: list | None = None
         self._counts: np.ndarray | None = None
+        # per worker task of the last refinement pass: (worker, its pieces, future of their rows' partitions)
+        self._refined: list | None = None
 
     def take(self, offsets: np.ndarray) -> np.ndarray:
         c = self.client
@@ -132,17 +135,28 @@ class ClusterRows(SampleRows):
             trained.update(zip(groups, parts))
         return [trained[g] for g, _, _ in items]
 
-    def refine_partials(self, centroids: np.ndarray, index, probes: int) -> tuple:
+    def refine_partials(self, centroids: np.ndarray, index, probes: int, neighbours: np.ndarray | None = None,
+                        ) -> tuple:
         """One task per worker over the pieces it holds, so that one ``(k, d)`` partial
-        per worker travels, not one per piece, then a tree of sums."""
+        per worker travels, not one per piece, then a tree of sums. Each task's rows'
+        partitions stay on its worker for the next pass."""
         c = self.client
         cf = c.scatter(centroids, broadcast=True, hash=False)
         xf = c.scatter(index, broadcast=True, hash=False)
-        where: dict[str, list] = {}
-        for piece, holders in zip(self.pieces, self._holders()):
-            where.setdefault(holders[0] if holders else "", []).append(piece)
-        parts = [c.submit(_refine_task, pieces, cf, xf, probes, workers=[addr] if addr else None,
-                          allow_other_workers=True, pure=False) for addr, pieces in where.items()]
+        if neighbours is None or self._refined is None:
+            where: dict[str, list] = {}
+            for piece, holders in zip(self.pieces, self._holders()):
+                where.setdefault(holders[0] if holders else "", []).append(piece)
+            jobs = [(addr, pieces, None) for addr, pieces in where.items()]
+            nf = None
+        else:
+            jobs = self._refined
+            nf = c.scatter(neighbours, broadcast=True, hash=False)
+        done = [(addr, pieces, c.submit(_refine_task, pieces, cf, xf, probes, nf, labels,
+                                        workers=[addr] if addr else None, allow_other_workers=True, pure=False))
+                for addr, pieces, labels in jobs]
+        self._refined = [(addr, pieces, c.submit(operator.getitem, f, 1, pure=False)) for addr, pieces, f in done]
+        parts = [c.submit(operator.getitem, f, 0, pure=False) for _, _, f in done]
         return tree_reduce(c, parts, combine_refine_partials).result()
 
     def _holders(self) -> list:
@@ -151,6 +165,7 @@ class ClusterRows(SampleRows):
 
     def release(self) -> None:
         self._labels = None
+        self._refined = None
 
 
 def draw_sample(sampler: Callable, specs: Sequence[tuple], metric: str, dimension: int, client=None,
