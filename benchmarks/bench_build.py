@@ -224,7 +224,7 @@ def _print_table(rows: list[dict], header: str) -> None:
             print(f"{'':18s} stages: " + ", ".join(f"{k} {v:.2f}s" for k, v in r["stages"].items() if k != "total")
                   + f"; orchestration {r['overhead_s']:.2f}s ({share:.1f}%)"
                   + (f"; two-level assignment, {r['coarse_probes']} probes, agreement {r['agreement']:.4f} "
-                     f"on the training sample, {r['build_agreement']:.4f} on the indexed rows checked"
+                     f"on held-out sample rows, {r['build_agreement']:.4f} on the indexed rows checked"
                      if r.get("agreement") is not None and r.get("build_agreement") is not None else ""))
     print("(np10r = nprobes 10 with refine_factor 5; recall@10 against NumPy brute force)")
 

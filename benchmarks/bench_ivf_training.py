@@ -16,7 +16,8 @@ of the data set, and its time against exact assignment, for several numbers of p
 
 Variants: ``flat`` (model.train_ivf, as the flat build trains), ``hier`` (two levels refined to
 the tolerance, the default), ``hier-N`` (N refinement passes), ``hier-pN`` (refinement passes that search N groups per row
-instead of REFINE_PROBES), ``hier-kmeans++`` (each group's
+instead of REFINE_PROBES), ``hier-nN`` (passes after the first search the N nearest partitions of a row's partition
+instead of REFINE_NEIGHBOURS; ``hier-n0``: every pass searches its groups), ``hier-kmeans++`` (each group's
 partitions seeded by k-means++ instead of at random rows).
 """
 
@@ -63,6 +64,7 @@ def main() -> int:
 
     x = load(args)
     n, k = len(x), args.num_partitions
+    neighbours = coarse.REFINE_NEIGHBOURS
     rng = np.random.default_rng(1)
     q = x[rng.choice(n, args.queries, replace=False)]
     q = q + 0.01 * rng.standard_normal(q.shape).astype(np.float32)
@@ -85,6 +87,8 @@ def main() -> int:
         sample = x[np.sort(rng.choice(n, min(n, k * rate), replace=False))]
         for variant in args.variants.split(","):
             coarse.GROUP_INIT = "k-means++" if variant == "hier-kmeans++" else "random"
+            tail = variant.split("-")[-1]
+            coarse.REFINE_NEIGHBOURS = int(tail[1:]) if tail[:1] == "n" and tail[1:].isdigit() else neighbours
             t = time.perf_counter()
             if variant == "flat":
                 c, _ = train_ivf(sample, k, "l2", max_iters=50, seed=0, tol=args.tolerance)
@@ -98,6 +102,7 @@ def main() -> int:
             seconds = time.perf_counter() - t
             print(f"{rate:5d} {variant:16s} {len(sample):8d} {seconds:8.1f} {quality(c)}", flush=True)
     coarse.GROUP_INIT = "random"
+    coarse.REFINE_NEIGHBOURS = neighbours
 
     if last is not None:
         c, index, sample = last

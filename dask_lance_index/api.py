@@ -279,9 +279,9 @@ def create_index(
         4,096 partitions on, flat below and for dot.
     coarse_probes : int, optional
         Coarse groups searched per row when assigning rows to a two-level model.
-        Default: the fewest that put 99.5% of 16,384 sampled rows in their exact
-        nearest partition, measured after training (exact assignment when that
-        would take more than half the groups).
+        Default: the fewest that put 99.5% of 16,384 sampled rows, held out of
+        training, in their exact nearest partition, measured after training
+        (exact assignment when that would take more than half the groups).
     seed : int, optional
         Seed of sampling and training; the same seed and data give the same model.
     engine : {"auto", "precomputed", "partitions", "lance", "artifact"}

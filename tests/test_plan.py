@@ -8,6 +8,7 @@ import pytest
 from dask_lance_index.build import resolve_engine
 from dask_lance_index.errors import InvalidInputError
 from dask_lance_index.plan import (
+    AGREEMENT_ROWS,
     HIERARCHICAL_SAMPLE_RATE,
     SAMPLE_RATE,
     FragmentInfo,
@@ -221,9 +222,10 @@ def test_two_level_training_samples_fewer_rows_per_centroid_unless_told():
     flat = resolve_params("IVF_FLAT", ivf_training="flat", **kw)
     assert two.ivf_training == "hierarchical" and two.sample_rate == HIERARCHICAL_SAMPLE_RATE < SAMPLE_RATE
     assert flat.sample_rate == SAMPLE_RATE == 256  # Lance's rule for Lance's k-means
-    assert training_sample_size(two) == 4096 * HIERARCHICAL_SAMPLE_RATE
+    # two levels also draw the rows their coarse probes are chosen on, held out of training
+    assert training_sample_size(two) == 4096 * HIERARCHICAL_SAMPLE_RATE + AGREEMENT_ROWS
     assert training_sample_size(flat) == 4096 * 256
     told = resolve_params("IVF_FLAT", sample_rate=200, **kw)
-    assert told.sample_rate == 200 and training_sample_size(told) == 4096 * 200
+    assert told.sample_rate == 200 and training_sample_size(told) == 4096 * 200 + AGREEMENT_ROWS
     # the resolved rate is the plan's: it survives the JSON round trip
     assert IndexParams(**json.loads(json.dumps(two.__dict__))).sample_rate == HIERARCHICAL_SAMPLE_RATE

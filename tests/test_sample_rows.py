@@ -72,6 +72,26 @@ def test_training_over_pieces_is_training_over_the_whole(x):
     assert inertia2 == pytest.approx(inertia1, rel=1e-6)
 
 
+def test_held_out_rows_leave_the_pieces(x):
+    rows = LocalRows(_cut(x, SIZES))
+    held = rows.hold_out(1000, np.random.default_rng(2))
+    assert held.shape == (1000, 16) and rows.num_rows == len(x) - 1000
+    assert rows.lengths[1] == 0 and sum(rows.lengths) == rows.num_rows
+    rest = rows.take(np.arange(rows.num_rows))
+    # every row once: in the held-out rows or still in the pieces, each in the sample's order
+    np.testing.assert_array_equal(np.sort(np.concatenate([held, rest]), axis=0), np.sort(x, axis=0))
+    where = {r.tobytes(): i for i, r in enumerate(x)}
+    for part in (held, rest):
+        assert np.all(np.diff([where[r.tobytes()] for r in part]) > 0)
+
+
+def _hold_out_on_cluster(pieces):
+    with worker_client() as c:
+        rows = ClusterRows(c, c.scatter(pieces), [len(p) for p in pieces], pieces[0].shape[1])
+        held = rows.hold_out(1000, np.random.default_rng(2))
+        return held, rows.lengths, rows.take(np.arange(rows.num_rows))
+
+
 def _on_cluster(pieces, bucket_bytes):
     """Train two levels from inside a task, the pieces as futures on the workers."""
     with worker_client() as c:
@@ -83,6 +103,11 @@ def _on_cluster(pieces, bucket_bytes):
 
 def test_training_on_the_cluster_is_training_in_one_place(x, cluster_client):
     pieces = _cut(x, SIZES)
+    local = LocalRows(_cut(x, SIZES))
+    held, lengths, rest = cluster_client.submit(_hold_out_on_cluster, pieces, pure=False).result()
+    np.testing.assert_array_equal(held, local.hold_out(1000, np.random.default_rng(2)))
+    assert lengths == local.lengths and sum(lengths) == len(x) - 1000
+    np.testing.assert_array_equal(rest, local.take(np.arange(local.num_rows)))
     c1, inertia1, i1 = train_ivf_hierarchical(LocalRows(pieces), 144, max_iters=20, seed=3)
     # buckets of at most 500 rows: every bucket task holds a slice of the sample, not the whole
     c2, inertia2, i2 = cluster_client.submit(_on_cluster, pieces, 500 * 16 * 4, pure=False).result()
@@ -107,6 +132,8 @@ def test_a_two_level_graph_carries_no_sample_and_draws_it_on_the_workers(tmp_pat
     model = dli.load_model(uri, "vector_idx").model
     assert model.source["sample_pieces"] == 8  # one per fragment, each left where it was drawn
     assert model.source["sample_rows"] == sum(build.plan.samples)
+    # the probes are chosen on rows held out of training: here the rows drawn beyond 64 per centroid
+    assert model.source["agreement_rows"] == sum(build.plan.samples) - 256 * 64 > 0
     assert result.assignment_agreement >= 0.99
     flat = dli.create_index(uri, "vector", "IVF_PQ", num_partitions=256, num_sub_vectors=4, seed=1,
                             ivf_training="flat", name="flat_idx", compute=False)

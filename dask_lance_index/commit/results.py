@@ -18,9 +18,8 @@ from ..storage import open_dataset
 __all__ = ["BuildResult", "IndexResult", "LOW_AGREEMENT", "stage_seconds"]
 
 # Below this share of checked rows in their exact nearest partition a two-level
-# build warns. The probes are chosen for 99.5% on the training sample; rows the
-# model never saw agree a little less (GloVe, 4,096 partitions: 99.1% on 200k
-# rows at the 8 probes the sample chose at 99.8%).
+# build warns. The probes are chosen for 99.5% on sampled rows held out of
+# training (plan.params.AGREEMENT_ROWS), so the indexed rows agree about as well.
 LOW_AGREEMENT = 0.99
 
 
@@ -96,9 +95,9 @@ class BuildResult(IndexResult):
         ran through :func:`~dask_lance_index.create_index` or :func:`~dask_lance_index.run`.
     build_id : str
     assignment_agreement : float, optional
-        With a two-level IVF model: the share of sampled rows whose assignment
-        among their ``coarse_probes`` nearest groups' partitions is their exact
-        nearest partition.
+        With a two-level IVF model: the share of sampled rows held out of training
+        whose assignment among their ``coarse_probes`` nearest groups' partitions
+        is their exact nearest partition.
     coarse_probes : int, optional
         The groups each row's partition was searched in (two-level model).
     build_agreement : float, optional
@@ -146,7 +145,7 @@ class BuildResult(IndexResult):
             out.append(
                 f"two-level assignment put {self.build_agreement:.2%} of the indexed rows it checked in their "
                 f"exact nearest partition (below {LOW_AGREEMENT:.1%}; {self.assignment_agreement:.2%} on the "
-                f"training sample with {self.coarse_probes} probes): recall may be lower than a flat build's. "
+                f"held-out sample rows with {self.coarse_probes} probes): recall may be lower than a flat build's. "
                 "Fix: build again with a larger coarse_probes=, or ivf_training='flat'."
             )
         return out
@@ -164,7 +163,7 @@ class BuildResult(IndexResult):
             s += f"; {self.num_rows_unindexed} rows appended during the build are not in the index"
         if self.assignment_agreement is not None:
             s += (f"; two-level assignment ({self.coarse_probes} probes) agreed with exact on "
-                  f"{self.assignment_agreement:.2%} of sampled rows"
+                  f"{self.assignment_agreement:.2%} of held-out sampled rows"
                   + (f" and {self.build_agreement:.2%} of checked indexed rows" if self.build_agreement is not None
                      else ""))
         return s

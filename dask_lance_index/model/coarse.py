@@ -335,7 +335,7 @@ def _refine(rows: SampleRows, centroids: np.ndarray, index: CoarseIndex, probes:
     prev = inertia = float("nan")
     neighbours = None
     for done in range(passes):
-        if done:
+        if done and REFINE_NEIGHBOURS:  # 0: every pass searches its probes' groups
             neighbours = partition_neighbours(centroids, index, REFINE_NEIGHBOURS)
         sums, counts, inertia = rows.refine_partials(centroids, index, probes, neighbours)
         full = counts > 0

@@ -22,7 +22,7 @@ __all__ = ["AUDIT_STRIDE", "CHUNK", "FlatEncoder", "PartitionAssigner", "augment
 CHUNK = 2048
 # A two-level model's assignment is checked against exact assignment on every
 # AUDIT_STRIDE-th row the build assigns (8 of every chunk): the agreement on the
-# build's own rows, not only on the training sample the probes were chosen on.
+# build's own rows, not only on the sampled rows the probes were chosen on.
 # Costs 8 x num_partitions x d per chunk: measured on 262k 128-d rows at 4,096
 # partitions, 8 probes, one thread, 0.87-0.93 CPU s with it against 0.85-0.89 s
 # without (about 3%, within the runs' spread).

@@ -31,6 +31,7 @@ __all__ = [
     "refine_partial",
     "refine_pieces",
     "route_piece",
+    "split_off",
     "split_piece",
     "take_rows",
     "train_bucket",
@@ -64,6 +65,13 @@ def piece_offsets(lengths: Sequence[int], offsets: np.ndarray) -> list[tuple[int
 
 def take_rows(x: np.ndarray, offsets: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(x[offsets])
+
+
+def split_off(x: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(the piece without the rows at offsets, those rows)``."""
+    keep = np.ones(len(x), dtype=bool)
+    keep[offsets] = False
+    return np.ascontiguousarray(x[keep]), np.ascontiguousarray(x[offsets])
 
 
 def route_piece(x: np.ndarray, coarse: np.ndarray) -> np.ndarray:
@@ -192,6 +200,11 @@ class SampleRows:
             return self.take(np.arange(n))
         return self.take(np.sort(rng.choice(n, m, replace=False)))
 
+    def hold_out(self, m: int, rng: np.random.Generator) -> np.ndarray:
+        """Remove ``m`` rows drawn at random from the sample and return them, in the
+        sample's order (before :meth:`route`)."""
+        raise NotImplementedError
+
     def route(self, coarse: np.ndarray) -> np.ndarray:
         """Route every row to its nearest coarse centroid; remembers the groups and
         returns the rows per group."""
@@ -233,6 +246,14 @@ class LocalRows(SampleRows):
     def take(self, offsets: np.ndarray) -> np.ndarray:
         parts = [take_rows(self.pieces[i], o) for i, o in piece_offsets(self.lengths, np.asarray(offsets))]
         return np.concatenate(parts) if parts else np.empty((0, self.dimension), np.float32)
+
+    def hold_out(self, m: int, rng: np.random.Generator) -> np.ndarray:
+        taken = [np.empty((0, self.dimension), np.float32)]
+        for i, o in piece_offsets(self.lengths, np.sort(rng.choice(self.num_rows, min(m, self.num_rows), replace=False))):
+            self.pieces[i], out = split_off(self.pieces[i], o)
+            taken.append(out)
+        self.lengths = tuple(len(p) for p in self.pieces)
+        return np.concatenate(taken)
 
     def route(self, coarse: np.ndarray) -> np.ndarray:
         self._labels = [route_piece(p, coarse) for p in self.pieces]

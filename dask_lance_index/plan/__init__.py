@@ -22,6 +22,7 @@ from .fragments import (
 from .index_plan import IndexPlan, graphs_built_twice, make_plan, model_parts_to_train, segment_uuid
 from .merges import MERGE_DEPTH, MergePlan, MergeStep, merge_depth, plan_merges
 from .params import (
+    AGREEMENT_ROWS,
     DEFAULT_NUM_BITS,
     DEFAULT_TARGET_PARTITION_SIZE,
     HIERARCHICAL_MIN_PARTITIONS,
@@ -55,7 +56,7 @@ from .scalar import (
 
 __all__ = [
     "BINARY_INDEX_TYPES", "check_column", "column_engine",
-    "DEFAULT_NUM_BITS", "DEFAULT_ROWS_PER_TASK", "DEFAULT_TARGET_PARTITION_SIZE", "HIERARCHICAL_MIN_PARTITIONS", "HIERARCHICAL_SAMPLE_RATE",
+    "DEFAULT_NUM_BITS", "DEFAULT_ROWS_PER_TASK", "DEFAULT_TARGET_PARTITION_SIZE", "HIERARCHICAL_MIN_PARTITIONS", "HIERARCHICAL_SAMPLE_RATE", "AGREEMENT_ROWS",
     "INDEX_TYPES", "IVF_TRAININGS", "MAX_ITERS",
     "MAX_PARTITIONS", "MERGE_DEPTH", "NUM_BITS", "PQ_SAMPLE_RATE", "SAMPLE_RATE", "TOLERANCE", "FragmentInfo",
     "IndexParams", "IndexPlan", "MergePlan", "MergeStep", "allocate_samples", "check_fragment_groups",

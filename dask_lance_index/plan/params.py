@@ -16,6 +16,7 @@ from ..errors import InvalidInputError
 from ..model import METRICS, RQ_NUM_BITS, SQ_SAMPLE_RATE
 
 __all__ = [
+    "AGREEMENT_ROWS",
     "DEFAULT_NUM_BITS",
     "DEFAULT_TARGET_PARTITION_SIZE",
     "HIERARCHICAL_MIN_PARTITIONS",
@@ -66,6 +67,11 @@ HIERARCHICAL_MIN_PARTITIONS = 4096
 # 400k rows (97 per centroid) in half the time; on 128-d clustered data 64 and
 # 256 gave the same (docs/benchmarks.md).
 HIERARCHICAL_SAMPLE_RATE = 64
+# Rows a two-level build draws beyond its training rows, held out of training, on
+# which the coarse probes are chosen and the model's assignment agreement measured.
+# Measured on the rows a model trained on, the agreement flatters it: at 16,384
+# partitions 99.52% there against 98.97% on the rows the build then indexed.
+AGREEMENT_ROWS = 16384
 
 
 def quantizer_of(index_type: str) -> str | None:
@@ -259,12 +265,15 @@ def training_sample_size(params: IndexParams) -> int:
     """Rows to train on: ``sample_rate`` rows per IVF centroid (Lance's 256 for flat
     training, :data:`HIERARCHICAL_SAMPLE_RATE` for two levels),
     ``pq_sample_rate`` rows per PQ code word, and 256 per SQ code value (Lance's SQ
-    sample, from which the SQ bounds come)."""
+    sample, from which the SQ bounds come); two levels draw :data:`AGREEMENT_ROWS`
+    more, held out of training."""
     n = params.num_partitions * params.sample_rate
     if params.quantizer == "PQ":
         n = max(n, (2 ** (params.num_bits or 8)) * params.pq_sample_rate)
     if params.quantizer == "SQ":
         n = max(n, (2 ** (params.num_bits or 8)) * SQ_SAMPLE_RATE)
+    if params.ivf_training == "hierarchical":
+        n += AGREEMENT_ROWS
     return n
 
 

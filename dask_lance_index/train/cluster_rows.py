@@ -28,6 +28,7 @@ from ..model.sample_rows import (
     piece_offsets,
     refine_pieces,
     route_piece,
+    split_off,
     split_piece,
     take_rows,
     train_bucket,
@@ -104,6 +105,19 @@ class ClusterRows(SampleRows):
         futures = [c.submit(take_rows, self.pieces[i], o, pure=False)
                    for i, o in piece_offsets(self.lengths, np.asarray(offsets))]
         parts = c.gather(futures)
+        return np.concatenate(parts) if parts else np.empty((0, self.dimension), np.float32)
+
+    def hold_out(self, m: int, rng: np.random.Generator) -> np.ndarray:
+        """Each piece with rows to give splits on its worker; only the rows taken travel."""
+        c = self.client
+        offsets = np.sort(rng.choice(self.num_rows, min(m, self.num_rows), replace=False))
+        taken = []
+        for i, o in piece_offsets(self.lengths, offsets):
+            both = c.submit(split_off, self.pieces[i], o, pure=False)
+            self.pieces[i] = c.submit(operator.getitem, both, 0, pure=False)
+            taken.append(c.submit(operator.getitem, both, 1, pure=False))
+            self.lengths = self.lengths[:i] + (self.lengths[i] - len(o),) + self.lengths[i + 1 :]
+        parts = c.gather(taken)
         return np.concatenate(parts) if parts else np.empty((0, self.dimension), np.float32)
 
     def route(self, coarse: np.ndarray) -> np.ndarray:

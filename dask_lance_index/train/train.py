@@ -41,6 +41,7 @@ from ..model.coarse import (
     train_ivf_hierarchical,
 )
 from ..model.kmeans import combine_partials, lloyd_partial
+from ..plan.params import AGREEMENT_ROWS
 from ..recovery.journal import read_model, write_model
 from ..runtime import host_blas_threads, host_cores, in_bulk, one_blas_thread, with_small_pages
 from ..runtime.client import num_workers, other_hosts, worker_client_or_none
@@ -49,10 +50,6 @@ from .sample import seed_for
 
 __all__ = ["DISTRIBUTED_TRAIN_MIN_WORK", "TrainModel", "cluster_partials", "map_groups", "train_ivf_on_cluster",
            "train_model", "train_shards", "two_level_sample"]
-
-# Rows of the training sample on which a two-level model's restricted assignment is
-# checked against exact assignment (reported as the model's assignment_agreement).
-AGREEMENT_ROWS = 16384
 
 # Lloyd iterations spread over the cluster only when one iteration is big
 # enough (rows x centroids x dims multiply-adds) to dwarf a round of task
@@ -140,12 +137,12 @@ def map_groups(fn: Callable, items: Sequence) -> list:
         return list(pool.map(lambda item: fn(*item), items))
 
 
-def _with_probes(rows: SampleRows, centroids: np.ndarray, coarse: CoarseIndex, probes: int | None, seed,
+def _with_probes(check: np.ndarray, centroids: np.ndarray, coarse: CoarseIndex, probes: int | None,
                  source: dict) -> CoarseIndex | None:
     """The coarse index with its probes: the given ones, or the fewest that assign
-    :data:`TARGET_AGREEMENT` of sampled rows to their exact nearest partition; None
-    (assign exactly) when no affordable number does. Records the agreement in ``source``."""
-    check = rows.sample(AGREEMENT_ROWS, np.random.default_rng(seed))
+    :data:`TARGET_AGREEMENT` of the ``check`` rows to their exact nearest partition;
+    None (assign exactly) when no affordable number does. Records the agreement in
+    ``source``."""
     if probes is None:
         probes, agreement = choose_probes(check, centroids, coarse)
     else:
@@ -157,6 +154,16 @@ def _with_probes(rows: SampleRows, centroids: np.ndarray, coarse: CoarseIndex, p
     source["coarse_probes"] = int(probes)
     source["assignment_agreement"] = round(agreement, 5)
     return coarse.with_probes(probes)
+
+
+def _hold_out(rows: SampleRows, params, seed) -> np.ndarray:
+    """Take the rows the coarse probes are chosen on out of the training sample:
+    the :data:`AGREEMENT_ROWS` the plan drew beyond the training rows, or, where the
+    table held fewer rows than that, at most a sixteenth of the sample, never so
+    many that fewer rows than partitions remain to train on."""
+    n, k = rows.num_rows, params.num_partitions
+    m = min(AGREEMENT_ROWS, max(n - k * params.sample_rate, n // 16), n - k)
+    return rows.hold_out(max(0, m), np.random.default_rng(seed))
 
 
 def train_model(
@@ -317,19 +324,23 @@ def _train_two_level(samples: list, sampler: Callable | None, *, params, dimensi
         source["sample_rows"] = rows.num_rows
         source["sample_pieces"] = len(rows.lengths)
         ivf_seed, pq_seed = seed_for(seed, build_id, 2**31).spawn(2)
+        if "sq_bounds" in train:  # from the whole sample, before its probes' rows leave it
+            sq_bounds = _sq_bounds(rows, params, seed, build_id, source)
         t1 = time.time()
+        check = _hold_out(rows, params, ivf_seed)
         centroids, inertia, coarse = train_ivf_hierarchical(rows, params.num_partitions, max_iters=params.max_iters,
                                                             seed=ivf_seed, tol=params.tolerance)
         source["ivf_training"] = f"hierarchical, {coarse.num_groups} groups"
-        coarse = _with_probes(rows, centroids, coarse, params.coarse_probes, ivf_seed, source)
+        if not len(check):  # as many rows as partitions: none to spare
+            check = rows.sample(AGREEMENT_ROWS, np.random.default_rng(ivf_seed))
+        source["agreement_rows"] = len(check)
+        coarse = _with_probes(check, centroids, coarse, params.coarse_probes, source)
         source["ivf_centroids"] = "trained"
         source["ivf_inertia"] = inertia
         source["ivf_seconds"] = round(time.time() - t1, 4)
         pq_rows = None
         if "pq_codebook" in train:
             pq_rows = rows.sample(_pq_rows(rows.num_rows, params), np.random.default_rng(pq_seed))
-        if "sq_bounds" in train:
-            sq_bounds = _sq_bounds(rows, params, seed, build_id, source)
         del rows
     if pq_rows is not None:  # after the worker client: PQ's groups go to the cluster by map_groups
         with host_blas_threads():  # the other tasks wait for this one
