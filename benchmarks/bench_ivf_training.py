@@ -16,8 +16,8 @@ of the data set, and its time against exact assignment, for several numbers of p
 
 Variants: ``flat`` (model.train_ivf, as the flat build trains), ``hier`` (two levels refined to
 the tolerance, the default), ``hier-N`` (N refinement passes), ``hier-pN`` (refinement passes that search N groups per row
-instead of REFINE_PROBES), ``hier-nN`` (passes after the first search the N nearest partitions of a row's partition
-instead of REFINE_NEIGHBOURS; ``hier-n0``: every pass searches its groups), ``hier-kmeans++`` (each group's
+instead of REFINE_PROBES), ``hier-nN`` (passes after the first search the N nearest partitions of a row's partition;
+``hier-n0``: every pass searches its groups; by default ``coarse.default_refine_neighbours``), ``hier-kmeans++`` (each group's
 partitions seeded by k-means++ instead of at random rows).
 """
 
@@ -64,7 +64,6 @@ def main() -> int:
 
     x = load(args)
     n, k = len(x), args.num_partitions
-    neighbours = coarse.REFINE_NEIGHBOURS
     rng = np.random.default_rng(1)
     q = x[rng.choice(n, args.queries, replace=False)]
     q = q + 0.01 * rng.standard_normal(q.shape).astype(np.float32)
@@ -88,7 +87,7 @@ def main() -> int:
         for variant in args.variants.split(","):
             coarse.GROUP_INIT = "k-means++" if variant == "hier-kmeans++" else "random"
             tail = variant.split("-")[-1]
-            coarse.REFINE_NEIGHBOURS = int(tail[1:]) if tail[:1] == "n" and tail[1:].isdigit() else neighbours
+            neighbours = int(tail[1:]) if tail[:1] == "n" and tail[1:].isdigit() else None
             t = time.perf_counter()
             if variant == "flat":
                 c, _ = train_ivf(sample, k, "l2", max_iters=50, seed=0, tol=args.tolerance)
@@ -97,12 +96,12 @@ def main() -> int:
                 passes = int(tail) if tail.isdigit() else None
                 probes = int(tail[1:]) if tail[:1] == "p" and tail[1:].isdigit() else coarse.REFINE_PROBES
                 c, _, index = coarse.train_ivf_hierarchical(sample, k, max_iters=50, seed=0, tol=args.tolerance,
-                                                            refine_passes=passes, probes=probes)
+                                                            refine_passes=passes, probes=probes,
+                                                            refine_neighbours=neighbours)
                 last = (c, index, sample)
             seconds = time.perf_counter() - t
             print(f"{rate:5d} {variant:16s} {len(sample):8d} {seconds:8.1f} {quality(c)}", flush=True)
     coarse.GROUP_INIT = "random"
-    coarse.REFINE_NEIGHBOURS = neighbours
 
     if last is not None:
         c, index, sample = last

@@ -27,6 +27,7 @@ from dask_lance_index.model.coarse import (
     TARGET_AGREEMENT,
     allocate_centroids,
     coarse_size,
+    default_refine_neighbours,
     partition_neighbours,
 )
 from dask_lance_index.model.ivf import AUDIT_STRIDE, CHUNK, residuals
@@ -106,7 +107,7 @@ def test_partition_neighbours_are_the_nearest_partitions_itself_first(hier):
         assert all(len(set(row)) == REFINE_NEIGHBOURS for row in near.tolist())
         return np.mean([len(np.intersect1d(a, b)) for a, b in zip(near, truth)]) / REFINE_NEIGHBOURS
 
-    assert found(4) < found(8) <= found(None) == 1.0  # by default 8 x 32 candidates: all 16 groups
+    assert found(4) < found(8) <= found(None) == 1.0  # by default 16 groups: all of them here
     # more asked for than there are partitions: all of them
     small = CoarseIndex(index.coarse[:1], np.zeros(3, np.int32))
     got = partition_neighbours(centroids[:3], small, 5)
@@ -130,6 +131,19 @@ def test_assignment_among_neighbours_moves_rows_to_the_nearest_neighbour(x, hier
     assert np.all(dists >= exact_d - 1e-3)
     start_d = ((x - centroids[start]) ** 2).sum(1)
     assert np.all(dists <= start_d + 1e-3)
+
+
+def test_neighbour_passes_cost_less_and_train_about_as_well(x, hier):
+    # where a pass of 4 probes searches few centroids the passes keep searching them
+    assert default_refine_neighbours(4096, coarse_size(4096)) == 0  # 64 + 4 x 64 centroids
+    assert default_refine_neighbours(16384, coarse_size(16384)) == REFINE_NEIGHBOURS  # 128 + 4 x 128
+    centroids, _, _ = hier
+    _, d_h = assign(x, centroids, "l2")
+    near, inertia, _ = train_ivf_hierarchical(x, 256, max_iters=20, seed=1, refine_neighbours=16)
+    _, d_n = assign(x, near, "l2")
+    assert not np.array_equal(near, centroids)
+    assert d_n.sum() <= d_h.sum() * 1.01, (d_n.sum(), d_h.sum())
+    assert inertia == pytest.approx(float(d_n.sum()), rel=0.05)
 
 
 def test_hierarchical_training_is_as_good_as_flat(x, hier):

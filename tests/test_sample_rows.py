@@ -92,13 +92,13 @@ def _hold_out_on_cluster(pieces):
         return held, rows.lengths, rows.take(np.arange(rows.num_rows))
 
 
-def _on_cluster(pieces, bucket_bytes):
+def _on_cluster(pieces, bucket_bytes, neighbours=None):
     """Train two levels from inside a task, the pieces as futures on the workers."""
     with worker_client() as c:
         futures = c.scatter(pieces)
         rows = ClusterRows(c, futures, [len(p) for p in pieces], pieces[0].shape[1], num_workers=2,
                            bucket_bytes=bucket_bytes)
-        return train_ivf_hierarchical(rows, 144, max_iters=20, seed=3)
+        return train_ivf_hierarchical(rows, 144, max_iters=20, seed=3, refine_neighbours=neighbours)
 
 
 def test_training_on_the_cluster_is_training_in_one_place(x, cluster_client):
@@ -115,6 +115,13 @@ def test_training_on_the_cluster_is_training_in_one_place(x, cluster_client):
     np.testing.assert_allclose(c1, c2, rtol=0, atol=1e-4)
     np.testing.assert_allclose(i1.coarse, i2.coarse, rtol=0, atol=1e-4)
     assert inertia2 == pytest.approx(inertia1, rel=1e-6)
+    # refinement passes that move rows among their partition's neighbours: each row's
+    # partition stays with its piece on its worker between passes, to the same model
+    c3, inertia3, _ = train_ivf_hierarchical(LocalRows(pieces), 144, max_iters=20, seed=3, refine_neighbours=8)
+    c4, inertia4, _ = cluster_client.submit(_on_cluster, pieces, 500 * 16 * 4, 8, pure=False).result()
+    assert not np.allclose(c3, c1, atol=1e-3)  # the neighbours' passes ran
+    np.testing.assert_allclose(c3, c4, rtol=0, atol=1e-4)
+    assert inertia4 == pytest.approx(inertia3, rel=1e-6)
 
 
 def test_a_two_level_graph_carries_no_sample_and_draws_it_on_the_workers(tmp_path, cluster_client):

@@ -29,6 +29,8 @@ from .sample_rows import LocalRows, SampleRows
 
 __all__ = [
     "DEFAULT_PROBES",
+    "NEIGHBOURS_MIN_RATIO",
+    "NEIGHBOUR_PROBES",
     "PROBE_LADDER",
     "REFINE_NEIGHBOURS",
     "REFINE_PASSES",
@@ -40,6 +42,7 @@ __all__ = [
     "assignment_agreement",
     "choose_probes",
     "coarse_size",
+    "default_refine_neighbours",
     "partition_neighbours",
     "train_ivf_hierarchical",
 ]
@@ -77,9 +80,19 @@ REFINE_PROBES = 4
 # searches its probes' groups; after it a row moves, if at all, to a neighbour of its
 # partition. Measured at 16,384 partitions on 1M sampled 128-d rows (one core): 19.0 s
 # of training with every pass searching 4 groups, 13.9 s with this, inertia 0.55%
-# higher, partition recall equal; on GloVe at 4,096 partitions 1.8-1.9 s against
-# 1.3 s, partition recall at nprobes 10/20/50 within 0.004 (docs/benchmarks.md).
+# higher, partition recall equal. At 4,096 partitions it saved no measurable time
+# (1M-row builds on the synchronous scheduler 10.5-12.4 s either way) and recall@10 of
+# IVF_PQ was 0.003-0.007 lower over 3 seeds, so it is used only where a pass of probes
+# searches NEIGHBOURS_MIN_RATIO times as many centroids: from about 12,000 partitions
+# on (docs/benchmarks.md).
 REFINE_NEIGHBOURS = 32
+NEIGHBOURS_MIN_RATIO = 16
+# Groups whose partitions are searched for a partition's neighbours. On GloVe at
+# 4,096 partitions (64 groups; 3 seeds) IVF recall at nprobes 10/20/50 was
+# 0.700/0.791/0.891 with every pass searching its groups, 0.695/0.788/0.890 with
+# neighbours found in 4 groups, 0.697/0.790/0.890 in 16. At 16,384 partitions 16
+# groups cost 9 GFLOP per pass against 168 for a pass of 4 probes.
+NEIGHBOUR_PROBES = 16
 
 
 def coarse_size(num_partitions: int) -> int:
@@ -259,6 +272,7 @@ def train_ivf_hierarchical(
     coarse_rows_per_centroid: int = 256,
     refine_passes: int | None = None,
     probes: int = REFINE_PROBES,
+    refine_neighbours: int | None = None,
     map_groups: Callable[[Callable, Sequence], list] | None = None,
 ) -> tuple[np.ndarray, float, CoarseIndex]:
     """IVF centroids of prepared vectors ``x`` (l2; cosine on unit vectors) by two-level
@@ -272,7 +286,10 @@ def train_ivf_hierarchical(
     The refinement runs ``refine_passes`` restricted Lloyd passes, or (``None``,
     the default) until the inertia improves by less than ``tol`` from one pass
     to the next, at most :data:`REFINE_PASSES`: on clustered data 2 passes left
-    the inertia 2-4 % above flat k-means' (``tests/test_coarse.py``).
+    the inertia 2-4 % above flat k-means' (``tests/test_coarse.py``). The passes
+    after the first search the ``refine_neighbours`` nearest partitions of each
+    row's partition (0: its ``probes`` groups, as the first; ``None``, the default:
+    :func:`refine_neighbours`).
 
     ``map_groups(fn, items)`` runs an array's second-level groups (``fn(*item)``
     each, independent of each other and of the order) however it likes; by
@@ -296,8 +313,11 @@ def train_ivf_hierarchical(
     groups = np.repeat(np.arange(k1, dtype=np.int32)[live], shares[live])
     index = CoarseIndex(coarse.astype(np.float32), groups)
     passes = min(max_iters, REFINE_PASSES) if refine_passes is None else refine_passes
+    if refine_neighbours is None:
+        refine_neighbours = default_refine_neighbours(num_partitions, index.num_groups, probes)
     try:
-        return _refine(rows, centroids, index, probes, passes=passes, tol=tol if refine_passes is None else 0.0)
+        return _refine(rows, centroids, index, probes, refine_neighbours, passes=passes,
+                       tol=tol if refine_passes is None else 0.0)
     finally:
         rows.release()
 
@@ -314,15 +334,23 @@ class _GroupKMeans:
         return kmeans(rows, k, max_iters=self.max_iters, tol=self.tol, seed=seed, init=self.init)[0]
 
 
-def _refine(rows: SampleRows, centroids: np.ndarray, index: CoarseIndex, probes: int, *, passes: int,
-            tol: float) -> tuple[np.ndarray, float, CoarseIndex]:
+def default_refine_neighbours(num_partitions: int, num_groups: int, probes: int = REFINE_PROBES) -> int:
+    """:data:`REFINE_NEIGHBOURS` where a pass searching ``probes`` groups compares a row
+    with at least :data:`NEIGHBOURS_MIN_RATIO` times as many centroids, else 0 (every
+    pass searches its groups). Pure."""
+    searched = num_groups + probes * -(-num_partitions // max(num_groups, 1))
+    return REFINE_NEIGHBOURS if searched >= NEIGHBOURS_MIN_RATIO * REFINE_NEIGHBOURS else 0
+
+
+def _refine(rows: SampleRows, centroids: np.ndarray, index: CoarseIndex, probes: int, neighbours_count: int, *,
+            passes: int, tol: float) -> tuple[np.ndarray, float, CoarseIndex]:
     """Lloyd passes over all partitions together; the coarse centroids follow their
     partitions after every pass.
 
     The first pass assigns each row among its ``probes`` nearest groups'
-    partitions; every later one among the :data:`REFINE_NEIGHBOURS` nearest
-    partitions of the one the pass before gave it (:func:`partition_neighbours`),
-    about a twentieth of the centroids at 16,384 partitions. Full passes, not the
+    partitions; every later one, with ``neighbours_count``, among that many nearest
+    partitions of the one the pass before gave it (:func:`partition_neighbours`):
+    32 of the 640 centroids a pass of 4 probes searches at 16,384 partitions. Full passes, not the
     chunked passes flat k-means makes: measured at 4,096 partitions, chunking cost
     1.6x the time per pass (an assigner rebuilt per chunk, smaller GEMMs) for the
     same inertia and partition recall. A partition that loses all its rows keeps
@@ -335,8 +363,8 @@ def _refine(rows: SampleRows, centroids: np.ndarray, index: CoarseIndex, probes:
     prev = inertia = float("nan")
     neighbours = None
     for done in range(passes):
-        if done and REFINE_NEIGHBOURS:  # 0: every pass searches its probes' groups
-            neighbours = partition_neighbours(centroids, index, REFINE_NEIGHBOURS)
+        if done and neighbours_count:
+            neighbours = partition_neighbours(centroids, index, neighbours_count)
         sums, counts, inertia = rows.refine_partials(centroids, index, probes, neighbours)
         full = counts > 0
         centroids[full] = (sums[full] / counts[full, None]).astype(np.float32)
@@ -353,14 +381,14 @@ def partition_neighbours(centroids: np.ndarray, index: CoarseIndex, count: int,
     ``(num_partitions, min(count, num_partitions))`` int32 (fewer candidates than
     that in its groups: the nearest repeated). Searched among the partitions of the ``probes`` groups nearest to
     the partition's own group, one GEMM per group: ``num_partitions x probes x
-    num_partitions / k1`` products, not ``num_partitions ** 2``. By default enough
-    groups to hold 8 x ``count`` candidates, at least :data:`REFINE_PROBES`."""
+    num_partitions / k1`` products, not ``num_partitions ** 2``. By default
+    :data:`NEIGHBOUR_PROBES` groups, or enough to hold 8 x ``count`` candidates."""
     centroids = np.ascontiguousarray(centroids, dtype=np.float32)
     k = len(centroids)
     count = max(1, min(int(count), k))
     k1 = index.num_groups
     if probes is None:
-        probes = max(REFINE_PROBES, -(-8 * count * k1 // k))
+        probes = max(NEIGHBOUR_PROBES, -(-8 * count * k1 // k))
     order = np.argsort(index.groups, kind="stable")
     bounds = np.searchsorted(index.groups[order], np.arange(k1 + 1))
     near = assign_top(index.coarse, index.coarse, min(max(1, probes), k1))
