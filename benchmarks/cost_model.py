@@ -16,10 +16,12 @@ n rows, d dimensions, k partitions, k1 = sqrt(k) groups, r = the library's REFIN
 searched by a refinement pass, p = 8 probes at build time, S = min(n, s k) sample rows with s the
 library's HIERARCHICAL_SAMPLE_RATE, m sub-vectors of 256 codes):
 
-* sample: ``S x c_read x d / 128`` core seconds (reading is by the byte), spread over W;
+* sample: ``(S + AGREEMENT_ROWS) x c_read x d / 128`` core seconds (reading is by the byte), spread over W;
 * train: ``F x d / 128`` in the model task (coarse level, probes check, PQ: fixed in n, serial
-  here, an upper bound) plus ``c_train x S x (k1 + r k / k1) x d`` spread over W (the refinement
-  passes and the groups, both proportional to rows x centroids searched x d), plus per refinement
+  here, an upper bound) plus ``c_train x S x t x d`` spread over W, ``t`` the centroids a
+  sample row meets: ``k1 + r k / k1`` for its group's k-means (of that order), as many for the
+  first refinement pass, and for each later pass as many again or, where the library searches
+  neighbours (16,384 partitions and up), REFINE_NEIGHBOURS; plus per refinement
   pass (at most REFINE_PASSES) the centroids to every worker and a tree of ``(k, d)`` float64 sums
   back;
 * build: ``n x (a x d / 128 + b x (k1 + p k / k1 + 256) x d)`` spread over W (read and write per
@@ -36,15 +38,15 @@ import argparse
 import json
 import math
 
-from dask_lance_index.model.coarse import REFINE_PASSES, REFINE_PROBES
-from dask_lance_index.plan import HIERARCHICAL_SAMPLE_RATE
+from dask_lance_index.model.coarse import REFINE_PASSES, REFINE_PROBES, default_refine_neighbours
+from dask_lance_index.plan import AGREEMENT_ROWS, HIERARCHICAL_SAMPLE_RATE
 
 # Measured stage seconds (bench_build, one run each; see the module docstring).
 FIT = [
-    dict(rows=1_000_000, k=4096, d=128, m=16, sample=0.60, train=6.85, build=4.45, merge=0.20),
-    dict(rows=4_000_000, k=16384, d=128, m=16, sample=3.31, train=30.92, build=23.12, merge=0.52),
+    dict(rows=1_000_000, k=4096, d=128, m=16, sample=0.45, train=4.51, build=3.70, merge=0.12),
+    dict(rows=4_000_000, k=16384, d=128, m=16, sample=3.06, train=17.42, build=22.11, merge=0.41),
 ]
-CHECK = [dict(rows=1_000_000, k=3906, d=128, m=16, sample=0.56, train=6.53, build=4.13, merge=0.15)]
+CHECK = [dict(rows=1_000_000, k=3906, d=128, m=16, sample=0.52, train=5.18, build=4.20, merge=0.12)]
 PROBES = 8  # at build time: choose_probes picked 6-8 on the 128-d sets
 LINK_BYTES_PER_S = 1.25e9  # 10 GbE per worker
 
@@ -59,6 +61,15 @@ def searched(k: int, probes: int = PROBES) -> int:
     return k1 + probes * math.ceil(k / k1)
 
 
+def trained(k: int) -> int:
+    """Centroids one sample row meets in training: its group's k-means (counted as one
+    pass of ``REFINE_PROBES`` groups: of that order, measured about 8 s against 4 s for
+    the first pass at 16,384 partitions), the first refinement pass, and the later
+    passes (their neighbours where the library uses them)."""
+    later = default_refine_neighbours(k, coarse(k), REFINE_PROBES) or searched(k, REFINE_PROBES)
+    return 2 * searched(k, REFINE_PROBES) + (REFINE_PASSES - 1) * later
+
+
 def sample_rows(run: dict) -> int:
     return min(run["rows"], HIERARCHICAL_SAMPLE_RATE * run["k"])
 
@@ -71,20 +82,20 @@ def fit(runs: list[dict]) -> dict:
         c = (y(b) - y(a)) / (x(b) - x(a))
         return y(a) - c * x(a), c
 
-    f_train, c_train = two(lambda r: r["train"], lambda r: sample_rows(r) * searched(r["k"], REFINE_PROBES) * r["d"])
+    f_train, c_train = two(lambda r: r["train"], lambda r: sample_rows(r) * trained(r["k"]) * r["d"])
     a_build, b_build = two(lambda r: r["build"] / r["rows"], lambda r: (searched(r["k"]) + 256) * r["d"])
-    c_read = sum(r["sample"] for r in runs) / sum(sample_rows(r) for r in runs)
+    c_read = sum(r["sample"] for r in runs) / sum(sample_rows(r) + AGREEMENT_ROWS for r in runs)
     c_merge = sum(r["merge"] for r in runs) / sum(r["rows"] for r in runs)
     return dict(f_train=f_train, c_train=c_train, a_build=a_build, b_build=b_build, c_read=c_read, c_merge=c_merge)
 
 
 def predict(c: dict, rows: int, k: int, d: int, m: int, workers: int) -> dict:
     s, scale = min(rows, HIERARCHICAL_SAMPLE_RATE * k), d / 128
-    sample = s * c["c_read"] * scale / workers
+    sample = (s + AGREEMENT_ROWS) * c["c_read"] * scale / workers
     comm = 0.0
     if workers > 1:  # centroids out to every worker, one (k, d) float64 partial per worker back as a tree
         comm = REFINE_PASSES * (k * d * 4 + k * d * 8 * math.ceil(math.log2(workers))) / LINK_BYTES_PER_S
-    train = c["f_train"] * scale + c["c_train"] * s * searched(k, REFINE_PROBES) * d / workers + comm
+    train = c["f_train"] * scale + c["c_train"] * s * trained(k) * d / workers + comm
     build = rows * (c["a_build"] * scale + c["b_build"] * (searched(k) + 256) * d) / workers
     merge = rows * c["c_merge"] * (8 + m) / 24
     return dict(sample=sample, train=train, build=build, merge=merge, total=sample + train + build + merge)

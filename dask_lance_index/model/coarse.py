@@ -78,9 +78,10 @@ REFINE_PROBES = 4
 # Partitions a row may move to in the refinement passes after the first: the nearest
 # ones to the partition the previous pass gave it (itself included). The first pass
 # searches its probes' groups; after it a row moves, if at all, to a neighbour of its
-# partition. Measured at 16,384 partitions on 1M sampled 128-d rows (one core): 19.0 s
-# of training with every pass searching 4 groups, 13.9 s with this, inertia 0.55%
-# higher, partition recall equal. At 4,096 partitions it saved no measurable time
+# partition. Measured at 16,384 partitions on 4M 128-d rows (2-worker LocalCluster,
+# interleaved): training 16.8-17.4 s with this against 19.8-19.9 s with every pass
+# searching 4 groups; on its 1M-row sample in one process 13.6 s against 15.4 s,
+# partition recall equal. At 4,096 partitions it saved no measurable time
 # (1M-row builds on the synchronous scheduler 10.5-12.4 s either way) and recall@10 of
 # IVF_PQ was 0.003-0.007 lower over 3 seeds, so it is used only where a pass of probes
 # searches NEIGHBOURS_MIN_RATIO times as many centroids: from about 12,000 partitions
