@@ -290,7 +290,7 @@ def train_ivf_hierarchical(
     the inertia 2-4 % above flat k-means' (``tests/test_coarse.py``). The passes
     after the first search the ``refine_neighbours`` nearest partitions of each
     row's partition (0: its ``probes`` groups, as the first; ``None``, the default:
-    :func:`refine_neighbours`).
+    :func:`default_refine_neighbours`).
 
     ``map_groups(fn, items)`` runs an array's second-level groups (``fn(*item)``
     each, independent of each other and of the order) however it likes; by
@@ -351,8 +351,8 @@ def _refine(rows: SampleRows, centroids: np.ndarray, index: CoarseIndex, probes:
     The first pass assigns each row among its ``probes`` nearest groups'
     partitions; every later one, with ``neighbours_count``, among that many nearest
     partitions of the one the pass before gave it (:func:`partition_neighbours`):
-    32 of the 640 centroids a pass of 4 probes searches at 16,384 partitions. Full passes, not the
-    chunked passes flat k-means makes: measured at 4,096 partitions, chunking cost
+    32 of the 640 centroids a pass of 4 probes searches at 16,384 partitions.
+    Full passes, not the chunked passes flat k-means makes: measured at 4,096 partitions, chunking cost
     1.6x the time per pass (an assigner rebuilt per chunk, smaller GEMMs) for the
     same inertia and partition recall. A partition that loses all its rows keeps
     its place (re-seeding it elsewhere would take it out of its group). Stops after
@@ -392,7 +392,7 @@ def partition_neighbours(centroids: np.ndarray, index: CoarseIndex, count: int,
         probes = max(NEIGHBOUR_PROBES, -(-8 * count * k1 // k))
     order = np.argsort(index.groups, kind="stable")
     bounds = np.searchsorted(index.groups[order], np.arange(k1 + 1))
-    near = assign_top(index.coarse, index.coarse, min(max(1, probes), k1))
+    near = _nearest(index.coarse, index.coarse, min(max(1, probes), k1))
     half = 0.5 * np.einsum("ij,ij->i", centroids, centroids)
     out = np.empty((k, count), np.int32)
     for g in range(k1):
@@ -419,7 +419,7 @@ def _positions(cand: np.ndarray, mine: np.ndarray) -> np.ndarray:
     return where[mine]
 
 
-def assign_top(x: np.ndarray, centroids: np.ndarray, top: int) -> np.ndarray:
+def _nearest(x: np.ndarray, centroids: np.ndarray, top: int) -> np.ndarray:
     """The ``top`` nearest centroids (l2) of every row of ``x``, nearest first."""
     score = x @ centroids.T - 0.5 * np.einsum("ij,ij->i", centroids, centroids)
     part = np.argpartition(-score, top - 1, axis=1)[:, :top] if top < score.shape[1] else \
