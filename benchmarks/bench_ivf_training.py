@@ -86,13 +86,12 @@ def main() -> int:
         sample = x[np.sort(rng.choice(n, min(n, k * rate), replace=False))]
         for variant in args.variants.split(","):
             coarse.GROUP_INIT = "k-means++" if variant == "hier-kmeans++" else "random"
-            tail = variant.split("-")[-1]
-            neighbours = int(tail[1:]) if tail[:1] == "n" and tail[1:].isdigit() else None
             t = time.perf_counter()
             if variant == "flat":
                 c, _ = train_ivf(sample, k, "l2", max_iters=50, seed=0, tol=args.tolerance)
             else:
                 tail = variant.split("-")[-1]
+                neighbours = int(tail[1:]) if tail[:1] == "n" and tail[1:].isdigit() else None
                 passes = int(tail) if tail.isdigit() else None
                 probes = int(tail[1:]) if tail[:1] == "p" and tail[1:].isdigit() else coarse.REFINE_PROBES
                 c, _, index = coarse.train_ivf_hierarchical(sample, k, max_iters=50, seed=0, tol=args.tolerance,

@@ -165,6 +165,12 @@ class CoarseIndex:
     def with_probes(self, probes: int) -> CoarseIndex:
         return CoarseIndex(self.coarse, self.groups, int(probes))
 
+    def members(self) -> list[np.ndarray]:
+        """The partition ids of each group, ascending."""
+        order = np.argsort(self.groups, kind="stable")
+        bounds = np.searchsorted(self.groups[order], np.arange(self.num_groups + 1))
+        return [order[bounds[g] : bounds[g + 1]] for g in range(self.num_groups)]
+
     def with_coarse_from(self, centroids: np.ndarray) -> CoarseIndex:
         """The same grouping, each group's coarse centroid the mean of its partitions'."""
         k1 = self.num_groups
@@ -187,9 +193,7 @@ class RestrictedAssigner:
         centroids = np.ascontiguousarray(centroids, dtype=np.float32)
         self.probes = max(1, min(int(probes), index.num_groups))
         self._coarse_rhs = _augmented(index.coarse)
-        order = np.argsort(index.groups, kind="stable")
-        bounds = np.searchsorted(index.groups[order], np.arange(index.num_groups + 1))
-        self._ids = [order[bounds[g] : bounds[g + 1]] for g in range(index.num_groups)]
+        self._ids = index.members()
         self._rhs = [_augmented(centroids[ids]) for ids in self._ids]
 
     def assign_lhs(self, lhs: np.ndarray, best: np.ndarray, score: np.ndarray | None = None) -> None:
@@ -390,22 +394,19 @@ def partition_neighbours(centroids: np.ndarray, index: CoarseIndex, count: int,
     k1 = index.num_groups
     if probes is None:
         probes = max(NEIGHBOUR_PROBES, -(-8 * count * k1 // k))
-    order = np.argsort(index.groups, kind="stable")
-    bounds = np.searchsorted(index.groups[order], np.arange(k1 + 1))
-    near = _nearest(index.coarse, index.coarse, min(max(1, probes), k1))
+    members = index.members()
+    coarse = index.coarse
+    near = _best_first(coarse @ coarse.T - 0.5 * np.einsum("ij,ij->i", coarse, coarse), min(max(1, probes), k1))
     half = 0.5 * np.einsum("ij,ij->i", centroids, centroids)
     out = np.empty((k, count), np.int32)
-    for g in range(k1):
-        mine = order[bounds[g] : bounds[g + 1]]
+    for g, mine in enumerate(members):
         if not len(mine):
             continue
-        cand = np.concatenate([order[bounds[h] : bounds[h + 1]] for h in near[g]])
+        cand = np.concatenate([members[h] for h in near[g]])
         score = centroids[mine] @ centroids[cand].T - half[cand]
         score[np.arange(len(mine)), _positions(cand, mine)] = np.inf  # itself first, even among equal centroids
         take = min(count, len(cand))
-        top = np.argpartition(-score, take - 1, axis=1)[:, :take]
-        top = np.take_along_axis(top, np.argsort(-np.take_along_axis(score, top, 1), axis=1, kind="stable"), 1)
-        found = cand[top]
+        found = cand[_best_first(score, take)]
         if take < count:
             found = np.concatenate([found, np.repeat(found[:, :1], count - take, axis=1)], axis=1)
         out[mine] = found
@@ -419,9 +420,8 @@ def _positions(cand: np.ndarray, mine: np.ndarray) -> np.ndarray:
     return where[mine]
 
 
-def _nearest(x: np.ndarray, centroids: np.ndarray, top: int) -> np.ndarray:
-    """The ``top`` nearest centroids (l2) of every row of ``x``, nearest first."""
-    score = x @ centroids.T - 0.5 * np.einsum("ij,ij->i", centroids, centroids)
+def _best_first(score: np.ndarray, top: int) -> np.ndarray:
+    """The columns of each row's ``top`` largest scores, largest first."""
     part = np.argpartition(-score, top - 1, axis=1)[:, :top] if top < score.shape[1] else \
         np.broadcast_to(np.arange(score.shape[1]), score.shape).copy()
     return np.take_along_axis(part, np.argsort(-np.take_along_axis(score, part, 1), axis=1, kind="stable"), 1)

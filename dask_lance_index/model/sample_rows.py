@@ -203,6 +203,11 @@ class SampleRows:
     def hold_out(self, m: int, rng: np.random.Generator) -> np.ndarray:
         """Remove ``m`` rows drawn at random from the sample and return them, in the
         sample's order (before :meth:`route`)."""
+        n = self.num_rows
+        return self.split_off(np.sort(rng.choice(n, min(m, n), replace=False)))
+
+    def split_off(self, offsets: np.ndarray) -> np.ndarray:
+        """Remove the rows at sorted global ``offsets`` from the pieces and return them."""
         raise NotImplementedError
 
     def route(self, coarse: np.ndarray) -> np.ndarray:
@@ -247,9 +252,9 @@ class LocalRows(SampleRows):
         parts = [take_rows(self.pieces[i], o) for i, o in piece_offsets(self.lengths, np.asarray(offsets))]
         return np.concatenate(parts) if parts else np.empty((0, self.dimension), np.float32)
 
-    def hold_out(self, m: int, rng: np.random.Generator) -> np.ndarray:
+    def split_off(self, offsets: np.ndarray) -> np.ndarray:
         taken = [np.empty((0, self.dimension), np.float32)]
-        for i, o in piece_offsets(self.lengths, np.sort(rng.choice(self.num_rows, min(m, self.num_rows), replace=False))):
+        for i, o in piece_offsets(self.lengths, offsets):
             self.pieces[i], out = split_off(self.pieces[i], o)
             taken.append(out)
         self.lengths = tuple(len(p) for p in self.pieces)

@@ -107,16 +107,17 @@ class ClusterRows(SampleRows):
         parts = c.gather(futures)
         return np.concatenate(parts) if parts else np.empty((0, self.dimension), np.float32)
 
-    def hold_out(self, m: int, rng: np.random.Generator) -> np.ndarray:
+    def split_off(self, offsets: np.ndarray) -> np.ndarray:
         """Each piece with rows to give splits on its worker; only the rows taken travel."""
         c = self.client
-        offsets = np.sort(rng.choice(self.num_rows, min(m, self.num_rows), replace=False))
+        lengths = list(self.lengths)
         taken = []
         for i, o in piece_offsets(self.lengths, offsets):
             both = c.submit(split_off, self.pieces[i], o, pure=False)
             self.pieces[i] = c.submit(operator.getitem, both, 0, pure=False)
             taken.append(c.submit(operator.getitem, both, 1, pure=False))
-            self.lengths = self.lengths[:i] + (self.lengths[i] - len(o),) + self.lengths[i + 1 :]
+            lengths[i] -= len(o)
+        self.lengths = tuple(lengths)
         parts = c.gather(taken)
         return np.concatenate(parts) if parts else np.empty((0, self.dimension), np.float32)
 
