@@ -27,6 +27,7 @@ from lance.file import LanceFileReader, LanceFileWriter
 from ..errors import InvalidInputError
 from .rq_layout import pack_lance_codes
 from .segment_files import (
+    AUX_FILE_VERSION,
     _ivf_centroids,
     _ivf_lengths,
     _pb_fields,
@@ -111,7 +112,7 @@ def concat_segments(dataset_uri: str, input_uuids: list[str], output_uuid: str, 
     lengths = sum(i.lengths for i in inputs)
     schema = first.schema.remove_metadata()
     base = _segment_dir(dataset_uri, output_uuid)
-    aux = LanceFileWriter(f"{base}/auxiliary.idx", schema, version="2.2", storage_options=storage_options)
+    aux = LanceFileWriter(f"{base}/auxiliary.idx", schema, version=AUX_FILE_VERSION, storage_options=storage_options)
     for p0, p1 in _runs(lengths, CONCAT_ROWS):
         parts = [i.read(p0, p1) for i in inputs]
         table = _interleave(parts, np.stack([i.lengths[p0:p1] for i in inputs]), schema)
