@@ -188,13 +188,20 @@ class FlatEncoder:
         self.metric = metric
         self.assigner = PartitionAssigner(self.centroids, metric, coarse)
 
-    def encode(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
-        """Partition ids (uint32), the stored rows (float32) and the IVF loss."""
+    def encode(self, x: np.ndarray, out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, float]:
+        """Partition ids (uint32), the stored rows (float32) and the IVF loss.
+
+        ``out``: an ``(n, d)`` float32 array the stored rows are written into (a
+        slice of the build task's own array: the rows are not copied twice).
+        """
         x = np.asarray(x, dtype=np.float32)
         n, d = x.shape
         parts = np.empty(n, dtype=np.uint32)
-        rows = np.empty((n, d), dtype=np.float32)
+        rows = np.empty((n, d), dtype=np.float32) if out is None else out
         lhs, norms, scores, best = self.assigner.buffers(CHUNK)
+        # l2 and cosine, exact search: the GEMM's best score is x.c - |c|^2/2, so the
+        # squared distance is |x|^2 - 2 * score, with no residual rows made.
+        from_scores = self.metric != "dot" and scores.shape[1] == len(self.centroids)
         loss = 0.0
         for start in range(0, n, CHUNK):
             m = min(CHUNK, n - start)
@@ -202,6 +209,11 @@ class FlatEncoder:
             prepared = self.assigner.assign_chunk(m, lhs, norms, scores, best)
             parts[start : start + m] = best[:m]
             rows[start : start + m] = prepared
-            r = prepared - self.centroids[best[:m]]
-            loss += float(np.einsum("ij,ij->", r, r))
+            if from_scores:
+                top = np.take_along_axis(scores[:m], best[:m, None], axis=1)
+                sq_norms = np.einsum("ij,ij->i", prepared, prepared)
+                loss += float(sq_norms.sum(dtype=np.float64)) - 2 * float(top.sum(dtype=np.float64))
+            else:
+                r = prepared - self.centroids[best[:m]]
+                loss += float(np.einsum("ij,ij->", r, r))
         return parts, rows, loss
