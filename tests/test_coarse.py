@@ -293,7 +293,7 @@ def _recall(ds, queries, truth, **kw):
     return recall_at_k(found, truth)
 
 
-@pytest.mark.parametrize("index_type, engine", [("IVF_PQ", "precomputed"), ("IVF_FLAT", "precomputed"), ("IVF_SQ", "precomputed"), ("IVF_HNSW_FLAT", "partitions")])
+@pytest.mark.parametrize("index_type, engine", [("IVF_PQ", "precomputed"), ("IVF_FLAT", "precomputed"), ("IVF_SQ", "precomputed"), ("IVF_HNSW_FLAT", "precomputed")])
 def test_a_two_level_build_puts_rows_where_the_model_says_and_searches_as_well_as_flat(
     tmp_path, vectors, queries, index_type, engine
 ):

@@ -175,8 +175,10 @@ def test_engine_choice():
     flat = resolve_params("IVF_FLAT", dimension=32, num_rows=1000, num_partitions=4)
     assert resolve_engine("auto", flat).name == "precomputed"  # we write IVF_FLAT segments too
     assert resolve_engine("lance", flat).name == "lance"
-    for t in ("IVF_HNSW_FLAT", "IVF_HNSW_SQ"):
-        assert resolve_engine("auto", resolve_params(t, dimension=32, num_rows=1000, num_partitions=4)).name == "partitions"
+    for t in ("IVF_HNSW_FLAT", "IVF_HNSW_SQ"):  # we build the graphs under l2 and cosine, Lance under dot
+        for metric, engine in (("l2", "precomputed"), ("cosine", "precomputed"), ("dot", "partitions")):
+            params = resolve_params(t, dimension=32, num_rows=1000, num_partitions=4, metric=metric)
+            assert resolve_engine("auto", params).name == engine
     # IVF_SQ: we write the codes with the model's shared bounds, so its segments merge
     sq = resolve_params("IVF_SQ", dimension=32, num_rows=1000, num_partitions=4)
     assert resolve_engine("auto", sq).name == "precomputed"
@@ -186,10 +188,11 @@ def test_engine_choice():
     for metric, engine in (("l2", "precomputed"), ("cosine", "precomputed"), ("dot", "partitions")):
         rq = resolve_params("IVF_RQ", dimension=32, num_rows=1000, num_partitions=4, metric=metric)
         assert resolve_engine("auto", rq).name == engine
-    with pytest.raises(InvalidInputError, match="IVF_RQ under l2 or cosine"):
+    with pytest.raises(InvalidInputError, match="under l2 or cosine; Lance encodes IVF_RQ"):
         resolve_engine("precomputed", resolve_params("IVF_RQ", dimension=32, num_rows=1000, num_partitions=4, metric="dot"))
-    with pytest.raises(InvalidInputError, match="8-bit PQ"):
-        resolve_engine("precomputed", resolve_params("IVF_HNSW_FLAT", dimension=32, num_rows=1000, num_partitions=4))
+    with pytest.raises(InvalidInputError, match="IVF_HNSW_SQ under l2 or cosine"):
+        resolve_engine("precomputed", resolve_params("IVF_HNSW_FLAT", dimension=32, num_rows=1000, num_partitions=4,
+                                                     metric="dot"))
     with pytest.raises(InvalidInputError, match="8-bit PQ"):
         resolve_engine("artifact", resolve_params("IVF_RQ", dimension=32, num_rows=1000, num_partitions=4))
     with pytest.raises(InvalidInputError, match="not one of"):

@@ -46,6 +46,7 @@ from .scratch import (
     shuffle_buffer_inputs,
     shuffle_buffer_schema,
 )
+from .hnsw_segment import write_hnsw_segment
 from .segment_concat import CONCAT_ROWS, CONCAT_TYPES, concat_segments
 from .segment_files import (
     RQSegment,
@@ -79,5 +80,5 @@ __all__ = [
     "partition_map_schema", "read_rq_segment", "scratch_dataset", "shuffle_buffer_batch", "shuffle_buffer_inputs",
     "shuffle_buffer_schema",
     "referenced_segments", "remove_index_dir", "segment_exists", "segment_index", "take_vectors",
-    "to_float32_matrix", "valid_rows", "write_flat_segment", "write_pq_segment", "write_rq_segment", "write_sq_segment",
+    "to_float32_matrix", "valid_rows", "write_flat_segment", "write_hnsw_segment", "write_pq_segment", "write_rq_segment", "write_sq_segment",
 ]

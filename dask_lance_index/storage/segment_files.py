@@ -112,14 +112,18 @@ def ivf_message(offsets, lengths, centroids: np.ndarray | None = None, loss: flo
     return msg
 
 
-def index_details(quantizer: str, metric: str, num_bits: int, num_sub_vectors: int | None = None) -> tuple[str, bytes]:
+def index_details(quantizer: str, metric: str, num_bits: int, num_sub_vectors: int | None = None,
+                  hnsw: tuple[int, int, int] | None = None) -> tuple[str, bytes]:
     """``Index.index_details`` as Lance records it: VectorIndexDetails with the metric
     (field 1; Lance's refine step reads it: without it a cosine index is re-ranked by
-    raw l2) and the compression: PQ (field 4: ``num_bits``, ``num_sub_vectors``) or
+    raw l2), for the HNSW types the graph's ``(m, ef_construction, max_level)`` (field 3),
+    and the compression: PQ (field 4: ``num_bits``, ``num_sub_vectors``) or
     RaBitQ (field 6: ``num_bits``). Lance appends its build parameters (field 9), which
     are informational and left out here."""
     metric_type = _METRIC_TYPE[metric]
     head = _uint_field(1, metric_type) if metric_type else b""
+    if hnsw is not None:
+        head += _field(3, b"".join(_uint_field(i + 1, v) for i, v in enumerate(hnsw)))
     if quantizer == "PQ":
         body = _field(4, _uint_field(1, num_bits) + _uint_field(2, num_sub_vectors))
     elif quantizer == "SQ":
@@ -378,7 +382,7 @@ def write_rq_segment(
 
 def segment_index(ds, *, index_uuid: str, name: str, column: str, fragment_ids, quantizer: str, metric: str,
                   num_bits: int, num_sub_vectors: int | None = None, files: list,
-                  storage_options: dict | None = None):
+                  storage_options: dict | None = None, hnsw: tuple[int, int, int] | None = None):
     """The ``lance.dataset.Index`` of a segment written here, as ``create_index_uncommitted``
     returns it for the segment it writes (details: :func:`index_details`)."""
     fs, path = filesystem(index_dir(ds.uri, index_uuid), storage_options)
@@ -393,7 +397,7 @@ def segment_index(ds, *, index_uuid: str, name: str, column: str, fragment_ids, 
         created_at=datetime.datetime.now(datetime.timezone.utc),
         base_id=None,
         files=[IndexFile(path=f, size_bytes=info.size) for f, info in zip(files, infos)],
-        index_details=index_details(quantizer, metric, num_bits, num_sub_vectors),
+        index_details=index_details(quantizer, metric, num_bits, num_sub_vectors, hnsw),
         covering_fields=[],
     )
 

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ...model import FlatEncoder, PQEncoder, RQEncoder, RQRotation, SQEncoder
+from ...model import FlatEncoder, PQEncoder, RQEncoder, RQRotation, SQEncoder, build_hnsw
+from ...model.hnsw import HNSW_CANDIDATES, HNSW_EF_CONSTRUCTION, HNSW_M, HNSW_MAX_LEVEL
 from ...runtime import small_pages
 from ...storage import (
     SegmentResult,
@@ -26,12 +27,21 @@ from ...storage import (
     shuffle_buffer_schema,
     write_pq_segment,
     write_flat_segment,
+    write_hnsw_segment,
     write_rq_segment,
     write_sq_segment,
 )
 from .base import Engine, SegmentTask
 
-__all__ = ["PrecomputedEngine", "writes_codes"]
+__all__ = ["HNSW_WRITTEN", "PrecomputedEngine", "writes_codes"]
+
+# HNSW types whose graphs we build (model.hnsw) and whose segment files we write.
+HNSW_WRITTEN = ("IVF_HNSW_FLAT", "IVF_HNSW_SQ")
+
+
+def _hnsw_settings(params) -> tuple[int, int, int]:
+    """``(m, ef_construction, max_level)``: the build's, Lance's defaults where not given."""
+    return (params.m or HNSW_M, params.ef_construction or HNSW_EF_CONSTRUCTION, HNSW_MAX_LEVEL)
 
 
 def writes_codes(params) -> bool:
@@ -45,6 +55,8 @@ def writes_codes(params) -> bool:
         return params.num_bits == 8
     if params.index_type in ("IVF_SQ", "IVF_FLAT"):
         return True
+    if params.index_type in HNSW_WRITTEN:
+        return params.metric in ("l2", "cosine")
     return params.index_type == "IVF_RQ" and params.metric in ("l2", "cosine")
 
 
@@ -54,12 +66,13 @@ class PrecomputedEngine(Engine):
     def refuses(self, params) -> str | None:
         if writes_codes(params):
             return None
-        return (f"engine='precomputed' needs an 8-bit PQ index type (IVF_PQ or IVF_HNSW_PQ), IVF_FLAT, IVF_SQ, or IVF_RQ "
-                f"under l2 or cosine; Lance encodes {params.index_type} ({params.metric}) itself")
+        return (f"engine='precomputed' needs an 8-bit PQ index type (IVF_PQ or IVF_HNSW_PQ), IVF_FLAT, IVF_SQ, or "
+                f"IVF_RQ, IVF_HNSW_FLAT or IVF_HNSW_SQ under l2 or cosine; Lance encodes {params.index_type} ({params.metric}) "
+                "itself")
 
     def build_segment(self, plan, task, model, storage_options=None, options=None, upstream=None) -> SegmentResult:
         seg = SegmentTask(plan, task, model, storage_options)
-        writes_files = plan.params.index_type in ("IVF_PQ", "IVF_RQ", "IVF_SQ", "IVF_FLAT")
+        writes_files = plan.params.index_type in ("IVF_PQ", "IVF_RQ", "IVF_SQ", "IVF_FLAT") + HNSW_WRITTEN
         write = _write_segment if writes_files else _hand_off_codes
         index, assigner = write(seg)
         return seg.result(index, assigner=assigner)
@@ -97,7 +110,7 @@ def _write_segment(seg: SegmentTask):
         def encode(x, at):
             parts, codes, loss = encoder.encode(x, with_loss=True)
             return {"part_ids": parts, "codes": codes}, loss
-    elif params.index_type == "IVF_FLAT":
+    elif params.index_type in ("IVF_FLAT", "IVF_HNSW_FLAT"):
         encoder = FlatEncoder(centroids, params.metric, model.coarse_index)
         # 4d bytes a row: the encoder writes the stored rows straight into the task's array
         with small_pages():
@@ -152,13 +165,26 @@ def _write_segment(seg: SegmentTask):
     index = segment_index(seg.ds, index_uuid=seg.uuid, name=plan.name, column=plan.column,
                           fragment_ids=seg.fragment_ids, quantizer=params.quantizer or "FLAT", metric=params.metric,
                           num_bits=params.num_bits, num_sub_vectors=params.num_sub_vectors, files=files,
-                          storage_options=seg.storage_options)
+                          storage_options=seg.storage_options,
+                          hnsw=_hnsw_settings(params) if params.index_type in HNSW_WRITTEN else None)
     return index, encoder.assigner
 
 
 def _write_files(seg: SegmentTask, codes: dict, common: dict, whole: bool) -> list:
     """Write the segment's files from the task's codes; returns their names."""
     plan, model, params = seg.plan, seg.model, seg.plan.params
+    if params.index_type in HNSW_WRITTEN:
+        m, ef_construction, max_level = _hnsw_settings(params)
+        seed = plan.seed if plan.seed is not None else 0
+
+        def build_graph(partition, rows):
+            return build_hnsw(rows, m=m, max_level=max_level, seed=(seed, seg.task, partition),
+                              candidates=min(ef_construction, HNSW_CANDIDATES))
+
+        return write_hnsw_segment(plan.uri, seg.uuid, index_type=params.index_type, values=codes["codes"],
+                                  m=m, ef_construction=ef_construction, max_level=max_level,
+                                  build_graph=build_graph, bounds=model.sq_bounds, num_bits=params.num_bits or 8,
+                                  **common)
     if params.quantizer == "PQ":
         return write_pq_segment(plan.uri, seg.uuid, codes=codes["codes"], codebook=model.pq_codebook,
                                 transposed=whole, **common)

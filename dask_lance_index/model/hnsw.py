@@ -1,0 +1,226 @@
+"""HNSW graphs of one IVF partition's rows, built with BLAS from exact neighbours.
+
+Lance builds a partition's graph by inserting its rows one at a time, each insert a
+beam search over the graph so far (``ef_construction`` candidates). Here the graph of
+a level comes from exact candidates instead: each node's ``candidates`` nearest nodes
+of that level (one GEMM per slice of nodes), kept or dropped by HNSW's pruning rule
+(a candidate is kept when it is nearer the node than every neighbour kept before it,
+at most ``2 m`` neighbours on level 0 and ``m`` above, as Lance's), then every kept
+edge also added the other way and each list pruned again by the same rule. Levels are
+drawn as HNSW draws them (a node reaches level ``l`` with probability ``m**-l``); the
+entry point is the smallest node id on the top level, as in Lance's files.
+
+The graph is what Lance's search reads (:func:`dask_lance_index.storage.write_hnsw_segment`):
+node ids are row positions in the partition's stored rows, neighbour ids are node ids
+on every level, and each list comes with its squared l2 distances.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import sparse
+from scipy.sparse import csgraph
+
+__all__ = ["HNSW_CANDIDATES", "HNSW_EF_CONSTRUCTION", "HNSW_M", "HNSW_MAX_LEVEL", "HnswGraph", "build_hnsw",
+           "node_levels"]
+
+# Lance's defaults (pylance 14.0.2): neighbours per node (2 m on level 0), the beam of its
+# inserts (recorded here; our candidates are exact) and the number of levels.
+HNSW_M = 20
+HNSW_EF_CONSTRUCTION = 150
+HNSW_MAX_LEVEL = 7
+
+# Exact candidates per node before pruning: the pruning keeps what lies in different
+# directions, so a node needs more candidates than neighbours (2 m at level 0).
+HNSW_CANDIDATES = 48
+# Nodes whose distances to a level's nodes are held at once (SLICE x n float32).
+_SLICE_CELLS = 1 << 22
+
+
+@dataclass(frozen=True)
+class HnswGraph:
+    """One partition's graph: ``levels[l]`` is ``(nodes, offsets, neighbours, distances)``:
+    the level's node ids ascending, and node ``nodes[i]``'s neighbour ids and squared
+    distances in ``neighbours[offsets[i]:offsets[i + 1]]`` and ``distances[...]``."""
+
+    levels: tuple
+    entry_point: int
+
+    @property
+    def num_nodes(self) -> int:
+        return len(self.levels[0][0]) if self.levels else 0
+
+    def level_offsets(self, max_level: int) -> list:
+        """Cumulative rows per level, ``max_level + 1`` entries (Lance's ``level_offsets``)."""
+        counts = [len(lv[0]) for lv in self.levels] + [0] * (max_level - len(self.levels))
+        return [0] + np.cumsum(counts).tolist()
+
+
+def node_levels(n: int, m: int, max_level: int, seed) -> np.ndarray:
+    """Each node's top level: ``floor(-ln(U) / ln(m))``, below ``max_level``."""
+    u = np.random.default_rng(seed).random(n)
+    levels = np.floor(-np.log(np.maximum(u, 1e-300)) / np.log(max(m, 2)))
+    return np.minimum(levels, max_level - 1).astype(np.int64)
+
+
+def _prune(dist: np.ndarray, cand: np.ndarray, vectors: np.ndarray, cap: int, fill: int) -> np.ndarray:
+    """Which of each node's candidates ``cand`` (nodes, K), sorted by ``dist`` (inf for
+    padding), become its neighbours: a (nodes, K) mask, at most ``cap`` per node.
+
+    HNSW's rule, vectorised over nodes: nearest first, a candidate is kept unless a
+    kept one lies closer to it than the node does; then, as Lance's lists hold at
+    least ``m``, the nearest dropped ones fill a list up to ``fill``.
+    """
+    rows, k = cand.shape
+    v = vectors[cand]  # (rows, K, d)
+    sq = np.einsum("rkd,rkd->rk", v, v)
+    cc = np.matmul(v, v.transpose(0, 2, 1))  # the Gram matrix, then the distance between candidates i and j
+    cc *= -2
+    cc += sq[:, :, None]
+    cc += sq[:, None, :]
+    valid = np.isfinite(dist)
+    keep = np.zeros((rows, k), dtype=bool)
+    nearest_kept = np.full((rows, k), np.inf, dtype=np.float32)  # each candidate's distance to the kept ones
+    count = np.zeros(rows, dtype=np.int64)
+    for j in range(k):
+        take = valid[:, j] & (dist[:, j] < nearest_kept[:, j]) & (count < cap)
+        if not take.any():
+            continue
+        keep[:, j] = take
+        count += take
+        idx = np.flatnonzero(take)
+        nearest_kept[idx] = np.minimum(nearest_kept[idx], cc[idx, j, :])
+    short = np.maximum(fill - count, 0)
+    if short.any():  # the nearest dropped candidates, up to `fill` in all
+        dropped = valid & ~keep
+        keep |= dropped & (np.cumsum(dropped, axis=1) <= short[:, None])
+    return keep
+
+
+def _nearest(dist: np.ndarray, k: int) -> np.ndarray:
+    """Column indices of each row's ``k`` smallest values (in no order)."""
+    if k >= dist.shape[1]:
+        return np.broadcast_to(np.arange(dist.shape[1]), dist.shape).copy()
+    return np.argpartition(dist, k - 1, axis=1)[:, :k]
+
+
+def _level_graph(vectors: np.ndarray, cap: int, fill: int, candidates: int, entry: int):
+    """Neighbour lists of one level's nodes (local ids), every node reached from
+    ``entry``: offsets, ids, distances."""
+    n, d = vectors.shape
+    if n == 1:
+        return np.zeros(2, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
+    k = min(candidates, n - 1)
+    sq = np.einsum("ij,ij->i", vectors, vectors)
+    step = max(1, _SLICE_CELLS // n)
+    fwd = np.empty((n, k), np.int64)
+    fwd_dist = np.empty((n, k), np.float32)
+    buffer = np.empty((min(step, n), n), np.float32)
+    for lo in range(0, n, step):
+        hi = min(n, lo + step)
+        # |x_j|^2 - 2 x_i.x_j: row i's distances less its own |x_i|^2, which orders them alike
+        dist = np.matmul(vectors[lo:hi], vectors.T, out=buffer[: hi - lo])
+        dist *= -2
+        dist += sq[None, :]
+        dist[np.arange(hi - lo), np.arange(lo, hi)] = np.inf  # not its own neighbour
+        near = _nearest(dist, k)
+        nd = np.take_along_axis(dist, near, axis=1)
+        order = np.argsort(nd, axis=1, kind="stable")
+        fwd[lo:hi] = np.take_along_axis(near, order, axis=1)
+        fwd_dist[lo:hi] = np.maximum(np.take_along_axis(nd, order, axis=1) + sq[lo:hi, None], 0)
+    keep = _prune_in_slices(fwd_dist, fwd, vectors, cap, fill)
+    # every kept edge also the other way; then each node's list pruned again, nearest first
+    src = np.repeat(np.arange(n), keep.sum(axis=1))
+    dst = fwd[keep]
+    dd = fwd_dist[keep]
+    a = np.concatenate([src, dst])
+    b = np.concatenate([dst, src])
+    ab_dist = np.concatenate([dd, dd])
+    order = np.lexsort((b, ab_dist, a))  # by node, then distance (then id: duplicates side by side)
+    a, b, ab_dist = a[order], b[order], ab_dist[order]
+    first = np.ones(len(a), dtype=bool)
+    first[1:] = (a[1:] != a[:-1]) | (b[1:] != b[:-1])
+    a, b, ab_dist = a[first], b[first], ab_dist[first]
+    counts = np.bincount(a, minlength=n)
+    width = min(int(counts.max()), 2 * cap)  # the nearest 2 cap of a hub's lists are enough
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    rank = np.arange(len(a)) - starts[a]
+    inside = rank < width
+    cand = np.zeros((n, width), np.int64)
+    cdist = np.full((n, width), np.inf, np.float32)
+    cand[a[inside], rank[inside]] = b[inside]
+    cdist[a[inside], rank[inside]] = ab_dist[inside]
+    # as in Lance's inserts, a list is pruned only when the reverse edges overfill it
+    keep = np.isfinite(cdist)
+    over = np.flatnonzero(keep.sum(axis=1) > cap)
+    if len(over):
+        keep[over] = _prune_in_slices(cdist[over], cand[over], vectors, cap, fill)
+    src = np.repeat(np.arange(n), keep.sum(axis=1))
+    src, dst, dist = _connect(vectors, sq, src, cand[keep], cdist[keep], cap, entry)
+    offsets = np.concatenate([[0], np.cumsum(np.bincount(src, minlength=n))])
+    return offsets, dst, dist
+
+
+def _connect(vectors, sq, src, dst, dist, cap: int, entry: int):
+    """Edges ``src -> dst`` (grouped by ``src``) with more added until every node is
+    reached from ``entry`` and reaches it.
+
+    Exact neighbours leave a cluster of nodes with no edge into it from outside
+    or out of it (an insert-built graph gets such edges from its early, sparse
+    inserts): Lance's search would never reach it, or never leave it (measured: recall
+    0.985 at ef 200 against Lance's 1.000). While some are not connected so, the nearest
+    (unconnected, connected) pair whose connected node has room in its list gets an
+    edge both ways.
+    """
+    n = len(vectors)
+    while True:
+        graph = sparse.csr_matrix((np.ones(len(src), np.int8), (src, dst)), shape=(n, n))
+        # reached from the entry and reaching it back: any start node then reaches every node
+        reached = np.zeros(n, dtype=bool)
+        back = np.zeros(n, dtype=bool)
+        reached[csgraph.breadth_first_order(graph, entry, directed=True, return_predecessors=False)] = True
+        back[csgraph.breadth_first_order(graph.T.tocsr(), entry, directed=True, return_predecessors=False)] = True
+        reached &= back
+        if reached.all():
+            return src, dst, dist
+        room = np.flatnonzero(reached & (np.bincount(src, minlength=n) < cap))
+        if not len(room):
+            room = np.flatnonzero(reached)
+        lost = np.flatnonzero(~reached)
+        d = sq[lost, None] + sq[None, room] - 2 * (vectors[lost] @ vectors[room].T)
+        u, r = np.unravel_index(np.argmin(d), d.shape)
+        u, r, du = lost[u], room[r], max(float(d[u, r]), 0.0)
+        src = np.concatenate([src, [r, u]])
+        dst = np.concatenate([dst, [u, r]])
+        dist = np.concatenate([dist, np.float32([du, du])])
+        order = np.argsort(src, kind="stable")
+        src, dst, dist = src[order], dst[order], dist[order]
+
+
+def _prune_in_slices(dist, cand, vectors, cap, fill, rows: int = 1024):
+    keep = np.empty(cand.shape, dtype=bool)
+    for lo in range(0, len(cand), rows):
+        keep[lo : lo + rows] = _prune(dist[lo : lo + rows], cand[lo : lo + rows], vectors, cap, fill)
+    return keep
+
+
+def build_hnsw(vectors: np.ndarray, *, m: int, max_level: int, seed, candidates: int = HNSW_CANDIDATES) -> HnswGraph:
+    """The HNSW graph of one partition's ``vectors`` (float32, in stored row order;
+    squared l2 distances: unit vectors for cosine, as stored)."""
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    n = len(vectors)
+    if n == 0:
+        return HnswGraph(levels=(), entry_point=0)
+    levels = node_levels(n, m, max_level, seed)
+    top = int(levels.max())
+    entry = int(np.flatnonzero(levels == top)[0])  # on every level: each level's search can start there
+    out = []
+    for level in range(top + 1):
+        nodes = np.flatnonzero(levels >= level)
+        cap = 2 * m if level == 0 else m
+        offsets, ids, dist = _level_graph(vectors[nodes], cap, m, max(candidates, cap),
+                                          int(np.searchsorted(nodes, entry)))
+        out.append((nodes, offsets, nodes[ids], dist))
+    return HnswGraph(levels=tuple(out), entry_point=entry)

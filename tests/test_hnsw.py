@@ -1,0 +1,129 @@
+"""IVF_HNSW_FLAT and IVF_HNSW_SQ graphs built by us (model.hnsw) and written in Lance's files.
+
+The graph's shape is checked against what Lance's reader requires; whole builds are
+searched through Lance against NumPy brute force and against Lance's own build of the
+same data; and Lance's compaction, which remaps a graph's row ids, keeps our index
+searchable.
+"""
+
+import json
+import shutil
+
+import lance
+import numpy as np
+import pytest
+from lance.file import LanceFileReader
+
+import dask_lance_index as dli
+from dask_lance_index.datagen import make_vectors, write_vectors
+from dask_lance_index.evaluation import exact_knn, recall_at_k, search
+from dask_lance_index.model import build_hnsw
+from dask_lance_index.model.hnsw import node_levels
+
+
+def test_graph_levels_lists_and_entry_point():
+    x = make_vectors(3000, 16, num_clusters=20, seed=4)
+    m, max_level = 6, 7
+    graph = build_hnsw(x, m=m, max_level=max_level, seed=1)
+    n = len(x)
+    levels = node_levels(n, m, max_level, 1)
+    assert graph.num_nodes == n and len(graph.levels) == levels.max() + 1 >= 3
+    for level, (nodes, offsets, neighbours, dist) in enumerate(graph.levels):
+        np.testing.assert_array_equal(nodes, np.flatnonzero(levels >= level))  # ids ascending, level 0: all
+        sizes = np.diff(offsets)
+        cap = 2 * m if level == 0 else m
+        assert sizes.max() <= cap
+        if len(nodes) > m:  # lists hold at least m, as Lance's
+            assert sizes.min() >= m, (level, sizes.min())
+        owner = np.repeat(nodes, sizes)
+        assert not np.any(owner == neighbours)  # no node is its own neighbour
+        assert np.isin(neighbours, nodes).all()  # neighbours live on the same level
+        want = ((x[owner] - x[neighbours]) ** 2).sum(axis=1)
+        np.testing.assert_allclose(dist, want, rtol=1e-3, atol=1e-3)
+    assert graph.entry_point == graph.levels[-1][0][0]
+    offsets = graph.level_offsets(max_level)
+    assert len(offsets) == max_level + 1 and offsets[1] == n
+    assert offsets[-1] == sum(len(lv[0]) for lv in graph.levels)
+    # each node's list holds most of its 5 nearest nodes (the pruning keeps the near ones)
+    d = ((x[:200, None, :] - x[None, :, :]) ** 2).sum(-1)
+    d[np.arange(200), np.arange(200)] = np.inf
+    nearest = np.argsort(d, axis=1)[:, :5]
+    nodes, offsets0, neighbours0, _ = graph.levels[0]
+    held = np.mean([len(set(nearest[i]) & set(neighbours0[offsets0[i]:offsets0[i + 1]])) / 5 for i in range(200)])
+    assert held > 0.8, held
+
+
+@pytest.mark.parametrize("index_type, metric", [("IVF_HNSW_FLAT", "l2"), ("IVF_HNSW_SQ", "l2"),
+                                                ("IVF_HNSW_FLAT", "cosine")])
+def test_our_graphs_search_as_well_as_lances(tmp_path, index_type, metric):
+    x = make_vectors(20000, 32, num_clusters=60, seed=7)
+    rng = np.random.default_rng(3)
+    queries = x[rng.choice(len(x), 100, replace=False)] + rng.normal(0, 0.01, (100, 32)).astype(np.float32)
+    truth = exact_knn(x, queries, 10, metric)
+    recall = {}
+    for who in ("lance", "ours"):
+        uri = str(tmp_path / f"{who}.lance")
+        ds = write_vectors(uri, x, max_rows_per_file=5000)
+        if who == "lance":
+            ds.create_index("vector", index_type, num_partitions=16, metric=metric, m=16, ef_construction=100)
+        else:
+            build = dli.create_index(uri, "vector", index_type, num_partitions=16, metric=metric, m=16,
+                                     ef_construction=100, seed=0, compute=False)
+            assert build.plan.engine == "precomputed"
+            result = build.compute(scheduler="sync")
+            assert result.num_rows_indexed == len(x) and len(result.segments) == 1
+        ds = lance.dataset(uri)
+        # small ef (Lance's default: 1.5 k) so that the graph, not the beam, finds the neighbours
+        recall[who] = [recall_at_k(search(ds, "vector", queries, 10, nprobes=p)[0], truth) for p in (4, 16)]
+    print("RECALL", index_type, metric, recall)
+    assert recall["ours"][1] > 0.9
+    for ours, theirs in zip(recall["ours"], recall["lance"]):
+        assert ours >= theirs - 0.01, recall
+    # the files are ours: a graph per partition whose nodes are the partition's stored rows
+    seg = lance.dataset(str(tmp_path / "ours.lance")).describe_indices()[0].segments[0]
+    base = f"{tmp_path}/ours.lance/_indices/{seg.uuid}"
+    meta = LanceFileReader(f"{base}/index.idx").metadata().schema.metadata
+    assert json.loads(meta[b"lance:index"])["type"] == index_type
+    graphs = [json.loads(g) for g in json.loads(meta[b"lance:hnsw"])]
+    stats = lance.dataset(str(tmp_path / "ours.lance")).stats.index_stats("vector_idx")
+    sizes = [p["size"] for p in stats["indices"][0]["partitions"]]
+    assert [g["level_offsets"][1] if g else 0 for g in graphs] == sizes and sum(sizes) == len(x)
+    assert all(g["params"]["m"] == 16 and g["params"]["ef_construction"] == 100 for g in graphs if g)
+
+
+def test_compaction_remaps_our_graphs(tmp_path):
+    x = make_vectors(12000, 32, num_clusters=40, seed=9)
+    uri = str(tmp_path / "v.lance")
+    write_vectors(uri, x, max_rows_per_file=2000)
+    dli.create_index(uri, "vector", "IVF_HNSW_FLAT", num_partitions=8, m=8, scheduler="sync")
+    ds = lance.dataset(uri)
+    assert "id" in ds.schema.names
+    ds.delete("id % 5 = 0")
+    ds = lance.dataset(uri)
+    kept = np.stack(ds.to_table(columns=["vector"])["vector"].to_numpy(zero_copy_only=False)).astype(np.float32)
+    assert len(kept) < len(x)
+    ds.optimize.compact_files(target_rows_per_fragment=6000)  # rewrites rows: the index's row ids are remapped
+    ds = lance.dataset(uri)
+    assert ds.describe_indices()[0].name == "vector_idx"
+    rng = np.random.default_rng(1)
+    queries = kept[rng.choice(len(kept), 60, replace=False)]
+    truth_vectors = kept[exact_knn(kept, queries, 10, "l2")]
+    found = ds.to_table(nearest={"column": "vector", "q": queries[0], "k": 10, "nprobes": 8})
+    assert found.num_rows == 10
+    hits = 0
+    for q, want in zip(queries, truth_vectors):
+        got = np.stack(ds.to_table(nearest={"column": "vector", "q": q, "k": 10, "nprobes": 8})["vector"]
+                       .to_numpy(zero_copy_only=False))
+        hits += sum(bool(np.any(np.all(g == want, axis=1))) for g in got)
+    assert hits / (10 * len(queries)) > 0.9
+
+
+def test_copy_of_a_built_dataset_keeps_its_graphs(tmp_path):
+    """The segment is plain files under the dataset: a copied dataset searches alike."""
+    x = make_vectors(6000, 16, num_clusters=20, seed=2)
+    uri = str(tmp_path / "a.lance")
+    write_vectors(uri, x, max_rows_per_file=3000)
+    dli.create_index(uri, "vector", "IVF_HNSW_SQ", num_partitions=4, scheduler="sync")
+    shutil.copytree(uri, str(tmp_path / "b.lance"))
+    a, b = (search(lance.dataset(str(tmp_path / f"{n}.lance")), "vector", x[:20], 10, nprobes=4)[0] for n in "ab")
+    np.testing.assert_array_equal(a, b)
