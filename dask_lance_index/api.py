@@ -133,7 +133,7 @@ def plan_index(
         params = dataclasses.replace(params, metric="hamming")
     train = model_parts_to_train(params, ivf_centroids=ivf_centroids is not None,
                                  pq_codebook=pq_codebook is not None, rabitq_model=rabitq_model is not None)
-    chosen = resolve_engine(column_engine(info.kind, column, engine) or engine, params)
+    chosen = resolve_engine(column_engine(info.kind, column, engine) or engine, params, total)
     return make_plan(
         uri=ds.uri,
         version=ds.version,
@@ -286,16 +286,20 @@ def create_index(
         Seed of sampling and training; the same seed and data give the same model.
     engine : {"auto", "precomputed", "partitions", "lance", "artifact"}
         Who assigns and encodes the rows. ``"precomputed"``: the workers, with
-        NumPy BLAS, and they write each IVF_PQ and IVF_RQ (l2, cosine) segment's
-        files in Lance's layout (:mod:`dask_lance_index.storage.segment_files`; for
-        IVF_HNSW_PQ they hand Lance the codes and Lance builds the graphs); for
+        NumPy BLAS, and they write each IVF_PQ, IVF_SQ, IVF_FLAT and IVF_RQ (l2,
+        cosine) segment's files in Lance's layout
+        (:mod:`dask_lance_index.storage.segment_files`), build and write the graphs of
+        IVF_HNSW_FLAT and IVF_HNSW_SQ (l2, cosine; :mod:`dask_lance_index.model.hnsw`),
+        and for IVF_HNSW_PQ hand Lance the codes and Lance builds the graphs; for
         IVF_RQ the ex-codes' rescale factor chosen from three candidates per row
         instead of Lance's full sweep (recall@10 within 0.001 of Lance's own
         encoding of the same partitions, ``docs/benchmarks.md``).
         ``"partitions"`` (any type): the workers assign IVF partitions with
         NumPy BLAS and Lance encodes from that map; ``"lance"``: Lance itself.
-        ``"auto"``: ``"precomputed"`` for 8-bit PQ types and IVF_RQ under l2
-        and cosine, ``"partitions"`` otherwise.
+        ``"auto"``: ``"precomputed"`` for 8-bit PQ types, IVF_FLAT, IVF_SQ, and
+        IVF_RQ, IVF_HNSW_FLAT and IVF_HNSW_SQ under l2 and cosine (the last two
+        while partitions hold at most 1,280 rows on average: past that Lance's
+        graph build is faster), ``"partitions"`` otherwise.
         ``"artifact"`` (8-bit PQ types): the workers encode into a partition
         artifact in Lance's upstream layout (a shuffle by bucket), which is
         then finalized; see :mod:`dask_lance_index.partition_artifacts`.

@@ -95,7 +95,7 @@ def test_compaction_remaps_our_graphs(tmp_path):
     x = make_vectors(12000, 32, num_clusters=40, seed=9)
     uri = str(tmp_path / "v.lance")
     write_vectors(uri, x, max_rows_per_file=2000)
-    dli.create_index(uri, "vector", "IVF_HNSW_FLAT", num_partitions=8, m=8, scheduler="sync")
+    dli.create_index(uri, "vector", "IVF_HNSW_FLAT", num_partitions=8, m=8, engine="precomputed", scheduler="sync")
     ds = lance.dataset(uri)
     assert "id" in ds.schema.names
     ds.delete("id % 5 = 0")
@@ -123,7 +123,7 @@ def test_copy_of_a_built_dataset_keeps_its_graphs(tmp_path):
     x = make_vectors(6000, 16, num_clusters=20, seed=2)
     uri = str(tmp_path / "a.lance")
     write_vectors(uri, x, max_rows_per_file=3000)
-    dli.create_index(uri, "vector", "IVF_HNSW_SQ", num_partitions=4, scheduler="sync")
+    dli.create_index(uri, "vector", "IVF_HNSW_SQ", num_partitions=4, engine="precomputed", scheduler="sync")
     shutil.copytree(uri, str(tmp_path / "b.lance"))
     a, b = (search(lance.dataset(str(tmp_path / f"{n}.lance")), "vector", x[:20], 10, nprobes=4)[0] for n in "ab")
     np.testing.assert_array_equal(a, b)

@@ -179,6 +179,12 @@ def test_engine_choice():
         for metric, engine in (("l2", "precomputed"), ("cosine", "precomputed"), ("dot", "partitions")):
             params = resolve_params(t, dimension=32, num_rows=1000, num_partitions=4, metric=metric)
             assert resolve_engine("auto", params).name == engine
+            assert resolve_engine("auto", params, num_rows=1000).name == engine
+        # partitions of more than 1,280 rows on average: exact candidates cost more than Lance's inserts
+        params = resolve_params(t, dimension=32, num_rows=5200, num_partitions=4)
+        assert resolve_engine("auto", params, num_rows=5120).name == "precomputed"
+        assert resolve_engine("auto", params, num_rows=5121).name == "partitions"
+        assert resolve_engine("precomputed", params, num_rows=5121).name == "precomputed"  # as asked
     # IVF_SQ: we write the codes with the model's shared bounds, so its segments merge
     sq = resolve_params("IVF_SQ", dimension=32, num_rows=1000, num_partitions=4)
     assert resolve_engine("auto", sq).name == "precomputed"

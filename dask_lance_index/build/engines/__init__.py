@@ -3,7 +3,8 @@ interface (:class:`Engine`) and a registry (:func:`get_engine`, :func:`resolve_e
 
 * ``"lance"``: Lance does it all (:mod:`.lance`);
 * ``"partitions"``: we assign IVF partitions, Lance encodes (:mod:`.partitions`);
-* ``"precomputed"``: we assign and encode, and write IVF_PQ/IVF_RQ segment files (:mod:`.precomputed`);
+* ``"precomputed"``: we assign and encode, and write the segment files (IVF_PQ, IVF_RQ, IVF_SQ, IVF_FLAT;
+  IVF_HNSW_FLAT and IVF_HNSW_SQ with the graphs we build) (:mod:`.precomputed`);
 * ``"artifact"``: as precomputed, through a partition artifact (:mod:`.artifact`);
 * ``"scalar"``: Lance builds a scalar or full-text index (BTREE, INVERTED, ...) (:mod:`.scalar`).
 """

@@ -5,7 +5,10 @@ them (:class:`dask_lance_index.model.PQEncoder`,
 :class:`dask_lance_index.model.RQEncoder`: Lance takes no RaBitQ codes at all)
 and writes the segment's two files itself in Lance's layout
 (:mod:`dask_lance_index.storage.segment_files`); Lance then merges and commits
-them as its own. IVF_HNSW_PQ, whose graphs Lance builds: the codes go to a
+them as its own. IVF_HNSW_FLAT and IVF_HNSW_SQ (l2, cosine): as IVF_FLAT and IVF_SQ,
+and the task also builds each partition's graph (:mod:`dask_lance_index.model.hnsw`) and
+writes it (:mod:`dask_lance_index.storage.hnsw_segment`). IVF_HNSW_PQ, whose graphs Lance
+builds: the codes go to a
 scratch dataset on the worker's disk and Lance builds the segment from those
 "precomputed shuffle buffers"; Lance reads the whole buffer dataset, ignoring
 ``fragment_ids``, so each task's buffer holds exactly its own rows. The default
@@ -17,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from ...model import FlatEncoder, PQEncoder, RQEncoder, RQRotation, SQEncoder, build_hnsw
-from ...model.hnsw import HNSW_CANDIDATES, HNSW_EF_CONSTRUCTION, HNSW_M, HNSW_MAX_LEVEL
+from ...model.hnsw import HNSW_CANDIDATES, HNSW_EF_CONSTRUCTION, HNSW_EXACT_ROWS, HNSW_M, HNSW_MAX_LEVEL
 from ...runtime import small_pages
 from ...storage import (
     SegmentResult,
@@ -33,10 +36,18 @@ from ...storage import (
 )
 from .base import Engine, SegmentTask
 
-__all__ = ["HNSW_WRITTEN", "PrecomputedEngine", "writes_codes"]
+__all__ = ["HNSW_WRITTEN", "PrecomputedEngine", "graphs_left_to_lance", "writes_codes"]
 
 # HNSW types whose graphs we build (model.hnsw) and whose segment files we write.
 HNSW_WRITTEN = ("IVF_HNSW_FLAT", "IVF_HNSW_SQ")
+
+
+def graphs_left_to_lance(params, num_rows: int | None) -> bool:
+    """Whether engine ``"auto"`` leaves an IVF_HNSW_FLAT/SQ index's graphs to Lance: when
+    its partitions hold more than :data:`~dask_lance_index.model.hnsw.HNSW_EXACT_ROWS` rows
+    on average, where our exact candidates cost more than Lance's inserts."""
+    return (params.index_type in HNSW_WRITTEN and num_rows is not None
+            and num_rows > HNSW_EXACT_ROWS * params.num_partitions)
 
 
 def _hnsw_settings(params) -> tuple[int, int, int]:
@@ -50,7 +61,8 @@ def writes_codes(params) -> bool:
     as precomputed shuffle buffers) and IVF_RQ under l2 or cosine (segments
     written in Lance's layout; Lance's dot-metric RaBitQ stores other factors), and
     IVF_SQ (segments written in Lance's layout with the model's shared bounds, so
-    that they merge), and IVF_FLAT (the rows themselves, in Lance's layout)."""
+    that they merge), IVF_FLAT (the rows themselves, in Lance's layout), and
+    IVF_HNSW_FLAT and IVF_HNSW_SQ under l2 or cosine (those, with the graphs we build)."""
     if params.quantizer == "PQ":
         return params.num_bits == 8
     if params.index_type in ("IVF_SQ", "IVF_FLAT"):
