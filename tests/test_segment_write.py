@@ -298,6 +298,6 @@ def test_precomputed_rq_build_recall_matches_lance_encoding(tmp_path, vectors, q
 def test_precomputed_rq_refuses_dot(tmp_path, vectors):
     uri = str(tmp_path / "v.lance")
     write_vectors(uri, vectors, max_rows_per_file=3000)
-    with pytest.raises(dli.InvalidInputError, match="IVF_RQ under l2 or cosine"):
+    with pytest.raises(dli.InvalidInputError, match="under l2 or cosine; Lance encodes IVF_RQ"):
         dli.create_index(uri, "vector", "IVF_RQ", metric="dot", num_partitions=16, engine="precomputed")
     assert lance.dataset(uri).describe_indices() == []
