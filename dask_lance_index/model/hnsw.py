@@ -40,9 +40,8 @@ HNSW_CANDIDATES = 40
 _SLICE_CELLS = 1 << 22
 # Mean rows per partition up to which we build the graphs (engine "auto"): exact candidates
 # cost each node a distance to every node of its partition, Lance's inserts a beam search.
-# Measured, 128-d, 256 partitions, one process, against Lance's create_index: 250k rows
-# (977 a partition) 15.2 s against 19.9 s (0.76x); 500k (1,953) 41.8 s against 40.7 s;
-# 1M (3,906) 119 s against 91.7 s (docs/benchmarks.md).
+# Measured (benchmarks/bench_hnsw_graphs.py, 128-d, 256 partitions, one process), our time over
+# Lance's: 0.79 at 976 rows a partition, 1.08 at 1,953, 1.31 at 3,906 (docs/benchmarks.md).
 HNSW_EXACT_ROWS = 1280
 
 

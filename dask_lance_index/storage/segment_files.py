@@ -60,7 +60,7 @@ _FLOAT32 = 2  # lance.index.pb.TensorDataType.FLOAT32
 _WRITE_ROWS = 65536  # rows per written batch: the reordered copies stay this small
 # The Lance file format of auxiliary.idx, the file holding every indexed row's codes. Lance
 # writes 2.2 and reads any version. 2.0 stores fixed-width columns as plain pages: writing 1M
-# IVF_FLAT rows at 128-d (512 MB) took 0.23-0.79 s in 2.0 and 0.81-1.44 s in 2.2, whose
+# IVF_FLAT rows at 128-d (490 MB) took 0.23-0.44 s in 2.0 and 0.80-1.44 s in 2.2, whose
 # structural encoding costs CPU per value, and queries were as fast (docs/benchmarks.md).
 AUX_FILE_VERSION = "2.0"
 # lance.index.pb.VectorMetricType; l2 is the protobuf default, which is not written
