@@ -185,6 +185,12 @@ def test_engine_choice():
         assert resolve_engine("auto", params, num_rows=5120).name == "precomputed"
         assert resolve_engine("auto", params, num_rows=5121).name == "partitions"
         assert resolve_engine("precomputed", params, num_rows=5121).name == "precomputed"  # as asked
+        # and the one task holds every row: at most 1 GiB of them (12 bytes of ids, the stored row)
+        params = resolve_params(t, dimension=1024, num_rows=10**6, num_partitions=1000)
+        stored = 4 * 1024 if t == "IVF_HNSW_FLAT" else 1024
+        fits = (2**30) // (12 + stored)
+        assert resolve_engine("auto", params, num_rows=fits, dimension=1024).name == "precomputed"
+        assert resolve_engine("auto", params, num_rows=fits + 1, dimension=1024).name == "partitions"
     # IVF_SQ: we write the codes with the model's shared bounds, so its segments merge
     sq = resolve_params("IVF_SQ", dimension=32, num_rows=1000, num_partitions=4)
     assert resolve_engine("auto", sq).name == "precomputed"

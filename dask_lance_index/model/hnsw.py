@@ -5,10 +5,16 @@ beam search over the graph so far (``ef_construction`` candidates). Here the gra
 a level comes from exact candidates instead: each node's ``candidates`` nearest nodes
 of that level (one GEMM per slice of nodes), kept or dropped by HNSW's pruning rule
 (a candidate is kept when it is nearer the node than every neighbour kept before it,
-at most ``2 m`` neighbours on level 0 and ``m`` above, as Lance's), then every kept
-edge also added the other way and each list pruned again by the same rule. Levels are
-drawn as HNSW draws them (a node reaches level ``l`` with probability ``m**-l``); the
-entry point is the smallest node id on the top level, as in Lance's files.
+at most ``2 m`` neighbours on level 0 and ``m`` above, as Lance's; the nearest dropped
+ones then fill a list up to ``m``), then every kept edge also added the other way and a
+list that overflows pruned again by the same rule, and last a few edges added until
+every node is reached from the entry point and reaches it. Levels are drawn as HNSW
+draws them (a node reaches level ``l`` with probability ``m**-l``); the entry point is
+the smallest node id on the top level, as in Lance's files.
+
+The cost of a node is a distance to every node of its partition: cheaper than Lance's
+inserts up to about a thousand rows a partition, dearer past two thousand
+(:data:`HNSW_EXACT_ROWS`).
 
 The graph is what Lance's search reads (:func:`dask_lance_index.storage.write_hnsw_segment`):
 node ids are row positions in the partition's stored rows, neighbour ids are node ids
@@ -112,33 +118,28 @@ def _nearest(dist: np.ndarray, k: int) -> np.ndarray:
     return np.argpartition(dist, k - 1, axis=1)[:, :k]
 
 
-def _candidates(vectors, sq, rows: np.ndarray, pool: np.ndarray, fwd, fwd_dist) -> None:
-    """Each of ``rows``' nearest nodes among ``pool`` (which holds ``rows`` first), nearest
-    first, into ``fwd[rows]`` and ``fwd_dist[rows]`` (node ids, squared distances; inf pads)."""
-    k = fwd.shape[1]
-    kk = min(k, len(pool) - 1)
-    step = max(1, _SLICE_CELLS // len(pool))
-    pool_t = vectors[pool].T
-    for lo in range(0, len(rows), step):
-        hi = min(len(rows), lo + step)
+def _candidates(vectors, sq, fwd, fwd_dist) -> None:
+    """Each node's ``K = fwd.shape[1]`` nearest nodes, nearest first, into ``fwd`` and
+    ``fwd_dist`` (node ids, squared distances), a slice of nodes at a time."""
+    n, k = fwd.shape
+    step = max(1, _SLICE_CELLS // n)
+    for lo in range(0, n, step):
+        hi = min(n, lo + step)
         # |x_j|^2 - 2 x_i.x_j: row i's distances less its own |x_i|^2, which orders them alike
-        dist = vectors[rows[lo:hi]] @ pool_t
+        dist = vectors[lo:hi] @ vectors.T
         dist *= -2
-        dist += sq[pool][None, :]
+        dist += sq[None, :]
         dist[np.arange(hi - lo), np.arange(lo, hi)] = np.inf  # not its own neighbour
-        near = _nearest(dist, kk)
+        near = _nearest(dist, k)
         nd = np.take_along_axis(dist, near, axis=1)
         order = np.argsort(nd, axis=1, kind="stable")
-        out = rows[lo:hi]
-        fwd[out, :kk] = pool[np.take_along_axis(near, order, axis=1)]
-        fwd_dist[out, :kk] = np.maximum(np.take_along_axis(nd, order, axis=1) + sq[out, None], 0)
-        fwd[out, kk:] = 0
-        fwd_dist[out, kk:] = np.inf
+        fwd[lo:hi] = np.take_along_axis(near, order, axis=1)
+        fwd_dist[lo:hi] = np.maximum(np.take_along_axis(nd, order, axis=1) + sq[lo:hi, None], 0)
 
 
 def _level_graph(vectors: np.ndarray, cap: int, fill: int, candidates: int, entry: int):
     """Neighbour lists of one level's nodes (local ids), every node reached from
-    ``entry``: offsets, ids, distances."""
+    ``entry`` and reaching it: offsets, ids, distances."""
     n, d = vectors.shape
     if n == 1:
         return np.zeros(2, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
@@ -146,7 +147,7 @@ def _level_graph(vectors: np.ndarray, cap: int, fill: int, candidates: int, entr
     sq = np.einsum("ij,ij->i", vectors, vectors)
     fwd = np.empty((n, k), np.int64)
     fwd_dist = np.empty((n, k), np.float32)
-    _candidates(vectors, sq, np.arange(n), np.arange(n), fwd, fwd_dist)
+    _candidates(vectors, sq, fwd, fwd_dist)
     keep = _prune_in_slices(fwd_dist, fwd, vectors, cap, fill)
     # every kept edge also the other way; then each node's list pruned again, nearest first
     src = np.repeat(np.arange(n), keep.sum(axis=1))

@@ -21,6 +21,7 @@ import numpy as np
 
 from ...model import FlatEncoder, PQEncoder, RQEncoder, RQRotation, SQEncoder, build_hnsw
 from ...model.hnsw import HNSW_CANDIDATES, HNSW_EF_CONSTRUCTION, HNSW_EXACT_ROWS, HNSW_M, HNSW_MAX_LEVEL
+from ...plan.index_plan import FLAT_TASK_BYTES
 from ...runtime import small_pages
 from ...storage import (
     SegmentResult,
@@ -42,12 +43,17 @@ __all__ = ["HNSW_WRITTEN", "PrecomputedEngine", "graphs_left_to_lance", "writes_
 HNSW_WRITTEN = ("IVF_HNSW_FLAT", "IVF_HNSW_SQ")
 
 
-def graphs_left_to_lance(params, num_rows: int | None) -> bool:
+def graphs_left_to_lance(params, num_rows: int | None, dimension: int | None = None) -> bool:
     """Whether engine ``"auto"`` leaves an IVF_HNSW_FLAT/SQ index's graphs to Lance: when
     its partitions hold more than :data:`~dask_lance_index.model.hnsw.HNSW_EXACT_ROWS` rows
-    on average, where our exact candidates cost more than Lance's inserts."""
-    return (params.index_type in HNSW_WRITTEN and num_rows is not None
-            and num_rows > HNSW_EXACT_ROWS * params.num_partitions)
+    on average, where our exact candidates cost more than Lance's inserts, or when the one
+    task that builds the segment would hold more than
+    :data:`~dask_lance_index.plan.index_plan.FLAT_TASK_BYTES` of rows (it holds every row
+    until it writes them grouped by partition)."""
+    if params.index_type not in HNSW_WRITTEN or num_rows is None:
+        return False
+    row_bytes = 12 + (dimension or 0) * (4 if params.index_type == "IVF_HNSW_FLAT" else 1)
+    return num_rows > HNSW_EXACT_ROWS * params.num_partitions or num_rows * row_bytes > FLAT_TASK_BYTES
 
 
 def _hnsw_settings(params) -> tuple[int, int, int]:

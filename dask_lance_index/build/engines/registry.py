@@ -25,20 +25,21 @@ def get_engine(name: str) -> Engine:
         raise InvalidInputError(f"engine {name!r} is not one of {ENGINE_NAMES}") from None
 
 
-def resolve_engine(name: str, params, num_rows: int | None = None) -> Engine:
-    """The engine that builds an index of ``params`` over ``num_rows`` rows. Pure.
+def resolve_engine(name: str, params, num_rows: int | None = None, dimension: int | None = None) -> Engine:
+    """The engine that builds an index of ``params`` over ``num_rows`` rows of ``dimension``. Pure.
 
     ``"auto"``: ``"precomputed"`` where it applies (our workers assign and encode
     with NumPy BLAS and write the segments: 8-bit PQ types, IVF_FLAT, IVF_SQ, and IVF_RQ,
     IVF_HNSW_FLAT and IVF_HNSW_SQ under l2 and cosine, the last two with partitions of
-    at most 1,280 rows on average: :func:`.precomputed.graphs_left_to_lance`),
+    at most 1,280 rows on average and at most 1 GiB of rows in all:
+    :func:`.precomputed.graphs_left_to_lance`),
     ``"partitions"`` otherwise (our workers assign, Lance encodes).
     An engine that cannot build the index is refused with the reason and the fix.
     ``benchmarks/bench_build.py`` measures them side by side.
     """
     if name == "auto":
         precomputed = ENGINES["precomputed"]
-        if precomputed.refuses(params) is None and not graphs_left_to_lance(params, num_rows):
+        if precomputed.refuses(params) is None and not graphs_left_to_lance(params, num_rows, dimension):
             return precomputed
         return ENGINES["partitions"]
     engine = get_engine(name)
