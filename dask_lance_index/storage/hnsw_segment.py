@@ -30,13 +30,7 @@ import numpy as np
 import pyarrow as pa
 from lance.file import LanceFileWriter
 
-from .segment_files import (
-    AUX_FILE_VERSION,
-    _partition_order,
-    _segment_dir,
-    _write_aux,
-    ivf_message,
-)
+from .segment_files import AUX_FILE_VERSION, _segment_dir, ivf_message, write_row_major_storage
 
 __all__ = ["HNSW_PREFETCH_DISTANCE", "write_hnsw_segment"]
 
@@ -97,31 +91,21 @@ def write_hnsw_segment(
     stored order (:func:`dask_lance_index.model.build_hnsw`).
     """
     centroids = np.asarray(centroids, dtype=np.float32)
-    num_partitions, dimension = centroids.shape
-    order, lengths, offsets = _partition_order(np.asarray(part_ids), num_partitions)
     if index_type == "IVF_HNSW_SQ":
-        field = pa.field("__sq_code", pa.list_(pa.uint8(), dimension))
-        quantizer = {"dim": dimension, "num_bits": num_bits,
-                     "bounds": {"start": float(bounds[0]), "end": float(bounds[1])}}
         step = (float(bounds[1]) - float(bounds[0])) / (2**num_bits - 1)
         decode = lambda codes: codes.astype(np.float32) * np.float32(step) + np.float32(bounds[0])  # noqa: E731
     else:
-        field = pa.field("flat", pa.list_(pa.float32(), dimension), nullable=False)
-        quantizer = {"dim": dimension}
         decode = lambda rows: rows  # noqa: E731
     base = _segment_dir(dataset_uri, index_uuid)
-    _write_aux(
-        base, pa.schema([pa.field("_rowid", pa.uint64()), field]), order, {},
-        {"_rowid": np.asarray(row_ids, dtype=np.uint64), field.name: values},
-        ivf=ivf_message(offsets, lengths), extra_buffers=[], metric=metric,
-        quantizer_json=json.dumps(quantizer, separators=(",", ":")), storage_options=storage_options,
-    )
+    order, lengths, offsets = write_row_major_storage(
+        base, index_type, values, row_ids=row_ids, part_ids=part_ids, num_partitions=len(centroids), metric=metric,
+        bounds=bounds, num_bits=num_bits, storage_options=storage_options)
     params = {"max_level": max_level, "m": m, "ef_construction": ef_construction,
               "prefetch_distance": HNSW_PREFETCH_DISTANCE}
     graphs_meta, graph_rows = [], []
     writer = LanceFileWriter(f"{base}/index.idx", _GRAPH_SCHEMA, version=AUX_FILE_VERSION,
                              storage_options=storage_options)
-    for p in range(num_partitions):
+    for p in range(len(centroids)):
         rows = order[offsets[p] : offsets[p] + lengths[p]]
         if not len(rows):
             graphs_meta.append("")

@@ -240,22 +240,33 @@ def write_pq_segment(
     return ["auxiliary.idx", "index.idx"]
 
 
-def _write_row_major_segment(dataset_uri: str, index_uuid: str, index_type: str, field: pa.Field,
-                             values: np.ndarray, quantizer: dict, *, row_ids, part_ids, centroids, metric: str,
-                             loss: float, storage_options) -> list:
-    """A segment whose ``auxiliary.idx`` holds ``_rowid`` and one code column, ``field``,
-    row-major and grouped by partition (IVF_SQ, IVF_FLAT); returns the file names."""
-    centroids = np.asarray(centroids, dtype=np.float32)
-    order, lengths, offsets = _partition_order(np.asarray(part_ids), len(centroids))
-    schema = pa.schema([pa.field("_rowid", pa.uint64()), field])
-    base = _segment_dir(dataset_uri, index_uuid)
+def row_major_storage(index_type: str, dimension: int, *, bounds: tuple[float, float] | None = None,
+                      num_bits: int = 8) -> tuple[pa.Field, dict]:
+    """The code column and quantizer metadata of a row-major segment's ``auxiliary.idx``:
+    SQ types ``__sq_code`` (one byte a dimension, with the shared ``bounds``), FLAT types
+    ``flat`` (the vectors, not nullable). Pure."""
+    if index_type.endswith("_SQ"):
+        return (pa.field("__sq_code", pa.list_(pa.uint8(), dimension)),
+                {"dim": dimension, "num_bits": num_bits,
+                 "bounds": {"start": float(bounds[0]), "end": float(bounds[1])}})
+    return pa.field("flat", pa.list_(pa.float32(), dimension), nullable=False), {"dim": dimension}
+
+
+def write_row_major_storage(base: str, index_type: str, values: np.ndarray, *, row_ids, part_ids,
+                            num_partitions: int, metric: str, bounds: tuple[float, float] | None = None,
+                            num_bits: int = 8, storage_options) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Write the ``auxiliary.idx`` of a row-major segment (IVF_SQ, IVF_FLAT and their HNSW
+    types: :func:`row_major_storage`), ``_rowid`` and ``values`` grouped by partition;
+    returns the partition order, lengths and offsets it wrote them in."""
+    field, quantizer = row_major_storage(index_type, np.shape(values)[1], bounds=bounds, num_bits=num_bits)
+    order, lengths, offsets = _partition_order(np.asarray(part_ids), num_partitions)
     _write_aux(
-        base, schema, order, {}, {"_rowid": np.asarray(row_ids, dtype=np.uint64), field.name: values},
+        base, pa.schema([pa.field("_rowid", pa.uint64()), field]), order, {},
+        {"_rowid": np.asarray(row_ids, dtype=np.uint64), field.name: values},
         ivf=ivf_message(offsets, lengths), extra_buffers=[], metric=metric,
         quantizer_json=json.dumps(quantizer, separators=(",", ":")), storage_options=storage_options,
     )
-    _write_index_file(base, index_type, metric, centroids, loss, storage_options)
-    return ["auxiliary.idx", "index.idx"]
+    return order, lengths, offsets
 
 
 def write_sq_segment(
@@ -278,14 +289,13 @@ def write_sq_segment(
     the same for every segment of the index, which is what lets Lance merge them.
     Lance stores SQ codes row-major in whole and partial segments alike.
     """
-    dimension = np.shape(centroids)[1]
-    quantizer = {"dim": dimension, "num_bits": num_bits,
-                 "bounds": {"start": float(bounds[0]), "end": float(bounds[1])}}
-    return _write_row_major_segment(
-        dataset_uri, index_uuid, "IVF_SQ", pa.field("__sq_code", pa.list_(pa.uint8(), dimension)),
-        np.asarray(codes, dtype=np.uint8), quantizer, row_ids=row_ids, part_ids=part_ids, centroids=centroids,
-        metric=metric, loss=loss, storage_options=storage_options,
-    )
+    centroids = np.asarray(centroids, dtype=np.float32)
+    base = _segment_dir(dataset_uri, index_uuid)
+    write_row_major_storage(base, "IVF_SQ", np.asarray(codes, dtype=np.uint8), row_ids=row_ids, part_ids=part_ids,
+                            num_partitions=len(centroids), metric=metric, bounds=bounds, num_bits=num_bits,
+                            storage_options=storage_options)
+    _write_index_file(base, "IVF_SQ", metric, centroids, loss, storage_options)
+    return ["auxiliary.idx", "index.idx"]
 
 
 def write_flat_segment(
@@ -302,12 +312,13 @@ def write_flat_segment(
 ) -> list:
     """Write one IVF_FLAT segment's files; returns the file names. ``vectors``: the rows
     as Lance stores them (unit vectors for cosine, raw otherwise), float32."""
-    dimension = np.shape(centroids)[1]
-    return _write_row_major_segment(
-        dataset_uri, index_uuid, "IVF_FLAT", pa.field("flat", pa.list_(pa.float32(), dimension), nullable=False),
-        np.asarray(vectors, dtype=np.float32), {"dim": dimension}, row_ids=row_ids, part_ids=part_ids,
-        centroids=centroids, metric=metric, loss=loss, storage_options=storage_options,
-    )
+    centroids = np.asarray(centroids, dtype=np.float32)
+    base = _segment_dir(dataset_uri, index_uuid)
+    write_row_major_storage(base, "IVF_FLAT", np.asarray(vectors, dtype=np.float32), row_ids=row_ids,
+                            part_ids=part_ids, num_partitions=len(centroids), metric=metric,
+                            storage_options=storage_options)
+    _write_index_file(base, "IVF_FLAT", metric, centroids, loss, storage_options)
+    return ["auxiliary.idx", "index.idx"]
 
 
 def _rq_schema(dimension: int, num_bits: int):
