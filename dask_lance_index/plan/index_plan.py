@@ -27,7 +27,7 @@ from .fragments import (
 from .merges import MergePlan, merge_depth, plan_merges
 from .params import IndexParams, training_sample_size
 
-__all__ = ["IndexPlan", "graphs_built_twice", "make_plan", "model_parts_to_train", "segment_uuid"]
+__all__ = ["IndexPlan", "graphs_built_twice", "held_row_bytes", "make_plan", "model_parts_to_train", "segment_uuid"]
 
 _UUID_NAMESPACE = uuidlib.UUID("6f1c2a4e-3d7b-4c1e-9a8f-d1a5c0e11de0")
 
@@ -45,6 +45,13 @@ LANCE_PQ_ROWS_PER_PARTITION = 256
 # Most bytes of rows one IVF_FLAT task of the precomputed engine holds before it writes
 # its segment (its tasks are planned at most this large: 2M rows at 128-d, 262k at 1024-d).
 FLAT_TASK_BYTES = 2**30
+
+
+def held_row_bytes(index_type: str, dimension: int) -> int:
+    """Bytes a precomputed build task holds per row of a row-major type until it writes
+    them grouped by partition: 8 of row id, 4 of partition, and the stored row (4d for
+    the FLAT types, d for the SQ types). Pure."""
+    return 12 + dimension * (1 if index_type.endswith("_SQ") else 4)
 
 @dataclass(frozen=True)
 class IndexPlan:
@@ -270,7 +277,7 @@ def make_plan(
             # bounded; and it is not split further to give every worker a task: the merge then
             # reads and writes every row once more, which costs more than the split saves
             # (docs/benchmarks.md, "IVF_FLAT").
-            per = max(65536, min(DEFAULT_ROWS_PER_TASK, FLAT_TASK_BYTES // (4 * dimension + 12)))
+            per = max(65536, min(DEFAULT_ROWS_PER_TASK, FLAT_TASK_BYTES // held_row_bytes("IVF_FLAT", dimension)))
             min_tasks = 1
         groups = group_fragments(fragments, num_tasks=num_tasks, rows_per_task=per, min_tasks=min_tasks)
     rows = {f.fragment_id: f.num_rows for f in fragments}

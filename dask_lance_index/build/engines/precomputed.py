@@ -21,7 +21,7 @@ import numpy as np
 
 from ...model import FlatEncoder, PQEncoder, RQEncoder, RQRotation, SQEncoder, build_hnsw
 from ...model.hnsw import HNSW_CANDIDATES, HNSW_EF_CONSTRUCTION, HNSW_EXACT_ROWS, HNSW_M, HNSW_MAX_LEVEL
-from ...plan.index_plan import FLAT_TASK_BYTES
+from ...plan.index_plan import FLAT_TASK_BYTES, held_row_bytes
 from ...runtime import small_pages
 from ...storage import (
     SegmentResult,
@@ -52,8 +52,8 @@ def graphs_left_to_lance(params, num_rows: int | None, dimension: int | None = N
     until it writes them grouped by partition)."""
     if params.index_type not in HNSW_WRITTEN or num_rows is None:
         return False
-    row_bytes = 12 + (dimension or 0) * (4 if params.index_type == "IVF_HNSW_FLAT" else 1)
-    return num_rows > HNSW_EXACT_ROWS * params.num_partitions or num_rows * row_bytes > FLAT_TASK_BYTES
+    return (num_rows > HNSW_EXACT_ROWS * params.num_partitions
+            or num_rows * held_row_bytes(params.index_type, dimension or 0) > FLAT_TASK_BYTES)
 
 
 def _hnsw_settings(params) -> tuple[int, int, int]:
