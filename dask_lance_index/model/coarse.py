@@ -24,7 +24,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .kmeans import assign, kmeans
+from .kmeans import assign, kmeans, smallest_first
 from .sample_rows import LocalRows, SampleRows
 
 __all__ = [
@@ -422,6 +422,4 @@ def _positions(cand: np.ndarray, mine: np.ndarray) -> np.ndarray:
 
 def _best_first(score: np.ndarray, top: int) -> np.ndarray:
     """The columns of each row's ``top`` largest scores, largest first."""
-    part = np.argpartition(-score, top - 1, axis=1)[:, :top] if top < score.shape[1] else \
-        np.broadcast_to(np.arange(score.shape[1]), score.shape).copy()
-    return np.take_along_axis(part, np.argsort(-np.take_along_axis(score, part, 1), axis=1, kind="stable"), 1)
+    return smallest_first(-score, top)

@@ -29,6 +29,8 @@ import numpy as np
 from scipy import sparse
 from scipy.sparse import csgraph
 
+from .kmeans import smallest_first
+
 __all__ = ["HNSW_CANDIDATES", "HNSW_EF_CONSTRUCTION", "HNSW_EXACT_ROWS", "HNSW_M", "HNSW_MAX_LEVEL", "HnswGraph", "build_hnsw",
            "node_levels"]
 
@@ -111,13 +113,6 @@ def _prune(dist: np.ndarray, cand: np.ndarray, vectors: np.ndarray, cap: int, fi
     return keep
 
 
-def _nearest(dist: np.ndarray, k: int) -> np.ndarray:
-    """Column indices of each row's ``k`` smallest values (in no order)."""
-    if k >= dist.shape[1]:
-        return np.broadcast_to(np.arange(dist.shape[1]), dist.shape).copy()
-    return np.argpartition(dist, k - 1, axis=1)[:, :k]
-
-
 def _candidates(vectors, sq, fwd, fwd_dist) -> None:
     """Each node's ``K = fwd.shape[1]`` nearest nodes, nearest first, into ``fwd`` and
     ``fwd_dist`` (node ids, squared distances), a slice of nodes at a time."""
@@ -130,11 +125,9 @@ def _candidates(vectors, sq, fwd, fwd_dist) -> None:
         dist *= -2
         dist += sq[None, :]
         dist[np.arange(hi - lo), np.arange(lo, hi)] = np.inf  # not its own neighbour
-        near = _nearest(dist, k)
-        nd = np.take_along_axis(dist, near, axis=1)
-        order = np.argsort(nd, axis=1, kind="stable")
-        fwd[lo:hi] = np.take_along_axis(near, order, axis=1)
-        fwd_dist[lo:hi] = np.maximum(np.take_along_axis(nd, order, axis=1) + sq[lo:hi, None], 0)
+        near = smallest_first(dist, k)
+        fwd[lo:hi] = near
+        fwd_dist[lo:hi] = np.maximum(np.take_along_axis(dist, near, axis=1) + sq[lo:hi, None], 0)
 
 
 def _level_graph(vectors: np.ndarray, cap: int, fill: int, candidates: int, entry: int):
