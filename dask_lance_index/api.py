@@ -298,7 +298,7 @@ def create_index(
         NumPy BLAS and Lance encodes from that map; ``"lance"``: Lance itself.
         ``"auto"``: ``"precomputed"`` for 8-bit PQ types, IVF_FLAT, IVF_SQ, and
         IVF_RQ, IVF_HNSW_FLAT and IVF_HNSW_SQ under l2 and cosine (the last two
-        while partitions hold at most 1,280 rows on average, past which Lance's
+        while partitions hold at most 4,096 rows on average, past which Lance's
         graph build is faster, and the rows at most 1 GiB, which the one build task
         holds), ``"partitions"`` otherwise.
         ``"artifact"`` (8-bit PQ types): the workers encode into a partition

@@ -13,6 +13,7 @@ from dask_lance_index.model.kmeans import (
     kmeans_batched,
     lloyd_partial,
     lloyd_update,
+    smallest_first,
 )
 from dask_lance_index.train import train_ivf_on_cluster, train_shards
 
@@ -36,6 +37,29 @@ def test_assign_is_the_nearest_centroid(x):
     assert agree.mean() > 0.999
     np.testing.assert_allclose(wd[~agree], ((x[~agree] - c[labels[~agree]]) ** 2).sum(1), rtol=1e-3)
     np.testing.assert_allclose(dists, wd, rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("cols,top", [(4000, 40), (1300, 40), (900, 48), (200, 40), (50, 1), (40, 40)])
+def test_smallest_first_is_the_sorted_smallest_on_every_path(cols, top):
+    """Wide rows select through a sampled threshold; rows it lets too few or too many
+    values through fall back to argpartition. Every row must still be exact."""
+    rng = np.random.default_rng(cols + top)
+    values = rng.standard_normal((300, cols)).astype(np.float32)
+    values[:, : cols // 3] = np.round(values[:, : cols // 3], 1)  # ties
+    values[0, :] = 1.0  # one value everywhere: every column through its threshold
+    values[1, ::2] = np.inf  # half the row never chosen
+    values[2, :] = np.linspace(0, 1, cols)[::-1]  # the smallest at the end of the row
+    values[3, :] = 1e6  # the sampled columns far smaller than the rest: too few through
+    values[3, ::8] = np.arange(len(values[3, ::8]))
+    got = smallest_first(values, top)
+    want = np.argsort(values, axis=1, kind="stable")[:, :top]
+    assert got.shape == (300, top)
+    # the same values in the same order; the same columns wherever there is no tie at the cut
+    assert np.array_equal(np.take_along_axis(values, got, 1), np.take_along_axis(values, want, 1))
+    cut = np.take_along_axis(values, want[:, -1:], 1)
+    untied = (values == cut).sum(1) == 1
+    assert np.array_equal(got[untied], want[untied])
+    assert all(len(set(row)) == top for row in got.tolist())
 
 
 def test_assign_batched_equals_assign_per_member(x):

@@ -180,11 +180,11 @@ def test_engine_choice():
             params = resolve_params(t, dimension=32, num_rows=1000, num_partitions=4, metric=metric)
             assert resolve_engine("auto", params).name == engine
             assert resolve_engine("auto", params, num_rows=1000).name == engine
-        # partitions of more than 1,280 rows on average: exact candidates cost more than Lance's inserts
-        params = resolve_params(t, dimension=32, num_rows=5200, num_partitions=4)
-        assert resolve_engine("auto", params, num_rows=5120).name == "precomputed"
-        assert resolve_engine("auto", params, num_rows=5121).name == "partitions"
-        assert resolve_engine("precomputed", params, num_rows=5121).name == "precomputed"  # as asked
+        # partitions of more than 4,096 rows on average: exact candidates cost more than Lance's inserts
+        params = resolve_params(t, dimension=32, num_rows=16400, num_partitions=4)
+        assert resolve_engine("auto", params, num_rows=16384).name == "precomputed"
+        assert resolve_engine("auto", params, num_rows=16385).name == "partitions"
+        assert resolve_engine("precomputed", params, num_rows=16385).name == "precomputed"  # as asked
         # and the one task holds every row: at most 1 GiB of them (12 bytes of ids, the stored row)
         params = resolve_params(t, dimension=1024, num_rows=10**6, num_partitions=1000)
         stored = 4 * 1024 if t == "IVF_HNSW_FLAT" else 1024

@@ -12,9 +12,10 @@ every node is reached from the entry point and reaches it. Levels are drawn as H
 draws them (a node reaches level ``l`` with probability ``m**-l``); the entry point is
 the smallest node id on the top level, as in Lance's files.
 
-The cost of a node is a distance to every node of its partition: cheaper than Lance's
-inserts up to about a thousand rows a partition, dearer past two thousand
-(:data:`HNSW_EXACT_ROWS`).
+The cost of a node is a distance to every node of its partition, and its candidates
+selected from that row of distances (:func:`.kmeans.smallest_first`): cheaper than
+Lance's inserts up to 3,906 rows a partition, where it was measured, and growing with the
+partition past that while Lance's grows with its logarithm (:data:`HNSW_EXACT_ROWS`).
 
 The graph is what Lance's search reads (:func:`dask_lance_index.storage.write_hnsw_segment`):
 node ids are row positions in the partition's stored rows, neighbour ids are node ids
@@ -49,8 +50,8 @@ _SLICE_CELLS = 1 << 22
 # Mean rows per partition up to which we build the graphs (engine "auto"): exact candidates
 # cost each node a distance to every node of its partition, Lance's inserts a beam search.
 # Measured (benchmarks/bench_hnsw_graphs.py, 128-d, 256 partitions, one process), our time over
-# Lance's: 0.79 at 976 rows a partition, 1.08 at 1,953, 1.31 at 3,906 (docs/benchmarks.md).
-HNSW_EXACT_ROWS = 1280
+# Lance's: 0.64 at 976 rows a partition, 0.73 at 1,953, 0.87 at 3,906 (docs/benchmarks.md).
+HNSW_EXACT_ROWS = 4096
 
 
 @dataclass(frozen=True)

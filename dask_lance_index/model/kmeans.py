@@ -79,10 +79,63 @@ class _Scratch:
 
 def smallest_first(values: np.ndarray, top: int) -> np.ndarray:
     """The columns of each row's ``top`` smallest values, smallest first (ties in column
-    order): one ``argpartition``, then a sort of the ``top`` only."""
-    part = np.argpartition(values, top - 1, axis=1)[:, :top] if top < values.shape[1] else \
-        np.broadcast_to(np.arange(values.shape[1]), values.shape).copy()
+    order; which of a tie at the ``top``-th value is kept is unspecified): the ``top``
+    found (:func:`_smallest_unordered`), then sorted."""
+    if top < values.shape[1]:
+        part = _smallest_unordered(values, top)
+        part.sort(axis=1)  # column order, which the stable sort below keeps among ties
+    else:
+        part = np.broadcast_to(np.arange(values.shape[1]), values.shape).copy()
     return np.take_along_axis(part, np.argsort(np.take_along_axis(values, part, 1), axis=1, kind="stable"), 1)
+
+
+# Wide rows (at least this many columns a wanted value) take a threshold from a sample of
+# their columns before selecting: argpartition of every whole row was 55% of an HNSW graph
+# build at 3,900 rows a partition.
+_SAMPLED_WIDTH = 32
+# Columns a sampled threshold lets through, expected, per value wanted.
+_SAMPLED_SPARE = 3
+
+
+def _smallest_unordered(values: np.ndarray, top: int) -> np.ndarray:
+    """The columns of each row's ``top`` smallest values, in no order; ``top`` less than
+    the number of columns.
+
+    On wide rows, each row's threshold is a small order statistic of a strided sample
+    of its columns, chosen to let about ``_SAMPLED_SPARE * top`` values through; a row
+    with at least ``top`` values at or under its threshold has its ``top`` smallest
+    among them, so only those are selected from. The rest (too few or too many through)
+    take ``argpartition`` of the whole row: the result is exact either way.
+    """
+    rows, cols = values.shape
+    if cols < _SAMPLED_WIDTH * top or rows == 0:
+        return np.argpartition(values, top - 1, axis=1)[:, :top]
+    stride = _SAMPLED_WIDTH // 4  # a sample of an eighth of the columns
+    sample = values[:, ::stride]
+    rank = min(sample.shape[1] - 1, -(-_SAMPLED_SPARE * top // stride))
+    threshold = np.partition(sample, rank, axis=1)[:, rank]
+    through = values <= threshold[:, None]
+    counts = np.count_nonzero(through, axis=1)
+    ok = (counts >= top) & (counts <= 4 * _SAMPLED_SPARE * top)
+    out = np.empty((rows, top), dtype=np.intp)
+    if not ok.all():
+        out[~ok] = np.argpartition(values[~ok], top - 1, axis=1)[:, :top]
+    if ok.any():
+        through[~ok] = False
+        # row-major: each row's columns together (flat, then split: 6x faster than 2-d nonzero)
+        r, c = np.divmod(np.flatnonzero(through), cols)
+        counts = counts * ok
+        width = int(counts.max())
+        starts = np.cumsum(counts) - counts
+        slot = np.arange(len(r)) - starts[r]
+        held = np.full((rows, width), np.inf, dtype=values.dtype)
+        cols_held = np.zeros((rows, width), dtype=np.intp)
+        held[r, slot] = values[r, c]
+        cols_held[r, slot] = c
+        okr = np.flatnonzero(ok)
+        pick = np.argpartition(held[okr], top - 1, axis=1)[:, :top]
+        out[okr] = np.take_along_axis(cols_held[okr], pick, 1)
+    return out
 
 
 def assign(

@@ -31,7 +31,7 @@ def resolve_engine(name: str, params, num_rows: int | None = None, dimension: in
     ``"auto"``: ``"precomputed"`` where it applies (our workers assign and encode
     with NumPy BLAS and write the segments: 8-bit PQ types, IVF_FLAT, IVF_SQ, and IVF_RQ,
     IVF_HNSW_FLAT and IVF_HNSW_SQ under l2 and cosine, the last two with partitions of
-    at most 1,280 rows on average and at most 1 GiB of rows in all:
+    at most 4,096 rows on average and at most 1 GiB of rows in all:
     :func:`.precomputed.graphs_left_to_lance`),
     ``"partitions"`` otherwise (our workers assign, Lance encodes).
     An engine that cannot build the index is refused with the reason and the fix.
