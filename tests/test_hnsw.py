@@ -127,3 +127,51 @@ def test_copy_of_a_built_dataset_keeps_its_graphs(tmp_path):
     shutil.copytree(uri, str(tmp_path / "b.lance"))
     a, b = (search(lance.dataset(str(tmp_path / f"{n}.lance")), "vector", x[:20], 10, nprobes=4)[0] for n in "ab")
     np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("index_type", ["IVF_HNSW_FLAT", "IVF_HNSW_SQ"])
+def test_graphs_built_as_tasks_on_every_worker_equal_one_tasks(cluster_client, tmp_path, index_type):
+    """On a cluster, the one build task hands runs of partitions to graph tasks on every
+    worker, which read their rows back from the written file; the segment is the one a
+    build without a cluster writes, graph for graph."""
+    from distributed import get_task_stream
+
+    import dask_lance_index.build.graphs as graphs_module
+
+    x = make_vectors(12000, 32, num_clusters=40, seed=5)
+    files, default = {}, graphs_module.GRAPH_TASK_ROWS
+    cluster_client.run(lambda: setattr(graphs_module, "GRAPH_TASK_ROWS", 1000))  # ~12 graph tasks, not 1
+    try:
+        for who in ("one task", "cluster"):
+            uri = str(tmp_path / f"{who.replace(' ', '_')}.lance")
+            write_vectors(uri, x, max_rows_per_file=3000)
+            kw = {"client": cluster_client} if who == "cluster" else {"scheduler": "sync"}
+            with get_task_stream(cluster_client) as stream:
+                result = dli.create_index(uri, "vector", index_type, num_partitions=12, m=8, seed=0, **kw)
+            assert result.count_rows() == len(x)
+            seg, = lance.dataset(uri).describe_indices()[0].segments
+            base = f"{uri}/_indices/{seg.uuid}"
+            files[who] = [LanceFileReader(f"{base}/{f}").read_all().to_table() for f in ("auxiliary.idx", "index.idx")]
+            files[who].append(LanceFileReader(f"{base}/index.idx").metadata().schema.metadata[b"lance:hnsw"])
+            if who == "cluster":
+                workers = {t["worker"] for t in stream.data if t["key"].startswith("dli-graphs-")}
+                runs = [t for t in stream.data if t["key"].startswith("dli-graphs-")]
+    finally:
+        cluster_client.run(lambda: setattr(graphs_module, "GRAPH_TASK_ROWS", default))
+    assert len(runs) >= 10 and len(workers) == 2, (len(runs), workers)
+    for one, spread in zip(files["one task"], files["cluster"]):
+        assert one == spread
+    assert files["cluster"][1].num_rows >= len(x)  # a graph row per node and level
+
+
+def test_graph_runs_cover_the_partitions_in_order_within_the_bound():
+    from dask_lance_index.build.graphs import graph_runs
+
+    sizes = [5, 900, 30, 2500, 1, 1, 700, 400]
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    partitions = [(p, int(s), n) for p, (s, n) in enumerate(zip(starts, sizes))]
+    runs = graph_runs(partitions, 1000)
+    assert [p for run in runs for p in run] == partitions
+    assert all(sum(n for _, _, n in run) <= 1000 or len(run) == 1 for run in runs)
+    assert [len(run) for run in runs] == [3, 1, 3, 1]  # each run as full as the bound allows
+    assert graph_runs([], 1000) == []

@@ -24,15 +24,17 @@ remaps a graph after compaction (without them it builds that graph again).
 from __future__ import annotations
 
 import json
-from typing import Callable
+from dataclasses import dataclass
+from typing import Callable, Iterator
 
 import numpy as np
 import pyarrow as pa
-from lance.file import LanceFileWriter
+from lance.file import LanceFileReader, LanceFileWriter
 
 from .segment_files import AUX_FILE_VERSION, _segment_dir, ivf_message, write_row_major_storage
+from .segments import index_dir
 
-__all__ = ["HNSW_PREFETCH_DISTANCE", "write_hnsw_segment"]
+__all__ = ["HNSW_PREFETCH_DISTANCE", "StoredRows", "build_graphs_here", "decode_stored", "write_hnsw_segment"]
 
 # Lance's default, recorded in each graph's params (it only tunes Lance's own build).
 HNSW_PREFETCH_DISTANCE = 2
@@ -62,6 +64,47 @@ def _graph_batch(graph) -> pa.RecordBatch:
     ], schema=_GRAPH_SCHEMA)
 
 
+def decode_stored(index_type: str, values: np.ndarray, bounds: tuple[float, float] | None = None,
+                  num_bits: int = 8) -> np.ndarray:
+    """The float32 rows a graph is built on from stored ``values``: the rows themselves
+    (IVF_HNSW_FLAT), or the SQ codes decoded with ``bounds`` (IVF_HNSW_SQ: the distances
+    Lance's search sees)."""
+    if index_type != "IVF_HNSW_SQ":
+        return np.asarray(values, dtype=np.float32)
+    step = (float(bounds[1]) - float(bounds[0])) / (2**num_bits - 1)
+    return values.astype(np.float32) * np.float32(step) + np.float32(bounds[0])
+
+
+@dataclass(frozen=True)
+class StoredRows:
+    """A written segment's ``auxiliary.idx``, from which a run of its partitions' rows is
+    read back (by a graph task on another worker, :func:`write_hnsw_segment`). Picklable."""
+
+    dataset_uri: str
+    index_uuid: str
+    index_type: str
+    bounds: tuple[float, float] | None = None
+    num_bits: int = 8
+    storage_options: dict | None = None
+
+    def read(self, start: int, count: int) -> np.ndarray:
+        """Stored rows ``[start, start + count)``, decoded (:func:`decode_stored`)."""
+        reader = LanceFileReader(f"{index_dir(self.dataset_uri, self.index_uuid)}/auxiliary.idx",
+                                 storage_options=self.storage_options)
+        name = "__sq_code" if self.index_type == "IVF_HNSW_SQ" else "flat"
+        column = reader.read_range(start, count, batch_size=max(count, 1)).to_table().column(name).combine_chunks()
+        values = column.flatten().to_numpy(zero_copy_only=False).reshape(count, column.type.list_size)
+        return decode_stored(self.index_type, values, self.bounds, self.num_bits)
+
+
+def build_graphs_here(build_graph: Callable) -> Callable:
+    """A ``build_graphs`` for :func:`write_hnsw_segment` that builds each graph in this
+    process, one partition at a time, from the rows in memory."""
+    def build_graphs(stored: StoredRows, partitions: list, rows_of: Callable) -> Iterator:
+        return (build_graph(p, rows_of(p)) for p, _, _ in partitions)
+    return build_graphs
+
+
 def write_hnsw_segment(
     dataset_uri: str,
     index_uuid: str,
@@ -76,7 +119,7 @@ def write_hnsw_segment(
     m: int,
     ef_construction: int,
     max_level: int,
-    build_graph: Callable,
+    build_graphs: Callable,
     bounds: tuple[float, float] | None = None,
     num_bits: int = 8,
     storage_options: dict | None = None,
@@ -87,31 +130,40 @@ def write_hnsw_segment(
     ``values``: the stored rows, ``(n, d)``: float32 rows as Lance stores them for
     IVF_HNSW_FLAT, uint8 SQ codes made with ``bounds`` for IVF_HNSW_SQ (whose graphs
     are built on the decoded codes, the distances Lance's search sees).
-    ``build_graph(partition, rows)``: the graph of one partition's float32 rows in
-    stored order (:func:`dask_lance_index.model.build_hnsw`).
+    ``build_graphs(stored, partitions, rows_of)``: the graphs
+    (:func:`dask_lance_index.model.build_hnsw`) of the non-empty ``partitions``, a list
+    of ``(partition, first stored row, rows)``, in that order; each partition's float32
+    rows in stored order are ``rows_of(partition)`` here, or read back from the written
+    ``auxiliary.idx`` through ``stored`` (:class:`StoredRows`) elsewhere.
+    :func:`build_graphs_here` builds them one by one in this process.
     """
     centroids = np.asarray(centroids, dtype=np.float32)
-    if index_type == "IVF_HNSW_SQ":
-        step = (float(bounds[1]) - float(bounds[0])) / (2**num_bits - 1)
-        decode = lambda codes: codes.astype(np.float32) * np.float32(step) + np.float32(bounds[0])  # noqa: E731
-    else:
-        decode = lambda rows: rows  # noqa: E731
     base = _segment_dir(dataset_uri, index_uuid)
     order, lengths, offsets = write_row_major_storage(
         base, index_type, values, row_ids=row_ids, part_ids=part_ids, num_partitions=len(centroids), metric=metric,
         bounds=bounds, num_bits=num_bits, storage_options=storage_options)
+    stored = StoredRows(dataset_uri, index_uuid, index_type, None if bounds is None else tuple(map(float, bounds)),
+                        num_bits, storage_options)
+
+    def rows_of(p: int) -> np.ndarray:
+        return decode_stored(index_type, np.asarray(values)[order[offsets[p] : offsets[p] + lengths[p]]], bounds,
+                             num_bits)
+
+    partitions = [(p, int(offsets[p]), int(lengths[p])) for p in range(len(centroids)) if lengths[p]]
+    graphs = iter(build_graphs(stored, partitions, rows_of))
     params = {"max_level": max_level, "m": m, "ef_construction": ef_construction,
               "prefetch_distance": HNSW_PREFETCH_DISTANCE}
     graphs_meta, graph_rows = [], []
     writer = LanceFileWriter(f"{base}/index.idx", _GRAPH_SCHEMA, version=AUX_FILE_VERSION,
                              storage_options=storage_options)
     for p in range(len(centroids)):
-        rows = order[offsets[p] : offsets[p] + lengths[p]]
-        if not len(rows):
+        if not lengths[p]:
             graphs_meta.append("")
             graph_rows.append(0)
             continue
-        graph = build_graph(p, decode(np.asarray(values)[rows]))
+        graph = next(graphs)
+        if graph.num_nodes != lengths[p]:
+            raise RuntimeError(f"partition {p}'s graph has {graph.num_nodes} nodes for {lengths[p]} rows")
         batch = _graph_batch(graph)
         writer.write_batch(batch)
         graph_rows.append(batch.num_rows)

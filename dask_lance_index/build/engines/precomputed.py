@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ...model import FlatEncoder, PQEncoder, RQEncoder, RQRotation, SQEncoder, build_hnsw
+from ...model import FlatEncoder, PQEncoder, RQEncoder, RQRotation, SQEncoder
 from ...model.hnsw import HNSW_CANDIDATES, HNSW_EF_CONSTRUCTION, HNSW_EXACT_ROWS, HNSW_M, HNSW_MAX_LEVEL
 from ...plan.index_plan import FLAT_TASK_BYTES, held_row_bytes
 from ...runtime import small_pages
@@ -35,6 +35,7 @@ from ...storage import (
     write_rq_segment,
     write_sq_segment,
 )
+from ..graphs import PartitionGraphs
 from .base import Engine, SegmentTask
 
 __all__ = ["HNSW_WRITTEN", "PrecomputedEngine", "graphs_left_to_lance", "writes_codes"]
@@ -194,14 +195,13 @@ def _write_files(seg: SegmentTask, codes: dict, common: dict, whole: bool) -> li
     if params.index_type in HNSW_WRITTEN:
         m, ef_construction, max_level = _hnsw_settings(params)
         seed = plan.seed if plan.seed is not None else 0
-
-        def build_graph(partition, rows):
-            return build_hnsw(rows, m=m, max_level=max_level, seed=(seed, seg.task, partition),
-                              candidates=min(ef_construction, HNSW_CANDIDATES))
-
+        graphs = PartitionGraphs(m=m, max_level=max_level, candidates=min(ef_construction, HNSW_CANDIDATES),
+                                 seed=(seed, seg.task))
+        # the graphs as tasks on every worker only when no other build task shares the cluster
+        build_graphs = graphs.builder(fan_out=plan.num_tasks == 1)
         return write_hnsw_segment(plan.uri, seg.uuid, index_type=params.index_type, values=codes["codes"],
                                   m=m, ef_construction=ef_construction, max_level=max_level,
-                                  build_graph=build_graph, bounds=model.sq_bounds, num_bits=params.num_bits or 8,
+                                  build_graphs=build_graphs, bounds=model.sq_bounds, num_bits=params.num_bits or 8,
                                   **common)
     if params.quantizer == "PQ":
         return write_pq_segment(plan.uri, seg.uuid, codes=codes["codes"], codebook=model.pq_codebook,

@@ -1,0 +1,122 @@
+"""HNSW graphs of one segment's partitions, built as tasks on every worker of the cluster.
+
+The task that writes an IVF_HNSW_FLAT or IVF_HNSW_SQ segment
+(:func:`dask_lance_index.storage.write_hnsw_segment`) holds its rows, and its graphs are
+most of its time (1M x 128 rows, 256 partitions: 70-100 s of graphs against 5 s of the
+rest). Built one by one in that task, they use one worker whatever the cluster's size.
+So when the build is the plan's only task and runs on a ``dask.distributed`` worker of
+a cluster with more than one worker thread, it writes the rows first, then hands runs of
+partitions (about :data:`GRAPH_TASK_ROWS` rows each) to graph tasks
+(:class:`PartitionGraphs`, keys ``dli-graphs-<segment>-<run>``) on any worker, itself
+seceded from its thread meanwhile (``distributed.worker_client``). A graph task reads its
+rows back from the written ``auxiliary.idx`` (nothing large travels in the graph) and
+returns their graphs; the build task writes them in partition order as they come, with at
+most :data:`RUNS_IN_FLIGHT` runs a worker thread submitted and not yet written, so the
+graphs held at once stay bounded. Anywhere else (no client, a single thread, several build
+tasks that would each secede) the graphs are built in the build task, one partition at a
+time. Both give the same graphs: a partition's seed is its own.
+"""
+
+from __future__ import annotations
+
+import collections
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import numpy as np
+from distributed import get_client, get_worker, worker_client
+
+from ..model.hnsw import build_hnsw
+from ..storage import StoredRows
+
+__all__ = ["GRAPH_TASK_ROWS", "RUNS_IN_FLIGHT", "PartitionGraphs", "graph_runs"]
+
+# Rows of one graph task: 16 MB of 128-d rows read back, about a second of graphs at ~1k
+# rows a partition; 1M rows make 31 tasks, enough to keep every worker busy to the end.
+GRAPH_TASK_ROWS = 32_768
+# Graph tasks submitted and not yet written, per worker thread of the cluster.
+RUNS_IN_FLIGHT = 2
+
+
+@dataclass(frozen=True)
+class PartitionGraphs:
+    """The graphs of partitions' rows (:func:`dask_lance_index.model.build_hnsw`): a
+    picklable callable, the graph task's work. ``seed`` and the partition make each
+    graph's seed, so a graph is the same wherever it is built."""
+
+    m: int
+    max_level: int
+    candidates: int
+    seed: tuple
+
+    def graph(self, partition: int, rows: np.ndarray):
+        return build_hnsw(rows, m=self.m, max_level=self.max_level, seed=(*self.seed, partition),
+                          candidates=self.candidates)
+
+    def __call__(self, stored: StoredRows, run: list) -> list:
+        """The graphs of ``run``'s partitions, ``(partition, first stored row, rows)``
+        consecutive in ``stored``, read back in one range."""
+        start = run[0][1]
+        rows = stored.read(start, run[-1][1] + run[-1][2] - start)
+        return [self.graph(p, rows[lo - start : lo - start + n]) for p, lo, n in run]
+
+    def builder(self, fan_out: bool) -> Callable:
+        """A ``build_graphs`` for :func:`~dask_lance_index.storage.write_hnsw_segment`:
+        on the cluster's workers when ``fan_out`` and this runs on a worker of a
+        cluster with more than one thread, otherwise here."""
+        def build_graphs(stored: StoredRows, partitions: list, rows_of: Callable) -> Iterator:
+            if fan_out and _cluster_threads() > 1:
+                return _on_cluster(self, stored, partitions)
+            return (self.graph(p, rows_of(p)) for p, _, _ in partitions)
+        return build_graphs
+
+
+def graph_runs(partitions: list, max_rows: int) -> list:
+    """``partitions`` (``(partition, first row, rows)``, consecutive) in runs of at most
+    ``max_rows`` rows, a larger partition alone in its run. Pure."""
+    runs, current, held = [], [], 0
+    for part in partitions:
+        if current and held + part[2] > max_rows:
+            runs.append(current)
+            current, held = [], 0
+        current.append(part)
+        held += part[2]
+    if current:
+        runs.append(current)
+    return runs
+
+
+def _cluster_threads() -> int:
+    """Worker threads of the cluster whose worker runs this task; 0 outside a worker."""
+    try:
+        get_worker()
+    except ValueError:
+        return 0
+    return _threads(get_client())
+
+
+def _threads(client) -> int:
+    return sum(w.get("nthreads", 1) for w in client.scheduler_info(n_workers=-1)["workers"].values())
+
+
+def _on_cluster(graphs: PartitionGraphs, stored: StoredRows, partitions: list) -> Iterator:
+    """The graphs of ``partitions`` in order, built by graph tasks on the cluster's workers."""
+    runs = iter(enumerate(graph_runs(partitions, GRAPH_TASK_ROWS)))
+    with worker_client() as client:
+        threads = _threads(client)
+        pending = collections.deque()
+
+        def submit() -> None:
+            i, run = next(runs, (None, None))
+            if run is not None:
+                pending.append(client.submit(graphs, stored, run, key=f"dli-graphs-{stored.index_uuid}-{i}",
+                                             pure=False))
+
+        for _ in range(RUNS_IN_FLIGHT * max(threads, 1)):
+            submit()
+        while pending:
+            future = pending.popleft()
+            done = future.result()
+            future.release()
+            submit()
+            yield from done
