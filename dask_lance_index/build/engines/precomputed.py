@@ -6,8 +6,9 @@ them (:class:`dask_lance_index.model.PQEncoder`,
 and writes the segment's two files itself in Lance's layout
 (:mod:`dask_lance_index.storage.segment_files`); Lance then merges and commits
 them as its own. IVF_HNSW_FLAT and IVF_HNSW_SQ (l2, cosine): as IVF_FLAT and IVF_SQ,
-and the task also builds each partition's graph (:mod:`dask_lance_index.model.hnsw`) and
-writes it (:mod:`dask_lance_index.storage.hnsw_segment`). IVF_HNSW_PQ, whose graphs Lance
+and the task also builds each partition's graph (:mod:`dask_lance_index.model.hnsw`; on a
+cluster as graph tasks on every worker, :mod:`dask_lance_index.build.graphs`) and writes it
+(:mod:`dask_lance_index.storage.hnsw_segment`). IVF_HNSW_PQ, whose graphs Lance
 builds: the codes go to a
 scratch dataset on the worker's disk and Lance builds the segment from those
 "precomputed shuffle buffers"; Lance reads the whole buffer dataset, ignoring
