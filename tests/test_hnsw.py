@@ -12,9 +12,12 @@ import shutil
 import lance
 import numpy as np
 import pytest
+from distributed import get_task_stream
 from lance.file import LanceFileReader
 
 import dask_lance_index as dli
+import dask_lance_index.build.graphs as graphs_module
+from dask_lance_index.build.graphs import graph_runs
 from dask_lance_index.datagen import make_vectors, write_vectors
 from dask_lance_index.evaluation import exact_knn, recall_at_k, search
 from dask_lance_index.model import build_hnsw
@@ -134,10 +137,6 @@ def test_graphs_built_as_tasks_on_every_worker_equal_one_tasks(cluster_client, t
     """On a cluster, the one build task hands runs of partitions to graph tasks on every
     worker, which read their rows back from the written file; the segment is the one a
     build without a cluster writes, graph for graph."""
-    from distributed import get_task_stream
-
-    import dask_lance_index.build.graphs as graphs_module
-
     x = make_vectors(12000, 32, num_clusters=40, seed=5)
     files, default = {}, graphs_module.GRAPH_TASK_ROWS
     cluster_client.run(lambda: setattr(graphs_module, "GRAPH_TASK_ROWS", 1000))  # ~12 graph tasks, not 1
@@ -165,8 +164,6 @@ def test_graphs_built_as_tasks_on_every_worker_equal_one_tasks(cluster_client, t
 
 
 def test_graph_runs_cover_the_partitions_in_order_within_the_bound():
-    from dask_lance_index.build.graphs import graph_runs
-
     sizes = [5, 900, 30, 2500, 1, 1, 700, 400]
     starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
     partitions = [(p, int(s), n) for p, (s, n) in enumerate(zip(starts, sizes))]

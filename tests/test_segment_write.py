@@ -20,6 +20,7 @@ from lance.file import LanceFileReader
 import dask_lance_index as dli
 from dask_lance_index.datagen import make_vectors, write_vectors
 from dask_lance_index.evaluation import exact_knn, recall_at_k, search
+from dask_lance_index.model.sq import sq_codes
 from dask_lance_index.model import FlatEncoder, PQEncoder, SQEncoder, train_sq_bounds
 from dask_lance_index.model.kmeans import normalize_rows
 from dask_lance_index.model.rabitq import RQRotation
@@ -301,3 +302,19 @@ def test_precomputed_rq_refuses_dot(tmp_path, vectors):
     with pytest.raises(dli.InvalidInputError, match="under l2 or cosine; Lance encodes IVF_RQ"):
         dli.create_index(uri, "vector", "IVF_RQ", metric="dot", num_partitions=16, engine="precomputed")
     assert lance.dataset(uri).describe_indices() == []
+
+
+def test_sq_codes_in_slices_equal_the_formula_on_the_whole_batch():
+    """The codes are made a slice of rows at a time through one float64 buffer; they must
+    be the whole batch's ``floor((v - start) * 255 / (end - start))``, clipped, in float64,
+    on every slice, at code edges and outside the bounds."""
+    rng = np.random.default_rng(11)
+    start, end = -2.5, 3.75
+    x = rng.uniform(-3, 4.5, (5001, 24)).astype(np.float32)  # three slices, and values outside
+    x[:100] = np.float32(start + np.arange(100 * 24).reshape(100, 24) % 256 * (end - start) / 255)  # on the edges
+    want = np.clip(np.floor((x.astype(np.float64) - start) * 255 / (end - start)), 0, 255).astype(np.uint8)
+    assert np.array_equal(sq_codes(x, (start, end)), want)
+    out = np.full(x.shape, 7, np.uint8)
+    assert sq_codes(x, (start, end), out=out) is out and np.array_equal(out, want)
+    assert (want == 0).any() and (want == 255).any()
+    assert not sq_codes(x, (1.0, 1.0)).any()  # no range: every code 0

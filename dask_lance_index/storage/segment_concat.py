@@ -22,6 +22,7 @@ import struct
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from lance.file import LanceFileReader, LanceFileWriter
 
 from ..errors import InvalidInputError
@@ -152,7 +153,20 @@ def _interleave(parts: list, lengths: np.ndarray, schema) -> pa.Table:
     starts, sizes = starts.T.reshape(-1), lengths.T.reshape(-1)  # partition-major order of the blocks
     out_starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
     index = np.repeat(starts - out_starts, sizes) + np.arange(total)
-    return pa.concat_tables(parts).take(pa.array(index))
+    return pc.take(pa.concat_tables(parts), pa.array(index), memory_pool=_run_pool())
+
+
+def _run_pool():
+    """The Arrow allocator of the taken runs: jemalloc, or the system's where this pyarrow
+    has none. pyarrow's default, mimalloc, backs fresh memory with transparent huge pages,
+    and on a host whose memory is full of page cache (a worker's, after reading a data set)
+    each first touch can wait for compaction: the first 262,144-row IVF_SQ run (36 MB) took
+    0.16 s to take with it, 0.04 s with either of these (0.006 s once mimalloc has memory
+    to reuse, which a merge's first runs have not)."""
+    try:
+        return pa.jemalloc_memory_pool()
+    except NotImplementedError:
+        return pa.system_memory_pool()
 
 
 def _transpose_pq(table: pa.Table, lengths: np.ndarray) -> pa.Table:
