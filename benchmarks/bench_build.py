@@ -12,6 +12,8 @@ and dask_lance_index, side by side in one run.
     python benchmarks/bench_build.py --rows 1000000 --num-partitions 4096 --engines lance,dli,dli-flat
         # two-level IVF training and assignment (dli, the default from 4,096 partitions) against flat
     python benchmarks/bench_build.py --rows 250000 --index-type IVF_HNSW_PQ --engines lance,dli,dli-parts  # HNSW in parts
+    python benchmarks/bench_build.py --rows 1000000 --num-partitions 128 --index-type IVF_HNSW_FLAT \
+        --engines lance,dli-precomputed   # our graphs whatever the partitions' size (auto may leave them to Lance)
 
 Lance's create_index requires num_partitions and num_sub_vectors for IVF_PQ; the defaults here are
 the issue's reference setting (256 partitions, 16 sub-vectors); everything else is each library's
@@ -99,7 +101,8 @@ def run_one(engine: str, uri: str, args) -> dict:
 
         import dask_lance_index as dli
 
-        eng = {"dli-lance-encode": "lance", "dli-artifact": "artifact", "dli-partitions": "partitions"}.get(engine, "auto")
+        eng = {"dli-lance-encode": "lance", "dli-artifact": "artifact", "dli-partitions": "partitions",
+               "dli-precomputed": "precomputed"}.get(engine, "auto")
         if engine == "dli-flat":
             opts["ivf_training"] = "flat"  # Lance's flat k-means and exact assignment, for comparison
         elif args.ivf_training:

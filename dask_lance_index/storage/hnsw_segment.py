@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable
 
 import numpy as np
 import pyarrow as pa
@@ -34,7 +34,7 @@ from lance.file import LanceFileReader, LanceFileWriter
 from .segment_files import AUX_FILE_VERSION, _segment_dir, ivf_message, write_row_major_storage
 from .segments import index_dir
 
-__all__ = ["HNSW_PREFETCH_DISTANCE", "StoredRows", "build_graphs_here", "decode_stored", "write_hnsw_segment"]
+__all__ = ["HNSW_PREFETCH_DISTANCE", "StoredRows", "decode_stored", "write_hnsw_segment"]
 
 # Lance's default, recorded in each graph's params (it only tunes Lance's own build).
 HNSW_PREFETCH_DISTANCE = 2
@@ -97,14 +97,6 @@ class StoredRows:
         return decode_stored(self.index_type, values, self.bounds, self.num_bits)
 
 
-def build_graphs_here(build_graph: Callable) -> Callable:
-    """A ``build_graphs`` for :func:`write_hnsw_segment` that builds each graph in this
-    process, one partition at a time, from the rows in memory."""
-    def build_graphs(stored: StoredRows, partitions: list, rows_of: Callable) -> Iterator:
-        return (build_graph(p, rows_of(p)) for p, _, _ in partitions)
-    return build_graphs
-
-
 def write_hnsw_segment(
     dataset_uri: str,
     index_uuid: str,
@@ -134,8 +126,8 @@ def write_hnsw_segment(
     (:func:`dask_lance_index.model.build_hnsw`) of the non-empty ``partitions``, a list
     of ``(partition, first stored row, rows)``, in that order; each partition's float32
     rows in stored order are ``rows_of(partition)`` here, or read back from the written
-    ``auxiliary.idx`` through ``stored`` (:class:`StoredRows`) elsewhere.
-    :func:`build_graphs_here` builds them one by one in this process.
+    ``auxiliary.idx`` through ``stored`` (:class:`StoredRows`) elsewhere
+    (:class:`dask_lance_index.build.graphs.PartitionGraphs`).
     """
     centroids = np.asarray(centroids, dtype=np.float32)
     base = _segment_dir(dataset_uri, index_uuid)
