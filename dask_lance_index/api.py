@@ -133,7 +133,8 @@ def plan_index(
         params = dataclasses.replace(params, metric="hamming")
     train = model_parts_to_train(params, ivf_centroids=ivf_centroids is not None,
                                  pq_codebook=pq_codebook is not None, rabitq_model=rabitq_model is not None)
-    chosen = resolve_engine(column_engine(info.kind, column, engine) or engine, params, total, info.dimension)
+    chosen = resolve_engine(column_engine(info.kind, column, engine) or engine, params, total, info.dimension,
+                            parallelism)
     return make_plan(
         uri=ds.uri,
         version=ds.version,
@@ -298,7 +299,8 @@ def create_index(
         NumPy BLAS and Lance encodes from that map; ``"lance"``: Lance itself.
         ``"auto"``: ``"precomputed"`` for 8-bit PQ types, IVF_FLAT, IVF_SQ, and
         IVF_RQ, IVF_HNSW_FLAT and IVF_HNSW_SQ under l2 and cosine (the last two
-        while partitions hold at most 4,096 rows on average, past which Lance's
+        while partitions hold at most 4,096 rows on average (8,192 when the build has
+        two or more threads: the graphs are built by all of them), past which Lance's
         graph build is faster, and the rows at most 1 GiB, which the one build task
         holds), ``"partitions"`` otherwise.
         ``"artifact"`` (8-bit PQ types): the workers encode into a partition

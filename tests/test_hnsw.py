@@ -133,33 +133,40 @@ def test_copy_of_a_built_dataset_keeps_its_graphs(tmp_path):
 
 
 @pytest.mark.parametrize("index_type", ["IVF_HNSW_FLAT", "IVF_HNSW_SQ"])
-def test_graphs_built_as_tasks_on_every_worker_equal_one_tasks(cluster_client, tmp_path, index_type):
+def test_graphs_built_as_tasks_or_in_threads_equal_one_threads(cluster_client, tmp_path, monkeypatch, index_type):
     """On a cluster, the one build task hands runs of partitions to graph tasks on every
-    worker, which read their rows back from the written file; the segment is the one a
-    build without a cluster writes, graph for graph."""
+    worker, which read their rows back from the written file; without one, it builds them
+    in a thread per CPU. Each segment is the one a single thread writes, graph for graph."""
     x = make_vectors(12000, 32, num_clusters=40, seed=5)
     files, default = {}, graphs_module.GRAPH_TASK_ROWS
+    threads_used = []
+    in_threads = graphs_module._in_threads
+    monkeypatch.setattr(graphs_module, "_in_threads", lambda *a: threads_used.append(a[-1]) or in_threads(*a))
     cluster_client.run(lambda: setattr(graphs_module, "GRAPH_TASK_ROWS", 1000))  # ~12 graph tasks, not 1
     try:
-        for who in ("one task", "cluster"):
+        for who in ("one thread", "threads", "cluster"):
             uri = str(tmp_path / f"{who.replace(' ', '_')}.lance")
             write_vectors(uri, x, max_rows_per_file=3000)
             kw = {"client": cluster_client} if who == "cluster" else {"scheduler": "sync"}
-            with get_task_stream(cluster_client) as stream:
-                result = dli.create_index(uri, "vector", index_type, num_partitions=12, m=8, seed=0, **kw)
+            with monkeypatch.context() as m:
+                m.setattr(graphs_module.os, "cpu_count", lambda: 1 if who == "one thread" else 3)
+                with get_task_stream(cluster_client) as stream:
+                    result = dli.create_index(uri, "vector", index_type, num_partitions=12, m=8, seed=0, **kw)
             assert result.count_rows() == len(x)
             seg, = lance.dataset(uri).describe_indices()[0].segments
             base = f"{uri}/_indices/{seg.uuid}"
             files[who] = [LanceFileReader(f"{base}/{f}").read_all().to_table() for f in ("auxiliary.idx", "index.idx")]
             files[who].append(LanceFileReader(f"{base}/index.idx").metadata().schema.metadata[b"lance:hnsw"])
             if who == "cluster":
-                workers = {t["worker"] for t in stream.data if t["key"].startswith("dli-graphs-")}
                 runs = [t for t in stream.data if t["key"].startswith("dli-graphs-")]
+                workers = {t["worker"] for t in runs}
     finally:
         cluster_client.run(lambda: setattr(graphs_module, "GRAPH_TASK_ROWS", default))
+    assert threads_used == [3]  # the sync build with three CPUs, not the one with one
     assert len(runs) >= 10 and len(workers) == 2, (len(runs), workers)
-    for one, spread in zip(files["one task"], files["cluster"]):
-        assert one == spread
+    for who in ("threads", "cluster"):
+        for one, other in zip(files["one thread"], files[who]):
+            assert one == other, who
     assert files["cluster"][1].num_rows >= len(x)  # a graph row per node and level
 
 

@@ -185,6 +185,11 @@ def test_engine_choice():
         assert resolve_engine("auto", params, num_rows=16384).name == "precomputed"
         assert resolve_engine("auto", params, num_rows=16385).name == "partitions"
         assert resolve_engine("precomputed", params, num_rows=16385).name == "precomputed"  # as asked
+        # 8,192 when two or more threads build the graphs at once
+        params = resolve_params(t, dimension=32, num_rows=32800, num_partitions=4)
+        assert resolve_engine("auto", params, num_rows=32768, parallelism=2).name == "precomputed"
+        assert resolve_engine("auto", params, num_rows=32769, parallelism=2).name == "partitions"
+        assert resolve_engine("auto", params, num_rows=32768, parallelism=1).name == "partitions"
         # and the one task holds every row: at most 1 GiB of them (12 bytes of ids, the stored row)
         params = resolve_params(t, dimension=1024, num_rows=10**6, num_partitions=1000)
         stored = 4 * 1024 if t == "IVF_HNSW_FLAT" else 1024

@@ -32,8 +32,8 @@ from scipy.sparse import csgraph
 
 from .kmeans import smallest_first
 
-__all__ = ["HNSW_CANDIDATES", "HNSW_EF_CONSTRUCTION", "HNSW_EXACT_ROWS", "HNSW_M", "HNSW_MAX_LEVEL", "HnswGraph", "build_hnsw",
-           "node_levels"]
+__all__ = ["HNSW_CANDIDATES", "HNSW_EF_CONSTRUCTION", "HNSW_EXACT_ROWS", "HNSW_M", "HNSW_MAX_LEVEL", "HNSW_SPREAD_ROWS",
+           "HnswGraph", "build_hnsw", "node_levels"]
 
 # Lance's defaults (pylance 14.0.2): neighbours per node (2 m on level 0), the beam of its
 # inserts (recorded here; our candidates are exact) and the number of levels.
@@ -49,9 +49,13 @@ HNSW_CANDIDATES = 40
 _SLICE_CELLS = 1 << 22
 # Mean rows per partition up to which we build the graphs (engine "auto"): exact candidates
 # cost each node a distance to every node of its partition, Lance's inserts a beam search.
-# Measured (benchmarks/bench_hnsw_graphs.py, 128-d, 256 partitions, one process), our time over
-# Lance's: 0.64 at 976 rows a partition, 0.73 at 1,953, 0.87 at 3,906 (docs/benchmarks.md).
+# Measured (docs/benchmarks.md), our time over Lance's, 128-d: built in one thread
+# (benchmarks/bench_hnsw_graphs.py, 256 partitions) 0.64 at 976 rows a partition, 0.73 at
+# 1,953, 0.87 at 3,906; spread over a 2-worker cluster (benchmarks/bench_build.py) 0.67 at
+# 3,906 and 0.78 at 7,812, against Lance's one process.
 HNSW_EXACT_ROWS = 4096
+# The same, when the graphs are built by two or more threads or workers at once.
+HNSW_SPREAD_ROWS = 8192
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,14 @@ from __future__ import annotations
 import numpy as np
 
 from ...model import FlatEncoder, PQEncoder, RQEncoder, RQRotation, SQEncoder
-from ...model.hnsw import HNSW_CANDIDATES, HNSW_EF_CONSTRUCTION, HNSW_EXACT_ROWS, HNSW_M, HNSW_MAX_LEVEL
+from ...model.hnsw import (
+    HNSW_CANDIDATES,
+    HNSW_EF_CONSTRUCTION,
+    HNSW_EXACT_ROWS,
+    HNSW_M,
+    HNSW_MAX_LEVEL,
+    HNSW_SPREAD_ROWS,
+)
 from ...plan.index_plan import FLAT_TASK_BYTES, held_row_bytes
 from ...runtime import small_pages
 from ...storage import (
@@ -45,16 +52,20 @@ __all__ = ["HNSW_WRITTEN", "PrecomputedEngine", "graphs_left_to_lance", "writes_
 HNSW_WRITTEN = ("IVF_HNSW_FLAT", "IVF_HNSW_SQ")
 
 
-def graphs_left_to_lance(params, num_rows: int | None, dimension: int | None = None) -> bool:
+def graphs_left_to_lance(params, num_rows: int | None, dimension: int | None = None, parallelism: int = 1) -> bool:
     """Whether engine ``"auto"`` leaves an IVF_HNSW_FLAT/SQ index's graphs to Lance: when
     its partitions hold more than :data:`~dask_lance_index.model.hnsw.HNSW_EXACT_ROWS` rows
-    on average, where our exact candidates cost more than Lance's inserts, or when the one
+    on average (:data:`~dask_lance_index.model.hnsw.HNSW_SPREAD_ROWS` when ``parallelism``,
+    the threads the build runs on, lets the graphs be built by several at once:
+    :mod:`dask_lance_index.build.graphs`), where our exact candidates cost more than Lance's
+    inserts, or when the one
     task that builds the segment would hold more than
     :data:`~dask_lance_index.plan.index_plan.FLAT_TASK_BYTES` of rows (it holds every row
     until it writes them grouped by partition)."""
     if params.index_type not in HNSW_WRITTEN or num_rows is None:
         return False
-    return (num_rows > HNSW_EXACT_ROWS * params.num_partitions
+    per_partition = HNSW_SPREAD_ROWS if parallelism > 1 else HNSW_EXACT_ROWS
+    return (num_rows > per_partition * params.num_partitions
             or num_rows * held_row_bytes(params.index_type, dimension or 0) > FLAT_TASK_BYTES)
 
 

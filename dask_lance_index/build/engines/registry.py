@@ -25,13 +25,15 @@ def get_engine(name: str) -> Engine:
         raise InvalidInputError(f"engine {name!r} is not one of {ENGINE_NAMES}") from None
 
 
-def resolve_engine(name: str, params, num_rows: int | None = None, dimension: int | None = None) -> Engine:
-    """The engine that builds an index of ``params`` over ``num_rows`` rows of ``dimension``. Pure.
+def resolve_engine(name: str, params, num_rows: int | None = None, dimension: int | None = None,
+                   parallelism: int = 1) -> Engine:
+    """The engine that builds an index of ``params`` over ``num_rows`` rows of ``dimension``
+    on ``parallelism`` threads. Pure.
 
     ``"auto"``: ``"precomputed"`` where it applies (our workers assign and encode
     with NumPy BLAS and write the segments: 8-bit PQ types, IVF_FLAT, IVF_SQ, and IVF_RQ,
     IVF_HNSW_FLAT and IVF_HNSW_SQ under l2 and cosine, the last two with partitions of
-    at most 4,096 rows on average and at most 1 GiB of rows in all:
+    at most 4,096 rows on average (8,192 on two or more threads) and at most 1 GiB of rows in all:
     :func:`.precomputed.graphs_left_to_lance`),
     ``"partitions"`` otherwise (our workers assign, Lance encodes).
     An engine that cannot build the index is refused with the reason and the fix.
@@ -39,7 +41,7 @@ def resolve_engine(name: str, params, num_rows: int | None = None, dimension: in
     """
     if name == "auto":
         precomputed = ENGINES["precomputed"]
-        if precomputed.refuses(params) is None and not graphs_left_to_lance(params, num_rows, dimension):
+        if precomputed.refuses(params) is None and not graphs_left_to_lance(params, num_rows, dimension, parallelism):
             return precomputed
         return ENGINES["partitions"]
     engine = get_engine(name)
