@@ -14,8 +14,9 @@ the smallest node id on the top level, as in Lance's files.
 
 The cost of a node is a distance to every node of its partition, and its candidates
 selected from that row of distances (:func:`.kmeans.smallest_first`): cheaper than
-Lance's inserts up to 3,906 rows a partition, where it was measured, and growing with the
-partition past that while Lance's grows with its logarithm (:data:`HNSW_EXACT_ROWS`).
+Lance's inserts up to 7,812 rows a partition, where it was measured, and growing with the
+partition past that while Lance's grows with its logarithm (:data:`HNSW_EXACT_ROWS`,
+:data:`HNSW_SPREAD_ROWS`).
 
 The graph is what Lance's search reads (:func:`dask_lance_index.storage.write_hnsw_segment`):
 node ids are row positions in the partition's stored rows, neighbour ids are node ids
