@@ -29,10 +29,9 @@ from dataclasses import dataclass
 from typing import Callable, Iterator
 
 import numpy as np
-from distributed import worker_client
+from distributed import get_client, get_worker, worker_client
 
 from ..model.hnsw import build_hnsw
-from ..runtime import cluster_threads
 from ..storage import StoredRows
 
 __all__ = ["GRAPH_TASK_ROWS", "RUNS_IN_FLIGHT", "PartitionGraphs", "graph_runs"]
@@ -75,7 +74,7 @@ class PartitionGraphs:
         in this thread."""
         def build_graphs(stored: StoredRows, partitions: list, rows_of: Callable) -> Iterator:
             if fan_out:
-                threads = cluster_threads()
+                threads = _cluster_threads()
                 if threads > 1:
                     return _on_cluster(self, stored, partitions)
                 if threads == 0 and (os.cpu_count() or 1) > 1:
@@ -97,6 +96,19 @@ def graph_runs(partitions: list, max_rows: int) -> list:
     if current:
         runs.append(current)
     return runs
+
+
+def _cluster_threads() -> int:
+    """Worker threads of the cluster whose worker runs this task; 0 outside a worker."""
+    try:
+        get_worker()
+    except ValueError:
+        return 0
+    return _threads(get_client())
+
+
+def _threads(client) -> int:
+    return sum(w.get("nthreads", 1) for w in client.scheduler_info(n_workers=-1)["workers"].values())
 
 
 def _in_threads(graphs: PartitionGraphs, partitions: list, rows_of: Callable, threads: int) -> Iterator:
@@ -125,7 +137,7 @@ def _on_cluster(graphs: PartitionGraphs, stored: StoredRows, partitions: list) -
     """The graphs of ``partitions`` in order, built by graph tasks on the cluster's workers."""
     runs = iter(enumerate(graph_runs(partitions, GRAPH_TASK_ROWS)))
     with worker_client() as client:
-        threads = cluster_threads(client)
+        threads = _threads(client)
         pending = collections.deque()
 
         def submit() -> None:

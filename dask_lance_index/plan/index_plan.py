@@ -47,11 +47,6 @@ LANCE_PQ_ROWS_PER_PARTITION = 256
 FLAT_TASK_BYTES = 2**30
 
 
-# Index types the precomputed engine writes that a plan keeps as one task while the rows fit
-# one (IVF_FLAT has its own, byte-sized rule; the HNSW types are one segment anyway).
-ONE_TASK_TYPES = ("IVF_PQ", "IVF_SQ", "IVF_RQ")
-
-
 def held_row_bytes(index_type: str, dimension: int) -> int:
     """Bytes a precomputed build task holds per row of a row-major type until it writes
     them grouped by partition: 8 of row id, 4 of partition, and the stored row (4d for
@@ -283,13 +278,6 @@ def make_plan(
             # reads and writes every row once more, which costs more than the split saves
             # (docs/benchmarks.md, "IVF_FLAT").
             per = max(65536, min(DEFAULT_ROWS_PER_TASK, FLAT_TASK_BYTES // held_row_bytes("IVF_FLAT", dimension)))
-            min_tasks = 1
-        elif (per is None and num_tasks is None and engine == "precomputed" and params.index_type in ONE_TASK_TYPES
-              and sum(f.num_rows for f in fragments) <= DEFAULT_ROWS_PER_TASK):
-            # Rows that fit one task are one task, which spreads its encoding over the
-            # workers a fragment at a time (build.encode): no merge of a task per worker's
-            # segments, which reads and writes every code once more (1M rows of IVF_SQ:
-            # 0.4-0.6 s of 2.8-3.5 s).
             min_tasks = 1
         groups = group_fragments(fragments, num_tasks=num_tasks, rows_per_task=per, min_tasks=min_tasks)
     rows = {f.fragment_id: f.num_rows for f in fragments}

@@ -6,7 +6,6 @@ from .blas import blas_threads, host_blas_threads, host_cores, one_blas_thread
 from .client import (
     check_client,
     check_security,
-    cluster_threads,
     connect,
     num_workers,
     other_hosts,
@@ -20,7 +19,7 @@ from .malloc import bulk_allocations, in_bulk, small_pages, with_small_pages
 from .progress import compute_with_progress, show_progress
 
 __all__ = [
-    "blas_threads", "bulk_allocations", "check_client", "check_security", "cluster_threads", "compute_with_progress", "connect", "host_blas_threads",
+    "blas_threads", "bulk_allocations", "check_client", "check_security", "compute_with_progress", "connect", "host_blas_threads",
     "host_cores", "in_bulk", "num_workers", "one_blas_thread", "other_hosts", "parallelism", "resolve_client",
     "show_progress", "small_pages", "tls_refused_hint", "tls_security", "with_small_pages", "worker_client_or_none",
 ]

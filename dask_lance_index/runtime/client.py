@@ -8,7 +8,7 @@ import os
 import ssl
 import time
 
-from distributed import Client, default_client, get_client, get_worker
+from distributed import Client, default_client, get_worker
 from distributed.security import Security
 
 from ..errors import InvalidInputError
@@ -242,18 +242,6 @@ def worker_client_or_none():
         return get_worker().client
     except ValueError:
         return None
-
-
-def cluster_threads(client=None) -> int:
-    """Worker threads of ``client``'s cluster, or (without one) of the cluster whose
-    worker runs this task; 0 outside a worker."""
-    if client is None:
-        try:
-            get_worker()
-        except ValueError:
-            return 0
-        client = get_client()
-    return sum(w.get("nthreads", 1) for w in client.scheduler_info(n_workers=-1)["workers"].values())
 
 
 def num_workers(client) -> int:
