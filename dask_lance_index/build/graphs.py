@@ -32,6 +32,7 @@ import numpy as np
 from distributed import get_client, get_worker, worker_client
 
 from ..model.hnsw import build_hnsw
+from ..runtime import in_bulk, one_blas_thread
 from ..storage import StoredRows
 
 __all__ = ["GRAPH_TASK_ROWS", "RUNS_IN_FLIGHT", "PartitionGraphs", "graph_runs"]
@@ -58,6 +59,8 @@ class PartitionGraphs:
         return build_hnsw(rows, m=self.m, max_level=self.max_level, seed=(*self.seed, partition),
                           candidates=self.candidates)
 
+    @in_bulk  # a graph task's temporaries from the heap, as the build task's (runtime.malloc)
+    @one_blas_thread()  # graph tasks run side by side: one BLAS thread each (runtime.blas)
     def __call__(self, stored: StoredRows, run: list) -> list:
         """The graphs of ``run``'s partitions, ``(partition, first stored row, rows)``
         consecutive in ``stored``, read back in one range."""
