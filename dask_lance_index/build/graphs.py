@@ -23,16 +23,17 @@ a partition's seed is its own.
 from __future__ import annotations
 
 import collections
+import itertools
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
 import numpy as np
-from distributed import get_client, get_worker, worker_client
+from distributed import worker_client
 
 from ..model.hnsw import build_hnsw
-from ..runtime import in_bulk, one_blas_thread
+from ..runtime import in_bulk, one_blas_thread, parallelism, worker_client_or_none
 from ..storage import StoredRows
 
 __all__ = ["GRAPH_TASK_ROWS", "RUNS_IN_FLIGHT", "PartitionGraphs", "graph_runs"]
@@ -77,10 +78,10 @@ class PartitionGraphs:
         in this thread."""
         def build_graphs(stored: StoredRows, partitions: list, rows_of: Callable) -> Iterator:
             if fan_out:
-                threads = _cluster_threads()
-                if threads > 1:
+                client = worker_client_or_none()  # None: no cluster (dask's sync or threaded scheduler)
+                if client is not None and parallelism(client) > 1:
                     return _on_cluster(self, stored, partitions)
-                if threads == 0 and (os.cpu_count() or 1) > 1:
+                if client is None and (os.cpu_count() or 1) > 1:
                     return _in_threads(self, partitions, rows_of, os.cpu_count())
             return (self.graph(p, rows_of(p)) for p, _, _ in partitions)
         return build_graphs
@@ -101,17 +102,16 @@ def graph_runs(partitions: list, max_rows: int) -> list:
     return runs
 
 
-def _cluster_threads() -> int:
-    """Worker threads of the cluster whose worker runs this task; 0 outside a worker."""
-    try:
-        get_worker()
-    except ValueError:
-        return 0
-    return _threads(get_client())
-
-
-def _threads(client) -> int:
-    return sum(w.get("nthreads", 1) for w in client.scheduler_info(n_workers=-1)["workers"].values())
+def _in_order(submit: Callable, items, window: int) -> Iterator:
+    """``submit(item).result()`` for each of ``items``, in order, with at most ``window``
+    submitted and not yet taken (a future of a thread pool or of a dask client)."""
+    items = iter(items)
+    pending = collections.deque(submit(item) for item in itertools.islice(items, window))
+    while pending:
+        result = pending.popleft().result()
+        for item in itertools.islice(items, 1):
+            pending.append(submit(item))
+        yield result
 
 
 def _in_threads(graphs: PartitionGraphs, partitions: list, rows_of: Callable, threads: int) -> Iterator:
@@ -119,41 +119,18 @@ def _in_threads(graphs: PartitionGraphs, partitions: list, rows_of: Callable, th
     (NumPy's GEMMs, selections and sorts let go of the GIL: 24 partitions of 1M x 128 rows
     took 4.9 s in two threads against 9.1-9.4 s in one), at most :data:`RUNS_IN_FLIGHT`
     partitions a thread ahead of the one written."""
-    todo = iter(partitions)
     with ThreadPoolExecutor(threads, thread_name_prefix="dli-graphs") as pool:
-        pending = collections.deque()
-
-        def submit() -> None:
-            part = next(todo, None)
-            if part is not None:
-                pending.append(pool.submit(graphs.graph, part[0], rows_of(part[0])))
-
-        for _ in range(RUNS_IN_FLIGHT * threads):
-            submit()
-        while pending:
-            graph = pending.popleft().result()
-            submit()
-            yield graph
+        yield from _in_order(lambda part: pool.submit(graphs.graph, part[0], rows_of(part[0])), partitions,
+                             RUNS_IN_FLIGHT * threads)
 
 
 def _on_cluster(graphs: PartitionGraphs, stored: StoredRows, partitions: list) -> Iterator:
     """The graphs of ``partitions`` in order, built by graph tasks on the cluster's workers."""
-    runs = iter(enumerate(graph_runs(partitions, GRAPH_TASK_ROWS)))
     with worker_client() as client:
-        threads = _threads(client)
-        pending = collections.deque()
+        def submit(job):
+            i, run = job
+            return client.submit(graphs, stored, run, key=f"dli-graphs-{stored.index_uuid}-{i}", pure=False)
 
-        def submit() -> None:
-            i, run = next(runs, (None, None))
-            if run is not None:
-                pending.append(client.submit(graphs, stored, run, key=f"dli-graphs-{stored.index_uuid}-{i}",
-                                             pure=False))
-
-        for _ in range(RUNS_IN_FLIGHT * max(threads, 1)):
-            submit()
-        while pending:
-            future = pending.popleft()
-            done = future.result()
-            future.release()
-            submit()
+        runs = enumerate(graph_runs(partitions, GRAPH_TASK_ROWS))
+        for done in _in_order(submit, runs, RUNS_IN_FLIGHT * parallelism(client)):
             yield from done
