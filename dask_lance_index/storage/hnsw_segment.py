@@ -31,7 +31,7 @@ import numpy as np
 import pyarrow as pa
 from lance.file import LanceFileReader, LanceFileWriter
 
-from .segment_files import AUX_FILE_VERSION, _segment_dir, ivf_message, write_row_major_storage
+from .segment_files import AUX_FILE_VERSION, _segment_dir, ivf_message, row_major_storage, write_row_major_storage
 from .segments import index_dir
 
 __all__ = ["HNSW_PREFETCH_DISTANCE", "StoredRows", "decode_stored", "write_hnsw_segment"]
@@ -91,8 +91,8 @@ class StoredRows:
         """Stored rows ``[start, start + count)``, decoded (:func:`decode_stored`)."""
         reader = LanceFileReader(f"{index_dir(self.dataset_uri, self.index_uuid)}/auxiliary.idx",
                                  storage_options=self.storage_options)
-        name = "__sq_code" if self.index_type == "IVF_HNSW_SQ" else "flat"
-        column = reader.read_range(start, count, batch_size=max(count, 1)).to_table().column(name).combine_chunks()
+        field, _ = row_major_storage(self.index_type, 0, bounds=self.bounds, num_bits=self.num_bits)
+        column = reader.read_range(start, count, batch_size=max(count, 1)).to_table().column(field.name).combine_chunks()
         values = column.flatten().to_numpy(zero_copy_only=False).reshape(count, column.type.list_size)
         return decode_stored(self.index_type, values, self.bounds, self.num_bits)
 
