@@ -1,4 +1,5 @@
-"""IVF_HNSW_FLAT and IVF_HNSW_SQ graphs built by us (model.hnsw) and written in Lance's files.
+"""IVF_HNSW_FLAT, IVF_HNSW_SQ and IVF_HNSW_PQ graphs built by us (model.hnsw) and written in
+Lance's files.
 
 The graph's shape is checked against what Lance's reader requires; whole builds are
 searched through Lance against NumPy brute force and against Lance's own build of the
@@ -16,12 +17,14 @@ from distributed import get_task_stream
 from lance.file import LanceFileReader
 
 import dask_lance_index as dli
+import dask_lance_index.build.engines.precomputed as precomputed_module
 import dask_lance_index.build.graphs as graphs_module
 from dask_lance_index.build.graphs import graph_runs
 from dask_lance_index.datagen import make_vectors, write_vectors
 from dask_lance_index.evaluation import exact_knn, recall_at_k, search
 from dask_lance_index.model import build_hnsw
 from dask_lance_index.model.hnsw import node_levels
+from dask_lance_index.storage import StoredRows
 
 
 def test_graph_levels_lists_and_entry_point():
@@ -94,6 +97,58 @@ def test_our_graphs_search_as_well_as_lances(tmp_path, index_type, metric):
     assert all(g["params"]["m"] == 16 and g["params"]["ef_construction"] == 100 for g in graphs if g)
 
 
+@pytest.mark.parametrize("metric", ["l2", "cosine"])
+def test_hnsw_pq_graphs_ours_on_the_storage_lance_writes(tmp_path, monkeypatch, metric):
+    """IVF_HNSW_PQ written by us against the same codes handed to Lance (which then builds
+    the graphs): the storage file is the same, byte for byte; Lance's graph distances are
+    the distances between the codes as we decode them; and our graphs search as well."""
+    x = make_vectors(20000, 32, num_clusters=60, seed=7)
+    rng = np.random.default_rng(3)
+    queries = x[rng.choice(len(x), 100, replace=False)] + rng.normal(0, 0.01, (100, 32)).astype(np.float32)
+    truth = exact_knn(x, queries, 10, metric)
+    recall, aux, seg = {}, {}, {}
+    for who in ("ours", "lance"):  # lance: Lance builds the graphs from our codes
+        uri = str(tmp_path / f"{who}.lance")
+        write_vectors(uri, x, max_rows_per_file=5000)
+        with monkeypatch.context() as m:
+            if who != "ours":  # partitions "too large" for our graphs: the codes go to Lance
+                m.setattr(precomputed_module, "HNSW_EXACT_ROWS", 10)
+                m.setattr(precomputed_module, "HNSW_SPREAD_ROWS", 10)
+            build = dli.create_index(uri, "vector", "IVF_HNSW_PQ", num_partitions=16, num_sub_vectors=8,
+                                     metric=metric, m=16, ef_construction=100, seed=0, compute=False)
+            assert build.plan.engine == "precomputed"
+            build.compute(scheduler="sync")
+        ds = lance.dataset(uri)
+        seg[who], = ds.describe_indices()[0].segments
+        reader = LanceFileReader(f"{uri}/_indices/{seg[who].uuid}/auxiliary.idx")
+        aux[who] = (reader.read_all().to_table(), reader.metadata().schema.metadata,
+                    [bytes(reader.read_global_buffer(i)) for i in (1, 2)])
+        recall[who] = [recall_at_k(search(ds, "vector", queries, 10, nprobes=p, refine_factor=r)[0], truth)
+                       for p in (4, 16) for r in (None, 5)]
+    print("RECALL IVF_HNSW_PQ", metric, recall)
+    assert aux["ours"][0].equals(aux["lance"][0]) and aux["ours"][1:] == aux["lance"][1:]
+    assert json.loads(json.loads(aux["ours"][1][b"storage_metadata"])[0])["transposed"] is True
+    assert recall["ours"][3] > 0.9
+    for ours, theirs in zip(recall["ours"], recall["lance"]):
+        assert ours >= theirs - 0.01, recall
+    # Lance's graph of partition 0 over the codes, measured with our decoding of them
+    uri = str(tmp_path / "lance.lance")
+    index = LanceFileReader(f"{uri}/_indices/{seg['lance'].uuid}/index.idx")
+    graphs = [json.loads(g) for g in json.loads(index.metadata().schema.metadata[b"lance:hnsw"])]
+    assert json.loads(index.metadata().schema.metadata[b"lance:index"])["type"] == "IVF_HNSW_PQ"
+    n0 = graphs[0]["level_offsets"][1]
+    rows, = StoredRows(uri, seg["lance"].uuid, "IVF_HNSW_PQ", transposed=True).read([(0, 0, n0)])
+    level0 = index.read_range(0, n0).to_table()
+    for node in range(0, n0, max(1, n0 // 50)):
+        neighbours = np.array(level0["__neighbors"][node].as_py())
+        want = ((rows[node] - rows[neighbours]) ** 2).sum(axis=1)
+        np.testing.assert_allclose(level0["_distance"][node].as_py(), want, rtol=1e-4, atol=1e-4)
+    ours = LanceFileReader(f"{tmp_path}/ours.lance/_indices/{seg['ours'].uuid}/index.idx").metadata().schema.metadata
+    assert json.loads(ours[b"lance:index"]) == {"type": "IVF_HNSW_PQ", "distance_type": metric}
+    assert [json.loads(g)["level_offsets"][1] if g else 0 for g in json.loads(ours[b"lance:hnsw"])] == \
+        [g["level_offsets"][1] if g else 0 for g in graphs]
+
+
 def test_compaction_remaps_our_graphs(tmp_path):
     x = make_vectors(12000, 32, num_clusters=40, seed=9)
     uri = str(tmp_path / "v.lance")
@@ -132,7 +187,7 @@ def test_copy_of_a_built_dataset_keeps_its_graphs(tmp_path):
     np.testing.assert_array_equal(a, b)
 
 
-@pytest.mark.parametrize("index_type", ["IVF_HNSW_FLAT", "IVF_HNSW_SQ"])
+@pytest.mark.parametrize("index_type", ["IVF_HNSW_FLAT", "IVF_HNSW_SQ", "IVF_HNSW_PQ"])
 def test_graphs_built_as_tasks_or_in_threads_equal_one_threads(cluster_client, tmp_path, monkeypatch, index_type):
     """On a cluster, the one build task hands runs of partitions to graph tasks on every
     worker, which read their rows back from the written file; without one, it builds them
@@ -151,7 +206,8 @@ def test_graphs_built_as_tasks_or_in_threads_equal_one_threads(cluster_client, t
             with monkeypatch.context() as m:
                 m.setattr(graphs_module.os, "cpu_count", lambda: 1 if who == "one thread" else 3)
                 with get_task_stream(cluster_client) as stream:
-                    result = dli.create_index(uri, "vector", index_type, num_partitions=12, m=8, seed=0, **kw)
+                    result = dli.create_index(uri, "vector", index_type, num_partitions=12, m=8, seed=0, **kw,
+                                              **({"num_sub_vectors": 8} if "PQ" in index_type else {}))
             assert result.count_rows() == len(x)
             seg, = lance.dataset(uri).describe_indices()[0].segments
             base = f"{uri}/_indices/{seg.uuid}"

@@ -6,6 +6,7 @@ import pickle
 import pytest
 
 from dask_lance_index.build import resolve_engine
+from dask_lance_index.build.engines.precomputed import graphs_left_to_lance
 from dask_lance_index.errors import InvalidInputError
 from dask_lance_index.plan import (
     AGREEMENT_ROWS,
@@ -196,6 +197,13 @@ def test_engine_choice():
         fits = (2**30) // (12 + stored)
         assert resolve_engine("auto", params, num_rows=fits, dimension=1024).name == "precomputed"
         assert resolve_engine("auto", params, num_rows=fits + 1, dimension=1024).name == "partitions"
+    # IVF_HNSW_PQ: always our codes; our graphs under l2 and cosine up to the same sizes, else Lance's
+    for metric in ("l2", "cosine", "dot"):
+        params = resolve_params("IVF_HNSW_PQ", dimension=32, num_rows=32800, num_partitions=4, metric=metric)
+        for rows in (16384, 32769):
+            assert resolve_engine("auto", params, num_rows=rows).name == "precomputed"
+        assert graphs_left_to_lance(params, 16384) == (metric == "dot")
+        assert graphs_left_to_lance(params, 16385) and graphs_left_to_lance(params, 32768, parallelism=2) == (metric == "dot")
     # IVF_SQ: we write the codes with the model's shared bounds, so its segments merge
     sq = resolve_params("IVF_SQ", dimension=32, num_rows=1000, num_partitions=4)
     assert resolve_engine("auto", sq).name == "precomputed"

@@ -65,9 +65,7 @@ class PartitionGraphs:
     def __call__(self, stored: StoredRows, run: list) -> list:
         """The graphs of ``run``'s partitions, ``(partition, first stored row, rows)``
         consecutive in ``stored``, read back in one range."""
-        start = run[0][1]
-        rows = stored.read(start, run[-1][1] + run[-1][2] - start)
-        return [self.graph(p, rows[lo - start : lo - start + n]) for p, lo, n in run]
+        return [self.graph(p, rows) for (p, _, _), rows in zip(run, stored.read(run))]
 
     def builder(self, fan_out: bool) -> Callable:
         """A ``build_graphs`` for :func:`~dask_lance_index.storage.write_hnsw_segment`.

@@ -1,10 +1,13 @@
-"""IVF_HNSW_FLAT and IVF_HNSW_SQ segments written here: the rows, and the graphs we build.
+"""IVF_HNSW_FLAT, IVF_HNSW_SQ and IVF_HNSW_PQ segments written here: the rows, and the
+graphs we build.
 
 A segment is two Lance files, as Lance writes them:
 
 * ``auxiliary.idx``, the storage: ``_rowid`` and the stored rows (``flat`` float32 rows,
-  unit vectors for cosine; or ``__sq_code`` bytes with the model's shared bounds),
-  grouped by partition, exactly as an IVF_FLAT or IVF_SQ segment's file;
+  unit vectors for cosine; ``__sq_code`` bytes with the model's shared bounds; or
+  ``__pq_code`` bytes, each partition's codes transposed in a segment over the whole
+  dataset, and the codebook), grouped by partition, exactly as an IVF_FLAT, IVF_SQ or
+  IVF_PQ segment's file;
 * ``index.idx``, the graphs: per partition, one row per node and level
   (``__vector_id`` uint32, ``__neighbors`` list<uint32>, ``_distance`` list<float32>),
   level 0 first with every node in id order, then each upper level's nodes; a node id
@@ -17,7 +20,10 @@ A segment is two Lance files, as Lance writes them:
 
 Lance's reader checks that level 0's ids are the row positions, that the entry point
 and every neighbour id are within the partition, and that the graph has as many
-nodes as the partition's stored rows. The ``_distance`` lists are read when Lance
+nodes as the partition's stored rows. A graph's distances are those between the stored
+rows as Lance decodes them: the rows, the SQ codes decoded with the bounds, or the PQ
+codes looked up in the codebook (residuals, as stored; measured against Lance's own
+IVF_HNSW_PQ graph files: the same distances). The ``_distance`` lists are read when Lance
 remaps a graph after compaction (without them it builds that graph again).
 """
 
@@ -31,7 +37,15 @@ import numpy as np
 import pyarrow as pa
 from lance.file import LanceFileReader, LanceFileWriter
 
-from .segment_files import AUX_FILE_VERSION, _segment_dir, ivf_message, row_major_storage, write_row_major_storage
+from .segment_files import (
+    AUX_FILE_VERSION,
+    _segment_dir,
+    ivf_message,
+    read_pq_codebook,
+    row_major_storage,
+    write_pq_storage,
+    write_row_major_storage,
+)
 from .segments import index_dir
 
 __all__ = ["HNSW_PREFETCH_DISTANCE", "StoredRows", "decode_stored", "write_hnsw_segment"]
@@ -65,20 +79,27 @@ def _graph_batch(graph) -> pa.RecordBatch:
 
 
 def decode_stored(index_type: str, values: np.ndarray, bounds: tuple[float, float] | None = None,
-                  num_bits: int = 8) -> np.ndarray:
-    """The float32 rows a graph is built on from stored ``values``: the rows themselves
-    (IVF_HNSW_FLAT), or the SQ codes decoded with ``bounds`` (IVF_HNSW_SQ: the distances
-    Lance's search sees)."""
-    if index_type != "IVF_HNSW_SQ":
-        return np.asarray(values, dtype=np.float32)
-    step = (float(bounds[1]) - float(bounds[0])) / (2**num_bits - 1)
-    return values.astype(np.float32) * np.float32(step) + np.float32(bounds[0])
+                  num_bits: int = 8, codebook: np.ndarray | None = None) -> np.ndarray:
+    """The float32 rows a graph is built on from stored ``values`` (row-major): the rows
+    themselves (IVF_HNSW_FLAT), the SQ codes decoded with ``bounds`` (IVF_HNSW_SQ), or the
+    PQ codes looked up in ``codebook`` (IVF_HNSW_PQ): the distances Lance's search sees."""
+    if index_type == "IVF_HNSW_SQ":
+        step = (float(bounds[1]) - float(bounds[0])) / (2**num_bits - 1)
+        return values.astype(np.float32) * np.float32(step) + np.float32(bounds[0])
+    if index_type == "IVF_HNSW_PQ":
+        m, _, sub = codebook.shape
+        out = np.empty((len(values), m * sub), np.float32)
+        for j in range(m):
+            np.take(codebook[j], values[:, j], axis=0, out=out[:, j * sub : (j + 1) * sub])
+        return out
+    return np.asarray(values, dtype=np.float32)
 
 
 @dataclass(frozen=True)
 class StoredRows:
     """A written segment's ``auxiliary.idx``, from which a run of its partitions' rows is
-    read back (by a graph task on another worker, :func:`write_hnsw_segment`). Picklable."""
+    read back (by a graph task on another worker, :func:`write_hnsw_segment`). Picklable:
+    nothing large in it (a PQ codebook is read from the file)."""
 
     dataset_uri: str
     index_uuid: str
@@ -86,15 +107,28 @@ class StoredRows:
     bounds: tuple[float, float] | None = None
     num_bits: int = 8
     storage_options: dict | None = None
+    transposed: bool = False  # PQ codes stored (m, rows) per partition
 
-    def read(self, start: int, count: int) -> np.ndarray:
-        """Stored rows ``[start, start + count)``, decoded (:func:`decode_stored`)."""
+    def read(self, run: list) -> list:
+        """The decoded rows (:func:`decode_stored`) of ``run``'s partitions,
+        ``(partition, first stored row, rows)`` consecutive in the file, read in one range."""
         reader = LanceFileReader(f"{index_dir(self.dataset_uri, self.index_uuid)}/auxiliary.idx",
                                  storage_options=self.storage_options)
-        field, _ = row_major_storage(self.index_type, 0, bounds=self.bounds, num_bits=self.num_bits)
-        column = reader.read_range(start, count, batch_size=max(count, 1)).to_table().column(field.name).combine_chunks()
-        values = column.flatten().to_numpy(zero_copy_only=False).reshape(count, column.type.list_size)
-        return decode_stored(self.index_type, values, self.bounds, self.num_bits)
+        start = run[0][1]
+        count = run[-1][1] + run[-1][2] - start
+        name = "__pq_code" if self.index_type == "IVF_HNSW_PQ" else row_major_storage(
+            self.index_type, 0, bounds=self.bounds, num_bits=self.num_bits)[0].name
+        column = reader.read_range(start, count, batch_size=max(count, 1)).to_table().column(name).combine_chunks()
+        width = column.type.list_size
+        values = column.flatten().to_numpy(zero_copy_only=False).reshape(count, width)
+        codebook = read_pq_codebook(reader, width) if self.index_type == "IVF_HNSW_PQ" else None
+        out = []
+        for _, lo, n in run:
+            block = values[lo - start : lo - start + n]
+            if self.transposed:
+                block = block.reshape(-1).reshape(width, n).T
+            out.append(decode_stored(self.index_type, block, self.bounds, self.num_bits, codebook))
+        return out
 
 
 def write_hnsw_segment(
@@ -114,14 +148,19 @@ def write_hnsw_segment(
     build_graphs: Callable,
     bounds: tuple[float, float] | None = None,
     num_bits: int = 8,
+    codebook: np.ndarray | None = None,
+    transposed: bool = False,
     storage_options: dict | None = None,
 ) -> list:
-    """Write one IVF_HNSW_FLAT or IVF_HNSW_SQ segment, building each partition's graph;
-    returns the file names.
+    """Write one IVF_HNSW_FLAT, IVF_HNSW_SQ or IVF_HNSW_PQ segment, building each
+    partition's graph; returns the file names.
 
     ``values``: the stored rows, ``(n, d)``: float32 rows as Lance stores them for
     IVF_HNSW_FLAT, uint8 SQ codes made with ``bounds`` for IVF_HNSW_SQ (whose graphs
-    are built on the decoded codes, the distances Lance's search sees).
+    are built on the decoded codes, the distances Lance's search sees), uint8 PQ codes
+    ``(n, num_sub_vectors)`` of ``codebook`` for IVF_HNSW_PQ (its graphs on the codes
+    looked up; ``transposed``: each partition's codes stored transposed, as Lance does for
+    a segment over every fragment of the dataset).
     ``build_graphs(stored, partitions, rows_of)``: the graphs
     (:func:`dask_lance_index.model.build_hnsw`) of the non-empty ``partitions``, a list
     of ``(partition, first stored row, rows)``, in that order; each partition's float32
@@ -131,15 +170,22 @@ def write_hnsw_segment(
     """
     centroids = np.asarray(centroids, dtype=np.float32)
     base = _segment_dir(dataset_uri, index_uuid)
-    order, lengths, offsets = write_row_major_storage(
-        base, index_type, values, row_ids=row_ids, part_ids=part_ids, num_partitions=len(centroids), metric=metric,
-        bounds=bounds, num_bits=num_bits, storage_options=storage_options)
+    if index_type == "IVF_HNSW_PQ":
+        codebook = np.asarray(codebook, dtype=np.float32)
+        order, lengths, offsets = write_pq_storage(
+            base, values, codebook, row_ids=row_ids, part_ids=part_ids, num_partitions=len(centroids), metric=metric,
+            transposed=transposed, storage_options=storage_options)
+    else:
+        transposed = False
+        order, lengths, offsets = write_row_major_storage(
+            base, index_type, values, row_ids=row_ids, part_ids=part_ids, num_partitions=len(centroids),
+            metric=metric, bounds=bounds, num_bits=num_bits, storage_options=storage_options)
     stored = StoredRows(dataset_uri, index_uuid, index_type, None if bounds is None else tuple(map(float, bounds)),
-                        num_bits, storage_options)
+                        num_bits, storage_options, transposed)
 
     def rows_of(p: int) -> np.ndarray:
         return decode_stored(index_type, np.asarray(values)[order[offsets[p] : offsets[p] + lengths[p]]], bounds,
-                             num_bits)
+                             num_bits, codebook)
 
     partitions = [(p, int(offsets[p]), int(lengths[p])) for p in range(len(centroids)) if lengths[p]]
     graphs = iter(build_graphs(stored, partitions, rows_of))

@@ -66,6 +66,9 @@ AUX_FILE_VERSION = "2.0"
 # lance.index.pb.VectorMetricType; l2 is the protobuf default, which is not written
 _METRIC_TYPE = {"l2": 0, "cosine": 1, "dot": 2}
 # the Index.index_version Lance gives a segment it writes, per quantizer (pylance 14.0.2)
+# The aux file's global buffer holding a PQ codebook (the IVF message is the first).
+PQ_CODEBOOK_POSITION = 2
+
 _INDEX_VERSION = {"PQ": 1, "RQ": 2, "SQ": 1, "FLAT": 1}
 
 
@@ -212,10 +215,22 @@ def write_pq_segment(
     fragment of the dataset.
     """
     centroids = np.asarray(centroids, dtype=np.float32)
+    base = _segment_dir(dataset_uri, index_uuid)
+    write_pq_storage(base, codes, codebook, row_ids=row_ids, part_ids=part_ids, num_partitions=len(centroids),
+                     metric=metric, transposed=transposed, storage_options=storage_options)
+    _write_index_file(base, "IVF_PQ", metric, centroids, loss, storage_options)
+    return ["auxiliary.idx", "index.idx"]
+
+
+def write_pq_storage(base: str, codes: np.ndarray, codebook: np.ndarray, *, row_ids, part_ids, num_partitions: int,
+                     metric: str, transposed: bool, storage_options) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Write the ``auxiliary.idx`` of a PQ segment (IVF_PQ, IVF_HNSW_PQ: the same file),
+    ``_rowid`` and ``__pq_code`` grouped by partition, each partition's ``(rows, m)`` codes
+    stored as ``(m, rows)`` when ``transposed``; returns the partition order, lengths and
+    offsets it wrote them in."""
     codebook = np.asarray(codebook, dtype=np.float32)
-    num_sub_vectors, num_codes, _ = codebook.shape
-    dimension = centroids.shape[1]
-    order, lengths, offsets = _partition_order(np.asarray(part_ids), len(centroids))
+    num_sub_vectors, num_codes, sub_dim = codebook.shape
+    order, lengths, offsets = _partition_order(np.asarray(part_ids), num_partitions)
     stored = np.asarray(codes, dtype=np.uint8)[order]
     if transposed:  # each partition's (rows, m) block stored as (m, rows)
         flat = np.empty(stored.size, dtype=np.uint8)
@@ -224,20 +239,28 @@ def write_pq_segment(
         stored = flat.reshape(-1, num_sub_vectors)
     schema = pa.schema([("_rowid", pa.uint64()), ("__pq_code", pa.list_(pa.uint8(), num_sub_vectors))])
     quantizer = {
-        "codebook_position": 2, "nbits": int(np.log2(num_codes)), "num_sub_vectors": num_sub_vectors,
-        "dimension": dimension, "codebook_tensor": [], "transposed": bool(transposed),
+        "codebook_position": PQ_CODEBOOK_POSITION, "nbits": int(np.log2(num_codes)),
+        "num_sub_vectors": num_sub_vectors, "dimension": num_sub_vectors * sub_dim, "codebook_tensor": [],
+        "transposed": bool(transposed),
     }
-    base = _segment_dir(dataset_uri, index_uuid)
     _write_aux(
         base, schema, order, {"__pq_code": stored}, {"_rowid": np.asarray(row_ids, dtype=np.uint64)},
         ivf=ivf_message(offsets, lengths),
         # the codebook as Lance stores it: [sub-vector][code][sub-dim] data under a (codes, d) shape
-        extra_buffers=[_tensor(codebook, (num_codes, dimension))],
+        extra_buffers=[_tensor(codebook, (num_codes, num_sub_vectors * sub_dim))],
         metric=metric, quantizer_json=json.dumps(quantizer, separators=(",", ":")),
         storage_options=storage_options,
     )
-    _write_index_file(base, "IVF_PQ", metric, centroids, loss, storage_options)
-    return ["auxiliary.idx", "index.idx"]
+    return order, lengths, offsets
+
+
+def read_pq_codebook(reader, num_sub_vectors: int) -> np.ndarray:
+    """The ``(num_sub_vectors, codes, d / num_sub_vectors)`` codebook of a PQ segment's
+    ``auxiliary.idx`` (an open ``LanceFileReader``): its Tensor's raw data (field 3)."""
+    tensor = _pb_fields(bytes(reader.read_global_buffer(PQ_CODEBOOK_POSITION)))
+    shape = _packed_varints(tensor[2][0])
+    data = np.frombuffer(tensor[3][0], dtype="<f4").astype(np.float32)
+    return data.reshape(num_sub_vectors, shape[0], shape[1] // num_sub_vectors)
 
 
 def row_major_storage(index_type: str, dimension: int, *, bounds: tuple[float, float] | None = None,

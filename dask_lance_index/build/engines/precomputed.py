@@ -5,18 +5,20 @@ them (:class:`dask_lance_index.model.PQEncoder`,
 :class:`dask_lance_index.model.RQEncoder`: Lance takes no RaBitQ codes at all)
 and writes the segment's two files itself in Lance's layout
 (:mod:`dask_lance_index.storage.segment_files`); Lance then merges and commits
-them as its own. IVF_HNSW_FLAT and IVF_HNSW_SQ (l2, cosine): as IVF_FLAT and IVF_SQ,
+them as its own. IVF_HNSW_FLAT, IVF_HNSW_SQ and IVF_HNSW_PQ (l2, cosine): as IVF_FLAT, IVF_SQ and IVF_PQ,
 and the task also builds each partition's graph (:mod:`dask_lance_index.model.hnsw`; on a
 cluster as graph tasks on every worker, :mod:`dask_lance_index.build.graphs`) and writes it
-(:mod:`dask_lance_index.storage.hnsw_segment`). IVF_HNSW_PQ, whose graphs Lance
-builds: the codes go to a
-scratch dataset on the worker's disk and Lance builds the segment from those
+(:mod:`dask_lance_index.storage.hnsw_segment`). IVF_HNSW_PQ whose graphs Lance builds
+(the dot metric, or partitions too large for ours: :func:`graphs_left_to_lance`): the codes
+go to a scratch dataset on the worker's disk and Lance builds the segment from those
 "precomputed shuffle buffers"; Lance reads the whole buffer dataset, ignoring
 ``fragment_ids``, so each task's buffer holds exactly its own rows. The default
 wherever it applies (:meth:`PrecomputedEngine.refuses`).
 """
 
 from __future__ import annotations
+
+import os
 
 import numpy as np
 
@@ -30,7 +32,7 @@ from ...model.hnsw import (
     HNSW_SPREAD_ROWS,
 )
 from ...plan.index_plan import FLAT_TASK_BYTES, held_row_bytes
-from ...runtime import small_pages
+from ...runtime import parallelism, small_pages, worker_client_or_none
 from ...storage import (
     SegmentResult,
     segment_index,
@@ -48,12 +50,13 @@ from .base import Engine, SegmentTask
 
 __all__ = ["HNSW_WRITTEN", "PrecomputedEngine", "graphs_left_to_lance", "writes_codes"]
 
-# HNSW types whose graphs we build (model.hnsw) and whose segment files we write.
-HNSW_WRITTEN = ("IVF_HNSW_FLAT", "IVF_HNSW_SQ")
+# HNSW types whose graphs we build (model.hnsw) and whose segment files we write (under l2
+# and cosine, and partitions small enough: graphs_left_to_lance).
+HNSW_WRITTEN = ("IVF_HNSW_FLAT", "IVF_HNSW_SQ", "IVF_HNSW_PQ")
 
 
 def graphs_left_to_lance(params, num_rows: int | None, dimension: int | None = None, parallelism: int = 1) -> bool:
-    """Whether engine ``"auto"`` leaves an IVF_HNSW_FLAT/SQ index's graphs to Lance: when
+    """Whether an HNSW index's graphs are left to Lance: under the dot metric, or when
     its partitions hold more than :data:`~dask_lance_index.model.hnsw.HNSW_EXACT_ROWS` rows
     on average (:data:`~dask_lance_index.model.hnsw.HNSW_SPREAD_ROWS` when ``parallelism``,
     the threads the build runs on, lets the graphs be built by several at once:
@@ -61,12 +64,21 @@ def graphs_left_to_lance(params, num_rows: int | None, dimension: int | None = N
     inserts, or when the one
     task that builds the segment would hold more than
     :data:`~dask_lance_index.plan.index_plan.FLAT_TASK_BYTES` of rows (it holds every row
-    until it writes them grouped by partition)."""
-    if params.index_type not in HNSW_WRITTEN or num_rows is None:
+    until it writes them grouped by partition). Engine ``"auto"`` then builds IVF_HNSW_FLAT
+    and IVF_HNSW_SQ with the ``"partitions"`` engine, and this engine hands IVF_HNSW_PQ's
+    codes to Lance. Pure."""
+    if params.index_type not in HNSW_WRITTEN:
+        return False
+    if params.metric not in ("l2", "cosine"):
+        return True
+    if num_rows is None:
         return False
     per_partition = HNSW_SPREAD_ROWS if parallelism > 1 else HNSW_EXACT_ROWS
-    return (num_rows > per_partition * params.num_partitions
-            or num_rows * held_row_bytes(params.index_type, dimension or 0) > FLAT_TASK_BYTES)
+    if params.quantizer == "PQ":  # ids and a byte a sub-vector
+        held = 12 + (params.num_sub_vectors or dimension or 0)
+    else:
+        held = held_row_bytes(params.index_type, dimension or 0)
+    return num_rows > per_partition * params.num_partitions or num_rows * held > FLAT_TASK_BYTES
 
 
 def _hnsw_settings(params) -> tuple[int, int, int]:
@@ -86,7 +98,7 @@ def writes_codes(params) -> bool:
         return params.num_bits == 8
     if params.index_type in ("IVF_SQ", "IVF_FLAT"):
         return True
-    if params.index_type in HNSW_WRITTEN:
+    if params.index_type in ("IVF_HNSW_FLAT", "IVF_HNSW_SQ"):
         return params.metric in ("l2", "cosine")
     return params.index_type == "IVF_RQ" and params.metric in ("l2", "cosine")
 
@@ -103,10 +115,24 @@ class PrecomputedEngine(Engine):
 
     def build_segment(self, plan, task, model, storage_options=None, options=None, upstream=None) -> SegmentResult:
         seg = SegmentTask(plan, task, model, storage_options)
-        writes_files = plan.params.index_type in ("IVF_PQ", "IVF_RQ", "IVF_SQ", "IVF_FLAT") + HNSW_WRITTEN
+        params = plan.params
+        writes_files = params.index_type in ("IVF_PQ", "IVF_RQ", "IVF_SQ", "IVF_FLAT") + HNSW_WRITTEN
+        if params.index_type == "IVF_HNSW_PQ":  # ours unless Lance's graphs are the cheaper (or the only) ones
+            mine = set(seg.fragment_ids)
+            rows = sum(f.num_rows for f in plan.fragments if f.fragment_id in mine)
+            writes_files = not graphs_left_to_lance(params, rows, plan.dimension, _graph_threads(plan))
         write = _write_segment if writes_files else _hand_off_codes
         index, assigner = write(seg)
         return seg.result(index, assigner=assigner)
+
+
+def _graph_threads(plan) -> int:
+    """The threads this build's graphs get (:meth:`.graphs.PartitionGraphs.builder`): the
+    cluster's, or this machine's CPUs without one, when the build is one task; else one."""
+    if plan.num_tasks != 1:
+        return 1
+    client = worker_client_or_none()
+    return parallelism(client) if client is not None else os.cpu_count() or 1
 
 
 def _hand_off_codes(seg: SegmentTask):
@@ -214,7 +240,7 @@ def _write_files(seg: SegmentTask, codes: dict, common: dict, whole: bool) -> li
         return write_hnsw_segment(plan.uri, seg.uuid, index_type=params.index_type, values=codes["codes"],
                                   m=m, ef_construction=ef_construction, max_level=max_level,
                                   build_graphs=build_graphs, bounds=model.sq_bounds, num_bits=params.num_bits or 8,
-                                  **common)
+                                  codebook=model.pq_codebook, transposed=whole, **common)
     if params.quantizer == "PQ":
         return write_pq_segment(plan.uri, seg.uuid, codes=codes["codes"], codebook=model.pq_codebook,
                                 transposed=whole, **common)

@@ -34,14 +34,17 @@ def resolve_engine(name: str, params, num_rows: int | None = None, dimension: in
     with NumPy BLAS and write the segments: 8-bit PQ types, IVF_FLAT, IVF_SQ, and IVF_RQ,
     IVF_HNSW_FLAT and IVF_HNSW_SQ under l2 and cosine, the last two with partitions of
     at most 4,096 rows on average (8,192 on two or more threads) and at most 1 GiB of rows in all:
-    :func:`.precomputed.graphs_left_to_lance`),
+    :func:`.precomputed.graphs_left_to_lance`; past those, and under dot, IVF_HNSW_PQ's graphs
+    are Lance's, from our codes),
     ``"partitions"`` otherwise (our workers assign, Lance encodes).
     An engine that cannot build the index is refused with the reason and the fix.
     ``benchmarks/bench_build.py`` measures them side by side.
     """
     if name == "auto":
         precomputed = ENGINES["precomputed"]
-        if precomputed.refuses(params) is None and not graphs_left_to_lance(params, num_rows, dimension, parallelism):
+        # IVF_HNSW_PQ whose graphs Lance builds: we still encode (the engine hands Lance the codes)
+        if precomputed.refuses(params) is None and (params.quantizer == "PQ"
+                                                    or not graphs_left_to_lance(params, num_rows, dimension, parallelism)):
             return precomputed
         return ENGINES["partitions"]
     engine = get_engine(name)
