@@ -290,8 +290,9 @@ def create_index(
         NumPy BLAS, and they write each IVF_PQ, IVF_SQ, IVF_FLAT and IVF_RQ (l2,
         cosine) segment's files in Lance's layout
         (:mod:`dask_lance_index.storage.segment_files`), build and write the graphs of
-        IVF_HNSW_FLAT and IVF_HNSW_SQ (l2, cosine; :mod:`dask_lance_index.model.hnsw`),
-        and for IVF_HNSW_PQ hand Lance the codes and Lance builds the graphs; for
+        IVF_HNSW_FLAT, IVF_HNSW_SQ and IVF_HNSW_PQ (l2, cosine, partitions small enough;
+        :mod:`dask_lance_index.model.hnsw`; else for IVF_HNSW_PQ they hand Lance the
+        codes and Lance builds the graphs); for
         IVF_RQ the ex-codes' rescale factor chosen from three candidates per row
         instead of Lance's full sweep (recall@10 within 0.001 of Lance's own
         encoding of the same partitions, ``docs/benchmarks.md``).

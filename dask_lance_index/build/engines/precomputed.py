@@ -88,8 +88,9 @@ def _hnsw_settings(params) -> tuple[int, int, int]:
 
 def writes_codes(params) -> bool:
     """Whether our workers can compute every code of this index: 8-bit PQ types
-    (IVF_PQ segments written in Lance's layout; IVF_HNSW_PQ codes handed to Lance
-    as precomputed shuffle buffers) and IVF_RQ under l2 or cosine (segments
+    (IVF_PQ segments written in Lance's layout; IVF_HNSW_PQ segments too, with our
+    graphs, or its codes handed to Lance as precomputed shuffle buffers where Lance
+    builds the graphs: :func:`graphs_left_to_lance`) and IVF_RQ under l2 or cosine (segments
     written in Lance's layout; Lance's dot-metric RaBitQ stores other factors), and
     IVF_SQ (segments written in Lance's layout with the model's shared bounds, so
     that they merge), IVF_FLAT (the rows themselves, in Lance's layout), and
