@@ -59,6 +59,45 @@ def test_graph_levels_lists_and_entry_point():
     assert held > 0.8, held
 
 
+def test_equal_rows_hang_below_one_another_and_every_node_is_reached():
+    """Copies of a row (duplicates, colliding PQ codes) are reached from the entry point and
+    reach it, with their row's neighbours; the distinct rows' graph is the one they make alone."""
+    from scipy.sparse import csgraph, csr_matrix
+
+    rng = np.random.default_rng(0)
+    distinct = make_vectors(2000, 16, num_clusters=20, seed=4)
+    # 300 copies of one row, 40 of each of 5 others, a pair: 2,502 nodes, 2,000 distinct
+    x = np.concatenate([distinct, np.repeat(distinct[:1], 300, axis=0), np.repeat(distinct[1:6], 40, axis=0),
+                        distinct[7:8], distinct[9:10]])[rng.permutation(2502)]
+    m, max_level = 6, 4
+    graph = build_hnsw(x, m=m, max_level=max_level, seed=3)
+    for level, (nodes, offsets, neighbours, dist) in enumerate(graph.levels):
+        sizes = np.diff(offsets)
+        owner = np.repeat(nodes, sizes)
+        assert sizes.max() <= (2 * m if level == 0 else m) + 2 and not np.any(owner == neighbours)
+        np.testing.assert_allclose(dist, ((x[owner] - x[neighbours]) ** 2).sum(axis=1), rtol=1e-3, atol=1e-3)
+        local = {v: i for i, v in enumerate(nodes)}
+        a = csr_matrix((np.ones(len(owner)), ([local[v] for v in owner], [local[v] for v in neighbours])),
+                       shape=(len(nodes), len(nodes)))
+        start = local[graph.entry_point]
+        assert len(csgraph.breadth_first_order(a, start, return_predecessors=False)) == len(nodes), level
+        assert len(csgraph.breadth_first_order(a.T.tocsr(), start, return_predecessors=False)) == len(nodes), level
+    # a copy's list: its row, and its row's nearest neighbours (all but room for two children)
+    nodes, offsets0, neighbours0, _ = graph.levels[0]
+    lists = [neighbours0[offsets0[i] : offsets0[i + 1]] for i in range(len(x))]
+    checked = 0
+    for i in range(len(x)):
+        equal = np.flatnonzero(np.all(x == x[i], axis=1))
+        row = graph.entry_point if graph.entry_point in equal else equal[0]
+        if row == i:
+            continue
+        assert row in lists[i]
+        distinct_of_row = [v for v in lists[row] if v not in equal][: 2 * m - 3]
+        assert set(distinct_of_row) <= set(lists[i]), i
+        checked += 1
+    assert checked == 502
+
+
 @pytest.mark.parametrize("index_type, metric", [("IVF_HNSW_FLAT", "l2"), ("IVF_HNSW_SQ", "l2"),
                                                 ("IVF_HNSW_FLAT", "cosine")])
 def test_our_graphs_search_as_well_as_lances(tmp_path, index_type, metric):

@@ -136,9 +136,62 @@ def _candidates(vectors, sq, fwd, fwd_dist) -> None:
         fwd_dist[lo:hi] = np.maximum(np.take_along_axis(dist, near, axis=1) + sq[lo:hi, None], 0)
 
 
+def _copies_of(vectors: np.ndarray, entry: int) -> np.ndarray:
+    """Each row's first equal row (``entry`` first among its equals), itself if none."""
+    n = len(vectors)
+    _, inverse = np.unique(vectors, axis=0, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    first = np.full(inverse.max() + 1, n, np.int64)
+    np.minimum.at(first, inverse, np.arange(n))
+    first[inverse[entry]] = entry
+    return first[inverse]
+
+
 def _level_graph(vectors: np.ndarray, cap: int, fill: int, candidates: int, entry: int):
     """Neighbour lists of one level's nodes (local ids), every node reached from
-    ``entry`` and reaching it: offsets, ids, distances."""
+    ``entry`` and reaching it: offsets, ids, distances.
+
+    Equal rows (duplicates in the data, PQ codes that collide) would each find only
+    their copies as nearest, and make islands :func:`_connect` joins one at a time
+    (a partition of 3,114 PQ-coded rows, 811 of them copies, took 4.0 s against 0.16 s
+    for its rows themselves). So the graph is built on the distinct rows; each row's
+    copies then hang below it in a binary tree (a node links to its two children, at
+    distance 0: a search reaches every copy), and each copy's list is its children, the
+    row, and the row's own neighbours, up to ``cap``. A row with copies holds up to
+    ``cap + 2`` neighbours (Lance reads lists of up to ``4 m``)."""
+    n = len(vectors)
+    rep = _copies_of(vectors, entry) if n > 1 else np.zeros(n, np.int64)
+    if (rep == np.arange(n)).all():
+        return _distinct_level_graph(vectors, cap, fill, candidates, entry)
+    reps = np.flatnonzero(rep == np.arange(n))
+    offsets, ids, dist = _distinct_level_graph(vectors[reps], cap, fill, candidates, int(np.searchsorted(reps, entry)))
+    ids = reps[ids]
+    # each row's copies in id order, at positions 1..k of its tree (the row at 0)
+    copies = np.flatnonzero(rep != np.arange(n))
+    copies = copies[np.argsort(rep[copies], kind="stable")]
+    owner = rep[copies]
+    starts = np.flatnonzero(np.concatenate([[True], owner[1:] != owner[:-1]]))
+    sizes = np.diff(np.concatenate([starts, [len(copies)]]))
+    pos = np.arange(len(copies)) - np.repeat(starts, sizes) + 1
+    group_size = np.repeat(sizes, sizes)
+    parent_pos = (pos - 1) // 2
+    parent = np.where(parent_pos == 0, owner, copies[np.repeat(starts, sizes) + parent_pos - 1])
+    children = np.clip(group_size - 2 * pos, 0, 2)
+    # the copy's share of its row's list
+    local = np.searchsorted(reps, owner)
+    lengths = np.diff(offsets)[local]
+    take = np.minimum(lengths, np.maximum(cap - 1 - children, 0))
+    at = np.repeat(offsets[local], take) + np.arange(take.sum()) - np.repeat(np.cumsum(take) - take, take)
+    zeros = np.zeros(len(copies), np.float32)
+    src = np.concatenate([np.repeat(reps, np.diff(offsets)), parent, copies, np.repeat(copies, take)])
+    dst = np.concatenate([ids, copies, owner, ids[at]])
+    dd = np.concatenate([dist, zeros, zeros, dist[at]])
+    order = np.argsort(src, kind="stable")
+    return np.concatenate([[0], np.cumsum(np.bincount(src, minlength=n))]), dst[order], dd[order]
+
+
+def _distinct_level_graph(vectors: np.ndarray, cap: int, fill: int, candidates: int, entry: int):
+    """:func:`_level_graph` of rows that are all different."""
     n, d = vectors.shape
     if n == 1:
         return np.zeros(2, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
