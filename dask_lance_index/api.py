@@ -300,10 +300,10 @@ def create_index(
         NumPy BLAS and Lance encodes from that map; ``"lance"``: Lance itself.
         ``"auto"``: ``"precomputed"`` for 8-bit PQ types, IVF_FLAT, IVF_SQ, and
         IVF_RQ, IVF_HNSW_FLAT and IVF_HNSW_SQ under l2 and cosine (the last two
-        while partitions hold at most 4,096 rows on average (8,192 when the build has
-        two or more threads: the graphs are built by all of them), past which Lance's
-        graph build is faster, and the rows at most 1 GiB, which the one build task
-        holds), ``"partitions"`` otherwise.
+        while the rows are at most 1 GiB, which the one build task holds, and, when
+        the build has one thread, partitions hold at most 4,096 rows on average, past
+        which Lance's graph build is faster: with two or more, the graphs are built by
+        all of them), ``"partitions"`` otherwise.
         ``"artifact"`` (8-bit PQ types): the workers encode into a partition
         artifact in Lance's upstream layout (a shuffle by bucket), which is
         then finalized; see :mod:`dask_lance_index.partition_artifacts`.

@@ -59,6 +59,32 @@ def test_graph_levels_lists_and_entry_point():
     assert held > 0.8, held
 
 
+def test_large_levels_take_candidates_from_their_nearest_groups():
+    """Past HNSW_BLOCK_ROWS nodes, a node's candidates are its nearest among the groups it
+    is near: nearly all of its exact nearest, each candidate's distance exact."""
+    from dask_lance_index.model import hnsw
+
+    x = make_vectors(12000, 32, num_clusters=30, seed=6)
+    sq = np.einsum("ij,ij->i", x, x)
+    found = {}
+    for how in ("exact", "grouped"):
+        fwd, dist = np.empty((len(x), 40), np.int64), np.empty((len(x), 40), np.float32)
+        if how == "exact":
+            hnsw._nearest_among(x, sq, np.arange(len(x)), np.arange(len(x)), fwd, dist)
+        else:
+            hnsw._grouped_candidates(x, sq, fwd, dist)
+        found[how] = fwd, dist
+    fwd, dist = found["grouped"]
+    valid = np.isfinite(dist)
+    assert valid[:, :20].all() and not np.any(fwd[valid] == np.repeat(np.arange(len(x)), valid.sum(1)))
+    rows = np.flatnonzero(valid.all(axis=1))[:500]
+    np.testing.assert_allclose(dist[rows], ((x[rows, None, :] - x[fwd[rows]]) ** 2).sum(-1), rtol=1e-3, atol=1e-3)
+    assert (np.diff(dist[rows], axis=1) >= 0).all()  # nearest first
+    agree = np.mean([len(np.intersect1d(found["exact"][0][i, :20], fwd[i, :20])) / 20 for i in range(0, len(x), 3)])
+    assert agree > 0.98, agree
+    assert len(x) > hnsw.HNSW_BLOCK_ROWS  # build_hnsw takes this path for such a level
+
+
 def test_equal_rows_hang_below_one_another_and_every_node_is_reached():
     """Copies of a row (duplicates, colliding PQ codes) are reached from the entry point and
     reach it, with their row's neighbours; the distinct rows' graph is the one they make alone."""
@@ -152,7 +178,7 @@ def test_hnsw_pq_graphs_ours_on_the_storage_lance_writes(tmp_path, monkeypatch, 
         with monkeypatch.context() as m:
             if who != "ours":  # partitions "too large" for our graphs: the codes go to Lance
                 m.setattr(precomputed_module, "HNSW_EXACT_ROWS", 10)
-                m.setattr(precomputed_module, "HNSW_SPREAD_ROWS", 10)
+                m.setattr(precomputed_module.os, "cpu_count", lambda: 1)  # the build's one thread
             build = dli.create_index(uri, "vector", "IVF_HNSW_PQ", num_partitions=16, num_sub_vectors=8,
                                      metric=metric, m=16, ef_construction=100, seed=0, compute=False)
             assert build.plan.engine == "precomputed"

@@ -181,29 +181,29 @@ def test_engine_choice():
             params = resolve_params(t, dimension=32, num_rows=1000, num_partitions=4, metric=metric)
             assert resolve_engine("auto", params).name == engine
             assert resolve_engine("auto", params, num_rows=1000).name == engine
-        # partitions of more than 4,096 rows on average: exact candidates cost more than Lance's inserts
+        # on one thread, partitions of more than 4,096 rows on average: our candidates cost more
+        # than Lance's inserts
         params = resolve_params(t, dimension=32, num_rows=16400, num_partitions=4)
         assert resolve_engine("auto", params, num_rows=16384).name == "precomputed"
         assert resolve_engine("auto", params, num_rows=16385).name == "partitions"
         assert resolve_engine("precomputed", params, num_rows=16385).name == "precomputed"  # as asked
-        # 8,192 when two or more threads build the graphs at once
-        params = resolve_params(t, dimension=32, num_rows=32800, num_partitions=4)
-        assert resolve_engine("auto", params, num_rows=32768, parallelism=2).name == "precomputed"
-        assert resolve_engine("auto", params, num_rows=32769, parallelism=2).name == "partitions"
-        assert resolve_engine("auto", params, num_rows=32768, parallelism=1).name == "partitions"
+        # no such bound when two or more threads build the graphs at once
+        params = resolve_params(t, dimension=32, num_rows=10**6, num_partitions=4)
+        assert resolve_engine("auto", params, num_rows=10**6, parallelism=2).name == "precomputed"
+        assert resolve_engine("auto", params, num_rows=10**6, parallelism=1).name == "partitions"
         # and the one task holds every row: at most 1 GiB of them (12 bytes of ids, the stored row)
         params = resolve_params(t, dimension=1024, num_rows=10**6, num_partitions=1000)
         stored = 4 * 1024 if t == "IVF_HNSW_FLAT" else 1024
         fits = (2**30) // (12 + stored)
         assert resolve_engine("auto", params, num_rows=fits, dimension=1024).name == "precomputed"
         assert resolve_engine("auto", params, num_rows=fits + 1, dimension=1024).name == "partitions"
-    # IVF_HNSW_PQ: always our codes; our graphs under l2 and cosine up to the same sizes, else Lance's
+    # IVF_HNSW_PQ: always our codes; our graphs under l2 and cosine within the same bounds, else Lance's
     for metric in ("l2", "cosine", "dot"):
-        params = resolve_params("IVF_HNSW_PQ", dimension=32, num_rows=32800, num_partitions=4, metric=metric)
-        for rows in (16384, 32769):
+        params = resolve_params("IVF_HNSW_PQ", dimension=32, num_rows=10**6, num_partitions=4, metric=metric)
+        for rows in (16384, 16385):
             assert resolve_engine("auto", params, num_rows=rows).name == "precomputed"
         assert graphs_left_to_lance(params, 16384) == (metric == "dot")
-        assert graphs_left_to_lance(params, 16385) and graphs_left_to_lance(params, 32768, parallelism=2) == (metric == "dot")
+        assert graphs_left_to_lance(params, 16385) and graphs_left_to_lance(params, 10**6, parallelism=2) == (metric == "dot")
     # IVF_SQ: we write the codes with the model's shared bounds, so its segments merge
     sq = resolve_params("IVF_SQ", dimension=32, num_rows=1000, num_partitions=4)
     assert resolve_engine("auto", sq).name == "precomputed"

@@ -29,7 +29,6 @@ from ...model.hnsw import (
     HNSW_EXACT_ROWS,
     HNSW_M,
     HNSW_MAX_LEVEL,
-    HNSW_SPREAD_ROWS,
 )
 from ...plan.index_plan import FLAT_TASK_BYTES, held_row_bytes
 from ...runtime import parallelism, small_pages, worker_client_or_none
@@ -56,12 +55,11 @@ HNSW_WRITTEN = ("IVF_HNSW_FLAT", "IVF_HNSW_SQ", "IVF_HNSW_PQ")
 
 
 def graphs_left_to_lance(params, num_rows: int | None, dimension: int | None = None, parallelism: int = 1) -> bool:
-    """Whether an HNSW index's graphs are left to Lance: under the dot metric, or when
-    its partitions hold more than :data:`~dask_lance_index.model.hnsw.HNSW_EXACT_ROWS` rows
-    on average (:data:`~dask_lance_index.model.hnsw.HNSW_SPREAD_ROWS` when ``parallelism``,
-    the threads the build runs on, lets the graphs be built by several at once:
-    :mod:`dask_lance_index.build.graphs`), where our exact candidates cost more than Lance's
-    inserts, or when the one
+    """Whether an HNSW index's graphs are left to Lance: under the dot metric; when the
+    build has one thread (``parallelism``: the graphs are built by all of the build's
+    threads, :mod:`dask_lance_index.build.graphs`) and its partitions hold more than
+    :data:`~dask_lance_index.model.hnsw.HNSW_EXACT_ROWS` rows on average, where our
+    candidates cost more than Lance's inserts; or when the one
     task that builds the segment would hold more than
     :data:`~dask_lance_index.plan.index_plan.FLAT_TASK_BYTES` of rows (it holds every row
     until it writes them grouped by partition). Engine ``"auto"`` then builds IVF_HNSW_FLAT
@@ -73,12 +71,12 @@ def graphs_left_to_lance(params, num_rows: int | None, dimension: int | None = N
         return True
     if num_rows is None:
         return False
-    per_partition = HNSW_SPREAD_ROWS if parallelism > 1 else HNSW_EXACT_ROWS
     if params.quantizer == "PQ":  # ids and a byte a sub-vector
         held = 12 + (params.num_sub_vectors or dimension or 0)
     else:
         held = held_row_bytes(params.index_type, dimension or 0)
-    return num_rows > per_partition * params.num_partitions or num_rows * held > FLAT_TASK_BYTES
+    return ((parallelism == 1 and num_rows > HNSW_EXACT_ROWS * params.num_partitions)
+            or num_rows * held > FLAT_TASK_BYTES)
 
 
 def _hnsw_settings(params) -> tuple[int, int, int]:

@@ -32,8 +32,8 @@ def resolve_engine(name: str, params, num_rows: int | None = None, dimension: in
 
     ``"auto"``: ``"precomputed"`` where it applies (our workers assign and encode
     with NumPy BLAS and write the segments: 8-bit PQ types, IVF_FLAT, IVF_SQ, and IVF_RQ,
-    IVF_HNSW_FLAT and IVF_HNSW_SQ under l2 and cosine, the last two with partitions of
-    at most 4,096 rows on average (8,192 on two or more threads) and at most 1 GiB of rows in all:
+    IVF_HNSW_FLAT and IVF_HNSW_SQ under l2 and cosine, the last two with at most 1 GiB of
+    rows in all and, on one thread, partitions of at most 4,096 rows on average:
     :func:`.precomputed.graphs_left_to_lance`; past those, and under dot, IVF_HNSW_PQ's graphs
     are Lance's, from our codes),
     ``"partitions"`` otherwise (our workers assign, Lance encodes).
