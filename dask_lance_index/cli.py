@@ -392,7 +392,7 @@ def _add_plan(sub) -> None:
     _add_index_args(p)
     g = p.add_argument_group("cluster")
     g.add_argument("--scheduler", metavar="ADDRESS",
-                   help="size the plan for this scheduler's worker threads (default: this machine's CPUs)")
+                   help="size the plan for this scheduler's worker threads (default: the cores this process may use)")
     g.add_argument("--connect-timeout", type=float, default=30.0, metavar="SECONDS",
                    help="how long to wait for --scheduler to answer (default: %(default)g)")
     _add_tls_args(g)

@@ -178,7 +178,7 @@ def test_hnsw_pq_graphs_ours_on_the_storage_lance_writes(tmp_path, monkeypatch, 
         with monkeypatch.context() as m:
             if who != "ours":  # partitions "too large" for our graphs: the codes go to Lance
                 m.setattr(precomputed_module, "HNSW_EXACT_ROWS", 10)
-                m.setattr(precomputed_module.os, "cpu_count", lambda: 1)  # the build's one thread
+                m.setattr(precomputed_module, "host_cores", lambda: 1)  # the build's one thread
             build = dli.create_index(uri, "vector", "IVF_HNSW_PQ", num_partitions=16, num_sub_vectors=8,
                                      metric=metric, m=16, ef_construction=100, seed=0, compute=False)
             assert build.plan.engine == "precomputed"
@@ -273,7 +273,7 @@ def test_graphs_built_as_tasks_or_in_threads_equal_one_threads(cluster_client, t
             write_vectors(uri, x, max_rows_per_file=3000)
             kw = {"client": cluster_client} if who == "cluster" else {"scheduler": "sync"}
             with monkeypatch.context() as m:
-                m.setattr(graphs_module.os, "cpu_count", lambda: 1 if who == "one thread" else 3)
+                m.setattr(graphs_module, "host_cores", lambda: 1 if who == "one thread" else 3)
                 with get_task_stream(cluster_client) as stream:
                     result = dli.create_index(uri, "vector", index_type, num_partitions=12, m=8, seed=0, **kw,
                                               **({"num_sub_vectors": 8} if "PQ" in index_type else {}))
@@ -304,3 +304,25 @@ def test_graph_runs_cover_the_partitions_in_order_within_the_bound():
     assert all(sum(n for _, _, n in run) <= 1000 or len(run) == 1 for run in runs)
     assert [len(run) for run in runs] == [3, 1, 3, 1]  # each run as full as the bound allows
     assert graph_runs([], 1000) == []
+
+
+def test_without_a_cluster_the_graphs_get_the_cores_this_process_may_use(monkeypatch):
+    """A CPU set that confines the process (taskset, a container's cpuset) bounds the graph
+    threads and the plan's parallelism, not the machine's CPU count."""
+    import os
+
+    from dask_lance_index.runtime import parallelism
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {3})
+    assert parallelism(None) == 1
+    used = []
+    monkeypatch.setattr(graphs_module, "_in_threads", lambda *a: used.append(a[-1]) or iter(()))
+    graphs = graphs_module.PartitionGraphs(m=4, max_level=3, candidates=8, seed=(0,))
+    rows = make_vectors(50, 8, seed=1)
+    built = list(graphs.builder(fan_out=True)(None, [(0, 0, 50)], lambda p: rows))
+    assert used == [] and len(built) == 1 and built[0].num_nodes == 50  # one thread: built in place
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {1, 5, 6})
+    assert parallelism(None) == 3
+    list(graphs.builder(fan_out=True)(None, [(0, 0, 50)], lambda p: rows))
+    assert used == [3]

@@ -14,7 +14,8 @@ rows back from the written ``auxiliary.idx`` (nothing large travels in the graph
 returns their graphs; the build task writes them in partition order as they come, with at
 most :data:`RUNS_IN_FLIGHT` runs a worker thread submitted and not yet written, so the
 graphs held at once stay bounded. Without a cluster (dask's synchronous or threaded
-scheduler) the build task builds them in a thread per CPU of its machine. Otherwise (a
+scheduler) the build task builds them in a thread per core this process may run on
+(:func:`dask_lance_index.runtime.host_cores`: a CPU set that confines the process counts). Otherwise (a
 single worker thread, or several build tasks that would each secede or compete for the
 CPUs) they are built in the build task, one partition at a time. All give the same graphs:
 a partition's seed is its own.
@@ -24,7 +25,6 @@ from __future__ import annotations
 
 import collections
 import itertools
-import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Iterator
@@ -33,7 +33,7 @@ import numpy as np
 from distributed import worker_client
 
 from ..model.hnsw import build_hnsw
-from ..runtime import in_bulk, one_blas_thread, parallelism, worker_client_or_none
+from ..runtime import host_cores, in_bulk, one_blas_thread, parallelism, worker_client_or_none
 from ..storage import StoredRows
 
 __all__ = ["GRAPH_TASK_ROWS", "RUNS_IN_FLIGHT", "PartitionGraphs", "graph_runs"]
@@ -79,8 +79,8 @@ class PartitionGraphs:
                 client = worker_client_or_none()  # None: no cluster (dask's sync or threaded scheduler)
                 if client is not None and parallelism(client) > 1:
                     return _on_cluster(self, stored, partitions)
-                if client is None and (os.cpu_count() or 1) > 1:
-                    return _in_threads(self, partitions, rows_of, os.cpu_count())
+                if client is None and host_cores() > 1:
+                    return _in_threads(self, partitions, rows_of, host_cores())
             return (self.graph(p, rows_of(p)) for p, _, _ in partitions)
         return build_graphs
 

@@ -4,7 +4,6 @@ one, or none (dask's local scheduler); and what a task can ask of the cluster it
 
 from __future__ import annotations
 
-import os
 import ssl
 import time
 
@@ -12,6 +11,7 @@ from distributed import Client, default_client, get_worker
 from distributed.security import Security
 
 from ..errors import InvalidInputError
+from .blas import host_cores
 
 __all__ = ["check_client", "check_security", "connect", "num_workers", "other_hosts", "parallelism",
            "resolve_client", "tls_refused_hint", "tls_security", "wait_for_tasks", "worker_client_or_none"]
@@ -227,13 +227,14 @@ def resolve_client(client=None, scheduler: str | None = None):
 
 
 def parallelism(client) -> int:
-    """Worker threads of ``client``'s cluster, or this machine's CPUs without one."""
+    """Worker threads of ``client``'s cluster, or this process's cores without one
+    (:func:`.blas.host_cores`: a CPU set that confines the process counts)."""
     if client is not None:
         try:
             return max(1, sum(client.nthreads().values()))
         except Exception:  # a client that cannot answer: plan as for one machine
             pass
-    return os.cpu_count() or 1
+    return host_cores()
 
 
 def worker_client_or_none():

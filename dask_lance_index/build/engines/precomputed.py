@@ -18,8 +18,6 @@ wherever it applies (:meth:`PrecomputedEngine.refuses`).
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 
 from ...model import FlatEncoder, PQEncoder, RQEncoder, RQRotation, SQEncoder
@@ -31,7 +29,7 @@ from ...model.hnsw import (
     HNSW_MAX_LEVEL,
 )
 from ...plan.index_plan import FLAT_TASK_BYTES, held_row_bytes
-from ...runtime import parallelism, small_pages, worker_client_or_none
+from ...runtime import host_cores, parallelism, small_pages, worker_client_or_none
 from ...storage import (
     SegmentResult,
     segment_index,
@@ -127,11 +125,11 @@ class PrecomputedEngine(Engine):
 
 def _graph_threads(plan) -> int:
     """The threads this build's graphs get (:meth:`.graphs.PartitionGraphs.builder`): the
-    cluster's, or this machine's CPUs without one, when the build is one task; else one."""
+    cluster's, or this process's cores without one, when the build is one task; else one."""
     if plan.num_tasks != 1:
         return 1
     client = worker_client_or_none()
-    return parallelism(client) if client is not None else os.cpu_count() or 1
+    return parallelism(client) if client is not None else host_cores()
 
 
 def _hand_off_codes(seg: SegmentTask):
