@@ -178,11 +178,15 @@ def test_hnsw_pq_graphs_ours_on_the_storage_lance_writes(tmp_path, monkeypatch, 
         with monkeypatch.context() as m:
             if who != "ours":  # partitions "too large" for our graphs: the codes go to Lance
                 m.setattr(precomputed_module, "HNSW_EXACT_ROWS", 10)
-                m.setattr(precomputed_module, "host_cores", lambda: 1)  # the build's one thread
+                m.setattr(graphs_module, "host_cores", lambda: 1)  # the build's one thread
             build = dli.create_index(uri, "vector", "IVF_HNSW_PQ", num_partitions=16, num_sub_vectors=8,
                                      metric=metric, m=16, ef_construction=100, seed=0, compute=False)
             assert build.plan.engine == "precomputed"
+            handed = []
+            hand_off = precomputed_module._hand_off_codes
+            m.setattr(precomputed_module, "_hand_off_codes", lambda s: handed.append(1) or hand_off(s))
             build.compute(scheduler="sync")
+            assert handed == ([] if who == "ours" else [1])  # who built the graphs
         ds = lance.dataset(uri)
         seg[who], = ds.describe_indices()[0].segments
         reader = LanceFileReader(f"{uri}/_indices/{seg[who].uuid}/auxiliary.idx")

@@ -1,7 +1,7 @@
 """HNSW graphs of one segment's partitions, built as tasks on every worker of the cluster
-(or in every CPU's thread without one).
+(or in a thread per core without one).
 
-The task that writes an IVF_HNSW_FLAT or IVF_HNSW_SQ segment
+The task that writes an IVF_HNSW_FLAT, IVF_HNSW_SQ or IVF_HNSW_PQ segment
 (:func:`dask_lance_index.storage.write_hnsw_segment`) holds its rows, and its graphs are
 most of its time (1M x 128 rows, 256 partitions: 70-100 s of graphs against 5 s of the
 rest). Built one by one in that task, they use one worker whatever the cluster's size.
@@ -36,7 +36,7 @@ from ..model.hnsw import build_hnsw
 from ..runtime import host_cores, in_bulk, one_blas_thread, parallelism, worker_client_or_none
 from ..storage import StoredRows
 
-__all__ = ["GRAPH_TASK_ROWS", "RUNS_IN_FLIGHT", "PartitionGraphs", "graph_runs"]
+__all__ = ["GRAPH_TASK_ROWS", "RUNS_IN_FLIGHT", "PartitionGraphs", "graph_runs", "graph_threads"]
 
 # Rows of one graph task: 16 MB of 128-d rows read back, about a second of graphs at ~1k
 # rows a partition; 1M rows make 31 tasks, enough to keep every worker busy to the end.
@@ -70,19 +70,29 @@ class PartitionGraphs:
     def builder(self, fan_out: bool) -> Callable:
         """A ``build_graphs`` for :func:`~dask_lance_index.storage.write_hnsw_segment`.
 
-        With ``fan_out``: on a worker of a cluster with more than one thread, as graph
-        tasks on the cluster's workers; outside a worker (dask's synchronous or threaded
-        scheduler), in as many threads as this machine has CPUs. Otherwise one by one
-        in this thread."""
+        With ``fan_out``, on :func:`graph_threads` threads when more than one: on a worker
+        of a cluster, as graph tasks on the cluster's workers; outside a worker (dask's
+        synchronous or threaded scheduler), in threads of this process. Otherwise one by
+        one in this thread."""
         def build_graphs(stored: StoredRows, partitions: list, rows_of: Callable) -> Iterator:
-            if fan_out:
-                client = worker_client_or_none()  # None: no cluster (dask's sync or threaded scheduler)
-                if client is not None and parallelism(client) > 1:
+            threads = graph_threads(fan_out)
+            if threads > 1:
+                if worker_client_or_none() is not None:
                     return _on_cluster(self, stored, partitions)
-                if client is None and host_cores() > 1:
-                    return _in_threads(self, partitions, rows_of, host_cores())
+                return _in_threads(self, partitions, rows_of, threads)
             return (self.graph(p, rows_of(p)) for p, _, _ in partitions)
         return build_graphs
+
+
+def graph_threads(fan_out: bool) -> int:
+    """The threads a build's graphs get: with ``fan_out`` (the build is the plan's only
+    task), the worker threads of the cluster this task runs on, or without one (dask's
+    sync or threaded scheduler) the cores this process may use
+    (:func:`dask_lance_index.runtime.host_cores`); otherwise one."""
+    if not fan_out:
+        return 1
+    client = worker_client_or_none()
+    return parallelism(client) if client is not None else host_cores()
 
 
 def graph_runs(partitions: list, max_rows: int) -> list:

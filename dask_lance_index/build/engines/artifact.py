@@ -114,10 +114,9 @@ class ArtifactEngine(Engine):
             rows.finish()
             # The artifact holds none of these fragments' rows: Lance builds the segment itself.
             index = seg.create(artifact_model, **(shuffle_buffer_inputs(path, written) if rows.rows else {}))
-        group_rows = sum(f.num_rows for f in plan.fragments if f.fragment_id in set(seg.fragment_ids))
         stats = upstream.stats_of(task) if upstream is not None else None
         if stats is None:
-            return seg.result(index, null_rows=0, nan_rows=group_rows - rows.rows)
+            return seg.result(index, null_rows=0, nan_rows=seg.num_rows - rows.rows)
         if stats.rows != rows.rows:
             raise RuntimeError(
                 f"finalize task {task} read {rows.rows} rows of its fragments from the artifact, "

@@ -84,6 +84,11 @@ class SegmentTask:
             **inputs,
         )
 
+    @property
+    def num_rows(self) -> int:
+        """Rows of this task's fragments (valid or not: an upper bound of those indexed)."""
+        return self.plan.group_rows()[self.task]
+
     def valid_rows(self) -> Iterable:
         """``(vectors, row ids)`` of the rows Lance would index, streamed; counted in ``counts``."""
         return valid_rows(self.ds, self.plan.column, self.plan.dimension, self.fragment_ids, self.counts)
@@ -117,12 +122,11 @@ class SegmentTask:
                started: float | None = None, assigner=None) -> SegmentResult:
         """The task's :class:`SegmentResult`; with ``assigner`` (the task's
         :class:`~dask_lance_index.model.PartitionAssigner`), its audit's counts."""
-        rows = {f.fragment_id: f.num_rows for f in self.plan.fragments}
         return SegmentResult(
             slot=self.task,
             index=index,
             fragment_ids=tuple(self.fragment_ids),
-            num_rows=sum(rows[f] for f in self.fragment_ids),
+            num_rows=self.num_rows,
             null_rows=int(self.counts.nulls if null_rows is None else null_rows),
             nan_rows=int(self.counts.nan_rows if nan_rows is None else nan_rows),
             started=self.started if started is None else started,

@@ -29,7 +29,7 @@ from ...model.hnsw import (
     HNSW_MAX_LEVEL,
 )
 from ...plan.index_plan import FLAT_TASK_BYTES, held_row_bytes
-from ...runtime import host_cores, parallelism, small_pages, worker_client_or_none
+from ...runtime import small_pages
 from ...storage import (
     SegmentResult,
     segment_index,
@@ -42,7 +42,7 @@ from ...storage import (
     write_rq_segment,
     write_sq_segment,
 )
-from ..graphs import PartitionGraphs
+from ..graphs import PartitionGraphs, graph_threads
 from .base import Engine, SegmentTask
 
 __all__ = ["HNSW_WRITTEN", "PrecomputedEngine", "graphs_left_to_lance", "writes_codes"]
@@ -115,21 +115,11 @@ class PrecomputedEngine(Engine):
         params = plan.params
         writes_files = params.index_type in ("IVF_PQ", "IVF_RQ", "IVF_SQ", "IVF_FLAT") + HNSW_WRITTEN
         if params.index_type == "IVF_HNSW_PQ":  # ours unless Lance's graphs are the cheaper (or the only) ones
-            mine = set(seg.fragment_ids)
-            rows = sum(f.num_rows for f in plan.fragments if f.fragment_id in mine)
-            writes_files = not graphs_left_to_lance(params, rows, plan.dimension, _graph_threads(plan))
+            writes_files = not graphs_left_to_lance(params, seg.num_rows, plan.dimension,
+                                                    graph_threads(fan_out=plan.num_tasks == 1))
         write = _write_segment if writes_files else _hand_off_codes
         index, assigner = write(seg)
         return seg.result(index, assigner=assigner)
-
-
-def _graph_threads(plan) -> int:
-    """The threads this build's graphs get (:meth:`.graphs.PartitionGraphs.builder`): the
-    cluster's, or this process's cores without one, when the build is one task; else one."""
-    if plan.num_tasks != 1:
-        return 1
-    client = worker_client_or_none()
-    return parallelism(client) if client is not None else host_cores()
 
 
 def _hand_off_codes(seg: SegmentTask):
@@ -155,8 +145,7 @@ def _write_segment(seg: SegmentTask):
     """
     plan, model, params = seg.plan, seg.model, seg.plan.params
     centroids = np.asarray(model.ivf_centroids, dtype=np.float32)
-    mine = set(seg.fragment_ids)
-    bound = sum(f.num_rows for f in plan.fragments if f.fragment_id in mine)
+    bound = seg.num_rows
     direct = {}  # columns the encoder writes into in place, rows [at, at + len(x))
     if params.quantizer == "PQ":
         encoder = PQEncoder(centroids, model.pq_codebook, params.metric, model.coarse_index)
@@ -211,7 +200,7 @@ def _write_segment(seg: SegmentTask):
     codes = {k: v[:n] for k, v in {**codes, **direct}.items()}
     # Lance stores a segment over the whole dataset as a full index (PQ codes
     # transposed, RaBitQ sign bits packed) and a partial one row-major: do as it does.
-    whole = {f.fragment_id for f in seg.ds.get_fragments()} == mine
+    whole = {f.fragment_id for f in seg.ds.get_fragments()} == set(seg.fragment_ids)
     common = dict(row_ids=row_ids[:n], part_ids=codes.pop("part_ids"), centroids=centroids, metric=params.metric,
                   loss=loss, storage_options=seg.storage_options)
     with small_pages():
