@@ -257,10 +257,9 @@ def write_pq_storage(base: str, codes: np.ndarray, codebook: np.ndarray, *, row_
 def read_pq_codebook(reader, num_sub_vectors: int) -> np.ndarray:
     """The ``(num_sub_vectors, codes, d / num_sub_vectors)`` codebook of a PQ segment's
     ``auxiliary.idx`` (an open ``LanceFileReader``): its Tensor's raw data (field 3)."""
-    tensor = _pb_fields(bytes(reader.read_global_buffer(PQ_CODEBOOK_POSITION)))
-    shape = _packed_varints(tensor[2][0])
-    data = np.frombuffer(tensor[3][0], dtype="<f4").astype(np.float32)
-    return data.reshape(num_sub_vectors, shape[0], shape[1] // num_sub_vectors)
+    tensor = _read_tensor(bytes(reader.read_global_buffer(PQ_CODEBOOK_POSITION)))  # (codes, d)
+    codes, dimension = tensor.shape
+    return tensor.reshape(num_sub_vectors, codes, dimension // num_sub_vectors)
 
 
 def row_major_storage(index_type: str, dimension: int, *, bounds: tuple[float, float] | None = None,
@@ -502,9 +501,14 @@ def _ivf_lengths(buf: bytes) -> list[int]:
 
 
 def _ivf_centroids(buf: bytes) -> np.ndarray:
-    """Centroids (field 4, a Tensor: shape field 2, raw little-endian data field 3) of
-    Lance's IVF protobuf message."""
-    tensor = _pb_fields(_pb_fields(buf)[4][0])
+    """Centroids (field 4, a Tensor) of Lance's IVF protobuf message."""
+    return _read_tensor(_pb_fields(buf)[4][0])
+
+
+def _read_tensor(buf: bytes) -> np.ndarray:
+    """A ``lance.index.pb.Tensor`` (shape field 2, raw little-endian data field 3) as
+    float32, in its shape (:func:`_tensor` writes one)."""
+    tensor = _pb_fields(buf)
     shape = [v for chunk in tensor[2] for v in _packed_varints(chunk)]
     data = tensor[3][0]
     width = len(data) // int(np.prod(shape))
