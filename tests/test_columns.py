@@ -187,7 +187,7 @@ def test_nested_index_searched_by_lancedb(tmp_path, vectors):
     lancedb = pytest.importorskip("lancedb")
     uri = str(tmp_path / "t.lance")
     lance.write_dataset(nested_table(vectors[:4000]), uri, max_rows_per_file=1000)
-    dli.create_index(uri, "emb.v", "IVF_PQ", num_partitions=8, num_sub_vectors=8, scheduler="sync")
+    dli.create_index(uri, "emb.v", "IVF_PQ", num_partitions=8, num_sub_vectors=8, seed=0, scheduler="sync")
     table = lancedb.connect(str(tmp_path)).open_table("t")
     (cfg,) = table.list_indices()
     assert list(cfg.columns) == ["emb.v"]
