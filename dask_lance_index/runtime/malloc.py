@@ -56,15 +56,22 @@ __all__ = ["bulk_allocations", "in_bulk", "small_pages", "with_small_pages"]
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 _GLIBC_MMAP_DEFAULT = 128 * 1024
-# While a task runs: allocations up to 16 MB (a 16k-row batch of 128-d vectors
-# is 8 MB) come from the heap, and up to 64 MB of freed memory at its top stays
-# there for the next batch; the rest goes back when the last task ends. Lance's
-# scan frees and reallocates its decoded batches: a 1M x 128 IVF_FLAT build task in a
-# worker (12 runs, alternated) read its rows in 0.41-0.62 s keeping 16 MB and in
-# 0.13-0.22 s keeping 64 MB, and took 3.48-4.62 s against 3.00-3.93 s. (The same
-# 64 MB kept more of a 4M-row IVF_PQ benchmark's memory: 593 MB per worker at its
-# peak against 479 MB, at the same build time, 21.11 s and 20.91 s.)
-_BULK_MMAP_THRESHOLD = 16 << 20
+# While a task runs: allocations up to 32 MB come from the heap, and up to 64 MB of
+# freed memory at its top stays there for the next batch; the rest goes back when the
+# last task ends. Lance's scan reads a data file's pages into buffers of 16-34 MB and
+# frees them: as mmaps (a 16 MB threshold) every read faulted in fresh pages, 195k of them
+# for 1M x 128 rows, and the scan took 0.54-0.60 s; from the heap (32 MB, glibc's own
+# ceiling for its dynamic threshold) 0.24-0.39 s with 3k-72k faults (one process, three
+# scans each). A 1M x 128 IVF_FLAT build task in a worker took 1.87-2.10 s against
+# 2.04-2.19 s (two clusters of two builds each, alternated). It costs memory: the 4M-row
+# IVF_PQ benchmark's workers peaked at 777 MB against 578 MB (in 11.38 s and 10.78 s; where
+# in the heaps that memory sits is not examined). Fresh pages cost more than
+# they seem to on a virtual machine whose host takes freed memory back within seconds:
+# there 4 GB took 0.5 s to touch again at once and 2.9-9.3 s after a pause. Keeping 64 MB
+# rather than 16 MB made Lance's scan 0.13-0.22 s against 0.41-0.62 s (12 runs, alternated),
+# and kept more of a 4M-row IVF_PQ benchmark's memory: 593 MB per worker at its peak against
+# 479 MB, at the same build time, 21.11 s and 20.91 s.
+_BULK_MMAP_THRESHOLD = 32 << 20
 _BULK_TRIM_THRESHOLD = 64 << 20
 
 _lock = threading.Lock()
