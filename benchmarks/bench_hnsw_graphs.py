@@ -4,9 +4,7 @@
 
 For each row count, the same generated data set (128-d, 8 fragments) is copied twice; Lance's
 ``create_index`` builds one copy, ``create_index(..., engine="precomputed", scheduler="sync")``
-the other (our graphs, whatever the partitions' size, built in a thread per CPU: engine
-``"auto"`` leaves graphs of partitions above ``model.hnsw.HNSW_EXACT_ROWS`` rows on average to
-Lance when the build has one thread). Each index then answers
+the other (our graphs, built in a thread per CPU). Each index then answers
 200 queries (data points plus small noise) at nprobes 10 and 20, twice (the second pass warm);
 recall@10 is against NumPy brute force. Side by side, so that the ratio shows where exact
 candidates stop paying as partitions grow.

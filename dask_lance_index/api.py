@@ -133,8 +133,7 @@ def plan_index(
         params = dataclasses.replace(params, metric="hamming")
     train = model_parts_to_train(params, ivf_centroids=ivf_centroids is not None,
                                  pq_codebook=pq_codebook is not None, rabitq_model=rabitq_model is not None)
-    chosen = resolve_engine(column_engine(info.kind, column, engine) or engine, params, total, info.dimension,
-                            parallelism)
+    chosen = resolve_engine(column_engine(info.kind, column, engine) or engine, params, total, info.dimension)
     return make_plan(
         uri=ds.uri,
         version=ds.version,

@@ -206,9 +206,8 @@ def test_hnsw_pq_graphs_ours_on_the_storage_lance_writes(tmp_path, monkeypatch, 
         uri = str(tmp_path / f"{who}.lance")
         write_vectors(uri, x, max_rows_per_file=5000)
         with monkeypatch.context() as m:
-            if who != "ours":  # partitions "too large" for our graphs: the codes go to Lance
-                m.setattr(precomputed_module, "HNSW_EXACT_ROWS", 10)
-                m.setattr(graphs_module, "host_cores", lambda: 1)  # the build's one thread
+            if who != "ours":  # more rows than one task may hold: the codes go to Lance
+                m.setattr(precomputed_module, "FLAT_TASK_BYTES", 10)
             build = dli.create_index(uri, "vector", "IVF_HNSW_PQ", num_partitions=16, num_sub_vectors=8,
                                      metric=metric, m=16, ef_construction=100, seed=0, compute=False)
             assert build.plan.engine == "precomputed"

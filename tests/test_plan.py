@@ -181,29 +181,24 @@ def test_engine_choice():
             params = resolve_params(t, dimension=32, num_rows=1000, num_partitions=4, metric=metric)
             assert resolve_engine("auto", params).name == engine
             assert resolve_engine("auto", params, num_rows=1000).name == engine
-        # on one thread, partitions of more than 4,096 rows on average: our candidates cost more
-        # than Lance's inserts
-        params = resolve_params(t, dimension=32, num_rows=16400, num_partitions=4)
-        assert resolve_engine("auto", params, num_rows=16384).name == "precomputed"
-        assert resolve_engine("auto", params, num_rows=16385).name == "partitions"
-        assert resolve_engine("precomputed", params, num_rows=16385).name == "precomputed"  # as asked
-        # no such bound when two or more threads build the graphs at once
+        # our graphs whatever the partitions' size (250k rows a partition here)
         params = resolve_params(t, dimension=32, num_rows=10**6, num_partitions=4)
-        assert resolve_engine("auto", params, num_rows=10**6, parallelism=2).name == "precomputed"
-        assert resolve_engine("auto", params, num_rows=10**6, parallelism=1).name == "partitions"
+        assert resolve_engine("auto", params, num_rows=10**6).name == "precomputed"
         # and the one task holds every row: at most 1 GiB of them (12 bytes of ids, the stored row)
         params = resolve_params(t, dimension=1024, num_rows=10**6, num_partitions=1000)
         stored = 4 * 1024 if t == "IVF_HNSW_FLAT" else 1024
         fits = (2**30) // (12 + stored)
         assert resolve_engine("auto", params, num_rows=fits, dimension=1024).name == "precomputed"
         assert resolve_engine("auto", params, num_rows=fits + 1, dimension=1024).name == "partitions"
-    # IVF_HNSW_PQ: always our codes; our graphs under l2 and cosine within the same bounds, else Lance's
+    # IVF_HNSW_PQ: always our codes; our graphs under l2 and cosine within the same bound, else Lance's
     for metric in ("l2", "cosine", "dot"):
         params = resolve_params("IVF_HNSW_PQ", dimension=32, num_rows=10**6, num_partitions=4, metric=metric)
-        for rows in (16384, 16385):
+        fits = (2**30) // (12 + params.num_sub_vectors)  # ids and a byte a sub-vector
+        for rows in (10**6, fits + 1):
             assert resolve_engine("auto", params, num_rows=rows).name == "precomputed"
-        assert graphs_left_to_lance(params, 16384) == (metric == "dot")
-        assert graphs_left_to_lance(params, 16385) and graphs_left_to_lance(params, 10**6, parallelism=2) == (metric == "dot")
+        assert graphs_left_to_lance(params, 10**6) == (metric == "dot")
+        assert graphs_left_to_lance(params, fits) == (metric == "dot")
+        assert graphs_left_to_lance(params, fits + 1)
     # IVF_SQ: we write the codes with the model's shared bounds, so its segments merge
     sq = resolve_params("IVF_SQ", dimension=32, num_rows=1000, num_partitions=4)
     assert resolve_engine("auto", sq).name == "precomputed"

@@ -34,7 +34,7 @@ from scipy.sparse import csgraph
 
 from .kmeans import kmeans, smallest_first
 
-__all__ = ["HNSW_BLOCK_ROWS", "HNSW_CANDIDATES", "HNSW_EF_CONSTRUCTION", "HNSW_EXACT_ROWS", "HNSW_M", "HNSW_MAX_LEVEL",
+__all__ = ["HNSW_BLOCK_ROWS", "HNSW_CANDIDATES", "HNSW_EF_CONSTRUCTION", "HNSW_M", "HNSW_MAX_LEVEL",
            "HnswGraph", "build_hnsw", "node_levels"]
 
 # Lance's defaults (pylance 14.0.2): neighbours per node (2 m on level 0), the beam of its
@@ -49,14 +49,6 @@ HNSW_MAX_LEVEL = 7
 HNSW_CANDIDATES = 40
 # Nodes whose distances to a level's nodes are held at once (SLICE x n float32).
 _SLICE_CELLS = 1 << 22
-# Mean rows per partition up to which we build the graphs on one thread (engine "auto"):
-# exact candidates cost each node a distance to every node of its partition, Lance's
-# inserts a beam search. Measured (docs/benchmarks.md), our time over Lance's, 128-d, one
-# thread (benchmarks/bench_hnsw_graphs.py, 256 partitions): 0.64 at 976 rows a partition,
-# 0.73 at 1,953, 0.87 at 3,906. With two or more threads (a cluster's graph tasks) there is no
-# such bound: on a 2-worker cluster against Lance's one process (benchmarks/bench_build.py)
-# 0.67 at 3,906 rows a partition, 0.68 at 15,625 and 0.52 at 62,500 (grouped candidates).
-HNSW_EXACT_ROWS = 4096
 # Nodes of a level past which each node's candidates come from its nearest groups of nodes,
 # not from every node (_grouped_candidates): groups of about _GROUP_ROWS, each node in its
 # _GROUP_PROBES nearest.

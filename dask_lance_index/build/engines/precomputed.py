@@ -9,7 +9,7 @@ them as its own. IVF_HNSW_FLAT, IVF_HNSW_SQ and IVF_HNSW_PQ (l2, cosine): as IVF
 and the task also builds each partition's graph (:mod:`dask_lance_index.model.hnsw`; on a
 cluster as graph tasks on every worker, :mod:`dask_lance_index.build.graphs`) and writes it
 (:mod:`dask_lance_index.storage.hnsw_segment`). IVF_HNSW_PQ whose graphs Lance builds
-(the dot metric, or partitions too large for ours: :func:`graphs_left_to_lance`): the codes
+(the dot metric, or more rows than one task holds: :func:`graphs_left_to_lance`): the codes
 go to a scratch dataset on the worker's disk and Lance builds the segment from those
 "precomputed shuffle buffers"; Lance reads the whole buffer dataset, ignoring
 ``fragment_ids``, so each task's buffer holds exactly its own rows. The default
@@ -24,7 +24,6 @@ from ...model import FlatEncoder, PQEncoder, RQEncoder, RQRotation, SQEncoder
 from ...model.hnsw import (
     HNSW_CANDIDATES,
     HNSW_EF_CONSTRUCTION,
-    HNSW_EXACT_ROWS,
     HNSW_M,
     HNSW_MAX_LEVEL,
 )
@@ -42,22 +41,19 @@ from ...storage import (
     write_rq_segment,
     write_sq_segment,
 )
-from ..graphs import PartitionGraphs, graph_threads
+from ..graphs import PartitionGraphs
 from .base import Engine, SegmentTask
 
 __all__ = ["HNSW_WRITTEN", "PrecomputedEngine", "graphs_left_to_lance", "writes_codes"]
 
 # HNSW types whose graphs we build (model.hnsw) and whose segment files we write (under l2
-# and cosine, and partitions small enough: graphs_left_to_lance).
+# and cosine, and rows that one task holds: graphs_left_to_lance).
 HNSW_WRITTEN = ("IVF_HNSW_FLAT", "IVF_HNSW_SQ", "IVF_HNSW_PQ")
 
 
-def graphs_left_to_lance(params, num_rows: int | None, dimension: int | None = None, parallelism: int = 1) -> bool:
-    """Whether an HNSW index's graphs are left to Lance: under the dot metric; when the
-    build has one thread (``parallelism``: the graphs are built by all of the build's
-    threads, :mod:`dask_lance_index.build.graphs`) and its partitions hold more than
-    :data:`~dask_lance_index.model.hnsw.HNSW_EXACT_ROWS` rows on average, where our
-    candidates cost more than Lance's inserts; or when the one
+def graphs_left_to_lance(params, num_rows: int | None, dimension: int | None = None) -> bool:
+    """Whether an HNSW index's graphs are left to Lance: under the dot metric (our graphs
+    under dot searched worse than Lance's: docs/benchmarks.md), or when the one
     task that builds the segment would hold more than
     :data:`~dask_lance_index.plan.index_plan.FLAT_TASK_BYTES` of rows (it holds every row
     until it writes them grouped by partition). Engine ``"auto"`` then builds IVF_HNSW_FLAT
@@ -73,8 +69,7 @@ def graphs_left_to_lance(params, num_rows: int | None, dimension: int | None = N
         held = 12 + (params.num_sub_vectors or dimension or 0)
     else:
         held = held_row_bytes(params.index_type, dimension or 0)
-    return ((parallelism == 1 and num_rows > HNSW_EXACT_ROWS * params.num_partitions)
-            or num_rows * held > FLAT_TASK_BYTES)
+    return num_rows * held > FLAT_TASK_BYTES
 
 
 def _hnsw_settings(params) -> tuple[int, int, int]:
@@ -115,8 +110,7 @@ class PrecomputedEngine(Engine):
         params = plan.params
         writes_files = params.index_type in ("IVF_PQ", "IVF_RQ", "IVF_SQ", "IVF_FLAT") + HNSW_WRITTEN
         if params.index_type == "IVF_HNSW_PQ":  # ours unless Lance's graphs are the cheaper (or the only) ones
-            writes_files = not graphs_left_to_lance(params, seg.num_rows, plan.dimension,
-                                                    graph_threads(fan_out=plan.num_tasks == 1))
+            writes_files = not graphs_left_to_lance(params, seg.num_rows, plan.dimension)
         write = _write_segment if writes_files else _hand_off_codes
         index, assigner = write(seg)
         return seg.result(index, assigner=assigner)

@@ -25,16 +25,13 @@ def get_engine(name: str) -> Engine:
         raise InvalidInputError(f"engine {name!r} is not one of {ENGINE_NAMES}") from None
 
 
-def resolve_engine(name: str, params, num_rows: int | None = None, dimension: int | None = None,
-                   parallelism: int = 1) -> Engine:
-    """The engine that builds an index of ``params`` over ``num_rows`` rows of ``dimension``
-    on ``parallelism`` threads. Pure.
+def resolve_engine(name: str, params, num_rows: int | None = None, dimension: int | None = None) -> Engine:
+    """The engine that builds an index of ``params`` over ``num_rows`` rows of ``dimension``. Pure.
 
     ``"auto"``: ``"precomputed"`` where it applies (our workers assign and encode
     with NumPy BLAS and write the segments: 8-bit PQ types, IVF_FLAT, IVF_SQ, and IVF_RQ,
     IVF_HNSW_FLAT and IVF_HNSW_SQ under l2 and cosine, the last two with at most 1 GiB of
-    rows in all and, on one thread, partitions of at most 4,096 rows on average:
-    :func:`.precomputed.graphs_left_to_lance`; past those, and under dot, IVF_HNSW_PQ's graphs
+    rows in all: :func:`.precomputed.graphs_left_to_lance`; past those, and under dot, IVF_HNSW_PQ's graphs
     are Lance's, from our codes),
     ``"partitions"`` otherwise (our workers assign, Lance encodes).
     An engine that cannot build the index is refused with the reason and the fix.
@@ -44,7 +41,7 @@ def resolve_engine(name: str, params, num_rows: int | None = None, dimension: in
         precomputed = ENGINES["precomputed"]
         # IVF_HNSW_PQ whose graphs Lance builds: we still encode (the engine hands Lance the codes)
         if precomputed.refuses(params) is None and (params.quantizer == "PQ"
-                                                    or not graphs_left_to_lance(params, num_rows, dimension, parallelism)):
+                                                    or not graphs_left_to_lance(params, num_rows, dimension)):
             return precomputed
         return ENGINES["partitions"]
     engine = get_engine(name)
