@@ -176,8 +176,9 @@ def test_engine_choice():
     flat = resolve_params("IVF_FLAT", dimension=32, num_rows=1000, num_partitions=4)
     assert resolve_engine("auto", flat).name == "precomputed"  # we write IVF_FLAT segments too
     assert resolve_engine("lance", flat).name == "lance"
-    for t in ("IVF_HNSW_FLAT", "IVF_HNSW_SQ"):  # we build the graphs under l2 and cosine, Lance under dot
-        for metric, engine in (("l2", "precomputed"), ("cosine", "precomputed"), ("dot", "partitions")):
+    for t in ("IVF_HNSW_FLAT", "IVF_HNSW_SQ"):  # we build the graphs (IVF_HNSW_SQ under dot: Lance)
+        dot = "precomputed" if t == "IVF_HNSW_FLAT" else "partitions"
+        for metric, engine in (("l2", "precomputed"), ("cosine", "precomputed"), ("dot", dot)):
             params = resolve_params(t, dimension=32, num_rows=1000, num_partitions=4, metric=metric)
             assert resolve_engine("auto", params).name == engine
             assert resolve_engine("auto", params, num_rows=1000).name == engine
@@ -208,11 +209,13 @@ def test_engine_choice():
     for metric, engine in (("l2", "precomputed"), ("cosine", "precomputed"), ("dot", "partitions")):
         rq = resolve_params("IVF_RQ", dimension=32, num_rows=1000, num_partitions=4, metric=metric)
         assert resolve_engine("auto", rq).name == engine
-    with pytest.raises(InvalidInputError, match="under l2 or cosine; Lance encodes IVF_RQ"):
+    with pytest.raises(InvalidInputError, match="under l2 or cosine, or IVF_HNSW_FLAT; Lance encodes IVF_RQ"):
         resolve_engine("precomputed", resolve_params("IVF_RQ", dimension=32, num_rows=1000, num_partitions=4, metric="dot"))
     with pytest.raises(InvalidInputError, match="IVF_HNSW_SQ under l2 or cosine"):
-        resolve_engine("precomputed", resolve_params("IVF_HNSW_FLAT", dimension=32, num_rows=1000, num_partitions=4,
+        resolve_engine("precomputed", resolve_params("IVF_HNSW_SQ", dimension=32, num_rows=1000, num_partitions=4,
                                                      metric="dot"))
+    assert resolve_engine("precomputed", resolve_params("IVF_HNSW_FLAT", dimension=32, num_rows=1000, num_partitions=4,
+                                                        metric="dot")).name == "precomputed"
     with pytest.raises(InvalidInputError, match="8-bit PQ"):
         resolve_engine("artifact", resolve_params("IVF_RQ", dimension=32, num_rows=1000, num_partitions=4))
     with pytest.raises(InvalidInputError, match="not one of"):
