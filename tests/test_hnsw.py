@@ -210,7 +210,8 @@ def test_our_graphs_search_as_well_as_lances(tmp_path, index_type, metric):
             ds.create_index("vector", index_type, num_partitions=16, metric=metric, m=16, ef_construction=100)
         else:
             build = dli.create_index(uri, "vector", index_type, num_partitions=16, metric=metric, m=16,
-                                     ef_construction=100, seed=0, compute=False)
+                                     ef_construction=100, seed=0, compute=False,
+                                     engine="precomputed" if metric == "dot" else "auto")  # dot: asked for
             assert build.plan.engine == "precomputed"
             result = build.compute(scheduler="sync")
             assert result.num_rows_indexed == len(x) and len(result.segments) == 1

@@ -176,9 +176,8 @@ def test_engine_choice():
     flat = resolve_params("IVF_FLAT", dimension=32, num_rows=1000, num_partitions=4)
     assert resolve_engine("auto", flat).name == "precomputed"  # we write IVF_FLAT segments too
     assert resolve_engine("lance", flat).name == "lance"
-    for t in ("IVF_HNSW_FLAT", "IVF_HNSW_SQ"):  # we build the graphs (IVF_HNSW_SQ under dot: Lance)
-        dot = "precomputed" if t == "IVF_HNSW_FLAT" else "partitions"
-        for metric, engine in (("l2", "precomputed"), ("cosine", "precomputed"), ("dot", dot)):
+    for t in ("IVF_HNSW_FLAT", "IVF_HNSW_SQ"):  # we build the graphs under l2 and cosine, Lance under dot
+        for metric, engine in (("l2", "precomputed"), ("cosine", "precomputed"), ("dot", "partitions")):
             params = resolve_params(t, dimension=32, num_rows=1000, num_partitions=4, metric=metric)
             assert resolve_engine("auto", params).name == engine
             assert resolve_engine("auto", params, num_rows=1000).name == engine

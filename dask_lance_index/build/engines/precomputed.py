@@ -5,7 +5,8 @@ them (:class:`dask_lance_index.model.PQEncoder`,
 :class:`dask_lance_index.model.RQEncoder`: Lance takes no RaBitQ codes at all)
 and writes the segment's two files itself in Lance's layout
 (:mod:`dask_lance_index.storage.segment_files`); Lance then merges and commits
-them as its own. IVF_HNSW_FLAT (l2, cosine, dot), IVF_HNSW_SQ and IVF_HNSW_PQ (l2, cosine): as IVF_FLAT, IVF_SQ and IVF_PQ,
+them as its own. IVF_HNSW_FLAT, IVF_HNSW_SQ and IVF_HNSW_PQ (l2, cosine; IVF_HNSW_FLAT under dot when
+asked for): as IVF_FLAT, IVF_SQ and IVF_PQ,
 and the task also builds each partition's graph (:mod:`dask_lance_index.model.hnsw`; on a
 cluster as graph tasks on every worker, :mod:`dask_lance_index.build.graphs`) and writes it
 (:mod:`dask_lance_index.storage.hnsw_segment`). IVF_HNSW_PQ whose graphs Lance builds
@@ -46,15 +47,15 @@ from .base import Engine, SegmentTask
 
 __all__ = ["HNSW_WRITTEN", "PrecomputedEngine", "graphs_left_to_lance", "writes_codes"]
 
-# HNSW types whose graphs we build (model.hnsw) and whose segment files we write (but
-# IVF_HNSW_SQ and IVF_HNSW_PQ under dot, and more rows than one task holds: graphs_left_to_lance).
+# HNSW types whose graphs we build (model.hnsw) and whose segment files we write (but under
+# dot unless asked for, and more rows than one task holds: graphs_left_to_lance).
 HNSW_WRITTEN = ("IVF_HNSW_FLAT", "IVF_HNSW_SQ", "IVF_HNSW_PQ")
 
 
 def graphs_left_to_lance(params, num_rows: int | None, dimension: int | None = None) -> bool:
-    """Whether an HNSW index's graphs are left to Lance: IVF_HNSW_SQ and IVF_HNSW_PQ under
-    the dot metric (our graphs on their decoded codes searched worse than Lance's: SQ, 20k x
-    32 rows, recall@10 0.873/0.924 at nprobes 4/16 against 0.929/0.949), or when the one
+    """Whether an HNSW index's graphs are left to Lance: under the dot metric (our dot graphs
+    search worse than Lance's at 1M rows without refine: docs/benchmarks.md; IVF_HNSW_FLAT's
+    are built with ``engine="precomputed"`` asked for), or when the one
     task that builds the segment would hold more than
     :data:`~dask_lance_index.plan.index_plan.FLAT_TASK_BYTES` of rows (it holds every row
     until it writes them grouped by partition). Engine ``"auto"`` then builds IVF_HNSW_FLAT
@@ -62,7 +63,7 @@ def graphs_left_to_lance(params, num_rows: int | None, dimension: int | None = N
     codes to Lance. Pure."""
     if params.index_type not in HNSW_WRITTEN:
         return False
-    if params.metric not in ("l2", "cosine") and params.index_type != "IVF_HNSW_FLAT":
+    if params.metric not in ("l2", "cosine"):
         return True
     if num_rows is None:
         return False
