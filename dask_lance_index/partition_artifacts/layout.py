@@ -42,6 +42,7 @@ import numpy as np
 
 from ..errors import InvalidInputError
 from ..model import METRICS
+from ..storage.segment_files import PQ_CODE_COLUMN  # Lance's name, re-exported with the layout's
 
 __all__ = [
     "MANIFEST_VERSION",
@@ -67,7 +68,6 @@ METADATA_FILE = "metadata.lance"
 PARTITIONS_DIR = "partitions"
 DEFAULT_NUM_BUCKETS = 256
 ROW_ID_COLUMN = "_rowid"
-PQ_CODE_COLUMN = "__pq_code"
 FILE_VERSION = "2.2"
 META_PREFIX = "lance:index_build:"
 META_KEYS = ("artifact_version", "distance_type", "num_partitions", "num_sub_vectors", "num_bits", "dimension")

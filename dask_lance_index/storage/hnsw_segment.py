@@ -38,6 +38,7 @@ import pyarrow as pa
 from lance.file import LanceFileReader, LanceFileWriter
 
 from .segment_files import (
+    PQ_CODE_COLUMN,
     AUX_FILE_VERSION,
     _segment_dir,
     ivf_message,
@@ -116,7 +117,7 @@ class StoredRows:
                                  storage_options=self.storage_options)
         start = run[0][1]
         count = run[-1][1] + run[-1][2] - start
-        name = "__pq_code" if self.index_type == "IVF_HNSW_PQ" else row_major_storage(
+        name = PQ_CODE_COLUMN if self.index_type == "IVF_HNSW_PQ" else row_major_storage(
             self.index_type, 0, bounds=self.bounds, num_bits=self.num_bits)[0].name
         column = reader.read_range(start, count, batch_size=max(count, 1)).to_table().column(name).combine_chunks()
         width = column.type.list_size

@@ -22,6 +22,8 @@ import lance
 import numpy as np
 import pyarrow as pa
 
+from .segment_files import PQ_CODE_COLUMN
+
 __all__ = [
     "partition_map_batch",
     "partition_map_schema",
@@ -35,7 +37,7 @@ __all__ = [
 def shuffle_buffer_schema(num_sub_vectors: int) -> pa.Schema:
     """Lance's precomputed shuffle buffer: ``row_id``, ``__ivf_part_id``, ``__pq_code``."""
     return pa.schema(
-        [("row_id", pa.uint64()), ("__ivf_part_id", pa.uint32()), ("__pq_code", pa.list_(pa.uint8(), num_sub_vectors))]
+        [("row_id", pa.uint64()), ("__ivf_part_id", pa.uint32()), (PQ_CODE_COLUMN, pa.list_(pa.uint8(), num_sub_vectors))]
     )
 
 

@@ -28,6 +28,7 @@ from lance.file import LanceFileReader, LanceFileWriter
 from ..errors import InvalidInputError
 from .rq_layout import pack_lance_codes
 from .segment_files import (
+    PQ_CODE_COLUMN,
     AUX_FILE_VERSION,
     _ivf_centroids,
     _ivf_lengths,
@@ -171,7 +172,7 @@ def _run_pool():
 
 def _transpose_pq(table: pa.Table, lengths: np.ndarray) -> pa.Table:
     """Each partition's ``(rows, m)`` PQ codes stored as ``(m, rows)``, as Lance stores a full index."""
-    codes = _fixed(table.column("__pq_code"))
+    codes = _fixed(table.column(PQ_CODE_COLUMN))
     m = codes.shape[1]
     flat = np.empty(codes.size, dtype=np.uint8)
     start = 0
@@ -179,7 +180,7 @@ def _transpose_pq(table: pa.Table, lengths: np.ndarray) -> pa.Table:
         flat[start * m : (start + n) * m] = codes[start : start + n].T.reshape(-1)
         start += int(n)
     col = pa.FixedSizeListArray.from_arrays(pa.array(flat), m)
-    return table.set_column(table.schema.get_field_index("__pq_code"), table.schema.field("__pq_code"), col)
+    return table.set_column(table.schema.get_field_index(PQ_CODE_COLUMN), table.schema.field(PQ_CODE_COLUMN), col)
 
 
 def _pack_rq(table: pa.Table, lengths: np.ndarray) -> pa.Table:

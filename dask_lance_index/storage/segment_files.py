@@ -52,10 +52,11 @@ from .files import filesystem, is_local
 from .rq_layout import pack_lance_codes, unpack_lance_codes
 from .segments import index_dir
 
-__all__ = ["RQSegment", "index_details", "ivf_message", "read_rq_segment", "segment_index", "write_pq_segment",
+__all__ = ["PQ_CODE_COLUMN", "RQSegment", "index_details", "ivf_message", "read_rq_segment", "segment_index", "write_pq_segment",
            "write_rq_segment"]
 
 INDEX_DETAILS_TYPE = "/lance.index.pb.VectorIndexDetails"
+PQ_CODE_COLUMN = "__pq_code"  # Lance's column of PQ codes, in its index files and shuffle buffers
 _FLOAT32 = 2  # lance.index.pb.TensorDataType.FLOAT32
 # Bytes per written batch. The batch's reordered copies (and Lance's own copies of them)
 # stay well below runtime.malloc's 32 MB mmap threshold, so the heap hands the same memory back
@@ -246,14 +247,14 @@ def write_pq_storage(base: str, codes: np.ndarray, codebook: np.ndarray, *, row_
         for start, n in zip(offsets, lengths):
             flat[start * num_sub_vectors : (start + n) * num_sub_vectors] = stored[start : start + n].T.reshape(-1)
         stored = flat.reshape(-1, num_sub_vectors)
-    schema = pa.schema([("_rowid", pa.uint64()), ("__pq_code", pa.list_(pa.uint8(), num_sub_vectors))])
+    schema = pa.schema([("_rowid", pa.uint64()), (PQ_CODE_COLUMN, pa.list_(pa.uint8(), num_sub_vectors))])
     quantizer = {
         "codebook_position": PQ_CODEBOOK_POSITION, "nbits": int(np.log2(num_codes)),
         "num_sub_vectors": num_sub_vectors, "dimension": num_sub_vectors * sub_dim, "codebook_tensor": [],
         "transposed": bool(transposed),
     }
     _write_aux(
-        base, schema, order, {"__pq_code": stored}, {"_rowid": np.asarray(row_ids, dtype=np.uint64)},
+        base, schema, order, {PQ_CODE_COLUMN: stored}, {"_rowid": np.asarray(row_ids, dtype=np.uint64)},
         ivf=ivf_message(offsets, lengths),
         # the codebook as Lance stores it: [sub-vector][code][sub-dim] data under a (codes, d) shape
         extra_buffers=[_tensor(codebook, (num_codes, num_sub_vectors * sub_dim))],
