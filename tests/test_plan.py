@@ -208,13 +208,11 @@ def test_engine_choice():
     for metric, engine in (("l2", "precomputed"), ("cosine", "precomputed"), ("dot", "partitions")):
         rq = resolve_params("IVF_RQ", dimension=32, num_rows=1000, num_partitions=4, metric=metric)
         assert resolve_engine("auto", rq).name == engine
-    with pytest.raises(InvalidInputError, match="under l2 or cosine, or IVF_HNSW_FLAT; Lance encodes IVF_RQ"):
+    with pytest.raises(InvalidInputError, match="under l2 or cosine; Lance encodes IVF_RQ"):
         resolve_engine("precomputed", resolve_params("IVF_RQ", dimension=32, num_rows=1000, num_partitions=4, metric="dot"))
     with pytest.raises(InvalidInputError, match="IVF_HNSW_SQ under l2 or cosine"):
-        resolve_engine("precomputed", resolve_params("IVF_HNSW_SQ", dimension=32, num_rows=1000, num_partitions=4,
+        resolve_engine("precomputed", resolve_params("IVF_HNSW_FLAT", dimension=32, num_rows=1000, num_partitions=4,
                                                      metric="dot"))
-    assert resolve_engine("precomputed", resolve_params("IVF_HNSW_FLAT", dimension=32, num_rows=1000, num_partitions=4,
-                                                        metric="dot")).name == "precomputed"
     with pytest.raises(InvalidInputError, match="8-bit PQ"):
         resolve_engine("artifact", resolve_params("IVF_RQ", dimension=32, num_rows=1000, num_partitions=4))
     with pytest.raises(InvalidInputError, match="not one of"):

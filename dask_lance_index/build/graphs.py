@@ -55,11 +55,10 @@ class PartitionGraphs:
     max_level: int
     candidates: int
     seed: tuple
-    metric: str = "l2"  # "dot": Lance's dot distances, hub edges (model.hnsw); else l2 on the stored rows
 
     def graph(self, partition: int, rows: np.ndarray):
         return build_hnsw(rows, m=self.m, max_level=self.max_level, seed=(*self.seed, partition),
-                          candidates=self.candidates, metric="dot" if self.metric == "dot" else "l2")
+                          candidates=self.candidates)
 
     @in_bulk  # a graph task's temporaries from the heap, as the build task's (runtime.malloc)
     @one_blas_thread()  # graph tasks run side by side: one BLAS thread each (runtime.blas)

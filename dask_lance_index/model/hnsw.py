@@ -19,15 +19,9 @@ nodes it is nearest (:func:`_grouped_candidates`), so that a node's cost stops g
 with its partition while Lance's grows with its logarithm. Equal rows are built once and
 their copies hung below them (:func:`_level_graph`).
 
-Under the dot metric, whose nearest rows by inner product are a few rows of large norm
-(hubs) and leave the graph without local edges, each level is the l2 graph with
-``2 m - 2`` :data:`DOT_HUBS` of its room (``m - 2`` of it above level 0) and each
-node's :data:`DOT_HUBS` largest inner products added (:func:`_add_hubs`), and its
-distances are Lance's ``1 - x.y``.
-
 The graph is what Lance's search reads (:func:`dask_lance_index.storage.write_hnsw_segment`):
 node ids are row positions in the partition's stored rows, neighbour ids are node ids
-on every level, and each list comes with its distances (squared l2; ``1 - x.y`` under dot).
+on every level, and each list comes with its squared l2 distances.
 """
 
 from __future__ import annotations
@@ -40,7 +34,7 @@ from scipy.sparse import csgraph
 
 from .kmeans import kmeans, smallest_first
 
-__all__ = ["DOT_HUBS", "HNSW_BLOCK_ROWS", "HNSW_CANDIDATES", "HNSW_EF_CONSTRUCTION", "HNSW_M", "HNSW_MAX_LEVEL",
+__all__ = ["HNSW_BLOCK_ROWS", "HNSW_CANDIDATES", "HNSW_EF_CONSTRUCTION", "HNSW_M", "HNSW_MAX_LEVEL",
            "HnswGraph", "build_hnsw", "node_levels"]
 
 # Lance's defaults (pylance 14.0.2): neighbours per node (2 m on level 0), the beam of its
@@ -68,13 +62,6 @@ _GROUP_PROBES = 3
 # to it by _PRUNE_ALPHA (in distance, as Vamana's RobustPrune).
 _LONG_EDGES = 4
 _PRUNE_ALPHA = 1.1
-# Under dot, each node's edges to its largest inner products, added to its l2 graph. 20k x
-# 32 rows, 16 partitions, m = 16, the same IVF (seeds 0-2), recall@10 at nprobes 4/16:
-# 0.951/0.971, 0.944/0.972, 0.939/0.961 against Lance's own graphs 0.947/0.967,
-# 0.932/0.959, 0.932/0.954 (12 hubs: 0.933/0.961; none: 0.923/0.941; the exact top 40 by
-# inner product, pruned by it: 0.903/0.923). Past HNSW_BLOCK_ROWS nodes the hubs are
-# sought among the HNSW_BLOCK_ROWS of largest norm.
-DOT_HUBS = 8
 
 
 @dataclass(frozen=True)
@@ -210,29 +197,6 @@ def _grouped_candidates(vectors, sq, fwd, fwd_dist) -> None:
             _nearest_among(vectors, sq, nodes, np.flatnonzero((near == g).any(axis=1)), fwd, fwd_dist)
 
 
-def _largest_inner_products(vectors: np.ndarray, h: int) -> np.ndarray:
-    """Each row's ``h`` largest inner products with other rows, largest first: among all
-    rows, or past :data:`HNSW_BLOCK_ROWS` rows among that many of largest norm (where a
-    row's largest inner products mostly are), a slice of rows at a time."""
-    n = len(vectors)
-    pool = np.arange(n)
-    if n > HNSW_BLOCK_ROWS:
-        pool = np.sort(np.argpartition(-np.einsum("ij,ij->i", vectors, vectors), HNSW_BLOCK_ROWS)[:HNSW_BLOCK_ROWS])
-    h = min(h, len(pool) - 1)
-    pv = vectors[pool]
-    out = np.empty((n, h), np.int64)
-    step = max(1, _SLICE_CELLS // len(pool))
-    for lo in range(0, n, step):
-        rows = np.arange(lo, min(n, lo + step))
-        neg = pv @ vectors[rows].T
-        neg = -neg.T
-        at = np.searchsorted(pool, rows)
-        own = (at < len(pool)) & (pool[np.minimum(at, len(pool) - 1)] == rows)
-        neg[np.flatnonzero(own), at[own]] = np.inf  # not its own hub
-        out[rows] = pool[smallest_first(neg, h)]
-    return out
-
-
 def _copies_of(vectors: np.ndarray, entry: int) -> np.ndarray:
     """Each row's first equal row (``entry`` first among its equals), itself if none."""
     n = len(vectors)
@@ -250,7 +214,7 @@ def _copies_of(vectors: np.ndarray, entry: int) -> np.ndarray:
     return first[inverse]
 
 
-def _level_graph(vectors: np.ndarray, cap: int, fill: int, candidates: int, entry: int, hubs: int = 0):
+def _level_graph(vectors: np.ndarray, cap: int, fill: int, candidates: int, entry: int):
     """Neighbour lists of one level's nodes (local ids), every node reached from
     ``entry`` and reaching it: offsets, ids, distances.
 
@@ -265,10 +229,9 @@ def _level_graph(vectors: np.ndarray, cap: int, fill: int, candidates: int, entr
     n = len(vectors)
     rep = _copies_of(vectors, entry) if n > 1 else np.zeros(n, np.int64)
     if (rep == np.arange(n)).all():
-        return _distinct_level_graph(vectors, cap, fill, candidates, entry, hubs)
+        return _distinct_level_graph(vectors, cap, fill, candidates, entry)
     reps = np.flatnonzero(rep == np.arange(n))
-    offsets, ids, dist = _distinct_level_graph(vectors[reps], cap, fill, candidates, int(np.searchsorted(reps, entry)),
-                                               hubs)
+    offsets, ids, dist = _distinct_level_graph(vectors[reps], cap, fill, candidates, int(np.searchsorted(reps, entry)))
     ids = reps[ids]
     # each row's copies in id order, at positions 1..k of its tree (the row at 0)
     copies = np.flatnonzero(rep != np.arange(n))
@@ -294,47 +257,31 @@ def _level_graph(vectors: np.ndarray, cap: int, fill: int, candidates: int, entr
     return np.concatenate([[0], np.cumsum(np.bincount(src, minlength=n))]), dst[order], dd[order]
 
 
-def _distinct_level_graph(vectors: np.ndarray, cap: int, fill: int, candidates: int, entry: int, hubs: int = 0):
-    """:func:`_level_graph` of rows that are all different; with ``hubs``, each node's
-    ``hubs`` largest inner products kept in its list beside its l2 neighbours."""
+def _distinct_level_graph(vectors: np.ndarray, cap: int, fill: int, candidates: int, entry: int):
+    """:func:`_level_graph` of rows that are all different."""
     n, d = vectors.shape
     if n == 1:
         return np.zeros(2, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
     k = min(candidates, n - 1)
-    h = min(hubs, cap // 2, n - 1)
     sq = np.einsum("ij,ij->i", vectors, vectors)
     fwd = np.empty((n, k), np.int64)
     fwd_dist = np.empty((n, k), np.float32)
     _candidates(vectors, sq, fwd, fwd_dist)
-    keep = _prune_in_slices(fwd_dist, fwd, vectors, cap - h, max(fill - h, 1))
+    keep = _prune_in_slices(fwd_dist, fwd, vectors, cap, fill)
     # every kept edge also the other way; then each node's list pruned again, nearest first
     src = np.repeat(np.arange(n), keep.sum(axis=1))
     dst = fwd[keep]
     dd = fwd_dist[keep]
-    if h:
-        hub_src, hub_dst = np.repeat(np.arange(n), h), _largest_inner_products(vectors, h).reshape(-1)
-        src, dst = np.concatenate([src, hub_src]), np.concatenate([dst, hub_dst])
-        dd = np.concatenate([dd, np.maximum(sq[hub_src] + sq[hub_dst] - 2 * np.einsum(
-            "ij,ij->i", vectors[hub_src], vectors[hub_dst]), 0).astype(np.float32)])
     a = np.concatenate([src, dst])
     b = np.concatenate([dst, src])
     ab_dist = np.concatenate([dd, dd])
-    hub = np.zeros(len(a), dtype=bool)  # a node's own hub edges stay, whatever the pruning
-    if h:
-        hub[len(src) - len(hub_src) : len(src)] = True
-    order = np.lexsort((~hub, b, a))  # each edge once (a node's own hub edge before its copies)
-    a, b, ab_dist, hub = a[order], b[order], ab_dist[order], hub[order]
+    order = np.lexsort((b, ab_dist, a))  # by node, then distance (then id: duplicates side by side)
+    a, b, ab_dist = a[order], b[order], ab_dist[order]
     first = np.ones(len(a), dtype=bool)
     first[1:] = (a[1:] != a[:-1]) | (b[1:] != b[:-1])
-    a, b, ab_dist, hub = a[first], b[first], ab_dist[first], hub[first]
-    order = np.lexsort((b, ab_dist, ~hub, a))  # by node, its own hub edges first, then nearest first
-    a, b, ab_dist, hub = a[order], b[order], ab_dist[order], hub[order]
+    a, b, ab_dist = a[first], b[first], ab_dist[first]
     counts = np.bincount(a, minlength=n)
-    # the nearest 2 cap of a list are enough to prune it; under dot, 8 cap: a hub's reverse
-    # edges come from everywhere, and those kept from further out search better (20k x 32,
-    # m = 16, nprobes 4/16, two seeds: 0.944/0.964 and 0.943/0.971 at 8 cap, 0.939/0.959 and
-    # 0.941/0.969 at 4 cap; 0.936/0.956 and 0.934/0.962 at 2 cap)
-    width = min(int(counts.max()), (8 if h else 2) * cap)
+    width = min(int(counts.max()), 2 * cap)  # the nearest 2 cap of a hub's lists are enough
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
     rank = np.arange(len(a)) - starts[a]
     inside = rank < width
@@ -346,8 +293,7 @@ def _distinct_level_graph(vectors: np.ndarray, cap: int, fill: int, candidates: 
     keep = np.isfinite(cdist)
     over = np.flatnonzero(keep.sum(axis=1) > cap)
     if len(over):
-        keep[over, :h] = True  # (with hubs: the node's own, first in its list)
-        keep[over, h:] = _prune_in_slices(cdist[over, h:], cand[over, h:], vectors, cap - h, max(fill - h, 1))
+        keep[over] = _prune_in_slices(cdist[over], cand[over], vectors, cap, fill)
     src = np.repeat(np.arange(n), keep.sum(axis=1))
     src, dst, dist = _connect(vectors, sq, src, cand[keep], cdist[keep], cap, entry)
     offsets = np.concatenate([[0], np.cumsum(np.bincount(src, minlength=n))])
@@ -395,22 +341,19 @@ def _connect(vectors, sq, src, dst, dist, cap: int, entry: int):
         src, dst, dist = src[order], dst[order], dist[order]
 
 
-def _prune_in_slices(dist, cand, vectors, cap, fill):
+def _prune_in_slices(dist, cand, vectors, cap, fill, rows: int = 1024):
     # level 0 (lists of m to 2 m) keeps the relaxed rule's extra edges and still leaves
     # room for _connect's; the levels above, capped at m, keep HNSW's own rule
     alpha = _PRUNE_ALPHA if cap > fill else 1.0
-    rows = max(1, min(1024, (32 << 20) // (4 * cand.shape[1] ** 2)))  # each slice's Gram matrices: 32 MB
     keep = np.empty(cand.shape, dtype=bool)
     for lo in range(0, len(cand), rows):
         keep[lo : lo + rows] = _prune(dist[lo : lo + rows], cand[lo : lo + rows], vectors, cap, fill, alpha)
     return keep
 
 
-def build_hnsw(vectors: np.ndarray, *, m: int, max_level: int, seed, candidates: int = HNSW_CANDIDATES,
-               metric: str = "l2") -> HnswGraph:
-    """The HNSW graph of one partition's ``vectors`` (float32, in stored row order):
-    squared l2 distances (unit vectors for cosine, as stored), or under ``metric="dot"``
-    the l2 graph with each node's largest inner products added and Lance's ``1 - x.y``."""
+def build_hnsw(vectors: np.ndarray, *, m: int, max_level: int, seed, candidates: int = HNSW_CANDIDATES) -> HnswGraph:
+    """The HNSW graph of one partition's ``vectors`` (float32, in stored row order;
+    squared l2 distances: unit vectors for cosine, as stored)."""
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     n = len(vectors)
     if n == 0:
@@ -423,10 +366,6 @@ def build_hnsw(vectors: np.ndarray, *, m: int, max_level: int, seed, candidates:
         nodes = np.flatnonzero(levels >= level)
         cap = 2 * m if level == 0 else m
         offsets, ids, dist = _level_graph(vectors[nodes], cap, m, max(candidates, cap),
-                                          int(np.searchsorted(nodes, entry)), DOT_HUBS if metric == "dot" else 0)
-        if metric == "dot":
-            v = vectors[nodes]
-            dist = (1 - np.einsum("ij,ij->i", v[np.repeat(np.arange(len(nodes)), np.diff(offsets))], v[ids])).astype(
-                np.float32)
+                                          int(np.searchsorted(nodes, entry)))
         out.append((nodes, offsets, nodes[ids], dist))
     return HnswGraph(levels=tuple(out), entry_point=entry)

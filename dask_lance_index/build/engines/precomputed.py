@@ -5,12 +5,11 @@ them (:class:`dask_lance_index.model.PQEncoder`,
 :class:`dask_lance_index.model.RQEncoder`: Lance takes no RaBitQ codes at all)
 and writes the segment's two files itself in Lance's layout
 (:mod:`dask_lance_index.storage.segment_files`); Lance then merges and commits
-them as its own. IVF_HNSW_FLAT, IVF_HNSW_SQ and IVF_HNSW_PQ (l2, cosine; IVF_HNSW_FLAT under dot when
-asked for): as IVF_FLAT, IVF_SQ and IVF_PQ,
+them as its own. IVF_HNSW_FLAT, IVF_HNSW_SQ and IVF_HNSW_PQ (l2, cosine): as IVF_FLAT, IVF_SQ and IVF_PQ,
 and the task also builds each partition's graph (:mod:`dask_lance_index.model.hnsw`; on a
 cluster as graph tasks on every worker, :mod:`dask_lance_index.build.graphs`) and writes it
 (:mod:`dask_lance_index.storage.hnsw_segment`). IVF_HNSW_PQ whose graphs Lance builds
-(under dot, or more rows than one task holds: :func:`graphs_left_to_lance`): the codes
+(the dot metric, or more rows than one task holds: :func:`graphs_left_to_lance`): the codes
 go to a scratch dataset on the worker's disk and Lance builds the segment from those
 "precomputed shuffle buffers"; Lance reads the whole buffer dataset, ignoring
 ``fragment_ids``, so each task's buffer holds exactly its own rows. The default
@@ -47,15 +46,14 @@ from .base import Engine, SegmentTask
 
 __all__ = ["HNSW_WRITTEN", "PrecomputedEngine", "graphs_left_to_lance", "writes_codes"]
 
-# HNSW types whose graphs we build (model.hnsw) and whose segment files we write (but under
-# dot unless asked for, and more rows than one task holds: graphs_left_to_lance).
+# HNSW types whose graphs we build (model.hnsw) and whose segment files we write (under l2
+# and cosine, and rows that one task holds: graphs_left_to_lance).
 HNSW_WRITTEN = ("IVF_HNSW_FLAT", "IVF_HNSW_SQ", "IVF_HNSW_PQ")
 
 
 def graphs_left_to_lance(params, num_rows: int | None, dimension: int | None = None) -> bool:
-    """Whether an HNSW index's graphs are left to Lance: under the dot metric (our dot graphs
-    search worse than Lance's at 1M rows without refine: docs/benchmarks.md; IVF_HNSW_FLAT's
-    are built with ``engine="precomputed"`` asked for), or when the one
+    """Whether an HNSW index's graphs are left to Lance: under the dot metric (our graphs
+    under dot searched worse than Lance's: docs/benchmarks.md), or when the one
     task that builds the segment would hold more than
     :data:`~dask_lance_index.plan.index_plan.FLAT_TASK_BYTES` of rows (it holds every row
     until it writes them grouped by partition). Engine ``"auto"`` then builds IVF_HNSW_FLAT
@@ -87,14 +85,12 @@ def writes_codes(params) -> bool:
     written in Lance's layout; Lance's dot-metric RaBitQ stores other factors), and
     IVF_SQ (segments written in Lance's layout with the model's shared bounds, so
     that they merge), IVF_FLAT (the rows themselves, in Lance's layout), and
-    IVF_HNSW_FLAT, and IVF_HNSW_SQ under l2 or cosine (those, with the graphs we build)."""
+    IVF_HNSW_FLAT and IVF_HNSW_SQ under l2 or cosine (those, with the graphs we build)."""
     if params.quantizer == "PQ":
         return params.num_bits == 8
     if params.index_type in ("IVF_SQ", "IVF_FLAT"):
         return True
-    if params.index_type == "IVF_HNSW_FLAT":
-        return True
-    if params.index_type == "IVF_HNSW_SQ":
+    if params.index_type in ("IVF_HNSW_FLAT", "IVF_HNSW_SQ"):
         return params.metric in ("l2", "cosine")
     return params.index_type == "IVF_RQ" and params.metric in ("l2", "cosine")
 
@@ -106,7 +102,7 @@ class PrecomputedEngine(Engine):
         if writes_codes(params):
             return None
         return (f"engine='precomputed' needs an 8-bit PQ index type (IVF_PQ or IVF_HNSW_PQ), IVF_FLAT, IVF_SQ, or "
-                f"IVF_RQ or IVF_HNSW_SQ under l2 or cosine, or IVF_HNSW_FLAT; Lance encodes {params.index_type} ({params.metric}) "
+                f"IVF_RQ, IVF_HNSW_FLAT or IVF_HNSW_SQ under l2 or cosine; Lance encodes {params.index_type} ({params.metric}) "
                 "itself")
 
     def build_segment(self, plan, task, model, storage_options=None, options=None, upstream=None) -> SegmentResult:
@@ -218,7 +214,7 @@ def _write_files(seg: SegmentTask, codes: dict, common: dict, whole: bool) -> li
         m, ef_construction, max_level = _hnsw_settings(params)
         seed = plan.seed if plan.seed is not None else 0
         graphs = PartitionGraphs(m=m, max_level=max_level, candidates=min(ef_construction, HNSW_CANDIDATES),
-                                 seed=(seed, seg.task), metric=params.metric)
+                                 seed=(seed, seg.task))
         # the graphs as tasks on every worker only when no other build task shares the cluster
         build_graphs = graphs.builder(fan_out=plan.num_tasks == 1)
         return write_hnsw_segment(plan.uri, seg.uuid, index_type=params.index_type, values=codes["codes"],
