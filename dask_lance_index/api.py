@@ -289,7 +289,7 @@ def create_index(
         NumPy BLAS, and they write each IVF_PQ, IVF_SQ, IVF_FLAT and IVF_RQ (l2,
         cosine) segment's files in Lance's layout
         (:mod:`dask_lance_index.storage.segment_files`), build and write the graphs of
-        IVF_HNSW_FLAT, IVF_HNSW_SQ and IVF_HNSW_PQ (l2, cosine, partitions small enough;
+        IVF_HNSW_FLAT, IVF_HNSW_SQ and IVF_HNSW_PQ (l2, cosine, at most 1 GiB of rows;
         :mod:`dask_lance_index.model.hnsw`; else for IVF_HNSW_PQ they hand Lance the
         codes and Lance builds the graphs); for
         IVF_RQ the ex-codes' rescale factor chosen from three candidates per row
@@ -299,10 +299,8 @@ def create_index(
         NumPy BLAS and Lance encodes from that map; ``"lance"``: Lance itself.
         ``"auto"``: ``"precomputed"`` for 8-bit PQ types, IVF_FLAT, IVF_SQ, and
         IVF_RQ, IVF_HNSW_FLAT and IVF_HNSW_SQ under l2 and cosine (the last two
-        while the rows are at most 1 GiB, which the one build task holds, and, when
-        the build has one thread, partitions hold at most 4,096 rows on average, past
-        which Lance's graph build is faster: with two or more, the graphs are built by
-        all of them), ``"partitions"`` otherwise.
+        while the rows are at most 1 GiB, which the one build task holds),
+        ``"partitions"`` otherwise.
         ``"artifact"`` (8-bit PQ types): the workers encode into a partition
         artifact in Lance's upstream layout (a shuffle by bucket), which is
         then finalized; see :mod:`dask_lance_index.partition_artifacts`.

@@ -60,6 +60,28 @@ def test_graph_levels_lists_and_entry_point():
     assert held > 0.7, held
 
 
+@pytest.mark.parametrize("m, candidates", [(1, 1), (2, 1), (3, 3), (4, 4)])
+def test_graphs_of_few_candidates(m, candidates):
+    """Small m and ef_construction (fewer candidates than long edges): built, every node
+    reached from the entry point, no node its own neighbour; from m = 3 lists within their
+    caps (two more where copies hang; below, the edges that connect every node overfill
+    lists of one or two)."""
+    from scipy.sparse import csgraph, csr_matrix
+
+    x = make_vectors(600, 8, num_clusters=5, seed=2)
+    graph = build_hnsw(x, m=m, max_level=4, seed=0, candidates=candidates)
+    assert graph.num_nodes == len(x)
+    for level, (nodes, offsets, neighbours, _) in enumerate(graph.levels):
+        owner = np.repeat(nodes, np.diff(offsets))
+        assert not np.any(owner == neighbours)
+        if m >= 3:
+            assert np.diff(offsets).max() <= (2 * m if level == 0 else m) + 2
+        local = np.searchsorted(nodes, owner), np.searchsorted(nodes, neighbours)
+        a = csr_matrix((np.ones(len(owner)), local), shape=(len(nodes), len(nodes)))
+        start = int(np.searchsorted(nodes, graph.entry_point))
+        assert len(csgraph.breadth_first_order(a, start, return_predecessors=False)) == len(nodes)
+
+
 def test_candidates_hold_long_edges_that_the_graph_keeps():
     """Each node's candidates are its nearest but _LONG_EDGES and that many random nodes,
     at exact distances; some of those long edges survive the pruning into level 0."""

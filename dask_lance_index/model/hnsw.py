@@ -3,8 +3,9 @@
 Lance builds a partition's graph by inserting its rows one at a time, each insert a
 beam search over the graph so far (``ef_construction`` candidates). Here the graph of
 a level comes from exact candidates instead: each node's ``candidates`` nearest nodes
-of that level (one GEMM per slice of nodes), kept or dropped by HNSW's pruning rule
-(a candidate is kept when it is nearer the node than every neighbour kept before it,
+of that level (one GEMM per slice of nodes) but :data:`_LONG_EDGES` drawn at random, kept
+or dropped by HNSW's pruning rule (relaxed on level 0 by :data:`_PRUNE_ALPHA`;
+a candidate is kept when it is nearer the node than every neighbour kept before it,
 at most ``2 m`` neighbours on level 0 and ``m`` above, as Lance's; the nearest dropped
 ones then fill a list up to ``m``), then every kept edge also added the other way and a
 list that overflows pruned again by the same rule, and last a few edges added until
@@ -134,7 +135,9 @@ def _candidates(vectors, sq, fwd, fwd_dist) -> None:
     nearest groups: :func:`_grouped_candidates`) and :data:`_LONG_EDGES` random ones,
     drawn from the level's size (the same graphs on any thread)."""
     n, k = fwd.shape
-    near = k - _LONG_EDGES if n > 2 * k else k  # a small level's nearest reach far enough
+    # a small level's nearest reach far enough; few candidates (small m and ef) stay nearest
+    long = min(_LONG_EDGES, k // 4) if n > 2 * k else 0
+    near = k - long
     f, d = (fwd, fwd_dist) if near == k else (np.empty((n, near), np.int64), np.empty((n, near), np.float32))
     if n > HNSW_BLOCK_ROWS:
         _grouped_candidates(vectors, sq, f, d)
