@@ -74,6 +74,7 @@ def test_graphs_of_few_candidates(m, candidates):
     for level, (nodes, offsets, neighbours, _) in enumerate(graph.levels):
         owner = np.repeat(nodes, np.diff(offsets))
         assert not np.any(owner == neighbours)
+        assert len(np.unique(owner * len(x) + neighbours)) == len(owner)  # no list holds a node twice
         if m >= 3:
             assert np.diff(offsets).max() <= (2 * m if level == 0 else m) + 2
         local = np.searchsorted(nodes, owner), np.searchsorted(nodes, neighbours)

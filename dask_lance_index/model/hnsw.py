@@ -312,7 +312,7 @@ def _connect(vectors, sq, src, dst, dist, cap: int, entry: int):
     inserts): Lance's search would never reach it, or never leave it (measured: recall
     0.985 at ef 200 against Lance's 1.000). While some are not connected so, the nearest
     (unconnected, connected) pair whose connected node has room in its list gets an
-    edge both ways.
+    edge each way it lacks (a list never holds a node twice).
     """
     n = len(vectors)
     while True:
@@ -337,9 +337,10 @@ def _connect(vectors, sq, src, dst, dist, cap: int, entry: int):
             if d[u, r] < best[0]:
                 best = (float(d[u, r]), lost[lo + u], room[r])
         du, u, r = max(best[0], 0.0), best[1], best[2]
-        src = np.concatenate([src, [r, u]])
-        dst = np.concatenate([dst, [u, r]])
-        dist = np.concatenate([dist, np.float32([du, du])])
+        new = [(a, b) for a, b in ((r, u), (u, r)) if not graph[a, b]]  # not an edge already
+        src = np.concatenate([src, [a for a, _ in new]])
+        dst = np.concatenate([dst, [b for _, b in new]])
+        dist = np.concatenate([dist, np.full(len(new), du, np.float32)])
         order = np.argsort(src, kind="stable")
         src, dst, dist = src[order], dst[order], dist[order]
 
