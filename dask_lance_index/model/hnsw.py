@@ -130,9 +130,10 @@ def _prune(dist: np.ndarray, cand: np.ndarray, vectors: np.ndarray, cap: int, fi
 
 def _candidates(vectors, sq, fwd, fwd_dist) -> None:
     """Each node's ``K = fwd.shape[1]`` candidates, nearest first, into ``fwd`` and
-    ``fwd_dist`` (node ids, squared distances): its ``K -`` :data:`_LONG_EDGES` nearest
-    nodes (among all nodes, or past :data:`HNSW_BLOCK_ROWS` nodes among those of its
-    nearest groups: :func:`_grouped_candidates`) and :data:`_LONG_EDGES` random ones,
+    ``fwd_dist`` (node ids, squared distances): its nearest nodes (among all nodes, or past
+    :data:`HNSW_BLOCK_ROWS` nodes among those of its nearest groups:
+    :func:`_grouped_candidates`) and, on a level of more than ``2 K`` nodes, in place of
+    the farthest of them :data:`_LONG_EDGES` random ones (at most a quarter of ``K``),
     drawn from the level's size (the same graphs on any thread)."""
     n, k = fwd.shape
     # a small level's nearest reach far enough; few candidates (small m and ef) stay nearest
