@@ -20,7 +20,8 @@ the issue's reference setting (256 partitions, 16 sub-vectors); everything else 
 default. --num-partitions 0 / --num-sub-vectors 0 leave them to dask_lance_index and lance-ray.
 
 Prints, per engine: build seconds, the ratio to Lance, recall@10 at nprobes 10/20/50 without
-and with refine_factor 5 (against NumPy brute force), mean query latency, rows scanned per probe (the sum of squared
+and with refine_factor 5 (against NumPy brute force), mean query latency (every index queried
+side by side once all are built, each query on each index in turn), rows scanned per probe (the sum of squared
 partition sizes over the rows: what a query reads per partition it probes), the build's peak
 memory (the largest resident set of the build process or of any of its worker processes), and for
 dask_lance_index the seconds per stage and the orchestration overhead (wall time outside the stages'
@@ -169,18 +170,37 @@ def _print_flatness(results: list, sizes: list) -> None:
               f"sampling + training {min(fixed):.2f}-{max(fixed):.2f} s")
 
 
-def evaluate(uri: str, x: np.ndarray, q: np.ndarray, truth: np.ndarray, args) -> dict:
+CONFIGS = [(nprobes, refine) for nprobes in (10, 20, 50) for refine in (None, 5)]
+WARM_QUERIES = 20
+
+
+def evaluate_all(uris: list[str], q: np.ndarray, truth: np.ndarray) -> list[dict]:
+    """Recall@10 and mean milliseconds per query of each index, at every nprobes and
+    refine setting: ``{"np10": (recall, ms), ...}`` per uri.
+
+    The indexes are queried side by side, each query on every index in turn (the
+    order turning from query to query), after a warm-up of :data:`WARM_QUERIES`
+    untimed queries each: the machine's drift (page cache, the host taking memory
+    back) then falls on every index alike instead of on whichever ran last."""
     import lance
 
-    from dask_lance_index.evaluation import recall_at_k, search
+    from dask_lance_index.evaluation import recall_at_k, timed_search
 
-    ds = lance.dataset(uri)
-    res = {}
-    for nprobes in (10, 20, 50):
-        for refine in (None, 5):
-            found, latency = search(ds, "vector", q, 10, nprobes=nprobes, refine_factor=refine)
-            res[f"np{nprobes}{'r' if refine else ''}"] = (recall_at_k(found, truth), latency * 1000)
-    return res
+    datasets = [lance.dataset(u) for u in uris]
+    for ds in datasets:
+        timed_search(ds, "vector", q[:WARM_QUERIES], 10, nprobes=10)
+    out = [{} for _ in uris]
+    for nprobes, refine in CONFIGS:
+        found = [np.full((len(q), 10), -1, dtype=np.int64) for _ in uris]
+        seconds = np.zeros((len(uris), len(q)))
+        for i in range(len(q)):
+            for j in np.roll(np.arange(len(uris)), -i):
+                ids, s = timed_search(datasets[j], "vector", q[i : i + 1], 10, nprobes=nprobes, refine_factor=refine,
+                                      id_column="id")
+                found[j][i], seconds[j, i] = ids[0], s[0]
+        for j in range(len(uris)):
+            out[j][f"np{nprobes}{'r' if refine else ''}"] = (recall_at_k(found[j], truth), seconds[j].mean() * 1000)
+    return out
 
 
 def rows_per_probe(uri: str) -> float:
@@ -307,7 +327,7 @@ def main() -> int:
                   + (f" num_sub_vectors={args.num_sub_vectors or 'default'}" if "PQ" in args.index_type else "")
                   + f"; dli on a LocalCluster of {args.workers} worker processes")
         print(header, flush=True)
-        rows = []
+        rows, built = [], []
         for engine in args.engines.split(","):
             python = sys.executable
             if engine == "lance-ray":
@@ -315,7 +335,7 @@ def main() -> int:
                 if subprocess.run([python, "-c", "import lance_ray"], capture_output=True).returncode:
                     print("lance-ray: not installed (pip install lance-ray, or --lance-ray-python), skipped")
                     continue
-            uri = os.path.join(root, f"{engine}.lance")
+            uri = os.path.join(root, f"{engine}-{len(built)}.lance")  # kept until every index is queried
             shutil.copytree(base, uri)
             os.sync()  # the copy's dirty pages written back before the clock starts, not during a build
             argv = _pass_through(sys.argv[1:])
@@ -330,11 +350,12 @@ def main() -> int:
                 continue
             r = json.loads(line[0][7:])
             r["rows"] = len(x)
-            r["recall"] = evaluate(uri, x, q, truth, args)
             r["rows_per_probe"] = rows_per_probe(uri)
             print(f"  {engine}: {r['seconds']:.2f} s", flush=True)
             rows.append(r)
-            shutil.rmtree(uri)
+            built.append(uri)
+        for r, figures in zip(rows, evaluate_all(built, q, truth)):  # queries once every index is built
+            r["recall"] = figures
         shutil.rmtree(root, ignore_errors=True)
         _print_table(rows, header)
         results.extend(rows)
