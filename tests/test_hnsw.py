@@ -13,7 +13,7 @@ import shutil
 import lance
 import numpy as np
 import pytest
-from distributed import get_task_stream
+from distributed import get_task_stream, wait
 from lance.file import LanceFileReader
 
 import dask_lance_index as dli
@@ -382,3 +382,28 @@ def test_without_a_cluster_the_graphs_get_the_cores_this_process_may_use(monkeyp
     assert parallelism(None) == 3
     list(graphs.builder(fan_out=True)(None, [(0, 0, 50)], lambda p: rows))
     assert used == [3]
+
+
+def test_a_retried_build_is_not_handed_an_earlier_attempts_graph_tasks(cluster_client, tmp_path):
+    """A build task that is retried writes the same segment uuid; a graph task of an
+    earlier attempt that the scheduler still holds (here one that failed) must not stand
+    in for the new attempt's."""
+    x = make_vectors(4000, 16, num_clusters=8, seed=2)
+    uri = str(tmp_path / "v.lance")
+    write_vectors(uri, x, max_rows_per_file=1000)
+    build = dli.create_index(uri, "vector", "IVF_HNSW_FLAT", num_partitions=4, m=8, seed=0, client=cluster_client,
+                             compute=False)
+    uuid = build.plan.segment_uuid(0)
+
+    def earlier_attempt():
+        raise RuntimeError("an earlier attempt's graph task")
+
+    # the keys an attempt's graph tasks had before they were its own
+    held = [cluster_client.submit(earlier_attempt, key=f"dli-graphs-{uuid}-{i}", pure=False) for i in range(4)]
+    wait(held)
+    assert all(f.status == "error" for f in held)
+    build.compute()
+    seg, = lance.dataset(uri).describe_indices()[0].segments
+    assert seg.uuid == uuid
+    found = search(lance.dataset(uri), "vector", x[:50], 10, nprobes=4)[0]
+    assert recall_at_k(found, exact_knn(x, x[:50], 10, "l2")) > 0.9

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import collections
 import itertools
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Iterator
@@ -133,11 +134,16 @@ def _in_threads(graphs: PartitionGraphs, partitions: list, rows_of: Callable, th
 
 
 def _on_cluster(graphs: PartitionGraphs, stored: StoredRows, partitions: list) -> Iterator:
-    """The graphs of ``partitions`` in order, built by graph tasks on the cluster's workers."""
+    """The graphs of ``partitions`` in order, built by graph tasks on the cluster's workers.
+
+    The tasks' keys are this call's own: a retried build task writes the same segment
+    uuid, and must not be handed the graph tasks (or the errors) of an earlier attempt
+    that the scheduler still holds."""
+    attempt = uuid.uuid4().hex[:12]
     with worker_client() as client:
         def submit(job):
             i, run = job
-            return client.submit(graphs, stored, run, key=f"dli-graphs-{stored.index_uuid}-{i}", pure=False)
+            return client.submit(graphs, stored, run, key=f"dli-graphs-{stored.index_uuid}-{attempt}-{i}", pure=False)
 
         runs = enumerate(graph_runs(partitions, GRAPH_TASK_ROWS))
         for done in _in_order(submit, runs, RUNS_IN_FLIGHT * parallelism(client)):
