@@ -50,6 +50,8 @@ HNSW_MAX_LEVEL = 7
 HNSW_CANDIDATES = 40
 # Nodes whose distances to a level's nodes are held at once (SLICE x n float32).
 _SLICE_CELLS = 1 << 22
+# Candidate rows a pruning slice gathers at once (float32: 64 MB).
+_PRUNE_CELLS = 1 << 24
 # Nodes of a level past which each node's candidates come from its nearest groups of nodes,
 # not from every node (_grouped_candidates): groups of about _GROUP_ROWS, each node in its
 # _GROUP_PROBES nearest.
@@ -346,10 +348,13 @@ def _connect(vectors, sq, src, dst, dist, cap: int, entry: int):
         src, dst, dist = src[order], dst[order], dist[order]
 
 
-def _prune_in_slices(dist, cand, vectors, cap, fill, rows: int = 1024):
+def _prune_in_slices(dist, cand, vectors, cap, fill):
     # level 0 (lists of m to 2 m) keeps the relaxed rule's extra edges and still leaves
     # room for _connect's; the levels above, capped at m, keep HNSW's own rule
     alpha = _PRUNE_ALPHA if cap > fill else 1.0
+    # each slice gathers its candidates' rows (rows x K x d): 1,024 nodes at 128-d, fewer
+    # as the dimension grows (at 1536-d and K = 80, 1,024 nodes would gather 503 MB)
+    rows = max(1, min(1024, _PRUNE_CELLS // max(1, cand.shape[1] * vectors.shape[1])))
     keep = np.empty(cand.shape, dtype=bool)
     for lo in range(0, len(cand), rows):
         keep[lo : lo + rows] = _prune(dist[lo : lo + rows], cand[lo : lo + rows], vectors, cap, fill, alpha)
