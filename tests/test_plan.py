@@ -252,3 +252,21 @@ def test_two_level_training_samples_fewer_rows_per_centroid_unless_told():
     assert told.sample_rate == 200 and training_sample_size(told) == 4096 * 200 + AGREEMENT_ROWS
     # the resolved rate is the plan's: it survives the JSON round trip
     assert IndexParams(**json.loads(json.dumps(two.__dict__))).sample_rate == HIERARCHICAL_SAMPLE_RATE
+
+
+@pytest.mark.parametrize("rows, asked, lance", [(9_000, 48, 35), (1_000_000, 4096, 3906), (2_000_000, 8192, 4096),
+                                                (4_000_000, 16384, 4096), (4_000_000, 4096, None)])
+def test_the_plan_names_the_partitions_lances_own_build_would_train(rows, asked, lance):
+    """Lance's create_index trains PQ types on at most 2**20 sample rows at 256 a partition:
+    rows // 256 partitions, and never more than 4,096 (its log, measured at 1M-4M rows).
+    The plan says so when the build asks for more, so that a comparison uses Lance's number."""
+    from dask_lance_index.plan import make_plan
+
+    params = resolve_params("IVF_PQ", dimension=32, num_rows=rows, num_partitions=asked, num_sub_vectors=8)
+    plan = make_plan(uri="/d.lance", version=1, column="vector", dimension=32, fragments=frags(*([rows // 4] * 4)),
+                     params=params, engine="precomputed", train=("ivf_centroids", "pq_codebook"))
+    note = [n for n in plan.notes if "Lance's own create_index would train only" in n]
+    if lance is None:
+        assert not note
+    else:
+        assert len(note) == 1 and f"would train only {lance} for IVF_PQ on {rows} rows" in note[0], plan.notes
