@@ -22,7 +22,8 @@ default. --num-partitions 0 / --num-sub-vectors 0 leave them to dask_lance_index
 Prints, per engine: build seconds, the ratio to Lance, recall@10 at nprobes 10/20/50 without
 and with refine_factor 5 (against NumPy brute force), mean query latency (every index queried
 side by side once all are built, each query on each index in turn) and, as "warm", the latency of
-the nprobes 20 queries run once more, rows scanned per probe (the sum of squared
+the nprobes 20 queries run once more for row ids only (the index's own search, every partition it
+probes read before, no column of the rows found read), rows scanned per probe (the sum of squared
 partition sizes over the rows: what a query reads per partition it probes), the build's peak
 memory (the largest resident set of the build process or of any of its worker processes), and for
 dask_lance_index the seconds per stage and the orchestration overhead (wall time outside the stages'
@@ -178,7 +179,7 @@ WARM_QUERIES = 20
 def evaluate_all(uris: list[str], q: np.ndarray, truth: np.ndarray) -> list[tuple[dict, float]]:
     """Recall@10 and mean milliseconds per query of each index, at every nprobes and
     refine setting, ``{"np10": (recall, ms), ...}``, and the warm milliseconds per query at
-    nprobes 20 (the queries run once more), per uri.
+    nprobes 20 (the queries run once more, for row ids only), per uri.
 
     The indexes are queried side by side, each query on every index in turn (the
     order turning from query to query), after a warm-up of :data:`WARM_QUERIES`
@@ -190,7 +191,7 @@ def evaluate_all(uris: list[str], q: np.ndarray, truth: np.ndarray) -> list[tupl
 
     datasets = [lance.dataset(u) for u in uris]
     for ds in datasets:
-        timed_search(ds, "vector", q[:WARM_QUERIES], 10, nprobes=10)
+        timed_search(ds, "vector", q[:WARM_QUERIES], 10, nprobes=10, id_column="id")
     out = [{} for _ in uris]
     for nprobes, refine in CONFIGS:
         found = [np.full((len(q), 10), -1, dtype=np.int64) for _ in uris]
@@ -202,8 +203,9 @@ def evaluate_all(uris: list[str], q: np.ndarray, truth: np.ndarray) -> list[tupl
                 found[j][i], seconds[j, i] = ids[0], s[0]
         for j in range(len(uris)):
             out[j][f"np{nprobes}{'r' if refine else ''}"] = (recall_at_k(found[j], truth), seconds[j].mean() * 1000)
-    # the same queries at nprobes 20 again, every partition they probe read before: the
-    # latency of a warm index, apart from how many partitions a query reads from disk first
+    # the same queries at nprobes 20 again, every partition they probe read before, for row
+    # ids only: the index's own search, warm, without the read of the rows found (ms/q's
+    # queries read their id column)
     warm = np.zeros(len(uris))
     for i in range(len(q)):
         for j in np.roll(np.arange(len(uris)), -i):
@@ -328,43 +330,45 @@ def main() -> int:
         q = x[rng.choice(len(x), args.queries, replace=False)] + 0.01 * rng.standard_normal((args.queries, dim)).astype(np.float32)
         truth = exact_knn(x, q, 10, args.metric)
         root = tempfile.mkdtemp(prefix="dli-bench-")
-        base = os.path.join(root, "base.lance")
-        write_vectors(base, x, max_rows_per_file=-(-len(x) // args.fragments))
-        header = (f"data: {args.data} {len(x)} x {dim}, {args.fragments} fragments; {args.index_type} "
-                  f"metric={args.metric} num_partitions={args.num_partitions or 'default'}"
-                  + (f" num_sub_vectors={args.num_sub_vectors or 'default'}" if "PQ" in args.index_type else "")
-                  + f"; dli on a LocalCluster of {args.workers} worker processes")
-        print(header, flush=True)
-        rows, built = [], []
-        for engine in args.engines.split(","):
-            python = sys.executable
-            if engine == "lance-ray":
-                python = args.lance_ray_python or sys.executable
-                if subprocess.run([python, "-c", "import lance_ray"], capture_output=True).returncode:
-                    print("lance-ray: not installed (pip install lance-ray, or --lance-ray-python), skipped")
+        try:
+            base = os.path.join(root, "base.lance")
+            write_vectors(base, x, max_rows_per_file=-(-len(x) // args.fragments))
+            header = (f"data: {args.data} {len(x)} x {dim}, {args.fragments} fragments; {args.index_type} "
+                      f"metric={args.metric} num_partitions={args.num_partitions or 'default'}"
+                      + (f" num_sub_vectors={args.num_sub_vectors or 'default'}" if "PQ" in args.index_type else "")
+                      + f"; dli on a LocalCluster of {args.workers} worker processes")
+            print(header, flush=True)
+            rows, built = [], []
+            for engine in args.engines.split(","):
+                python = sys.executable
+                if engine == "lance-ray":
+                    python = args.lance_ray_python or sys.executable
+                    if subprocess.run([python, "-c", "import lance_ray"], capture_output=True).returncode:
+                        print("lance-ray: not installed (pip install lance-ray, or --lance-ray-python), skipped")
+                        continue
+                uri = os.path.join(root, f"{engine}-{len(built)}.lance")  # kept until every index is queried
+                shutil.copytree(base, uri)
+                os.sync()  # the copy's dirty pages written back before the clock starts, not during a build
+                argv = _pass_through(sys.argv[1:])
+                argv = [a for i, a in enumerate(argv) if a != "--rows" and (i == 0 or argv[i - 1] != "--rows") and not a.startswith("--rows=")]
+                argv = [a for i, a in enumerate(argv) if a != "--plot" and (i == 0 or argv[i - 1] != "--plot") and not a.startswith("--plot=")]
+                cmd = [python, os.path.abspath(__file__), "--_run", engine, "--_uri", uri, "--rows", str(len(x))] + argv
+                proc = subprocess.run(cmd, capture_output=True, text=True)
+                line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
+                if proc.returncode or not line:
+                    print(f"{engine}: failed\n{proc.stderr[-2000:]}")
+                    shutil.rmtree(uri, ignore_errors=True)
                     continue
-            uri = os.path.join(root, f"{engine}-{len(built)}.lance")  # kept until every index is queried
-            shutil.copytree(base, uri)
-            os.sync()  # the copy's dirty pages written back before the clock starts, not during a build
-            argv = _pass_through(sys.argv[1:])
-            argv = [a for i, a in enumerate(argv) if a != "--rows" and (i == 0 or argv[i - 1] != "--rows") and not a.startswith("--rows=")]
-            argv = [a for i, a in enumerate(argv) if a != "--plot" and (i == 0 or argv[i - 1] != "--plot") and not a.startswith("--plot=")]
-            cmd = [python, os.path.abspath(__file__), "--_run", engine, "--_uri", uri, "--rows", str(len(x))] + argv
-            proc = subprocess.run(cmd, capture_output=True, text=True)
-            line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
-            if proc.returncode or not line:
-                print(f"{engine}: failed\n{proc.stderr[-2000:]}")
-                shutil.rmtree(uri, ignore_errors=True)
-                continue
-            r = json.loads(line[0][7:])
-            r["rows"] = len(x)
-            r["rows_per_probe"] = rows_per_probe(uri)
-            print(f"  {engine}: {r['seconds']:.2f} s", flush=True)
-            rows.append(r)
-            built.append(uri)
-        for r, (figures, warm) in zip(rows, evaluate_all(built, q, truth)):  # queries once every index is built
-            r["recall"], r["warm_ms"] = figures, warm
-        shutil.rmtree(root, ignore_errors=True)
+                r = json.loads(line[0][7:])
+                r["rows"] = len(x)
+                r["rows_per_probe"] = rows_per_probe(uri)
+                print(f"  {engine}: {r['seconds']:.2f} s", flush=True)
+                rows.append(r)
+                built.append(uri)
+            for r, (figures, warm) in zip(rows, evaluate_all(built, q, truth)):  # queries once every index is built
+                r["recall"], r["warm_ms"] = figures, warm
+        finally:  # every index's copy of the data set, also when a run fails
+            shutil.rmtree(root, ignore_errors=True)
         _print_table(rows, header)
         results.extend(rows)
 

@@ -11,7 +11,8 @@ Five indexes of the same data (GloVe's 400k words, cosine, 4,096 partitions by d
 ``create_index`` given that build's model (``ivf_centroids=``, ``pq_codebook=``: the same
 partitions in Lance's files); ours in two tasks merged by concatenation (the default); ours in
 two tasks merged by Lance's ``merge_existing_index_segments`` (what the build did before). Ours
-share one model (one seed); ``--indexes`` picks some of them. Then the same queries go to all four, interleaved query by query so that the machine's
+share one model (one seed); ``--indexes`` picks some of them. Then the same queries go to
+each, interleaved query by query (the order turning from query to query) so that the machine's
 drift falls on each alike, and the median, 25th percentile and mean ms per query are printed.
 """
 
@@ -55,6 +56,13 @@ def main() -> int:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--indexes", default=",".join(INDEXES), help="a comma list of " + ", ".join(INDEXES))
     args = p.parse_args()
+    wanted = [k.strip() for k in args.indexes.split(",") if k.strip()]
+    unknown = [k for k in wanted if k not in INDEXES]
+    if unknown or not wanted:
+        p.error(f"--indexes: {', '.join(unknown) or 'none given'}; choose among {', '.join(INDEXES)}")
+    if "lance-model" in wanted and "one" not in wanted:
+        p.error("--indexes: lance-model takes its model from one (ours, one task); add one")
+    args.indexes = wanted
 
     x = load(args)
     metric = "cosine" if args.data == "glove" else "l2"
@@ -75,10 +83,7 @@ def _run(args, p, x, metric, kw, work) -> int:
 
     concatenates = merge_module.concatenates
     uris = {}
-    wanted = args.indexes.split(",")
-    if "lance-model" in wanted and "one" not in wanted:
-        p.error("--indexes: lance-model takes its model from one (ours, one task)")
-    for key in [k for k in INDEXES if k in wanted]:
+    for key in [k for k in INDEXES if k in args.indexes]:
         name = INDEXES[key]
         uri = os.path.join(work, f"{len(uris)}.lance")
         write_vectors(uri, x, max_rows_per_file=50_000)
@@ -104,8 +109,10 @@ def _run(args, p, x, metric, kw, work) -> int:
     queries = x[np.random.default_rng(0).choice(len(x), args.queries, replace=False)]
     times: dict[str, list[float]] = {name: [] for name in datasets}
     for _ in range(args.repeats):
-        for q in queries:
-            for name, ds in datasets.items():
+        names = list(datasets)
+        for i, q in enumerate(queries):
+            for name in names[i % len(names):] + names[: i % len(names)]:
+                ds = datasets[name]
                 t = time.perf_counter()
                 ds.to_table(nearest={"column": "vector", "q": q, "k": 10, "nprobes": args.nprobes}, columns=[])
                 times[name].append(time.perf_counter() - t)

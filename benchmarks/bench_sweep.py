@@ -6,7 +6,8 @@ NumPy brute force):
 
 * ``partitions``: IVF_PQ on clustered 128-d vectors, 16 sub-vectors, at 256, 1,024,
   4,096 and 16,384 partitions, with Lance's sample rule's rows (256 per partition:
-  65,536 to 4M rows), so Lance trains every partition it is asked for;
+  65,536 to 4M rows), so Lance trains every partition it is asked for up to 4,096 (at
+  16,384 it trains 4,096: its sample stops at 2**20 rows);
 * ``types``: the seven vector index types at 128, 384 and 768 dimensions, 256
   partitions, ``--rows`` rows (PQ types: 16, 24 and 48 sub-vectors).
 

@@ -7,6 +7,7 @@ same data; and Lance's compaction, which remaps a graph's row ids, keeps our ind
 searchable.
 """
 
+import dataclasses
 import json
 import shutil
 import tracemalloc
@@ -20,9 +21,12 @@ from lance.file import LanceFileReader
 import dask_lance_index as dli
 import dask_lance_index.build.engines.precomputed as precomputed_module
 import dask_lance_index.build.graphs as graphs_module
+from dask_lance_index.api import given_model
+from dask_lance_index.build import ENGINES
 from dask_lance_index.build.graphs import graph_runs
 from dask_lance_index.datagen import make_vectors, write_vectors
 from dask_lance_index.evaluation import exact_knn, recall_at_k, search
+from dask_lance_index.graph import build_graph
 from dask_lance_index.model import build_hnsw
 from dask_lance_index.model.hnsw import node_levels
 from dask_lance_index.storage import StoredRows
@@ -388,25 +392,31 @@ def test_without_a_cluster_the_graphs_get_the_cores_this_process_may_use(monkeyp
 def test_a_retried_build_is_not_handed_an_earlier_attempts_graph_tasks(cluster_client, tmp_path):
     """A build task that is retried writes the same segment uuid; a graph task of an
     earlier attempt that the scheduler still holds (here one that failed) must not stand
-    in for the new attempt's."""
+    in for the new attempt's. The earlier attempt is a build of the same plan on a copy of
+    the dataset: its graph tasks' keys, as the task stream saw them, are held failed."""
     x = make_vectors(4000, 16, num_clusters=8, seed=2)
-    uri = str(tmp_path / "v.lance")
-    write_vectors(uri, x, max_rows_per_file=1000)
-    build = dli.create_index(uri, "vector", "IVF_HNSW_FLAT", num_partitions=4, m=8, seed=0, client=cluster_client,
+    first, again = str(tmp_path / "first.lance"), str(tmp_path / "again.lance")
+    write_vectors(first, x, max_rows_per_file=1000)
+    shutil.copytree(first, again)
+    build = dli.create_index(first, "vector", "IVF_HNSW_FLAT", num_partitions=4, m=8, seed=0, client=cluster_client,
                              compute=False)
-    uuid = build.plan.segment_uuid(0)
+    plan, options = ENGINES[build.plan.engine].prepare(dataclasses.replace(build.plan, uri=again), None)
+    retried = build_graph(plan, given_model(), engine_options=options)
+    with get_task_stream(cluster_client) as stream:
+        build.compute()
+    keys = sorted({t["key"] for t in stream.data if str(t["key"]).startswith("dli-graphs-")})
+    assert keys, "the build ran no graph tasks on the cluster"
 
     def earlier_attempt():
         raise RuntimeError("an earlier attempt's graph task")
 
-    # the keys an attempt's graph tasks had before they were its own
-    held = [cluster_client.submit(earlier_attempt, key=f"dli-graphs-{uuid}-{i}", pure=False) for i in range(4)]
+    held = [cluster_client.submit(earlier_attempt, key=k, pure=False) for k in keys]
     wait(held)
     assert all(f.status == "error" for f in held)
-    build.compute()
-    seg, = lance.dataset(uri).describe_indices()[0].segments
-    assert seg.uuid == uuid
-    found = search(lance.dataset(uri), "vector", x[:50], 10, nprobes=4)[0]
+    retried.compute()
+    seg, = lance.dataset(again).describe_indices()[0].segments
+    assert seg.uuid == build.plan.segment_uuid(0)
+    found = search(lance.dataset(again), "vector", x[:50], 10, nprobes=4)[0]
     assert recall_at_k(found, exact_knn(x, x[:50], 10, "l2")) > 0.9
 
 

@@ -102,7 +102,7 @@ def test_same_seed_gives_the_same_index_on_any_scheduler(tmp_path, vectors, quer
 
 @pytest.mark.parametrize("index_type, capped", [("IVF_PQ", True), ("IVF_HNSW_PQ", True), ("IVF_FLAT", False)])
 def test_the_plan_says_when_lance_would_train_fewer_partitions(tmp_path, index_type, capped):
-    """Lance trains at most rows // 256 partitions for PQ types; the plan names Lance's number,
+    """Lance trains at most rows // 256 partitions for PQ types (and at most 4,096); the plan names Lance's number,
     checked against Lance's own build, and ours keeps every partition asked for."""
     x = make_vectors(9000, 16, num_clusters=50, seed=1)
     kw = {"num_sub_vectors": 4} if "PQ" in index_type else {}

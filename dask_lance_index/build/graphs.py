@@ -8,7 +8,7 @@ rest). Built one by one in that task, they use one worker whatever the cluster's
 So when the build is the plan's only task and runs on a ``dask.distributed`` worker of
 a cluster with more than one worker thread, it writes the rows first, then hands runs of
 partitions (about :data:`GRAPH_TASK_ROWS` rows each) to graph tasks
-(:class:`PartitionGraphs`, keys ``dli-graphs-<segment>-<run>``) on any worker, itself
+(:class:`PartitionGraphs`, keys ``dli-graphs-<segment>-<attempt>-<run>``) on any worker, itself
 seceded from its thread meanwhile (``distributed.worker_client``). A graph task reads its
 rows back from the written ``auxiliary.idx`` (nothing large travels in the graph) and
 returns their graphs; the build task writes them in partition order as they come, with at

@@ -50,7 +50,7 @@ HNSW_MAX_LEVEL = 7
 HNSW_CANDIDATES = 40
 # Nodes whose distances to a level's nodes are held at once (SLICE x n float32).
 _SLICE_CELLS = 1 << 22
-# Candidate rows a pruning slice gathers at once (float32: 64 MB).
+# Floats of candidate rows a pruning slice gathers at once (64 MB).
 _PRUNE_CELLS = 1 << 24
 # Nodes of a level past which each node's candidates come from its nearest groups of nodes,
 # not from every node (_grouped_candidates): groups of about _GROUP_ROWS, each node in its

@@ -27,7 +27,8 @@ from .fragments import (
 from .merges import MergePlan, merge_depth, plan_merges
 from .params import IndexParams, training_sample_size
 
-__all__ = ["IndexPlan", "graphs_built_twice", "held_row_bytes", "make_plan", "model_parts_to_train", "segment_uuid"]
+__all__ = ["IndexPlan", "graphs_built_twice", "held_row_bytes", "lance_pq_partitions", "make_plan",
+           "model_parts_to_train", "segment_uuid"]
 
 _UUID_NAMESPACE = uuidlib.UUID("6f1c2a4e-3d7b-4c1e-9a8f-d1a5c0e11de0")
 
@@ -42,7 +43,7 @@ def segment_uuid(build_id: str, task: int) -> str:
 # Lance's create_index trains at most rows // 256 partitions for its PQ index types, from a
 # sample of at most 2**20 rows: 3,906 at 1M rows, 4,096 from 1,048,576 rows on, whatever
 # num_partitions asks (it logs "training N of the M requested IVF partitions"; measured at 1M,
-# 2M, 3M and 4M rows). IVF_FLAT, IVF_SQ keep all.
+# 2M, 3M and 4M rows, at 128-d and 32-d). IVF_FLAT, IVF_SQ keep all.
 LANCE_PQ_ROWS_PER_PARTITION = 256
 LANCE_PQ_SAMPLE_ROWS = 2**20
 
@@ -51,6 +52,7 @@ def lance_pq_partitions(num_rows: int) -> int:
     """The partitions Lance's own ``create_index`` trains for a PQ type on ``num_rows`` rows,
     whatever ``num_partitions`` asks beyond it. Pure."""
     return max(1, min(num_rows, LANCE_PQ_SAMPLE_ROWS) // LANCE_PQ_ROWS_PER_PARTITION)
+
 # Most bytes of rows one IVF_FLAT task of the precomputed engine holds before it writes
 # its segment (its tasks are planned at most this large: 2M rows at 128-d, 262k at 1024-d).
 FLAT_TASK_BYTES = 2**30
@@ -260,10 +262,11 @@ def make_plan(
             + " (ivf_training='flat': Lance's flat k-means and exact assignment)"
         )
     total_rows = sum(f.num_rows for f in fragments)
-    if "PQ" in params.index_type and "ivf_centroids" in train and params.num_partitions > lance_pq_partitions(total_rows):
+    lance_trains = lance_pq_partitions(total_rows)
+    if "PQ" in params.index_type and "ivf_centroids" in train and params.num_partitions > lance_trains:
         notes.append(
             f"all {params.num_partitions} partitions are trained as asked; Lance's own create_index would train "
-            f"only {lance_pq_partitions(total_rows)} for {params.index_type} on {total_rows} rows "
+            f"only {lance_trains} for {params.index_type} on {total_rows} rows "
             f"({LANCE_PQ_ROWS_PER_PARTITION} sample rows per partition, at most {LANCE_PQ_SAMPLE_ROWS} sample rows), "
             "so compare the two at that num_partitions"
         )
