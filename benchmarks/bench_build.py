@@ -194,23 +194,28 @@ def evaluate_all(uris: list[str], q: np.ndarray, truth: np.ndarray) -> list[tupl
         timed_search(ds, "vector", q[:WARM_QUERIES], 10, nprobes=10, id_column="id")
     out = [{} for _ in uris]
     for nprobes, refine in CONFIGS:
-        found = [np.full((len(q), 10), -1, dtype=np.int64) for _ in uris]
-        seconds = np.zeros((len(uris), len(q)))
-        for i in range(len(q)):
-            for j in np.roll(np.arange(len(uris)), -i):
-                ids, s = timed_search(datasets[j], "vector", q[i : i + 1], 10, nprobes=nprobes, refine_factor=refine,
-                                      id_column="id")
-                found[j][i], seconds[j, i] = ids[0], s[0]
+        found, seconds = _side_by_side(datasets, q, nprobes=nprobes, refine_factor=refine, id_column="id")
         for j in range(len(uris)):
             out[j][f"np{nprobes}{'r' if refine else ''}"] = (recall_at_k(found[j], truth), seconds[j].mean() * 1000)
     # the same queries at nprobes 20 again, every partition they probe read before, for row
     # ids only: the index's own search, warm, without the read of the rows found (ms/q's
     # queries read their id column)
-    warm = np.zeros(len(uris))
+    _, warm = _side_by_side(datasets, q, nprobes=20)
+    return [(figures, w * 1000) for figures, w in zip(out, warm.mean(axis=1))]
+
+
+def _side_by_side(datasets: list, q: np.ndarray, **search) -> tuple[list, np.ndarray]:
+    """Each query on every index in turn, the order turning from query to query: each
+    index's ids ``(queries, 10)`` and the seconds ``(indexes, queries)``."""
+    from dask_lance_index.evaluation import timed_search
+
+    found = [np.full((len(q), 10), -1, dtype=np.int64) for _ in datasets]
+    seconds = np.zeros((len(datasets), len(q)))
     for i in range(len(q)):
-        for j in np.roll(np.arange(len(uris)), -i):
-            warm[j] += timed_search(datasets[j], "vector", q[i : i + 1], 10, nprobes=20)[1][0]
-    return [(figures, w / len(q) * 1000) for figures, w in zip(out, warm)]
+        for j in np.roll(np.arange(len(datasets)), -i):
+            ids, s = timed_search(datasets[j], "vector", q[i : i + 1], 10, **search)
+            found[j][i], seconds[j, i] = ids[0], s[0]
+    return found, seconds
 
 
 def rows_per_probe(uri: str) -> float:
