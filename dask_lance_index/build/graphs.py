@@ -56,10 +56,11 @@ class PartitionGraphs:
     max_level: int
     candidates: int
     seed: tuple
+    metric: str = "l2"  # "l2" (and cosine's unit rows) or "dot"
 
     def graph(self, partition: int, rows: np.ndarray):
         return build_hnsw(rows, m=self.m, max_level=self.max_level, seed=(*self.seed, partition),
-                          candidates=self.candidates)
+                          candidates=self.candidates, metric=self.metric)
 
     @in_bulk  # a graph task's temporaries from the heap, as the build task's (runtime.malloc)
     @one_blas_thread()  # graph tasks run side by side: one BLAS thread each (runtime.blas)

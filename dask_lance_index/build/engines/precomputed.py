@@ -44,16 +44,20 @@ from ...storage import (
 from ..graphs import PartitionGraphs
 from .base import Engine, SegmentTask
 
-__all__ = ["HNSW_WRITTEN", "PrecomputedEngine", "graphs_left_to_lance", "writes_codes"]
+__all__ = ["DOT_GRAPH_ROWS", "HNSW_WRITTEN", "PrecomputedEngine", "graphs_left_to_lance", "writes_codes"]
 
 # HNSW types whose graphs we build (model.hnsw) and whose segment files we write (under l2
 # and cosine, and rows that one task holds: graphs_left_to_lance).
 HNSW_WRITTEN = ("IVF_HNSW_FLAT", "IVF_HNSW_SQ", "IVF_HNSW_PQ")
+# Rows a partition, on average, past which Lance builds the dot-metric graphs: ours compare
+# each node with every node of its partition, Lance's inserts with a few hundred.
+DOT_GRAPH_ROWS = 8192
 
 
 def graphs_left_to_lance(params, num_rows: int | None, dimension: int | None = None) -> bool:
-    """Whether an HNSW index's graphs are left to Lance: under the dot metric (our graphs
-    under dot searched worse than Lance's: docs/benchmarks.md), or when the one
+    """Whether an HNSW index's graphs are left to Lance: IVF_HNSW_PQ under the dot metric;
+    IVF_HNSW_FLAT and IVF_HNSW_SQ under dot past :data:`DOT_GRAPH_ROWS` rows a partition
+    (our dot graphs compare each node with every node of its partition); or when the one
     task that builds the segment would hold more than
     :data:`~dask_lance_index.plan.index_plan.FLAT_TASK_BYTES` of rows (it holds every row
     until it writes them grouped by partition). Engine ``"auto"`` then builds IVF_HNSW_FLAT
@@ -61,10 +65,12 @@ def graphs_left_to_lance(params, num_rows: int | None, dimension: int | None = N
     codes to Lance. Pure."""
     if params.index_type not in HNSW_WRITTEN:
         return False
-    if params.metric not in ("l2", "cosine"):
+    if params.metric == "dot" and params.quantizer == "PQ":
         return True
     if num_rows is None:
         return False
+    if params.metric == "dot" and num_rows > DOT_GRAPH_ROWS * params.num_partitions:
+        return True
     if params.quantizer == "PQ":  # ids and a byte a sub-vector
         held = 12 + (params.num_sub_vectors or dimension or 0)
     else:
@@ -85,13 +91,13 @@ def writes_codes(params) -> bool:
     written in Lance's layout; Lance's dot-metric RaBitQ stores other factors), and
     IVF_SQ (segments written in Lance's layout with the model's shared bounds, so
     that they merge), IVF_FLAT (the rows themselves, in Lance's layout), and
-    IVF_HNSW_FLAT and IVF_HNSW_SQ under l2 or cosine (those, with the graphs we build)."""
+    IVF_HNSW_FLAT and IVF_HNSW_SQ (those, with the graphs we build)."""
     if params.quantizer == "PQ":
         return params.num_bits == 8
     if params.index_type in ("IVF_SQ", "IVF_FLAT"):
         return True
     if params.index_type in ("IVF_HNSW_FLAT", "IVF_HNSW_SQ"):
-        return params.metric in ("l2", "cosine")
+        return True
     return params.index_type == "IVF_RQ" and params.metric in ("l2", "cosine")
 
 
@@ -101,9 +107,9 @@ class PrecomputedEngine(Engine):
     def refuses(self, params) -> str | None:
         if writes_codes(params):
             return None
-        return (f"engine='precomputed' needs an 8-bit PQ index type (IVF_PQ or IVF_HNSW_PQ), IVF_FLAT, IVF_SQ, or "
-                f"IVF_RQ, IVF_HNSW_FLAT or IVF_HNSW_SQ under l2 or cosine; Lance encodes {params.index_type} ({params.metric}) "
-                "itself")
+        return (f"engine='precomputed' needs an 8-bit PQ index type (IVF_PQ or IVF_HNSW_PQ), IVF_FLAT, IVF_SQ, "
+                f"IVF_HNSW_FLAT, IVF_HNSW_SQ, or IVF_RQ under l2 or cosine; Lance encodes {params.index_type} "
+                f"({params.metric}) itself")
 
     def build_segment(self, plan, task, model, storage_options=None, options=None, upstream=None) -> SegmentResult:
         seg = SegmentTask(plan, task, model, storage_options)
@@ -213,8 +219,12 @@ def _write_files(seg: SegmentTask, codes: dict, common: dict, whole: bool) -> li
     if params.index_type in HNSW_WRITTEN:
         m, ef_construction, max_level = _hnsw_settings(params)
         seed = plan.seed if plan.seed is not None else 0
-        graphs = PartitionGraphs(m=m, max_level=max_level, candidates=min(ef_construction, HNSW_CANDIDATES),
-                                 seed=(seed, seg.task))
+        if params.metric == "dot":  # a node's candidates: its ef_construction largest products (model.hnsw)
+            graphs = PartitionGraphs(m=m, max_level=max_level, candidates=ef_construction, seed=(seed, seg.task),
+                                     metric="dot")
+        else:
+            graphs = PartitionGraphs(m=m, max_level=max_level, candidates=min(ef_construction, HNSW_CANDIDATES),
+                                     seed=(seed, seg.task))
         # the graphs as tasks on every worker only when no other build task shares the cluster
         build_graphs = graphs.builder(fan_out=plan.num_tasks == 1)
         return write_hnsw_segment(plan.uri, seg.uuid, index_type=params.index_type, values=codes["codes"],
