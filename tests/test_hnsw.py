@@ -27,7 +27,7 @@ from dask_lance_index.build.graphs import graph_runs
 from dask_lance_index.datagen import make_vectors, write_vectors
 from dask_lance_index.evaluation import exact_knn, recall_at_k, search
 from dask_lance_index.graph import build_graph
-from dask_lance_index.model import build_hnsw
+from dask_lance_index.model import build_hnsw, hnsw
 from dask_lance_index.model.hnsw import node_levels
 from dask_lance_index.storage import StoredRows
 
@@ -91,8 +91,6 @@ def test_graphs_of_few_candidates(m, candidates):
 def test_candidates_hold_long_edges_that_the_graph_keeps():
     """Each node's candidates are its nearest but _LONG_EDGES and that many random nodes,
     at exact distances; some of those long edges survive the pruning into level 0."""
-    from dask_lance_index.model import hnsw
-
     x = make_vectors(3000, 16, num_clusters=20, seed=4)
     n, k = len(x), 40
     sq = np.einsum("ij,ij->i", x, x)
@@ -120,8 +118,6 @@ def test_candidates_hold_long_edges_that_the_graph_keeps():
 def test_large_levels_take_candidates_from_their_nearest_groups():
     """Past HNSW_BLOCK_ROWS nodes, a node's candidates are its nearest among the groups it
     is near: nearly all of its exact nearest, each candidate's distance exact."""
-    from dask_lance_index.model import hnsw
-
     x = make_vectors(12000, 32, num_clusters=30, seed=6)
     sq = np.einsum("ij,ij->i", x, x)
     found = {}
@@ -143,9 +139,12 @@ def test_large_levels_take_candidates_from_their_nearest_groups():
     assert len(x) > hnsw.HNSW_BLOCK_ROWS  # build_hnsw takes this path for such a level
 
 
-def test_equal_rows_hang_below_one_another_and_every_node_is_reached():
+@pytest.mark.parametrize("metric", ["l2", "dot"])
+def test_equal_rows_hang_below_one_another_and_every_node_is_reached(metric):
     """Copies of a row (duplicates, colliding PQ codes) are reached from the entry point and
-    reach it, with their row's neighbours; the distinct rows' graph is the one they make alone."""
+    reach it, with their row's neighbours; the distinct rows' graph is the one they make alone.
+    Each edge carries the metric's distance: squared l2, or Lance's dot distance ``1 - x.y``
+    (the copies' edges too: not 0)."""
     from scipy.sparse import csgraph, csr_matrix
 
     rng = np.random.default_rng(0)
@@ -154,12 +153,16 @@ def test_equal_rows_hang_below_one_another_and_every_node_is_reached():
     x = np.concatenate([distinct, np.repeat(distinct[:1], 300, axis=0), np.repeat(distinct[1:6], 40, axis=0),
                         distinct[7:8], distinct[9:10]])[rng.permutation(2502)]
     m, max_level = 6, 4
-    graph = build_hnsw(x, m=m, max_level=max_level, seed=3)
+    graph = build_hnsw(x, m=m, max_level=max_level, seed=3, metric=metric,
+                       candidates=hnsw.HNSW_DOT_CANDIDATES if metric == "dot" else hnsw.HNSW_CANDIDATES)
     for level, (nodes, offsets, neighbours, dist) in enumerate(graph.levels):
         sizes = np.diff(offsets)
         owner = np.repeat(nodes, sizes)
         assert sizes.max() <= (2 * m if level == 0 else m) + 2 and not np.any(owner == neighbours)
-        np.testing.assert_allclose(dist, ((x[owner] - x[neighbours]) ** 2).sum(axis=1), rtol=1e-3, atol=1e-3)
+        if metric == "dot":
+            np.testing.assert_allclose(dist, 1 - (x[owner] * x[neighbours]).sum(axis=1), rtol=1e-3, atol=1e-3)
+        else:
+            np.testing.assert_allclose(dist, ((x[owner] - x[neighbours]) ** 2).sum(axis=1), rtol=1e-3, atol=1e-3)
         local = {v: i for i, v in enumerate(nodes)}
         a = csr_matrix((np.ones(len(owner)), ([local[v] for v in owner], [local[v] for v in neighbours])),
                        shape=(len(nodes), len(nodes)))
@@ -182,8 +185,68 @@ def test_equal_rows_hang_below_one_another_and_every_node_is_reached():
     assert checked == 502
 
 
+def test_clusters_without_an_edge_between_them_are_all_joined():
+    """_connect joins every cluster of a graph that has none between them (300 clusters of 10
+    nodes, each node linked to its cluster's others): one edge each way per cluster but the
+    entry's, from the cluster's node nearest the joined ones, and no list past its cap + 1."""
+    from scipy.sparse import csgraph, csr_matrix
+
+    rng = np.random.default_rng(5)
+    centres = rng.normal(0, 10, (300, 16)).astype(np.float32)
+    x = (np.repeat(centres, 10, axis=0) + rng.normal(0, 0.1, (3000, 16))).astype(np.float32)
+    cluster = np.repeat(np.arange(300), 10)
+    src, dst = np.nonzero((cluster[:, None] == cluster[None, :]) & ~np.eye(3000, dtype=bool))
+    sq = np.einsum("ij,ij->i", x, x)
+    dist = ((x[src] - x[dst]) ** 2).sum(axis=1).astype(np.float32)
+    cap = 10
+    for dot in (False, True):
+        s2, d2, dd = hnsw._connect(x, sq, src, dst, dist, cap, entry=0, dot=dot)
+        graph = csr_matrix((np.ones(len(s2)), (s2, d2)), shape=(3000, 3000))
+        count, _ = csgraph.connected_components(graph, directed=True, connection="strong")
+        assert count == 1
+        added = len(s2) - len(src)
+        assert added == 2 * 299, added  # a pair for each cluster, none twice
+        assert np.bincount(s2, minlength=3000).max() <= cap + 1
+        assert (np.diff(s2) >= 0).all()
+        new = np.ones(len(s2), bool)
+        new[:len(src)] = False  # the kept edges' distances unchanged, the new ones the metric's
+        pairs = set(zip(src.tolist(), dst.tolist()))
+        is_new = np.array([(a, b) not in pairs for a, b in zip(s2.tolist(), d2.tolist())])
+        want = 1 - (x[s2] * x[d2]).sum(axis=1) if dot else ((x[s2] - x[d2]) ** 2).sum(axis=1)
+        np.testing.assert_allclose(dd[is_new], want[is_new], rtol=1e-3, atol=1e-2)
+        # each new edge joins two clusters, at the pair nearest to the joined part
+        assert (cluster[s2[is_new]] != cluster[d2[is_new]]).all()
+
+
+def test_dot_pruning_is_lances_rule():
+    """_prune_dot, which computes products only as candidates are kept, keeps what Lance's rule
+    keeps (a candidate is kept unless a kept one has a larger product with it than the node
+    has), computed here in full for each node, then the largest dropped up to ``fill``."""
+    rng = np.random.default_rng(2)
+    x = (rng.normal(0, 1, (600, 24)) * rng.uniform(0.5, 3, (600, 1))).astype(np.float32)
+    k, cap, fill = 60, 12, 8
+    ip = x @ x.T
+    np.fill_diagonal(ip, -np.inf)
+    cand = np.argsort(-ip, axis=1)[:, :k]
+    cip = np.take_along_axis(ip, cand, axis=1)
+    cip[::7, -5:] = -np.inf  # padding
+    keep = hnsw._prune_dot(cip, cand, x, cap, fill)
+    for i in range(len(x)):
+        kept, dropped = [], []
+        for j in range(k):
+            if not np.isfinite(cip[i, j]) or len(kept) >= cap:
+                continue
+            if all(cip[i, j] > x[cand[i, j]] @ x[cand[i, s]] for s in kept):
+                kept.append(j)
+            else:
+                dropped.append(j)
+        want = sorted(kept + dropped[: max(fill - len(kept), 0)])
+        assert np.flatnonzero(keep[i]).tolist() == want, i
+    assert 1 < keep.sum(axis=1).mean() < cap
+
+
 @pytest.mark.parametrize("index_type, metric", [("IVF_HNSW_FLAT", "l2"), ("IVF_HNSW_SQ", "l2"),
-                                                ("IVF_HNSW_FLAT", "cosine")])
+                                                ("IVF_HNSW_FLAT", "cosine"), ("IVF_HNSW_FLAT", "dot")])
 def test_our_graphs_search_as_well_as_lances(tmp_path, index_type, metric):
     x = make_vectors(20000, 32, num_clusters=60, seed=7)
     rng = np.random.default_rng(3)

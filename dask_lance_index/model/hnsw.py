@@ -427,7 +427,8 @@ def _connect(vectors, sq, src, dst, dist, cap: int, entry: int, dot: bool = Fals
     0.985 at ef 200 against Lance's 1.000). Each round, every cluster apart from the
     entry's gets an edge each way it lacks between its node nearest to the entry's cluster
     and that nearest node, one with room in its list (a list never holds a node twice,
-    and a node takes no more new edges in a round than it has room for). One cluster a
+    and a node takes no more new edges in a round than it has room for; when no joined
+    list has room, the least full ones get one more). One cluster a
     round, as this was before, took minutes on graphs of thousands of clusters (under the
     dot metric, or without the long edges); at most tens of rounds are needed now.
     Nearest is by squared l2 distance, or under ``dot`` by largest inner product.
@@ -440,9 +441,10 @@ def _connect(vectors, sq, src, dst, dist, cap: int, entry: int, dot: bool = Fals
         if joined.all():
             return src, dst, dist
         degree = np.bincount(src, minlength=n)
-        room = np.flatnonzero(joined & (degree < cap))
-        if not len(room):
-            room = np.flatnonzero(joined)
+        # lists of up to `cap`; past it by as little as it takes when every joined list is
+        # full (as on levels above 0, filled to m = cap: all would go to one node under dot)
+        limit = max(cap, int(degree[joined].min()) + 1)
+        room = np.flatnonzero(joined & (degree < limit))
         lost = np.flatnonzero(~joined)
         near = np.empty(len(lost), np.int64)
         near_dist = np.empty(len(lost), np.float32)
@@ -467,7 +469,7 @@ def _connect(vectors, sq, src, dst, dist, cap: int, entry: int, dot: bool = Fals
         order = np.argsort(r, kind="stable")
         u, r, du = u[order], r[order], du[order]
         within = np.arange(len(r)) - np.searchsorted(r, r)  # rank among this round's pairs at r
-        fits = within < np.maximum(cap - degree[r], 1)
+        fits = within < limit - degree[r]
         u, r, du = u[fits], r[fits], du[fits]
         if not dot:
             du = np.maximum(du, 0)
