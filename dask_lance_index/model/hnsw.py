@@ -20,9 +20,16 @@ nodes it is nearest (:func:`_grouped_candidates`), so that a node's cost stops g
 with its partition while Lance's grows with its logarithm. Equal rows are built once and
 their copies hung below them (:func:`_level_graph`).
 
+Under the dot metric (:func:`_distinct_dot_graph`) a node's candidates are its
+:data:`HNSW_DOT_CANDIDATES` largest inner products, pruned by Lance's own rule on its
+distance ``1 - x.y``; a list that the reverse edges overfill is pruned again and filled
+to its cap, as Lance's inserts leave it. Nearest neighbours by inner product are rows of
+large norm, so the l2 construction's tools (few candidates, long edges, relaxed pruning)
+do not carry over: docs/benchmarks.md has what was measured.
+
 The graph is what Lance's search reads (:func:`dask_lance_index.storage.write_hnsw_segment`):
 node ids are row positions in the partition's stored rows, neighbour ids are node ids
-on every level, and each list comes with its squared l2 distances.
+on every level, and each list comes with its distances (squared l2, or ``1 - x.y``).
 """
 
 from __future__ import annotations

@@ -5,8 +5,8 @@ them (:class:`dask_lance_index.model.PQEncoder`,
 :class:`dask_lance_index.model.RQEncoder`: Lance takes no RaBitQ codes at all)
 and writes the segment's two files itself in Lance's layout
 (:mod:`dask_lance_index.storage.segment_files`); Lance then merges and commits
-them as its own. IVF_HNSW_FLAT, IVF_HNSW_SQ and IVF_HNSW_PQ (l2, cosine): as IVF_FLAT, IVF_SQ and IVF_PQ,
-and the task also builds each partition's graph (:mod:`dask_lance_index.model.hnsw`; on a
+them as its own. IVF_HNSW_FLAT, IVF_HNSW_SQ and IVF_HNSW_PQ (l2, cosine; IVF_HNSW_FLAT under dot
+too): as IVF_FLAT, IVF_SQ and IVF_PQ, and the task also builds each partition's graph (:mod:`dask_lance_index.model.hnsw`; on a
 cluster as graph tasks on every worker, :mod:`dask_lance_index.build.graphs`) and writes it
 (:mod:`dask_lance_index.storage.hnsw_segment`). IVF_HNSW_PQ whose graphs Lance builds
 (the dot metric, or more rows than one task holds: :func:`graphs_left_to_lance`): the codes
