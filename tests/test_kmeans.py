@@ -39,9 +39,11 @@ def test_assign_is_the_nearest_centroid(x):
     np.testing.assert_allclose(dists, wd, rtol=1e-3, atol=1e-3)
 
 
-@pytest.mark.parametrize("cols,top", [(4000, 40), (1300, 40), (900, 48), (200, 40), (50, 1), (40, 40)])
-def test_smallest_first_is_the_sorted_smallest_on_every_path(cols, top):
-    """Wide rows select through a sampled threshold; rows it lets too few or too many
+@pytest.mark.parametrize("cols,top,wide", [(4000, 40, None), (1300, 40, None), (900, 48, None), (200, 40, None),
+                                           (50, 1, None), (40, 40, None), (4000, 150, 16), (2400, 150, 16)])
+def test_smallest_first_is_the_sorted_smallest_on_every_path(cols, top, wide):
+    """Wide rows select through a sampled threshold (from ``wide`` columns a wanted value,
+    32 by default, 16 for the dot graphs' 150 candidates); rows it lets too few or too many
     values through fall back to argpartition. Every row must still be exact."""
     rng = np.random.default_rng(cols + top)
     values = rng.standard_normal((300, cols)).astype(np.float32)
@@ -51,7 +53,7 @@ def test_smallest_first_is_the_sorted_smallest_on_every_path(cols, top):
     values[2, :] = np.linspace(0, 1, cols)[::-1]  # the smallest at the end of the row
     values[3, :] = 1e6  # the sampled columns far smaller than the rest: too few through
     values[3, ::8] = np.arange(len(values[3, ::8]))
-    got = smallest_first(values, top)
+    got = smallest_first(values, top, wide=wide)
     want = np.argsort(values, axis=1, kind="stable")[:, :top]
     assert got.shape == (300, top)
     # the same values in the same order; the same columns wherever there is no tie at the cut

@@ -77,12 +77,13 @@ class _Scratch:
         return scipy.sparse.csr_matrix((self.ones[:rows], self.keys[:rows], self.indptr[: rows + 1]), shape=(rows, cols))
 
 
-def smallest_first(values: np.ndarray, top: int) -> np.ndarray:
+def smallest_first(values: np.ndarray, top: int, wide: int | None = None) -> np.ndarray:
     """The columns of each row's ``top`` smallest values, smallest first (ties in column
     order; which of a tie at the ``top``-th value is kept is unspecified): the ``top``
-    found (:func:`_smallest_unordered`), then sorted."""
+    found (:func:`_smallest_unordered`; rows of at least ``wide`` columns a wanted value
+    select through a sampled threshold), then sorted."""
     if top < values.shape[1]:
-        part = _smallest_unordered(values, top)
+        part = _smallest_unordered(values, top, wide or _SAMPLED_WIDTH)
         part.sort(axis=1)  # column order, which the stable sort below keeps among ties
     else:
         part = np.broadcast_to(np.arange(values.shape[1]), values.shape).copy()
@@ -97,7 +98,7 @@ _SAMPLED_WIDTH = 32
 _SAMPLED_SPARE = 3
 
 
-def _smallest_unordered(values: np.ndarray, top: int) -> np.ndarray:
+def _smallest_unordered(values: np.ndarray, top: int, wide: int = _SAMPLED_WIDTH) -> np.ndarray:
     """The columns of each row's ``top`` smallest values, in no order; ``top`` less than
     the number of columns.
 
@@ -108,9 +109,9 @@ def _smallest_unordered(values: np.ndarray, top: int) -> np.ndarray:
     take ``argpartition`` of the whole row: the result is exact either way.
     """
     rows, cols = values.shape
-    if cols < _SAMPLED_WIDTH * top or rows == 0:
+    if cols < wide * top or rows == 0:
         return np.argpartition(values, top - 1, axis=1)[:, :top]
-    stride = _SAMPLED_WIDTH // 4  # a sample of an eighth of the columns
+    stride = wide // 4  # a sample of a quarter of the wanted share of the columns (an eighth by default)
     sample = values[:, ::stride]
     rank = min(sample.shape[1] - 1, -(-_SAMPLED_SPARE * top // stride))
     threshold = np.partition(sample, rank, axis=1)[:, rank]
