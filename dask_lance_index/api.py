@@ -300,7 +300,9 @@ def create_index(
         ``"auto"``: ``"precomputed"`` for 8-bit PQ types, IVF_FLAT, IVF_SQ, and
         IVF_RQ, IVF_HNSW_FLAT and IVF_HNSW_SQ under l2 and cosine (the last two
         while the rows are at most 1 GiB, which the one build task holds), and
-        IVF_HNSW_FLAT under dot up to 8,192 rows a partition on average,
+        IVF_HNSW_FLAT under dot up to 8,192 rows a partition on average (an
+        explicit ``"precomputed"`` builds those dot graphs at any size, each node
+        compared with every node of its partition: slower than Lance past that),
         ``"partitions"`` otherwise.
         ``"artifact"`` (8-bit PQ types): the workers encode into a partition
         artifact in Lance's upstream layout (a shuffle by bucket), which is

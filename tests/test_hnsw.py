@@ -218,10 +218,35 @@ def test_clusters_without_an_edge_between_them_are_all_joined():
         assert (cluster[s2[is_new]] != cluster[d2[is_new]]).all()
 
 
-def test_dot_pruning_is_lances_rule():
-    """_prune_dot, which computes products only as candidates are kept, keeps what Lance's rule
-    keeps (a candidate is kept unless a kept one has a larger product with it than the node
-    has), computed here in full for each node, then the largest dropped up to ``fill``."""
+@pytest.mark.parametrize("dot", [False, True])
+def test_full_lists_still_get_every_node_joined(dot):
+    """When every joined list is full (as on the levels above 0), _connect lets the least full
+    take one more a round rather than stop: 3 nodes linked to one another, 57 more each
+    pointing at two of them with full lists of 2, none pointed at."""
+    from scipy.sparse import csgraph, csr_matrix
+
+    rng = np.random.default_rng(7)
+    x = rng.normal(0, 1, (60, 8)).astype(np.float32)
+    src = [0, 0, 1, 1, 2, 2] + [i for i in range(3, 60) for _ in range(2)]
+    dst = [1, 2, 0, 2, 0, 1] + [j for _ in range(3, 60) for j in (0, 1)]
+    src, dst = np.array(src), np.array(dst)
+    sq = np.einsum("ij,ij->i", x, x)
+    s2, d2, _ = hnsw._connect(x, sq, src, dst, np.zeros(len(src), np.float32), 2, entry=0, dot=dot)
+    graph = csr_matrix((np.ones(len(s2)), (s2, d2)), shape=(60, 60))
+    assert csgraph.connected_components(graph, directed=True, connection="strong")[0] == 1
+    assert len(set(zip(s2.tolist(), d2.tolist()))) == len(s2)  # no edge twice
+    assert 57 <= len(s2) - len(src) <= 2 * 57  # a pair for each lost node, less the edges it had
+    assert (np.bincount(d2, minlength=60)[3:] >= 1).all()  # each pointed at now
+    # past the cap by one each round the joined lists were all full (twice here), not by 57
+    assert np.bincount(s2, minlength=60).max() <= 2 + 2
+
+
+@pytest.mark.parametrize("whole", [False, True])
+def test_dot_pruning_is_lances_rule(whole):
+    """_prune_dot, which computes products only as candidates are kept (or looks them up in
+    the level's products held ``whole``), keeps what Lance's rule keeps (a candidate is kept
+    unless a kept one has a larger product with it than the node has), computed here in full
+    for each node, then the largest dropped up to ``fill``."""
     rng = np.random.default_rng(2)
     x = (rng.normal(0, 1, (600, 24)) * rng.uniform(0.5, 3, (600, 1))).astype(np.float32)
     k, cap, fill = 60, 12, 8
@@ -230,7 +255,7 @@ def test_dot_pruning_is_lances_rule():
     cand = np.argsort(-ip, axis=1)[:, :k]
     cip = np.take_along_axis(ip, cand, axis=1)
     cip[::7, -5:] = -np.inf  # padding
-    keep = hnsw._prune_dot(cip, cand, x, cap, fill)
+    keep = hnsw._prune_dot(cip, cand, x, cap, fill, gram=x @ x.T if whole else None)
     for i in range(len(x)):
         kept, dropped = [], []
         for j in range(k):

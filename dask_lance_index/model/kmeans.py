@@ -111,7 +111,7 @@ def _smallest_unordered(values: np.ndarray, top: int, wide: int = _SAMPLED_WIDTH
     rows, cols = values.shape
     if cols < wide * top or rows == 0:
         return np.argpartition(values, top - 1, axis=1)[:, :top]
-    stride = wide // 4  # a sample of a quarter of the wanted share of the columns (an eighth by default)
+    stride = max(1, wide // 4)  # a sample of a quarter of the wanted share of the columns (an eighth by default)
     sample = values[:, ::stride]
     rank = min(sample.shape[1] - 1, -(-_SAMPLED_SPARE * top // stride))
     threshold = np.partition(sample, rank, axis=1)[:, rank]
