@@ -243,7 +243,7 @@ def _level_graph(vectors: np.ndarray, cap: int, fill: int, candidates: int, entr
     (a partition of 3,114 PQ-coded rows, 811 of them copies, took 4.0 s against 0.16 s
     for its rows themselves). So the graph is built on the distinct rows; each row's
     copies then hang below it in a binary tree (a node links to its two children, at
-    distance 0: a search reaches every copy), and each copy's list is its children, the
+    distance 0 under l2: a search reaches every copy), and each copy's list is its children, the
     row, and the row's own neighbours, up to ``cap``. A row with copies holds up to
     ``cap + 2`` neighbours (Lance reads lists of up to ``4 m``)."""
     n = len(vectors)
@@ -270,10 +270,12 @@ def _level_graph(vectors: np.ndarray, cap: int, fill: int, candidates: int, entr
     lengths = np.diff(offsets)[local]
     take = np.minimum(lengths, np.maximum(cap - 1 - children, 0))
     at = np.repeat(offsets[local], take) + np.arange(take.sum()) - np.repeat(np.cumsum(take) - take, take)
-    zeros = np.zeros(len(copies), np.float32)
+    # a row to its copy: 0 under l2, Lance's 1 - |x|^2 under dot
+    same = (1 - np.einsum("ij,ij->i", vectors[copies], vectors[copies])).astype(np.float32) if dot else \
+        np.zeros(len(copies), np.float32)
     src = np.concatenate([np.repeat(reps, np.diff(offsets)), parent, copies, np.repeat(copies, take)])
     dst = np.concatenate([ids, copies, owner, ids[at]])
-    dd = np.concatenate([dist, zeros, zeros, dist[at]])
+    dd = np.concatenate([dist, same, same, dist[at]])
     order = np.argsort(src, kind="stable")
     return np.concatenate([[0], np.cumsum(np.bincount(src, minlength=n))]), dst[order], dd[order]
 
@@ -290,26 +292,7 @@ def _distinct_level_graph(vectors: np.ndarray, cap: int, fill: int, candidates: 
     _candidates(vectors, sq, fwd, fwd_dist)
     keep = _prune_in_slices(fwd_dist, fwd, vectors, cap, fill)
     # every kept edge also the other way; then each node's list pruned again, nearest first
-    src = np.repeat(np.arange(n), keep.sum(axis=1))
-    dst = fwd[keep]
-    dd = fwd_dist[keep]
-    a = np.concatenate([src, dst])
-    b = np.concatenate([dst, src])
-    ab_dist = np.concatenate([dd, dd])
-    order = np.lexsort((b, ab_dist, a))  # by node, then distance (then id: duplicates side by side)
-    a, b, ab_dist = a[order], b[order], ab_dist[order]
-    first = np.ones(len(a), dtype=bool)
-    first[1:] = (a[1:] != a[:-1]) | (b[1:] != b[:-1])
-    a, b, ab_dist = a[first], b[first], ab_dist[first]
-    counts = np.bincount(a, minlength=n)
-    width = min(int(counts.max()), 2 * cap)  # the nearest 2 cap of a hub's lists are enough
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    rank = np.arange(len(a)) - starts[a]
-    inside = rank < width
-    cand = np.zeros((n, width), np.int64)
-    cdist = np.full((n, width), np.inf, np.float32)
-    cand[a[inside], rank[inside]] = b[inside]
-    cdist[a[inside], rank[inside]] = ab_dist[inside]
+    cand, cdist = _with_reverse_edges(n, np.repeat(np.arange(n), keep.sum(axis=1)), fwd[keep], fwd_dist[keep], cap)
     # as in Lance's inserts, a list is pruned only when the reverse edges overfill it
     keep = np.isfinite(cdist)
     over = np.flatnonzero(keep.sum(axis=1) > cap)
@@ -319,6 +302,31 @@ def _distinct_level_graph(vectors: np.ndarray, cap: int, fill: int, candidates: 
     src, dst, dist = _connect(vectors, sq, src, cand[keep], cdist[keep], cap, entry)
     offsets = np.concatenate([[0], np.cumsum(np.bincount(src, minlength=n))])
     return offsets, dst, dist
+
+
+def _with_reverse_edges(n: int, src, dst, key, cap: int):
+    """Each node's list of the edges ``src -> dst`` and of each the other way, best first
+    (smallest ``key``: a distance, or a product negated; then by id, a pair held once), at
+    most the best ``2 cap`` of a hub's: ``(cand, ckey)``, ``(n, width)``, rows padded with
+    an infinite key."""
+    a = np.concatenate([src, dst])
+    b = np.concatenate([dst, src])
+    ab_key = np.concatenate([key, key])
+    order = np.lexsort((b, ab_key, a))  # by node, then key (then id: duplicates side by side)
+    a, b, ab_key = a[order], b[order], ab_key[order]
+    first = np.ones(len(a), dtype=bool)
+    first[1:] = (a[1:] != a[:-1]) | (b[1:] != b[:-1])
+    a, b, ab_key = a[first], b[first], ab_key[first]
+    counts = np.bincount(a, minlength=n)
+    width = min(int(counts.max()), 2 * cap)  # the best 2 cap of a hub's lists are enough
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    rank = np.arange(len(a)) - starts[a]
+    inside = rank < width
+    cand = np.zeros((n, width), np.int64)
+    ckey = np.full((n, width), np.inf, np.float32)
+    cand[a[inside], rank[inside]] = b[inside]
+    ckey[a[inside], rank[inside]] = ab_key[inside]
+    return cand, ckey
 
 
 def _largest_products(vectors, fwd, fwd_ip, gram=None) -> None:
@@ -409,25 +417,8 @@ def _distinct_dot_graph(vectors: np.ndarray, cap: int, fill: int, candidates: in
     _largest_products(vectors, fwd, fwd_ip, gram)
     keep = _prune_dot_in_slices(fwd_ip, fwd, vectors, cap, fill, gram)
     # every kept edge also the other way; then each node's list, largest product first
-    src = np.repeat(np.arange(n), keep.sum(axis=1))
-    dst, w = fwd[keep], fwd_ip[keep]
-    a = np.concatenate([src, dst])
-    b = np.concatenate([dst, src])
-    ab_ip = np.concatenate([w, w])
-    order = np.lexsort((b, -ab_ip, a))
-    a, b, ab_ip = a[order], b[order], ab_ip[order]
-    first = np.ones(len(a), dtype=bool)
-    first[1:] = (a[1:] != a[:-1]) | (b[1:] != b[:-1])
-    a, b, ab_ip = a[first], b[first], ab_ip[first]
-    counts = np.bincount(a, minlength=n)
-    width = min(int(counts.max()), 2 * cap)
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    rank = np.arange(len(a)) - starts[a]
-    inside = rank < width
-    cand = np.zeros((n, width), np.int64)
-    cip = np.full((n, width), -np.inf, np.float32)
-    cand[a[inside], rank[inside]] = b[inside]
-    cip[a[inside], rank[inside]] = ab_ip[inside]
+    cand, neg = _with_reverse_edges(n, np.repeat(np.arange(n), keep.sum(axis=1)), fwd[keep], -fwd_ip[keep], cap)
+    cip = -neg
     keep = np.isfinite(cip)
     over = np.flatnonzero(keep.sum(axis=1) > cap)
     if len(over):
@@ -548,19 +539,6 @@ def build_hnsw(vectors: np.ndarray, *, m: int, max_level: int, seed, candidates:
         cap = 2 * m if level == 0 else m
         offsets, ids, dist = _level_graph(vectors[nodes], cap, m, max(candidates, cap),
                                           int(np.searchsorted(nodes, entry)), dot=dot)
-        if dot:  # a row's edges to its copies are 0 under l2, 1 - |x|^2 here
-            zero = np.flatnonzero(dist == 0)
-            owners = np.repeat(np.arange(len(nodes)), np.diff(offsets))[zero]
-            dist[zero] = _dot_distances(vectors, nodes[owners], nodes[ids[zero]])
         out.append((nodes, offsets, nodes[ids], dist))
     return HnswGraph(levels=tuple(out), entry_point=entry)
 
-
-def _dot_distances(vectors, a, b) -> np.ndarray:
-    """Lance's dot distance ``1 - x.y`` of each pair of rows ``a[i], b[i]``, a slice of
-    pairs at a time."""
-    out = np.empty(len(a), np.float32)
-    step = max(1, _PRUNE_CELLS // max(1, vectors.shape[1]))
-    for lo in range(0, len(a), step):
-        out[lo : lo + step] = 1 - np.einsum("ij,ij->i", vectors[a[lo : lo + step]], vectors[b[lo : lo + step]])
-    return out

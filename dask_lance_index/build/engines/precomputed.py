@@ -222,12 +222,10 @@ def _write_files(seg: SegmentTask, codes: dict, common: dict, whole: bool) -> li
     if params.index_type in HNSW_WRITTEN:
         m, ef_construction, max_level = _hnsw_settings(params)
         seed = plan.seed if plan.seed is not None else 0
-        if params.metric == "dot":  # a node's candidates: its ef_construction largest products (model.hnsw)
-            graphs = PartitionGraphs(m=m, max_level=max_level, candidates=ef_construction, seed=(seed, seg.task),
-                                     metric="dot")
-        else:
-            graphs = PartitionGraphs(m=m, max_level=max_level, candidates=min(ef_construction, HNSW_CANDIDATES),
-                                     seed=(seed, seg.task))
+        # under dot a node's candidates are its ef_construction largest products (model.hnsw)
+        dot = params.metric == "dot"
+        graphs = PartitionGraphs(m=m, max_level=max_level, seed=(seed, seg.task), metric="dot" if dot else "l2",
+                                 candidates=ef_construction if dot else min(ef_construction, HNSW_CANDIDATES))
         # the graphs as tasks on every worker only when no other build task shares the cluster
         build_graphs = graphs.builder(fan_out=plan.num_tasks == 1)
         return write_hnsw_segment(plan.uri, seg.uuid, index_type=params.index_type, values=codes["codes"],
