@@ -79,7 +79,7 @@ CASES = {
     "zero segments": (dict(num_segments=0), dli.InvalidInputError, "num_segments=1"),
     "merge fan-in of one": (dict(num_tasks=4, merge_fan_in=1), dli.InvalidInputError, "merge_fan_in=16"),
     "unknown engine": (dict(engine="gpu"), dli.InvalidInputError, "engine"),
-    "precomputed engine for dot IVF_HNSW_SQ": (dict(index_type="IVF_HNSW_SQ", metric="dot", engine="precomputed"), dli.InvalidInputError, "engine='auto'"),
+    "precomputed engine for 4-bit IVF_PQ": (dict(index_type="IVF_PQ", num_bits=4, engine="precomputed"), dli.InvalidInputError, "engine='auto'"),
     "HNSW m of zero": (dict(index_type="IVF_HNSW_FLAT", m=0), dli.InvalidInputError, "m must be a positive int"),
     "tolerance out of range": (dict(tolerance=2.0), dli.InvalidInputError, "tolerance"),
     "zero sample rate": (dict(sample_rate=0), dli.InvalidInputError, "must be positive"),

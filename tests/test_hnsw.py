@@ -158,7 +158,8 @@ def test_equal_rows_hang_below_one_another_and_every_node_is_reached(metric):
     for level, (nodes, offsets, neighbours, dist) in enumerate(graph.levels):
         sizes = np.diff(offsets)
         owner = np.repeat(nodes, sizes)
-        assert sizes.max() <= (2 * m if level == 0 else m) + 2 and not np.any(owner == neighbours)
+        # a list of up to cap, one past it where _connect found every list full, two children
+        assert sizes.max() <= (2 * m if level == 0 else m) + 3 and not np.any(owner == neighbours)
         if metric == "dot":
             np.testing.assert_allclose(dist, 1 - (x[owner] * x[neighbours]).sum(axis=1), rtol=1e-3, atol=1e-3)
         else:
@@ -321,6 +322,35 @@ def test_our_graphs_search_as_well_as_lances(tmp_path, index_type, metric):
     sizes = [p["size"] for p in stats["indices"][0]["partitions"]]
     assert [g["level_offsets"][1] if g else 0 for g in graphs] == sizes and sum(sizes) == len(x)
     assert all(g["params"]["m"] == 16 and g["params"]["ef_construction"] == 100 for g in graphs if g)
+
+
+@pytest.mark.parametrize("dim", [32, 128])
+@pytest.mark.parametrize("index_type", ["IVF_HNSW_FLAT", "IVF_HNSW_SQ"])
+def test_dot_graphs_search_as_well_as_lances_on_the_same_partitions(tmp_path, index_type, dim):
+    """Under dot, our graphs against Lance's on the same IVF partitions (engine
+    ``"partitions"``: our partition map, Lance's graphs), so that only the graphs differ:
+    recall@10 at nprobes 4 and 16, without and with refine, 300 queries. Each partition
+    holds several clusters of unequal norms; on these, graphs of each node's largest
+    products alone (no insertion order, a hub's reverse edges cut at 2 cap before they
+    were judged) lost 0.03 to Lance's (32-d SQ rows, 128-d rows)."""
+    x = make_vectors(20000, dim, num_clusters=60, seed=7)
+    rng = np.random.default_rng(3)
+    queries = x[rng.choice(len(x), 300, replace=False)] + rng.normal(0, 0.01, (300, dim)).astype(np.float32)
+    truth = exact_knn(x, queries, 10, "dot")
+    recall = {}
+    for engine in ("precomputed", "partitions"):
+        uri = str(tmp_path / f"{engine}.lance")
+        write_vectors(uri, x, max_rows_per_file=5000)
+        build = dli.create_index(uri, "vector", index_type, num_partitions=16, metric="dot", m=16,
+                                 ef_construction=100, seed=0, engine=engine, compute=False)
+        build.compute(scheduler="sync")
+        ds = lance.dataset(uri)
+        recall[engine] = [recall_at_k(search(ds, "vector", queries, 10, nprobes=p, refine_factor=r)[0], truth)
+                          for r in (None, 5) for p in (4, 16)]
+    print("RECALL same partitions", index_type, dim, recall)
+    assert min(recall["partitions"]) > 0.9
+    for ours, theirs in zip(recall["precomputed"], recall["partitions"]):
+        assert ours >= theirs - 0.01, recall
 
 
 @pytest.mark.parametrize("metric", ["l2", "cosine"])

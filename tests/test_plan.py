@@ -176,17 +176,17 @@ def test_engine_choice():
     flat = resolve_params("IVF_FLAT", dimension=32, num_rows=1000, num_partitions=4)
     assert resolve_engine("auto", flat).name == "precomputed"  # we write IVF_FLAT segments too
     assert resolve_engine("lance", flat).name == "lance"
-    for t in ("IVF_HNSW_FLAT", "IVF_HNSW_SQ"):  # we build the graphs under l2 and cosine; under dot, IVF_HNSW_FLAT's
+    for t in ("IVF_HNSW_FLAT", "IVF_HNSW_SQ"):  # we build the graphs under every metric
         for metric in ("l2", "cosine", "dot"):
-            engine = "partitions" if (t, metric) == ("IVF_HNSW_SQ", "dot") else "precomputed"
             params = resolve_params(t, dimension=32, num_rows=1000, num_partitions=4, metric=metric)
-            assert resolve_engine("auto", params).name == engine
-            assert resolve_engine("auto", params, num_rows=1000).name == engine
-    # under dot up to DOT_GRAPH_ROWS rows a partition on average (each node is compared with
-    # every node of its partition), then Lance's
-    dot = resolve_params("IVF_HNSW_FLAT", dimension=32, num_rows=10**6, num_partitions=4, metric="dot")
-    assert resolve_engine("auto", dot, num_rows=4 * DOT_GRAPH_ROWS).name == "precomputed"
-    assert resolve_engine("auto", dot, num_rows=4 * DOT_GRAPH_ROWS + 1).name == "partitions"
+            assert resolve_engine("auto", params).name == "precomputed"
+            assert resolve_engine("auto", params, num_rows=1000).name == "precomputed"
+            assert resolve_engine("precomputed", params).name == "precomputed"
+        # under dot up to DOT_GRAPH_ROWS rows a partition on average (each node is compared
+        # with every node of its partition), then Lance's
+        dot = resolve_params(t, dimension=32, num_rows=10**6, num_partitions=4, metric="dot")
+        assert resolve_engine("auto", dot, num_rows=4 * DOT_GRAPH_ROWS).name == "precomputed"
+        assert resolve_engine("auto", dot, num_rows=4 * DOT_GRAPH_ROWS + 1).name == "partitions"
     for t in ("IVF_HNSW_FLAT", "IVF_HNSW_SQ"):
         # our graphs whatever the partitions' size (250k rows a partition here)
         params = resolve_params(t, dimension=32, num_rows=10**6, num_partitions=4)
@@ -217,11 +217,6 @@ def test_engine_choice():
         assert resolve_engine("auto", rq).name == engine
     with pytest.raises(InvalidInputError, match="under l2 or cosine; Lance encodes IVF_RQ"):
         resolve_engine("precomputed", resolve_params("IVF_RQ", dimension=32, num_rows=1000, num_partitions=4, metric="dot"))
-    with pytest.raises(InvalidInputError, match="IVF_HNSW_SQ or IVF_RQ under l2 or cosine"):
-        resolve_engine("precomputed", resolve_params("IVF_HNSW_SQ", dimension=32, num_rows=1000, num_partitions=4,
-                                                     metric="dot"))
-    dot_flat = resolve_params("IVF_HNSW_FLAT", dimension=32, num_rows=1000, num_partitions=4, metric="dot")
-    assert resolve_engine("precomputed", dot_flat).name == "precomputed"  # our dot graphs
     with pytest.raises(InvalidInputError, match="8-bit PQ"):
         resolve_engine("artifact", resolve_params("IVF_RQ", dimension=32, num_rows=1000, num_partitions=4))
     with pytest.raises(InvalidInputError, match="not one of"):

@@ -77,6 +77,10 @@ _PRUNE_ALPHA = 1.1
 # at nprobes 1, ef 15): 0.944 from 80 or 100 candidates, 0.965-0.972 from 150-300, Lance's
 # own graph 0.973.
 HNSW_DOT_CANDIDATES = HNSW_EF_CONSTRUCTION
+# Under dot, the reverse edges of a hub that a re-pruning sees: its largest products, up to
+# _DOT_REPRUNED x cap (2 x cap under l2). Those of small product are what lead from a
+# hub down to the nodes around it; cut at 2 x cap, they were never judged.
+_DOT_REPRUNED = 8
 # Products of a level's nodes held whole (float32) for the dot construction, up to 64 MB.
 _GRAM_CELLS = 1 << 24
 
@@ -244,8 +248,9 @@ def _level_graph(vectors: np.ndarray, cap: int, fill: int, candidates: int, entr
     for its rows themselves). So the graph is built on the distinct rows; each row's
     copies then hang below it in a binary tree (a node links to its two children, at
     distance 0 under l2: a search reaches every copy), and each copy's list is its children, the
-    row, and the row's own neighbours, up to ``cap``. A row with copies holds up to
-    ``cap + 2`` neighbours (Lance reads lists of up to ``4 m``)."""
+    row, and the row's own neighbours, up to ``cap``. A row with copies holds two more
+    neighbours than its own list (up to ``cap``, or a round or two past it where
+    :func:`_connect` finds every list full); Lance reads lists of up to ``4 m``."""
     n = len(vectors)
     rep = _copies_of(vectors, entry) if n > 1 else np.zeros(n, np.int64)
     distinct = _distinct_dot_graph if dot else _distinct_level_graph
@@ -304,11 +309,11 @@ def _distinct_level_graph(vectors: np.ndarray, cap: int, fill: int, candidates: 
     return offsets, dst, dist
 
 
-def _with_reverse_edges(n: int, src, dst, key, cap: int):
+def _with_reverse_edges(n: int, src, dst, key, cap: int, width: int | None = None):
     """Each node's list of the edges ``src -> dst`` and of each the other way, best first
     (smallest ``key``: a distance, or a product negated; then by id, a pair held once), at
-    most the best ``2 cap`` of a hub's: ``(cand, ckey)``, ``(n, width)``, rows padded with
-    an infinite key."""
+    most the best ``width`` (``2 cap`` by default) of a hub's: ``(cand, ckey)``,
+    ``(n, width)``, rows padded with an infinite key."""
     a = np.concatenate([src, dst])
     b = np.concatenate([dst, src])
     ab_key = np.concatenate([key, key])
@@ -318,7 +323,7 @@ def _with_reverse_edges(n: int, src, dst, key, cap: int):
     first[1:] = (a[1:] != a[:-1]) | (b[1:] != b[:-1])
     a, b, ab_key = a[first], b[first], ab_key[first]
     counts = np.bincount(a, minlength=n)
-    width = min(int(counts.max()), 2 * cap)  # the best 2 cap of a hub's lists are enough
+    width = min(int(counts.max()), width or 2 * cap)  # under l2 the best 2 cap of a hub's are enough
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
     rank = np.arange(len(a)) - starts[a]
     inside = rank < width
@@ -329,10 +334,11 @@ def _with_reverse_edges(n: int, src, dst, key, cap: int):
     return cand, ckey
 
 
-def _largest_products(vectors, fwd, fwd_ip, gram=None) -> None:
+def _largest_products(vectors, fwd, fwd_ip, gram=None, order=None) -> None:
     """Each node's ``K = fwd.shape[1]`` largest inner products with other nodes, largest
     first, into ``fwd`` and ``fwd_ip`` (node ids, products), a slice of nodes at a time
-    (from ``gram``, the level's products, when given)."""
+    (from ``gram``, the level's products, when given). With ``order`` (each node's place in
+    an order of insertion), only with the nodes before it (``-inf`` past those)."""
     n, k = fwd.shape
     step = max(1, _SLICE_CELLS // n)
     for lo in range(0, n, step):
@@ -343,6 +349,8 @@ def _largest_products(vectors, fwd, fwd_ip, gram=None) -> None:
         else:
             neg = -gram[rows]
         neg[np.arange(len(rows)), rows] = np.inf  # not its own neighbour
+        if order is not None:
+            neg[order[None, :] > order[rows, None]] = np.inf
         # 150 of a few thousand: a sampled threshold from 16 columns a wanted value on
         # (4,000 rows: 0.15 s against 0.37 s for the default 32, which selects whole rows here)
         near = smallest_first(neg, k, wide=16)
@@ -375,15 +383,23 @@ def _prune_dot(ip: np.ndarray, cand: np.ndarray, vectors: np.ndarray, cap: int, 
         keep[:, j] = take
         count += take
         idx = np.flatnonzero(take)
+        later = slice(j + 1, k)  # only the candidates after this one are still to be judged
         if gram is not None:
-            largest_kept[idx] = np.maximum(largest_kept[idx], gram[cand[idx, j][:, None], cand[idx]])
+            largest_kept[idx, later] = np.maximum(largest_kept[idx, later], gram[cand[idx, j][:, None], cand[idx, later]])
             continue
         kept, which = np.unique(cand[idx, j], return_inverse=True)
+        if len(idx) * (k - j - 1) < len(kept) * len(vectors):  # fewer products pair by pair
+            per = max(1, _PRUNE_CELLS // max(1, (k - j - 1) * vectors.shape[1]))
+            for lo in range(0, len(idx), per):
+                r = idx[lo : lo + per]
+                got = np.einsum("rkd,rd->rk", vectors[cand[r, later]], vectors[cand[r, j]])
+                largest_kept[r, later] = np.maximum(largest_kept[r, later], got)
+            continue
         for lo in range(0, len(kept), step):  # the kept nodes' products with all, a slice at a time
             products = vectors[kept[lo : lo + step]] @ vectors.T
             mine = np.flatnonzero((which >= lo) & (which < lo + step))
-            got = products[which[mine, None] - lo, cand[idx[mine]]]
-            largest_kept[idx[mine]] = np.maximum(largest_kept[idx[mine]], got)
+            got = products[which[mine, None] - lo, cand[idx[mine], later]]
+            largest_kept[idx[mine], later] = np.maximum(largest_kept[idx[mine], later], got)
     short = np.maximum(fill - count, 0)
     if short.any():
         dropped = valid & ~keep
@@ -414,10 +430,13 @@ def _distinct_dot_graph(vectors: np.ndarray, cap: int, fill: int, candidates: in
     fwd_ip = np.empty((n, k), np.float32)
     # the level's products held whole up to 64 MB (4,096 nodes): the pruning looks them up
     gram = vectors @ vectors.T if n * n <= _GRAM_CELLS else None
-    _largest_products(vectors, fwd, fwd_ip, gram)
+    # as if inserted one by one (Lance inserts in row order; here a random order): a node's
+    # candidates are among the nodes before it, and later ones reach it by reverse edges
+    _largest_products(vectors, fwd, fwd_ip, gram, order=np.random.default_rng(n).permutation(n))
     keep = _prune_dot_in_slices(fwd_ip, fwd, vectors, cap, fill, gram)
     # every kept edge also the other way; then each node's list, largest product first
-    cand, neg = _with_reverse_edges(n, np.repeat(np.arange(n), keep.sum(axis=1)), fwd[keep], -fwd_ip[keep], cap)
+    cand, neg = _with_reverse_edges(n, np.repeat(np.arange(n), keep.sum(axis=1)), fwd[keep], -fwd_ip[keep], cap,
+                                    width=_DOT_REPRUNED * cap)
     cip = -neg
     keep = np.isfinite(cip)
     over = np.flatnonzero(keep.sum(axis=1) > cap)

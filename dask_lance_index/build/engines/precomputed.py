@@ -5,8 +5,8 @@ them (:class:`dask_lance_index.model.PQEncoder`,
 :class:`dask_lance_index.model.RQEncoder`: Lance takes no RaBitQ codes at all)
 and writes the segment's two files itself in Lance's layout
 (:mod:`dask_lance_index.storage.segment_files`); Lance then merges and commits
-them as its own. IVF_HNSW_FLAT, IVF_HNSW_SQ and IVF_HNSW_PQ (l2, cosine; IVF_HNSW_FLAT under dot
-too): as IVF_FLAT, IVF_SQ and IVF_PQ, and the task also builds each partition's graph (:mod:`dask_lance_index.model.hnsw`; on a
+them as its own. IVF_HNSW_FLAT, IVF_HNSW_SQ and IVF_HNSW_PQ (l2, cosine; IVF_HNSW_FLAT and
+IVF_HNSW_SQ under dot too): as IVF_FLAT, IVF_SQ and IVF_PQ, and the task also builds each partition's graph (:mod:`dask_lance_index.model.hnsw`; on a
 cluster as graph tasks on every worker, :mod:`dask_lance_index.build.graphs`) and writes it
 (:mod:`dask_lance_index.storage.hnsw_segment`). IVF_HNSW_PQ whose graphs Lance builds
 (the dot metric, or more rows than one task holds: :func:`graphs_left_to_lance`): the codes
@@ -46,8 +46,8 @@ from .base import Engine, SegmentTask
 
 __all__ = ["DOT_GRAPH_ROWS", "HNSW_WRITTEN", "PrecomputedEngine", "graphs_left_to_lance", "writes_codes"]
 
-# HNSW types whose graphs we build (model.hnsw) and whose segment files we write (under l2
-# and cosine, and rows that one task holds: graphs_left_to_lance).
+# HNSW types whose graphs we build (model.hnsw) and whose segment files we write (rows that
+# one task holds; not IVF_HNSW_PQ under dot: graphs_left_to_lance).
 HNSW_WRITTEN = ("IVF_HNSW_FLAT", "IVF_HNSW_SQ", "IVF_HNSW_PQ")
 # Rows a partition, on average, past which Lance builds the dot-metric graphs: ours compare
 # each node with every node of its partition, Lance's inserts with a few hundred.
@@ -55,9 +55,8 @@ DOT_GRAPH_ROWS = 8192
 
 
 def graphs_left_to_lance(params, num_rows: int | None, dimension: int | None = None) -> bool:
-    """Whether an HNSW index's graphs are left to Lance: IVF_HNSW_SQ and IVF_HNSW_PQ under
-    the dot metric (on SQ rows our dot graphs searched worse than Lance's:
-    docs/benchmarks.md); IVF_HNSW_FLAT under dot past :data:`DOT_GRAPH_ROWS` rows a partition
+    """Whether an HNSW index's graphs are left to Lance: IVF_HNSW_PQ under the dot metric;
+    IVF_HNSW_FLAT and IVF_HNSW_SQ under dot past :data:`DOT_GRAPH_ROWS` rows a partition
     (our dot graphs compare each node with every node of its partition); or when the one
     task that builds the segment would hold more than
     :data:`~dask_lance_index.plan.index_plan.FLAT_TASK_BYTES` of rows (it holds every row
@@ -66,7 +65,7 @@ def graphs_left_to_lance(params, num_rows: int | None, dimension: int | None = N
     codes to Lance. Pure."""
     if params.index_type not in HNSW_WRITTEN:
         return False
-    if params.metric == "dot" and params.index_type != "IVF_HNSW_FLAT":
+    if params.metric == "dot" and params.index_type == "IVF_HNSW_PQ":
         return True
     if num_rows is None:
         return False
@@ -92,15 +91,13 @@ def writes_codes(params) -> bool:
     written in Lance's layout; Lance's dot-metric RaBitQ stores other factors), and
     IVF_SQ (segments written in Lance's layout with the model's shared bounds, so
     that they merge), IVF_FLAT (the rows themselves, in Lance's layout), and
-    IVF_HNSW_FLAT, and IVF_HNSW_SQ under l2 or cosine (those, with the graphs we build)."""
+    IVF_HNSW_FLAT and IVF_HNSW_SQ (those, with the graphs we build)."""
     if params.quantizer == "PQ":
         return params.num_bits == 8
     if params.index_type in ("IVF_SQ", "IVF_FLAT"):
         return True
-    if params.index_type == "IVF_HNSW_FLAT":
+    if params.index_type in ("IVF_HNSW_FLAT", "IVF_HNSW_SQ"):
         return True
-    if params.index_type == "IVF_HNSW_SQ":
-        return params.metric in ("l2", "cosine")
     return params.index_type == "IVF_RQ" and params.metric in ("l2", "cosine")
 
 
@@ -111,7 +108,7 @@ class PrecomputedEngine(Engine):
         if writes_codes(params):
             return None
         return (f"engine='precomputed' needs an 8-bit PQ index type (IVF_PQ or IVF_HNSW_PQ), IVF_FLAT, IVF_SQ, "
-                f"IVF_HNSW_FLAT, or IVF_HNSW_SQ or IVF_RQ under l2 or cosine; Lance encodes {params.index_type} "
+                f"IVF_HNSW_FLAT, IVF_HNSW_SQ, or IVF_RQ under l2 or cosine; Lance encodes {params.index_type} "
                 f"({params.metric}) itself")
 
     def build_segment(self, plan, task, model, storage_options=None, options=None, upstream=None) -> SegmentResult:

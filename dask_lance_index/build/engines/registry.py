@@ -29,9 +29,9 @@ def resolve_engine(name: str, params, num_rows: int | None = None, dimension: in
     """The engine that builds an index of ``params`` over ``num_rows`` rows of ``dimension``. Pure.
 
     ``"auto"``: ``"precomputed"`` where it applies (our workers assign and encode
-    with NumPy BLAS and write the segments: 8-bit PQ types, IVF_FLAT, IVF_SQ, and IVF_RQ,
-    IVF_HNSW_FLAT and IVF_HNSW_SQ under l2 and cosine, the last two with at most 1 GiB of
-    rows in all, and IVF_HNSW_FLAT under dot up to 8,192 rows a partition:
+    with NumPy BLAS and write the segments: 8-bit PQ types, IVF_FLAT, IVF_SQ, IVF_RQ under
+    l2 and cosine, IVF_HNSW_FLAT and IVF_HNSW_SQ with at most 1 GiB of rows in all, under
+    dot also up to 8,192 rows a partition:
     :func:`.precomputed.graphs_left_to_lance`; past those, and under dot, IVF_HNSW_PQ's graphs
     are Lance's, from our codes),
     ``"partitions"`` otherwise (our workers assign, Lance encodes).
