@@ -257,12 +257,16 @@ def test_dot_graphs_are_the_same_whether_the_products_are_held_or_not(monkeypatc
             np.testing.assert_array_equal(u, v)
 
 
-@pytest.mark.parametrize("whole", [False, True])
-def test_dot_pruning_is_lances_rule(whole):
-    """_prune_dot, which computes products only as candidates are kept (or looks them up in
-    the level's products held ``whole``), keeps what Lance's rule keeps (a candidate is kept
-    unless a kept one has a larger product with it than the node has), computed here in full
-    for each node, then the largest dropped up to ``fill``."""
+@pytest.mark.parametrize("path", ["whole", "pairs", "kept rows"])
+def test_dot_pruning_is_lances_rule(path, monkeypatch):
+    """_prune_dot, which computes products only as candidates are kept (looked up in the
+    level's products held ``whole``, else pair by pair or as the kept nodes' rows of products),
+    keeps what Lance's rule keeps (a candidate is kept unless a kept one has a larger product
+    with it than the node has), computed here in full for each node, then the largest dropped
+    up to ``fill``."""
+    if path != "whole":
+        monkeypatch.setattr(hnsw, "_pairs_cheaper", lambda *a: path == "pairs")
+    whole = path == "whole"
     rng = np.random.default_rng(2)
     x = (rng.normal(0, 1, (600, 24)) * rng.uniform(0.5, 3, (600, 1))).astype(np.float32)
     k, cap, fill = 60, 12, 8

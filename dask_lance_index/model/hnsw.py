@@ -250,7 +250,8 @@ def _level_graph(vectors: np.ndarray, cap: int, fill: int, candidates: int, entr
     distance 0 under l2: a search reaches every copy), and each copy's list is its children, the
     row, and the row's own neighbours, up to ``cap``. A row with copies holds two more
     neighbours than its own list (up to ``cap``, or a round or two past it where
-    :func:`_connect` finds every list full); Lance reads lists of up to ``4 m``."""
+    :func:`_connect` finds every list full, one on the levels measured); Lance reads lists
+    of up to ``4 m``."""
     n = len(vectors)
     rep = _copies_of(vectors, entry) if n > 1 else np.zeros(n, np.int64)
     distinct = _distinct_dot_graph if dot else _distinct_level_graph
@@ -327,7 +328,7 @@ def _with_reverse_edges(n: int, src, dst, key, cap: int, width: int | None = Non
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
     rank = np.arange(len(a)) - starts[a]
     inside = rank < width
-    cand = np.zeros((n, width), np.int64)
+    cand = np.zeros((n, width), np.int32)  # node ids of one level
     ckey = np.full((n, width), np.inf, np.float32)
     cand[a[inside], rank[inside]] = b[inside]
     ckey[a[inside], rank[inside]] = ab_key[inside]
@@ -366,10 +367,11 @@ def _prune_dot(ip: np.ndarray, cand: np.ndarray, vectors: np.ndarray, cap: int, 
     ``1 - x.y``), then the largest dropped ones fill a list up to ``fill``.
 
     The rule keeps few under dot (a median of 1-3 of 150 candidates on the 128-d test
-    data), and many nodes keep the same ones (rows of large norm), so the products are
-    taken as candidates are kept: each kept node's products with every node, once per
-    step, then looked up for the nodes that kept it. No ``K x d`` block is gathered
-    per node, nor a ``K x K`` matrix computed."""
+    data), so the products are taken as candidates are kept, only with the candidates
+    still to be judged: looked up in ``gram`` (the level's products) when given; else, in
+    a step where many nodes keep the same one (a row of large norm), that kept node's
+    products with every node, once, then looked up; otherwise pair by pair
+    (:func:`_pairs_cheaper` chooses). No ``K x K`` matrix is computed per node."""
     rows, k = cand.shape
     valid = np.isfinite(ip)
     keep = np.zeros((rows, k), dtype=bool)
@@ -382,14 +384,16 @@ def _prune_dot(ip: np.ndarray, cand: np.ndarray, vectors: np.ndarray, cap: int, 
             continue
         keep[:, j] = take
         count += take
+        if j + 1 == k:
+            break
         idx = np.flatnonzero(take)
         later = slice(j + 1, k)  # only the candidates after this one are still to be judged
         if gram is not None:
             largest_kept[idx, later] = np.maximum(largest_kept[idx, later], gram[cand[idx, j][:, None], cand[idx, later]])
             continue
         kept, which = np.unique(cand[idx, j], return_inverse=True)
-        if len(idx) * (k - j - 1) < len(kept) * len(vectors):  # fewer products pair by pair
-            per = max(1, _PRUNE_CELLS // max(1, (k - j - 1) * vectors.shape[1]))
+        if _pairs_cheaper(len(idx), k - j - 1, len(kept), len(vectors)):
+            per = max(1, _PRUNE_CELLS // ((k - j - 1) * (vectors.shape[1] + 2)))  # the rows and their int64 ids
             for lo in range(0, len(idx), per):
                 r = idx[lo : lo + per]
                 got = np.einsum("rkd,rd->rk", vectors[cand[r, later]], vectors[cand[r, j]])
@@ -405,6 +409,12 @@ def _prune_dot(ip: np.ndarray, cand: np.ndarray, vectors: np.ndarray, cap: int, 
         dropped = valid & ~keep
         keep |= dropped & (np.cumsum(dropped, axis=1) <= short[:, None])
     return keep
+
+
+def _pairs_cheaper(nodes: int, later: int, kept: int, n: int) -> bool:
+    """Whether ``nodes`` nodes' products with their ``later`` candidates still to judge are
+    fewer than the products of the ``kept`` distinct nodes they kept with all ``n``."""
+    return nodes * later < kept * n
 
 
 def _prune_dot_in_slices(ip, cand, vectors, cap, fill, gram=None):
@@ -437,7 +447,8 @@ def _distinct_dot_graph(vectors: np.ndarray, cap: int, fill: int, candidates: in
     # every kept edge also the other way; then each node's list, largest product first
     cand, neg = _with_reverse_edges(n, np.repeat(np.arange(n), keep.sum(axis=1)), fwd[keep], -fwd_ip[keep], cap,
                                     width=_DOT_REPRUNED * cap)
-    cip = -neg
+    cip = neg
+    cip *= -1  # in place: (n, 8 cap) floats
     keep = np.isfinite(cip)
     over = np.flatnonzero(keep.sum(axis=1) > cap)
     if len(over):
