@@ -20,12 +20,14 @@ nodes it is nearest (:func:`_grouped_candidates`), so that a node's cost stops g
 with its partition while Lance's grows with its logarithm. Equal rows are built once and
 their copies hung below them (:func:`_level_graph`).
 
-Under the dot metric (:func:`_distinct_dot_graph`) a node's candidates are its
-:data:`HNSW_DOT_CANDIDATES` largest inner products, pruned by Lance's own rule on its
-distance ``1 - x.y``; a list that the reverse edges overfill is pruned again and filled
-to its cap, as Lance's inserts leave it. Nearest neighbours by inner product are rows of
-large norm, so the l2 construction's tools (few candidates, long edges, relaxed pruning)
-do not carry over: docs/benchmarks.md has what was measured.
+Under the dot metric (:func:`_distinct_dot_graph`) the level is built as if its nodes
+were inserted one by one in a random order: a node's candidates are its
+:data:`HNSW_DOT_CANDIDATES` largest inner products with the nodes before it, pruned by
+Lance's own rule on its distance ``1 - x.y``; each list with the reverse edges (a hub's
+best ``8 cap`` of them) that overflows is pruned again and filled to its cap, as Lance's
+inserts leave it. Nearest neighbours by inner product are rows of large norm, so the l2
+construction's tools (few candidates, long edges, relaxed pruning) do not carry over:
+docs/benchmarks.md has what was measured.
 
 The graph is what Lance's search reads (:func:`dask_lance_index.storage.write_hnsw_segment`):
 node ids are row positions in the partition's stored rows, neighbour ids are node ids
@@ -74,8 +76,8 @@ _LONG_EDGES = 4
 _PRUNE_ALPHA = 1.1
 # Under the dot metric a node's candidates are its ef_construction largest inner products
 # (Lance's inserts search that many). One 20,000-row partition (128-d, m = 20, recall@10
-# at nprobes 1, ef 15): 0.944 from 80 or 100 candidates, 0.965-0.972 from 150-300, Lance's
-# own graph 0.973.
+# at nprobes 1, ef 15), before the insertion order: 0.944 from 80 or 100 candidates,
+# 0.965-0.972 from 150-300, Lance's own graph 0.973 (0.967-0.970 from 150 with it).
 HNSW_DOT_CANDIDATES = HNSW_EF_CONSTRUCTION
 # Under dot, the reverse edges of a hub that a re-pruning sees: its largest products, up to
 # _DOT_REPRUNED x cap (2 x cap under l2). Those of small product are what lead from a
@@ -427,11 +429,16 @@ def _prune_dot_in_slices(ip, cand, vectors, cap, fill, gram=None):
 
 def _distinct_dot_graph(vectors: np.ndarray, cap: int, fill: int, candidates: int, entry: int):
     """:func:`_distinct_level_graph` under the dot metric: each node's ``candidates``
-    largest inner products (all of them exact, no long ones: on the 20,000-row partition
-    above, 150 largest gave 0.972, 146 and 4 random 0.968), pruned by Lance's rule, the
-    reverse edges, an overfull list pruned again and filled to ``cap`` (as Lance's
-    inserts fill it; filled to ``m``, that partition measured 0.944 against 0.965 from 150
-    candidates), and every node connected. Distances are Lance's, ``1 - x.y``."""
+    largest inner products with the nodes before it in a random order (as if inserted one
+    by one), pruned by Lance's rule, the reverse edges, a list they overfill pruned again
+    (a hub's best :data:`_DOT_REPRUNED` ``x cap``) and filled to ``cap``, as Lance's inserts
+    fill it, and every node connected. Distances are Lance's, ``1 - x.y``.
+
+    Each node's largest products alone, with a hub's reverse edges cut at ``2 cap`` before
+    the pruning saw them, left hubs without edges down to the nodes around them: on
+    partitions holding several clusters of unequal norms, searches started from the
+    partition's best node found what Lance's graphs found, and from the entry point 0.03
+    less (``tests/test_hnsw.py``, docs/benchmarks.md)."""
     n = len(vectors)
     if n == 1:
         return np.zeros(2, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
