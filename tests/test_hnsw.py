@@ -454,11 +454,14 @@ def test_copy_of_a_built_dataset_keeps_its_graphs(tmp_path):
     np.testing.assert_array_equal(a, b)
 
 
-@pytest.mark.parametrize("index_type", ["IVF_HNSW_FLAT", "IVF_HNSW_SQ", "IVF_HNSW_PQ"])
-def test_graphs_built_as_tasks_or_in_threads_equal_one_threads(cluster_client, tmp_path, monkeypatch, index_type):
+@pytest.mark.parametrize("index_type, metric", [("IVF_HNSW_FLAT", "l2"), ("IVF_HNSW_SQ", "l2"), ("IVF_HNSW_PQ", "l2"),
+                                                ("IVF_HNSW_SQ", "dot")])
+def test_graphs_built_as_tasks_or_in_threads_equal_one_threads(cluster_client, tmp_path, monkeypatch, index_type,
+                                                               metric):
     """On a cluster, the one build task hands runs of partitions to graph tasks on every
     worker, which read their rows back from the written file; without one, it builds them
-    in a thread per CPU. Each segment is the one a single thread writes, graph for graph."""
+    in a thread per CPU. Each segment is the one a single thread writes, graph for graph
+    (under dot too: the graph tasks build dot graphs of the decoded SQ rows)."""
     x = make_vectors(12000, 32, num_clusters=40, seed=5)
     files, default = {}, graphs_module.GRAPH_TASK_ROWS
     threads_used = []
@@ -473,8 +476,8 @@ def test_graphs_built_as_tasks_or_in_threads_equal_one_threads(cluster_client, t
             with monkeypatch.context() as m:
                 m.setattr(graphs_module, "host_cores", lambda: 1 if who == "one thread" else 3)
                 with get_task_stream(cluster_client) as stream:
-                    result = dli.create_index(uri, "vector", index_type, num_partitions=12, m=8, seed=0, **kw,
-                                              **({"num_sub_vectors": 8} if "PQ" in index_type else {}))
+                    result = dli.create_index(uri, "vector", index_type, num_partitions=12, m=8, seed=0, metric=metric,
+                                              **kw, **({"num_sub_vectors": 8} if "PQ" in index_type else {}))
             assert result.count_rows() == len(x)
             seg, = lance.dataset(uri).describe_indices()[0].segments
             base = f"{uri}/_indices/{seg.uuid}"
