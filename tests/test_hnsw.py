@@ -290,13 +290,21 @@ def test_dot_pruning_is_lances_rule(path, monkeypatch):
     assert 1 < keep.sum(axis=1).mean() < cap
 
 
+def clustered_with_queries(dim: int, num_queries: int, metric: str):
+    """20,000 rows in 60 clusters of unequal norms, queries that are rows plus small noise,
+    and each query's exact 10 nearest under ``metric``: the data the recall tests against
+    Lance's graphs share."""
+    x = make_vectors(20000, dim, num_clusters=60, seed=7)
+    rng = np.random.default_rng(3)
+    queries = x[rng.choice(len(x), num_queries, replace=False)]
+    queries = queries + rng.normal(0, 0.01, (num_queries, dim)).astype(np.float32)
+    return x, queries, exact_knn(x, queries, 10, metric)
+
+
 @pytest.mark.parametrize("index_type, metric", [("IVF_HNSW_FLAT", "l2"), ("IVF_HNSW_SQ", "l2"),
                                                 ("IVF_HNSW_FLAT", "cosine"), ("IVF_HNSW_FLAT", "dot")])
 def test_our_graphs_search_as_well_as_lances(tmp_path, index_type, metric):
-    x = make_vectors(20000, 32, num_clusters=60, seed=7)
-    rng = np.random.default_rng(3)
-    queries = x[rng.choice(len(x), 100, replace=False)] + rng.normal(0, 0.01, (100, 32)).astype(np.float32)
-    truth = exact_knn(x, queries, 10, metric)
+    x, queries, truth = clustered_with_queries(32, 100, metric)
     recall = {}
     for who in ("lance", "ours"):
         uri = str(tmp_path / f"{who}.lance")
@@ -337,10 +345,7 @@ def test_dot_graphs_search_as_well_as_lances_on_the_same_partitions(tmp_path, in
     holds several clusters of unequal norms; on these, graphs of each node's largest
     products alone (no insertion order, a hub's reverse edges cut at 2 cap before they
     were judged) lost 0.03 to Lance's (32-d SQ rows, 128-d rows)."""
-    x = make_vectors(20000, dim, num_clusters=60, seed=7)
-    rng = np.random.default_rng(3)
-    queries = x[rng.choice(len(x), 300, replace=False)] + rng.normal(0, 0.01, (300, dim)).astype(np.float32)
-    truth = exact_knn(x, queries, 10, "dot")
+    x, queries, truth = clustered_with_queries(dim, 300, "dot")
     recall = {}
     for engine in ("precomputed", "partitions"):
         uri = str(tmp_path / f"{engine}.lance")
@@ -362,10 +367,7 @@ def test_hnsw_pq_graphs_ours_on_the_storage_lance_writes(tmp_path, monkeypatch, 
     """IVF_HNSW_PQ written by us against the same codes handed to Lance (which then builds
     the graphs): the storage file is the same, byte for byte; Lance's graph distances are
     the distances between the codes as we decode them; and our graphs search as well."""
-    x = make_vectors(20000, 32, num_clusters=60, seed=7)
-    rng = np.random.default_rng(3)
-    queries = x[rng.choice(len(x), 100, replace=False)] + rng.normal(0, 0.01, (100, 32)).astype(np.float32)
-    truth = exact_knn(x, queries, 10, metric)
+    x, queries, truth = clustered_with_queries(32, 100, metric)
     recall, aux, seg = {}, {}, {}
     for who in ("ours", "lance"):  # lance: Lance builds the graphs from our codes
         uri = str(tmp_path / f"{who}.lance")

@@ -450,7 +450,8 @@ def _distinct_dot_graph(vectors: np.ndarray, cap: int, fill: int, candidates: in
     # the level's products held whole up to 64 MB (4,096 nodes): the pruning looks them up
     gram = vectors @ vectors.T if n * n <= _GRAM_CELLS else None
     # as if inserted one by one (Lance inserts in row order; here a random order): a node's
-    # candidates are among the nodes before it, and later ones reach it by reverse edges
+    # candidates are among the nodes before it, and later ones reach it by reverse edges.
+    # The order is the inverse of a drawn permutation (itself random): the graphs measured.
     _largest_products(vectors, fwd, fwd_ip, np.argsort(np.random.default_rng(n).permutation(n)))
     keep = _prune_dot_in_slices(fwd_ip, fwd, vectors, cap, fill, gram)
     # every kept edge also the other way; then each node's list, largest product first
