@@ -257,15 +257,18 @@ def test_dot_graphs_are_the_same_whether_the_products_are_held_or_not(monkeypatc
             np.testing.assert_array_equal(u, v)
 
 
-@pytest.mark.parametrize("path", ["whole", "pairs", "kept rows"])
+@pytest.mark.parametrize("path", ["whole", "pairs", "kept rows", "both"])
 def test_dot_pruning_is_lances_rule(path, monkeypatch):
     """_prune_dot, which computes products only as candidates are kept (looked up in the
-    level's products held ``whole``, else pair by pair or as the kept nodes' rows of products),
-    keeps what Lance's rule keeps (a candidate is kept unless a kept one has a larger product
-    with it than the node has), computed here in full for each node, then the largest dropped
-    up to ``fill``."""
+    level's products held ``whole``, else pair by pair or as the kept nodes' rows of products,
+    or ``both`` in one step), keeps what Lance's rule keeps (a candidate is kept unless a kept
+    one has a larger product with it than the node has), computed here in full for each node,
+    then the largest dropped up to ``fill``."""
+    rows = {"pairs": lambda times, *a: np.zeros(len(times), bool),
+            "kept rows": lambda times, *a: np.ones(len(times), bool),
+            "both": lambda times, *a: np.arange(len(times)) % 2 == 0}
     if path != "whole":
-        monkeypatch.setattr(hnsw, "_pairs_cheaper", lambda *a: path == "pairs")
+        monkeypatch.setattr(hnsw, "_rows_cheaper", rows[path])
     whole = path == "whole"
     rng = np.random.default_rng(2)
     x = (rng.normal(0, 1, (600, 24)) * rng.uniform(0.5, 3, (600, 1))).astype(np.float32)

@@ -83,6 +83,13 @@ HNSW_DOT_CANDIDATES = HNSW_EF_CONSTRUCTION
 # _DOT_REPRUNED x cap (2 x cap under l2). Those of small product are what lead from a
 # hub down to the nodes around it; cut at 2 x cap, they were never judged.
 _DOT_REPRUNED = 8
+# A product of two gathered rows costs about this many products of a GEMM (one thread, rows
+# of 20,000: 173 against 3.4 ns at 128-d, 800 against 17 ns at 768-d, a lookup 11-16 ns;
+# graphs of 8,000 and 20,000 rows built fastest at 10-20: 1.11 and 4.2 s, 1.38 and 4.8 at 80).
+_PAIR_COST = 20
+# Under dot, the joined nodes a round of _connect looks among for each lost node's nearest:
+# at most this many, drawn (thousands of rows of small norm are nobody's largest product).
+_CONNECT_ROOM = 4096
 # Products of a level's nodes held whole (float32) for the dot construction, up to 64 MB.
 _GRAM_CELLS = 1 << 24
 
@@ -351,7 +358,8 @@ def _largest_products(vectors, fwd, fwd_ip, order) -> None:
         neg = inserted[lo:hi] @ inserted[:hi].T
         neg *= -1
         # a node's own column and those after it in the slice (the nodes inserted later)
-        neg[np.arange(lo, hi)[:, None] <= np.arange(hi)[None, :]] = np.inf
+        block = neg[:, lo:hi]  # the columns before lo are all nodes inserted earlier
+        block[np.arange(hi - lo)[:, None] <= np.arange(hi - lo)[None, :]] = np.inf
         before = order[:hi]
         if hi <= k:  # fewer columns than wanted: padded with the products of nobody
             neg = np.hstack([neg, np.full((hi - lo, k + 1 - hi), np.inf, np.float32)])
@@ -372,10 +380,11 @@ def _prune_dot(ip: np.ndarray, cand: np.ndarray, vectors: np.ndarray, cap: int, 
 
     The rule keeps few under dot (a median of 1-3 of 150 candidates on the 128-d test
     data), so the products are taken as candidates are kept, only with the candidates
-    still to be judged: looked up in ``gram`` (the level's products) when given; else, in
-    a step where many nodes keep the same one (a row of large norm), that kept node's
-    products with every node, once, then looked up; otherwise pair by pair
-    (:func:`_pairs_cheaper` chooses). No ``K x K`` matrix is computed per node."""
+    still to be judged: looked up in ``gram`` (the level's products) when given; else,
+    for a kept node that many nodes keep in the same step (a row of large norm, or one
+    with many candidates still to judge), its products with every node, once, then looked
+    up; for the others pair by pair (:func:`_rows_cheaper` chooses, node by node). No
+    ``K x K`` matrix is computed per node."""
     rows, k = cand.shape
     valid = np.isfinite(ip)
     keep = np.zeros((rows, k), dtype=bool)
@@ -395,18 +404,28 @@ def _prune_dot(ip: np.ndarray, cand: np.ndarray, vectors: np.ndarray, cap: int, 
         if gram is not None:
             largest_kept[idx, later] = np.maximum(largest_kept[idx, later], gram[cand[idx, j][:, None], cand[idx, later]])
             continue
-        kept, which = np.unique(cand[idx, j], return_inverse=True)
-        if _pairs_cheaper(len(idx), k - j - 1, len(kept), len(vectors)):
+        kept, which, times = np.unique(cand[idx, j], return_inverse=True, return_counts=True)
+        # a node kept by many: its products with every node (a GEMM row), then looked up
+        rowwise = _rows_cheaper(times, k - j - 1, len(vectors))
+        pairs = ~rowwise[which]
+        if pairs.any():
+            by_pair = idx[pairs]
             per = max(1, _PRUNE_CELLS // ((k - j - 1) * (vectors.shape[1] + 2)))  # the rows and their int64 ids
-            for lo in range(0, len(idx), per):
-                r = idx[lo : lo + per]
-                got = np.einsum("rkd,rd->rk", vectors[cand[r, later]], vectors[cand[r, j]])
+            for lo in range(0, len(by_pair), per):
+                r = by_pair[lo : lo + per]
+                got = np.matmul(vectors[cand[r, later]], vectors[cand[r, j]][:, :, None])[:, :, 0]
                 largest_kept[r, later] = np.maximum(largest_kept[r, later], got)
+        if pairs.all():
             continue
-        for lo in range(0, len(kept), step):  # the kept nodes' products with all, a slice at a time
-            products = vectors[kept[lo : lo + step]] @ vectors.T
-            mine = np.flatnonzero((which >= lo) & (which < lo + step))
-            got = products[which[mine, None] - lo, cand[idx[mine], later]]
+        rows = np.flatnonzero(rowwise)  # numbered among the kept nodes: `which` looks them up
+        held = np.full(len(kept), -1, np.int64)
+        held[rows] = np.arange(len(rows))
+        by_row = np.flatnonzero(~pairs)
+        slot = held[which[by_row]]
+        for lo in range(0, len(rows), step):  # the kept nodes' products with all, a slice at a time
+            products = vectors[kept[rows[lo : lo + step]]] @ vectors.T
+            mine = by_row[(slot >= lo) & (slot < lo + step)]
+            got = products[held[which[mine]][:, None] - lo, cand[idx[mine], later]]
             largest_kept[idx[mine], later] = np.maximum(largest_kept[idx[mine], later], got)
     short = np.maximum(fill - count, 0)
     if short.any():
@@ -415,10 +434,12 @@ def _prune_dot(ip: np.ndarray, cand: np.ndarray, vectors: np.ndarray, cap: int, 
     return keep
 
 
-def _pairs_cheaper(nodes: int, later: int, kept: int, n: int) -> bool:
-    """Whether ``nodes`` nodes' products with their ``later`` candidates still to judge are
-    fewer than the products of the ``kept`` distinct nodes they kept with all ``n``."""
-    return nodes * later < kept * n
+def _rows_cheaper(times: np.ndarray, later: int, n: int) -> np.ndarray:
+    """Which kept nodes, each kept by ``times`` nodes with ``later`` candidates still to
+    judge, take their products with all ``n`` nodes (one GEMM row, then looked up) rather
+    than pair by pair: a pair of gathered rows costs about :data:`_PAIR_COST` products of
+    a GEMM."""
+    return times * later * _PAIR_COST > n
 
 
 def _prune_dot_in_slices(ip, cand, vectors, cap, fill, gram=None):
@@ -502,6 +523,8 @@ def _connect(vectors, sq, src, dst, dist, cap: int, entry: int, dot: bool = Fals
         limit = max(cap, int(degree[joined].min()) + 1)
         room = np.flatnonzero(joined & (degree < limit))
         lost = np.flatnonzero(~joined)
+        if dot and len(room) > _CONNECT_ROOM:
+            room = np.sort(np.random.default_rng(len(lost)).choice(room, _CONNECT_ROOM, replace=False))
         near = np.empty(len(lost), np.int64)
         near_dist = np.empty(len(lost), np.float32)
         step = max(1, _SLICE_CELLS // len(room))
