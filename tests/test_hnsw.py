@@ -219,6 +219,29 @@ def test_clusters_without_an_edge_between_them_are_all_joined():
         assert (cluster[s2[is_new]] != cluster[d2[is_new]]).all()
 
 
+def test_dot_connect_looks_among_a_draw_of_the_joined_nodes(monkeypatch):
+    """Under dot a round of _connect looks for each lost node's nearest among at most
+    _CONNECT_ROOM joined nodes with room, drawn: the 300 clusters of 10 nodes still end
+    joined, one edge each way per cluster, no list past its cap + 1."""
+    from scipy.sparse import csgraph, csr_matrix
+
+    rng = np.random.default_rng(5)
+    x = (np.repeat(rng.normal(0, 10, (300, 16)), 10, axis=0) + rng.normal(0, 0.1, (3000, 16))).astype(np.float32)
+    cluster = np.repeat(np.arange(300), 10)
+    src, dst = np.nonzero((cluster[:, None] == cluster[None, :]) & ~np.eye(3000, dtype=bool))
+    dist = (1 - (x[src] * x[dst]).sum(axis=1)).astype(np.float32)
+    whole = hnsw._connect(x, None, src, dst, dist, 10, entry=0, dot=True)  # 3,000 nodes: every joined one
+    monkeypatch.setattr(hnsw, "_CONNECT_ROOM", 50)
+    s2, d2, _ = hnsw._connect(x, None, src, dst, dist, 10, entry=0, dot=True)
+    assert set(zip(s2.tolist(), d2.tolist())) != set(zip(whole[0].tolist(), whole[1].tolist()))  # drawn
+    graph = csr_matrix((np.ones(len(s2)), (s2, d2)), shape=(3000, 3000))
+    assert csgraph.connected_components(graph, directed=True, connection="strong")[0] == 1
+    assert len(s2) - len(src) == 2 * 299
+    assert np.bincount(s2, minlength=3000).max() <= 10 + 1
+    is_new = ~np.isin(s2 * 3000 + d2, src * 3000 + dst)
+    assert (cluster[s2[is_new]] != cluster[d2[is_new]]).all()
+
+
 @pytest.mark.parametrize("dot", [False, True])
 def test_full_lists_still_get_every_node_joined(dot):
     """When every joined list is full (as on the levels above 0), _connect lets the least full
