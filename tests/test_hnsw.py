@@ -292,6 +292,7 @@ def test_dot_pruning_is_lances_rule(path, monkeypatch):
             "both": lambda times, *a: np.arange(len(times)) % 2 == 0}
     if path != "whole":
         monkeypatch.setattr(hnsw, "_rows_cheaper", rows[path])
+        monkeypatch.setattr(hnsw, "_SLICE_CELLS", 600 * 3)  # the kept nodes' rows 3 at a time
     whole = path == "whole"
     rng = np.random.default_rng(2)
     x = (rng.normal(0, 1, (600, 24)) * rng.uniform(0.5, 3, (600, 1))).astype(np.float32)

@@ -381,10 +381,10 @@ def _prune_dot(ip: np.ndarray, cand: np.ndarray, vectors: np.ndarray, cap: int, 
     The rule keeps few under dot (a median of 1-3 of 150 candidates on the 128-d test
     data), so the products are taken as candidates are kept, only with the candidates
     still to be judged: looked up in ``gram`` (the level's products) when given; else,
-    for a kept node that many nodes keep in the same step (a row of large norm, or one
-    with many candidates still to judge), its products with every node, once, then looked
-    up; for the others pair by pair (:func:`_rows_cheaper` chooses, node by node). No
-    ``K x K`` matrix is computed per node."""
+    for a kept node that many nodes keep in the same step (a row of large norm; fewer
+    suffice in early steps, with many candidates still to judge), its products with every
+    node, once, then looked up; for the others pair by pair (:func:`_rows_cheaper` chooses,
+    kept node by kept node). No ``K x K`` matrix is computed per node."""
     rows, k = cand.shape
     valid = np.isfinite(ip)
     keep = np.zeros((rows, k), dtype=bool)
@@ -417,15 +417,16 @@ def _prune_dot(ip: np.ndarray, cand: np.ndarray, vectors: np.ndarray, cap: int, 
                 largest_kept[r, later] = np.maximum(largest_kept[r, later], got)
         if pairs.all():
             continue
-        rows = np.flatnonzero(rowwise)  # numbered among the kept nodes: `which` looks them up
+        gemm_kept = np.flatnonzero(rowwise)  # among the kept nodes
         held = np.full(len(kept), -1, np.int64)
-        held[rows] = np.arange(len(rows))
+        held[gemm_kept] = np.arange(len(gemm_kept))
         by_row = np.flatnonzero(~pairs)
-        slot = held[which[by_row]]
-        for lo in range(0, len(rows), step):  # the kept nodes' products with all, a slice at a time
-            products = vectors[kept[rows[lo : lo + step]]] @ vectors.T
-            mine = by_row[(slot >= lo) & (slot < lo + step)]
-            got = products[held[which[mine]][:, None] - lo, cand[idx[mine], later]]
+        slot = held[which[by_row]]  # each such node's kept node's row among gemm_kept
+        for lo in range(0, len(gemm_kept), step):  # the kept nodes' products with all, a slice at a time
+            products = vectors[kept[gemm_kept[lo : lo + step]]] @ vectors.T
+            sel = (slot >= lo) & (slot < lo + step)
+            mine = by_row[sel]
+            got = products[slot[sel][:, None] - lo, cand[idx[mine], later]]
             largest_kept[idx[mine], later] = np.maximum(largest_kept[idx[mine], later], got)
     short = np.maximum(fill - count, 0)
     if short.any():
@@ -583,7 +584,8 @@ def build_hnsw(vectors: np.ndarray, *, m: int, max_level: int, seed, candidates:
     ``"dot"`` with Lance's dot distances ``1 - x.y``. ``candidates``: each node's nearest
     (:data:`HNSW_CANDIDATES` by default), or under dot its largest inner products
     (:data:`HNSW_DOT_CANDIDATES`). Under dot each node is compared with every node of its
-    level, whatever its size (past 8,192 rows, slower than Lance's inserts)."""
+    level, whatever its size (a level of 16,000 rows: 2.6 s on one thread; a build whose
+    partitions hold 31,000 rows each was slower than Lance's)."""
     if metric not in ("l2", "dot"):
         raise ValueError(f"build_hnsw builds l2 or dot graphs, not {metric!r}; pass unit vectors and 'l2' for cosine")
     dot = metric == "dot"
