@@ -31,7 +31,7 @@ def resolve_engine(name: str, params, num_rows: int | None = None, dimension: in
     ``"auto"``: ``"precomputed"`` where it applies (our workers assign and encode
     with NumPy BLAS and write the segments: 8-bit PQ types, IVF_FLAT, IVF_SQ, IVF_RQ under
     l2 and cosine, IVF_HNSW_FLAT and IVF_HNSW_SQ with at most 1 GiB of rows in all, under
-    dot also up to 8,192 rows a partition:
+    dot also up to 16,384 rows a partition:
     :func:`.precomputed.graphs_left_to_lance`; past those, and under dot, IVF_HNSW_PQ's graphs
     are Lance's, from our codes),
     ``"partitions"`` otherwise (our workers assign, Lance encodes).
