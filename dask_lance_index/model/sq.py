@@ -35,15 +35,13 @@ def train_sq_bounds(x: np.ndarray) -> tuple[float, float]:
 _CODE_ROWS = 2048
 
 
-def sq_codes(rows: np.ndarray, bounds: tuple[float, float], num_bits: int = 8,
-             out: np.ndarray | None = None) -> np.ndarray:
-    """Lance's SQ codes of prepared ``rows`` (uint8, same shape; into ``out`` if given),
-    computed in float64: equal to Lance's on every value measured
-    (``tests/test_segment_write.py``)."""
+def sq_codes(rows: np.ndarray, bounds: tuple[float, float], num_bits: int = 8) -> np.ndarray:
+    """Lance's SQ codes of prepared ``rows`` (uint8, same shape), computed in float64:
+    equal to Lance's on every value measured (``tests/test_segment_write.py``)."""
     start, end = bounds
     top = 2**num_bits - 1
-    out = np.empty(rows.shape, dtype=np.uint8) if out is None else out
-    if not end > start:
+    out = np.empty(rows.shape, dtype=np.uint8)
+    if not end > start:  # no range: every code 0
         out[...] = 0
         return out
     # (v - start) * top / range, in that order: multiplying by top / range first moved

@@ -36,6 +36,7 @@ from .segment_files import (
     _segment_dir,
     _write_index_file,
     ivf_message,
+    transposed_by_partition,
 )
 from .segments import index_dir
 
@@ -173,13 +174,8 @@ def _run_pool():
 def _transpose_pq(table: pa.Table, lengths: np.ndarray) -> pa.Table:
     """Each partition's ``(rows, m)`` PQ codes stored as ``(m, rows)``, as Lance stores a full index."""
     codes = _fixed(table.column(PQ_CODE_COLUMN))
-    m = codes.shape[1]
-    flat = np.empty(codes.size, dtype=np.uint8)
-    start = 0
-    for n in lengths:
-        flat[start * m : (start + n) * m] = codes[start : start + n].T.reshape(-1)
-        start += int(n)
-    col = pa.FixedSizeListArray.from_arrays(pa.array(flat), m)
+    flat = transposed_by_partition(codes, lengths).reshape(-1)
+    col = pa.FixedSizeListArray.from_arrays(pa.array(flat), codes.shape[1])
     return table.set_column(table.schema.get_field_index(PQ_CODE_COLUMN), table.schema.field(PQ_CODE_COLUMN), col)
 
 

@@ -52,8 +52,8 @@ from .files import filesystem, is_local
 from .rq_layout import pack_lance_codes, unpack_lance_codes
 from .segments import index_dir
 
-__all__ = ["PQ_CODE_COLUMN", "RQSegment", "index_details", "ivf_message", "read_rq_segment", "segment_index", "write_pq_segment",
-           "write_rq_segment"]
+__all__ = ["PQ_CODE_COLUMN", "RQSegment", "index_details", "ivf_message", "read_rq_segment", "segment_index",
+           "transposed_by_partition", "write_pq_segment", "write_rq_segment"]
 
 INDEX_DETAILS_TYPE = "/lance.index.pb.VectorIndexDetails"
 PQ_CODE_COLUMN = "__pq_code"  # Lance's column of PQ codes, in its index files and shuffle buffers
@@ -242,11 +242,8 @@ def write_pq_storage(base: str, codes: np.ndarray, codebook: np.ndarray, *, row_
     num_sub_vectors, num_codes, sub_dim = codebook.shape
     order, lengths, offsets = _partition_order(np.asarray(part_ids), num_partitions)
     stored = np.asarray(codes, dtype=np.uint8)[order]
-    if transposed:  # each partition's (rows, m) block stored as (m, rows)
-        flat = np.empty(stored.size, dtype=np.uint8)
-        for start, n in zip(offsets, lengths):
-            flat[start * num_sub_vectors : (start + n) * num_sub_vectors] = stored[start : start + n].T.reshape(-1)
-        stored = flat.reshape(-1, num_sub_vectors)
+    if transposed:
+        stored = transposed_by_partition(stored, lengths)
     schema = pa.schema([("_rowid", pa.uint64()), (PQ_CODE_COLUMN, pa.list_(pa.uint8(), num_sub_vectors))])
     quantizer = {
         "codebook_position": PQ_CODEBOOK_POSITION, "nbits": int(np.log2(num_codes)),
@@ -262,6 +259,19 @@ def write_pq_storage(base: str, codes: np.ndarray, codebook: np.ndarray, *, row_
         storage_options=storage_options,
     )
     return order, lengths, offsets
+
+
+def transposed_by_partition(codes: np.ndarray, lengths) -> np.ndarray:
+    """``(n, m)`` PQ codes grouped by partition, each partition's ``(rows, m)`` block
+    stored as ``(m, rows)``, as Lance stores a full index: the same shape, new bytes."""
+    m = codes.shape[1]
+    flat = np.empty(codes.size, dtype=np.uint8)
+    start = 0
+    for n in lengths:
+        n = int(n)
+        flat[start * m : (start + n) * m] = codes[start : start + n].T.reshape(-1)
+        start += n
+    return flat.reshape(-1, m)
 
 
 def read_pq_codebook(reader, num_sub_vectors: int) -> np.ndarray:
