@@ -289,20 +289,20 @@ def create_index(
         NumPy BLAS, and they write each IVF_PQ, IVF_SQ, IVF_FLAT and IVF_RQ (l2,
         cosine) segment's files in Lance's layout
         (:mod:`dask_lance_index.storage.segment_files`), build and write the graphs of
-        IVF_HNSW_FLAT, IVF_HNSW_SQ and IVF_HNSW_PQ (at most 1 GiB of rows, and not
-        IVF_HNSW_PQ under dot; :mod:`dask_lance_index.model.hnsw`; else for IVF_HNSW_PQ
-        they hand Lance the codes and Lance builds the graphs); for
+        IVF_HNSW_FLAT, IVF_HNSW_SQ and IVF_HNSW_PQ (IVF_HNSW_PQ up to 1 GiB of codes
+        and not under dot, else they hand Lance the codes and Lance builds the graphs;
+        past 1 GiB of IVF_HNSW_FLAT or IVF_HNSW_SQ rows the one task writing the segment
+        spills them to its disk; :mod:`dask_lance_index.model.hnsw`); for
         IVF_RQ the ex-codes' rescale factor chosen from three candidates per row
         instead of Lance's full sweep (recall@10 within 0.001 of Lance's own
         encoding of the same partitions, ``docs/benchmarks.md``).
         ``"partitions"`` (any type): the workers assign IVF partitions with
         NumPy BLAS and Lance encodes from that map; ``"lance"``: Lance itself.
         ``"auto"``: ``"precomputed"`` for 8-bit PQ types, IVF_FLAT, IVF_SQ, IVF_RQ
-        under l2 and cosine, and IVF_HNSW_FLAT and IVF_HNSW_SQ while the rows are at
-        most 1 GiB (which the one build task holds), under dot also up to 16,384 rows
+        under l2 and cosine, and IVF_HNSW_FLAT and IVF_HNSW_SQ (under dot up to 16,384 rows
         a partition on average (an explicit ``"precomputed"`` builds those dot
         graphs at any size, each node compared with every node of its partition:
-        slower than Lance past that), ``"partitions"`` otherwise.
+        slower than Lance past that)), ``"partitions"`` otherwise.
         ``"artifact"`` (8-bit PQ types): the workers encode into a partition
         artifact in Lance's upstream layout (a shuffle by bucket), which is
         then finalized; see :mod:`dask_lance_index.partition_artifacts`.

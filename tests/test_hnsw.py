@@ -9,6 +9,7 @@ searchable.
 
 import dataclasses
 import json
+import os
 import shutil
 import tracemalloc
 
@@ -29,7 +30,7 @@ from dask_lance_index.evaluation import exact_knn, recall_at_k, search
 from dask_lance_index.graph import build_graph
 from dask_lance_index.model import build_hnsw, hnsw
 from dask_lance_index.model.hnsw import node_levels
-from dask_lance_index.storage import StoredRows
+from dask_lance_index.storage import PartitionRuns, StoredRows
 
 
 def test_graph_levels_lists_and_entry_point():
@@ -387,6 +388,68 @@ def test_dot_graphs_search_as_well_as_lances_on_the_same_partitions(tmp_path, in
     assert min(recall["partitions"]) > 0.9
     for ours, theirs in zip(recall["precomputed"], recall["partitions"]):
         assert ours >= theirs - 0.01, recall
+
+
+def _count_runs_spilled(settings: dict) -> None:
+    """On a worker: the precomputed engine's limits set, and the chunks it spills counted."""
+    for k, v in settings.items():
+        setattr(precomputed_module, k, v)
+    runs = precomputed_module.PartitionRuns
+    if not hasattr(runs, "spilled"):
+        add = runs.add
+
+        def counted(self, *a):
+            runs.spilled += 1
+            return add(self, *a)
+
+        runs.add = counted
+    runs.spilled = 0
+
+
+@pytest.mark.parametrize("index_type", ["IVF_HNSW_FLAT", "IVF_HNSW_SQ"])
+def test_rows_spilled_to_disk_write_the_same_segment(cluster_client, tmp_path, monkeypatch, index_type):
+    """Past FLAT_TASK_BYTES the one task that writes an IVF_HNSW_FLAT or IVF_HNSW_SQ segment
+    spills its rows to its disk a chunk at a time, sorted by partition, and writes the segment
+    from those runs (rather than leave the graphs to Lance): the same rows and graphs, table for
+    table, as from the rows held whole, with and without a cluster, and no run left on disk."""
+    x = make_vectors(40000, 16, num_clusters=30, seed=4)
+    tiny = {"FLAT_TASK_BYTES": 1000, "SPILL_CHUNK_BYTES": 1}  # chunks of one scan batch: 3 runs
+    default = {k: getattr(precomputed_module, k) for k in tiny}
+    runs = []
+    add = PartitionRuns.add
+    monkeypatch.setattr(PartitionRuns, "add", lambda self, *a: runs.append(self.dir) or add(self, *a))
+    files = {}
+    try:
+        for who in ("held", "spilled", "spilled on a cluster"):
+            uri = str(tmp_path / f"{who.replace(' ', '_')}.lance")
+            write_vectors(uri, x, max_rows_per_file=10000)
+            if who != "held":
+                for k, v in tiny.items():
+                    monkeypatch.setattr(precomputed_module, k, v)
+            if who == "spilled on a cluster":
+                cluster_client.run(_count_runs_spilled, tiny)
+            kw = {"client": cluster_client} if "cluster" in who else {"scheduler": "sync"}
+            build = dli.create_index(uri, "vector", index_type, num_partitions=10, m=8, seed=0, compute=False, **kw)
+            assert build.plan.engine == "precomputed" and build.plan.num_tasks == 1
+            build.compute(**kw)
+            seg, = lance.dataset(uri).describe_indices()[0].segments
+            base = f"{uri}/_indices/{seg.uuid}"
+            files[who] = [LanceFileReader(f"{base}/{f}").read_all().to_table() for f in ("auxiliary.idx", "index.idx")]
+            files[who].append(LanceFileReader(f"{base}/index.idx").metadata().schema.metadata[b"lance:hnsw"])
+            if who == "spilled":
+                assert len(runs) >= 3 and len(set(runs)) == 1  # several chunks, one directory
+                assert not os.path.exists(runs[0])  # removed once the segment is written
+            if who == "spilled on a cluster":
+                assert sum(cluster_client.run(lambda: precomputed_module.PartitionRuns.spilled).values()) >= 3
+    finally:
+        cluster_client.run(lambda: [setattr(precomputed_module, k, v) for k, v in default.items()])
+    assert files["held"][0].num_rows == len(x)
+    for who in ("spilled", "spilled on a cluster"):
+        for held, spilled in zip(files["held"], files[who]):
+            assert held == spilled, who
+    ds = lance.dataset(str(tmp_path / "spilled.lance"))
+    truth = exact_knn(x, x[:50], 10, "l2")
+    assert recall_at_k(search(ds, "vector", x[:50], 10, nprobes=4)[0], truth) > 0.9
 
 
 @pytest.mark.parametrize("metric", ["l2", "cosine"])

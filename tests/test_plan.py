@@ -6,7 +6,7 @@ import pickle
 import pytest
 
 from dask_lance_index.build import resolve_engine
-from dask_lance_index.build.engines.precomputed import DOT_GRAPH_ROWS, graphs_left_to_lance
+from dask_lance_index.build.engines.precomputed import DOT_GRAPH_ROWS, graphs_left_to_lance, spills
 from dask_lance_index.errors import InvalidInputError
 from dask_lance_index.plan import (
     AGREEMENT_ROWS,
@@ -191,12 +191,14 @@ def test_engine_choice():
         # our graphs whatever the partitions' size (250k rows a partition here)
         params = resolve_params(t, dimension=32, num_rows=10**6, num_partitions=4)
         assert resolve_engine("auto", params, num_rows=10**6).name == "precomputed"
-        # and the one task holds every row: at most 1 GiB of them (12 bytes of ids, the stored row)
+        # the one task holds up to 1 GiB of rows (12 bytes of ids, the stored row), past that
+        # it spills them to its disk: ours either way
         params = resolve_params(t, dimension=1024, num_rows=10**6, num_partitions=1000)
         stored = 4 * 1024 if t == "IVF_HNSW_FLAT" else 1024
         fits = (2**30) // (12 + stored)
-        assert resolve_engine("auto", params, num_rows=fits, dimension=1024).name == "precomputed"
-        assert resolve_engine("auto", params, num_rows=fits + 1, dimension=1024).name == "partitions"
+        for rows in (fits, fits + 1):
+            assert resolve_engine("auto", params, num_rows=rows, dimension=1024).name == "precomputed"
+            assert spills(params, rows, 1024) == (rows > fits)
     # IVF_HNSW_PQ: always our codes; our graphs under l2 and cosine within the same bound, else Lance's
     for metric in ("l2", "cosine", "dot"):
         params = resolve_params("IVF_HNSW_PQ", dimension=32, num_rows=10**6, num_partitions=4, metric=metric)

@@ -31,6 +31,7 @@ from .files import (
     options_apply,
 )
 from .scan import (
+    SCAN_BATCH_ROWS,
     RowCounts,
     VectorBatch,
     iter_vectors,
@@ -47,6 +48,7 @@ from .scratch import (
     shuffle_buffer_schema,
 )
 from .hnsw_segment import StoredRows, decode_stored, write_hnsw_segment
+from .partition_runs import PartitionRuns
 from .segment_concat import CONCAT_ROWS, CONCAT_TYPES, concat_segments
 from .segment_files import (
     RQSegment,
@@ -72,7 +74,7 @@ from .segments import (
 
 __all__ = [
     "COLUMN_KINDS", "field_of", "field_paths", "resolve_field", "join_field_path", "split_field_path",
-    "CONCAT_ROWS", "CONCAT_TYPES", "ColumnInfo", "RQSegment", "RowCounts", "SegmentResult", "StorageOptions", "Store",
+    "CONCAT_ROWS", "CONCAT_TYPES", "ColumnInfo", "PartitionRuns", "RQSegment", "SCAN_BATCH_ROWS", "RowCounts", "SegmentResult", "StorageOptions", "Store",
     "StoredRows", "VectorBatch", "as_lance_index", "decode_stored", "column_info", "committed_index", "concat_segments", "field_type", "filesystem", "fragment_rows",
     "has_values", "hide_secrets",
     "index_dir", "index_dir_times", "index_from_dict", "index_names", "index_to_dict", "is_local",

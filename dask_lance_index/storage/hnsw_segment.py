@@ -37,6 +37,7 @@ import numpy as np
 import pyarrow as pa
 from lance.file import LanceFileReader, LanceFileWriter
 
+from .partition_runs import PartitionRuns
 from .segment_files import (
     PQ_CODE_COLUMN,
     AUX_FILE_VERSION,
@@ -45,6 +46,7 @@ from .segment_files import (
     read_pq_codebook,
     row_major_storage,
     write_pq_storage,
+    write_row_major_runs,
     write_row_major_storage,
 )
 from .segments import index_dir
@@ -137,9 +139,9 @@ def write_hnsw_segment(
     index_uuid: str,
     *,
     index_type: str,
-    row_ids: np.ndarray,
-    part_ids: np.ndarray,
-    values: np.ndarray,
+    row_ids: np.ndarray | None,
+    part_ids: np.ndarray | None,
+    values: np.ndarray | None,
     centroids: np.ndarray,
     metric: str,
     loss: float,
@@ -151,6 +153,7 @@ def write_hnsw_segment(
     num_bits: int = 8,
     codebook: np.ndarray | None = None,
     transposed: bool = False,
+    runs: PartitionRuns | None = None,
     storage_options: dict | None = None,
 ) -> list:
     """Write one IVF_HNSW_FLAT, IVF_HNSW_SQ or IVF_HNSW_PQ segment, building each
@@ -161,7 +164,9 @@ def write_hnsw_segment(
     are built on the decoded codes, the distances Lance's search sees), uint8 PQ codes
     ``(n, num_sub_vectors)`` of ``codebook`` for IVF_HNSW_PQ (its graphs on the codes
     looked up; ``transposed``: each partition's codes stored transposed, as Lance does for
-    a segment over every fragment of the dataset).
+    a segment over every fragment of the dataset). ``runs``: IVF_HNSW_FLAT's or
+    IVF_HNSW_SQ's rows spilled to disk (:class:`PartitionRuns` of ``_rowid`` and
+    ``values``) instead of ``row_ids``, ``part_ids`` and ``values``: the same files.
     ``build_graphs(stored, partitions, rows_of)``: the graphs
     (:func:`dask_lance_index.model.build_hnsw`) of the non-empty ``partitions``, a list
     of ``(partition, first stored row, rows)``, in that order; each partition's float32
@@ -171,7 +176,13 @@ def write_hnsw_segment(
     """
     centroids = np.asarray(centroids, dtype=np.float32)
     base = _segment_dir(dataset_uri, index_uuid)
-    if index_type == "IVF_HNSW_PQ":
+    if runs is not None:
+        if index_type == "IVF_HNSW_PQ":
+            raise ValueError("IVF_HNSW_PQ codes are written from the codes held, not from spilled runs")
+        order = None
+        lengths, offsets = write_row_major_runs(base, index_type, runs, centroids.shape[1], metric=metric,
+                                                bounds=bounds, num_bits=num_bits, storage_options=storage_options)
+    elif index_type == "IVF_HNSW_PQ":
         codebook = np.asarray(codebook, dtype=np.float32)
         order, lengths, offsets = write_pq_storage(
             base, values, codebook, row_ids=row_ids, part_ids=part_ids, num_partitions=len(centroids), metric=metric,
@@ -185,6 +196,8 @@ def write_hnsw_segment(
                         num_bits, storage_options, transposed)
 
     def rows_of(p: int) -> np.ndarray:
+        if order is None:  # the rows are on disk only: read back from the written file
+            return stored.read([(p, int(offsets[p]), int(lengths[p]))])[0]
         return decode_stored(index_type, np.asarray(values)[order[offsets[p] : offsets[p] + lengths[p]]], bounds,
                              num_bits, codebook)
 

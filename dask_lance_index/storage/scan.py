@@ -16,7 +16,7 @@ import pyarrow as pa
 
 from .datasets import field_of
 
-__all__ = ["RowCounts", "SCAN_SLICE_ROWS", "VectorBatch", "iter_vectors", "take_vectors", "to_float32_matrix",
+__all__ = ["RowCounts", "SCAN_BATCH_ROWS", "SCAN_SLICE_ROWS", "VectorBatch", "iter_vectors", "take_vectors", "to_float32_matrix",
            "valid_rows"]
 
 
@@ -79,6 +79,8 @@ class VectorBatch:
 # fragments of 128-d vectors: +316 MB peak read whole, +143 MB in 64k-row slices, no slower;
 # a 4M-row build peaked at 629 MB per worker with 500k-row fragments read whole).
 SCAN_SLICE_ROWS = 65536
+# Rows per batch a scan yields, at most.
+SCAN_BATCH_ROWS = 16384
 
 
 def iter_vectors(
@@ -86,7 +88,7 @@ def iter_vectors(
     column: str,
     dimension: int,
     fragment_ids: Sequence[int],
-    batch_size: int = 16384,
+    batch_size: int = SCAN_BATCH_ROWS,
     with_row_id: bool = False,
 ) -> Iterator[VectorBatch]:
     """Stream batches of the given fragments' vectors (bounded memory).

@@ -39,6 +39,7 @@ import datetime
 import json
 import os
 import struct
+from typing import Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -53,7 +54,7 @@ from .rq_layout import pack_lance_codes, unpack_lance_codes
 from .segments import index_dir
 
 __all__ = ["PQ_CODE_COLUMN", "RQSegment", "index_details", "ivf_message", "read_rq_segment", "segment_index",
-           "transposed_by_partition", "write_pq_segment", "write_rq_segment"]
+           "transposed_by_partition", "write_pq_segment", "write_row_major_runs", "write_rq_segment"]
 
 INDEX_DETAILS_TYPE = "/lance.index.pb.VectorIndexDetails"
 PQ_CODE_COLUMN = "__pq_code"  # Lance's column of PQ codes, in its index files and shuffle buffers
@@ -161,10 +162,22 @@ def _partition_order(part_ids: np.ndarray, num_partitions: int):
     return order, lengths, offsets
 
 
-def _write_aux(base: str, schema, order: np.ndarray, reordered: dict, gathered: dict, *, ivf: bytes,
-               extra_buffers: list, metric: str, quantizer_json: str, storage_options) -> None:
-    """``auxiliary.idx``: ``reordered`` columns are already in partition order (full
-    length), ``gathered`` ones are taken through ``order`` a slice at a time."""
+def _in_order(order: np.ndarray, reordered: dict, gathered: dict) -> Iterator[dict]:
+    """Batches of about :data:`_WRITE_BYTES` of the columns in ``order``: ``reordered`` ones are
+    already in that order (full length), ``gathered`` ones are taken through it a slice at a time."""
+    row_bytes = sum(np.asarray(v).dtype.itemsize * int(np.prod(np.shape(v)[1:])) for v in (*reordered.values(),
+                                                                                         *gathered.values()))
+    rows = max(1024, _WRITE_BYTES // max(row_bytes, 1))
+    for lo in range(0, len(order), rows):
+        take = order[lo : lo + rows]
+        cols = {k: v[lo : lo + len(take)] for k, v in reordered.items()}
+        cols.update({k: np.asarray(v)[take] for k, v in gathered.items()})
+        yield cols
+
+
+def _write_aux(base: str, schema, batches: Iterable[dict], *, ivf: bytes, extra_buffers: list, metric: str,
+               quantizer_json: str, storage_options) -> None:
+    """``auxiliary.idx`` from ``batches`` of its columns (NumPy arrays by name), in order."""
     def column(name, values):
         field = schema.field(name)
         if pa.types.is_fixed_size_list(field.type):
@@ -172,14 +185,8 @@ def _write_aux(base: str, schema, order: np.ndarray, reordered: dict, gathered: 
         return pa.array(values, type=field.type)
 
     aux = LanceFileWriter(f"{base}/auxiliary.idx", schema, version=AUX_FILE_VERSION, storage_options=storage_options)
-    row_bytes = sum(np.asarray(v).dtype.itemsize * int(np.prod(np.shape(v)[1:])) for v in (*reordered.values(),
-                                                                                         *gathered.values()))
-    rows = max(1024, _WRITE_BYTES // max(row_bytes, 1))
-    for lo in range(0, len(order), rows):
-        take = order[lo : lo + rows]
-        cols = {k: column(k, v[lo : lo + len(take)]) for k, v in reordered.items()}
-        cols.update({k: column(k, np.asarray(v)[take]) for k, v in gathered.items()})
-        aux.write_batch(pa.record_batch([cols[name] for name in schema.names], schema=schema))
+    for cols in batches:
+        aux.write_batch(pa.record_batch([column(name, cols[name]) for name in schema.names], schema=schema))
     pos = aux.add_global_buffer(ivf)
     for buffer in extra_buffers:
         aux.add_global_buffer(buffer)
@@ -251,7 +258,7 @@ def write_pq_storage(base: str, codes: np.ndarray, codebook: np.ndarray, *, row_
         "transposed": bool(transposed),
     }
     _write_aux(
-        base, schema, order, {PQ_CODE_COLUMN: stored}, {"_rowid": np.asarray(row_ids, dtype=np.uint64)},
+        base, schema, _in_order(order, {PQ_CODE_COLUMN: stored}, {"_rowid": np.asarray(row_ids, dtype=np.uint64)}),
         ivf=ivf_message(offsets, lengths),
         # the codebook as Lance stores it: [sub-vector][code][sub-dim] data under a (codes, d) shape
         extra_buffers=[_tensor(codebook, (num_codes, num_sub_vectors * sub_dim))],
@@ -300,15 +307,36 @@ def write_row_major_storage(base: str, index_type: str, values: np.ndarray, *, r
     """Write the ``auxiliary.idx`` of a row-major segment (IVF_SQ, IVF_FLAT and their HNSW
     types: :func:`row_major_storage`), ``_rowid`` and ``values`` grouped by partition;
     returns the partition order, lengths and offsets it wrote them in."""
-    field, quantizer = row_major_storage(index_type, np.shape(values)[1], bounds=bounds, num_bits=num_bits)
     order, lengths, offsets = _partition_order(np.asarray(part_ids), num_partitions)
+    batches = _in_order(order, {}, {"_rowid": np.asarray(row_ids, dtype=np.uint64), "values": values})
+    _write_row_major(base, index_type, np.shape(values)[1], batches, lengths, offsets, metric=metric, bounds=bounds,
+                     num_bits=num_bits, storage_options=storage_options)
+    return order, lengths, offsets
+
+
+def write_row_major_runs(base: str, index_type: str, runs, dimension: int, *, metric: str,
+                         bounds: tuple[float, float] | None = None, num_bits: int = 8,
+                         storage_options) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`write_row_major_storage` from rows spilled in ``runs``
+    (:class:`~dask_lance_index.storage.PartitionRuns` of ``_rowid`` and ``values``); the
+    same file as from the rows held whole. Returns the partition lengths and offsets."""
+    lengths = runs.lengths
+    offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    row_bytes = 8 + (1 if index_type.endswith("_SQ") else 4) * dimension
+    _write_row_major(base, index_type, dimension, runs.batches(max(1024, _WRITE_BYTES // row_bytes)), lengths,
+                     offsets, metric=metric, bounds=bounds, num_bits=num_bits, storage_options=storage_options)
+    return lengths, offsets
+
+
+def _write_row_major(base: str, index_type: str, dimension: int, batches: Iterable[dict], lengths, offsets, *,
+                     metric: str, bounds, num_bits: int, storage_options) -> None:
+    field, quantizer = row_major_storage(index_type, dimension, bounds=bounds, num_bits=num_bits)
     _write_aux(
-        base, pa.schema([pa.field("_rowid", pa.uint64()), field]), order, {},
-        {"_rowid": np.asarray(row_ids, dtype=np.uint64), field.name: values},
+        base, pa.schema([pa.field("_rowid", pa.uint64()), field]),
+        ({"_rowid": b["_rowid"], field.name: b["values"]} for b in batches),
         ivf=ivf_message(offsets, lengths), extra_buffers=[], metric=metric,
         quantizer_json=json.dumps(quantizer, separators=(",", ":")), storage_options=storage_options,
     )
-    return order, lengths, offsets
 
 
 def write_sq_segment(
@@ -424,7 +452,7 @@ def write_rq_segment(
     model_json = json.dumps({**json.loads(model), "packed": bool(packed)}, separators=(",", ":"))
     base = _segment_dir(dataset_uri, index_uuid)
     _write_aux(
-        base, _rq_schema(dimension, num_bits), order, {"_rabit_codes": stored}, gathered,
+        base, _rq_schema(dimension, num_bits), _in_order(order, {"_rabit_codes": stored}, gathered),
         ivf=ivf_message(offsets, lengths), extra_buffers=[],
         metric=metric, quantizer_json=model_json,
         storage_options=storage_options,

@@ -9,7 +9,7 @@ them as its own. IVF_HNSW_FLAT, IVF_HNSW_SQ and IVF_HNSW_PQ (l2, cosine; IVF_HNS
 IVF_HNSW_SQ under dot too): as IVF_FLAT, IVF_SQ and IVF_PQ, and the task also builds each partition's graph (:mod:`dask_lance_index.model.hnsw`; on a
 cluster as graph tasks on every worker, :mod:`dask_lance_index.build.graphs`) and writes it
 (:mod:`dask_lance_index.storage.hnsw_segment`). IVF_HNSW_PQ whose graphs Lance builds
-(the dot metric, or more rows than one task holds: :func:`graphs_left_to_lance`): the codes
+(the dot metric, or more codes than one task holds: :func:`graphs_left_to_lance`): the codes
 go to a scratch dataset on the worker's disk and Lance builds the segment from those
 "precomputed shuffle buffers"; Lance reads the whole buffer dataset, ignoring
 ``fragment_ids``, so each task's buffer holds exactly its own rows. The default
@@ -30,6 +30,8 @@ from ...model.hnsw import (
 from ...plan.index_plan import FLAT_TASK_BYTES, held_row_bytes
 from ...runtime import small_pages
 from ...storage import (
+    SCAN_BATCH_ROWS,
+    PartitionRuns,
     SegmentResult,
     segment_index,
     shuffle_buffer_batch,
@@ -44,11 +46,14 @@ from ...storage import (
 from ..graphs import PartitionGraphs
 from .base import Engine, SegmentTask
 
-__all__ = ["DOT_GRAPH_ROWS", "HNSW_WRITTEN", "PrecomputedEngine", "graphs_left_to_lance", "writes_codes"]
+__all__ = ["DOT_GRAPH_ROWS", "HNSW_WRITTEN", "PrecomputedEngine", "SPILL_CHUNK_BYTES", "graphs_left_to_lance", "spills",
+           "writes_codes"]
 
 # HNSW types whose graphs we build (model.hnsw) and whose segment files we write (rows that
 # one task holds; not IVF_HNSW_PQ under dot: graphs_left_to_lance).
 HNSW_WRITTEN = ("IVF_HNSW_FLAT", "IVF_HNSW_SQ", "IVF_HNSW_PQ")
+# Rows a spilling task holds at once (spills): 256 MB of rows, ids and partitions.
+SPILL_CHUNK_BYTES = FLAT_TASK_BYTES // 4
 # Rows a partition, on average, past which Lance builds the dot-metric graphs: ours compare
 # each node with every node of its partition, Lance's inserts with a few hundred. 1M dot
 # IVF_HNSW_FLAT builds, ours against Lance's: 0.67x at 122 partitions (8,200 rows each),
@@ -59,12 +64,13 @@ DOT_GRAPH_ROWS = 16384
 def graphs_left_to_lance(params, num_rows: int | None, dimension: int | None = None) -> bool:
     """Whether an HNSW index's graphs are left to Lance: IVF_HNSW_PQ under the dot metric;
     IVF_HNSW_FLAT and IVF_HNSW_SQ under dot past :data:`DOT_GRAPH_ROWS` rows a partition
-    (our dot graphs compare each node with every node of its partition); or when the one
-    task that builds the segment would hold more than
-    :data:`~dask_lance_index.plan.index_plan.FLAT_TASK_BYTES` of rows (it holds every row
-    until it writes them grouped by partition). Engine ``"auto"`` then builds IVF_HNSW_FLAT
-    and IVF_HNSW_SQ with the ``"partitions"`` engine, and this engine hands IVF_HNSW_PQ's
-    codes to Lance. Pure."""
+    (our dot graphs compare each node with every node of its partition); or IVF_HNSW_PQ
+    when the one task that builds the segment would hold more than
+    :data:`~dask_lance_index.plan.index_plan.FLAT_TASK_BYTES` of codes (it holds every code
+    until it writes them grouped by partition; IVF_HNSW_FLAT's and IVF_HNSW_SQ's rows past
+    that go to its disk: :func:`spills`). Engine ``"auto"`` then builds IVF_HNSW_FLAT and
+    IVF_HNSW_SQ with the ``"partitions"`` engine, and this engine hands IVF_HNSW_PQ's codes
+    to Lance. Pure."""
     if params.index_type not in HNSW_WRITTEN:
         return False
     if params.metric == "dot" and params.index_type == "IVF_HNSW_PQ":
@@ -73,11 +79,16 @@ def graphs_left_to_lance(params, num_rows: int | None, dimension: int | None = N
         return False
     if params.metric == "dot" and num_rows > DOT_GRAPH_ROWS * params.num_partitions:
         return True
-    if params.quantizer == "PQ":  # ids and a byte a sub-vector
-        held = 12 + (params.num_sub_vectors or dimension or 0)
-    else:
-        held = held_row_bytes(params.index_type, dimension or 0)
-    return num_rows * held > FLAT_TASK_BYTES
+    # IVF_HNSW_FLAT's and IVF_HNSW_SQ's rows past that go to disk (spills); PQ codes do not
+    return params.quantizer == "PQ" and num_rows * (12 + (params.num_sub_vectors or dimension or 0)) > FLAT_TASK_BYTES
+
+
+def spills(params, num_rows: int, dimension: int) -> bool:
+    """Whether the one task writing an IVF_HNSW_FLAT or IVF_HNSW_SQ segment spills its rows to
+    its disk, sorted by partition a chunk at a time (:class:`~dask_lance_index.storage.PartitionRuns`),
+    rather than hold them: past :data:`~dask_lance_index.plan.index_plan.FLAT_TASK_BYTES`. Pure."""
+    return (params.index_type in ("IVF_HNSW_FLAT", "IVF_HNSW_SQ")
+            and num_rows * held_row_bytes(params.index_type, dimension) > FLAT_TASK_BYTES)
 
 
 def _hnsw_settings(params) -> tuple[int, int, int]:
@@ -145,9 +156,14 @@ def _write_segment(seg: SegmentTask):
     (16 of sign bits, 64 of ex-codes, 20 of factors): 56 and 224 MB for the
     default 2M-row task.
     """
-    plan, model, params = seg.plan, seg.model, seg.plan.params
+    model, params = seg.model, seg.plan.params
     centroids = np.asarray(model.ivf_centroids, dtype=np.float32)
     bound = seg.num_rows
+    runs = None
+    if spills(params, seg.num_rows, centroids.shape[1]):
+        # the rows go to disk a chunk at a time, sorted by partition (storage.PartitionRuns)
+        bound = min(bound, max(SCAN_BATCH_ROWS, SPILL_CHUNK_BYTES // held_row_bytes(params.index_type, centroids.shape[1])))
+        runs = PartitionRuns(len(centroids))
     direct = {}  # columns the encoder writes into in place, rows [at, at + len(x))
     if params.quantizer == "PQ":
         encoder = PQEncoder(centroids, model.pq_codebook, params.metric, model.coarse_index)
@@ -179,7 +195,7 @@ def _write_segment(seg: SegmentTask):
             return out, out.pop("loss")
 
     # One array per column, sized by the fragments' rows (an upper bound of the valid
-    # rows) and filled batch by batch: no second copy when the task ends.
+    # rows; or a spilled chunk's) and filled batch by batch: no second copy when the task ends.
     # These arrays, and the copies the writers make, are fresh memory touched once: made
     # without transparent huge pages (runtime.malloc: a fresh 512 MB array took 0.04 s or,
     # when the kernel had to compact memory for its huge pages, 1.1-1.8 s to fill, against
@@ -187,18 +203,40 @@ def _write_segment(seg: SegmentTask):
     codes, loss, n = {}, 0.0, 0
     with small_pages():
         row_ids = np.empty(bound, np.uint64)
-    for x, rid in seg.valid_rows():
-        out, batch_loss = encode(x, n)
-        loss += batch_loss
-        if not codes:
-            with small_pages():
-                codes = {k: np.empty((bound,) + v.shape[1:], v.dtype) for k, v in out.items()}
-        for k, v in out.items():
-            codes[k][n : n + len(v)] = v
-        row_ids[n : n + len(rid)] = rid
-        n += len(rid)
+
+    def spill(n: int) -> None:
+        held = {**codes, **direct}
+        runs.add(held["part_ids"][:n], {"_rowid": row_ids[:n], "values": held["codes"][:n]})
+
+    try:
+        for x, rid in seg.valid_rows():
+            if runs is not None and n + len(rid) > bound:
+                spill(n)
+                n = 0
+            out, batch_loss = encode(x, n)
+            loss += batch_loss
+            if not codes:
+                with small_pages():
+                    codes = {k: np.empty((bound,) + v.shape[1:], v.dtype) for k, v in out.items()}
+            for k, v in out.items():
+                codes[k][n : n + len(v)] = v
+            row_ids[n : n + len(rid)] = rid
+            n += len(rid)
+    except BaseException:
+        if runs is not None:
+            runs.close()
+        raise
     if not seg.counts.rows:
+        if runs is not None:
+            runs.close()
         return seg.create(), encoder.assigner  # nothing indexable: Lance's own empty segment
+    if runs is not None:
+        spill(n)
+        with runs, small_pages():
+            files = _write_files(seg, {"runs": runs}, dict(row_ids=None, part_ids=None, centroids=centroids,
+                                                           metric=params.metric, loss=loss,
+                                                           storage_options=seg.storage_options), whole=False)
+        return _segment(seg, files), encoder.assigner
     codes = {k: v[:n] for k, v in {**codes, **direct}.items()}
     # Lance stores a segment over the whole dataset as a full index (PQ codes
     # transposed, RaBitQ sign bits packed) and a partial one row-major: do as it does.
@@ -207,12 +245,17 @@ def _write_segment(seg: SegmentTask):
                   loss=loss, storage_options=seg.storage_options)
     with small_pages():
         files = _write_files(seg, codes, common, whole)
-    index = segment_index(seg.ds, index_uuid=seg.uuid, name=plan.name, column=plan.column,
-                          fragment_ids=seg.fragment_ids, quantizer=params.quantizer or "FLAT", metric=params.metric,
-                          num_bits=params.num_bits, num_sub_vectors=params.num_sub_vectors, files=files,
-                          storage_options=seg.storage_options,
-                          hnsw=_hnsw_settings(params) if params.index_type in HNSW_WRITTEN else None)
-    return index, encoder.assigner
+    return _segment(seg, files), encoder.assigner
+
+
+def _segment(seg: SegmentTask, files: list):
+    """The written segment's Index."""
+    plan, params = seg.plan, seg.plan.params
+    return segment_index(seg.ds, index_uuid=seg.uuid, name=plan.name, column=plan.column,
+                         fragment_ids=seg.fragment_ids, quantizer=params.quantizer or "FLAT", metric=params.metric,
+                         num_bits=params.num_bits, num_sub_vectors=params.num_sub_vectors, files=files,
+                         storage_options=seg.storage_options,
+                         hnsw=_hnsw_settings(params) if params.index_type in HNSW_WRITTEN else None)
 
 
 def _write_files(seg: SegmentTask, codes: dict, common: dict, whole: bool) -> list:
@@ -227,7 +270,8 @@ def _write_files(seg: SegmentTask, codes: dict, common: dict, whole: bool) -> li
                                  candidates=ef_construction if dot else min(ef_construction, HNSW_CANDIDATES))
         # the graphs as tasks on every worker only when no other build task shares the cluster
         build_graphs = graphs.builder(fan_out=plan.num_tasks == 1)
-        return write_hnsw_segment(plan.uri, seg.uuid, index_type=params.index_type, values=codes["codes"],
+        return write_hnsw_segment(plan.uri, seg.uuid, index_type=params.index_type, values=codes.get("codes"),
+                                  runs=codes.get("runs"),
                                   m=m, ef_construction=ef_construction, max_level=max_level,
                                   build_graphs=build_graphs, bounds=model.sq_bounds, num_bits=params.num_bits or 8,
                                   codebook=model.pq_codebook, transposed=whole, **common)
