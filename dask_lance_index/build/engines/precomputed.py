@@ -49,8 +49,8 @@ from .base import Engine, SegmentTask
 __all__ = ["DOT_GRAPH_ROWS", "HNSW_WRITTEN", "PrecomputedEngine", "SPILL_CHUNK_BYTES", "graphs_left_to_lance", "spills",
            "writes_codes"]
 
-# HNSW types whose graphs we build (model.hnsw) and whose segment files we write (rows that
-# one task holds; not IVF_HNSW_PQ under dot: graphs_left_to_lance).
+# HNSW types whose graphs we build (model.hnsw) and whose segment files we write (not
+# IVF_HNSW_PQ under dot or past the codes one task holds: graphs_left_to_lance).
 HNSW_WRITTEN = ("IVF_HNSW_FLAT", "IVF_HNSW_SQ", "IVF_HNSW_PQ")
 # Rows a spilling task holds at once (spills): 256 MB of rows, ids and partitions.
 SPILL_CHUNK_BYTES = FLAT_TASK_BYTES // 4
@@ -154,7 +154,9 @@ def _write_segment(seg: SegmentTask):
     (4 of partition, 8 of row id, 16 of codes), 12 + d for IVF_SQ, 12 + 4d for IVF_FLAT
     (so its tasks are planned smaller: :data:`dask_lance_index.plan.FLAT_TASK_BYTES`), 112 for IVF_RQ at 128-d and 5 bits
     (16 of sign bits, 64 of ex-codes, 20 of factors): 56 and 224 MB for the
-    default 2M-row task.
+    default 2M-row task. The one task of an IVF_HNSW_FLAT or IVF_HNSW_SQ segment holds at
+    most :data:`SPILL_CHUNK_BYTES` of them past that, spilling the rest to its disk
+    (:func:`spills`).
     """
     model, params = seg.model, seg.plan.params
     centroids = np.asarray(model.ivf_centroids, dtype=np.float32)
