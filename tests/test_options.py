@@ -44,12 +44,15 @@ def test_num_bits_4_pq_codes_4_bits_and_searches_like_lances_4_bit_index(tmp_pat
     assert [s["sub_index"]["nbits"] for s in stats["indices"]] == [4]  # two segments merged into one
     assert ds.describe_indices()[0].details["compression"] == {"type": "pq", "num_bits": 4, "num_sub_vectors": 8}
     assert dli.load_model(dataset_uri, "vector_idx").model.pq_codebook.shape == (8, 16, 4)  # 2**4 code words
-    # Lance's own 4-bit build of the same data is the reference.
-    ref = lance.dataset(ref_uri)
-    ref.create_index("vector", "IVF_PQ", num_partitions=16, num_sub_vectors=8, num_bits=4)
+    # Lance's own 4-bit builds of the same data are the reference: three, as Lance's training
+    # is drawn afresh each time (one build's recall ranged 0.499-0.534 here)
     truth = exact_knn(vectors, queries, 10)
-    ours, theirs = _recall(ds, queries, truth, nprobes=16), _recall(ref, queries, truth, nprobes=16)
-    assert ours >= theirs - 0.03, (ours, theirs)
+    ref, theirs = lance.dataset(ref_uri), []
+    for _ in range(3):
+        ref.create_index("vector", "IVF_PQ", num_partitions=16, num_sub_vectors=8, num_bits=4, replace=True)
+        theirs.append(_recall(lance.dataset(ref_uri), queries, truth, nprobes=16))
+    ours = _recall(ds, queries, truth, nprobes=16)
+    assert ours >= np.mean(theirs) - 0.03, (ours, theirs)
 
 
 @pytest.mark.parametrize("index_type", ["IVF_HNSW_FLAT", "IVF_HNSW_SQ"])
