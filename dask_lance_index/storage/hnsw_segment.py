@@ -176,6 +176,7 @@ def write_hnsw_segment(
     """
     centroids = np.asarray(centroids, dtype=np.float32)
     base = _segment_dir(dataset_uri, index_uuid)
+    transposed = transposed and index_type == "IVF_HNSW_PQ"  # row-major types are stored as they are
     if runs is not None:
         if index_type == "IVF_HNSW_PQ":
             raise ValueError("IVF_HNSW_PQ codes are written from the codes held, not from spilled runs")
@@ -188,7 +189,6 @@ def write_hnsw_segment(
             base, values, codebook, row_ids=row_ids, part_ids=part_ids, num_partitions=len(centroids), metric=metric,
             transposed=transposed, storage_options=storage_options)
     else:
-        transposed = False
         order, lengths, offsets = write_row_major_storage(
             base, index_type, values, row_ids=row_ids, part_ids=part_ids, num_partitions=len(centroids),
             metric=metric, bounds=bounds, num_bits=num_bits, storage_options=storage_options)

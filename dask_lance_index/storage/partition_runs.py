@@ -46,6 +46,11 @@ class PartitionRuns:
         self._runs.append((np.concatenate([[0], np.cumsum(counts)]), paths))
 
     @property
+    def row_bytes(self) -> int:
+        """Bytes of one row, all columns."""
+        return sum(dtype.itemsize * int(np.prod(shape, dtype=np.int64)) for dtype, shape in self._columns.values())
+
+    @property
     def lengths(self) -> np.ndarray:
         """Rows per partition, all runs."""
         total = np.zeros(self.num_partitions, np.int64)

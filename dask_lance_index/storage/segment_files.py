@@ -162,12 +162,16 @@ def _partition_order(part_ids: np.ndarray, num_partitions: int):
     return order, lengths, offsets
 
 
+def _batch_rows(row_bytes: int) -> int:
+    """Rows of a written batch of about :data:`_WRITE_BYTES`."""
+    return max(1024, _WRITE_BYTES // max(row_bytes, 1))
+
+
 def _in_order(order: np.ndarray, reordered: dict, gathered: dict) -> Iterator[dict]:
     """Batches of about :data:`_WRITE_BYTES` of the columns in ``order``: ``reordered`` ones are
     already in that order (full length), ``gathered`` ones are taken through it a slice at a time."""
-    row_bytes = sum(np.asarray(v).dtype.itemsize * int(np.prod(np.shape(v)[1:])) for v in (*reordered.values(),
-                                                                                         *gathered.values()))
-    rows = max(1024, _WRITE_BYTES // max(row_bytes, 1))
+    rows = _batch_rows(sum(np.asarray(v).dtype.itemsize * int(np.prod(np.shape(v)[1:]))
+                           for v in (*reordered.values(), *gathered.values())))
     for lo in range(0, len(order), rows):
         take = order[lo : lo + rows]
         cols = {k: v[lo : lo + len(take)] for k, v in reordered.items()}
@@ -322,8 +326,7 @@ def write_row_major_runs(base: str, index_type: str, runs, dimension: int, *, me
     same file as from the rows held whole. Returns the partition lengths and offsets."""
     lengths = runs.lengths
     offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]])
-    row_bytes = 8 + (1 if index_type.endswith("_SQ") else 4) * dimension
-    _write_row_major(base, index_type, dimension, runs.batches(max(1024, _WRITE_BYTES // row_bytes)), lengths,
+    _write_row_major(base, index_type, dimension, runs.batches(_batch_rows(runs.row_bytes)), lengths,
                      offsets, metric=metric, bounds=bounds, num_bits=num_bits, storage_options=storage_options)
     return lengths, offsets
 

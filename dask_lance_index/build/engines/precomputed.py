@@ -210,7 +210,7 @@ def _write_segment(seg: SegmentTask):
         held = {**codes, **direct}
         runs.add(held["part_ids"][:n], {"_rowid": row_ids[:n], "values": held["codes"][:n]})
 
-    try:
+    try:  # the runs, if any, removed however the task ends
         for x, rid in seg.valid_rows():
             if runs is not None and n + len(rid) > bound:
                 spill(n)
@@ -224,29 +224,24 @@ def _write_segment(seg: SegmentTask):
                 codes[k][n : n + len(v)] = v
             row_ids[n : n + len(rid)] = rid
             n += len(rid)
-    except BaseException:
+        if not seg.counts.rows:
+            return seg.create(), encoder.assigner  # nothing indexable: Lance's own empty segment
+        if runs is not None:
+            spill(n)
+            codes, held_ids, part_ids = {"runs": runs}, None, None
+        else:
+            codes = {k: v[:n] for k, v in {**codes, **direct}.items()}
+            held_ids, part_ids = row_ids[:n], codes.pop("part_ids")
+        # Lance stores a segment over the whole dataset as a full index (PQ codes
+        # transposed, RaBitQ sign bits packed) and a partial one row-major: do as it does.
+        whole = {f.fragment_id for f in seg.ds.get_fragments()} == set(seg.fragment_ids)
+        common = dict(row_ids=held_ids, part_ids=part_ids, centroids=centroids, metric=params.metric,
+                      loss=loss, storage_options=seg.storage_options)
+        with small_pages():
+            files = _write_files(seg, codes, common, whole)
+    finally:
         if runs is not None:
             runs.close()
-        raise
-    if not seg.counts.rows:
-        if runs is not None:
-            runs.close()
-        return seg.create(), encoder.assigner  # nothing indexable: Lance's own empty segment
-    if runs is not None:
-        spill(n)
-        with runs, small_pages():
-            files = _write_files(seg, {"runs": runs}, dict(row_ids=None, part_ids=None, centroids=centroids,
-                                                           metric=params.metric, loss=loss,
-                                                           storage_options=seg.storage_options), whole=False)
-        return _segment(seg, files), encoder.assigner
-    codes = {k: v[:n] for k, v in {**codes, **direct}.items()}
-    # Lance stores a segment over the whole dataset as a full index (PQ codes
-    # transposed, RaBitQ sign bits packed) and a partial one row-major: do as it does.
-    whole = {f.fragment_id for f in seg.ds.get_fragments()} == set(seg.fragment_ids)
-    common = dict(row_ids=row_ids[:n], part_ids=codes.pop("part_ids"), centroids=centroids, metric=params.metric,
-                  loss=loss, storage_options=seg.storage_options)
-    with small_pages():
-        files = _write_files(seg, codes, common, whole)
     return _segment(seg, files), encoder.assigner
 
 
@@ -261,7 +256,8 @@ def _segment(seg: SegmentTask, files: list):
 
 
 def _write_files(seg: SegmentTask, codes: dict, common: dict, whole: bool) -> list:
-    """Write the segment's files from the task's codes; returns their names."""
+    """Write the segment's files from the task's codes (``{"runs": PartitionRuns}`` when
+    an HNSW segment's rows were spilled); returns their names."""
     plan, model, params = seg.plan, seg.model, seg.plan.params
     if params.index_type in HNSW_WRITTEN:
         m, ef_construction, max_level = _hnsw_settings(params)
