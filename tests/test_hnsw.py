@@ -390,20 +390,30 @@ def test_dot_graphs_search_as_well_as_lances_on_the_same_partitions(tmp_path, in
         assert ours >= theirs - 0.01, recall
 
 
-def _count_runs_spilled(settings: dict) -> None:
-    """On a worker: the precomputed engine's limits set, and the chunks it spills counted."""
+def segment_contents(uri: str) -> list:
+    """The one HNSW segment's ``auxiliary.idx`` and ``index.idx`` tables and its graphs' metadata."""
+    seg, = lance.dataset(uri).describe_indices()[0].segments
+    base = f"{uri}/_indices/{seg.uuid}"
+    files = [LanceFileReader(f"{base}/{f}").read_all().to_table() for f in ("auxiliary.idx", "index.idx")]
+    return files + [LanceFileReader(f"{base}/index.idx").metadata().schema.metadata[b"lance:hnsw"]]
+
+
+def _count_runs_spilled(settings: dict, count: bool = True) -> None:
+    """On a worker: the precomputed engine's limits set, and the chunks it spills counted
+    (or, ``count=False``, no longer)."""
     for k, v in settings.items():
         setattr(precomputed_module, k, v)
     runs = precomputed_module.PartitionRuns
-    if not hasattr(runs, "spilled"):
-        add = runs.add
-
+    add = runs.__dict__.get("uncounted_add", runs.add)
+    if count:
         def counted(self, *a):
             runs.spilled += 1
             return add(self, *a)
 
-        runs.add = counted
-    runs.spilled = 0
+        runs.uncounted_add, runs.add, runs.spilled = add, counted, 0
+    elif "uncounted_add" in runs.__dict__:
+        runs.add = add
+        del runs.uncounted_add
 
 
 @pytest.mark.parametrize("index_type", ["IVF_HNSW_FLAT", "IVF_HNSW_SQ"])
@@ -432,17 +442,14 @@ def test_rows_spilled_to_disk_write_the_same_segment(cluster_client, tmp_path, m
             build = dli.create_index(uri, "vector", index_type, num_partitions=10, m=8, seed=0, compute=False, **kw)
             assert build.plan.engine == "precomputed" and build.plan.num_tasks == 1
             build.compute(**kw)
-            seg, = lance.dataset(uri).describe_indices()[0].segments
-            base = f"{uri}/_indices/{seg.uuid}"
-            files[who] = [LanceFileReader(f"{base}/{f}").read_all().to_table() for f in ("auxiliary.idx", "index.idx")]
-            files[who].append(LanceFileReader(f"{base}/index.idx").metadata().schema.metadata[b"lance:hnsw"])
+            files[who] = segment_contents(uri)
             if who == "spilled":
                 assert len(runs) >= 3 and len(set(runs)) == 1  # several chunks, one directory
                 assert not os.path.exists(runs[0])  # removed once the segment is written
             if who == "spilled on a cluster":
                 assert sum(cluster_client.run(lambda: precomputed_module.PartitionRuns.spilled).values()) >= 3
     finally:
-        cluster_client.run(lambda: [setattr(precomputed_module, k, v) for k, v in default.items()])
+        cluster_client.run(_count_runs_spilled, default, False)
     assert files["held"][0].num_rows == len(x)
     for who in ("spilled", "spilled on a cluster"):
         for held, spilled in zip(files["held"], files[who]):
@@ -571,10 +578,7 @@ def test_graphs_built_as_tasks_or_in_threads_equal_one_threads(cluster_client, t
                     result = dli.create_index(uri, "vector", index_type, num_partitions=12, m=8, seed=0, metric=metric,
                                               **kw, **({"num_sub_vectors": 8} if "PQ" in index_type else {}))
             assert result.count_rows() == len(x)
-            seg, = lance.dataset(uri).describe_indices()[0].segments
-            base = f"{uri}/_indices/{seg.uuid}"
-            files[who] = [LanceFileReader(f"{base}/{f}").read_all().to_table() for f in ("auxiliary.idx", "index.idx")]
-            files[who].append(LanceFileReader(f"{base}/index.idx").metadata().schema.metadata[b"lance:hnsw"])
+            files[who] = segment_contents(uri)
             if who == "cluster":
                 runs = [t for t in stream.data if t["key"].startswith("dli-graphs-")]
                 workers = {t["worker"] for t in runs}
