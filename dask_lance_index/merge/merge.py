@@ -23,11 +23,14 @@ from ..recovery.journal import (
     stop_if_aborted,
     write_merge,
 )
+from ..build.engines.precomputed import hnsw_settings, partition_graphs
 from ..runtime import in_bulk
 from ..plan import segment_uuid
 from ..storage import (
     CONCAT_TYPES,
+    STORAGE_TYPES,
     SegmentResult,
+    add_hnsw_graphs,
     concat_segments,
     open_dataset,
     remove_index_dir,
@@ -50,25 +53,36 @@ def merge_segments(uri: str, version: int, segments: list, storage_options: dict
 
 def concatenates(plan, inputs: list[SegmentResult]) -> bool:
     """Whether a merge of ``inputs`` concatenates them (segments this build's
-    ``precomputed`` engine wrote) rather than asking Lance. Pure."""
-    return (plan.engine == "precomputed" and plan.params.index_type in CONCAT_TYPES
+    ``precomputed`` engine wrote, or an HNSW index's storage-only segments:
+    :attr:`~dask_lance_index.plan.IndexPlan.graphs_at_merge`) rather than asking Lance. Pure."""
+    return (plan.engine == "precomputed" and (plan.params.index_type in CONCAT_TYPES or plan.graphs_at_merge)
             and all(s.slot >= 0 for s in inputs))
 
 
 def concat_into(plan, slot: int, inputs: list[SegmentResult], storage_options: dict | None = None):
     """Concatenate ``inputs`` into the segment of merge slot ``slot`` (its uuid is the
-    build's, as a build task's: a retry writes the same one); its Index."""
+    build's, as a build task's: a retry writes the same one); its Index. An HNSW index's
+    storage-only inputs are concatenated as their storage type's, and a segment to be
+    committed then gets its graphs, built here once (on every worker of the cluster when it
+    is the build's only such merge: :class:`~dask_lance_index.build.PartitionGraphs`)."""
     uuid = segment_uuid(plan.build_id, slot)
     remove_index_dir(plan.uri, uuid, storage_options)  # a dead attempt's partial files
     fragment_ids = sorted(f for s in inputs for f in s.fragment_ids)
     whole = set(fragment_ids) == {f.fragment_id for f in plan.fragments}
-    files = concat_segments(plan.uri, [s.uuid for s in inputs], uuid, index_type=plan.params.index_type,
-                            whole=whole, storage_options=storage_options)
     params = plan.params
+    files = concat_segments(plan.uri, [s.uuid for s in inputs], uuid,
+                            index_type=STORAGE_TYPES.get(params.index_type, params.index_type),
+                            whole=whole, storage_options=storage_options)
+    hnsw = None
+    if plan.builds_graphs(slot):
+        hnsw = hnsw_settings(params)
+        build_graphs = partition_graphs(plan, slot).builder(fan_out=len(plan.merges.final) == 1)
+        files = add_hnsw_graphs(plan.uri, uuid, index_type=params.index_type, m=hnsw[0], ef_construction=hnsw[1],
+                                max_level=hnsw[2], build_graphs=build_graphs, storage_options=storage_options)
     return segment_index(open_dataset(plan.uri, plan.version, storage_options), index_uuid=uuid, name=plan.name,
                          column=plan.column, fragment_ids=fragment_ids, quantizer=params.quantizer or "FLAT",
                          metric=params.metric, num_bits=params.num_bits, num_sub_vectors=params.num_sub_vectors,
-                         files=files, storage_options=storage_options)
+                         files=files, storage_options=storage_options, hnsw=hnsw)
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from .fragments import (
     check_fragment_groups,
     group_fragments,
 )
-from .index_plan import IndexPlan, graphs_built_twice, make_plan, model_parts_to_train, segment_uuid
+from .index_plan import IndexPlan, graphs_built_at_merge, graphs_built_twice, make_plan, model_parts_to_train, segment_uuid
 from .merges import MERGE_DEPTH, MergePlan, MergeStep, merge_depth, plan_merges
 from .params import (
     AGREEMENT_ROWS,
@@ -60,7 +60,7 @@ __all__ = [
     "INDEX_TYPES", "IVF_TRAININGS", "MAX_ITERS",
     "MAX_PARTITIONS", "MERGE_DEPTH", "NUM_BITS", "PQ_SAMPLE_RATE", "SAMPLE_RATE", "TOLERANCE", "FragmentInfo",
     "IndexParams", "IndexPlan", "MergePlan", "MergeStep", "allocate_samples", "check_fragment_groups",
-    "default_num_partitions", "default_num_sub_vectors", "graphs_built_twice", "group_fragments", "make_plan",
+    "default_num_partitions", "default_num_sub_vectors", "graphs_built_at_merge", "graphs_built_twice", "group_fragments", "make_plan",
     "merge_depth", "model_parts_to_train", "plan_merges", "resolve_params", "segment_uuid", "training_sample_size",
     # scalar and full-text indexes
     "SCALAR_ALIASES", "SCALAR_INDEX_TYPES", "SCALAR_ONE_TASK", "SCALAR_STAGED", "check_scalar_column",

@@ -27,7 +27,7 @@ from .fragments import (
 from .merges import MergePlan, merge_depth, plan_merges
 from .params import IndexParams, training_sample_size
 
-__all__ = ["IndexPlan", "graphs_built_twice", "held_row_bytes", "lance_pq_partitions", "make_plan",
+__all__ = ["IndexPlan", "graphs_built_at_merge", "graphs_built_twice", "held_row_bytes", "lance_pq_partitions", "make_plan",
            "model_parts_to_train", "segment_uuid"]
 
 _UUID_NAMESPACE = uuidlib.UUID("6f1c2a4e-3d7b-4c1e-9a8f-d1a5c0e11de0")
@@ -58,11 +58,14 @@ def lance_pq_partitions(num_rows: int) -> int:
 FLAT_TASK_BYTES = 2**30
 
 
-def held_row_bytes(index_type: str, dimension: int) -> int:
-    """Bytes a precomputed build task holds per row of a row-major type until it writes
-    them grouped by partition: 8 of row id, 4 of partition, and the stored row (4d for
-    the FLAT types, d for the SQ types). Pure."""
+def held_row_bytes(index_type: str, dimension: int, num_sub_vectors: int | None = None) -> int:
+    """Bytes a precomputed build task holds per row until it writes them grouped by
+    partition: 8 of row id, 4 of partition, and the stored row (4d for the FLAT types,
+    d for the SQ types, one byte a sub-vector for the PQ types). Pure."""
+    if "PQ" in index_type:
+        return 12 + int(num_sub_vectors or dimension)
     return 12 + dimension * (1 if index_type.endswith("_SQ") else 4)
+
 
 @dataclass(frozen=True)
 class IndexPlan:
@@ -102,6 +105,29 @@ class IndexPlan:
     def group_rows(self) -> tuple[int, ...]:
         rows = {f.fragment_id: f.num_rows for f in self.fragments}
         return tuple(sum(rows[i] for i in g) for g in self.groups)
+
+    @property
+    def graphs_at_merge(self) -> bool:
+        """Whether this build's HNSW graphs are built by the merges that make its final
+        segments (:func:`graphs_built_at_merge`): the segments of every slot a merge reads
+        are then written as their storage only. Not in an update that merges committed
+        segments (Lance merges those)."""
+        return (bool(self.merges.stages) and graphs_built_at_merge(self.params, self.engine)
+                and self.merges.num_inputs == self.num_tasks)
+
+    def builds_graphs(self, slot: int) -> bool:
+        """Whether the segment of ``slot`` (a build task's or a merge's) is written with
+        HNSW graphs: every segment of an HNSW index but the storage-only ones a merge reads
+        (:attr:`graphs_at_merge`)."""
+        return self.params.index_type.startswith("IVF_HNSW") and (
+            not self.graphs_at_merge or slot in self.merges.final)
+
+    def graph_seed(self, slot: int) -> tuple:
+        """The seed of the graphs of ``slot``'s segment (each partition adds its own): by
+        its place among the final segments, so one segment's graphs are the same whether
+        one task or a merge built them."""
+        seed = self.seed if self.seed is not None else 0
+        return (seed, self.merges.final.index(slot) if slot in self.merges.final else slot)
 
     def segment_uuid(self, task: int) -> str:
         """The uuid of build task ``task``'s segment: unique to this build and task,
@@ -196,6 +222,16 @@ def graphs_built_twice(params: IndexParams) -> str | None:
     return None
 
 
+def graphs_built_at_merge(params: IndexParams, engine: str) -> bool:
+    """Whether an HNSW index built in several tasks gets its graphs from the merge that
+    makes its segment, once: the ``precomputed`` engine's tasks write their segments'
+    storage only (the ``auxiliary.idx`` of IVF_FLAT, IVF_SQ or IVF_PQ, the same file as
+    the HNSW type's), the merges concatenate them, and the last adds the graphs. Not
+    IVF_HNSW_PQ under dot, whose graphs Lance builds from our codes. Pure."""
+    return (engine == "precomputed" and params.index_type.startswith("IVF_HNSW")
+            and not (params.quantizer == "PQ" and params.metric == "dot"))
+
+
 def model_parts_to_train(params: IndexParams, *, ivf_centroids: bool, pq_codebook: bool,
                          rabitq_model: bool) -> tuple[str, ...]:
     """The parts of the model the build trains, given which ones the user gave. Pure."""
@@ -270,7 +306,8 @@ def make_plan(
             f"({LANCE_PQ_ROWS_PER_PARTITION} sample rows per partition, at most {LANCE_PQ_SAMPLE_ROWS} sample rows), "
             "so compare the two at that num_partitions"
         )
-    graphs = graphs_built_twice(params)
+    concat_graphs = graphs_built_at_merge(params, engine)
+    graphs = None if concat_graphs else graphs_built_twice(params)
     if (not one_segment_reason and graphs and num_segments == 1 and len(fragments) > 1
             and fragment_groups is None and num_tasks is None and rows_per_task is None):
         one_segment_reason = graphs  # a speed rule, not a correctness one: explicit task sizes win
@@ -285,17 +322,22 @@ def make_plan(
         groups = check_fragment_groups(fragment_groups, fragments)
     else:
         per, min_tasks = rows_per_task, parallelism if rows_per_task is None else 1
-        if per is None and num_tasks is None and engine == "precomputed" and params.index_type == "IVF_FLAT":
+        if per is None and num_tasks is None and engine == "precomputed" and (params.index_type == "IVF_FLAT"
+                                                                              or concat_graphs):
             # The task holds its rows until it writes them grouped by partition, so its size is
             # bounded; and it is not split further to give every worker a task: the merge then
             # reads and writes every row once more, which costs more than the split saves
-            # (docs/benchmarks.md, "IVF_FLAT").
-            per = max(65536, min(DEFAULT_ROWS_PER_TASK, FLAT_TASK_BYTES // held_row_bytes("IVF_FLAT", dimension)))
+            # (docs/benchmarks.md, "IVF_FLAT"; an HNSW index's graphs go to every worker anyway).
+            per = max(65536, min(DEFAULT_ROWS_PER_TASK, FLAT_TASK_BYTES // held_row_bytes(
+                params.index_type, dimension, params.num_sub_vectors)))
             min_tasks = 1
         groups = group_fragments(fragments, num_tasks=num_tasks, rows_per_task=per, min_tasks=min_tasks)
     rows = {f.fragment_id: f.num_rows for f in fragments}
     merges = plan_merges(params.index_type, [sum(rows[i] for i in g) for g in groups],
-                         num_segments=num_segments, fan_in=merge_fan_in, engine=engine)
+                         num_segments=num_segments, fan_in=merge_fan_in, engine=engine, concatenated=concat_graphs)
+    if concat_graphs and merges.stages:
+        notes.append("HNSW graphs built once, by the merge that makes each segment: the build tasks write the rows "
+                     "only, and the merges concatenate them")
     needs_sample = any(t in train for t in ("ivf_centroids", "pq_codebook", "sq_bounds"))
     samples = allocate_samples(fragments, training_sample_size(params)) if needs_sample else tuple(0 for _ in fragments)
     return IndexPlan(

@@ -123,6 +123,7 @@ def plan_merges(
     num_segments: int = 1,
     fan_in: int = 16,
     engine: str | None = None,
+    concatenated: bool = False,
 ) -> MergePlan:
     """Plan staged merges of built segments toward ``num_segments`` final segments.
 
@@ -139,6 +140,9 @@ def plan_merges(
         Most segments one merge step reads, for types that merge at any depth.
     engine : str, optional
         The engine that builds the segments (:func:`merge_depth`).
+    concatenated : bool
+        The merges concatenate segments this build wrote (storage only, whatever the
+        type: :func:`dask_lance_index.plan.graphs_built_at_merge`), at any depth.
 
     Returns
     -------
@@ -149,7 +153,7 @@ def plan_merges(
         raise InvalidInputError(f"num_segments must be a positive int, got {num_segments!r}. Fix: num_segments=1 (fastest queries) or more.")
     if fan_in < 2:
         raise InvalidInputError(f"merge_fan_in must be at least 2, got {fan_in!r}. Fix: merge_fan_in=16 (the default).")
-    depth = merge_depth(index_type, engine)
+    depth = None if concatenated else merge_depth(index_type, engine)
     slots = list(range(n))
     if depth == 0 or n <= num_segments:
         return MergePlan(n, (), tuple(slots))

@@ -47,7 +47,7 @@ from .scratch import (
     shuffle_buffer_inputs,
     shuffle_buffer_schema,
 )
-from .hnsw_segment import StoredRows, decode_stored, write_hnsw_segment
+from .hnsw_segment import STORAGE_TYPES, StoredRows, add_hnsw_graphs, decode_stored, write_hnsw_segment
 from .partition_runs import PartitionRuns
 from .segment_concat import CONCAT_ROWS, CONCAT_TYPES, concat_segments
 from .segment_files import (
@@ -74,8 +74,8 @@ from .segments import (
 
 __all__ = [
     "COLUMN_KINDS", "field_of", "field_paths", "resolve_field", "join_field_path", "split_field_path",
-    "CONCAT_ROWS", "CONCAT_TYPES", "ColumnInfo", "PartitionRuns", "RQSegment", "SCAN_BATCH_ROWS", "RowCounts", "SegmentResult", "StorageOptions", "Store",
-    "StoredRows", "VectorBatch", "as_lance_index", "decode_stored", "column_info", "committed_index", "concat_segments", "field_type", "filesystem", "fragment_rows",
+    "CONCAT_ROWS", "CONCAT_TYPES", "ColumnInfo", "PartitionRuns", "RQSegment", "SCAN_BATCH_ROWS", "RowCounts", "SegmentResult", "STORAGE_TYPES", "StorageOptions", "Store",
+    "StoredRows", "VectorBatch", "add_hnsw_graphs", "as_lance_index", "decode_stored", "column_info", "committed_index", "concat_segments", "field_type", "filesystem", "fragment_rows",
     "has_values", "hide_secrets",
     "index_dir", "index_dir_times", "index_from_dict", "index_names", "index_to_dict", "is_local",
     "iter_vectors", "join", "open_dataset", "open_or_fail", "options_apply", "partition_map_batch",

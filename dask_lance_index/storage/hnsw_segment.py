@@ -38,6 +38,7 @@ import pyarrow as pa
 from lance.file import LanceFileReader, LanceFileWriter
 
 from .partition_runs import PartitionRuns
+from .segment_concat import WrittenSegment
 from .segment_files import (
     PQ_CODE_COLUMN,
     AUX_FILE_VERSION,
@@ -51,8 +52,11 @@ from .segment_files import (
 )
 from .segments import index_dir
 
-__all__ = ["HNSW_PREFETCH_DISTANCE", "StoredRows", "decode_stored", "write_hnsw_segment"]
+__all__ = ["HNSW_PREFETCH_DISTANCE", "STORAGE_TYPES", "StoredRows", "add_hnsw_graphs", "decode_stored",
+           "write_hnsw_segment"]
 
+# The index type whose segment stores each HNSW type's rows: the same ``auxiliary.idx``.
+STORAGE_TYPES = {"IVF_HNSW_FLAT": "IVF_FLAT", "IVF_HNSW_SQ": "IVF_SQ", "IVF_HNSW_PQ": "IVF_PQ"}
 # Lance's default, recorded in each graph's params (it only tunes Lance's own build).
 HNSW_PREFETCH_DISTANCE = 2
 
@@ -201,8 +205,48 @@ def write_hnsw_segment(
         return decode_stored(index_type, np.asarray(values)[order[offsets[p] : offsets[p] + lengths[p]]], bounds,
                              num_bits, codebook)
 
-    partitions = [(p, int(offsets[p]), int(lengths[p])) for p in range(len(centroids)) if lengths[p]]
-    graphs = iter(build_graphs(stored, partitions, rows_of))
+    _write_graphs(base, build_graphs(stored, _partitions(lengths, offsets), rows_of), lengths,
+                  index_type=index_type, centroids=centroids, metric=metric, loss=loss, m=m,
+                  ef_construction=ef_construction, max_level=max_level, storage_options=storage_options)
+    return ["auxiliary.idx", "index.idx"]
+
+
+def add_hnsw_graphs(dataset_uri: str, index_uuid: str, *, index_type: str, m: int, ef_construction: int,
+                    max_level: int, build_graphs: Callable, storage_options: dict | None = None) -> list:
+    """Make a written IVF_FLAT, IVF_SQ or IVF_PQ segment the ``index_type`` segment
+    (IVF_HNSW_FLAT, IVF_HNSW_SQ, IVF_HNSW_PQ) over the same ``auxiliary.idx``: build each
+    partition's graph and write ``index.idx`` in place of the storage type's. The two
+    types' ``auxiliary.idx`` are the same file, so a segment concatenated from storage-only
+    segments (:func:`~dask_lance_index.storage.concat_segments`) gets its graphs once,
+    here; everything (rows per partition, centroids, SQ bounds, PQ codebook and layout)
+    is read from the segment's own files. ``build_graphs`` as for
+    :func:`write_hnsw_segment`, whose rows are always read back here. Returns the file
+    names."""
+    written = WrittenSegment(dataset_uri, index_uuid, storage_options)
+    quantizer = written.quantizer
+    bounds = (quantizer["bounds"]["start"], quantizer["bounds"]["end"]) if "bounds" in quantizer else None
+    stored = StoredRows(dataset_uri, index_uuid, index_type, bounds, int(quantizer.get("num_bits", 8)),
+                        storage_options, bool(quantizer.get("transposed", False)))
+    lengths, offsets = written.lengths, written.offsets[:-1]
+    _write_graphs(_segment_dir(dataset_uri, index_uuid),
+                  build_graphs(stored, _partitions(lengths, offsets), lambda p: stored.read(
+                      [(p, int(offsets[p]), int(lengths[p]))])[0]),
+                  lengths, index_type=index_type, centroids=written.centroids,
+                  metric=written.meta[b"distance_type"].decode(), loss=written.loss, m=m,
+                  ef_construction=ef_construction, max_level=max_level, storage_options=storage_options)
+    return ["auxiliary.idx", "index.idx"]
+
+
+def _partitions(lengths, offsets) -> list:
+    """``(partition, first stored row, rows)`` of the non-empty partitions. Pure."""
+    return [(p, int(offsets[p]), int(lengths[p])) for p in range(len(lengths)) if lengths[p]]
+
+
+def _write_graphs(base: str, graphs, lengths, *, index_type: str, centroids: np.ndarray,
+                  metric: str, loss: float, m: int, ef_construction: int, max_level: int,
+                  storage_options: dict | None) -> None:
+    """``index.idx``: the ``graphs`` of the non-empty partitions, in partition order."""
+    graphs = iter(graphs)
     params = {"max_level": max_level, "m": m, "ef_construction": ef_construction,
               "prefetch_distance": HNSW_PREFETCH_DISTANCE}
     graphs_meta, graph_rows = [], []
@@ -228,4 +272,3 @@ def write_hnsw_segment(
     writer.add_schema_metadata("lance:hnsw", json.dumps(graphs_meta, separators=(",", ":")))
     writer.add_schema_metadata("lance:ivf", str(pos))
     writer.close()
-    return ["auxiliary.idx", "index.idx"]

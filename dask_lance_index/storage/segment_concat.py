@@ -40,7 +40,7 @@ from .segment_files import (
 )
 from .segments import index_dir
 
-__all__ = ["CONCAT_ROWS", "CONCAT_TYPES", "concat_segments"]
+__all__ = ["CONCAT_ROWS", "CONCAT_TYPES", "WrittenSegment", "concat_segments"]
 
 # Index types whose segments this module merges (the ones the precomputed engine writes).
 CONCAT_TYPES = ("IVF_FLAT", "IVF_SQ", "IVF_PQ", "IVF_RQ")
@@ -48,8 +48,9 @@ CONCAT_TYPES = ("IVF_FLAT", "IVF_SQ", "IVF_PQ", "IVF_RQ")
 CONCAT_ROWS = 262_144
 
 
-class _Input:
-    """One input segment: its ``auxiliary.idx`` reader and partition offsets."""
+class WrittenSegment:
+    """A segment this library wrote, as its files say: the ``auxiliary.idx`` reader, its
+    schema metadata and rows per partition, and ``index.idx``'s centroids and loss."""
 
     def __init__(self, dataset_uri: str, uuid: str, storage_options: dict | None):
         base = index_dir(dataset_uri, uuid)
@@ -67,6 +68,11 @@ class _Input:
         self.centroids = _ivf_centroids(ivf)
         loss = _pb_fields(ivf).get(5)
         self.loss = struct.unpack("<d", loss[0])[0] if loss else 0.0
+
+    @property
+    def quantizer(self) -> dict:
+        """The storage's quantizer metadata (SQ bounds, PQ ``transposed``, ...)."""
+        return json.loads(json.loads(self.meta[b"storage_metadata"])[0])
 
     def read(self, p0: int, p1: int) -> pa.Table:
         start, stop = int(self.offsets[p0]), int(self.offsets[p1])
@@ -103,14 +109,14 @@ def concat_segments(dataset_uri: str, input_uuids: list[str], output_uuid: str, 
     """
     if index_type not in CONCAT_TYPES:
         raise InvalidInputError(f"{index_type} segments are merged by Lance, not concatenated")
-    inputs = [_Input(dataset_uri, u, storage_options) for u in input_uuids]
+    inputs = [WrittenSegment(dataset_uri, u, storage_options) for u in input_uuids]
     first = inputs[0]
     k = len(first.lengths)
     if any(len(i.lengths) != k or not np.array_equal(i.centroids, first.centroids) for i in inputs):
         raise InvalidInputError("segments of different models cannot be concatenated: merge them with Lance")
-    quantizer = json.loads(json.loads(first.meta[b"storage_metadata"])[0])
+    quantizer = first.quantizer
     flag = {"IVF_PQ": "transposed", "IVF_RQ": "packed"}.get(index_type)
-    if flag and any(json.loads(json.loads(i.meta[b"storage_metadata"])[0]).get(flag) for i in inputs):
+    if flag and any(i.quantizer.get(flag) for i in inputs):
         raise InvalidInputError(f"a segment stored as a full index ({flag}) cannot be concatenated: merge it with Lance")
     lengths = sum(i.lengths for i in inputs)
     schema = first.schema.remove_metadata()

@@ -46,8 +46,8 @@ from ...storage import (
 from ..graphs import PartitionGraphs
 from .base import Engine, SegmentTask
 
-__all__ = ["DOT_GRAPH_ROWS", "HNSW_WRITTEN", "PrecomputedEngine", "SPILL_CHUNK_BYTES", "graphs_left_to_lance", "spills",
-           "writes_codes"]
+__all__ = ["DOT_GRAPH_ROWS", "HNSW_WRITTEN", "PrecomputedEngine", "SPILL_CHUNK_BYTES", "graphs_left_to_lance",
+           "hnsw_settings", "partition_graphs", "spills", "writes_codes"]
 
 # HNSW types whose graphs we build (model.hnsw) and whose segment files we write (not
 # IVF_HNSW_PQ under dot or past the codes one task holds: graphs_left_to_lance).
@@ -91,7 +91,7 @@ def spills(params, num_rows: int, dimension: int) -> bool:
             and num_rows * held_row_bytes(params.index_type, dimension) > FLAT_TASK_BYTES)
 
 
-def _hnsw_settings(params) -> tuple[int, int, int]:
+def hnsw_settings(params) -> tuple[int, int, int]:
     """``(m, ef_construction, max_level)``: the build's, Lance's defaults where not given."""
     return (params.m or HNSW_M, params.ef_construction or HNSW_EF_CONSTRUCTION, HNSW_MAX_LEVEL)
 
@@ -128,7 +128,8 @@ class PrecomputedEngine(Engine):
         seg = SegmentTask(plan, task, model, storage_options)
         params = plan.params
         writes_files = params.index_type in ("IVF_PQ", "IVF_RQ", "IVF_SQ", "IVF_FLAT") + HNSW_WRITTEN
-        if params.index_type == "IVF_HNSW_PQ":  # ours unless Lance's graphs are the cheaper (or the only) ones
+        if params.index_type == "IVF_HNSW_PQ" and plan.builds_graphs(task):
+            # ours unless Lance's graphs are the cheaper (or the only) ones
             writes_files = not graphs_left_to_lance(params, seg.num_rows, plan.dimension)
         write = _write_segment if writes_files else _hand_off_codes
         index, assigner = write(seg)
@@ -160,9 +161,11 @@ def _write_segment(seg: SegmentTask):
     """
     model, params = seg.model, seg.plan.params
     centroids = np.asarray(model.ivf_centroids, dtype=np.float32)
+    # an HNSW segment a merge of this build reads is written as its storage only (plan.graphs_at_merge)
+    graphs = seg.plan.builds_graphs(seg.task)
     bound = seg.num_rows
     runs = None
-    if spills(params, seg.num_rows, centroids.shape[1]):
+    if graphs and spills(params, seg.num_rows, centroids.shape[1]):
         # the rows go to disk a chunk at a time, sorted by partition (storage.PartitionRuns)
         bound = min(bound, max(SCAN_BATCH_ROWS, SPILL_CHUNK_BYTES // held_row_bytes(params.index_type, centroids.shape[1])))
         runs = PartitionRuns(len(centroids))
@@ -238,36 +241,43 @@ def _write_segment(seg: SegmentTask):
         common = dict(row_ids=held_ids, part_ids=part_ids, centroids=centroids, metric=params.metric,
                       loss=loss, storage_options=seg.storage_options)
         with small_pages():
-            files = _write_files(seg, codes, common, whole)
+            files = _write_files(seg, codes, common, whole, graphs)
     finally:
         if runs is not None:
             runs.close()
-    return _segment(seg, files), encoder.assigner
+    return _segment(seg, files, graphs), encoder.assigner
 
 
-def _segment(seg: SegmentTask, files: list):
-    """The written segment's Index."""
+def _segment(seg: SegmentTask, files: list, graphs: bool):
+    """The written segment's Index (of the storage type where written without ``graphs``)."""
     plan, params = seg.plan, seg.plan.params
     return segment_index(seg.ds, index_uuid=seg.uuid, name=plan.name, column=plan.column,
                          fragment_ids=seg.fragment_ids, quantizer=params.quantizer or "FLAT", metric=params.metric,
                          num_bits=params.num_bits, num_sub_vectors=params.num_sub_vectors, files=files,
                          storage_options=seg.storage_options,
-                         hnsw=_hnsw_settings(params) if params.index_type in HNSW_WRITTEN else None)
+                         hnsw=hnsw_settings(params) if graphs and params.index_type in HNSW_WRITTEN else None)
 
 
-def _write_files(seg: SegmentTask, codes: dict, common: dict, whole: bool) -> list:
+def partition_graphs(plan, slot: int) -> PartitionGraphs:
+    """The graphs of the HNSW segment of ``slot`` (a build task's, or a merge's:
+    :attr:`~dask_lance_index.plan.IndexPlan.graphs_at_merge`)."""
+    params = plan.params
+    m, ef_construction, max_level = hnsw_settings(params)
+    # under dot a node's candidates are its ef_construction largest products (model.hnsw)
+    dot = params.metric == "dot"
+    return PartitionGraphs(m=m, max_level=max_level, seed=plan.graph_seed(slot), metric="dot" if dot else "l2",
+                           candidates=ef_construction if dot else min(ef_construction, HNSW_CANDIDATES))
+
+
+def _write_files(seg: SegmentTask, codes: dict, common: dict, whole: bool, graphs: bool) -> list:
     """Write the segment's files from the task's codes (``{"runs": PartitionRuns}`` when
-    an HNSW segment's rows were spilled); returns their names."""
+    an HNSW segment's rows were spilled); without ``graphs``, an HNSW segment's storage
+    only, as its storage type's segment. Returns their names."""
     plan, model, params = seg.plan, seg.model, seg.plan.params
-    if params.index_type in HNSW_WRITTEN:
-        m, ef_construction, max_level = _hnsw_settings(params)
-        seed = plan.seed if plan.seed is not None else 0
-        # under dot a node's candidates are its ef_construction largest products (model.hnsw)
-        dot = params.metric == "dot"
-        graphs = PartitionGraphs(m=m, max_level=max_level, seed=(seed, seg.task), metric="dot" if dot else "l2",
-                                 candidates=ef_construction if dot else min(ef_construction, HNSW_CANDIDATES))
+    if params.index_type in HNSW_WRITTEN and graphs:
+        m, ef_construction, max_level = hnsw_settings(params)
         # the graphs as tasks on every worker only when no other build task shares the cluster
-        build_graphs = graphs.builder(fan_out=plan.num_tasks == 1)
+        build_graphs = partition_graphs(plan, seg.task).builder(fan_out=plan.num_tasks == 1)
         return write_hnsw_segment(plan.uri, seg.uuid, index_type=params.index_type, values=codes.get("codes"),
                                   runs=codes.get("runs"),
                                   m=m, ef_construction=ef_construction, max_level=max_level,
@@ -276,7 +286,7 @@ def _write_files(seg: SegmentTask, codes: dict, common: dict, whole: bool) -> li
     if params.quantizer == "PQ":
         return write_pq_segment(plan.uri, seg.uuid, codes=codes["codes"], codebook=model.pq_codebook,
                                 transposed=whole, **common)
-    if params.index_type == "IVF_FLAT":
+    if params.index_type in ("IVF_FLAT", "IVF_HNSW_FLAT"):
         return write_flat_segment(plan.uri, seg.uuid, vectors=codes["codes"], **common)
     if params.quantizer == "SQ":
         return write_sq_segment(plan.uri, seg.uuid, codes=codes["codes"], bounds=model.sq_bounds,
