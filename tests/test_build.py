@@ -361,23 +361,3 @@ def test_sliced_scan_reads_every_live_row_once(tmp_path, vectors, monkeypatch):
     valid = np.concatenate([b.valid for b in got])
     order = np.array([keep[int(r)] for r in rid])
     np.testing.assert_array_equal(xs[valid], want[order][valid])
-
-
-@pytest.mark.parametrize("index_type", ["IVF_HNSW_FLAT", "IVF_HNSW_SQ", "IVF_HNSW_PQ"])
-def test_hnsw_builds_its_graphs_once(tmp_path, vectors, queries, index_type):
-    """By default an HNSW index is one segment built in one task (Lance's merge would build
-    every graph again); asked for tasks, it is built in parts and merged as before."""
-    uri = str(tmp_path / "h.lance")
-    write_vectors(uri, vectors, max_rows_per_file=2000)
-    kw = dict(num_partitions=16, **({"num_sub_vectors": 8} if "PQ" in index_type else {}))
-    build = dli.create_index(uri, "vector", index_type, compute=False, **kw)
-    assert build.plan.num_tasks == 1 and any("HNSW graph again" in n for n in build.plan.notes)
-    result = build.compute(scheduler="sync")
-    assert result.num_merges == 0 and len(result.segments) == 1
-    truth = exact_knn(vectors, queries, 10, "l2")
-    # 8 sub-vectors of 4 dims bound IVF_HNSW_PQ here (Lance's own: about 0.7, test_recall_vs_lance)
-    assert recall(result.dataset(), queries, truth, nprobes=8) > (0.6 if "PQ" in index_type else 0.85)
-    parts = dli.create_index(uri, "vector", index_type, num_tasks=3, replace=True, compute=False, **kw)
-    assert parts.plan.num_tasks == 3 and not any("HNSW graph again" in n for n in parts.plan.notes)
-    if index_type != "IVF_HNSW_SQ":  # HNSW_SQ segments, coded by Lance with their own bounds, stay unmerged
-        assert parts.plan.merges.num_merges == 1

@@ -416,6 +416,83 @@ def _count_runs_spilled(settings: dict, count: bool = True) -> None:
         del runs.uncounted_add
 
 
+def _count_graphs(count: bool = True) -> None:
+    """On a worker: the partition graphs built there counted (or, ``count=False``, no longer)."""
+    graphs = graphs_module.PartitionGraphs
+    graph = graphs.__dict__.get("uncounted_graph", graphs.graph)
+    if count:
+        def counted(self, *a):
+            graphs.built += 1
+            return graph(self, *a)
+
+        graphs.uncounted_graph, graphs.graph, graphs.built = graph, counted, 0
+    elif "uncounted_graph" in graphs.__dict__:
+        graphs.graph = graph
+        del graphs.uncounted_graph
+
+
+@pytest.mark.parametrize("index_type", ["IVF_HNSW_FLAT", "IVF_HNSW_SQ", "IVF_HNSW_PQ"])
+def test_hnsw_in_several_tasks_builds_each_graph_once(cluster_client, tmp_path, monkeypatch, index_type):
+    """An HNSW index built in several tasks: the tasks write their rows only, the merge
+    concatenates them and builds each partition's graph once. The segment is the one a
+    single task writes, table for table, with the synchronous scheduler and on the
+    LocalCluster (whose merge hands the graphs to graph tasks on every worker)."""
+    x = make_vectors(24000, 16, num_clusters=30, seed=5)
+    kw = dict(num_partitions=12, m=8, seed=0, **({"num_sub_vectors": 8} if "PQ" in index_type else {}))
+    files, built, default_rows = {}, [], graphs_module.GRAPH_TASK_ROWS
+    monkeypatch.setattr(graphs_module.PartitionGraphs, "graph",
+                        lambda self, p, rows, graph=graphs_module.PartitionGraphs.graph: built.append(p)
+                        or graph(self, p, rows))
+    try:
+        for who in ("one task", "three tasks", "three tasks on a cluster"):
+            uri = str(tmp_path / f"{who.replace(' ', '_')}.lance")
+            # a fragment a task: each partition's rows in the same order in both builds
+            write_vectors(uri, x, max_rows_per_file=8000)
+            run = {"client": cluster_client} if "cluster" in who else {"scheduler": "sync"}
+            tasks = 1 if who == "one task" else 3
+            build = dli.create_index(uri, "vector", index_type, num_tasks=tasks, compute=False, **kw, **run)
+            assert build.plan.engine == "precomputed" and build.plan.num_tasks == tasks
+            assert build.plan.graphs_at_merge == (tasks > 1)
+            if "cluster" in who:
+                cluster_client.run(_count_graphs)
+                cluster_client.run(lambda: setattr(graphs_module, "GRAPH_TASK_ROWS", 2000))  # ~12 graph tasks, not 1
+            built.clear()
+            with get_task_stream(cluster_client) as stream:
+                result = build.compute(**run)
+            assert result.num_merges == (tasks > 1) and len(result.segments) == 1
+            if "cluster" in who:
+                counts = cluster_client.run(lambda: graphs_module.PartitionGraphs.built)
+                assert sum(counts.values()) == 12  # each partition's graph, once
+                assert len({t["worker"] for t in stream.data if t["key"].startswith("dli-graphs-")}) == 2
+            else:
+                assert sorted(built) == list(range(12))  # each partition's graph, once
+            files[who] = segment_contents(uri)
+    finally:
+        cluster_client.run(_count_graphs, False)
+        cluster_client.run(lambda: setattr(graphs_module, "GRAPH_TASK_ROWS", default_rows))
+    assert files["one task"][0].num_rows == len(x)
+    for who in ("three tasks", "three tasks on a cluster"):
+        for one, three in zip(files["one task"], files[who]):
+            assert one == three, who
+    ds = lance.dataset(str(tmp_path / "three_tasks.lance"))
+    truth = exact_knn(x, x[:50], 10, "l2")
+    assert recall_at_k(search(ds, "vector", x[:50], 10, nprobes=4)[0], truth) > (0.6 if "PQ" in index_type else 0.9)
+
+
+def test_hnsw_whose_graphs_lance_builds_stays_one_task(tmp_path):
+    """IVF_HNSW_PQ under dot: Lance builds the graphs from our codes, and its merge would
+    build every graph again, so the build is one task unless asked otherwise."""
+    uri = str(tmp_path / "d.lance")
+    write_vectors(uri, make_vectors(12000, 16, seed=1), max_rows_per_file=2000)
+    plan = dli.plan_index(uri, "vector", "IVF_HNSW_PQ", metric="dot", num_partitions=8, num_sub_vectors=4,
+                          rows_per_task=2000)
+    assert plan.num_tasks == 6 and not plan.graphs_at_merge  # asked: as asked, and Lance merges
+    plan = dli.plan_index(uri, "vector", "IVF_HNSW_PQ", metric="dot", num_partitions=8, num_sub_vectors=4)
+    assert plan.num_tasks == 1 and any("HNSW graph again" in n for n in plan.notes)
+    flat = dli.plan_index(uri, "vector", "IVF_HNSW_FLAT", metric="dot", num_partitions=8, rows_per_task=2000)
+    assert flat.num_tasks == 6 and flat.graphs_at_merge and flat.builds_graphs(6) and not flat.builds_graphs(0)
+
+
 @pytest.mark.parametrize("index_type", ["IVF_HNSW_FLAT", "IVF_HNSW_SQ"])
 def test_rows_spilled_to_disk_write_the_same_segment(cluster_client, tmp_path, monkeypatch, index_type):
     """Past FLAT_TASK_BYTES the one task that writes an IVF_HNSW_FLAT or IVF_HNSW_SQ segment
