@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import lance
 import numpy as np
+import pyarrow as pa
 import pytest
 
 import dask_lance_index as dli
 from dask_lance_index.datagen import make_vectors, write_vectors
+from dask_lance_index.evaluation import exact_knn, recall_at_k
 from dask_lance_index.merge import merge as merge_module
 from dask_lance_index.merge.merge import concatenates
 from dask_lance_index.plan import segment_uuid
@@ -117,8 +119,34 @@ def test_only_this_builds_precomputed_segments_are_concatenated(tmp_path, vector
 
     assert plan.engine == "precomputed" and concatenates(plan, [Seg(0), Seg(1)])
     assert not concatenates(plan, [Seg(0), Seg(-1)])  # a committed segment: Lance merges it
-    hnsw = dli.plan_index(plan.uri, "vector", "IVF_HNSW_FLAT", num_partitions=32, replace=True)
-    assert not concatenates(hnsw, [Seg(0), Seg(1)])
+    # HNSW segments of this build's tasks are concatenated (storage only, graphs at the merge) ...
+    hnsw = dli.plan_index(plan.uri, "vector", "IVF_HNSW_FLAT", num_partitions=32, replace=True, num_tasks=3)
+    assert hnsw.graphs_at_merge and concatenates(hnsw, [Seg(0), Seg(1)])
+    # ... but not where Lance builds the graphs (IVF_HNSW_PQ under dot): Lance merges those
+    dot = dli.plan_index(plan.uri, "vector", "IVF_HNSW_PQ", num_partitions=32, num_sub_vectors=8, metric="dot",
+                         replace=True, num_tasks=3)
+    assert dot.engine == "precomputed" and not dot.graphs_at_merge and not concatenates(dot, [Seg(0), Seg(1)])
+
+
+@pytest.mark.parametrize("index_type", list(TYPES) + ["IVF_HNSW_FLAT", "IVF_HNSW_SQ", "IVF_HNSW_PQ"])
+def test_a_task_with_no_row_to_index_is_concatenated_with_the_others(tmp_path, index_type):
+    """A build task whose fragments hold only null vectors writes its own empty segment,
+    which the merge concatenates with the others. (Lance's own empty segment, written
+    there before, has another schema, and for SQ other bounds: IVF_FLAT's merge failed,
+    IVF_SQ's merged index found nothing and IVF_HNSW_SQ's the wrong rows.)"""
+    x = make_vectors(6000, 16, seed=3)
+    uri = str(tmp_path / "nulls.lance")
+    vectors = pa.array([None if i < 2000 else v for i, v in enumerate(x.tolist())], type=pa.list_(pa.float32(), 16))
+    lance.write_dataset(pa.table({"id": pa.array(np.arange(6000)), "vector": vectors}), uri, max_rows_per_file=2000)
+    kw = {**TYPES.get(index_type, {}), **({"num_sub_vectors": 8} if "PQ" in index_type else {})}
+    with pytest.warns(UserWarning, match="2000 null vectors"):
+        result = dli.create_index(uri, "vector", index_type, num_partitions=8, num_tasks=3, seed=0, compute=False,
+                                  **kw).compute(scheduler="sync")
+    assert result.num_segments_built == 3 and result.num_merges == 1
+    queries = x[2000::400] + 0.01
+    found = [ids for ids, _ in _search(uri, queries, nprobes=8, k=10)]
+    truth = exact_knn(x[2000:], queries, 10, "l2") + 2000
+    assert recall_at_k(np.array(found), truth) > (0.5 if "Q" in index_type else 0.95)
 
 
 def test_runs_cover_every_partition_once_within_the_bound():

@@ -18,6 +18,8 @@ wherever it applies (:meth:`PrecomputedEngine.refuses`).
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 
 from ...model import FlatEncoder, PQEncoder, RQEncoder, RQRotation, SQEncoder
@@ -214,7 +216,13 @@ def _write_segment(seg: SegmentTask):
         runs.add(held["part_ids"][:n], {"_rowid": row_ids[:n], "values": held["codes"][:n]})
 
     try:  # the runs, if any, removed however the task ends
-        for x, rid in seg.valid_rows():
+        # A task with no row to index writes its (empty) files too: a merge concatenates
+        # only segments written here (Lance's own empty segment has another schema, and
+        # for SQ other bounds: the merged index found nothing, or the wrong rows).
+        empty = [(np.empty((0, centroids.shape[1]), np.float32), np.empty(0, np.uint64))]
+        for x, rid in itertools.chain(seg.valid_rows(), empty):
+            if len(rid) == 0 and codes:
+                continue
             if runs is not None and n + len(rid) > bound:
                 spill(n)
                 n = 0
@@ -227,8 +235,6 @@ def _write_segment(seg: SegmentTask):
                 codes[k][n : n + len(v)] = v
             row_ids[n : n + len(rid)] = rid
             n += len(rid)
-        if not seg.counts.rows:
-            return seg.create(), encoder.assigner  # nothing indexable: Lance's own empty segment
         if runs is not None:
             spill(n)
             codes, held_ids, part_ids = {"runs": runs}, None, None
