@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import dask
 from dask.delayed import delayed
 
-from .build import BuildSegment, get_engine
+from .build import BuildSegment, GraphsAtMerge, get_engine
 from .commit import BuildResult, CommitIndex
 from .merge import MergeSegments
 from .model import IndexModel
@@ -116,7 +116,8 @@ def build_graph(
             for i in range(plan.num_tasks)
         ]
         built = list(slots)
-        merge = MergeSegments(storage_options, journal)
+        # an HNSW index built in several tasks gets its graphs from its final merges
+        merge = MergeSegments(storage_options, journal, GraphsAtMerge() if plan.graphs_at_merge else None)
         merged = []
         for stage in plan.merges.stages:
             for step in stage:

@@ -8,6 +8,7 @@ from .engines import (
            ENGINE_NAMES,
            ENGINES,
            Engine,
+           GraphsAtMerge,
            SegmentTask,
            get_engine,
            resolve_engine,
@@ -15,5 +16,5 @@ from .engines import (
 )
 from .segment import BuildSegment
 
-__all__ = ["ENGINES", "ENGINE_NAMES", "BuildSegment", "Engine", "SegmentTask", "get_engine", "resolve_engine",
+__all__ = ["ENGINES", "ENGINE_NAMES", "BuildSegment", "Engine", "GraphsAtMerge", "SegmentTask", "get_engine", "resolve_engine",
            "writes_codes"]

@@ -1,23 +1,25 @@
 """HNSW graphs of one segment's partitions, built as tasks on every worker of the cluster
 (or in a thread per core without one).
 
-The task that writes an IVF_HNSW_FLAT, IVF_HNSW_SQ or IVF_HNSW_PQ segment
-(:func:`dask_lance_index.storage.write_hnsw_segment`) holds its rows, and its graphs are
+The task that writes an IVF_HNSW_FLAT, IVF_HNSW_SQ or IVF_HNSW_PQ segment (the one build
+task, :func:`dask_lance_index.storage.write_hnsw_segment`; or the merge that concatenates
+several tasks' rows, :func:`dask_lance_index.storage.add_hnsw_graphs`) has its rows, and its graphs are
 most of its time (1M x 128 rows, 256 partitions: 70-100 s of graphs against 5 s of the
 rest). Built one by one in that task, they use one worker whatever the cluster's size.
-So when the build is the plan's only task and runs on a ``dask.distributed`` worker of
-a cluster with more than one worker thread, it writes the rows first, then hands runs of
+So when that task is alone (the plan's only build task, or its only final merge) and runs
+on a ``dask.distributed`` worker of a cluster with more than one worker thread, it has
+written the rows first, then hands runs of
 partitions (about :data:`GRAPH_TASK_ROWS` rows each) to graph tasks
 (:class:`PartitionGraphs`, keys ``dli-graphs-<segment>-<attempt>-<run>``) on any worker, itself
 seceded from its thread meanwhile (``distributed.worker_client``). A graph task reads its
 rows back from the written ``auxiliary.idx`` (nothing large travels in the graph) and
-returns their graphs; the build task writes them in partition order as they come, with at
+returns their graphs; the writing task writes them in partition order as they come, with at
 most :data:`RUNS_IN_FLIGHT` runs a worker thread submitted and not yet written, so the
 graphs held at once stay bounded. Without a cluster (dask's synchronous or threaded
-scheduler) the build task builds them in a thread per core this process may run on
+scheduler) that task builds them in a thread per core this process may run on
 (:func:`dask_lance_index.runtime.host_cores`: a CPU set that confines the process counts). Otherwise (a
-single worker thread, or several build tasks that would each secede or compete for the
-CPUs) they are built in the build task, one partition at a time. All give the same graphs:
+single worker thread, or several such tasks that would each secede or compete for the
+CPUs) they are built in that task, one partition at a time. All give the same graphs:
 a partition's seed is its own.
 """
 
@@ -87,8 +89,8 @@ class PartitionGraphs:
 
 
 def graph_threads(fan_out: bool) -> int:
-    """The threads a build's graphs get: with ``fan_out`` (the build is the plan's only
-    task), the worker threads of the cluster this task runs on, or without one (dask's
+    """The threads a build's graphs get: with ``fan_out`` (the task writing the segment is
+    alone: the plan's only build task, or its only final merge), the worker threads of the cluster this task runs on, or without one (dask's
     sync or threaded scheduler) the cores this process may use
     (:func:`dask_lance_index.runtime.host_cores`); otherwise one."""
     if not fan_out:

@@ -1,10 +1,11 @@
 """The merge task: segments merged into one new segment, journaled.
 
 Segments this build wrote itself (the ``precomputed`` engine: IVF_FLAT, IVF_SQ,
-IVF_PQ, IVF_RQ) are concatenated partition by partition
+IVF_PQ, IVF_RQ, and the HNSW types' rows) are concatenated partition by partition
 (:func:`dask_lance_index.storage.concat_segments`): no codes computed again,
 and the merged segment searches as fast as one written in one piece, which
-Lance's merge output does not. Other segments go through Lance's
+Lance's merge output does not. An HNSW index's final merge then builds the graphs,
+once (:func:`dask_lance_index.storage.add_hnsw_graphs`). Other segments go through Lance's
 ``merge_existing_index_segments``, which writes a new segment (a uuid Lance
 picks). Either way the inputs stay on storage; the commit deletes them once the
 merged segment is committed. Which index types merge, and how deep, is the
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 from ..recovery.journal import (
     MergeAttempt,
@@ -23,14 +25,12 @@ from ..recovery.journal import (
     stop_if_aborted,
     write_merge,
 )
-from ..build.engines.precomputed import hnsw_settings, partition_graphs
 from ..runtime import in_bulk
 from ..plan import segment_uuid
 from ..storage import (
     CONCAT_TYPES,
     STORAGE_TYPES,
     SegmentResult,
-    add_hnsw_graphs,
     concat_segments,
     open_dataset,
     remove_index_dir,
@@ -59,12 +59,14 @@ def concatenates(plan, inputs: list[SegmentResult]) -> bool:
             and all(s.slot >= 0 for s in inputs))
 
 
-def concat_into(plan, slot: int, inputs: list[SegmentResult], storage_options: dict | None = None):
+def concat_into(plan, slot: int, inputs: list[SegmentResult], storage_options: dict | None = None,
+                graphs: Callable | None = None):
     """Concatenate ``inputs`` into the segment of merge slot ``slot`` (its uuid is the
     build's, as a build task's: a retry writes the same one); its Index. An HNSW index's
     storage-only inputs are concatenated as their storage type's, and a segment to be
-    committed then gets its graphs, built here once (on every worker of the cluster when it
-    is the build's only such merge: :class:`~dask_lance_index.build.PartitionGraphs`)."""
+    committed then gets its graphs, built here once: ``graphs(plan, slot, uuid,
+    storage_options)`` returns the files and HNSW settings
+    (:class:`dask_lance_index.build.GraphsAtMerge`)."""
     uuid = segment_uuid(plan.build_id, slot)
     remove_index_dir(plan.uri, uuid, storage_options)  # a dead attempt's partial files
     fragment_ids = sorted(f for s in inputs for f in s.fragment_ids)
@@ -75,10 +77,10 @@ def concat_into(plan, slot: int, inputs: list[SegmentResult], storage_options: d
                             whole=whole, storage_options=storage_options)
     hnsw = None
     if plan.builds_graphs(slot):
-        hnsw = hnsw_settings(params)
-        build_graphs = partition_graphs(plan, slot).builder(fan_out=len(plan.merges.final) == 1)
-        files = add_hnsw_graphs(plan.uri, uuid, index_type=params.index_type, m=hnsw[0], ef_construction=hnsw[1],
-                                max_level=hnsw[2], build_graphs=build_graphs, storage_options=storage_options)
+        if graphs is None:  # committed as the storage type, the index would have no graph
+            raise RuntimeError(f"merge slot {slot} of an {params.index_type} index needs its graphs built: "
+                               "MergeSegments(graphs=GraphsAtMerge())")
+        files, hnsw = graphs(plan, slot, uuid, storage_options)
     return segment_index(open_dataset(plan.uri, plan.version, storage_options), index_uuid=uuid, name=plan.name,
                          column=plan.column, fragment_ids=fragment_ids, quantizer=params.quantizer or "FLAT",
                          metric=params.metric, num_bits=params.num_bits, num_sub_vectors=params.num_sub_vectors,
@@ -101,6 +103,7 @@ class MergeSegments:
 
     storage_options: dict | None = None
     journal: str | None = None
+    graphs: Callable | None = None  # an HNSW index's graphs, built by the merge (concat_into)
 
     @in_bulk  # large temporaries from the heap, not one mmap each (runtime.malloc)
     def __call__(self, plan, slot: int, inputs: list[SegmentResult]) -> SegmentResult:
@@ -138,5 +141,5 @@ class MergeSegments:
 
     def _merge(self, plan, slot: int, inputs: list[SegmentResult]):
         if concatenates(plan, inputs):
-            return concat_into(plan, slot, inputs, self.storage_options)
+            return concat_into(plan, slot, inputs, self.storage_options, self.graphs)
         return merge_segments(plan.uri, plan.version, [s.index for s in inputs], self.storage_options)

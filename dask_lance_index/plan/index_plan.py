@@ -208,13 +208,15 @@ class IndexPlan:
 
 
 def graphs_built_twice(params: IndexParams) -> str | None:
-    """Why an HNSW index is built as one segment by default (None: not an HNSW type). Pure.
+    """Why an HNSW index whose graphs Lance builds is one segment by default (None: not
+    an HNSW type). Pure.
 
     Lance builds each segment's HNSW graphs, and its merge builds every graph again over
     the merged partitions: segments built in parallel and merged cost more than one
     segment built once (230k x 128, 256 partitions, 2 workers: IVF_HNSW_FLAT 24.4 s
     against 15.4 s, IVF_HNSW_PQ 27.9 against 15.9, Lance 23.0 and 33.4;
-    ``docs/benchmarks.md``).
+    ``docs/benchmarks.md``). Where we build the graphs (:func:`graphs_built_at_merge`)
+    the merge builds them, once, and the index is built in tasks as any other.
     """
     if params.index_type.startswith("IVF_HNSW"):
         return ("Lance's merge builds every HNSW graph again, so graphs built per segment would be built "

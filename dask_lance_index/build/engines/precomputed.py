@@ -8,7 +8,10 @@ and writes the segment's two files itself in Lance's layout
 them as its own. IVF_HNSW_FLAT, IVF_HNSW_SQ and IVF_HNSW_PQ (l2, cosine; IVF_HNSW_FLAT and
 IVF_HNSW_SQ under dot too): as IVF_FLAT, IVF_SQ and IVF_PQ, and the task also builds each partition's graph (:mod:`dask_lance_index.model.hnsw`; on a
 cluster as graph tasks on every worker, :mod:`dask_lance_index.build.graphs`) and writes it
-(:mod:`dask_lance_index.storage.hnsw_segment`). IVF_HNSW_PQ whose graphs Lance builds
+(:mod:`dask_lance_index.storage.hnsw_segment`); in a build of several tasks each writes its
+rows only, as the storage type's segment (IVF_FLAT, IVF_SQ, IVF_PQ: the same
+``auxiliary.idx``), and the merge that concatenates them builds the graphs, once
+(:attr:`dask_lance_index.plan.IndexPlan.graphs_at_merge`). IVF_HNSW_PQ whose graphs Lance builds
 (the dot metric, or more codes than one task holds: :func:`graphs_left_to_lance`): the codes
 go to a scratch dataset on the worker's disk and Lance builds the segment from those
 "precomputed shuffle buffers"; Lance reads the whole buffer dataset, ignoring
@@ -19,6 +22,7 @@ wherever it applies (:meth:`PrecomputedEngine.refuses`).
 from __future__ import annotations
 
 import itertools
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -35,6 +39,7 @@ from ...storage import (
     SCAN_BATCH_ROWS,
     PartitionRuns,
     SegmentResult,
+    add_hnsw_graphs,
     segment_index,
     shuffle_buffer_batch,
     shuffle_buffer_inputs,
@@ -48,7 +53,7 @@ from ...storage import (
 from ..graphs import PartitionGraphs
 from .base import Engine, SegmentTask
 
-__all__ = ["DOT_GRAPH_ROWS", "HNSW_WRITTEN", "PrecomputedEngine", "SPILL_CHUNK_BYTES", "graphs_left_to_lance",
+__all__ = ["DOT_GRAPH_ROWS", "GraphsAtMerge", "HNSW_WRITTEN", "PrecomputedEngine", "SPILL_CHUNK_BYTES", "graphs_left_to_lance",
            "hnsw_settings", "partition_graphs", "spills", "writes_codes"]
 
 # HNSW types whose graphs we build (model.hnsw) and whose segment files we write (not
@@ -273,6 +278,24 @@ def partition_graphs(plan, slot: int) -> PartitionGraphs:
     dot = params.metric == "dot"
     return PartitionGraphs(m=m, max_level=max_level, seed=plan.graph_seed(slot), metric="dot" if dot else "l2",
                            candidates=ef_construction if dot else min(ef_construction, HNSW_CANDIDATES))
+
+
+@dataclass(frozen=True)
+class GraphsAtMerge:
+    """The graphs of a merged HNSW segment (:attr:`~dask_lance_index.plan.IndexPlan.graphs_at_merge`):
+    a picklable callable the merge task is given (``MergeSegments(graphs=...)``), called
+    with ``(plan, slot, uuid, storage_options)`` once the storage-only inputs are
+    concatenated into segment ``uuid``; builds and writes every partition's graph (on every
+    worker of the cluster when that merge is the build's only final one), and returns
+    the segment's files and HNSW settings."""
+
+    def __call__(self, plan, slot: int, uuid: str, storage_options: dict | None = None) -> tuple[list, tuple]:
+        settings = hnsw_settings(plan.params)
+        build_graphs = partition_graphs(plan, slot).builder(fan_out=len(plan.merges.final) == 1)
+        files = add_hnsw_graphs(plan.uri, uuid, index_type=plan.params.index_type, m=settings[0],
+                                ef_construction=settings[1], max_level=settings[2], build_graphs=build_graphs,
+                                storage_options=storage_options)
+        return files, settings
 
 
 def _write_files(seg: SegmentTask, codes: dict, common: dict, whole: bool, graphs: bool) -> list:
