@@ -1,5 +1,6 @@
-"""A cost model of a two-level IVF_PQ build, fitted to measured stage costs, and what it predicts
-for shapes one machine cannot run (1B rows, 1024-d, 65,536 partitions, on 64 and 512 workers).
+"""A cost model of a two-level IVF_PQ build (and an IVF_HNSW_SQ one), fitted to measured stage
+costs, and what it predicts for shapes one machine cannot run (1B rows, 1024-d, 65,536
+partitions, on 64 and 512 workers).
 
     python benchmarks/cost_model.py
     python benchmarks/cost_model.py --json a.json --json b.json   # refit from bench_build --json runs
@@ -27,6 +28,13 @@ library's HIERARCHICAL_SAMPLE_RATE, m sub-vectors of 256 codes):
 * build: ``n x (a x d / 128 + b x (k1 + p k / k1 + 256) x d)`` spread over W (read and write per
   row; assignment and PQ encoding per row);
 * merge: ``n x c_merge x (8 + m) / 24`` in ONE task (the concatenating merge; 24 bytes a row were measured).
+
+It then predicts an IVF_HNSW_SQ build of the same 1B x 1024-d rows into 65,536 partitions
+(``predict_hnsw``): the build tasks' scan and assignment as above (no PQ encoding) and their
+storage write, spread over W; the graphs (``c_graph`` a row at 15,600 rows a partition and
+that dimension), spread over W; and the merge's concatenation (by the stored byte) and graph
+write (by the node), in ONE task. Those stage costs come from ``bench_hnsw_stages.py``
+(``HNSW_STAGES``), not from the two fits.
 
 It leaves out what it cannot see here: network and storage contention, stragglers, the scheduler
 at a million tasks.
@@ -101,6 +109,35 @@ def predict(c: dict, rows: int, k: int, d: int, m: int, workers: int) -> dict:
     return dict(sample=sample, train=train, build=build, merge=merge, total=sample + train + build + merge)
 
 
+# An HNSW index of several tasks (IVF_HNSW_SQ, l2): stage costs per unit, one thread, measured by
+# bench_hnsw_stages.py at 15,600 rows a partition (the 1B-row shape's 1e9 / 65,536 = 15,259):
+#   python benchmarks/bench_hnsw_stages.py --index-type IVF_HNSW_SQ --rows 1000000 --dim 128 --num-partitions 64
+#   python benchmarks/bench_hnsw_stages.py --index-type IVF_HNSW_SQ --rows 250000 --dim 1024 --num-partitions 16
+# write and concat: seconds a byte of stored row (8 + d for SQ); graphs: a row; graph write: a node.
+HNSW_STAGES = {
+    128: dict(write=2.36e-9, concat=3.47e-9, graphs=8.36e-5, graph_write=2.41e-7),
+    1024: dict(write=1.33e-9, concat=3.73e-9, graphs=3.49e-4, graph_write=2.91e-7),
+}
+HNSW_NODES_PER_ROW = 1.052  # graph nodes over all levels per row, as measured (1,052,363 for 1M rows)
+
+
+def predict_hnsw(c: dict, rows: int, k: int, d: int, workers: int) -> dict:
+    """An IVF_HNSW_SQ build of ``rows`` x ``d`` into ``k`` partitions on ``workers`` one-core
+    workers, committed as one segment: the build tasks (scan and assignment as IVF_PQ's fit
+    ``c``, without its PQ encoding, and the storage write) and the graph tasks divide by the
+    workers; the merge's concatenation and graph write are one task. ``one_task`` is the
+    build as it was with one build task (scan, assignment and write in it alone)."""
+    stages = HNSW_STAGES[d]
+    stored = rows * (8 + d)
+    build = rows * (c["a_build"] * d / 128 + c["b_build"] * searched(k) * d) + stored * stages["write"]
+    concat = stored * stages["concat"]
+    graphs = rows * stages["graphs"] / workers
+    graph_write = rows * HNSW_NODES_PER_ROW * stages["graph_write"]
+    return dict(build=build / workers, concat=concat, graphs=graphs, graph_write=graph_write,
+                total=build / workers + concat + graphs + graph_write,
+                one_task=build + graphs + graph_write)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--json", action="append", help="bench_build --json output of a two-level run (two or more)")
@@ -132,6 +169,14 @@ def main() -> int:
         print(f"{'1,000,000,000 x 1024-d, k=65,536, m=64':40s} {workers:4d} "
               + " ".join(f"{got[s]:8.0f}" for s in ("sample", "train", "build", "merge", "total"))
               + f"   merge {100 * got['merge'] / got['total']:.0f}% of it")
+    print(f"\n{'IVF_HNSW_SQ, 1,000,000,000 x 1024-d, k=65,536':46s} {'W':>4s} {'build':>8s} {'concat':>8s} "
+          f"{'graphs':>8s} {'g.write':>8s} {'total':>8s} {'one task':>9s}")
+    for workers in (64, 512):
+        got = predict_hnsw(c, 10**9, 65536, 1024, workers)
+        serial = got["concat"] + got["graph_write"]
+        print(f"{'':46s} {workers:4d} "
+              + " ".join(f"{got[s]:8.0f}" for s in ("build", "concat", "graphs", "graph_write", "total"))
+              + f" {got['one_task']:9.0f}   the merge task alone: {100 * serial / got['total']:.0f}%")
     return 0
 
 
