@@ -245,6 +245,43 @@ def test_flat_tasks_written_by_us_are_bounded_in_bytes():
             assert max(plan.group_rows()) * (4 * dim + 12) <= FLAT_TASK_BYTES
 
 
+def test_hnsw_tasks_we_write_are_bounded_in_bytes_and_their_graphs_built_at_the_merge():
+    """An HNSW index whose graphs we build is planned as IVF_FLAT is (tasks of at most
+    FLAT_TASK_BYTES of held rows, not split further), and in several tasks its merges build
+    the graphs: its tasks write their rows only, the final merge's segment gets graphs. Where
+    Lance builds them, one task (Lance's merge would build every graph again)."""
+    from dask_lance_index.plan import make_plan
+    from dask_lance_index.plan.index_plan import FLAT_TASK_BYTES, held_row_bytes
+
+    fs = frags(*([125_000] * 16))
+    cases = (("IVF_HNSW_FLAT", 1024, "l2", "precomputed", 8), ("IVF_HNSW_FLAT", 128, "l2", "precomputed", 1),
+             ("IVF_HNSW_SQ", 1024, "dot", "precomputed", 2), ("IVF_HNSW_PQ", 1024, "l2", "precomputed", 1),
+             ("IVF_HNSW_FLAT", 1024, "l2", "partitions", 1), ("IVF_HNSW_PQ", 1024, "dot", "precomputed", 1))
+    for index_type, dim, metric, engine, want in cases:
+        params = resolve_params(index_type, dimension=dim, num_rows=2_000_000, num_partitions=64, metric=metric)
+        plan = make_plan(uri="/d.lance", version=1, column="vector", dimension=dim, fragments=fs, params=params,
+                         engine=engine, parallelism=2)
+        case = (index_type, dim, metric, engine, plan.num_tasks)
+        assert plan.num_tasks == want, case
+        held = held_row_bytes(index_type, dim, params.num_sub_vectors)
+        assert engine != "precomputed" or max(plan.group_rows()) * held <= FLAT_TASK_BYTES or want == 1, case
+        assert plan.graphs_at_merge == (want > 1), case
+        lances = engine == "partitions" or (index_type == "IVF_HNSW_PQ" and metric == "dot")  # Lance's graphs
+        assert lances == any("HNSW graph again" in n for n in plan.notes), case
+        if want > 1:  # one merge of every task: only its segment gets graphs
+            assert plan.merges.num_merges == 1 and plan.merges.final == (want,), case
+            assert [plan.builds_graphs(i) for i in range(want + 1)] == [False] * want + [True], case
+            assert plan.graph_seed(want) == (0, 0) and IndexPlan.from_json(plan.to_json()).graphs_at_merge
+            assert any("graphs built once" in n for n in plan.notes), case
+    # asked for three final segments of six tasks: each final merge builds its segment's graphs
+    params = resolve_params("IVF_HNSW_SQ", dimension=32, num_rows=2_000_000, num_partitions=64)
+    plan = make_plan(uri="/d.lance", version=1, column="vector", dimension=32, fragments=fs, params=params,
+                     engine="precomputed", num_tasks=6, num_segments=3)
+    assert plan.graphs_at_merge and len(plan.merges.final) == 3
+    assert sorted(plan.graph_seed(s)[1] for s in plan.merges.final) == [0, 1, 2]
+    assert not any(plan.builds_graphs(i) for i in range(6))
+
+
 def test_two_level_training_samples_fewer_rows_per_centroid_unless_told():
     kw = dict(dimension=128, num_rows=10_000_000, num_partitions=4096)
     two = resolve_params("IVF_FLAT", **kw)

@@ -3,13 +3,13 @@
 
 The task that writes an IVF_HNSW_FLAT, IVF_HNSW_SQ or IVF_HNSW_PQ segment (the one build
 task, :func:`dask_lance_index.storage.write_hnsw_segment`; or the merge that concatenates
-several tasks' rows, :func:`dask_lance_index.storage.add_hnsw_graphs`) has its rows, and its graphs are
-most of its time (1M x 128 rows, 256 partitions: 70-100 s of graphs against 5 s of the
-rest). Built one by one in that task, they use one worker whatever the cluster's size.
-So when that task is alone (the plan's only build task, or its only final merge) and runs
-on a ``dask.distributed`` worker of a cluster with more than one worker thread, it has
-written the rows first, then hands runs of
-partitions (about :data:`GRAPH_TASK_ROWS` rows each) to graph tasks
+several tasks' rows, :func:`dask_lance_index.storage.add_hnsw_graphs`) has its rows, and
+its graphs are most of its time (1M x 128 rows, 256 partitions: 70-100 s of graphs against
+5 s of the rest). Built one by one in that task, they use one worker whatever the cluster's
+size. So when that task is alone (the plan's only build task, or its only final merge) and
+runs on a ``dask.distributed`` worker of a cluster with more than one worker thread, it has
+written the rows first, then hands runs of partitions (about :data:`GRAPH_TASK_ROWS` rows
+each) to graph tasks
 (:class:`PartitionGraphs`, keys ``dli-graphs-<segment>-<attempt>-<run>``) on any worker, itself
 seceded from its thread meanwhile (``distributed.worker_client``). A graph task reads its
 rows back from the written ``auxiliary.idx`` (nothing large travels in the graph) and
@@ -90,8 +90,9 @@ class PartitionGraphs:
 
 def graph_threads(fan_out: bool) -> int:
     """The threads a build's graphs get: with ``fan_out`` (the task writing the segment is
-    alone: the plan's only build task, or its only final merge), the worker threads of the cluster this task runs on, or without one (dask's
-    sync or threaded scheduler) the cores this process may use
+    alone: the plan's only build task, or its only final merge), the worker threads of the
+    cluster this task runs on, or without one (dask's sync or threaded scheduler) the cores
+    this process may use
     (:func:`dask_lance_index.runtime.host_cores`); otherwise one."""
     if not fan_out:
         return 1

@@ -53,8 +53,8 @@ from ...storage import (
 from ..graphs import PartitionGraphs
 from .base import Engine, SegmentTask
 
-__all__ = ["DOT_GRAPH_ROWS", "GraphsAtMerge", "HNSW_WRITTEN", "PrecomputedEngine", "SPILL_CHUNK_BYTES", "graphs_left_to_lance",
-           "hnsw_settings", "partition_graphs", "spills", "writes_codes"]
+__all__ = ["DOT_GRAPH_ROWS", "GraphsAtMerge", "HNSW_WRITTEN", "PrecomputedEngine", "SPILL_CHUNK_BYTES",
+           "graphs_left_to_lance", "spills", "writes_codes"]
 
 # HNSW types whose graphs we build (model.hnsw) and whose segment files we write (not
 # IVF_HNSW_PQ under dot or past the codes one task holds: graphs_left_to_lance).
@@ -98,7 +98,7 @@ def spills(params, num_rows: int, dimension: int) -> bool:
             and num_rows * held_row_bytes(params.index_type, dimension) > FLAT_TASK_BYTES)
 
 
-def hnsw_settings(params) -> tuple[int, int, int]:
+def _hnsw_settings(params) -> tuple[int, int, int]:
     """``(m, ef_construction, max_level)``: the build's, Lance's defaults where not given."""
     return (params.m or HNSW_M, params.ef_construction or HNSW_EF_CONSTRUCTION, HNSW_MAX_LEVEL)
 
@@ -223,7 +223,8 @@ def _write_segment(seg: SegmentTask):
     try:  # the runs, if any, removed however the task ends
         # A task with no row to index writes its (empty) files too: a merge concatenates
         # only segments written here (Lance's own empty segment has another schema, and
-        # for SQ other bounds: the merged index found nothing, or the wrong rows).
+        # for SQ other bounds: the merged index found nothing, or the wrong rows). The
+        # empty batch after the rows makes the columns when no batch did.
         empty = [(np.empty((0, centroids.shape[1]), np.float32), np.empty(0, np.uint64))]
         for x, rid in itertools.chain(seg.valid_rows(), empty):
             if len(rid) == 0 and codes:
@@ -266,14 +267,14 @@ def _segment(seg: SegmentTask, files: list, graphs: bool):
                          fragment_ids=seg.fragment_ids, quantizer=params.quantizer or "FLAT", metric=params.metric,
                          num_bits=params.num_bits, num_sub_vectors=params.num_sub_vectors, files=files,
                          storage_options=seg.storage_options,
-                         hnsw=hnsw_settings(params) if graphs and params.index_type in HNSW_WRITTEN else None)
+                         hnsw=_hnsw_settings(params) if graphs and params.index_type in HNSW_WRITTEN else None)
 
 
-def partition_graphs(plan, slot: int) -> PartitionGraphs:
+def _partition_graphs(plan, slot: int) -> PartitionGraphs:
     """The graphs of the HNSW segment of ``slot`` (a build task's, or a merge's:
     :attr:`~dask_lance_index.plan.IndexPlan.graphs_at_merge`)."""
     params = plan.params
-    m, ef_construction, max_level = hnsw_settings(params)
+    m, ef_construction, max_level = _hnsw_settings(params)
     # under dot a node's candidates are its ef_construction largest products (model.hnsw)
     dot = params.metric == "dot"
     return PartitionGraphs(m=m, max_level=max_level, seed=plan.graph_seed(slot), metric="dot" if dot else "l2",
@@ -290,8 +291,8 @@ class GraphsAtMerge:
     the segment's files and HNSW settings."""
 
     def __call__(self, plan, slot: int, uuid: str, storage_options: dict | None = None) -> tuple[list, tuple]:
-        settings = hnsw_settings(plan.params)
-        build_graphs = partition_graphs(plan, slot).builder(fan_out=len(plan.merges.final) == 1)
+        settings = _hnsw_settings(plan.params)
+        build_graphs = _partition_graphs(plan, slot).builder(fan_out=len(plan.merges.final) == 1)
         files = add_hnsw_graphs(plan.uri, uuid, index_type=plan.params.index_type, m=settings[0],
                                 ef_construction=settings[1], max_level=settings[2], build_graphs=build_graphs,
                                 storage_options=storage_options)
@@ -304,9 +305,9 @@ def _write_files(seg: SegmentTask, codes: dict, common: dict, whole: bool, graph
     only, as its storage type's segment. Returns their names."""
     plan, model, params = seg.plan, seg.model, seg.plan.params
     if params.index_type in HNSW_WRITTEN and graphs:
-        m, ef_construction, max_level = hnsw_settings(params)
+        m, ef_construction, max_level = _hnsw_settings(params)
         # the graphs as tasks on every worker only when no other build task shares the cluster
-        build_graphs = partition_graphs(plan, seg.task).builder(fan_out=plan.num_tasks == 1)
+        build_graphs = _partition_graphs(plan, seg.task).builder(fan_out=plan.num_tasks == 1)
         return write_hnsw_segment(plan.uri, seg.uuid, index_type=params.index_type, values=codes.get("codes"),
                                   runs=codes.get("runs"),
                                   m=m, ef_construction=ef_construction, max_level=max_level,
