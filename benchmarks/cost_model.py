@@ -33,7 +33,7 @@ It then predicts an IVF_HNSW_SQ build of the same 1B x 1024-d rows into 65,536 p
 (``predict_hnsw``): the build tasks' scan and assignment as above (no PQ encoding) and their
 storage write, spread over W; the graphs (``c_graph`` a row at 15,600 rows a partition and
 that dimension), spread over W; and the merge's concatenation (by the stored byte) and graph
-write (by the node), in ONE task. Those stage costs come from ``bench_hnsw_stages.py``
+write (by the node), in ONE task per committed segment (``num_segments``). Those stage costs come from ``bench_hnsw_stages.py``
 (``HNSW_STAGES``), not from the two fits.
 
 It leaves out what it cannot see here: network and storage contention, stragglers, the scheduler
@@ -47,7 +47,8 @@ import json
 import math
 
 from dask_lance_index.model.coarse import REFINE_PASSES, REFINE_PROBES, default_refine_neighbours
-from dask_lance_index.plan import AGREEMENT_ROWS, HIERARCHICAL_SAMPLE_RATE
+from dask_lance_index.plan import AGREEMENT_ROWS, DEFAULT_ROWS_PER_TASK, HIERARCHICAL_SAMPLE_RATE, plan_merges
+from dask_lance_index.plan.index_plan import FLAT_TASK_BYTES, held_row_bytes
 
 # Measured stage seconds (bench_build, one run each; see the module docstring).
 FIT = [
@@ -121,21 +122,39 @@ HNSW_STAGES = {
 HNSW_NODES_PER_ROW = 1.052  # graph nodes over all levels per row, as measured (1,052,363 for 1M rows)
 
 
-def predict_hnsw(c: dict, rows: int, k: int, d: int, workers: int) -> dict:
+def merge_path_rows(rows: int, d: int, segments: int) -> int:
+    """Rows concatenated on the longest path of an IVF_HNSW_SQ build's staged merges, as the
+    library plans them: tasks of its held-bytes bound, merges of at most 16 segments a step
+    (each stage one after the other; the steps of a stage side by side)."""
+    per_task = min(DEFAULT_ROWS_PER_TASK, FLAT_TASK_BYTES // held_row_bytes("IVF_HNSW_SQ", d))
+    sizes = [per_task] * math.ceil(rows / per_task)
+    plan = plan_merges("IVF_HNSW_SQ", sizes, num_segments=segments, concatenated=True)
+    weight = dict(enumerate(sizes))
+    path = 0
+    for stage in plan.stages:
+        for step in stage:
+            weight[step.output] = sum(weight[i] for i in step.inputs)
+        path += max(weight[step.output] for step in stage)
+    return path
+
+
+def predict_hnsw(c: dict, rows: int, k: int, d: int, workers: int, segments: int = 1) -> dict:
     """An IVF_HNSW_SQ build of ``rows`` x ``d`` into ``k`` partitions on ``workers`` one-core
-    workers, committed as one segment: the build tasks (scan and assignment as IVF_PQ's fit
-    ``c``, without its PQ encoding, and the storage write) and the graph tasks divide by the
-    workers; the merge's concatenation and graph write are one task. ``one_task`` is the
-    build as it was with one build task (scan, assignment and write in it alone)."""
+    workers, committed as ``segments`` segments: the build tasks (scan and assignment as
+    IVF_PQ's fit ``c``, without its PQ encoding, and the storage write) and the graph tasks
+    divide by the workers; the staged merges' concatenations (their longest path:
+    :func:`merge_path_rows`) and each final merge's graph write, of ``1 / segments`` of the
+    rows, are one task each. ``one_task`` is the one-segment build as it was with one
+    build task (scan, assignment and write in it alone)."""
     stages = HNSW_STAGES[d]
     stored = rows * (8 + d)
     build = rows * (c["a_build"] * d / 128 + c["b_build"] * searched(k) * d) + stored * stages["write"]
-    concat = stored * stages["concat"]
+    concat = merge_path_rows(rows, d, segments) * (8 + d) * stages["concat"]
     graphs = rows * stages["graphs"] / workers
-    graph_write = rows * HNSW_NODES_PER_ROW * stages["graph_write"]
+    graph_write = rows * HNSW_NODES_PER_ROW * stages["graph_write"] / segments
     return dict(build=build / workers, concat=concat, graphs=graphs, graph_write=graph_write,
                 total=build / workers + concat + graphs + graph_write,
-                one_task=build + graphs + graph_write)
+                one_task=build + graphs + graph_write * segments)
 
 
 def main() -> int:
@@ -169,14 +188,16 @@ def main() -> int:
         print(f"{'1,000,000,000 x 1024-d, k=65,536, m=64':40s} {workers:4d} "
               + " ".join(f"{got[s]:8.0f}" for s in ("sample", "train", "build", "merge", "total"))
               + f"   merge {100 * got['merge'] / got['total']:.0f}% of it")
-    print(f"\n{'IVF_HNSW_SQ, 1,000,000,000 x 1024-d, k=65,536':46s} {'W':>4s} {'build':>8s} {'concat':>8s} "
-          f"{'graphs':>8s} {'g.write':>8s} {'total':>8s} {'one task':>9s}")
+    print(f"\n{'IVF_HNSW_SQ, 1,000,000,000 x 1024-d, k=65,536':46s} {'W':>4s} {'segs':>4s} {'build':>8s} "
+          f"{'concat':>8s} {'graphs':>8s} {'g.write':>8s} {'total':>8s}")
     for workers in (64, 512):
-        got = predict_hnsw(c, 10**9, 65536, 1024, workers)
-        serial = got["concat"] + got["graph_write"]
-        print(f"{'':46s} {workers:4d} "
-              + " ".join(f"{got[s]:8.0f}" for s in ("build", "concat", "graphs", "graph_write", "total"))
-              + f" {got['one_task']:9.0f}   the merge task alone: {100 * serial / got['total']:.0f}%")
+        for segments in (1, 16):
+            got = predict_hnsw(c, 10**9, 65536, 1024, workers, segments)
+            serial = got["concat"] + got["graph_write"]
+            print(f"{'':46s} {workers:4d} {segments:4d} "
+                  + " ".join(f"{got[s]:8.0f}" for s in ("build", "concat", "graphs", "graph_write", "total"))
+                  + f"   in merge tasks: {100 * serial / got['total']:.0f}%"
+                  + (f"; with one build task: {got['one_task']:.0f}" if segments == 1 else ""))
     return 0
 
 

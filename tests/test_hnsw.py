@@ -479,6 +479,29 @@ def test_hnsw_in_several_tasks_builds_each_graph_once(cluster_client, tmp_path, 
     assert recall_at_k(search(ds, "vector", x[:50], 10, nprobes=4)[0], truth) > (0.6 if "PQ" in index_type else 0.9)
 
 
+def test_several_final_merges_each_hand_their_graphs_to_every_worker(cluster_client, tmp_path):
+    """Asked for two segments of four tasks, each of the two final merges builds its own
+    segment's graphs as graph tasks on the cluster's workers (not one by one in itself)."""
+    x = make_vectors(16000, 16, num_clusters=20, seed=6)
+    uri = str(tmp_path / "two.lance")
+    write_vectors(uri, x, max_rows_per_file=4000)
+    default_rows = graphs_module.GRAPH_TASK_ROWS
+    cluster_client.run(lambda: setattr(graphs_module, "GRAPH_TASK_ROWS", 1000))  # several graph tasks a merge
+    try:
+        with get_task_stream(cluster_client) as stream:
+            result = dli.create_index(uri, "vector", "IVF_HNSW_FLAT", num_partitions=8, m=8, seed=0, num_tasks=4,
+                                      num_segments=2, client=cluster_client, compute=False).compute()
+    finally:
+        cluster_client.run(lambda: setattr(graphs_module, "GRAPH_TASK_ROWS", default_rows))
+    assert result.num_merges == 2 and len(result.segments) == 2
+    runs = [t for t in stream.data if t["key"].startswith("dli-graphs-")]
+    assert {t["key"].split("-")[2] for t in runs} == {u.split("-")[0] for u in result.segments}  # both merges'
+    assert len({t["worker"] for t in runs}) == 2
+    ds = lance.dataset(uri)
+    truth = exact_knn(x, x[:50], 10, "l2")
+    assert recall_at_k(search(ds, "vector", x[:50], 10, nprobes=4)[0], truth) > 0.9
+
+
 def test_hnsw_whose_graphs_lance_builds_stays_one_task(tmp_path):
     """IVF_HNSW_PQ under dot: Lance builds the graphs from our codes, and its merge would
     build every graph again, so the build is one task unless asked otherwise."""

@@ -6,7 +6,7 @@ task, :func:`dask_lance_index.storage.write_hnsw_segment`; or the merge that con
 several tasks' rows, :func:`dask_lance_index.storage.add_hnsw_graphs`) has its rows, and
 its graphs are most of its time (1M x 128 rows, 256 partitions: 70-100 s of graphs against
 5 s of the rest). Built one by one in that task, they use one worker whatever the cluster's
-size. So when that task is alone (the plan's only build task, or its only final merge) and
+size. So when that task is alone (the plan's only build task) or a final merge and
 runs on a ``dask.distributed`` worker of a cluster with more than one worker thread, it has
 written the rows first, then hands runs of partitions (about :data:`GRAPH_TASK_ROWS` rows
 each) to graph tasks
@@ -90,7 +90,7 @@ class PartitionGraphs:
 
 def graph_threads(fan_out: bool) -> int:
     """The threads a build's graphs get: with ``fan_out`` (the task writing the segment is
-    alone: the plan's only build task, or its only final merge), the worker threads of the
+    alone, or a final merge: the build's last tasks), the worker threads of the
     cluster this task runs on, or without one (dask's sync or threaded scheduler) the cores
     this process may use
     (:func:`dask_lance_index.runtime.host_cores`); otherwise one."""

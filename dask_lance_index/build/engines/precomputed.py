@@ -286,13 +286,13 @@ class GraphsAtMerge:
     """The graphs of a merged HNSW segment (:attr:`~dask_lance_index.plan.IndexPlan.graphs_at_merge`):
     a picklable callable the merge task is given (``MergeSegments(graphs=...)``), called
     with ``(plan, slot, uuid, storage_options)`` once the storage-only inputs are
-    concatenated into segment ``uuid``; builds and writes every partition's graph (on every
-    worker of the cluster when that merge is the build's only final one), and returns
-    the segment's files and HNSW settings."""
+    concatenated into segment ``uuid``; builds and writes every partition's graph (as graph
+    tasks on every worker of the cluster: the final merges are the build's last tasks, and
+    several of them share the workers), and returns the segment's files and HNSW settings."""
 
     def __call__(self, plan, slot: int, uuid: str, storage_options: dict | None = None) -> tuple[list, tuple]:
         settings = _hnsw_settings(plan.params)
-        build_graphs = _partition_graphs(plan, slot).builder(fan_out=len(plan.merges.final) == 1)
+        build_graphs = _partition_graphs(plan, slot).builder(fan_out=True)
         files = add_hnsw_graphs(plan.uri, uuid, index_type=plan.params.index_type, m=settings[0],
                                 ef_construction=settings[1], max_level=settings[2], build_graphs=build_graphs,
                                 storage_options=storage_options)
