@@ -118,7 +118,7 @@ def run_one(engine: str, uri: str, args) -> dict:
             opts["sample_rate"] = args.sample_rate
         if args.rows_per_task:
             opts["rows_per_task"] = args.rows_per_task
-        if engine == "dli-parts":  # one task per worker, merged: what HNSW types did before one segment
+        if engine == "dli-parts":  # one task per worker, merged (HNSW: rows concatenated, graphs at the merge)
             opts["num_tasks"] = args.workers
         if engine == "dli-threads":
             # No client: dask's local threaded scheduler, as in a notebook without a cluster.
