@@ -32,6 +32,8 @@ from dask_lance_index.model import build_hnsw, hnsw
 from dask_lance_index.model.hnsw import node_levels
 from dask_lance_index.storage import PartitionRuns, StoredRows
 
+from .conftest import index_dirs
+
 
 def test_graph_levels_lists_and_entry_point():
     x = make_vectors(3000, 16, num_clusters=20, seed=4)
@@ -500,6 +502,57 @@ def test_several_final_merges_each_hand_their_graphs_to_every_worker(cluster_cli
     ds = lance.dataset(uri)
     truth = exact_knn(x, x[:50], 10, "l2")
     assert recall_at_k(search(ds, "vector", x[:50], 10, nprobes=4)[0], truth) > 0.9
+
+
+def _fail_first_graph_task(fail: bool = True) -> None:
+    """On a worker: the first graph task run there raises (or, ``fail=False``, none does)."""
+    graphs = graphs_module.PartitionGraphs
+    call = graphs.__dict__.get("unfailing_call", graphs.__call__)
+    if fail:
+        state = {"failed": False}
+
+        def failing(self, *a):
+            if not state["failed"]:
+                state["failed"] = True
+                raise OSError("injected: a graph task lost its storage")
+            return call(self, *a)
+
+        graphs.unfailing_call, graphs.__call__ = call, failing
+    elif "unfailing_call" in graphs.__dict__:
+        graphs.__call__ = call
+        del graphs.unfailing_call
+
+
+def test_a_merge_whose_graph_task_fails_is_retried_to_the_same_segment(cluster_client, tmp_path):
+    """A graph task of the merge fails: the merge fails, is retried (a new attempt, its own
+    graph task keys) and writes the segment the fault-free build writes; nothing is left
+    under ``_indices/`` but the committed segment."""
+    x = make_vectors(12000, 16, num_clusters=20, seed=7)
+    files = {}
+    default_rows = graphs_module.GRAPH_TASK_ROWS
+    cluster_client.run(lambda: setattr(graphs_module, "GRAPH_TASK_ROWS", 1000))
+    try:
+        for who in ("clean", "failing"):
+            uri = str(tmp_path / f"{who}.lance")
+            write_vectors(uri, x, max_rows_per_file=4000)
+            if who == "failing":
+                cluster_client.run(_fail_first_graph_task)
+            with get_task_stream(cluster_client) as stream:
+                result = dli.create_index(uri, "vector", "IVF_HNSW_FLAT", num_partitions=8, m=8, seed=0, num_tasks=3,
+                                          client=cluster_client, compute=False).compute()
+            assert result.num_merges == 1
+            files[who] = segment_contents(uri)
+            assert index_dirs(uri) == set(result.segments)
+            if who == "failing":
+                erred = [t for t in stream.data if t.get("status") == "error"]
+                assert any(t["key"].startswith("dli-graphs-") for t in erred)
+                attempts = {t["key"].split("-")[7] for t in stream.data if t["key"].startswith("dli-graphs-")}
+                assert len(attempts) >= 2  # the retried merge's graph tasks are its own
+    finally:
+        cluster_client.run(_fail_first_graph_task, False)
+        cluster_client.run(lambda: setattr(graphs_module, "GRAPH_TASK_ROWS", default_rows))
+    for clean, failing in zip(files["clean"], files["failing"]):
+        assert clean == failing
 
 
 def test_hnsw_whose_graphs_lance_builds_stays_one_task(tmp_path):
