@@ -400,37 +400,61 @@ def segment_contents(uri: str) -> list:
     return files + [LanceFileReader(f"{base}/index.idx").metadata().schema.metadata[b"lance:hnsw"]]
 
 
+def _wrap(cls, name: str, make=None) -> None:
+    """On a worker: ``cls.<name>`` replaced by ``make(the original)``, or with ``make=None``
+    the original put back (wrapping again wraps the original, not the last wrapper)."""
+    saved = f"unwrapped_{name}"
+    original = cls.__dict__.get(saved, cls.__dict__[name])
+    if make is not None:
+        setattr(cls, saved, original)
+        setattr(cls, name, make(original))
+    elif saved in cls.__dict__:
+        setattr(cls, name, original)
+        delattr(cls, saved)
+
+
+def _counted(cls, counter: str):
+    """A ``make`` for :func:`_wrap` that counts the calls in ``cls.<counter>``, from 0."""
+    setattr(cls, counter, 0)
+
+    def make(original):
+        def counted(self, *a):
+            setattr(cls, counter, getattr(cls, counter) + 1)
+            return original(self, *a)
+        return counted
+    return make
+
+
+def _failing_once(original):
+    """A ``make`` for :func:`_wrap` whose first call raises."""
+    state = {"failed": False}
+
+    def failing(self, *a):
+        if not state["failed"]:
+            state["failed"] = True
+            raise OSError("injected: a graph task lost its storage")
+        return original(self, *a)
+    return failing
+
+
 def _count_runs_spilled(settings: dict, count: bool = True) -> None:
     """On a worker: the precomputed engine's limits set, and the chunks it spills counted
     (or, ``count=False``, no longer)."""
     for k, v in settings.items():
         setattr(precomputed_module, k, v)
     runs = precomputed_module.PartitionRuns
-    add = runs.__dict__.get("uncounted_add", runs.add)
-    if count:
-        def counted(self, *a):
-            runs.spilled += 1
-            return add(self, *a)
-
-        runs.uncounted_add, runs.add, runs.spilled = add, counted, 0
-    elif "uncounted_add" in runs.__dict__:
-        runs.add = add
-        del runs.uncounted_add
+    _wrap(runs, "add", _counted(runs, "spilled") if count else None)
 
 
 def _count_graphs(count: bool = True) -> None:
     """On a worker: the partition graphs built there counted (or, ``count=False``, no longer)."""
     graphs = graphs_module.PartitionGraphs
-    graph = graphs.__dict__.get("uncounted_graph", graphs.graph)
-    if count:
-        def counted(self, *a):
-            graphs.built += 1
-            return graph(self, *a)
+    _wrap(graphs, "graph", _counted(graphs, "built") if count else None)
 
-        graphs.uncounted_graph, graphs.graph, graphs.built = graph, counted, 0
-    elif "uncounted_graph" in graphs.__dict__:
-        graphs.graph = graph
-        del graphs.uncounted_graph
+
+def _fail_first_graph_task(fail: bool = True) -> None:
+    """On a worker: the first graph task run there raises (or, ``fail=False``, none does)."""
+    _wrap(graphs_module.PartitionGraphs, "__call__", _failing_once if fail else None)
 
 
 @pytest.mark.parametrize("index_type", ["IVF_HNSW_FLAT", "IVF_HNSW_SQ", "IVF_HNSW_PQ"])
@@ -502,25 +526,6 @@ def test_several_final_merges_each_hand_their_graphs_to_every_worker(cluster_cli
     ds = lance.dataset(uri)
     truth = exact_knn(x, x[:50], 10, "l2")
     assert recall_at_k(search(ds, "vector", x[:50], 10, nprobes=4)[0], truth) > 0.9
-
-
-def _fail_first_graph_task(fail: bool = True) -> None:
-    """On a worker: the first graph task run there raises (or, ``fail=False``, none does)."""
-    graphs = graphs_module.PartitionGraphs
-    call = graphs.__dict__.get("unfailing_call", graphs.__call__)
-    if fail:
-        state = {"failed": False}
-
-        def failing(self, *a):
-            if not state["failed"]:
-                state["failed"] = True
-                raise OSError("injected: a graph task lost its storage")
-            return call(self, *a)
-
-        graphs.unfailing_call, graphs.__call__ = call, failing
-    elif "unfailing_call" in graphs.__dict__:
-        graphs.__call__ = call
-        del graphs.unfailing_call
 
 
 def test_a_merge_whose_graph_task_fails_is_retried_to_the_same_segment(cluster_client, tmp_path):
