@@ -353,3 +353,27 @@ def test_an_update_whose_driver_died_resumes_from_its_journal(tmp_path, vectors)
     assert index_dirs(uri) >= committed_segment_uuids(result.dataset())
     assert not (index_dirs(uri) - committed_segment_uuids(lance.dataset(uri, version=version))
                 - committed_segment_uuids(result.dataset()))  # nothing stray
+
+
+def test_new_hnsw_segments_merged_among_themselves_get_their_graphs_at_the_merge(tmp_path, vectors, queries):
+    """An update whose new IVF_HNSW_PQ segments are merged only with each other (the
+    committed whole-data segment stores transposed codes: Lance cannot merge it) writes them
+    as rows only, and the merge builds the graphs once, as a build of several tasks does."""
+    from lance.file import LanceFileReader
+
+    uri = str(tmp_path / "hpq.lance")
+    write_vectors(uri, vectors[:6000], max_rows_per_file=3000)
+    dli.create_index(uri, "vector", "IVF_HNSW_PQ", num_partitions=8, num_sub_vectors=8, scheduler="sync", seed=2)
+    write_vectors(uri, vectors[6000:12000], max_rows_per_file=3000, mode="append", start_id=6000)
+    upd = dli.update_index(uri, "vector", scheduler="sync", max_deltas=1, num_tasks=2, compute=False)
+    assert upd.decision.action == "merge" and upd.decision.merge_segments == ()
+    r = upd.compute(scheduler="sync")
+    assert r.num_merges == 1
+    ds = r.dataset()
+    stats = ds.stats.index_stats("vector_idx")
+    assert stats["num_unindexed_rows"] == 0 and stats["num_indexed_rows"] == 12000 and len(stats["indices"]) == 2
+    for seg in _index_segments(ds):  # both committed segments have graphs
+        meta = LanceFileReader(os.path.join(uri, "_indices", seg, "index.idx")).metadata().schema.metadata
+        assert b"lance:hnsw" in meta
+    truth = exact_knn(vectors[:12000], queries[:100], 10, "l2")
+    assert _recall(ds, queries[:100], truth, nprobes=8, refine_factor=5) > 0.9

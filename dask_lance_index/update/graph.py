@@ -20,7 +20,7 @@ from dataclasses import replace
 import dask
 from dask.delayed import delayed
 
-from ..build import BuildSegment
+from ..build import BuildSegment, GraphsAtMerge
 from ..commit import SavedModel
 from ..graph import build_graph
 from ..merge import MergeSegments
@@ -129,7 +129,8 @@ def delta_graph(plan: IndexPlan, saved: SavedModel, decision: UpdateDecision, co
         built = [delayed(build, pure=True)(plan_key, i, model, dask_key_name=f"dli-build-{tok}-{i}")
                  for i in range(plan.num_tasks)]
         slots = built + [delayed(s, name=f"dli-segment-{tok}-{s.uuid[:8]}") for s in committed]
-        merge = MergeSegments(storage_options, journal)
+        # new HNSW segments merged among themselves only: their graphs are built by the merge
+        merge = MergeSegments(storage_options, journal, GraphsAtMerge() if plan.graphs_at_merge else None)
         merged = []
         for stage in plan.merges.stages:
             for step in stage:
