@@ -400,6 +400,17 @@ def segment_contents(uri: str) -> list:
     return files + [LanceFileReader(f"{base}/index.idx").metadata().schema.metadata[b"lance:hnsw"]]
 
 
+def _same_segments_and_found(files: dict, reference: str, x: np.ndarray, uri: str, bound: float) -> None:
+    """Every build's segment (:func:`segment_contents`) equals the ``reference`` build's,
+    which holds every row; and the index at ``uri`` finds the first rows' neighbours."""
+    assert files[reference][0].num_rows == len(x)
+    for who, contents in files.items():
+        for want, got in zip(files[reference], contents):
+            assert want == got, who
+    truth = exact_knn(x, x[:50], 10, "l2")
+    assert recall_at_k(search(lance.dataset(uri), "vector", x[:50], 10, nprobes=4)[0], truth) > bound
+
+
 def _wrap(cls, name: str, make=None) -> None:
     """On a worker: ``cls.<name>`` replaced by ``make(the original)``, or with ``make=None``
     the original put back (wrapping again wraps the original, not the last wrapper)."""
@@ -496,13 +507,8 @@ def test_hnsw_in_several_tasks_builds_each_graph_once(cluster_client, tmp_path, 
     finally:
         cluster_client.run(_count_graphs, False)
         cluster_client.run(lambda: setattr(graphs_module, "GRAPH_TASK_ROWS", default_rows))
-    assert files["one task"][0].num_rows == len(x)
-    for who in ("three tasks", "three tasks on a cluster"):
-        for one, three in zip(files["one task"], files[who]):
-            assert one == three, who
-    ds = lance.dataset(str(tmp_path / "three_tasks.lance"))
-    truth = exact_knn(x, x[:50], 10, "l2")
-    assert recall_at_k(search(ds, "vector", x[:50], 10, nprobes=4)[0], truth) > (0.6 if "PQ" in index_type else 0.9)
+    _same_segments_and_found(files, "one task", x, str(tmp_path / "three_tasks.lance"),
+                             0.6 if "PQ" in index_type else 0.9)
 
 
 def test_several_final_merges_each_hand_their_graphs_to_every_worker(cluster_client, tmp_path):
@@ -608,13 +614,7 @@ def test_rows_spilled_to_disk_write_the_same_segment(cluster_client, tmp_path, m
                 assert sum(cluster_client.run(lambda: precomputed_module.PartitionRuns.spilled).values()) >= 3
     finally:
         cluster_client.run(_count_runs_spilled, default, False)
-    assert files["held"][0].num_rows == len(x)
-    for who in ("spilled", "spilled on a cluster"):
-        for held, spilled in zip(files["held"], files[who]):
-            assert held == spilled, who
-    ds = lance.dataset(str(tmp_path / "spilled.lance"))
-    truth = exact_knn(x, x[:50], 10, "l2")
-    assert recall_at_k(search(ds, "vector", x[:50], 10, nprobes=4)[0], truth) > 0.9
+    _same_segments_and_found(files, "held", x, str(tmp_path / "spilled.lance"), 0.9)
 
 
 @pytest.mark.parametrize("metric", ["l2", "cosine"])
