@@ -199,11 +199,12 @@ def write_hnsw_segment(
     stored = StoredRows(dataset_uri, index_uuid, index_type, None if bounds is None else tuple(map(float, bounds)),
                         num_bits, storage_options, transposed)
 
-    def rows_of(p: int) -> np.ndarray:
-        if order is None:  # the rows are on disk only: read back from the written file
-            return stored.read([(p, int(offsets[p]), int(lengths[p]))])[0]
+    def held_rows(p: int) -> np.ndarray:
         return decode_stored(index_type, np.asarray(values)[order[offsets[p] : offsets[p] + lengths[p]]], bounds,
                              num_bits, codebook)
+
+    # rows spilled are on disk only: read back from the written file
+    rows_of = _read_back(stored, lengths, offsets) if order is None else held_rows
 
     _write_graphs(base, build_graphs(stored, _partitions(lengths, offsets), rows_of), lengths,
                   index_type=index_type, centroids=centroids, metric=metric, loss=loss, m=m,
@@ -229,8 +230,7 @@ def add_hnsw_graphs(dataset_uri: str, index_uuid: str, *, index_type: str, m: in
                         storage_options, bool(quantizer.get("transposed", False)))
     lengths, offsets = written.lengths, written.offsets[:-1]
     _write_graphs(_segment_dir(dataset_uri, index_uuid),
-                  build_graphs(stored, _partitions(lengths, offsets), lambda p: stored.read(
-                      [(p, int(offsets[p]), int(lengths[p]))])[0]),
+                  build_graphs(stored, _partitions(lengths, offsets), _read_back(stored, lengths, offsets)),
                   lengths, index_type=index_type, centroids=written.centroids,
                   metric=written.meta[b"distance_type"].decode(), loss=written.loss, m=m,
                   ef_construction=ef_construction, max_level=max_level, storage_options=storage_options)
@@ -240,6 +240,12 @@ def add_hnsw_graphs(dataset_uri: str, index_uuid: str, *, index_type: str, m: in
 def _partitions(lengths, offsets) -> list:
     """``(partition, first stored row, rows)`` of the non-empty partitions. Pure."""
     return [(p, int(offsets[p]), int(lengths[p])) for p in range(len(lengths)) if lengths[p]]
+
+
+def _read_back(stored: StoredRows, lengths, offsets) -> Callable:
+    """``rows_of(partition)`` for ``build_graphs``: the partition's rows read back from the
+    written file."""
+    return lambda p: stored.read([(p, int(offsets[p]), int(lengths[p]))])[0]
 
 
 def _write_graphs(base: str, graphs, lengths, *, index_type: str, centroids: np.ndarray,
@@ -265,8 +271,7 @@ def _write_graphs(base: str, graphs, lengths, *, index_type: str, centroids: np.
         graph_rows.append(batch.num_rows)
         graphs_meta.append(json.dumps({"entry_point": graph.entry_point, "params": params,
                                        "level_offsets": graph.level_offsets(max_level)}, separators=(",", ":")))
-    graph_offsets = np.concatenate([[0], np.cumsum(graph_rows)[:-1]]).astype(np.int64)
-    pos = writer.add_global_buffer(ivf_message(graph_offsets, graph_rows, centroids, loss))
+    pos = writer.add_global_buffer(ivf_message(graph_rows, centroids, loss))
     writer.add_schema_metadata("lance:index", json.dumps({"type": index_type, "distance_type": metric},
                                                          separators=(",", ":")))
     writer.add_schema_metadata("lance:hnsw", json.dumps(graphs_meta, separators=(",", ":")))

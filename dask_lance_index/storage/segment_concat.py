@@ -131,7 +131,7 @@ def concat_segments(dataset_uri: str, input_uuids: list[str], output_uuid: str, 
             table = _pack_rq(table, lengths[p0:p1])
         for batch in table.to_batches():  # the run as taken: one copy of its rows
             aux.write_batch(batch)
-    pos = aux.add_global_buffer(ivf_message(np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths))
+    pos = aux.add_global_buffer(ivf_message(lengths))
     if index_type == "IVF_PQ":  # the codebook, as its inputs keep it
         aux.add_global_buffer(bytes(first.reader.read_global_buffer(int(quantizer["codebook_position"]))))
     if flag:

@@ -53,8 +53,8 @@ from .files import filesystem, is_local
 from .rq_layout import pack_lance_codes, unpack_lance_codes
 from .segments import index_dir
 
-__all__ = ["PQ_CODE_COLUMN", "RQSegment", "index_details", "ivf_message", "read_rq_segment", "segment_index",
-           "transposed_by_partition", "write_pq_segment", "write_row_major_runs", "write_rq_segment"]
+__all__ = ["PQ_CODE_COLUMN", "RQSegment", "index_details", "ivf_message", "partition_offsets", "read_rq_segment",
+           "segment_index", "transposed_by_partition", "write_pq_segment", "write_row_major_runs", "write_rq_segment"]
 
 INDEX_DETAILS_TYPE = "/lance.index.pb.VectorIndexDetails"
 PQ_CODE_COLUMN = "__pq_code"  # Lance's column of PQ codes, in its index files and shuffle buffers
@@ -112,10 +112,16 @@ def _tensor(array: np.ndarray, shape) -> bytes:
     return _uint_field(1, _FLOAT32) + _field(2, _packed(shape)) + _field(3, data.tobytes())
 
 
-def ivf_message(offsets, lengths, centroids: np.ndarray | None = None, loss: float | None = None) -> bytes:
-    """Lance's ``lance.index.pb.IVF`` message: packed offsets (2) and lengths (3), the
-    centroids as a Tensor (4) and the loss (5, a double)."""
-    msg = _field(2, _packed(offsets)) + _field(3, _packed(lengths))
+def partition_offsets(lengths) -> np.ndarray:
+    """Where each partition's rows start in a file holding them partition after partition. Pure."""
+    return np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)[:-1]]).astype(np.int64)
+
+
+def ivf_message(lengths, centroids: np.ndarray | None = None, loss: float | None = None) -> bytes:
+    """Lance's ``lance.index.pb.IVF`` message for rows stored partition after partition:
+    packed offsets (2) and lengths (3), the centroids as a Tensor (4) and the loss (5, a
+    double)."""
+    msg = _field(2, _packed(partition_offsets(lengths))) + _field(3, _packed(lengths))
     if centroids is not None:
         msg += _field(4, _tensor(centroids, np.shape(centroids)))
     if loss is not None:
@@ -158,8 +164,7 @@ def _partition_order(part_ids: np.ndarray, num_partitions: int):
     """Rows grouped by partition (stable), the partition lengths and offsets."""
     order = np.argsort(part_ids, kind="stable")
     lengths = np.bincount(part_ids, minlength=num_partitions)
-    offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]])
-    return order, lengths, offsets
+    return order, lengths, partition_offsets(lengths)
 
 
 def _batch_rows(row_bytes: int) -> int:
@@ -207,7 +212,7 @@ def _write_index_file(base: str, index_type: str, metric: str, centroids: np.nda
     flat_schema = pa.schema([pa.field("__flat_marker", pa.uint64(), nullable=False)])
     idx = LanceFileWriter(f"{base}/index.idx", flat_schema, version="2.2", storage_options=storage_options)
     zeros = [0] * num_partitions
-    pos = idx.add_global_buffer(ivf_message(zeros, zeros, centroids, loss))
+    pos = idx.add_global_buffer(ivf_message(zeros, centroids, loss))
     idx.add_schema_metadata("lance:index", json.dumps({"type": index_type, "distance_type": metric}, separators=(",", ":")))
     idx.add_schema_metadata("lance:flat", json.dumps([""] * num_partitions, separators=(",", ":")))
     idx.add_schema_metadata("lance:ivf", str(pos))
@@ -263,7 +268,7 @@ def write_pq_storage(base: str, codes: np.ndarray, codebook: np.ndarray, *, row_
     }
     _write_aux(
         base, schema, _in_order(order, {PQ_CODE_COLUMN: stored}, {"_rowid": np.asarray(row_ids, dtype=np.uint64)}),
-        ivf=ivf_message(offsets, lengths),
+        ivf=ivf_message(lengths),
         # the codebook as Lance stores it: [sub-vector][code][sub-dim] data under a (codes, d) shape
         extra_buffers=[_tensor(codebook, (num_codes, num_sub_vectors * sub_dim))],
         metric=metric, quantizer_json=json.dumps(quantizer, separators=(",", ":")),
@@ -313,7 +318,7 @@ def write_row_major_storage(base: str, index_type: str, values: np.ndarray, *, r
     returns the partition order, lengths and offsets it wrote them in."""
     order, lengths, offsets = _partition_order(np.asarray(part_ids), num_partitions)
     batches = _in_order(order, {}, {"_rowid": np.asarray(row_ids, dtype=np.uint64), "values": values})
-    _write_row_major(base, index_type, np.shape(values)[1], batches, lengths, offsets, metric=metric, bounds=bounds,
+    _write_row_major(base, index_type, np.shape(values)[1], batches, lengths, metric=metric, bounds=bounds,
                      num_bits=num_bits, storage_options=storage_options)
     return order, lengths, offsets
 
@@ -325,19 +330,18 @@ def write_row_major_runs(base: str, index_type: str, runs, dimension: int, *, me
     (:class:`~dask_lance_index.storage.PartitionRuns` of ``_rowid`` and ``values``); the
     same file as from the rows held whole. Returns the partition lengths and offsets."""
     lengths = runs.lengths
-    offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]])
     _write_row_major(base, index_type, dimension, runs.batches(_batch_rows(runs.row_bytes)), lengths,
-                     offsets, metric=metric, bounds=bounds, num_bits=num_bits, storage_options=storage_options)
-    return lengths, offsets
+                     metric=metric, bounds=bounds, num_bits=num_bits, storage_options=storage_options)
+    return lengths, partition_offsets(lengths)
 
 
-def _write_row_major(base: str, index_type: str, dimension: int, batches: Iterable[dict], lengths, offsets, *,
+def _write_row_major(base: str, index_type: str, dimension: int, batches: Iterable[dict], lengths, *,
                      metric: str, bounds, num_bits: int, storage_options) -> None:
     field, quantizer = row_major_storage(index_type, dimension, bounds=bounds, num_bits=num_bits)
     _write_aux(
         base, pa.schema([pa.field("_rowid", pa.uint64()), field]),
         ({"_rowid": b["_rowid"], field.name: b["values"]} for b in batches),
-        ivf=ivf_message(offsets, lengths), extra_buffers=[], metric=metric,
+        ivf=ivf_message(lengths), extra_buffers=[], metric=metric,
         quantizer_json=json.dumps(quantizer, separators=(",", ":")), storage_options=storage_options,
     )
 
@@ -439,7 +443,7 @@ def write_rq_segment(
     """
     centroids = np.asarray(centroids, dtype=np.float32)
     dimension = centroids.shape[1]
-    order, lengths, offsets = _partition_order(np.asarray(part_ids), len(centroids))
+    order, lengths, _ = _partition_order(np.asarray(part_ids), len(centroids))
     # The sign bits are small (d / 8 bytes a row): reorder and pack them whole, since
     # a packed block spans 32 rows of one partition. The rest is gathered in slices.
     stored = np.asarray(binary, dtype=np.uint8)[order]
@@ -456,7 +460,7 @@ def write_rq_segment(
     base = _segment_dir(dataset_uri, index_uuid)
     _write_aux(
         base, _rq_schema(dimension, num_bits), _in_order(order, {"_rabit_codes": stored}, gathered),
-        ivf=ivf_message(offsets, lengths), extra_buffers=[],
+        ivf=ivf_message(lengths), extra_buffers=[],
         metric=metric, quantizer_json=model_json,
         storage_options=storage_options,
     )

@@ -88,7 +88,8 @@ def graphs_left_to_lance(params, num_rows: int | None, dimension: int | None = N
     if params.metric == "dot" and num_rows > DOT_GRAPH_ROWS * params.num_partitions:
         return True
     # IVF_HNSW_FLAT's and IVF_HNSW_SQ's rows past that go to disk (spills); PQ codes do not
-    return params.quantizer == "PQ" and num_rows * (12 + (params.num_sub_vectors or dimension or 0)) > FLAT_TASK_BYTES
+    return (params.quantizer == "PQ"
+            and num_rows * held_row_bytes(params.index_type, dimension or 0, params.num_sub_vectors) > FLAT_TASK_BYTES)
 
 
 def spills(params, num_rows: int, dimension: int) -> bool:
