@@ -40,11 +40,13 @@ def test_assign_is_the_nearest_centroid(x):
 
 
 @pytest.mark.parametrize("cols,top,wide", [(4000, 40, None), (1300, 40, None), (900, 48, None), (200, 40, None),
-                                           (50, 1, None), (40, 40, None), (4000, 150, 16), (2400, 150, 16)])
+                                           (50, 1, None), (40, 40, None), (4000, 150, 16), (2400, 150, 16),
+                                           (8000, 150, 16), (20000, 150, 16)])
 def test_smallest_first_is_the_sorted_smallest_on_every_path(cols, top, wide):
     """Wide rows select through a sampled threshold (from ``wide`` columns a wanted value,
-    32 by default, 16 for the dot graphs' 150 candidates); rows it lets too few or too many
-    values through fall back to argpartition. Every row must still be exact."""
+    32 by default, 16 for the dot graphs' 150 candidates; sparser on long rows: 8,000 and
+    20,000 columns); rows it lets too few or too many values through fall back to
+    argpartition. Every row must still be exact."""
     rng = np.random.default_rng(cols + top)
     values = rng.standard_normal((300, cols)).astype(np.float32)
     values[:, : cols // 3] = np.round(values[:, : cols // 3], 1)  # ties

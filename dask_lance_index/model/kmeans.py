@@ -96,6 +96,10 @@ def smallest_first(values: np.ndarray, top: int, wide: int | None = None) -> np.
 _SAMPLED_WIDTH = 32
 # Columns a sampled threshold lets through, expected, per value wanted.
 _SAMPLED_SPARE = 3
+# The threshold's least rank in the sample, and the sample's columns past which its stride
+# grows (up to that rank).
+_SAMPLED_RANK = 24
+_SAMPLED_COLUMNS = 1024
 
 
 def _smallest_unordered(values: np.ndarray, top: int, wide: int = _SAMPLED_WIDTH) -> np.ndarray:
@@ -111,21 +115,25 @@ def _smallest_unordered(values: np.ndarray, top: int, wide: int = _SAMPLED_WIDTH
     rows, cols = values.shape
     if cols < wide * top or rows == 0:
         return np.argpartition(values, top - 1, axis=1)[:, :top]
-    stride = max(1, wide // 4)  # a sample of a quarter of the wanted share of the columns (an eighth by default)
+    # a sample of a quarter of the wanted share of the columns (an eighth by default), or
+    # sparser where many values are wanted from long rows: the threshold's rank in the
+    # sample stays at least _SAMPLED_RANK (150 of 20,000 columns: stride 18, not 4, and the
+    # sample's partition 1.0 ms against 6.6 ms of a selection's 16.6 ms)
+    stride = max(1, wide // 4, min(cols // _SAMPLED_COLUMNS, _SAMPLED_SPARE * top // _SAMPLED_RANK))
     sample = values[:, ::stride]
     rank = min(sample.shape[1] - 1, -(-_SAMPLED_SPARE * top // stride))
     threshold = np.partition(sample, rank, axis=1)[:, rank]
-    through = values <= threshold[:, None]
-    counts = np.count_nonzero(through, axis=1)
+    # row-major: each row's columns together (flat, then split: 6x faster than 2-d nonzero)
+    r, c = np.divmod(np.flatnonzero(values <= threshold[:, None]), cols)
+    counts = np.bincount(r, minlength=rows)
     ok = (counts >= top) & (counts <= 4 * _SAMPLED_SPARE * top)
     out = np.empty((rows, top), dtype=np.intp)
     if not ok.all():
         out[~ok] = np.argpartition(values[~ok], top - 1, axis=1)[:, :top]
-    if ok.any():
-        through[~ok] = False
-        # row-major: each row's columns together (flat, then split: 6x faster than 2-d nonzero)
-        r, c = np.divmod(np.flatnonzero(through), cols)
+        mine = ok[r]
+        r, c = r[mine], c[mine]
         counts = counts * ok
+    if ok.any():
         width = int(counts.max())
         starts = np.cumsum(counts) - counts
         slot = np.arange(len(r)) - starts[r]
