@@ -283,19 +283,24 @@ def test_dot_graphs_are_the_same_whether_the_products_are_held_or_not(monkeypatc
             np.testing.assert_array_equal(u, v)
 
 
-@pytest.mark.parametrize("path", ["whole", "pairs", "kept rows", "both"])
+@pytest.mark.parametrize("path", ["whole", "pairs", "kept rows", "both", "rows full"])
 def test_dot_pruning_is_lances_rule(path, monkeypatch):
     """_prune_dot, which computes products only as candidates are kept (looked up in the
-    level's products held ``whole``, else pair by pair or as the kept nodes' rows of products,
-    or ``both`` in one step), keeps what Lance's rule keeps (a candidate is kept unless a kept
-    one has a larger product with it than the node has), computed here in full for each node,
-    then the largest dropped up to ``fill``."""
-    rows = {"pairs": lambda times, *a: np.zeros(len(times), bool),
-            "kept rows": lambda times, *a: np.ones(len(times), bool),
-            "both": lambda times, *a: np.arange(len(times)) % 2 == 0}
+    level's products held ``whole``, else pair by pair or in the held rows of products of the
+    nodes kept most, ``both`` in one step, or pairs once the held rows are full), keeps what
+    Lance's rule keeps (a candidate is kept unless a kept one has a larger product with it
+    than the node has), computed here in full for each node, then the largest dropped up to
+    ``fill``."""
+    rows = {"pairs": lambda uses, n: np.zeros(len(uses), bool),
+            "kept rows": lambda uses, n: np.ones(len(uses), bool),
+            "both": lambda uses, n: np.arange(len(uses)) % 2 == 0,
+            "rows full": lambda uses, n: np.ones(len(uses), bool)}
     if path != "whole":
         monkeypatch.setattr(hnsw, "_rows_cheaper", rows[path])
         monkeypatch.setattr(hnsw, "_SLICE_CELLS", 600 * 3)  # the kept nodes' rows 3 at a time
+        monkeypatch.setattr(hnsw, "_PAIR_CELLS", 64 * 30)  # a few nodes' pairs at a time
+    if path == "rows full":
+        monkeypatch.setattr(hnsw, "_HELD_CELLS", 600 * 5)  # 5 rows held, then pairs
     whole = path == "whole"
     rng = np.random.default_rng(2)
     x = (rng.normal(0, 1, (600, 24)) * rng.uniform(0.5, 3, (600, 1))).astype(np.float32)
