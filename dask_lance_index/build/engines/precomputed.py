@@ -62,11 +62,11 @@ HNSW_WRITTEN = ("IVF_HNSW_FLAT", "IVF_HNSW_SQ", "IVF_HNSW_PQ")
 # Rows a spilling task holds at once (spills): 256 MB of rows, ids and partitions.
 SPILL_CHUNK_BYTES = FLAT_TASK_BYTES // 4
 # Rows a partition, on average, past which Lance builds the dot-metric graphs: ours compare
-# each node with every node of its partition, Lance's inserts with a few hundred. 1M dot
-# IVF_HNSW_FLAT builds, ours against Lance's: 0.67x at 122 partitions (8,200 rows each),
-# 0.85x at 80; 500k rows at 32 partitions 0.75x. At 32 partitions of 1M (31,000 rows) ours
-# took 150.54 s and Lance's graphs from our IVF 159.07 s, with lower recall (docs/benchmarks.md).
-DOT_GRAPH_ROWS = 32768
+# each node with every node of its partition (time growing with its square), Lance's inserts
+# with a few hundred. 1M dot IVF_HNSW_FLAT builds at 32, 21 and 16 partitions (31,000, 47,600
+# and 62,500 rows each): ours 0.70x, 0.82x and 1.07x of Lance's own build, Lance's graphs
+# from our IVF 1.00x and 0.98x at the last two (docs/benchmarks.md).
+DOT_GRAPH_ROWS = 49152
 
 
 def graphs_left_to_lance(params, num_rows: int | None, dimension: int | None = None) -> bool:
