@@ -64,6 +64,11 @@ def test_smallest_first_is_the_sorted_smallest_on_every_path(cols, top, wide):
     untied = (values == cut).sum(1) == 1
     assert np.array_equal(got[untied], want[untied])
     assert all(len(set(row)) == top for row in got.tolist())
+    # every row one value: every column through every threshold, the rows selected whole
+    tied = np.zeros((20, cols), np.float32)
+    tied[:, -1] = -1.0
+    got = smallest_first(tied, top, wide=wide)
+    assert (got[:, 0] == cols - 1).all() and all(len(set(row)) == top for row in got.tolist())
 
 
 def test_assign_batched_equals_assign_per_member(x):

@@ -123,10 +123,14 @@ def _smallest_unordered(values: np.ndarray, top: int, wide: int = _SAMPLED_WIDTH
     sample = values[:, ::stride]
     rank = min(sample.shape[1] - 1, -(-_SAMPLED_SPARE * top // stride))
     threshold = np.partition(sample, rank, axis=1)[:, rank]
+    through = values <= threshold[:, None]
+    most = 4 * _SAMPLED_SPARE * top  # a row past this many through selects from all its columns
+    if np.count_nonzero(through) > most * rows:  # ties: rows through whole would be found whole
+        through[np.count_nonzero(through, axis=1) > most] = False
     # row-major: each row's columns together (flat, then split: 6x faster than 2-d nonzero)
-    r, c = np.divmod(np.flatnonzero(values <= threshold[:, None]), cols)
+    r, c = np.divmod(np.flatnonzero(through), cols)
     counts = np.bincount(r, minlength=rows)
-    ok = (counts >= top) & (counts <= 4 * _SAMPLED_SPARE * top)
+    ok = (counts >= top) & (counts <= most)
     out = np.empty((rows, top), dtype=np.intp)
     if not ok.all():
         out[~ok] = np.argpartition(values[~ok], top - 1, axis=1)[:, :top]
