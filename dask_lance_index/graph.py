@@ -36,7 +36,7 @@ from .recovery import IndexJob
 from .storage import hide_secrets
 from .train import SampleFragment, TrainModel, two_level_sample
 
-__all__ = ["IndexBuild", "build_graph"]
+__all__ = ["IndexBuild", "build_graph", "merge_task"]
 
 
 class IndexBuild(IndexJob):
@@ -63,6 +63,14 @@ class AfterCommit:
 
     def __call__(self, result: BuildResult) -> BuildResult:
         return get_engine(self.engine).after_commit(result, self.options, self.storage_options)
+
+
+def merge_task(plan: IndexPlan, storage_options: dict | None, journal: str | None) -> MergeSegments:
+    """The merge task of ``plan``'s graph (a build's or an update's): where the plan's tasks
+    write an HNSW index's rows only (``plan.graphs_at_merge``), its final merges build the
+    graphs (:class:`~dask_lance_index.build.GraphsAtMerge`); the merge stage cannot import the
+    build stage, so the graph hands it over."""
+    return MergeSegments(storage_options, journal, GraphsAtMerge() if plan.graphs_at_merge else None)
 
 
 def build_graph(
@@ -116,8 +124,7 @@ def build_graph(
             for i in range(plan.num_tasks)
         ]
         built = list(slots)
-        # an HNSW index built in several tasks gets its graphs from its final merges
-        merge = MergeSegments(storage_options, journal, GraphsAtMerge() if plan.graphs_at_merge else None)
+        merge = merge_task(plan, storage_options, journal)
         merged = []
         for stage in plan.merges.stages:
             for step in stage:

@@ -20,10 +20,9 @@ from dataclasses import replace
 import dask
 from dask.delayed import delayed
 
-from ..build import BuildSegment, GraphsAtMerge
+from ..build import BuildSegment
 from ..commit import SavedModel
-from ..graph import build_graph
-from ..merge import MergeSegments
+from ..graph import build_graph, merge_task
 from ..plan import SCALAR_STAGED, FragmentInfo, IndexPlan, MergePlan, allocate_samples, finalize_staged, plan_merges
 from ..recovery import IndexJob
 from ..storage import SegmentResult
@@ -130,7 +129,7 @@ def delta_graph(plan: IndexPlan, saved: SavedModel, decision: UpdateDecision, co
                  for i in range(plan.num_tasks)]
         slots = built + [delayed(s, name=f"dli-segment-{tok}-{s.uuid[:8]}") for s in committed]
         # new HNSW segments merged among themselves only: their graphs are built by the merge
-        merge = MergeSegments(storage_options, journal, GraphsAtMerge() if plan.graphs_at_merge else None)
+        merge = merge_task(plan, storage_options, journal)
         merged = []
         for stage in plan.merges.stages:
             for step in stage:
