@@ -270,17 +270,20 @@ def test_full_lists_still_get_every_node_joined(dot):
 
 def test_dot_graphs_are_the_same_whether_the_products_are_held_or_not(monkeypatch):
     """Levels of more than 4,096 nodes (64 MB of products) are built without the level's
-    products held whole: the same graphs, level for level, as with them."""
+    products held whole: the same graphs, level for level, as with them; and the same
+    whatever the slices of nodes the candidates' products are taken and selected in."""
     x = make_vectors(1500, 16, num_clusters=12, seed=9) * np.random.default_rng(1).uniform(0.5, 2, (1500, 1))
     x = x.astype(np.float32)
     held = build_hnsw(x, m=8, max_level=4, seed=2, metric="dot")
     monkeypatch.setattr(hnsw, "_GRAM_CELLS", 0)
     monkeypatch.setattr(hnsw, "_SLICE_CELLS", 1500 * 8)  # the kept nodes' products 8 nodes at a time
-    sliced = build_hnsw(x, m=8, max_level=4, seed=2, metric="dot")
-    assert held.entry_point == sliced.entry_point and len(held.levels) == len(sliced.levels) > 1
-    for a, b in zip(held.levels, sliced.levels):
-        for u, v in zip(a, b):
-            np.testing.assert_array_equal(u, v)
+    for rows in (1, 40, 256):  # products 8, 40 or 256 nodes at a time, selected at least 8 rows at a time
+        monkeypatch.setattr(hnsw, "_PRODUCT_ROWS", rows)
+        sliced = build_hnsw(x, m=8, max_level=4, seed=2, metric="dot")
+        assert held.entry_point == sliced.entry_point and len(held.levels) == len(sliced.levels) > 1
+        for a, b in zip(held.levels, sliced.levels):
+            for u, v in zip(a, b):
+                np.testing.assert_array_equal(u, v)
 
 
 @pytest.mark.parametrize("path", ["whole", "pairs", "kept rows", "both", "rows full"])
