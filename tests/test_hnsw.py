@@ -268,6 +268,32 @@ def test_full_lists_still_get_every_node_joined(dot):
     assert np.bincount(s2, minlength=60).max() <= 2 + 2
 
 
+@pytest.mark.parametrize("n", [50, 70_000])  # node, key and id packed in one uint64; past 65,536 nodes a lexsort
+def test_reverse_edge_lists_are_each_nodes_edges_best_first(n):
+    """Each node's list holds its edges both ways, once each, by key (a distance, a product
+    negated: ties, -0.0 and infinities included) then id, cut at the width."""
+    rng = np.random.default_rng(3)
+    pairs = np.unique(np.sort(rng.integers(0, 50, size=(400, 2)), axis=1), axis=0)
+    pairs = pairs[pairs[:, 0] != pairs[:, 1]] * (n // 50)  # ids spread over the level
+    key = rng.choice(np.array([-np.inf, -2.5, -0.0, 0.0, 0.5, 0.5, 1.25, np.inf], np.float32), len(pairs))
+    fwd = rng.random(len(pairs)) < 0.5  # each edge one way, the other, or both (a duplicate pair)
+    both = rng.random(len(pairs)) < 0.3
+    src = np.concatenate([pairs[fwd | both, 0], pairs[~fwd | both, 1]])
+    dst = np.concatenate([pairs[fwd | both, 1], pairs[~fwd | both, 0]])
+    k = np.concatenate([key[fwd | both], key[~fwd | both]])
+    width = 6
+    cand, ckey = hnsw._with_reverse_edges(n, src, dst, k, cap=3, width=width)
+    lists = {}
+    for a, b, d in zip(src.tolist(), dst.tolist(), k.tolist()):
+        lists.setdefault(a, set()).add((d, b))
+        lists.setdefault(b, set()).add((d, a))
+    assert cand.shape == (n, width)
+    for node in range(n):
+        want = sorted(lists.get(node, ()))[:width]
+        np.testing.assert_array_equal(ckey[node], [d for d, _ in want] + [np.inf] * (width - len(want)))
+        np.testing.assert_array_equal(cand[node, : len(want)], [b for _, b in want])
+
+
 def test_dot_graphs_are_the_same_whether_the_products_are_held_or_not(monkeypatch):
     """Levels of more than 4,096 nodes (64 MB of products) are built without the level's
     products held whole: the same graphs, level for level, as with them; and the same

