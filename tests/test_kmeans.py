@@ -42,11 +42,13 @@ def test_assign_is_the_nearest_centroid(x):
 @pytest.mark.parametrize("cols,top,wide", [(4000, 40, None), (1300, 40, None), (900, 48, None), (200, 40, None),
                                            (50, 1, None), (40, 40, None), (4000, 150, 16), (2400, 150, 16),
                                            (8000, 150, 16), (20000, 150, 16)])
-def test_smallest_first_is_the_sorted_smallest_on_every_path(cols, top, wide):
+@pytest.mark.parametrize("shuffled", [False, True])
+def test_smallest_first_is_the_sorted_smallest_on_every_path(cols, top, wide, shuffled):
     """Wide rows select through a sampled threshold (from ``wide`` columns a wanted value,
     32 by default, 16 for the dot graphs' 150 candidates; sparser on long rows: 8,000 and
-    20,000 columns); rows it lets too few or too many values through fall back to
-    argpartition. Every row must still be exact."""
+    20,000 columns; the leading columns where they are ``shuffled``); rows it lets too few
+    or too many values through fall back to argpartition. Every row must still be exact,
+    of rows in one block or not."""
     rng = np.random.default_rng(cols + top)
     values = rng.standard_normal((300, cols)).astype(np.float32)
     values[:, : cols // 3] = np.round(values[:, : cols // 3], 1)  # ties
@@ -55,8 +57,9 @@ def test_smallest_first_is_the_sorted_smallest_on_every_path(cols, top, wide):
     values[2, :] = np.linspace(0, 1, cols)[::-1]  # the smallest at the end of the row
     values[3, :] = 1e6  # the sampled columns far smaller than the rest: too few through
     values[3, ::8] = np.arange(len(values[3, ::8]))
-    got = smallest_first(values, top, wide=wide)
+    got = smallest_first(values, top, wide=wide, shuffled=shuffled)
     want = np.argsort(values, axis=1, kind="stable")[:, :top]
+    np.testing.assert_array_equal(smallest_first(np.asfortranarray(values), top, wide=wide, shuffled=shuffled), got)
     assert got.shape == (300, top)
     # the same values in the same order; the same columns wherever there is no tie at the cut
     assert np.array_equal(np.take_along_axis(values, got, 1), np.take_along_axis(values, want, 1))
@@ -67,7 +70,7 @@ def test_smallest_first_is_the_sorted_smallest_on_every_path(cols, top, wide):
     # every row one value: every column through every threshold, the rows selected whole
     tied = np.zeros((20, cols), np.float32)
     tied[:, -1] = -1.0
-    got = smallest_first(tied, top, wide=wide)
+    got = smallest_first(tied, top, wide=wide, shuffled=shuffled)
     assert (got[:, 0] == cols - 1).all() and all(len(set(row)) == top for row in got.tolist())
 
 

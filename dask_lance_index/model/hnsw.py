@@ -412,7 +412,7 @@ def _largest_products(vectors, fwd, fwd_ip, order) -> None:
         for a in range(lo, hi, part):
             b = min(hi, a + part)
             rows = neg[a - lo : b - lo]
-            near = smallest_first(rows, k, wide=16)
+            near = smallest_first(rows, k, wide=16, shuffled=True)  # the columns in insertion order
             fwd[order[a:b]] = before[near]
             fwd_ip[order[a:b]] = -np.take_along_axis(rows, near, axis=1)
 
