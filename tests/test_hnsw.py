@@ -28,7 +28,7 @@ from dask_lance_index.build.graphs import graph_runs
 from dask_lance_index.datagen import make_vectors, write_vectors
 from dask_lance_index.evaluation import exact_knn, recall_at_k, search
 from dask_lance_index.graph import build_graph
-from dask_lance_index.model import build_hnsw, hnsw
+from dask_lance_index.model import build_hnsw, hnsw, hnsw_dot, hnsw_edges
 from dask_lance_index.model.hnsw import node_levels
 from dask_lance_index.storage import PartitionRuns, StoredRows
 
@@ -204,7 +204,7 @@ def test_clusters_without_an_edge_between_them_are_all_joined():
     dist = ((x[src] - x[dst]) ** 2).sum(axis=1).astype(np.float32)
     cap = 10
     for dot in (False, True):
-        s2, d2, dd = hnsw._connect(x, sq, src, dst, dist, cap, entry=0, dot=dot)
+        s2, d2, dd = hnsw_edges.connect(x, sq, src, dst, dist, cap, entry=0, dot=dot)
         graph = csr_matrix((np.ones(len(s2)), (s2, d2)), shape=(3000, 3000))
         count, _ = csgraph.connected_components(graph, directed=True, connection="strong")
         assert count == 1
@@ -233,9 +233,9 @@ def test_dot_connect_looks_among_a_draw_of_the_joined_nodes(monkeypatch):
     cluster = np.repeat(np.arange(300), 10)
     src, dst = np.nonzero((cluster[:, None] == cluster[None, :]) & ~np.eye(3000, dtype=bool))
     dist = (1 - (x[src] * x[dst]).sum(axis=1)).astype(np.float32)
-    whole = hnsw._connect(x, None, src, dst, dist, 10, entry=0, dot=True)  # 3,000 nodes: every joined one
-    monkeypatch.setattr(hnsw, "_CONNECT_ROOM", 50)
-    s2, d2, _ = hnsw._connect(x, None, src, dst, dist, 10, entry=0, dot=True)
+    whole = hnsw_edges.connect(x, None, src, dst, dist, 10, entry=0, dot=True)  # 3,000 nodes: every joined one
+    monkeypatch.setattr(hnsw_edges, "_CONNECT_ROOM", 50)
+    s2, d2, _ = hnsw_edges.connect(x, None, src, dst, dist, 10, entry=0, dot=True)
     assert set(zip(s2.tolist(), d2.tolist())) != set(zip(whole[0].tolist(), whole[1].tolist()))  # drawn
     graph = csr_matrix((np.ones(len(s2)), (s2, d2)), shape=(3000, 3000))
     assert csgraph.connected_components(graph, directed=True, connection="strong")[0] == 1
@@ -258,7 +258,7 @@ def test_full_lists_still_get_every_node_joined(dot):
     dst = [1, 2, 0, 2, 0, 1] + [j for _ in range(3, 60) for j in (0, 1)]
     src, dst = np.array(src), np.array(dst)
     sq = np.einsum("ij,ij->i", x, x)
-    s2, d2, _ = hnsw._connect(x, sq, src, dst, np.zeros(len(src), np.float32), 2, entry=0, dot=dot)
+    s2, d2, _ = hnsw_edges.connect(x, sq, src, dst, np.zeros(len(src), np.float32), 2, entry=0, dot=dot)
     graph = csr_matrix((np.ones(len(s2)), (s2, d2)), shape=(60, 60))
     assert csgraph.connected_components(graph, directed=True, connection="strong")[0] == 1
     assert len(set(zip(s2.tolist(), d2.tolist()))) == len(s2)  # no edge twice
@@ -282,7 +282,7 @@ def test_reverse_edge_lists_are_each_nodes_edges_best_first(n):
     dst = np.concatenate([pairs[fwd | both, 1], pairs[~fwd | both, 0]])
     k = np.concatenate([key[fwd | both], key[~fwd | both]])
     width = 6
-    cand, ckey = hnsw._with_reverse_edges(n, src, dst, k, cap=3, width=width)
+    cand, ckey = hnsw_edges.with_reverse_edges(n, src, dst, k, cap=3, width=width)
     lists = {}
     for a, b, d in zip(src.tolist(), dst.tolist(), k.tolist()):
         lists.setdefault(a, set()).add((d, b))
@@ -301,10 +301,10 @@ def test_dot_graphs_are_the_same_whether_the_products_are_held_or_not(monkeypatc
     x = make_vectors(1500, 16, num_clusters=12, seed=9) * np.random.default_rng(1).uniform(0.5, 2, (1500, 1))
     x = x.astype(np.float32)
     held = build_hnsw(x, m=8, max_level=4, seed=2, metric="dot")
-    monkeypatch.setattr(hnsw, "_GRAM_CELLS", 0)
-    monkeypatch.setattr(hnsw, "_SLICE_CELLS", 1500 * 8)  # the kept nodes' products 8 nodes at a time
+    monkeypatch.setattr(hnsw_dot, "_GRAM_CELLS", 0)
+    monkeypatch.setattr(hnsw_dot, "SLICE_CELLS", 1500 * 8)  # the kept nodes' products 8 nodes at a time
     for rows in (1, 40, 256):  # products 8, 40 or 256 nodes at a time, selected at least 8 rows at a time
-        monkeypatch.setattr(hnsw, "_PRODUCT_ROWS", rows)
+        monkeypatch.setattr(hnsw_dot, "_PRODUCT_ROWS", rows)
         sliced = build_hnsw(x, m=8, max_level=4, seed=2, metric="dot")
         assert held.entry_point == sliced.entry_point and len(held.levels) == len(sliced.levels) > 1
         for a, b in zip(held.levels, sliced.levels):
@@ -325,11 +325,11 @@ def test_dot_pruning_is_lances_rule(path, monkeypatch):
             "both": lambda uses, n: np.arange(len(uses)) % 2 == 0,
             "rows full": lambda uses, n: np.ones(len(uses), bool)}
     if path != "whole":
-        monkeypatch.setattr(hnsw, "_rows_cheaper", rows[path])
-        monkeypatch.setattr(hnsw, "_SLICE_CELLS", 600 * 3)  # the kept nodes' rows 3 at a time
-        monkeypatch.setattr(hnsw, "_PAIR_CELLS", 64 * 30)  # a few nodes' pairs at a time
+        monkeypatch.setattr(hnsw_dot, "_rows_cheaper", rows[path])
+        monkeypatch.setattr(hnsw_dot, "SLICE_CELLS", 600 * 3)  # the kept nodes' rows 3 at a time
+        monkeypatch.setattr(hnsw_dot, "_PAIR_CELLS", 64 * 30)  # a few nodes' pairs at a time
     if path == "rows full":
-        monkeypatch.setattr(hnsw, "_HELD_CELLS", 600 * 5)  # 5 rows held, then pairs
+        monkeypatch.setattr(hnsw_dot, "_HELD_CELLS", 600 * 5)  # 5 rows held, then pairs
     whole = path == "whole"
     rng = np.random.default_rng(2)
     x = (rng.normal(0, 1, (600, 24)) * rng.uniform(0.5, 3, (600, 1))).astype(np.float32)
@@ -339,7 +339,7 @@ def test_dot_pruning_is_lances_rule(path, monkeypatch):
     cand = np.argsort(-ip, axis=1)[:, :k]
     cip = np.take_along_axis(ip, cand, axis=1)
     cip[::7, -5:] = -np.inf  # padding
-    keep = hnsw._prune_dot(cip, cand, x, cap, fill, gram=x @ x.T if whole else None)
+    keep = hnsw_dot._prune_dot(cip, cand, x, cap, fill, gram=x @ x.T if whole else None)
     for i in range(len(x)):
         kept, dropped = [], []
         for j in range(k):

@@ -64,10 +64,11 @@ SPILL_CHUNK_BYTES = FLAT_TASK_BYTES // 4
 # Rows a partition, on average, past which Lance builds the dot-metric graphs: ours compare
 # each node with every node of its partition (time growing with its square), Lance's inserts
 # with a few hundred. 1M dot IVF_HNSW_FLAT builds at 32, 21 and 16 partitions (31,000, 47,600
-# and 62,500 rows each): ours 0.70-0.89x, 0.79-0.82x and 1.07x of Lance's own build, Lance's graphs
-# from our IVF 1.00x and 0.98x at the last two; at 768-d and 40,000 rows a partition ours
-# 1.01x, Lance's graphs 1.07x: one bound for every dimension (docs/benchmarks.md).
-DOT_GRAPH_ROWS = 49152
+# and 62,500 rows each): ours 0.70-0.89x, 0.79-0.82x and 0.87x of Lance's own build, Lance's
+# graphs from our IVF 1.00x and 1.08x at the last two; ours would take as long as Lance's
+# graphs from our IVF at about 78,000 rows a partition (the same rows, each a cost growing
+# with its partition). At 768-d, docs/benchmarks.md: one bound for every dimension.
+DOT_GRAPH_ROWS = 65536
 
 
 def graphs_left_to_lance(params, num_rows: int | None, dimension: int | None = None) -> bool:

@@ -1,0 +1,227 @@
+"""HNSW levels under the dot metric, built as if their nodes were inserted one by one.
+
+A level's nodes are taken in a random order (Lance inserts a partition's rows in row
+order): a node's candidates are its ``candidates`` largest inner products with the nodes
+before it (:data:`.hnsw.HNSW_DOT_CANDIDATES`, Lance's ``ef_construction``), pruned by
+Lance's own rule on its distance ``1 - x.y``; each list with the reverse edges (a hub's
+best ``8 cap`` of them) that overflows is pruned again and filled to its cap, as Lance's
+inserts leave it (:func:`distinct_dot_graph`). Nearest neighbours by inner product are rows
+of large norm, so the l2 construction's tools (:mod:`.hnsw`: few candidates, long edges,
+relaxed pruning) do not carry over: docs/benchmarks.md has what was measured. Each node is
+compared with every node before it, so a level costs the square of its nodes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .hnsw_edges import SLICE_CELLS, connect, with_reverse_edges
+from .kmeans import smallest_first
+
+__all__ = ["distinct_dot_graph"]
+
+# Under dot, nodes a slice of a level's products takes at least, up to _PRODUCT_CELLS floats
+# (128 MB), into one buffer; its rows then selected SLICE_CELLS at a time. A GEMM of few rows
+# runs below this machine's peak: 62,500 x 128 rows, one thread, 67 rows a slice (SLICE_CELLS)
+# 71-75 GFLOPS, 256 rows 105-107; that graph 13.6-14.2 s against 17.4-17.6 s.
+_PRODUCT_ROWS = 256
+_PRODUCT_CELLS = 1 << 25
+# Under dot, the reverse edges of a hub that a re-pruning sees: its largest products, up to
+# _DOT_REPRUNED x cap (2 x cap under l2). Those of small product are what lead from a
+# hub down to the nodes around it; cut at 2 x cap, they were never judged.
+_DOT_REPRUNED = 8
+# A product of two gathered rows costs about this many products of a GEMM (one thread, rows
+# of 20,000: 173 against 3.4 ns at 128-d, 800 against 17 ns at 768-d, a lookup 11-16 ns;
+# graphs of 8,000 and 20,000 rows built fastest at 10-20: 1.11 and 4.2 s, 1.38 and 4.8 at 80).
+_PAIR_COST = 20
+# Products of a level's nodes held whole (float32) for the dot construction, up to 64 MB.
+_GRAM_CELLS = 1 << 24
+# Past that, the rows of products held for the nodes its pruning keeps most (_HeldRows), up
+# to 16 MB, and the candidates' rows gathered at once for the products of the others' pairs,
+# up to 4 MB. Both prunings of one 27,764-row level took 0.66-0.83 s so, against 0.67-1.03 s
+# holding 8 or 32 MB, 0.84-1.13 s holding none, and 1.18-1.43 s with each step's rows computed
+# afresh and 64 MB of pairs' rows at once: fresh pages cost here, and gathered rows that stay
+# in the caches are cheaper to multiply.
+_HELD_CELLS = 1 << 22
+_PAIR_CELLS = 1 << 20
+
+
+def _largest_products(vectors, fwd, fwd_ip, order) -> None:
+    """Each node's ``K = fwd.shape[1]`` largest inner products with the nodes before it in
+    ``order`` (node ids in an order of insertion), largest first, into ``fwd`` and ``fwd_ip``
+    (node ids, products; ``-inf`` products past the nodes before it), a slice of nodes at
+    a time in that order: only the products with the nodes before the slice's last, about
+    half of all."""
+    n, k = fwd.shape
+    inserted = vectors[order]
+    step = max(1, SLICE_CELLS // n, min(_PRODUCT_ROWS, _PRODUCT_CELLS // n))
+    buf = np.empty(min(n, step) * n, np.float32)  # every slice's products in one buffer: fresh pages cost
+    for lo in range(0, n, step):
+        hi = min(n, lo + step)
+        neg = buf[: (hi - lo) * hi].reshape(hi - lo, hi)
+        np.matmul(-inserted[lo:hi], inserted[:hi].T, out=neg)
+        # a node's own column and those after it in the slice (the nodes inserted later)
+        block = neg[:, lo:hi]  # the columns before lo are all nodes inserted earlier
+        block[np.arange(hi - lo)[:, None] <= np.arange(hi - lo)[None, :]] = np.inf
+        before = order[:hi]
+        if hi <= k:  # fewer columns than wanted: padded with the products of nobody
+            neg = np.hstack([neg, np.full((hi - lo, k + 1 - hi), np.inf, np.float32)])
+            before = np.concatenate([before, np.zeros(k + 1 - hi, before.dtype)])
+        # 150 of a few thousand: a sampled threshold from 16 columns a wanted value on
+        # (4,000 rows: 0.15 s against 0.37 s for the default 32, which selects whole rows here)
+        # a few of its rows at a time, so that the selection's temporaries stay small
+        part = max(1, SLICE_CELLS // neg.shape[1])
+        for a in range(lo, hi, part):
+            b = min(hi, a + part)
+            rows = neg[a - lo : b - lo]
+            near = smallest_first(rows, k, wide=16, shuffled=True)  # the columns in insertion order
+            fwd[order[a:b]] = before[near]
+            fwd_ip[order[a:b]] = -np.take_along_axis(rows, near, axis=1)
+
+
+def _prune_dot(ip: np.ndarray, cand: np.ndarray, vectors: np.ndarray, cap: int, fill: int,
+               gram: np.ndarray | None = None, held: _HeldRows | None = None) -> np.ndarray:
+    """:func:`.hnsw._prune` under the dot metric: candidates ``cand`` sorted by inner product
+    ``ip`` with the node, largest first (``-inf`` for padding); one is kept unless a kept
+    one has a larger product with it than the node has (Lance's rule on its distance
+    ``1 - x.y``), then the largest dropped ones fill a list up to ``fill``.
+
+    The rule keeps few under dot (a median of 1-3 of 150 candidates on the 128-d test
+    data), so the products are taken as candidates are kept, only with the candidates
+    still to be judged: looked up in ``gram`` (the level's products) when given; else in
+    the rows of products ``held`` for the nodes kept most (:class:`_HeldRows`, shared by
+    the level's prunings), and for the others pair by pair. No ``K x K`` matrix is
+    computed per node."""
+    rows, k = cand.shape
+    if gram is None and held is None:
+        held = _HeldRows(vectors)
+    valid = np.isfinite(ip)
+    keep = np.zeros((rows, k), dtype=bool)
+    largest_kept = np.full((rows, k), -np.inf, dtype=np.float32)  # each candidate's largest product with a kept one
+    count = np.zeros(rows, dtype=np.int64)
+    for j in range(k):
+        take = valid[:, j] & (ip[:, j] > largest_kept[:, j]) & (count < cap)
+        if not take.any():
+            continue
+        keep[:, j] = take
+        count += take
+        if j + 1 == k:
+            break
+        idx = np.flatnonzero(take)
+        later = slice(j + 1, k)  # only the candidates after this one are still to be judged
+        if gram is not None:
+            largest_kept[idx, later] = np.maximum(largest_kept[idx, later], gram[cand[idx, j][:, None], cand[idx, later]])
+            continue
+        kept, which, times = np.unique(cand[idx, j], return_inverse=True, return_counts=True)
+        slot = held.slots(kept, times * (k - j - 1))[which]  # each such node's kept node's held row, or -1
+        by_pair = idx[slot < 0]
+        per = max(1, _PAIR_CELLS // ((k - j - 1) * (vectors.shape[1] + 2)))  # the rows and their int64 ids
+        for lo in range(0, len(by_pair), per):
+            r = by_pair[lo : lo + per]
+            got = np.matmul(vectors[cand[r, later]], vectors[cand[r, j]][:, :, None])[:, :, 0]
+            largest_kept[r, later] = np.maximum(largest_kept[r, later], got)
+        looked = slot >= 0
+        if looked.any():
+            r = idx[looked]
+            got = held.rows[slot[looked][:, None], cand[r, later]]
+            largest_kept[r, later] = np.maximum(largest_kept[r, later], got)
+    short = np.maximum(fill - count, 0)
+    if short.any():
+        dropped = valid & ~keep
+        keep |= dropped & (np.cumsum(dropped, axis=1) <= short[:, None])
+    return keep
+
+
+class _HeldRows:
+    """The products with every node of a level of the nodes the dot pruning keeps most,
+    up to :data:`_HELD_CELLS` floats (where the level's whole products would not fit): a
+    node's row is computed (one GEMM row) once its uses so far, a pair of products each,
+    would have cost more (:func:`_rows_cheaper`), then looked up by every later pruning of
+    the level. On one 27,764-row partition the 100 nodes kept most carried 57% of the
+    first pruning's 6.5M products of pairs, the 300 most 73%."""
+
+    def __init__(self, vectors: np.ndarray):
+        self.vectors = vectors
+        n = len(vectors)
+        self.slot = np.full(n, -1, np.int64)
+        self.uses = np.zeros(n, np.int64)  # products each node's keeping has asked for so far
+        self.rows = np.empty((max(0, min(n, _HELD_CELLS // max(1, n))), n), np.float32)
+        self.count = 0
+
+    def slots(self, kept: np.ndarray, uses: np.ndarray) -> np.ndarray:
+        """Each of the ``kept`` nodes' (distinct) held row, computing those its ``uses``
+        now warrant while there is room, or -1 (pair by pair)."""
+        self.uses[kept] += uses
+        slot = self.slot[kept]
+        room = len(self.rows) - self.count
+        if room > 0:
+            new = np.flatnonzero((slot < 0) & _rows_cheaper(self.uses[kept], len(self.vectors)))
+            if len(new) > room:  # the most used first
+                new = new[np.argsort(-self.uses[kept[new]], kind="stable")[:room]]
+            if len(new):
+                at = np.arange(self.count, self.count + len(new))
+                step = max(1, SLICE_CELLS // len(self.vectors))
+                for lo in range(0, len(new), step):  # straight into the held rows, a slice at a time
+                    hi = min(len(new), lo + step)
+                    np.matmul(self.vectors[kept[new[lo:hi]]], self.vectors.T, out=self.rows[at[lo] : at[lo] + hi - lo])
+                self.slot[kept[new]] = at
+                slot[new] = at
+                self.count += len(new)
+        return slot
+
+
+def _rows_cheaper(uses: np.ndarray, n: int) -> np.ndarray:
+    """Which kept nodes, whose keeping has asked for ``uses`` products with the candidates
+    after them, take their products with all ``n`` nodes (one GEMM row, then looked up)
+    rather than pair by pair: a pair of gathered rows costs about :data:`_PAIR_COST`
+    products of a GEMM."""
+    return uses * _PAIR_COST > n
+
+
+def _prune_dot_in_slices(ip, cand, vectors, cap, fill, gram=None, held=None):
+    rows = max(1, SLICE_CELLS // max(1, cand.shape[1]))  # no rows gathered: only (rows, K) arrays
+    keep = np.empty(cand.shape, dtype=bool)
+    for lo in range(0, len(cand), rows):
+        keep[lo : lo + rows] = _prune_dot(ip[lo : lo + rows], cand[lo : lo + rows], vectors, cap, fill, gram, held)
+    return keep
+
+
+def distinct_dot_graph(vectors: np.ndarray, cap: int, fill: int, candidates: int, entry: int):
+    """:func:`.hnsw._distinct_level_graph` under the dot metric: each node's ``candidates``
+    largest inner products with the nodes before it in a random order (as if inserted one
+    by one), pruned by Lance's rule, the reverse edges, a list they overfill pruned again
+    (a hub's best :data:`_DOT_REPRUNED` ``x cap``) and filled to ``cap``, as Lance's inserts
+    fill it, and every node connected. Distances are Lance's, ``1 - x.y``.
+
+    Each node's largest products alone, with a hub's reverse edges cut at ``2 cap`` before
+    the pruning saw them, left hubs without edges down to the nodes around them: on
+    partitions holding several clusters of unequal norms, searches started from the
+    partition's best node found what Lance's graphs found, and from the entry point 0.03
+    less (``tests/test_hnsw.py``, docs/benchmarks.md)."""
+    n = len(vectors)
+    if n == 1:
+        return np.zeros(2, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
+    k = min(candidates, n - 1)
+    fwd = np.empty((n, k), np.int64)
+    fwd_ip = np.empty((n, k), np.float32)
+    # the level's products held whole up to 64 MB (4,096 nodes): the pruning looks them up
+    gram = vectors @ vectors.T if n * n <= _GRAM_CELLS else None
+    # as if inserted one by one (Lance inserts in row order; here a random order): a node's
+    # candidates are among the nodes before it, and later ones reach it by reverse edges.
+    # The order is the inverse of a drawn permutation (itself random): the graphs measured.
+    _largest_products(vectors, fwd, fwd_ip, np.argsort(np.random.default_rng(n).permutation(n)))
+    held = None if gram is not None else _HeldRows(vectors)  # the most-kept nodes' products, for both prunings
+    keep = _prune_dot_in_slices(fwd_ip, fwd, vectors, cap, fill, gram, held)
+    # every kept edge also the other way; then each node's list, largest product first
+    cand, neg = with_reverse_edges(n, np.repeat(np.arange(n), keep.sum(axis=1)), fwd[keep], -fwd_ip[keep], cap,
+                                    width=_DOT_REPRUNED * cap)
+    cip = neg
+    cip *= -1  # in place: (n, 8 cap) floats
+    keep = np.isfinite(cip)
+    over = np.flatnonzero(keep.sum(axis=1) > cap)
+    if len(over):
+        keep[over] = _prune_dot_in_slices(cip[over], cand[over], vectors, cap, cap, gram, held)
+    src = np.repeat(np.arange(n), keep.sum(axis=1))
+    src, dst, dist = connect(vectors, None, src, cand[keep], 1 - cip[keep], cap, entry, dot=True)
+    offsets = np.concatenate([[0], np.cumsum(np.bincount(src, minlength=n))])
+    return offsets, dst, dist.astype(np.float32)
