@@ -65,9 +65,10 @@ SPILL_CHUNK_BYTES = FLAT_TASK_BYTES // 4
 # each node with every node of its partition (time growing with its square), Lance's inserts
 # with a few hundred. 1M dot IVF_HNSW_FLAT builds at 32, 21 and 16 partitions (31,000, 47,600
 # and 62,500 rows each): ours 0.70-0.89x, 0.79-0.82x and 0.87x of Lance's own build, Lance's
-# graphs from our IVF 1.00x and 1.08x at the last two; ours would take as long as Lance's
-# graphs from our IVF at about 78,000 rows a partition (the same rows, each a cost growing
-# with its partition). At 768-d, docs/benchmarks.md: one bound for every dimension.
+# graphs from our IVF 1.00x and 1.08x at the last two (IVF_HNSW_SQ at 62,500: ours 0.71x);
+# ours would take as long as Lance's graphs from our IVF at about 78,000 rows a partition
+# (the same rows, each a cost growing with its partition). At 768-d, docs/benchmarks.md:
+# one bound for every dimension.
 DOT_GRAPH_ROWS = 65536
 
 
