@@ -43,7 +43,7 @@ def with_reverse_edges(n: int, src, dst, key, cap: int, width: int | None = None
     b = np.concatenate([dst, src])
     ab_key = np.concatenate([key, key])
     # by node, then key (then id: duplicates side by side)
-    bits = max(1, (n - 1).bit_length())
+    bits = max(1, int(n - 1).bit_length())
     if 2 * bits + 32 <= 64:  # node, key and id in one uint64, sorted in place: 2x faster than lexsort
         packed = a.astype(np.uint64) << np.uint64(32 + bits)
         packed |= _ordered_bits(ab_key).astype(np.uint64) << np.uint64(bits)
