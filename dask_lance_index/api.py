@@ -299,7 +299,7 @@ def create_index(
         ``"partitions"`` (any type): the workers assign IVF partitions with
         NumPy BLAS and Lance encodes from that map; ``"lance"``: Lance itself.
         ``"auto"``: ``"precomputed"`` for 8-bit PQ types, IVF_FLAT, IVF_SQ, IVF_RQ
-        under l2 and cosine, and IVF_HNSW_FLAT and IVF_HNSW_SQ (under dot up to 65,536 rows
+        under l2 and cosine, and IVF_HNSW_FLAT and IVF_HNSW_SQ (under dot up to 81,920 rows
         a partition on average (an explicit ``"precomputed"`` builds those dot
         graphs at any size, each node compared with every node of its partition:
         slower than Lance past that)), ``"partitions"`` otherwise.

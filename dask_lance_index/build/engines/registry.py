@@ -30,7 +30,7 @@ def resolve_engine(name: str, params, num_rows: int | None = None, dimension: in
 
     ``"auto"``: ``"precomputed"`` where it applies (our workers assign and encode
     with NumPy BLAS and write the segments: 8-bit PQ types, IVF_FLAT, IVF_SQ, IVF_RQ under
-    l2 and cosine, IVF_HNSW_FLAT and IVF_HNSW_SQ (under dot up to 65,536 rows a partition:
+    l2 and cosine, IVF_HNSW_FLAT and IVF_HNSW_SQ (under dot up to 81,920 rows a partition:
     :func:`.precomputed.graphs_left_to_lance`), IVF_HNSW_PQ (past 1 GiB of codes, and under
     dot, its graphs are Lance's, from our codes)),
     ``"partitions"`` otherwise (our workers assign, Lance encodes).
