@@ -43,6 +43,7 @@ _GRAM_CELLS = 1 << 24
 # afresh and 64 MB of pairs' rows at once: fresh pages cost here, and gathered rows that stay
 # in the caches are cheaper to multiply.
 _HELD_CELLS = 1 << 22
+_HELD_MAX_CELLS = 1 << 25
 _PAIR_CELLS = 1 << 20
 
 
@@ -134,7 +135,8 @@ def _prune_dot(ip: np.ndarray, cand: np.ndarray, vectors: np.ndarray, cap: int, 
 
 class _HeldRows:
     """The products with every node of a level of the nodes the dot pruning keeps most,
-    up to :data:`_HELD_CELLS` floats (where the level's whole products would not fit): a
+    up to :data:`_HELD_CELLS` floats every 128 dimensions (at most :data:`_HELD_MAX_CELLS`;
+    where the level's whole products would not fit): a
     node's row is computed (one GEMM row) once its uses so far, a pair of products each,
     would have cost more (:func:`_rows_cheaper`), then looked up by every later pruning of
     the level. On one 27,764-row partition the 100 nodes kept most carried 57% of the
@@ -145,7 +147,9 @@ class _HeldRows:
         n = len(vectors)
         self.slot = np.full(n, -1, np.int64)
         self.uses = np.zeros(n, np.int64)  # products each node's keeping has asked for so far
-        self.rows = np.empty((max(0, min(n, _HELD_CELLS // max(1, n))), n), np.float32)
+        # a pair's gathered rows cost more with the dimension than a looked-up product does
+        cells = min(_HELD_CELLS * max(1, vectors.shape[1] // 128), _HELD_MAX_CELLS)
+        self.rows = np.empty((max(0, min(n, cells // max(1, n))), n), np.float32)
         self.count = 0
 
     def slots(self, kept: np.ndarray, uses: np.ndarray) -> np.ndarray:
