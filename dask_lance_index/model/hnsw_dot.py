@@ -37,11 +37,12 @@ _PAIR_COST = 20
 # Products of a level's nodes held whole (float32) for the dot construction, up to 64 MB.
 _GRAM_CELLS = 1 << 24
 # Past that, the rows of products held for the nodes its pruning keeps most (_HeldRows), up
-# to 16 MB, and the candidates' rows gathered at once for the products of the others' pairs,
-# up to 4 MB. Both prunings of one 27,764-row level took 0.66-0.83 s so, against 0.67-1.03 s
-# holding 8 or 32 MB, 0.84-1.13 s holding none, and 1.18-1.43 s with each step's rows computed
-# afresh and 64 MB of pairs' rows at once: fresh pages cost here, and gathered rows that stay
-# in the caches are cheaper to multiply.
+# to 16 MB every 128 dimensions (128 MB at most), and the candidates' rows gathered at once for
+# the products of the others' pairs, up to 4 MB. Both prunings of one 27,764-row 128-d level
+# took 0.66-0.83 s so, against 0.67-1.03 s holding 8 or 32 MB, 0.84-1.13 s holding none, and
+# 1.18-1.43 s with each step's rows computed afresh and 64 MB of pairs' rows at once: fresh
+# pages cost here, and gathered rows that stay in the caches are cheaper to multiply. At 768-d
+# a pair's rows cost more: one 40,000-row graph 26.96 s holding 96 MB, 28.42-29.74 s holding 16.
 _HELD_CELLS = 1 << 22
 _HELD_MAX_CELLS = 1 << 25
 _PAIR_CELLS = 1 << 20
@@ -136,10 +137,9 @@ def _prune_dot(ip: np.ndarray, cand: np.ndarray, vectors: np.ndarray, cap: int, 
 class _HeldRows:
     """The products with every node of a level of the nodes the dot pruning keeps most,
     up to :data:`_HELD_CELLS` floats every 128 dimensions (at most :data:`_HELD_MAX_CELLS`;
-    where the level's whole products would not fit): a
-    node's row is computed (one GEMM row) once its uses so far, a pair of products each,
-    would have cost more (:func:`_rows_cheaper`), then looked up by every later pruning of
-    the level. On one 27,764-row partition the 100 nodes kept most carried 57% of the
+    where the level's whole products would not fit): a node's row is computed (one GEMM
+    row) once its uses so far, a pair of products each, would have cost more
+    (:func:`_rows_cheaper`), then looked up by every later pruning of the level. On one 27,764-row partition the 100 nodes kept most carried 57% of the
     first pruning's 6.5M products of pairs, the 300 most 73%."""
 
     def __init__(self, vectors: np.ndarray):
