@@ -139,8 +139,9 @@ class _HeldRows:
     up to :data:`_HELD_CELLS` floats every 128 dimensions (at most :data:`_HELD_MAX_CELLS`;
     where the level's whole products would not fit): a node's row is computed (one GEMM
     row) once its uses so far, a pair of products each, would have cost more
-    (:func:`_rows_cheaper`), then looked up by every later pruning of the level. On one 27,764-row partition the 100 nodes kept most carried 57% of the
-    first pruning's 6.5M products of pairs, the 300 most 73%."""
+    (:func:`_rows_cheaper`), then looked up by every later pruning of the level. On one
+    27,764-row partition the 100 nodes kept most carried 57% of the first pruning's 6.5M
+    products of pairs, the 300 most 73%."""
 
     def __init__(self, vectors: np.ndarray):
         self.vectors = vectors
