@@ -312,6 +312,44 @@ def test_dot_graphs_are_the_same_whether_the_products_are_held_or_not(monkeypatc
                 np.testing.assert_array_equal(u, v)
 
 
+def test_dot_candidates_of_large_levels_come_from_the_groups_a_node_is_near(monkeypatch):
+    """Past DOT_EXACT_ROWS nodes, the first inserted still take their largest products with
+    every node before them; each later node its largest with the nodes before it in the groups
+    it is near: only nodes inserted before it, products exact and largest first, and nearly all
+    of the exact candidates, most of all the ones the pruning keeps."""
+    x = make_vectors(6000, 32, num_clusters=40, seed=4) * np.random.default_rng(2).uniform(0.5, 2, (6000, 1))
+    x = x.astype(np.float32)
+    n, k = len(x), 60
+    order = np.argsort(np.random.default_rng(n).permutation(n))
+    rank = np.empty(n, np.int64)
+    rank[order] = np.arange(n)
+    exact = np.empty((n, k), np.int64), np.empty((n, k), np.float32)
+    hnsw_dot._largest_products(x, *exact, order)  # 6,000 nodes: every product
+    monkeypatch.setattr(hnsw_dot, "DOT_EXACT_ROWS", 1000)
+    monkeypatch.setattr(hnsw_dot, "_GROUP_ROWS", 64)
+    monkeypatch.setattr(hnsw_dot, "_QUERY_ROWS", 128)
+    monkeypatch.setattr(hnsw_dot, "_GROUP_PROBES", 8)
+    fwd, ip = np.empty((n, k), np.int64), np.empty((n, k), np.float32)
+    hnsw_dot._largest_products(x, fwd, ip, order)
+    head, later = order[:1000], order[1000:]
+    np.testing.assert_allclose(ip[head], exact[1][head], rtol=1e-5, atol=1e-4)  # every node before them
+    full = np.isfinite(ip[later])
+    assert full.all(axis=1).mean() > 0.99
+    assert (full[:, :-1] >= full[:, 1:]).all()  # a list short of K (few nodes before it in its groups) padded
+    got = full.sum()
+    ids, products = fwd[later][full], ip[later][full]
+    rows = np.repeat(later, full.sum(axis=1))
+    assert (rank[ids] < rank[rows]).all()
+    np.testing.assert_allclose(products, np.einsum("id,id->i", x[rows], x[ids]), rtol=1e-4, atol=1e-3)
+    assert ((ip[later][:, :-1] >= ip[later][:, 1:]) | ~full[:, 1:]).all()  # largest first
+    assert len(np.unique(rows * n + ids)) == got  # no node twice
+    found = np.array([np.isin(exact[0][i], fwd[i]) for i in later])
+    kept = hnsw_dot._prune_dot(exact[1][later], exact[0][later], x, 32, 0)  # the edges Lance's rule keeps
+    print("FOUND", found.mean(), found[kept].mean())
+    assert found.mean() > 0.95 and found[kept].mean() > 0.95
+    assert found.mean() < 1  # a node is not compared with every node before it
+
+
 @pytest.mark.parametrize("path", ["whole", "pairs", "kept rows", "both", "rows full"])
 def test_dot_pruning_is_lances_rule(path, monkeypatch):
     """_prune_dot, which computes products only as candidates are kept (looked up in the
@@ -400,16 +438,25 @@ def test_our_graphs_search_as_well_as_lances(tmp_path, index_type, metric):
     assert all(g["params"]["m"] == 16 and g["params"]["ef_construction"] == 100 for g in graphs if g)
 
 
-@pytest.mark.parametrize("dim", [32, 128])
-@pytest.mark.parametrize("index_type", ["IVF_HNSW_FLAT", "IVF_HNSW_SQ"])
-def test_dot_graphs_search_as_well_as_lances_on_the_same_partitions(tmp_path, index_type, dim):
+@pytest.mark.parametrize("index_type, dim, grouped", [
+    ("IVF_HNSW_FLAT", 32, False), ("IVF_HNSW_FLAT", 128, False), ("IVF_HNSW_SQ", 32, False),
+    ("IVF_HNSW_SQ", 128, False), ("IVF_HNSW_FLAT", 128, True), ("IVF_HNSW_SQ", 32, True)])
+def test_dot_graphs_search_as_well_as_lances_on_the_same_partitions(tmp_path, monkeypatch, index_type, dim, grouped):
     """Under dot, our graphs against Lance's on the same IVF partitions (engine
     ``"partitions"``: our partition map, Lance's graphs), so that only the graphs differ:
     recall@10 at nprobes 4 and 16, without and with refine, 300 queries. Each partition
     holds several clusters of unequal norms; on these, graphs of each node's largest
     products alone (no insertion order, a hub's reverse edges cut at 2 cap before they
-    were judged) lost 0.03 to Lance's (32-d SQ rows, 128-d rows)."""
+    were judged) lost 0.03 to Lance's (32-d SQ rows, 128-d rows). ``grouped``: levels past
+    256 nodes take their later nodes' candidates from the groups they are near, as levels
+    past DOT_EXACT_ROWS do (groups of 32 rows, 8 probes: a third of a partition's rows)."""
     x, queries, truth = clustered_with_queries(dim, 300, "dot")
+    if grouped:
+        for name, value in (("DOT_EXACT_ROWS", 256), ("_GROUP_ROWS", 32), ("_QUERY_ROWS", 64), ("_GROUP_PROBES", 8)):
+            monkeypatch.setattr(hnsw_dot, name, value)
+        calls = []
+        real = hnsw_dot._grouped_largest_products
+        monkeypatch.setattr(hnsw_dot, "_grouped_largest_products", lambda *a: calls.append(1) or real(*a))
     recall = {}
     for engine in ("precomputed", "partitions"):
         uri = str(tmp_path / f"{engine}.lance")
@@ -420,8 +467,9 @@ def test_dot_graphs_search_as_well_as_lances_on_the_same_partitions(tmp_path, in
         ds = lance.dataset(uri)
         recall[engine] = [recall_at_k(search(ds, "vector", queries, 10, nprobes=p, refine_factor=r)[0], truth)
                           for r in (None, 5) for p in (4, 16)]
-    print("RECALL same partitions", index_type, dim, recall)
+    print("RECALL same partitions", index_type, dim, grouped, recall)
     assert min(recall["partitions"]) > 0.9
+    assert not grouped or len(calls) >= 16  # level 0 of every partition
     for ours, theirs in zip(recall["precomputed"], recall["partitions"]):
         assert ours >= theirs - 0.01, recall
 
