@@ -330,6 +330,13 @@ def test_dot_candidates_of_large_levels_come_from_the_groups_a_node_is_near(monk
     monkeypatch.setattr(hnsw_dot, "_QUERY_ROWS", 128)
     monkeypatch.setattr(hnsw_dot, "_GROUP_PROBES", 8)
     fwd, ip = np.empty((n, k), np.int64), np.empty((n, k), np.float32)
+    monkeypatch.setattr(hnsw_dot, "_GROUPED_SHARE", 0.05)  # groups that would save less: every product
+    hnsw_dot._largest_products(x, fwd, ip, order)
+    np.testing.assert_array_equal(fwd, exact[0])
+    np.testing.assert_array_equal(ip, exact[1])
+    monkeypatch.setattr(hnsw_dot, "_GROUPED_SHARE", 0.5)
+    groups = hnsw_dot._query_groups(x, order)
+    assert groups is not None and len(groups.later) == n - 1000
     hnsw_dot._largest_products(x, fwd, ip, order)
     head, later = order[:1000], order[1000:]
     np.testing.assert_allclose(ip[head], exact[1][head], rtol=1e-5, atol=1e-4)  # every node before them
@@ -452,7 +459,8 @@ def test_dot_graphs_search_as_well_as_lances_on_the_same_partitions(tmp_path, mo
     past DOT_EXACT_ROWS do (groups of 32 rows, 8 probes: a third of a partition's rows)."""
     x, queries, truth = clustered_with_queries(dim, 300, "dot")
     if grouped:
-        for name, value in (("DOT_EXACT_ROWS", 256), ("_GROUP_ROWS", 32), ("_QUERY_ROWS", 64), ("_GROUP_PROBES", 8)):
+        for name, value in (("DOT_EXACT_ROWS", 256), ("_GROUP_ROWS", 32), ("_QUERY_ROWS", 64), ("_GROUP_PROBES", 8),
+                            ("_GROUPED_SHARE", 1)):  # on every level of more than 512 nodes
             monkeypatch.setattr(hnsw_dot, name, value)
         calls = []
         real = hnsw_dot._grouped_largest_products

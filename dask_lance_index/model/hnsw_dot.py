@@ -7,13 +7,16 @@ Lance's own rule on its distance ``1 - x.y``; each list with the reverse edges (
 best ``8 cap`` of them) that overflows is pruned again and filled to its cap, as Lance's
 inserts leave it (:func:`distinct_dot_graph`). Nearest neighbours by inner product are rows
 of large norm, so the l2 construction's tools (:mod:`.hnsw`: few candidates, long edges,
-relaxed pruning) do not carry over: docs/benchmarks.md has what was measured. Up to
-:data:`DOT_EXACT_ROWS` nodes each node is compared with every node before it, a cost that
-grows with the square of the level's nodes; past that, each later node only with the nodes
-of the groups it is near (:func:`_grouped_largest_products`), a cost that grows with them.
+relaxed pruning) do not carry over: docs/benchmarks.md has what was measured. Each node is
+compared with every node before it, a cost that grows with the square of the level's nodes;
+on levels of more than ``2 x`` :data:`DOT_EXACT_ROWS` nodes whose rows group well (under half
+the products), each node after the first :data:`DOT_EXACT_ROWS` only with the nodes of the
+groups it is near (:func:`_grouped_largest_products`), a cost that grows with the nodes.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -55,8 +58,14 @@ _PAIR_CELLS = 1 << 20
 # insertion order) are near, _GROUP_PROBES each. On one 100,000-row 128-d partition (one
 # thread) 99.0% of the edges the exact candidates' pruning keeps were found (16 probes of 256
 # rows; 6 of 512: 96.0%), the candidates in 9.7 s against 17.0 s, and recall@10 of a search
-# of the graph (1,000 queries, ef 15 and 40) 0.890 / 0.951 against 0.892 / 0.952.
+# of the graph (1,000 queries, ef 15 and 40) 0.890 / 0.951 against 0.892 / 0.952. The groups
+# are used only where they take fewer than _GROUPED_SHARE of the exact products (the nodes
+# of the groups a query group is near are gathered, and the GEMMs are smaller): one thread,
+# 128-d, 47,000 nodes 0.46 of them, graph 7.4 s against 7.9 s; 62,500 0.36, 8.7-9.3 s against
+# 11.3-13.2 s; at 768-d (synthetic rows, where a query group is near more groups) 40,000
+# nodes 0.71, 31.4 s against 28.6 s.
 DOT_EXACT_ROWS = 16384
+_GROUPED_SHARE = 0.5
 _GROUP_ROWS = 256
 _GROUP_PROBES = 16
 _QUERY_ROWS = 512
@@ -67,10 +76,12 @@ def _largest_products(vectors, fwd, fwd_ip, order) -> None:
     """Each node's ``K = fwd.shape[1]`` largest inner products with the nodes before it in
     ``order`` (node ids in an order of insertion), largest first, into ``fwd`` and ``fwd_ip``
     (node ids, products; ``-inf`` products past the nodes before it): with every node before
-    it up to :data:`DOT_EXACT_ROWS` nodes (:func:`_all_largest_products`), past that with
-    those of the groups it is near (:func:`_grouped_largest_products`)."""
+    it (:func:`_all_largest_products`), or, where :func:`_query_groups` finds groups that
+    take under half the products, the first :data:`DOT_EXACT_ROWS` so and each later node
+    with those of the groups it is near (:func:`_grouped_largest_products`)."""
     n = len(vectors)
-    if n <= DOT_EXACT_ROWS:
+    groups = _query_groups(vectors, order) if n > 2 * DOT_EXACT_ROWS else None
+    if groups is None:
         _all_largest_products(vectors, fwd, fwd_ip, order)
         return
     # the first inserted see every node before them, as the early inserts of Lance's graphs do
@@ -80,7 +91,7 @@ def _largest_products(vectors, fwd, fwd_ip, order) -> None:
     _all_largest_products(vectors[first], head, head_ip, np.arange(len(first)))
     fwd[first] = first[head]
     fwd_ip[first] = head_ip
-    _grouped_largest_products(vectors, fwd, fwd_ip, order)
+    _grouped_largest_products(vectors, fwd, fwd_ip, order, groups)
 
 
 def _all_largest_products(vectors, fwd, fwd_ip, order) -> None:
@@ -114,20 +125,34 @@ def _all_largest_products(vectors, fwd, fwd_ip, order) -> None:
             fwd_ip[order[a:b]] = -np.take_along_axis(rows, near, axis=1)
 
 
-def _grouped_largest_products(vectors, fwd, fwd_ip, order) -> None:
-    """:func:`_largest_products` of the nodes after the first :data:`DOT_EXACT_ROWS` in
-    ``order``, each among the nodes before it in the groups its query group is near.
+@dataclass(frozen=True)
+class _QueryGroups:
+    """Where each later node's candidates are looked for (:func:`_query_groups`): the nodes
+    in insertion ``rank``; each group's ``members`` (``members[starts[g]:starts[g + 1]]``,
+    in insertion order); the later nodes in query groups (``later[bounds[i]:bounds[i + 1]]``)
+    and the groups each query group is near (``probed[i]``)."""
+
+    rank: np.ndarray
+    members: np.ndarray
+    starts: np.ndarray
+    later: np.ndarray
+    bounds: np.ndarray
+    probed: tuple
+
+
+def _query_groups(vectors, order) -> _QueryGroups | None:
+    """The groups of :func:`_grouped_largest_products`, or None where they would take
+    :data:`_GROUPED_SHARE` of the products of every node with every node before it or more.
 
     The rows lengthened by one coordinate to one norm (``[x, sqrt(M - |x|^2)]``) are split
     in groups of about :data:`_GROUP_ROWS` by k-means; a node ``[x, 0]`` is nearest in l2 to
     the lengthened rows of largest product with it, so the groups it is near are those of
-    nearest centre. The later nodes are taken in query groups (k-means of the rows, about
-    :data:`_QUERY_ROWS` nodes, within each of :data:`_BANDS` bands of insertion order): a
-    query group's nodes are compared with the nodes of every group among any of its nodes'
-    :data:`_GROUP_PROBES` nearest, up to the last inserted of them (one GEMM, the products
-    with nodes inserted after each masked). Centres and groups are drawn from the level's
-    size: the same graphs on any thread."""
-    n, k = fwd.shape
+    nearest centre. The nodes after the first :data:`DOT_EXACT_ROWS` are taken in query
+    groups (k-means of the rows, about :data:`_QUERY_ROWS` nodes, within each of
+    :data:`_BANDS` bands of insertion order), each near every group among any of its nodes'
+    :data:`_GROUP_PROBES` nearest. Centres are drawn from the level's size: the same groups
+    on any thread."""
+    n = len(vectors)
     rank = np.empty(n, np.int64)
     rank[order] = np.arange(n)
     rng = np.random.default_rng(n)
@@ -151,14 +176,31 @@ def _grouped_largest_products(vectors, fwd, fwd_ip, order) -> None:
     later, key = later[by_key], key[by_key]
     bounds = np.concatenate([[0], np.flatnonzero(np.diff(key)) + 1, [len(later)]])
     probes = min(_GROUP_PROBES, groups)
+    probed, products = [], DOT_EXACT_ROWS**2 / 2
     for a, b in zip(bounds[:-1], bounds[1:]):
-        q = later[a:b]
-        q_vectors = vectors[q]
-        near = q_vectors @ c.T
+        near = vectors[later[a:b]] @ c.T
         near *= -2
         near += c_sq[None, :]  # l2 from [x, 0] less |x|^2
         cut = np.partition(near, probes - 1, axis=1)[:, probes - 1]
-        probed = np.flatnonzero((near <= cut[:, None]).any(axis=0))
+        probed.append(np.flatnonzero((near <= cut[:, None]).any(axis=0)))
+        last = rank[later[a:b]].max()
+        # the products of these nodes: with the groups' nodes inserted before their last
+        products += (b - a) * sum(np.searchsorted(rank[members[starts[g] : starts[g + 1]]], last) for g in probed[-1])
+    if products >= _GROUPED_SHARE * n * n / 2:
+        return None
+    return _QueryGroups(rank, members, starts, later, bounds, tuple(probed))
+
+
+def _grouped_largest_products(vectors, fwd, fwd_ip, order, groups: _QueryGroups) -> None:
+    """:func:`_largest_products` of the nodes after the first :data:`DOT_EXACT_ROWS` in
+    ``order``: a query group's nodes compared with the nodes of every group it is near
+    (:func:`_query_groups`), up to the last inserted of them (one GEMM a query group, the
+    products with nodes inserted after each masked)."""
+    n, k = fwd.shape
+    rank, members, starts, later = groups.rank, groups.members, groups.starts, groups.later
+    for a, b, probed in zip(groups.bounds[:-1], groups.bounds[1:], groups.probed):
+        q = later[a:b]
+        q_vectors = vectors[q]
         pool_ranks = np.sort(np.concatenate([rank[members[starts[g] : starts[g + 1]]] for g in probed]))
         pool_ranks = pool_ranks[: np.searchsorted(pool_ranks, rank[q].max())]  # the nodes before the last
         pool = order[pool_ranks]  # in insertion order: columns in a random order
