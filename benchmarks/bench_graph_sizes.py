@@ -6,7 +6,9 @@ The rows are the first ``R`` of the generated set's rows nearest one centroid (1
 default, 1M rows, 32 centroids drawn from them, as a 1M x 32 build's partitions): each
 size is one partition's rows as a build would hand them to ``build_hnsw`` (m 20, Lance's
 defaults). Under dot a node is compared with every node before it, so the time grows with
-the square of the rows; under l2, past ``HNSW_BLOCK_ROWS`` nodes, with the rows.
+the square of the rows, until past 32,768 rows (where the rows group well) each later node is
+compared with the nodes of the groups it is near; under l2, past ``HNSW_BLOCK_ROWS`` nodes,
+with the rows.
 """
 
 from __future__ import annotations

@@ -299,10 +299,10 @@ def create_index(
         ``"partitions"`` (any type): the workers assign IVF partitions with
         NumPy BLAS and Lance encodes from that map; ``"lance"``: Lance itself.
         ``"auto"``: ``"precomputed"`` for 8-bit PQ types, IVF_FLAT, IVF_SQ, IVF_RQ
-        under l2 and cosine, and IVF_HNSW_FLAT and IVF_HNSW_SQ (under dot up to 81,920 rows
-        a partition on average (an explicit ``"precomputed"`` builds those dot
-        graphs at any size, each node compared with every node of its partition:
-        slower than Lance past that)), ``"partitions"`` otherwise.
+        under l2 and cosine, and IVF_HNSW_FLAT and IVF_HNSW_SQ (under dot up to 262,144 rows
+        a partition on average, 81,920 past 256 dimensions (an explicit
+        ``"precomputed"`` builds those dot graphs at any size, at a cost that grows
+        faster with a partition's rows than Lance's)), ``"partitions"`` otherwise.
         ``"artifact"`` (8-bit PQ types): the workers encode into a partition
         artifact in Lance's upstream layout (a shuffle by bucket), which is
         then finalized; see :mod:`dask_lance_index.partition_artifacts`.

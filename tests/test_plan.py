@@ -6,7 +6,8 @@ import pickle
 import pytest
 
 from dask_lance_index.build import resolve_engine
-from dask_lance_index.build.engines.precomputed import DOT_GRAPH_ROWS, graphs_left_to_lance, spills
+from dask_lance_index.build.engines.precomputed import (DOT_GRAPH_ROWS, DOT_WIDE_GRAPH_ROWS, graphs_left_to_lance,
+                                                         spills)
 from dask_lance_index.errors import InvalidInputError
 from dask_lance_index.plan import (
     AGREEMENT_ROWS,
@@ -182,11 +183,17 @@ def test_engine_choice():
             assert resolve_engine("auto", params).name == "precomputed"
             assert resolve_engine("auto", params, num_rows=1000).name == "precomputed"
             assert resolve_engine("precomputed", params).name == "precomputed"
-        # under dot up to DOT_GRAPH_ROWS rows a partition on average (each node is compared
-        # with every node of its partition), then Lance's
+        # under dot up to DOT_GRAPH_ROWS rows a partition on average (our graphs' time grows
+        # faster with a partition's rows than Lance's), then Lance's; past 256 dimensions, or
+        # of a dimension not known, up to DOT_WIDE_GRAPH_ROWS
         dot = resolve_params(t, dimension=32, num_rows=10**6, num_partitions=4, metric="dot")
-        assert resolve_engine("auto", dot, num_rows=4 * DOT_GRAPH_ROWS).name == "precomputed"
-        assert resolve_engine("auto", dot, num_rows=4 * DOT_GRAPH_ROWS + 1).name == "partitions"
+        assert resolve_engine("auto", dot, num_rows=4 * DOT_GRAPH_ROWS, dimension=256).name == "precomputed"
+        assert resolve_engine("auto", dot, num_rows=4 * DOT_GRAPH_ROWS + 1, dimension=32).name == "partitions"
+        assert DOT_WIDE_GRAPH_ROWS < DOT_GRAPH_ROWS
+        for dimension in (257, 768, None):
+            assert resolve_engine("auto", dot, num_rows=4 * DOT_WIDE_GRAPH_ROWS, dimension=dimension).name == "precomputed"
+            assert resolve_engine("auto", dot, num_rows=4 * DOT_WIDE_GRAPH_ROWS + 1,
+                                  dimension=dimension).name == "partitions"
     for t in ("IVF_HNSW_FLAT", "IVF_HNSW_SQ"):
         # our graphs whatever the partitions' size (250k rows a partition here)
         params = resolve_params(t, dimension=32, num_rows=10**6, num_partitions=4)

@@ -53,28 +53,37 @@ from ...storage import (
 from ..graphs import PartitionGraphs
 from .base import Engine, SegmentTask
 
-__all__ = ["DOT_GRAPH_ROWS", "GraphsAtMerge", "HNSW_WRITTEN", "PrecomputedEngine", "SPILL_CHUNK_BYTES",
-           "graphs_left_to_lance", "spills", "writes_codes"]
+__all__ = ["DOT_GRAPH_ROWS", "DOT_WIDE_DIMENSION", "DOT_WIDE_GRAPH_ROWS", "GraphsAtMerge", "HNSW_WRITTEN",
+           "PrecomputedEngine", "SPILL_CHUNK_BYTES", "dot_graph_rows", "graphs_left_to_lance", "spills", "writes_codes"]
 
 # HNSW types whose graphs we build (model.hnsw) and whose segment files we write (not
 # IVF_HNSW_PQ under dot or past the codes one task holds: graphs_left_to_lance).
 HNSW_WRITTEN = ("IVF_HNSW_FLAT", "IVF_HNSW_SQ", "IVF_HNSW_PQ")
 # Rows a spilling task holds at once (spills): 256 MB of rows, ids and partitions.
 SPILL_CHUNK_BYTES = FLAT_TASK_BYTES // 4
-# Rows a partition, on average, past which Lance builds the dot-metric graphs: ours compare
-# each node with every node of its partition (time growing with its square), Lance's inserts
-# with a few hundred. 1M dot IVF_HNSW_FLAT builds at 32, 21, 16 and 13 partitions (31,000,
-# 47,600, 62,500 and 76,900 rows each): ours 0.70x, 0.75x, 0.87x and 0.94x of Lance's own
-# build, Lance's graphs from our IVF 1.08x and 1.16x at the last two (IVF_HNSW_SQ at 62,500:
-# ours 0.71x). Measured up to 76,900 rows a partition, so the bound stops a little past it.
-# At 768-d, docs/benchmarks.md: one bound for every dimension.
-DOT_GRAPH_ROWS = 81920
+# Rows a partition, on average, past which Lance builds the dot-metric graphs. Ours compare
+# each node with every node of its partition (time growing with its square), or past 32,768
+# rows, where the rows group well, with the nodes of the groups it is near (model.hnsw_dot).
+# 1M x 128 dot IVF_HNSW_FLAT builds at 13, 8 and 4 partitions (76,900, 125,000 and 250,000
+# rows each): ours 0.70x, 0.65x and 0.67x of Lance's own build, so the bound stops a little
+# past the largest measured. Past DOT_WIDE_DIMENSION dimensions, where the rows measured
+# (768-d) grouped poorly and the graphs stay quadratic, the bound measured before the groups:
+# at 768-d and 40,000 rows a partition ours 0.89-0.90x, Lance's graphs from our IVF 1.07x.
+DOT_GRAPH_ROWS = 262144
+DOT_WIDE_GRAPH_ROWS = 81920
+DOT_WIDE_DIMENSION = 256
+
+
+def dot_graph_rows(dimension: int | None) -> int:
+    """Rows a partition, on average, up to which we build dot-metric graphs of rows of
+    ``dimension`` (unknown: the bound of wide rows)."""
+    return DOT_GRAPH_ROWS if dimension and dimension <= DOT_WIDE_DIMENSION else DOT_WIDE_GRAPH_ROWS
 
 
 def graphs_left_to_lance(params, num_rows: int | None, dimension: int | None = None) -> bool:
     """Whether an HNSW index's graphs are left to Lance: IVF_HNSW_PQ under the dot metric;
-    IVF_HNSW_FLAT and IVF_HNSW_SQ under dot past :data:`DOT_GRAPH_ROWS` rows a partition
-    (our dot graphs compare each node with every node of its partition); or IVF_HNSW_PQ
+    IVF_HNSW_FLAT and IVF_HNSW_SQ under dot past :func:`dot_graph_rows` rows a partition
+    (our dot graphs' time grows faster with a partition's rows than Lance's); or IVF_HNSW_PQ
     when the one task that builds the segment would hold more than
     :data:`~dask_lance_index.plan.index_plan.FLAT_TASK_BYTES` of codes (it holds every code
     until it writes them grouped by partition; IVF_HNSW_FLAT's and IVF_HNSW_SQ's rows past
@@ -87,7 +96,7 @@ def graphs_left_to_lance(params, num_rows: int | None, dimension: int | None = N
         return True
     if num_rows is None:
         return False
-    if params.metric == "dot" and num_rows > DOT_GRAPH_ROWS * params.num_partitions:
+    if params.metric == "dot" and num_rows > dot_graph_rows(dimension) * params.num_partitions:
         return True
     # IVF_HNSW_FLAT's and IVF_HNSW_SQ's rows past that go to disk (spills); PQ codes do not
     return (params.quantizer == "PQ"
