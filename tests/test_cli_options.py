@@ -218,8 +218,13 @@ def test_sigint_mid_build_exits_130_and_leaves_the_dataset_as_it_was(dataset_uri
             Client(cluster) as client:
         hold = client.submit(_release, gate, pure=False)
         env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
+        # A job a shell starts in the background inherits SIGINT ignored, and Python then keeps
+        # it so: the CLI, started from such a pytest, would never see the interrupt. So the
+        # child takes Python's own handler back before running the CLI.
+        interruptible = ("import runpy, signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+                         "runpy.run_module('dask_lance_index', run_name='__main__', alter_sys=True)")
         proc = subprocess.Popen(
-            [sys.executable, "-m", "dask_lance_index", "build", dataset_uri, "--index-type", "IVF_FLAT",
+            [sys.executable, "-c", interruptible, "build", dataset_uri, "--index-type", "IVF_FLAT",
              "--num-partitions", "8", "--scheduler", cluster.scheduler_address],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT,
         )
