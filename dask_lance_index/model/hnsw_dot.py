@@ -61,10 +61,11 @@ _PAIR_CELLS = 1 << 20
 # of the graph (1,000 queries, ef 15 and 40) 0.890 / 0.951 against 0.892 / 0.952. The groups
 # are used only where they take fewer than _GROUPED_SHARE of the exact products (the nodes
 # of the groups a query group is near are gathered, and the GEMMs are smaller): one thread,
-# 128-d, 47,000 nodes 0.46 of them, graph 7.4 s against 7.9 s; 62,500 0.36, 8.7-9.3 s against
-# 11.3-13.2 s; at 768-d (synthetic rows, where a query group is near more groups) 40,000
-# nodes 0.71, 31.4 s against 28.6 s; real 784-d rows (70,000 Fashion-MNIST images) 0.16,
-# 28.6 s against 49.9 s.
+# 128-d, 47,000 nodes 0.48 of them, graph 5.7-6.4 s against 7.9 s; 62,500 0.36, 8.4-9.3 s
+# against 11.3-13.2 s; 100,000 0.21, 17.0 s against 24.9 s; at 768-d (synthetic rows, where a
+# query group is near more groups) 40,000 nodes 0.72, 31.4 s against 28.6 s, 62,500 0.52,
+# 51.8 s against 50.0 s; real 784-d rows (70,000 Fashion-MNIST images) 0.16, 28.6 s against
+# 49.9 s.
 DOT_EXACT_ROWS = 16384
 _GROUPED_SHARE = 0.5
 _GROUP_ROWS = 256
@@ -198,7 +199,7 @@ def _grouped_largest_products(vectors, fwd, fwd_ip, order, groups: _QueryGroups)
     ``order``: a query group's nodes compared with the nodes of every group it is near
     (:func:`_query_groups`), up to the last inserted of them (one GEMM a query group, the
     products with nodes inserted after each masked)."""
-    n, k = fwd.shape
+    k = fwd.shape[1]
     rank, members, starts, later = groups.rank, groups.members, groups.starts, groups.later
     for a, b, probed in zip(groups.bounds[:-1], groups.bounds[1:], groups.probed):
         q = later[a:b]
