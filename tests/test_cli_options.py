@@ -218,9 +218,9 @@ def test_sigint_mid_build_exits_130_and_leaves_the_dataset_as_it_was(dataset_uri
             Client(cluster) as client:
         hold = client.submit(_release, gate, pure=False)
         env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
-        # A job a shell starts in the background inherits SIGINT ignored, and Python then keeps
-        # it so: the CLI, started from such a pytest, would never see the interrupt. So the
-        # child takes Python's own handler back before running the CLI.
+        # A command a non-interactive shell starts in the background (`(pytest ... &)`) inherits
+        # SIGINT ignored, and Python then keeps it so: the CLI, started from such a pytest, would
+        # never see the interrupt. So the child takes Python's own handler back first.
         interruptible = ("import runpy, signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
                          "runpy.run_module('dask_lance_index', run_name='__main__', alter_sys=True)")
         proc = subprocess.Popen(
