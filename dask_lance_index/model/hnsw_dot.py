@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .hnsw_edges import SLICE_CELLS, connect, with_reverse_edges
-from .kmeans import kmeans, smallest_first
+from .kmeans import assign, kmeans, smallest_first
 
 __all__ = ["DOT_EXACT_ROWS", "distinct_dot_graph"]
 
@@ -131,12 +131,13 @@ def _all_largest_products(vectors, fwd, fwd_ip, order) -> None:
 @dataclass(frozen=True)
 class _QueryGroups:
     """Where each later node's candidates are looked for (:func:`_query_groups`): the nodes
-    in insertion ``rank``; each group's ``members`` (``members[starts[g]:starts[g + 1]]``,
-    in insertion order); the later nodes in query groups (``later[bounds[i]:bounds[i + 1]]``)
-    and the groups each query group is near (``probed[i]``)."""
+    in insertion ``rank``; each group's nodes by their ranks, ascending
+    (``member_ranks[starts[g]:starts[g + 1]]``); the later nodes in query groups
+    (``later[bounds[i]:bounds[i + 1]]``) and the groups each query group is near
+    (``probed[i]``)."""
 
     rank: np.ndarray
-    members: np.ndarray
+    member_ranks: np.ndarray
     starts: np.ndarray
     later: np.ndarray
     bounds: np.ndarray
@@ -166,15 +167,15 @@ def _query_groups(vectors, order) -> _QueryGroups | None:
     centres, _ = kmeans(np.hstack([vectors[drawn], lift[drawn, None]]), groups, max_iters=10, seed=n)
     c, c_lift = np.ascontiguousarray(centres[:, :-1]), centres[:, -1]
     c_sq = np.einsum("ij,ij->i", centres, centres)
-    own = _nearest_centre(vectors, c, c_sq, lift, c_lift)
+    own = _nearest_lifted_centre(vectors, lift, c, c_lift, c_sq)
     members = np.argsort(own * n + rank, kind="stable")  # each group's nodes in insertion order
     starts = np.searchsorted(own[members], np.arange(groups + 1))
+    member_ranks = rank[members]
     later = order[DOT_EXACT_ROWS:]
     query_groups = -(-n // _QUERY_ROWS)
     drawn = np.sort(rng.choice(n, min(n, 32 * query_groups), replace=False))
     q_centres, _ = kmeans(vectors[drawn], query_groups, max_iters=8, seed=n + 1)
-    key = rank[later] * _BANDS // n * query_groups + _nearest_centre(
-        vectors[later], q_centres, np.einsum("ij,ij->i", q_centres, q_centres))
+    key = rank[later] * _BANDS // n * query_groups + assign(vectors[later], q_centres)[0]
     by_key = np.argsort(key, kind="stable")
     later, key = later[by_key], key[by_key]
     bounds = np.concatenate([[0], np.flatnonzero(np.diff(key)) + 1, [len(later)]])
@@ -188,10 +189,10 @@ def _query_groups(vectors, order) -> _QueryGroups | None:
         probed.append(np.flatnonzero((near <= cut[:, None]).any(axis=0)))
         last = rank[later[a:b]].max()
         # the products of these nodes: with the groups' nodes inserted before their last
-        products += (b - a) * sum(np.searchsorted(rank[members[starts[g] : starts[g + 1]]], last) for g in probed[-1])
+        products += (b - a) * sum(np.searchsorted(member_ranks[starts[g] : starts[g + 1]], last) for g in probed[-1])
     if products >= _GROUPED_SHARE * n * n / 2:
         return None
-    return _QueryGroups(rank, members, starts, later, bounds, tuple(probed))
+    return _QueryGroups(rank, member_ranks, starts, later, bounds, tuple(probed))
 
 
 def _grouped_largest_products(vectors, fwd, fwd_ip, order, groups: _QueryGroups) -> None:
@@ -200,11 +201,11 @@ def _grouped_largest_products(vectors, fwd, fwd_ip, order, groups: _QueryGroups)
     (:func:`_query_groups`), up to the last inserted of them (one GEMM a query group, the
     products with nodes inserted after each masked)."""
     k = fwd.shape[1]
-    rank, members, starts, later = groups.rank, groups.members, groups.starts, groups.later
+    rank, member_ranks, starts, later = groups.rank, groups.member_ranks, groups.starts, groups.later
     for a, b, probed in zip(groups.bounds[:-1], groups.bounds[1:], groups.probed):
         q = later[a:b]
         q_vectors = vectors[q]
-        pool_ranks = np.sort(np.concatenate([rank[members[starts[g] : starts[g + 1]]] for g in probed]))
+        pool_ranks = np.sort(np.concatenate([member_ranks[starts[g] : starts[g + 1]] for g in probed]))
         pool_ranks = pool_ranks[: np.searchsorted(pool_ranks, rank[q].max())]  # the nodes before the last
         pool = order[pool_ranks]  # in insertion order: columns in a random order
         pool_vectors = vectors[pool]
@@ -225,15 +226,15 @@ def _grouped_largest_products(vectors, fwd, fwd_ip, order, groups: _QueryGroups)
             fwd_ip[rows] = -np.take_along_axis(neg, best, axis=1)
 
 
-def _nearest_centre(vectors, centres, c_sq, lift=None, c_lift=None) -> np.ndarray:
-    """Each row's nearest centre in l2 (rows and centres lengthened by ``lift``, ``c_lift``
-    when given), :data:`SLICE_CELLS` products at a time."""
+def _nearest_lifted_centre(vectors, lift, centres, c_lift, c_sq) -> np.ndarray:
+    """Each row's nearest centre in l2, rows ``[x, lift]`` and centres ``[c, c_lift]`` (of
+    squared norms ``c_sq``), :data:`SLICE_CELLS` products at a time: :func:`.kmeans.assign`
+    would need a lengthened copy of every row."""
     out = np.empty(len(vectors), np.int64)
     step = max(1, SLICE_CELLS // len(centres))
     for lo in range(0, len(vectors), step):
         d = vectors[lo : lo + step] @ centres.T
-        if lift is not None:
-            d += lift[lo : lo + step, None] * c_lift[None, :]
+        d += lift[lo : lo + step, None] * c_lift[None, :]
         d *= -2
         d += c_sq[None, :]
         out[lo : lo + step] = d.argmin(axis=1)
