@@ -72,6 +72,20 @@ _GROUP_ROWS = 256
 _GROUP_PROBES = 16
 _QUERY_ROWS = 512
 _BANDS = 4
+# A level of at least _PROJECTED_MIN_ROWS nodes whose rows leave under _PROJECTED_RESIDUAL of
+# their energy (sum of squares) outside a few directions is built on its rows projected on
+# those (the top eigenvectors of X^T X from _PROJECTED_SAMPLE rows, a multiple of
+# _PROJECTED_STEP of them, at most half the dimension); the edges' distances are then the
+# rows' own (_projected_rows). One thread, search recall@10 of the level-0 graph at ef
+# 15/40/100 (1,000 queries of rows plus noise), exact products against projected ones:
+# synthetic 768-d partition of 39,645 rows 0.939/0.979/0.993 in 22.5 s, 32 directions
+# (0.02% left) 0.942/0.978/0.993 in 7.1 s; Fashion-MNIST's 70,000 784-d images (600 queries)
+# 0.841/0.930/0.968 in 50.1 s, 256 directions (1.3% left) 0.840/0.931/0.971 in 31.1 s, 64
+# (4.9% left) 0.841/0.926/0.966 in 21.0 s.
+_PROJECTED_MIN_ROWS = 8192
+_PROJECTED_RESIDUAL = 0.02
+_PROJECTED_SAMPLE = 8192
+_PROJECTED_STEP = 32
 
 
 def _largest_products(vectors, fwd, fwd_ip, order) -> None:
@@ -367,6 +381,8 @@ def distinct_dot_graph(vectors: np.ndarray, cap: int, fill: int, candidates: int
     if n == 1:
         return np.zeros(2, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
     k = min(candidates, n - 1)
+    rows = vectors
+    vectors = _projected_rows(rows)  # the graph from these; the edges' distances from the rows
     fwd = np.empty((n, k), np.int64)
     fwd_ip = np.empty((n, k), np.float32)
     # the level's products held whole up to 64 MB (4,096 nodes): the pruning looks them up
@@ -388,5 +404,42 @@ def distinct_dot_graph(vectors: np.ndarray, cap: int, fill: int, candidates: int
         keep[over] = _prune_dot_in_slices(cip[over], cand[over], vectors, cap, cap, gram, held)
     src = np.repeat(np.arange(n), keep.sum(axis=1))
     src, dst, dist = connect(vectors, None, src, cand[keep], 1 - cip[keep], cap, entry, dot=True)
+    if vectors is not rows:
+        dist = _distances(rows, src, dst)
     offsets = np.concatenate([[0], np.cumsum(np.bincount(src, minlength=n))])
     return offsets, dst, dist.astype(np.float32)
+
+
+def _projected_rows(vectors: np.ndarray) -> np.ndarray:
+    """``vectors`` on the fewest of its top directions (eigenvectors of ``X^T X``, drawn
+    rows) that hold all but :data:`_PROJECTED_RESIDUAL` of its energy: their products
+    differ from the rows' by little, and cost as many times less as there are fewer
+    columns. ``vectors`` itself on a level of fewer than :data:`_PROJECTED_MIN_ROWS`
+    nodes, or where that takes more than half its columns."""
+    n, d = vectors.shape
+    if n < _PROJECTED_MIN_ROWS or d < 2 * _PROJECTED_STEP:
+        return vectors
+    drawn = np.sort(np.random.default_rng(n).choice(n, min(n, _PROJECTED_SAMPLE), replace=False))
+    sample = vectors[drawn].astype(np.float64)
+    energy, directions = np.linalg.eigh(sample.T @ sample)  # ascending
+    left = np.cumsum(np.maximum(energy, 0))  # the energy outside the top d - i directions
+    total = left[-1]
+    if total <= 0:
+        return vectors
+    # the fewest top directions, a multiple of _PROJECTED_STEP, leaving at most the bound
+    kept = next((r for r in range(_PROJECTED_STEP, d // 2 + 1, _PROJECTED_STEP)
+                 if left[d - r - 1] <= _PROJECTED_RESIDUAL * total), None)
+    if kept is None:
+        return vectors
+    basis = np.ascontiguousarray(directions[:, d - kept :][:, ::-1], dtype=np.float32)
+    return vectors @ basis
+
+
+def _distances(vectors: np.ndarray, src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """Lance's dot distance ``1 - x.y`` of each edge, :data:`SLICE_CELLS` floats of rows a
+    side at a time."""
+    out = np.empty(len(src), np.float32)
+    step = max(1, SLICE_CELLS // vectors.shape[1])
+    for lo in range(0, len(src), step):
+        out[lo : lo + step] = 1 - np.einsum("ij,ij->i", vectors[src[lo : lo + step]], vectors[dst[lo : lo + step]])
+    return out
