@@ -4,6 +4,7 @@ and dask_lance_index, side by side in one run.
     python benchmarks/bench_build.py --rows 250000                       # synthetic 128-d, IVF_PQ
     python benchmarks/bench_build.py --rows 250000,1000000,2000000,4000000 --plot docs/scale.png
     python benchmarks/bench_build.py --data glove --metric cosine
+    python benchmarks/bench_build.py --data fmnist --rows 0 --metric dot --index-type IVF_HNSW_FLAT --num-partitions 2
     python benchmarks/bench_build.py --lance-ray-python /path/to/venv-with-lance-ray/bin/python
     python benchmarks/bench_build.py --rows 250000 --engines lance,dli,dli-artifact   # partition artifact path
     python benchmarks/bench_build.py --rows 1000000 --index-type IVF_RQ --engines lance,dli,dli-partitions
@@ -60,9 +61,30 @@ def load_data(args) -> np.ndarray:
 
         x = load()
         return x[: args.rows] if args.rows else x
+    if args.data == "fmnist":  # real 784-d images: Fashion-MNIST's 70,000, pixels scaled to [0, 1]
+        x = fashion_mnist()
+        return x[: args.rows] if args.rows else x
     from dask_lance_index.datagen import make_vectors
 
     return make_vectors(args.rows, args.dim, seed=0)
+
+
+FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
+
+
+def fashion_mnist() -> np.ndarray:
+    """Fashion-MNIST's 60,000 training and 10,000 test images as 784-d float32 rows in [0, 1],
+    from the files of Debian's ``dataset-fashion-mnist`` package."""
+    import gzip
+
+    files = [os.path.join(FASHION_MNIST, f"{part}-images-idx3-ubyte.gz") for part in ("train", "t10k")]
+    if not all(os.path.exists(f) for f in files):
+        sys.exit(f"--data fmnist reads {FASHION_MNIST}: apt-get update && apt-get install -y dataset-fashion-mnist")
+    images = []
+    for f in files:
+        with gzip.open(f) as fh:
+            images.append(np.frombuffer(fh.read(), np.uint8, offset=16).reshape(-1, 784))
+    return (np.vstack(images) / 255.0).astype(np.float32)
 
 
 def peak_rss_mb() -> float:
@@ -290,9 +312,9 @@ def _plot(results: list[dict], path: str) -> None:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--rows", default="250000", help="rows, or a comma list for a scale sweep (0 = all of --data glove or sentences)")
+    p.add_argument("--rows", default="250000", help="rows, or a comma list for a scale sweep (0 = all of --data glove, sentences or fmnist)")
     p.add_argument("--dim", type=int, default=128)
-    p.add_argument("--data", choices=["synthetic", "glove", "sentences"], default="synthetic")
+    p.add_argument("--data", choices=["synthetic", "glove", "sentences", "fmnist"], default="synthetic")
     p.add_argument("--index-type", default="IVF_PQ")
     p.add_argument("--metric", default="l2")
     p.add_argument("--num-partitions", type=int, default=256)

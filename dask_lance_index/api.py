@@ -13,10 +13,14 @@ import dataclasses
 import time
 from typing import Any, Sequence
 
+import numpy as np
+
 from .build import ENGINES, resolve_engine
 from .errors import IndexExistsError, InvalidInputError
 from .graph import build_graph
 from .model import IndexModel, coerce_array, validate_model
+from .model.hnsw import one_norm
+from .model.hnsw_dot import projection
 from .partition_artifacts import (
     InvalidPartitionArtifactError,
     PartitionArtifact,
@@ -41,9 +45,15 @@ from .plan import (
 )
 from .recovery import resume_build, run, start_journal
 from .runtime import parallelism, resolve_client
-from .storage import column_info, field_type, fragment_rows, has_values, index_names, open_or_fail
+from .storage import (column_info, field_of, field_type, fragment_rows, has_values, index_names, open_or_fail,
+                      to_float32_matrix)
 
 __all__ = ["create_index", "create_scalar_index", "finalize_artifact", "plan_index", "plan_scalar_index", "run"]
+
+
+# Rows read at planning for a dot-metric HNSW build under engine "auto": enough for the
+# top directions of 384-1536-d rows (_drawn_rows), 1.5-12 MB.
+PLAN_SAMPLE_ROWS = 2048
 
 
 def plan_index(
@@ -133,7 +143,9 @@ def plan_index(
         params = dataclasses.replace(params, metric="hamming")
     train = model_parts_to_train(params, ivf_centroids=ivf_centroids is not None,
                                  pq_codebook=pq_codebook is not None, rabitq_model=rabitq_model is not None)
-    chosen = resolve_engine(column_engine(info.kind, column, engine) or engine, params, total, info.dimension)
+    chosen_name = column_engine(info.kind, column, engine) or engine
+    drawn = _drawn_rows(ds, column, info.dimension, total) if _graphs_by_rows(chosen_name, params) else (None, False)
+    chosen = resolve_engine(chosen_name, params, total, info.dimension, *drawn)
     return make_plan(
         uri=ds.uri,
         version=ds.version,
@@ -156,6 +168,28 @@ def plan_index(
         build_id=build_id,
         column_kind=info.kind,
     )
+
+
+def _graphs_by_rows(engine: str, params) -> bool:
+    """Whether engine ``"auto"`` weighs our dot-metric graphs against Lance's by the rows
+    themselves (:func:`_drawn_rows`)."""
+    return engine == "auto" and params.metric == "dot" and params.index_type in ("IVF_HNSW_FLAT", "IVF_HNSW_SQ")
+
+
+def _drawn_rows(ds, column: str, dimension: int, num_rows: int) -> tuple[int | None, bool]:
+    """Of up to :data:`PLAN_SAMPLE_ROWS` rows drawn from the dataset's ``num_rows``, the
+    columns of their :func:`~dask_lance_index.model.hnsw_dot.projection` (0 for none) and
+    whether they are of :func:`~dask_lance_index.model.hnsw.one_norm`: how costly our dot
+    graphs of its partitions would be
+    (:func:`~dask_lance_index.build.engines.precomputed.dot_graph_rows`). One read of a few
+    MB at planning; None where no usable (non-null, finite) row was drawn."""
+    picks = np.sort(np.random.default_rng(0).choice(num_rows, min(num_rows, PLAN_SAMPLE_ROWS), replace=False))
+    sample, valid = to_float32_matrix(field_of(ds.take(picks, columns=[column]), column), dimension)
+    sample = sample[valid]
+    if not len(sample):
+        return None, False
+    basis = projection(sample)
+    return (0 if basis is None else basis.shape[1]), one_norm(sample)
 
 
 def create_index(

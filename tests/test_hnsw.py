@@ -389,6 +389,52 @@ def test_dot_levels_of_few_directions_are_built_on_their_projection(monkeypatch)
     assert found["rows"] > 0.8 and found["projected"] >= found["rows"] - 0.01, found
 
 
+def test_dot_graphs_of_rows_of_one_norm_are_the_l2_constructions():
+    """Under dot, rows of one norm (normalised embeddings) are ranked by their products as by
+    l2 distance: their graph is the l2 construction's (its own candidates), each edge with
+    Lance's dot distance ``1 - x.y``. Rows of unequal norms take the dot construction."""
+    x = make_vectors(3000, 64, num_clusters=20, seed=8)
+    unit = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    assert hnsw.one_norm(unit) and not hnsw.one_norm(x)
+    dot = build_hnsw(unit, m=8, max_level=3, seed=1, metric="dot", candidates=100)
+    l2 = build_hnsw(unit, m=8, max_level=3, seed=1, metric="l2", candidates=hnsw.HNSW_CANDIDATES)
+    assert dot.entry_point == l2.entry_point and len(dot.levels) == len(l2.levels) > 1
+    for (nodes, offsets, ids, dist), (n2, o2, i2, _) in zip(dot.levels, l2.levels):
+        np.testing.assert_array_equal(nodes, n2)
+        np.testing.assert_array_equal(offsets, o2)
+        np.testing.assert_array_equal(ids, i2)
+        src = np.repeat(nodes, np.diff(offsets))
+        np.testing.assert_allclose(dist, 1 - np.einsum("ij,ij->i", unit[src], unit[ids]), atol=1e-5)
+    scaled = build_hnsw(x, m=8, max_level=3, seed=1, metric="dot", candidates=100)
+    assert not all(np.array_equal(a[2], b[2]) for a, b in zip(scaled.levels, l2.levels))
+
+
+def test_dot_graphs_are_ours_or_lances_by_the_rows_drawn_at_planning(tmp_path):
+    """Engine "auto" draws rows at planning for a dot-metric HNSW build: rows that project on
+    few directions keep our graphs at sizes where rows spread over every direction go to
+    Lance's (past DOT_SPREAD_GRAPH_ROWS a partition, DOT_ONE_NORM_SPREAD_ROWS of one norm)."""
+    rng = np.random.default_rng(0)
+    rows = 4 * precomputed_module.DOT_SPREAD_GRAPH_ROWS + 400  # 4 partitions just past the bound
+    data = {
+        "projects": make_vectors(rows, 128, num_clusters=30, seed=1),
+        "spread": rng.standard_normal((rows, 128)).astype(np.float32),
+    }
+    data["spread, one norm"] = data["spread"] / np.linalg.norm(data["spread"], axis=1, keepdims=True)
+    engines = {}
+    for name, x in data.items():
+        uri = str(tmp_path / f"{name}.lance")
+        write_vectors(uri, x, max_rows_per_file=4000)
+        for index_type in ("IVF_HNSW_FLAT", "IVF_HNSW_SQ"):
+            engines[name, index_type] = dli.plan_index(uri, "vector", index_type, num_partitions=4, metric="dot").engine
+        engines[name, "cosine"] = dli.plan_index(uri, "vector", "IVF_HNSW_FLAT", num_partitions=4, metric="cosine").engine
+    assert rows <= 4 * precomputed_module.DOT_ONE_NORM_SPREAD_ROWS
+    for t in ("IVF_HNSW_FLAT", "IVF_HNSW_SQ"):
+        assert engines["projects", t] == "precomputed"
+        assert engines["spread", t] == "partitions"
+        assert engines["spread, one norm", t] == "precomputed"
+    assert all(engines[name, "cosine"] == "precomputed" for name in data)  # no rows drawn: ours at any size
+
+
 def _level_recall(x, offsets, ids, queries, truth, ef: int) -> float:
     """Recall@10 of a beam search of width ``ef`` under dot on one level's lists, from the
     node of largest norm."""
@@ -506,7 +552,7 @@ def test_our_graphs_search_as_well_as_lances(tmp_path, index_type, metric):
 @pytest.mark.parametrize("index_type, dim, grouped", [
     ("IVF_HNSW_FLAT", 32, False), ("IVF_HNSW_FLAT", 128, False), ("IVF_HNSW_SQ", 32, False),
     ("IVF_HNSW_SQ", 128, False), ("IVF_HNSW_FLAT", 128, True), ("IVF_HNSW_SQ", 32, True),
-    ("IVF_HNSW_FLAT", 128, "projected")])
+    ("IVF_HNSW_FLAT", 128, "projected"), ("IVF_HNSW_FLAT", 128, "one norm")])
 def test_dot_graphs_search_as_well_as_lances_on_the_same_partitions(tmp_path, monkeypatch, index_type, dim, grouped):
     """Under dot, our graphs against Lance's on the same IVF partitions (engine
     ``"partitions"``: our partition map, Lance's graphs), so that only the graphs differ:
@@ -517,10 +563,16 @@ def test_dot_graphs_search_as_well_as_lances_on_the_same_partitions(tmp_path, mo
     256 nodes take their later nodes' candidates from the groups they are near, as levels
     past DOT_EXACT_ROWS do (groups of 32 rows, 8 probes: a third of a partition's rows).
     ``"projected"``: every level 0 built on its rows' few top directions, as levels of
-    _PROJECTED_MIN_ROWS nodes or more are."""
+    _PROJECTED_MIN_ROWS nodes or more are. ``"one norm"``: the rows normalised, their
+    graphs built as under l2."""
     x, queries, truth = clustered_with_queries(dim, 300, "dot")
     calls = []
-    if grouped == "projected":
+    if grouped == "one norm":
+        x = x / np.linalg.norm(x, axis=1, keepdims=True)
+        truth = exact_knn(x, queries, 10, "dot")
+        real_graph = hnsw._distinct_level_graph
+        monkeypatch.setattr(hnsw, "_distinct_level_graph", lambda *a: calls.append(1) or real_graph(*a))
+    elif grouped == "projected":
         monkeypatch.setattr(hnsw_dot, "_PROJECTED_MIN_ROWS", 512)
         real_rows = hnsw_dot._projected_rows
         monkeypatch.setattr(hnsw_dot, "_projected_rows", lambda v: calls.append(v.shape[1] - real_rows(v).shape[1])

@@ -6,8 +6,9 @@ import pickle
 import pytest
 
 from dask_lance_index.build import resolve_engine
-from dask_lance_index.build.engines.precomputed import (DOT_GRAPH_ROWS, DOT_WIDE_GRAPH_ROWS, graphs_left_to_lance,
-                                                         spills)
+from dask_lance_index.build.engines.precomputed import (DOT_GRAPH_ROWS, DOT_ONE_NORM_SPREAD_ROWS,
+                                                         DOT_SPREAD_GRAPH_ROWS, DOT_WIDE_GRAPH_ROWS,
+                                                         graphs_left_to_lance, spills)
 from dask_lance_index.errors import InvalidInputError
 from dask_lance_index.plan import (
     AGREEMENT_ROWS,
@@ -194,6 +195,16 @@ def test_engine_choice():
             assert resolve_engine("auto", dot, num_rows=4 * DOT_WIDE_GRAPH_ROWS, dimension=dimension).name == "precomputed"
             assert resolve_engine("auto", dot, num_rows=4 * DOT_WIDE_GRAPH_ROWS + 1,
                                   dimension=dimension).name == "partitions"
+        # rows drawn at planning: a projection on few directions is what their graphs cost
+        # (768-d rows on 64 directions as 64-d ones, on 288 as wide ones); rows without one
+        # are ours up to DOT_SPREAD_GRAPH_ROWS, or DOT_ONE_NORM_SPREAD_ROWS of one norm
+        for directions, one_norm, bound in ((64, False, DOT_GRAPH_ROWS), (64, True, DOT_GRAPH_ROWS),
+                                            (288, False, DOT_WIDE_GRAPH_ROWS), (0, False, DOT_SPREAD_GRAPH_ROWS),
+                                            (0, True, DOT_ONE_NORM_SPREAD_ROWS)):
+            for rows, name in ((4 * bound, "precomputed"), (4 * bound + 1, "partitions")):
+                assert resolve_engine("auto", dot, num_rows=rows, dimension=768, directions=directions,
+                                      one_norm=one_norm).name == name, (directions, one_norm, rows)
+        assert DOT_SPREAD_GRAPH_ROWS < DOT_ONE_NORM_SPREAD_ROWS < DOT_WIDE_GRAPH_ROWS
     for t in ("IVF_HNSW_FLAT", "IVF_HNSW_SQ"):
         # our graphs whatever the partitions' size (250k rows a partition here)
         params = resolve_params(t, dimension=32, num_rows=10**6, num_partitions=4)

@@ -40,7 +40,7 @@ from .hnsw_edges import SLICE_CELLS, connect, with_reverse_edges
 from .kmeans import kmeans, smallest_first
 
 __all__ = ["HNSW_BLOCK_ROWS", "HNSW_CANDIDATES", "HNSW_DOT_CANDIDATES", "HNSW_EF_CONSTRUCTION", "HNSW_M", "HNSW_MAX_LEVEL",
-           "HnswGraph", "build_hnsw", "node_levels"]
+           "HnswGraph", "build_hnsw", "node_levels", "one_norm"]
 
 # Lance's defaults (pylance 14.0.2): neighbours per node (2 m on level 0), the beam of its
 # inserts (recorded here; our candidates are exact) and the number of levels.
@@ -72,6 +72,9 @@ _PRUNE_ALPHA = 1.1
 # at nprobes 1, ef 15), before the insertion order: 0.944 from 80 or 100 candidates,
 # 0.965-0.972 from 150-300, Lance's own graph 0.973 (0.967-0.970 from 150 with it).
 HNSW_DOT_CANDIDATES = HNSW_EF_CONSTRUCTION
+# Rows whose squared norms differ by at most this share of the largest count as of one norm:
+# under dot their graphs are built as under l2 (build_hnsw, one_norm).
+_ONE_NORM = 1e-3
 
 
 @dataclass(frozen=True)
@@ -327,12 +330,18 @@ def build_hnsw(vectors: np.ndarray, *, m: int, max_level: int, seed, candidates:
     if metric not in ("l2", "dot"):
         raise ValueError(f"build_hnsw builds l2 or dot graphs, not {metric!r}; pass unit vectors and 'l2' for cosine")
     dot = metric == "dot"
-    if candidates is None:
-        candidates = HNSW_DOT_CANDIDATES if dot else HNSW_CANDIDATES
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     n = len(vectors)
     if n == 0:
         return HnswGraph(levels=(), entry_point=0)
+    if dot and one_norm(vectors):
+        # normalised rows: the largest products are the nearest in l2, and the l2 construction
+        # (its own 40 candidates, not dot's ef_construction) is the cheaper by far; its
+        # distances then become Lance's dot ones (docs/benchmarks.md)
+        near = None if candidates is None else min(candidates, HNSW_CANDIDATES)
+        return _as_dot(build_hnsw(vectors, m=m, max_level=max_level, seed=seed, candidates=near), vectors)
+    if candidates is None:
+        candidates = HNSW_DOT_CANDIDATES if dot else HNSW_CANDIDATES
     levels = node_levels(n, m, max_level, seed)
     top = int(levels.max())
     entry = int(np.flatnonzero(levels == top)[0])  # on every level: each level's search can start there
@@ -345,3 +354,19 @@ def build_hnsw(vectors: np.ndarray, *, m: int, max_level: int, seed, candidates:
         out.append((nodes, offsets, nodes[ids], dist))
     return HnswGraph(levels=tuple(out), entry_point=entry)
 
+
+def one_norm(vectors: np.ndarray) -> bool:
+    """Whether every row has the same norm, within :data:`_ONE_NORM` of the largest squared
+    norm (normalised embeddings): inner products then rank rows as l2 distances do."""
+    sq = np.einsum("ij,ij->i", vectors, vectors)
+    return len(sq) > 0 and float(sq.max() - sq.min()) <= _ONE_NORM * float(sq.max())
+
+
+def _as_dot(graph: HnswGraph, vectors: np.ndarray) -> HnswGraph:
+    """``graph``, built under l2, with Lance's dot distances ``1 - x.y = 1 - (|x|^2 + |y|^2 - l2) / 2``."""
+    sq = np.einsum("ij,ij->i", vectors, vectors)
+    levels = []
+    for nodes, offsets, ids, dist in graph.levels:
+        src = np.repeat(nodes, np.diff(offsets))
+        levels.append((nodes, offsets, ids, (1 - (sq[src] + sq[ids] - dist) / 2).astype(np.float32)))
+    return HnswGraph(levels=tuple(levels), entry_point=graph.entry_point)

@@ -23,7 +23,7 @@ import numpy as np
 from .hnsw_edges import SLICE_CELLS, connect, with_reverse_edges
 from .kmeans import assign, kmeans, smallest_first
 
-__all__ = ["DOT_EXACT_ROWS", "distinct_dot_graph"]
+__all__ = ["DOT_EXACT_ROWS", "distinct_dot_graph", "projection"]
 
 # Under dot, nodes a slice of a level's products takes at least, up to _PRODUCT_CELLS floats
 # (128 MB), into one buffer; its rows then selected SLICE_CELLS at a time. A GEMM of few rows
@@ -411,28 +411,37 @@ def distinct_dot_graph(vectors: np.ndarray, cap: int, fill: int, candidates: int
 
 
 def _projected_rows(vectors: np.ndarray) -> np.ndarray:
-    """``vectors`` on the fewest of its top directions (eigenvectors of ``X^T X``, drawn
-    rows) that hold all but :data:`_PROJECTED_RESIDUAL` of its energy: their products
-    differ from the rows' by little, and cost as many times less as there are fewer
-    columns. ``vectors`` itself on a level of fewer than :data:`_PROJECTED_MIN_ROWS`
-    nodes, or where that takes more than half its columns."""
+    """``vectors`` on its :func:`projection` (from :data:`_PROJECTED_SAMPLE` drawn rows):
+    their products differ from the rows' by little, and cost as many times less as there are
+    fewer columns. ``vectors`` itself on a level of fewer than :data:`_PROJECTED_MIN_ROWS`
+    nodes, or where the rows have no such projection."""
     n, d = vectors.shape
-    if n < _PROJECTED_MIN_ROWS or d < 2 * _PROJECTED_STEP:
+    if n < _PROJECTED_MIN_ROWS:
         return vectors
     drawn = np.sort(np.random.default_rng(n).choice(n, min(n, _PROJECTED_SAMPLE), replace=False))
-    sample = vectors[drawn].astype(np.float64)
-    energy, directions = np.linalg.eigh(sample.T @ sample)  # ascending
-    left = np.cumsum(np.maximum(energy, 0))  # the energy outside the top d - i directions
+    basis = projection(vectors[drawn])
+    return vectors if basis is None else vectors @ basis
+
+
+def projection(sample: np.ndarray) -> np.ndarray | None:
+    """The fewest top directions of ``sample``'s rows (eigenvectors of ``X^T X``, a multiple
+    of :data:`_PROJECTED_STEP`) that hold all but :data:`_PROJECTED_RESIDUAL` of their
+    energy, as a ``(d, r)`` float32 basis; None where that takes more than half the columns
+    (rows whose energy is spread: real sentence embeddings need 256 of 384 for 96%)."""
+    d = sample.shape[1]
+    if d < 2 * _PROJECTED_STEP or len(sample) == 0:
+        return None
+    rows = sample.astype(np.float64)
+    energy, directions = np.linalg.eigh(rows.T @ rows)  # ascending
+    left = np.cumsum(np.maximum(energy, 0))  # left[i]: the energy outside the top d - 1 - i directions
     total = left[-1]
     if total <= 0:
-        return vectors
-    # the fewest top directions, a multiple of _PROJECTED_STEP, leaving at most the bound
+        return None
     kept = next((r for r in range(_PROJECTED_STEP, d // 2 + 1, _PROJECTED_STEP)
                  if left[d - r - 1] <= _PROJECTED_RESIDUAL * total), None)
     if kept is None:
-        return vectors
-    basis = np.ascontiguousarray(directions[:, d - kept :][:, ::-1], dtype=np.float32)
-    return vectors @ basis
+        return None
+    return np.ascontiguousarray(directions[:, d - kept :][:, ::-1], dtype=np.float32)
 
 
 def _distances(vectors: np.ndarray, src: np.ndarray, dst: np.ndarray) -> np.ndarray:

@@ -53,7 +53,7 @@ from ...storage import (
 from ..graphs import PartitionGraphs
 from .base import Engine, SegmentTask
 
-__all__ = ["DOT_GRAPH_ROWS", "DOT_WIDE_DIMENSION", "DOT_WIDE_GRAPH_ROWS", "GraphsAtMerge", "HNSW_WRITTEN",
+__all__ = ["DOT_GRAPH_ROWS", "DOT_ONE_NORM_SPREAD_ROWS", "DOT_SPREAD_GRAPH_ROWS", "DOT_WIDE_DIMENSION", "DOT_WIDE_GRAPH_ROWS", "GraphsAtMerge", "HNSW_WRITTEN",
            "PrecomputedEngine", "SPILL_CHUNK_BYTES", "dot_graph_rows", "graphs_left_to_lance", "spills", "writes_codes"]
 
 # HNSW types whose graphs we build (model.hnsw) and whose segment files we write (not
@@ -69,18 +69,38 @@ SPILL_CHUNK_BYTES = FLAT_TASK_BYTES // 4
 # past the largest measured. Past DOT_WIDE_DIMENSION dimensions, where the rows measured
 # (768-d) grouped poorly and the graphs stay quadratic, the bound measured before the groups:
 # at 768-d and 40,000 rows a partition ours 0.89-0.90x, Lance's graphs from our IVF 1.07x.
+# Rows that need more than half their directions to hold 98% of their energy (no projection,
+# model.hnsw_dot.projection of rows drawn at planning: real sentence embeddings need 256 of
+# 384) group poorly too: the graphs stay quadratic in the full dimension, and their pruning
+# keeps many candidates. Real 384-d sentence embeddings (75,122, one norm; rows scaled by a
+# random factor for the others), dot IVF_HNSW_FLAT, ours against Lance's own build: with
+# the dot construction 0.88x at 2,350 rows a partition, 2.19x at 4,700, 1.86x at 9,400, 3.64x
+# at 37,500 (Lance's graphs from our IVF 1.17x, 1.10x, 1.26x); of one norm, built as under
+# l2 (model.hnsw.build_hnsw), 0.88x at 9,400 with recall equal to Lance's, 0.62x at 37,500
+# but recall@10 0.966 against 0.988 (the l2 construction's grouped candidates, as under
+# cosine). So DOT_SPREAD_GRAPH_ROWS, and DOT_ONE_NORM_SPREAD_ROWS for rows of one norm.
 DOT_GRAPH_ROWS = 262144
 DOT_WIDE_GRAPH_ROWS = 81920
 DOT_WIDE_DIMENSION = 256
+DOT_SPREAD_GRAPH_ROWS = 2560
+DOT_ONE_NORM_SPREAD_ROWS = 8192
 
 
-def dot_graph_rows(dimension: int | None) -> int:
+def dot_graph_rows(dimension: int | None, directions: int | None = None, one_norm: bool = False) -> int:
     """Rows a partition, on average, up to which we build dot-metric graphs of rows of
-    ``dimension`` (unknown: the bound of wide rows)."""
-    return DOT_GRAPH_ROWS if dimension and dimension <= DOT_WIDE_DIMENSION else DOT_WIDE_GRAPH_ROWS
+    ``dimension`` (unknown: the bound of wide rows). ``directions``: of rows drawn at
+    planning, the columns of their :func:`~dask_lance_index.model.hnsw_dot.projection`
+    (large levels are built on that many), 0 where they have none
+    (:data:`DOT_SPREAD_GRAPH_ROWS`, or :data:`DOT_ONE_NORM_SPREAD_ROWS` for rows of
+    ``one_norm``), None if none were drawn."""
+    if directions == 0:
+        return DOT_ONE_NORM_SPREAD_ROWS if one_norm else DOT_SPREAD_GRAPH_ROWS
+    width = directions or dimension
+    return DOT_GRAPH_ROWS if width and width <= DOT_WIDE_DIMENSION else DOT_WIDE_GRAPH_ROWS
 
 
-def graphs_left_to_lance(params, num_rows: int | None, dimension: int | None = None) -> bool:
+def graphs_left_to_lance(params, num_rows: int | None, dimension: int | None = None,
+                         directions: int | None = None, one_norm: bool = False) -> bool:
     """Whether an HNSW index's graphs are left to Lance: IVF_HNSW_PQ under the dot metric;
     IVF_HNSW_FLAT and IVF_HNSW_SQ under dot past :func:`dot_graph_rows` rows a partition
     (our dot graphs' time grows faster with a partition's rows than Lance's); or IVF_HNSW_PQ
@@ -96,7 +116,7 @@ def graphs_left_to_lance(params, num_rows: int | None, dimension: int | None = N
         return True
     if num_rows is None:
         return False
-    if params.metric == "dot" and num_rows > dot_graph_rows(dimension) * params.num_partitions:
+    if params.metric == "dot" and num_rows > dot_graph_rows(dimension, directions, one_norm) * params.num_partitions:
         return True
     # IVF_HNSW_FLAT's and IVF_HNSW_SQ's rows past that go to disk (spills); PQ codes do not
     return (params.quantizer == "PQ"

@@ -25,8 +25,11 @@ def get_engine(name: str) -> Engine:
         raise InvalidInputError(f"engine {name!r} is not one of {ENGINE_NAMES}") from None
 
 
-def resolve_engine(name: str, params, num_rows: int | None = None, dimension: int | None = None) -> Engine:
-    """The engine that builds an index of ``params`` over ``num_rows`` rows of ``dimension``. Pure.
+def resolve_engine(name: str, params, num_rows: int | None = None, dimension: int | None = None,
+                   directions: int | None = None, one_norm: bool = False) -> Engine:
+    """The engine that builds an index of ``params`` over ``num_rows`` rows of ``dimension``
+    (``directions``, ``one_norm``: of rows drawn at planning, :func:`.precomputed.dot_graph_rows`).
+    Pure.
 
     ``"auto"``: ``"precomputed"`` where it applies (our workers assign and encode
     with NumPy BLAS and write the segments: 8-bit PQ types, IVF_FLAT, IVF_SQ, IVF_RQ under
@@ -41,7 +44,8 @@ def resolve_engine(name: str, params, num_rows: int | None = None, dimension: in
         precomputed = ENGINES["precomputed"]
         # IVF_HNSW_PQ whose graphs Lance builds: we still encode (the engine hands Lance the codes)
         if precomputed.refuses(params) is None and (params.quantizer == "PQ"
-                                                    or not graphs_left_to_lance(params, num_rows, dimension)):
+                                                    or not graphs_left_to_lance(params, num_rows, dimension,
+                                                                                directions, one_norm)):
             return precomputed
         return ENGINES["partitions"]
     engine = get_engine(name)
