@@ -144,7 +144,7 @@ def plan_index(
     train = model_parts_to_train(params, ivf_centroids=ivf_centroids is not None,
                                  pq_codebook=pq_codebook is not None, rabitq_model=rabitq_model is not None)
     chosen_name = column_engine(info.kind, column, engine) or engine
-    drawn = _drawn_rows(ds, column, info.dimension, total) if _graphs_by_rows(chosen_name, params) else (None, False)
+    drawn = _drawn_rows(ds, column, info.dimension) if _graphs_by_rows(chosen_name, params) else (None, False)
     chosen = resolve_engine(chosen_name, params, total, info.dimension, *drawn)
     return make_plan(
         uri=ds.uri,
@@ -176,13 +176,16 @@ def _graphs_by_rows(engine: str, params) -> bool:
     return engine == "auto" and params.metric == "dot" and params.index_type in ("IVF_HNSW_FLAT", "IVF_HNSW_SQ")
 
 
-def _drawn_rows(ds, column: str, dimension: int, num_rows: int) -> tuple[int | None, bool]:
-    """Of up to :data:`PLAN_SAMPLE_ROWS` rows drawn from the dataset's ``num_rows``, the
+def _drawn_rows(ds, column: str, dimension: int) -> tuple[int | None, bool]:
+    """Of up to :data:`PLAN_SAMPLE_ROWS` rows drawn from the dataset, the
     columns of their :func:`~dask_lance_index.model.hnsw_dot.projection` (0 for none) and
     whether they are of :func:`~dask_lance_index.model.hnsw.one_norm`: how costly our dot
     graphs of its partitions would be
     (:func:`~dask_lance_index.build.engines.precomputed.dot_graph_rows`). One read of a few
     MB at planning; None where no usable (non-null, finite) row was drawn."""
+    num_rows = ds.count_rows()  # the rows take() numbers: deleted ones left out
+    if num_rows == 0:
+        return None, False
     picks = np.sort(np.random.default_rng(0).choice(num_rows, min(num_rows, PLAN_SAMPLE_ROWS), replace=False))
     sample, valid = to_float32_matrix(field_of(ds.take(picks, columns=[column]), column), dimension)
     sample = sample[valid]
@@ -333,8 +336,10 @@ def create_index(
         ``"partitions"`` (any type): the workers assign IVF partitions with
         NumPy BLAS and Lance encodes from that map; ``"lance"``: Lance itself.
         ``"auto"``: ``"precomputed"`` for 8-bit PQ types, IVF_FLAT, IVF_SQ, IVF_RQ
-        under l2 and cosine, and IVF_HNSW_FLAT and IVF_HNSW_SQ (under dot up to 262,144 rows
-        a partition on average, 81,920 past 256 dimensions (an explicit
+        under l2 and cosine, and IVF_HNSW_FLAT and IVF_HNSW_SQ (under dot up to a number of
+        rows a partition on average set by 2,048 rows drawn at planning: 262,144 where they
+        project on at most 256 directions, 81,920 on more, 2,560 where they do not, 8,192 of
+        one norm: :func:`~dask_lance_index.build.engines.precomputed.dot_graph_rows` (an explicit
         ``"precomputed"`` builds those dot graphs at any size, at a cost that grows
         faster with a partition's rows than Lance's)), ``"partitions"`` otherwise.
         ``"artifact"`` (8-bit PQ types): the workers encode into a partition

@@ -323,10 +323,12 @@ def build_hnsw(vectors: np.ndarray, *, m: int, max_level: int, seed, candidates:
     (:data:`HNSW_CANDIDATES` by default), or under dot its largest inner products
     (:data:`HNSW_DOT_CANDIDATES`). Under dot each node is compared with every node before it
     in its level, or, on a level of more than 32,768 nodes whose rows group well, with those
-    of the groups it is near (:mod:`.hnsw_dot`; one thread, 128-d: a level of 16,000 rows
-    1.4 s, of 47,000 5.7 s, of 62,500 8.4 s, of 92,000 14.8 s; builds leave larger
-    partitions' graphs to Lance:
-    :func:`~dask_lance_index.build.engines.precomputed.dot_graph_rows`)."""
+    of the groups it is near, and on rows of few directions on their projection
+    (:mod:`.hnsw_dot`; one thread, 128-d: a level of 16,000 rows 1.4 s, of 47,000 5.7 s, of
+    62,500 8.4 s, of 92,000 14.8 s; builds leave larger partitions' graphs to Lance:
+    :func:`~dask_lance_index.build.engines.precomputed.dot_graph_rows`); rows of
+    :func:`one_norm` under dot as under l2 (with ``min(candidates, HNSW_CANDIDATES)``), their
+    distances Lance's dot ones."""
     if metric not in ("l2", "dot"):
         raise ValueError(f"build_hnsw builds l2 or dot graphs, not {metric!r}; pass unit vectors and 'l2' for cosine")
     dot = metric == "dot"

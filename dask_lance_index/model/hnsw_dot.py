@@ -12,6 +12,10 @@ compared with every node before it, a cost that grows with the square of the lev
 on levels of more than ``2 x`` :data:`DOT_EXACT_ROWS` nodes whose rows group well (under half
 the products), each node after the first :data:`DOT_EXACT_ROWS` only with the nodes of the
 groups it is near (:func:`_grouped_largest_products`), a cost that grows with the nodes.
+A level of :data:`_PROJECTED_MIN_ROWS` nodes or more whose rows hold nearly all their energy
+in few directions is built on the rows projected on those (:func:`projection`), at a cost
+that shrinks with the columns dropped. Rows of one norm are not built here: under dot they
+rank as under l2, and :func:`.hnsw.build_hnsw` builds them so.
 """
 
 from __future__ import annotations

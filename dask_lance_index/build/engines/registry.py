@@ -33,8 +33,8 @@ def resolve_engine(name: str, params, num_rows: int | None = None, dimension: in
 
     ``"auto"``: ``"precomputed"`` where it applies (our workers assign and encode
     with NumPy BLAS and write the segments: 8-bit PQ types, IVF_FLAT, IVF_SQ, IVF_RQ under
-    l2 and cosine, IVF_HNSW_FLAT and IVF_HNSW_SQ (under dot up to 262,144 rows a partition,
-    81,920 past 256 dimensions: :func:`.precomputed.graphs_left_to_lance`), IVF_HNSW_PQ (past 1 GiB of codes, and under
+    l2 and cosine, IVF_HNSW_FLAT and IVF_HNSW_SQ (under dot up to the rows a partition of
+    :func:`.precomputed.dot_graph_rows`: :func:`.precomputed.graphs_left_to_lance`), IVF_HNSW_PQ (past 1 GiB of codes, and under
     dot, its graphs are Lance's, from our codes)),
     ``"partitions"`` otherwise (our workers assign, Lance encodes).
     An engine that cannot build the index is refused with the reason and the fix.
