@@ -53,7 +53,8 @@ from ...storage import (
 from ..graphs import PartitionGraphs
 from .base import Engine, SegmentTask
 
-__all__ = ["DOT_GRAPH_ROWS", "DOT_ONE_NORM_SPREAD_ROWS", "DOT_SPREAD_GRAPH_ROWS", "DOT_WIDE_DIMENSION", "DOT_WIDE_GRAPH_ROWS", "GraphsAtMerge", "HNSW_WRITTEN",
+__all__ = ["DOT_GRAPH_ROWS", "DOT_ONE_NORM_SPREAD_ROWS", "DOT_SPREAD_GRAPH_ROWS", "DOT_WIDE_DIMENSION",
+           "DOT_WIDE_GRAPH_ROWS", "GraphsAtMerge", "HNSW_WRITTEN",
            "PrecomputedEngine", "SPILL_CHUNK_BYTES", "dot_graph_rows", "graphs_left_to_lance", "spills", "writes_codes"]
 
 # HNSW types whose graphs we build (model.hnsw) and whose segment files we write (not
@@ -72,10 +73,11 @@ SPILL_CHUNK_BYTES = FLAT_TASK_BYTES // 4
 # Rows that need more than half their directions to hold 98% of their energy (no projection,
 # model.hnsw_dot.projection of rows drawn at planning: real sentence embeddings need 256 of
 # 384) group poorly too: the graphs stay quadratic in the full dimension, and their pruning
-# keeps many candidates. Real 384-d sentence embeddings (75,122, one norm; rows scaled by a
-# random factor for the others), dot IVF_HNSW_FLAT, ours against Lance's own build: with
-# the dot construction 0.88x at 2,350 rows a partition, 2.19x at 4,700, 1.86x at 9,400, 3.64x
-# at 37,500 (Lance's graphs from our IVF 1.17x, 1.10x, 1.26x); of one norm, built as under
+# keeps many candidates. Real 384-d sentence embeddings (75,122, one norm), dot
+# IVF_HNSW_FLAT, ours against Lance's own build: with the dot construction (which rows of
+# unequal norms take; measured on these rows before rows of one norm were built as under l2)
+# 0.88x at 2,350 rows a partition, 2.19x at 4,700, 1.86x at 9,400, 3.64x at 37,500 (Lance's
+# graphs from our IVF 1.17x, 1.10x, 1.26x); as rows of one norm now are, built as under
 # l2 (model.hnsw.build_hnsw), 0.88x at 9,400 with recall equal to Lance's, 0.62x at 37,500
 # but recall@10 0.966 against 0.988 (the l2 construction's grouped candidates, as under
 # cosine). So DOT_SPREAD_GRAPH_ROWS, and DOT_ONE_NORM_SPREAD_ROWS for rows of one norm.
