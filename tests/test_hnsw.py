@@ -142,6 +142,37 @@ def test_large_levels_take_candidates_from_their_nearest_groups():
     assert len(x) > hnsw.HNSW_BLOCK_ROWS  # build_hnsw takes this path for such a level
 
 
+def test_nodes_are_near_more_groups_where_their_groups_miss_their_nearest(monkeypatch):
+    """A large level's nodes are near _GROUP_PROBES groups where those hold most of their
+    nearest (rows of few latent directions), and near more, up to _GROUP_PROBES_MAX, where
+    they do not (rows spread over every direction): then more of each node's exact nearest
+    are among its candidates than with _GROUP_PROBES groups."""
+    rng = np.random.default_rng(3)
+    data = {"clustered": make_vectors(12000, 32, num_clusters=30, seed=6),
+            "spread": rng.standard_normal((12000, 32)).astype(np.float32)}
+    calls = []
+    real = hnsw._group_probes
+    monkeypatch.setattr(hnsw, "_group_probes", lambda *a: calls.append(real(*a)) or calls[-1])
+
+    def found(x):
+        sq = np.einsum("ij,ij->i", x, x)
+        fwd, dist = np.empty((len(x), 40), np.int64), np.empty((len(x), 40), np.float32)
+        hnsw._grouped_candidates(x, sq, fwd, dist)
+        rows = np.arange(0, len(x), 40)
+        exact, exact_dist = np.empty((len(x), 20), np.int64), np.empty((len(x), 20), np.float32)
+        hnsw._nearest_among(x, sq, rows, np.arange(len(x)), exact, exact_dist)
+        return np.mean([np.isin(exact[i], fwd[i]).mean() for i in rows])
+
+    share = {name: found(x) for name, x in data.items()}
+    probes = dict(zip(data, calls))
+    monkeypatch.setattr(hnsw, "_GROUP_PROBES_MAX", hnsw._GROUP_PROBES)
+    fixed = found(data["spread"])
+    print("PROBES", probes, "FOUND", share, "with", hnsw._GROUP_PROBES, fixed)
+    assert probes["clustered"] == hnsw._GROUP_PROBES
+    assert hnsw._GROUP_PROBES < probes["spread"] <= 8
+    assert share["clustered"] > 0.98 and share["spread"] > fixed + 0.02
+
+
 @pytest.mark.parametrize("metric", ["l2", "dot"])
 def test_equal_rows_hang_below_one_another_and_every_node_is_reached(metric):
     """Copies of a row (duplicates, colliding PQ codes) are reached from the entry point and
