@@ -5,6 +5,8 @@ and dask_lance_index, side by side in one run.
     python benchmarks/bench_build.py --rows 250000,1000000,2000000,4000000 --plot docs/scale.png
     python benchmarks/bench_build.py --data glove --metric cosine
     python benchmarks/bench_build.py --data fmnist --rows 0 --metric dot --index-type IVF_HNSW_FLAT --num-partitions 2
+    python benchmarks/bench_build.py --data sentences --scale-norms --rows 0 --metric dot --index-type IVF_HNSW_FLAT \
+        --num-partitions 16   # real embeddings of unequal norms (normalised ones times a random factor)
     python benchmarks/bench_build.py --lance-ray-python /path/to/venv-with-lance-ray/bin/python
     python benchmarks/bench_build.py --rows 250000 --engines lance,dli,dli-artifact   # partition artifact path
     python benchmarks/bench_build.py --rows 1000000 --index-type IVF_RQ --engines lance,dli,dli-partitions
@@ -315,6 +317,7 @@ def main() -> int:
     p.add_argument("--rows", default="250000", help="rows, or a comma list for a scale sweep (0 = all of --data glove, sentences or fmnist)")
     p.add_argument("--dim", type=int, default=128)
     p.add_argument("--data", choices=["synthetic", "glove", "sentences", "fmnist"], default="synthetic")
+    p.add_argument("--scale-norms", action="store_true", help="each row times a random factor in [0.5, 2]")
     p.add_argument("--index-type", default="IVF_PQ")
     p.add_argument("--metric", default="l2")
     p.add_argument("--num-partitions", type=int, default=256)
@@ -348,6 +351,8 @@ def main() -> int:
     sizes = [int(r) for r in args.rows.split(",")]
     args.rows = max(sizes) if 0 not in sizes else 0
     x_all = load_data(args)
+    if args.scale_norms:  # rows of unequal norms from rows of one (normalised embeddings), for dot
+        x_all = x_all * np.random.default_rng(1).uniform(0.5, 2.0, (len(x_all), 1)).astype(np.float32)
     sizes = [n if n else len(x_all) for n in sizes]
     results = []
     for n in sizes:
