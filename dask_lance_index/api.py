@@ -13,8 +13,6 @@ import dataclasses
 import time
 from typing import Any, Sequence
 
-import numpy as np
-
 from .build import ENGINES, resolve_engine
 from .errors import IndexExistsError, InvalidInputError
 from .graph import build_graph
@@ -45,8 +43,8 @@ from .plan import (
 )
 from .recovery import resume_build, run, start_journal
 from .runtime import parallelism, resolve_client
-from .storage import (column_info, field_of, field_type, fragment_rows, has_values, index_names, open_or_fail,
-                      to_float32_matrix)
+from .storage import (column_info, drawn_vectors, field_type, fragment_rows, has_values, index_names,
+                      open_or_fail)
 
 __all__ = ["create_index", "create_scalar_index", "finalize_artifact", "plan_index", "plan_scalar_index", "run"]
 
@@ -183,12 +181,7 @@ def _drawn_rows(ds, column: str, dimension: int) -> tuple[int | None, bool]:
     graphs of its partitions would be
     (:func:`~dask_lance_index.build.engines.precomputed.dot_graph_rows`). One read of a few
     MB at planning; None where no usable (non-null, finite) row was drawn."""
-    num_rows = ds.count_rows()  # the rows take() numbers: deleted ones left out
-    if num_rows == 0:
-        return None, False
-    picks = np.sort(np.random.default_rng(0).choice(num_rows, min(num_rows, PLAN_SAMPLE_ROWS), replace=False))
-    sample, valid = to_float32_matrix(field_of(ds.take(picks, columns=[column]), column), dimension)
-    sample = sample[valid]
+    sample = drawn_vectors(ds, column, PLAN_SAMPLE_ROWS, dimension=dimension)
     if not len(sample):
         return None, False
     basis = projection(sample)

@@ -15,7 +15,7 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import InvalidInputError
-from ..storage import column_info, field_of, open_or_fail, to_float32_matrix
+from ..storage import column_info, drawn_vectors, open_or_fail
 from .knn import _check_metric, check_queries, exact_knn_dataset
 from .table import EvaluationRow, EvaluationTable
 
@@ -260,14 +260,10 @@ def evaluate_index(
 
 def sample_query_rows(ds, column: str, num_queries: int, *, seed: int = 0, dimension: int) -> np.ndarray:
     """``num_queries`` random usable (non-null, finite) vectors of the dataset, as float32."""
-    total = ds.count_rows()
-    if total == 0:
+    if ds.count_rows() == 0:
         raise InvalidInputError(f"the dataset at {ds.uri} has no rows to draw queries from.")
-    rng = np.random.default_rng(seed)
     # Draw a few spare rows: null or NaN vectors are dropped.
-    picks = np.sort(rng.choice(total, size=min(total, 2 * num_queries + 16), replace=False))
-    x, valid = to_float32_matrix(field_of(ds.take(picks, columns=[column]), column), dimension)
-    x = x[valid][:num_queries]
+    x = drawn_vectors(ds, column, 2 * num_queries + 16, dimension=dimension, seed=seed)[:num_queries]
     if len(x) == 0:
         raise InvalidInputError(f"no usable (non-null, finite) vectors found in column {column!r} to query with.")
     return x

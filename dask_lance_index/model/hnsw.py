@@ -209,11 +209,10 @@ def _group_probes(vectors, sq, near, rng) -> int:
     if most <= _GROUP_PROBES:
         return most
     drawn = np.sort(rng.choice(n, min(n, _GROUP_CHECKED), replace=False))
-    dist = vectors[drawn] @ vectors.T
-    dist *= -2
-    dist += sq[None, :]
-    dist[np.arange(len(drawn)), drawn] = np.inf
-    nearest = smallest_first(dist, min(20, n - 1))
+    # only the drawn nodes' rows are written (np.empty: the others' pages never touched)
+    fwd, fwd_dist = np.empty((n, min(20, n - 1)), np.int64), np.empty((n, min(20, n - 1)), np.float32)
+    _nearest_among(vectors, sq, drawn, np.arange(n), fwd, fwd_dist)
+    nearest = fwd[drawn]
     home = near[drawn, 0]
     # found with p groups: a nearest row near the drawn node's own group among its first p
     within = near[nearest] == home[:, None, None]  # (drawn, 20, most)

@@ -34,6 +34,7 @@ from .scan import (
     SCAN_BATCH_ROWS,
     RowCounts,
     VectorBatch,
+    drawn_vectors,
     iter_vectors,
     take_vectors,
     to_float32_matrix,
@@ -75,7 +76,7 @@ from .segments import (
 __all__ = [
     "COLUMN_KINDS", "field_of", "field_paths", "resolve_field", "join_field_path", "split_field_path",
     "CONCAT_ROWS", "CONCAT_TYPES", "ColumnInfo", "PartitionRuns", "RQSegment", "SCAN_BATCH_ROWS", "RowCounts", "SegmentResult", "STORAGE_TYPES", "StorageOptions", "Store",
-    "StoredRows", "VectorBatch", "add_hnsw_graphs", "as_lance_index", "decode_stored", "column_info", "committed_index", "concat_segments", "field_type", "filesystem", "fragment_rows",
+    "StoredRows", "VectorBatch", "add_hnsw_graphs", "as_lance_index", "decode_stored", "column_info", "drawn_vectors", "committed_index", "concat_segments", "field_type", "filesystem", "fragment_rows",
     "has_values", "hide_secrets",
     "index_dir", "index_dir_times", "index_from_dict", "index_names", "index_to_dict", "is_local",
     "iter_vectors", "join", "open_dataset", "open_or_fail", "options_apply", "partition_map_batch",

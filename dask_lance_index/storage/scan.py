@@ -16,7 +16,7 @@ import pyarrow as pa
 
 from .datasets import field_of
 
-__all__ = ["RowCounts", "SCAN_BATCH_ROWS", "SCAN_SLICE_ROWS", "VectorBatch", "iter_vectors", "take_vectors", "to_float32_matrix",
+__all__ = ["RowCounts", "SCAN_BATCH_ROWS", "SCAN_SLICE_ROWS", "VectorBatch", "drawn_vectors", "iter_vectors", "take_vectors", "to_float32_matrix",
            "valid_rows"]
 
 
@@ -132,6 +132,17 @@ def take_vectors(
     frag = ds.get_fragment(fragment_id)
     table = frag.take(pa.array(np.sort(offsets).astype(np.uint64)), columns=[column])
     return to_float32_matrix(field_of(table, column), dimension)
+
+
+def drawn_vectors(ds, column: str, count: int, *, dimension: int, seed: int = 0) -> np.ndarray:
+    """The usable (non-null, finite) ones of ``count`` rows of the dataset drawn at random
+    (by ``seed``), as float32 ``(m, dimension)``, ``m <= count``; none of an empty dataset."""
+    total = ds.count_rows()  # the rows take() numbers: deleted ones left out
+    if total == 0:
+        return np.zeros((0, dimension), np.float32)
+    picks = np.sort(np.random.default_rng(seed).choice(total, size=min(total, count), replace=False))
+    x, valid = to_float32_matrix(field_of(ds.take(picks, columns=[column]), column), dimension)
+    return x[valid]
 
 
 @dataclass
