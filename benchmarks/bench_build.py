@@ -142,6 +142,8 @@ def run_one(engine: str, uri: str, args) -> dict:
             opts["sample_rate"] = args.sample_rate
         if args.rows_per_task:
             opts["rows_per_task"] = args.rows_per_task
+        if args.seed is not None:
+            opts["seed"] = args.seed
         if engine == "dli-parts":  # one task per worker, merged (HNSW: rows concatenated, graphs at the merge)
             opts["num_tasks"] = args.workers
         if engine == "dli-threads":
@@ -332,6 +334,8 @@ def main() -> int:
     p.add_argument("--tolerance", type=float, default=None, help="dli: k-means stopping tolerance")
     p.add_argument("--sample-rate", type=int, default=None, help="dli: rows per IVF centroid")
     p.add_argument("--rows-per-task", type=int, default=None, help="dli: rows per build task (default: the library's)")
+    p.add_argument("--seed", type=int, default=None,
+                   help="dli: seed of sampling and training (the same partitions in two runs, e.g. before and after a change)")
     p.add_argument("--ivf-training", choices=["auto", "flat", "hierarchical"], default=None,
                    help="dli: IVF training (default: the library's; engine dli-flat forces flat)")
     p.add_argument("--json", help="also write the figures to this file")

@@ -142,17 +142,19 @@ def test_large_levels_take_candidates_from_their_nearest_groups():
     assert len(x) > hnsw.HNSW_BLOCK_ROWS  # build_hnsw takes this path for such a level
 
 
-def test_nodes_are_near_more_groups_where_their_groups_miss_their_nearest(monkeypatch):
+def test_nodes_of_spread_rows_are_near_fine_groups(monkeypatch):
     """A large level's nodes are near _GROUP_PROBES groups where those hold most of their
-    nearest (rows of few latent directions), and near more, up to _GROUP_PROBES_MAX, where
-    they do not (rows spread over every direction): then more of each node's exact nearest
-    are among its candidates than with _GROUP_PROBES groups."""
+    nearest (rows of few latent directions), and near _FINE_PROBES fine groups where they do
+    not (unit rows spread over every direction): then more of each node's exact nearest are
+    among its candidates, and a search of the level's graph finds more, than with the
+    _GROUP_PROBES groups."""
     rng = np.random.default_rng(3)
-    data = {"clustered": make_vectors(12000, 32, num_clusters=30, seed=6),
-            "spread": rng.standard_normal((12000, 32)).astype(np.float32)}
+    spread = rng.standard_normal((12000, 32)).astype(np.float32)
+    spread /= np.linalg.norm(spread, axis=1, keepdims=True)
+    data = {"clustered": make_vectors(12000, 32, num_clusters=30, seed=6), "spread": spread}
     calls = []
-    real = hnsw._group_probes
-    monkeypatch.setattr(hnsw, "_group_probes", lambda *a: calls.append(real(*a)) or calls[-1])
+    real = hnsw._fine_groups
+    monkeypatch.setattr(hnsw, "_fine_groups", lambda v, *a: calls.append(len(v)) or real(v, *a))
 
     def found(x):
         sq = np.einsum("ij,ij->i", x, x)
@@ -163,14 +165,21 @@ def test_nodes_are_near_more_groups_where_their_groups_miss_their_nearest(monkey
         hnsw._nearest_among(x, sq, rows, np.arange(len(x)), exact, exact_dist)
         return np.mean([np.isin(exact[i], fwd[i]).mean() for i in rows])
 
+    queries = spread[rng.choice(len(spread), 200, replace=False)] + 0.05 * rng.standard_normal((200, 32)).astype(np.float32)
+    truth = np.argsort(-(queries @ spread.T), axis=1)[:, :10]
+
+    def recall():
+        offsets, ids, _ = hnsw._distinct_level_graph(spread, 40, 20, hnsw.HNSW_CANDIDATES, 0)
+        return _level_recall(spread, offsets, ids, queries, truth, ef=10)
+
     share = {name: found(x) for name, x in data.items()}
-    probes = dict(zip(data, calls))
-    monkeypatch.setattr(hnsw, "_GROUP_PROBES_MAX", hnsw._GROUP_PROBES)
-    fixed = found(data["spread"])
-    print("PROBES", probes, "FOUND", share, "with", hnsw._GROUP_PROBES, fixed)
-    assert probes["clustered"] == hnsw._GROUP_PROBES
-    assert hnsw._GROUP_PROBES < probes["spread"] <= 8
-    assert share["clustered"] > 0.98 and share["spread"] > fixed + 0.02
+    fine = recall()
+    assert calls == [len(spread), len(spread)]  # the spread rows' level, twice; the clustered never
+    monkeypatch.setattr(hnsw, "_GROUP_FOUND", 0.0)  # the groups, whatever they find
+    coarse_share, coarse = found(spread), recall()
+    print("FOUND", share, "with groups", coarse_share, "RECALL fine", fine, "groups", coarse)
+    assert share["clustered"] > 0.98
+    assert share["spread"] > coarse_share + 0.05 and fine > coarse
 
 
 @pytest.mark.parametrize("metric", ["l2", "dot"])

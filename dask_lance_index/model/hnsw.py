@@ -16,7 +16,8 @@ the smallest node id on the top level, as in Lance's files.
 The cost of a node is a distance to every node of its level, and its candidates
 selected from that row of distances (:func:`.kmeans.smallest_first`), up to
 :data:`HNSW_BLOCK_ROWS` nodes; past that, a distance to every node of the few groups of
-nodes it is nearest (:func:`_grouped_candidates`), so that a node's cost stops growing
+nodes it is nearest, or of its fine groups where the rows are spread over every direction
+(:func:`_grouped_candidates`), so that a node's cost stops growing
 with its partition while Lance's grows with its logarithm. Equal rows are built once and
 their copies hung below them (:func:`_level_graph`).
 
@@ -62,14 +63,25 @@ _GROUP_ROWS = 2048
 _GROUP_PROBES = 3
 # A node's pool is its group's, so the groups a node is near must hold most of its nearest:
 # where _GROUP_CHECKED drawn nodes find under _GROUP_FOUND of their exact 20 nearest among
-# the nodes near their group, nodes are near more groups, up to _GROUP_PROBES_MAX
-# (_group_probes). 128-d synthetic partition of 63,965 rows: 3 groups find 0.974; real 384-d
-# sentence embeddings, a partition of 56,967: 3 find 0.814, 5 0.885, 6 0.903, 8 0.926, and a
-# cosine build of 2 partitions (1 thread a worker) had recall@10 0.966 against Lance's 0.988
-# from 3 groups, 0.982 against 0.990 from 5, 0.994 against 0.987 from 8.
+# the nodes near their group, the level is split again, each group into fine groups of about
+# _FINE_ROWS (k-means on _FINE_SAMPLE rows a fine group, _FINE_ITERS steps), and each node is
+# near its _FINE_PROBES nearest fine groups, looked for among those of its home group's nodes'
+# _FINE_COARSE nearest groups (_fine_groups). Real 384-d sentence embeddings, a partition of
+# 56,967 rows, one thread, recall@10 of a search of its graph (500 queries, ef 10/20/40):
+# 3 groups found 0.824 of the exact 20 nearest, graph 11.27 s, recall 0.969/0.981/0.991;
+# 6 groups 0.911, 16.27 s, 0.987/0.996/0.998; fine groups 10.91 s, 0.980/0.990/0.996; exact
+# candidates 51.58 s, 0.992/0.996/1.000. A graph's recall follows the pairs of nodes it
+# compares, not the share of exact nearest among its candidates: 3 groups with each node's
+# reverse candidates added found 0.885 and searched as 3 groups (0.971 at ef 10), and one
+# round of NN-descent's local join found 0.920 and searched below 4 groups. 128-d synthetic
+# partition of 63,965 rows: 3 groups find 0.974, and keep them.
 _GROUP_CHECKED = 256
 _GROUP_FOUND = 0.9
-_GROUP_PROBES_MAX = 8
+_FINE_ROWS = 128
+_FINE_PROBES = 32
+_FINE_COARSE = 4
+_FINE_SAMPLE = 16
+_FINE_ITERS = 5
 # Long edges. A graph of nearest neighbours only is hard to cross: on one 80,653-row
 # partition (128-d, m = 20, 300 queries) recall@10 was 0.969-0.996 over four seeds against
 # Lance's 0.998. So _LONG_EDGES of each node's candidates are random nodes of its level,
@@ -200,27 +212,50 @@ def _nearest_among(vectors, sq, nodes, pool, fwd, fwd_dist) -> None:
         fwd_dist[rows, kk:] = np.inf
 
 
-def _group_probes(vectors, sq, near, rng) -> int:
-    """The fewest groups a node is near, from :data:`_GROUP_PROBES` up to ``near``'s
-    columns (each node's nearest groups, nearest first), with which :data:`_GROUP_CHECKED`
-    drawn nodes find :data:`_GROUP_FOUND` of their exact 20 nearest among the nodes near
-    their own group (a node's pool), or all of ``near``'s."""
-    n, most = near.shape
-    if most <= _GROUP_PROBES:
-        return most
+def _group_found(vectors, sq, near, rng) -> float:
+    """The share of :data:`_GROUP_CHECKED` drawn nodes' exact 20 nearest that are near
+    their home group (``near``: each node's groups, nearest first), so in their pools."""
+    n = len(near)
     drawn = np.sort(rng.choice(n, min(n, _GROUP_CHECKED), replace=False))
     # only the drawn nodes' rows are written (np.empty: the others' pages never touched)
     fwd, fwd_dist = np.empty((n, min(20, n - 1)), np.int64), np.empty((n, min(20, n - 1)), np.float32)
     _nearest_among(vectors, sq, drawn, np.arange(n), fwd, fwd_dist)
-    nearest = fwd[drawn]
-    home = near[drawn, 0]
-    # found with p groups: a nearest row near the drawn node's own group among its first p
-    within = near[nearest] == home[:, None, None]  # (drawn, 20, most)
-    share = (np.cumsum(within, axis=2) > 0).mean(axis=(0, 1))  # share[p - 1]: found with p groups
-    for p in range(_GROUP_PROBES, most + 1):
-        if share[p - 1] >= _GROUP_FOUND:
-            return p
-    return most
+    return float((near[fwd[drawn]] == near[drawn, :1, None]).any(axis=2).mean())
+
+
+def _fine_groups(vectors, to_centre, rng) -> np.ndarray:
+    """Each node's :data:`_FINE_PROBES` nearest fine groups, nearest first (-1 past the fine
+    groups it could be near): each group of ``to_centre``'s columns split by k-means into
+    groups of about :data:`_FINE_ROWS` of the nodes it is nearest, and a node's fine groups
+    looked for among those of its home group's nodes' :data:`_FINE_COARSE` nearest groups
+    (a node costs ``4 x 16`` distances, not one to every fine group of the level)."""
+    n, groups = to_centre.shape
+    coarse = smallest_first(to_centre, min(_FINE_COARSE, groups))
+    homes = np.argsort(coarse[:, 0], kind="stable")
+    bounds = np.concatenate([[0], np.cumsum(np.bincount(coarse[:, 0], minlength=groups))])
+    fine, first = [], [0]
+    for g in range(groups):
+        home = homes[bounds[g] : bounds[g + 1]]
+        k = -(-len(home) // _FINE_ROWS)
+        if k > 1:
+            drawn = home if len(home) <= _FINE_SAMPLE * k else np.sort(rng.choice(home, _FINE_SAMPLE * k, replace=False))
+            fine.append(kmeans(vectors[drawn], k, max_iters=_FINE_ITERS, seed=g)[0].astype(np.float32))
+        elif k == 1:
+            fine.append(vectors[home].mean(axis=0, keepdims=True))
+        first.append(first[-1] + k)
+    fine = np.concatenate(fine)
+    fine_sq = np.einsum("ij,ij->i", fine, fine)
+    out = np.full((n, _FINE_PROBES), -1, np.int64)
+    for g in range(groups):
+        home = homes[bounds[g] : bounds[g + 1]]
+        if len(home):
+            ids = np.concatenate([np.arange(first[c], first[c + 1]) for c in np.unique(coarse[home])])
+            dist = vectors[home] @ fine[ids].T
+            dist *= -2
+            dist += fine_sq[ids][None, :]
+            take = min(_FINE_PROBES, len(ids))
+            out[home, :take] = ids[smallest_first(dist, take)]
+    return out
 
 
 def _grouped_candidates(vectors, sq, fwd, fwd_dist) -> None:
@@ -230,7 +265,10 @@ def _grouped_candidates(vectors, sq, fwd, fwd_dist) -> None:
     its :data:`_GROUP_PROBES` nearest groups): a node costs about ``3 x 2,048``
     distances, not the level's size. Measured on 128-d partitions of 13,678 and 20,109
     rows: 99.5% and 99.4% of each node's exact 20 nearest found, in 0.53 s and 0.88 s
-    against 1.00 s and 2.18 s for exact candidates (one thread)."""
+    against 1.00 s and 2.18 s for exact candidates (one thread). Where those groups hold
+    under :data:`_GROUP_FOUND` of the nodes' nearest (:func:`_group_found`: rows whose
+    energy is spread over every direction), each node is near its fine groups instead
+    (:func:`_fine_groups`): about ``32 x 128`` distances."""
     n = len(vectors)
     groups = -(-n // _GROUP_ROWS)
     rng = np.random.default_rng(n)
@@ -239,12 +277,20 @@ def _grouped_candidates(vectors, sq, fwd, fwd_dist) -> None:
     to_centre = vectors @ centres.T
     to_centre *= -2
     to_centre += np.einsum("ij,ij->i", centres, centres)[None, :]
-    near = smallest_first(to_centre, min(_GROUP_PROBES_MAX, groups))  # nearest first
-    near = near[:, : _group_probes(vectors, sq, near, rng)]
-    for g in range(groups):
-        nodes = np.flatnonzero(near[:, 0] == g)
-        if len(nodes):
-            _nearest_among(vectors, sq, nodes, np.flatnonzero((near == g).any(axis=1)), fwd, fwd_dist)
+    near = smallest_first(to_centre, min(_GROUP_PROBES, groups))  # nearest first
+    if groups > _GROUP_PROBES and _group_found(vectors, sq, near, rng) < _GROUP_FOUND:
+        near = _fine_groups(vectors, to_centre, rng)
+    # each group's pool (the nodes near it, ascending) and home nodes (those nearest it)
+    flat = near.ravel()
+    kept = np.flatnonzero(flat >= 0)
+    members = kept[np.argsort(flat[kept], kind="stable")] // near.shape[1]
+    bounds = np.concatenate([[0], np.cumsum(np.bincount(flat[kept]))])
+    homes = np.argsort(near[:, 0], kind="stable")
+    home_bounds = np.concatenate([[0], np.cumsum(np.bincount(near[:, 0], minlength=len(bounds) - 1))])
+    for g in range(len(bounds) - 1):
+        if home_bounds[g + 1] > home_bounds[g]:
+            _nearest_among(vectors, sq, homes[home_bounds[g] : home_bounds[g + 1]], members[bounds[g] : bounds[g + 1]],
+                           fwd, fwd_dist)
 
 
 def _copies_of(vectors: np.ndarray, entry: int) -> np.ndarray:
