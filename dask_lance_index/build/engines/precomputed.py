@@ -78,17 +78,19 @@ SPILL_CHUNK_BYTES = FLAT_TASK_BYTES // 4
 # unequal norms take; measured on these rows before rows of one norm were built as under l2)
 # 0.88x at 2,350 rows a partition, 2.19x at 4,700, 1.86x at 9,400, 3.64x at 37,500 (Lance's
 # graphs from our IVF 1.17x, 1.10x, 1.26x); as rows of one norm now are, built as under
-# l2 (model.hnsw.build_hnsw), 0.88x at 9,400 with recall equal to Lance's, 0.62x at 37,500
-# but recall@10 0.966 against 0.988 (the l2 construction's grouped candidates, as under
-# cosine). The same rows each scaled by a random factor in [0.5, 2] (unequal norms: the dot
+# l2 (model.hnsw.build_hnsw), 0.88x at 9,400 with recall equal to Lance's, 0.83x at 18,800
+# (recall@10 0.979 against 0.983; Lance's graphs from our IVF 1.23x), and at 37,500 (one
+# partition of 55,800) 0.70x but recall 0.972 against 0.987 (0.976 with each node in 6
+# groups of 2,048 before the fine groups of model.hnsw._fine_groups). The same rows each scaled by a random factor in [0.5, 2] (unequal norms: the dot
 # construction, whose pruning then keeps few): 0.50x at 2,350 rows a partition, 0.85x at
 # 4,700, 1.03x at 9,400 (Lance's graphs from our IVF 1.07x, 1.15x, 1.04x). So
-# DOT_SPREAD_GRAPH_ROWS, and DOT_ONE_NORM_SPREAD_ROWS for rows of one norm.
+# DOT_SPREAD_GRAPH_ROWS, and DOT_ONE_NORM_SPREAD_ROWS for rows of one norm (a little past
+# 18,800, short of 37,500).
 DOT_GRAPH_ROWS = 262144
 DOT_WIDE_GRAPH_ROWS = 81920
 DOT_WIDE_DIMENSION = 256
 DOT_SPREAD_GRAPH_ROWS = 4096
-DOT_ONE_NORM_SPREAD_ROWS = 8192
+DOT_ONE_NORM_SPREAD_ROWS = 24576
 
 
 def dot_graph_rows(dimension: int | None, directions: int | None = None, one_norm: bool = False) -> int:
