@@ -245,7 +245,7 @@ def _fine_groups(vectors, to_centre, rng) -> np.ndarray:
         first.append(first[-1] + k)
     fine = np.concatenate(fine)
     fine_sq = np.einsum("ij,ij->i", fine, fine)
-    out = np.full((n, _FINE_PROBES), -1, np.int64)
+    out = np.full((n, _FINE_PROBES), -1, np.int32)  # 128 bytes a node
     for g in range(groups):
         home = homes[bounds[g] : bounds[g + 1]]
         if len(home):
@@ -280,11 +280,12 @@ def _grouped_candidates(vectors, sq, fwd, fwd_dist) -> None:
     near = smallest_first(to_centre, min(_GROUP_PROBES, groups))  # nearest first
     if groups > _GROUP_PROBES and _group_found(vectors, sq, near, rng) < _GROUP_FOUND:
         near = _fine_groups(vectors, to_centre, rng)
-    # each group's pool (the nodes near it, ascending) and home nodes (those nearest it)
+    # each group's pool (the nodes near it, ascending) and home nodes (those nearest it); the
+    # -1s (no fine group) sort first and are left out
     flat = near.ravel()
-    kept = np.flatnonzero(flat >= 0)
-    members = kept[np.argsort(flat[kept], kind="stable")] // near.shape[1]
-    bounds = np.concatenate([[0], np.cumsum(np.bincount(flat[kept]))])
+    order = np.argsort(flat, kind="stable")
+    members = (order[np.count_nonzero(flat < 0) :] // near.shape[1]).astype(np.int32)
+    bounds = np.concatenate([[0], np.cumsum(np.bincount(flat[flat >= 0]))])
     homes = np.argsort(near[:, 0], kind="stable")
     home_bounds = np.concatenate([[0], np.cumsum(np.bincount(near[:, 0], minlength=len(bounds) - 1))])
     for g in range(len(bounds) - 1):
