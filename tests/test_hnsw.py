@@ -165,7 +165,8 @@ def test_nodes_of_spread_rows_are_near_fine_groups(monkeypatch):
         hnsw._nearest_among(x, sq, rows, np.arange(len(x)), exact, exact_dist)
         return np.mean([np.isin(exact[i], fwd[i]).mean() for i in rows])
 
-    queries = spread[rng.choice(len(spread), 200, replace=False)] + 0.05 * rng.standard_normal((200, 32)).astype(np.float32)
+    queries = spread[rng.choice(len(spread), 200, replace=False)]
+    queries = queries + 0.05 * rng.standard_normal(queries.shape).astype(np.float32)
     truth = np.argsort(-(queries @ spread.T), axis=1)[:, :10]
 
     def recall():

@@ -238,7 +238,8 @@ def _fine_groups(vectors, to_centre, rng) -> np.ndarray:
         home = homes[bounds[g] : bounds[g + 1]]
         k = -(-len(home) // _FINE_ROWS)
         if k > 1:
-            drawn = home if len(home) <= _FINE_SAMPLE * k else np.sort(rng.choice(home, _FINE_SAMPLE * k, replace=False))
+            drawn = home if len(home) <= _FINE_SAMPLE * k else \
+                np.sort(rng.choice(home, _FINE_SAMPLE * k, replace=False))
             fine.append(kmeans(vectors[drawn], k, max_iters=_FINE_ITERS, seed=g)[0].astype(np.float32))
         elif k == 1:
             fine.append(vectors[home].mean(axis=0, keepdims=True))

@@ -81,9 +81,10 @@ SPILL_CHUNK_BYTES = FLAT_TASK_BYTES // 4
 # l2 (model.hnsw.build_hnsw), 0.88x at 9,400 with recall equal to Lance's, 0.83x at 18,800
 # (recall@10 0.979 against 0.983; Lance's graphs from our IVF 1.23x), and at 37,500 (one
 # partition of 55,800) 0.70x but recall 0.972 against 0.987 (0.976 with each node in 6
-# groups of 2,048 before the fine groups of model.hnsw._fine_groups). The same rows each scaled by a random factor in [0.5, 2] (unequal norms: the dot
-# construction, whose pruning then keeps few): 0.50x at 2,350 rows a partition, 0.85x at
-# 4,700, 1.03x at 9,400 (Lance's graphs from our IVF 1.07x, 1.15x, 1.04x). So
+# groups of 2,048 before the fine groups of model.hnsw._fine_groups). The same rows each
+# scaled by a random factor in [0.5, 2] (unequal norms: the dot construction, whose pruning
+# then keeps few): 0.50x at 2,350 rows a partition, 0.85x at 4,700, 1.03x at 9,400 (Lance's
+# graphs from our IVF 1.07x, 1.15x, 1.04x). So
 # DOT_SPREAD_GRAPH_ROWS, and DOT_ONE_NORM_SPREAD_ROWS for rows of one norm (a little past
 # 18,800, short of 37,500).
 DOT_GRAPH_ROWS = 262144
