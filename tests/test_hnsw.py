@@ -142,6 +142,29 @@ def test_large_levels_take_candidates_from_their_nearest_groups():
     assert len(x) > hnsw.HNSW_BLOCK_ROWS  # build_hnsw takes this path for such a level
 
 
+def test_wide_small_levels_look_their_distances_up(monkeypatch):
+    """A level of at least _TABLE_DIMENSION dimensions and at most _TABLE_CELLS distances keeps
+    them whole and its prunings look them up: the graph is the one its rows' products give,
+    but for rounding; narrower rows multiply as before."""
+    x = make_vectors(3000, 256, num_clusters=12, seed=8)
+    tables = []
+    real = hnsw._prune
+    monkeypatch.setattr(hnsw, "_prune", lambda *a: tables.append(a[-1] is not None) or real(*a))
+
+    def edges():
+        g = hnsw.build_hnsw(x, m=16, max_level=7, seed=0)
+        return {(int(a), int(b)) for nodes, offsets, ids, _ in g.levels
+                for a, b in zip(np.repeat(nodes, np.diff(offsets)), ids)}
+
+    looked_up = edges()
+    assert tables and all(tables)
+    tables.clear()
+    monkeypatch.setattr(hnsw, "_TABLE_DIMENSION", 257)
+    multiplied = edges()
+    assert tables and not any(tables)
+    assert len(looked_up ^ multiplied) <= 0.001 * len(multiplied), len(looked_up ^ multiplied)
+
+
 def test_nodes_of_spread_rows_are_near_fine_groups(monkeypatch):
     """A large level's nodes are near _GROUP_PROBES groups where those hold most of their
     nearest (rows of few latent directions), and near _FINE_PROBES fine groups where they do

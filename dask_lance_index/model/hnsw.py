@@ -55,6 +55,14 @@ HNSW_MAX_LEVEL = 7
 HNSW_CANDIDATES = 40
 # Floats of candidate rows a pruning slice gathers at once (64 MB).
 _PRUNE_CELLS = 1 << 24
+# A level of rows of at least _TABLE_DIMENSION dimensions whose distances fit in _TABLE_CELLS
+# floats (64 MB: 4,096 nodes) keeps them whole: its candidates are selected from them and its
+# prunings look them up instead of multiplying each node's candidates' rows. The same graphs
+# but for rounding (2 of 73,610 edges differed). One thread, 5 graphs of a 2,434-row partition
+# of real 384-d sentence embeddings: 0.94 s against 1.35 s; of its first 256 columns 0.90 s
+# against 0.94 s; of 3,000 128-d rows 1.04 s against 0.73 s (there the lookups cost more).
+_TABLE_CELLS = 1 << 24
+_TABLE_DIMENSION = 256
 # Nodes of a level past which each node's candidates come from its nearest groups of nodes,
 # not from every node (_grouped_candidates): groups of about _GROUP_ROWS, each node in its
 # _GROUP_PROBES nearest.
@@ -126,22 +134,25 @@ def node_levels(n: int, m: int, max_level: int, seed) -> np.ndarray:
 
 
 def _prune(dist: np.ndarray, cand: np.ndarray, vectors: np.ndarray, cap: int, fill: int,
-           alpha: float = 1.0) -> np.ndarray:
+           alpha: float = 1.0, table: np.ndarray | None = None) -> np.ndarray:
     """Which of each node's candidates ``cand`` (nodes, K), sorted by ``dist`` (inf for
     padding), become its neighbours: a (nodes, K) mask, at most ``cap`` per node.
 
     HNSW's rule, vectorised over nodes: nearest first, a candidate is kept unless a
     kept one lies closer to it than the node does, by a factor ``alpha`` (in distance);
     then, as Lance's lists hold at least ``m``, the nearest dropped ones fill a list up
-    to ``fill``.
+    to ``fill``. ``table``: the level's distances, looked up instead of computed.
     """
     rows, k = cand.shape
-    v = vectors[cand]  # (rows, K, d)
-    sq = np.einsum("rkd,rkd->rk", v, v)
-    cc = np.matmul(v, v.transpose(0, 2, 1))  # the Gram matrix, then the distance between candidates i and j
-    cc *= -2
-    cc += sq[:, :, None]
-    cc += sq[:, None, :]
+    if table is not None:
+        cc = table[cand[:, :, None], cand[:, None, :]]
+    else:
+        v = vectors[cand]  # (rows, K, d)
+        sq = np.einsum("rkd,rkd->rk", v, v)
+        cc = np.matmul(v, v.transpose(0, 2, 1))  # the Gram matrix, then the distance between candidates i and j
+        cc *= -2
+        cc += sq[:, :, None]
+        cc += sq[:, None, :]
     valid = np.isfinite(dist)
     keep = np.zeros((rows, k), dtype=bool)
     nearest_kept = np.full((rows, k), np.inf, dtype=np.float32)  # each candidate's distance to the kept ones
@@ -162,7 +173,7 @@ def _prune(dist: np.ndarray, cand: np.ndarray, vectors: np.ndarray, cap: int, fi
     return keep
 
 
-def _candidates(vectors, sq, fwd, fwd_dist) -> None:
+def _candidates(vectors, sq, fwd, fwd_dist, table=None) -> None:
     """Each node's ``K = fwd.shape[1]`` candidates, nearest first, into ``fwd`` and
     ``fwd_dist`` (node ids, squared distances): its nearest nodes (among all nodes, or past
     :data:`HNSW_BLOCK_ROWS` nodes among those of its nearest groups:
@@ -174,7 +185,13 @@ def _candidates(vectors, sq, fwd, fwd_dist) -> None:
     long = min(_LONG_EDGES, k // 4) if n > 2 * k else 0
     near = k - long
     f, d = (fwd, fwd_dist) if near == k else (np.empty((n, near), np.int64), np.empty((n, near), np.float32))
-    if n > HNSW_BLOCK_ROWS:
+    if table is not None:  # the level's distances, itself at infinity
+        kk = min(near, n - 1)
+        f[:, :kk] = smallest_first(table, kk)
+        d[:, :kk] = np.maximum(np.take_along_axis(table, f[:, :kk], axis=1), 0)
+        f[:, kk:] = np.arange(n)[:, None]
+        d[:, kk:] = np.inf
+    elif n > HNSW_BLOCK_ROWS:
         _grouped_candidates(vectors, sq, f, d)
     else:
         _nearest_among(vectors, sq, np.arange(n), np.arange(n), f, d)
@@ -369,22 +386,29 @@ def _distinct_level_graph(vectors: np.ndarray, cap: int, fill: int, candidates: 
     sq = np.einsum("ij,ij->i", vectors, vectors)
     fwd = np.empty((n, k), np.int64)
     fwd_dist = np.empty((n, k), np.float32)
-    _candidates(vectors, sq, fwd, fwd_dist)
-    keep = _prune_in_slices(fwd_dist, fwd, vectors, cap, fill)
+    table = None
+    if n * n <= _TABLE_CELLS and d >= _TABLE_DIMENSION:
+        table = vectors @ vectors.T
+        table *= -2
+        table += sq[:, None]
+        table += sq[None, :]
+        table[np.arange(n), np.arange(n)] = np.inf  # not its own candidate
+    _candidates(vectors, sq, fwd, fwd_dist, table)
+    keep = _prune_in_slices(fwd_dist, fwd, vectors, cap, fill, table)
     # every kept edge also the other way; then each node's list pruned again, nearest first
     cand, cdist = with_reverse_edges(n, np.repeat(np.arange(n), keep.sum(axis=1)), fwd[keep], fwd_dist[keep], cap)
     # as in Lance's inserts, a list is pruned only when the reverse edges overfill it
     keep = np.isfinite(cdist)
     over = np.flatnonzero(keep.sum(axis=1) > cap)
     if len(over):
-        keep[over] = _prune_in_slices(cdist[over], cand[over], vectors, cap, fill)
+        keep[over] = _prune_in_slices(cdist[over], cand[over], vectors, cap, fill, table)
     src = np.repeat(np.arange(n), keep.sum(axis=1))
     src, dst, dist = connect(vectors, sq, src, cand[keep], cdist[keep], cap, entry)
     offsets = np.concatenate([[0], np.cumsum(np.bincount(src, minlength=n))])
     return offsets, dst, dist
 
 
-def _prune_in_slices(dist, cand, vectors, cap, fill):
+def _prune_in_slices(dist, cand, vectors, cap, fill, table=None):
     # level 0 (lists of m to 2 m) keeps the relaxed rule's extra edges and still leaves
     # room for connect's; the levels above, capped at m, keep HNSW's own rule
     alpha = _PRUNE_ALPHA if cap > fill else 1.0
@@ -393,7 +417,7 @@ def _prune_in_slices(dist, cand, vectors, cap, fill):
     rows = max(1, min(1024, _PRUNE_CELLS // max(1, cand.shape[1] * vectors.shape[1])))
     keep = np.empty(cand.shape, dtype=bool)
     for lo in range(0, len(cand), rows):
-        keep[lo : lo + rows] = _prune(dist[lo : lo + rows], cand[lo : lo + rows], vectors, cap, fill, alpha)
+        keep[lo : lo + rows] = _prune(dist[lo : lo + rows], cand[lo : lo + rows], vectors, cap, fill, alpha, table)
     return keep
 
 
