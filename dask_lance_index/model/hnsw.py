@@ -175,7 +175,8 @@ def _prune(dist: np.ndarray, cand: np.ndarray, vectors: np.ndarray, cap: int, fi
 
 def _candidates(vectors, sq, fwd, fwd_dist, table=None) -> None:
     """Each node's ``K = fwd.shape[1]`` candidates, nearest first, into ``fwd`` and
-    ``fwd_dist`` (node ids, squared distances): its nearest nodes (among all nodes, or past
+    ``fwd_dist`` (node ids, squared distances): its nearest nodes (among all nodes, from
+    ``table`` where the level keeps its distances whole, or past
     :data:`HNSW_BLOCK_ROWS` nodes among those of its nearest groups:
     :func:`_grouped_candidates`) and, on a level of more than ``2 K`` nodes, in place of
     the farthest of them :data:`_LONG_EDGES` random ones (at most a quarter of ``K``),
