@@ -241,16 +241,23 @@ def _group_found(vectors, sq, near, rng) -> float:
     return float((near[fwd[drawn]] == near[drawn, :1, None]).any(axis=2).mean())
 
 
-def _fine_groups(vectors, to_centre, rng) -> np.ndarray:
+def _by_label(labels: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """The positions of ``labels`` (``-1`` left out) grouped by label, ascending within each,
+    and where each of the ``count`` labels' positions start and end in them."""
+    order = np.argsort(labels, kind="stable")[np.count_nonzero(labels < 0) :]  # the -1s sort first
+    return order, np.concatenate([[0], np.cumsum(np.bincount(labels[labels >= 0], minlength=count))])
+
+
+def _fine_groups(vectors, near, groups: int, rng) -> np.ndarray:
     """Each node's :data:`_FINE_PROBES` nearest fine groups, nearest first (-1 past the fine
-    groups it could be near): each group of ``to_centre``'s columns split by k-means into
-    groups of about :data:`_FINE_ROWS` of the nodes it is nearest, and a node's fine groups
-    looked for among those of its home group's nodes' :data:`_FINE_COARSE` nearest groups
-    (a node costs ``4 x 16`` distances, not one to every fine group of the level)."""
-    n, groups = to_centre.shape
-    coarse = smallest_first(to_centre, min(_FINE_COARSE, groups))
-    homes = np.argsort(coarse[:, 0], kind="stable")
-    bounds = np.concatenate([[0], np.cumsum(np.bincount(coarse[:, 0], minlength=groups))])
+    groups it could be near): each of the ``groups`` groups split by k-means into groups of
+    about :data:`_FINE_ROWS` of the nodes nearest it (``near``: each node's nearest groups,
+    nearest first), and a node's fine groups looked for among those of its home group's
+    nodes' :data:`_FINE_COARSE` nearest groups (a node costs ``4 x 16`` distances, not one to
+    every fine group of the level)."""
+    n = len(vectors)
+    coarse = near[:, :_FINE_COARSE]
+    homes, bounds = _by_label(coarse[:, 0], groups)
     fine, first = [], [0]
     for g in range(groups):
         home = homes[bounds[g] : bounds[g + 1]]
@@ -296,18 +303,17 @@ def _grouped_candidates(vectors, sq, fwd, fwd_dist) -> None:
     to_centre = vectors @ centres.T
     to_centre *= -2
     to_centre += np.einsum("ij,ij->i", centres, centres)[None, :]
-    near = smallest_first(to_centre, min(_GROUP_PROBES, groups))  # nearest first
+    # nearest first; the fine groups look among the first _FINE_COARSE
+    nearest = smallest_first(to_centre, min(max(_GROUP_PROBES, _FINE_COARSE), groups))
+    near = nearest[:, :_GROUP_PROBES]
     if groups > _GROUP_PROBES and _group_found(vectors, sq, near, rng) < _GROUP_FOUND:
-        near = _fine_groups(vectors, to_centre, rng)
-    # each group's pool (the nodes near it, ascending) and home nodes (those nearest it); the
-    # -1s (no fine group) sort first and are left out
-    flat = near.ravel()
-    order = np.argsort(flat, kind="stable")
-    members = (order[np.count_nonzero(flat < 0) :] // near.shape[1]).astype(np.int32)
-    bounds = np.concatenate([[0], np.cumsum(np.bincount(flat[flat >= 0]))])
-    homes = np.argsort(near[:, 0], kind="stable")
-    home_bounds = np.concatenate([[0], np.cumsum(np.bincount(near[:, 0], minlength=len(bounds) - 1))])
-    for g in range(len(bounds) - 1):
+        near = _fine_groups(vectors, nearest, groups, rng)
+    # each group's pool (the nodes near it, ascending) and home nodes (those nearest it)
+    count = int(near.max()) + 1
+    order, bounds = _by_label(near.ravel(), count)
+    members = (order // near.shape[1]).astype(np.int32)
+    homes, home_bounds = _by_label(near[:, 0], count)
+    for g in range(count):
         if home_bounds[g + 1] > home_bounds[g]:
             _nearest_among(vectors, sq, homes[home_bounds[g] : home_bounds[g + 1]], members[bounds[g] : bounds[g + 1]],
                            fwd, fwd_dist)
