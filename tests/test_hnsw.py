@@ -583,10 +583,12 @@ def clustered_with_queries(dim: int, num_queries: int, metric: str):
 def test_our_graphs_search_as_well_as_lances(tmp_path, index_type, metric):
     x, queries, truth = clustered_with_queries(32, 100, metric)
     recall = {}
-    for who in ("lance", "ours"):
+    # Lance's k-means takes no seed, so its recall at 4 probes varies from build to build
+    # (0.937-0.966 under dot in 7 builds): the reference is the mean of 3 of its builds.
+    for who in ("lance-0", "lance-1", "lance-2", "ours"):
         uri = str(tmp_path / f"{who}.lance")
         ds = write_vectors(uri, x, max_rows_per_file=5000)
-        if who == "lance":
+        if who != "ours":
             ds.create_index("vector", index_type, num_partitions=16, metric=metric, m=16, ef_construction=100)
         else:
             build = dli.create_index(uri, "vector", index_type, num_partitions=16, metric=metric, m=16,
@@ -597,6 +599,7 @@ def test_our_graphs_search_as_well_as_lances(tmp_path, index_type, metric):
         ds = lance.dataset(uri)
         # small ef (Lance's default: 1.5 k) so that the graph, not the beam, finds the neighbours
         recall[who] = [recall_at_k(search(ds, "vector", queries, 10, nprobes=p)[0], truth) for p in (4, 16)]
+    recall["lance"] = np.mean([recall.pop(f"lance-{i}") for i in range(3)], axis=0).round(4).tolist()
     print("RECALL", index_type, metric, recall)
     assert recall["ours"][1] > 0.9
     for ours, theirs in zip(recall["ours"], recall["lance"]):
