@@ -149,7 +149,7 @@ def test_wide_small_levels_look_their_distances_up(monkeypatch):
     x = make_vectors(3000, 256, num_clusters=12, seed=8)
     tables = []
     real = hnsw._prune
-    monkeypatch.setattr(hnsw, "_prune", lambda *a: tables.append(a[-1] is not None) or real(*a))
+    monkeypatch.setattr(hnsw, "_prune", lambda *a: tables.append(a[6] is not None) or real(*a))
 
     def edges():
         g = hnsw.build_hnsw(x, m=16, max_level=7, seed=0)
@@ -205,6 +205,64 @@ def test_nodes_of_spread_rows_are_near_fine_groups(monkeypatch):
     assert share["clustered"] > 0.98
     assert share["spread"] > coarse_share + 0.05 and fine > coarse
 
+
+def test_large_levels_find_their_candidates_on_their_leading_directions(monkeypatch):
+    """A level of _SCREEN_ROWS nodes or more whose leading principal directions hold its
+    nodes' nearest finds its candidates on the rows' projection on them, and the pruning
+    makes their distances exact: the lists' distances are the rows', and a search of the
+    level's graph finds as much as one of candidates from the whole rows. Rows spread over
+    every direction keep the whole rows."""
+    rng = np.random.default_rng(5)
+    x = make_vectors(6000, 96, num_clusters=30, seed=11)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)  # unit rows: _level_recall's products rank as l2
+    spread = rng.standard_normal((6000, 96)).astype(np.float32)
+    widths = []
+    real = hnsw._screening_rows
+
+    def recorded(v, sq, k):
+        rows = real(v, sq, k)
+        widths.append(None if rows is None else rows[0].shape[1])
+        return rows
+
+    monkeypatch.setattr(hnsw, "_screening_rows", recorded)
+    hnsw._distinct_level_graph(spread, 40, 20, hnsw.HNSW_CANDIDATES, 0)
+    queries = x[rng.choice(len(x), 200, replace=False)]
+    queries = queries + 0.02 * rng.standard_normal(queries.shape).astype(np.float32)
+    truth = np.argsort(-(queries @ x.T), axis=1)[:, :10]
+    recall = {}
+    for how in ("projected", "whole"):
+        if how == "whole":
+            monkeypatch.setattr(hnsw, "_SCREEN_ROWS", len(x) + 1)
+        offsets, ids, dist = hnsw._distinct_level_graph(x, 40, 20, hnsw.HNSW_CANDIDATES, 0)
+        src = np.repeat(np.arange(len(x)), np.diff(offsets))
+        np.testing.assert_allclose(dist, ((x[src] - x[ids]) ** 2).sum(axis=1), rtol=1e-4, atol=1e-5)
+        recall[how] = _level_recall(x, offsets, ids, queries, truth, ef=10)
+    print("WIDTHS", widths, "RECALL", recall)
+    assert widths[0] is None and widths[1] is not None and widths[1] <= 48 and widths[2] is None
+    assert recall["projected"] >= recall["whole"] - 0.01 and recall["projected"] > 0.9
+
+
+def test_pruning_makes_a_projections_distances_exact():
+    """_prune given candidates ranked by approximate distances and ``own`` ranks them by
+    their exact distances, in place, and keeps those it keeps given them ranked exactly."""
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((600, 24)).astype(np.float32)
+    sq = np.einsum("ij,ij->i", x, x)
+    own = np.arange(100)
+    exact = sq[own, None] + sq[None, :] - 2 * x[own] @ x.T
+    exact[own, own] = np.inf
+    cand = np.argsort(exact, axis=1)[:, :30]
+    dist = np.take_along_axis(exact, cand, axis=1).astype(np.float32)
+    dist[::9, -4:] = np.inf  # padding
+    want = hnsw._prune(dist.copy(), cand.copy(), x, 20, 10, 1.1)
+    noisy = np.where(np.isfinite(dist), dist * rng.uniform(0.7, 1.3, dist.shape), np.inf).astype(np.float32)
+    order = np.argsort(noisy, axis=1, kind="stable")
+    shuffled, approx = np.take_along_axis(cand, order, axis=1), np.take_along_axis(noisy, order, axis=1)
+    assert (shuffled != cand).any()
+    keep = hnsw._prune(approx, shuffled, x, 20, 10, 1.1, None, sq, own)
+    np.testing.assert_array_equal(shuffled, cand)
+    np.testing.assert_allclose(approx, dist, rtol=1e-4, atol=1e-4)
+    np.testing.assert_array_equal(keep, want)
 
 @pytest.mark.parametrize("metric", ["l2", "dot"])
 def test_equal_rows_hang_below_one_another_and_every_node_is_reached(metric):

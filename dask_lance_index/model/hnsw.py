@@ -63,6 +63,18 @@ _PRUNE_CELLS = 1 << 24
 # against 0.94 s; of 3,000 128-d rows 1.04 s against 0.73 s (there the lookups cost more).
 _TABLE_CELLS = 1 << 24
 _TABLE_DIMENSION = 256
+# Levels of at least _SCREEN_ROWS nodes of _SCREEN_DIMENSION dimensions or more (and no
+# table) find their candidates on the rows' projection on their leading principal
+# directions, and the pruning, which gathers the candidates' rows anyway, makes their
+# distances exact (_screening_rows): the fewest directions, of those holding a share
+# in _SCREEN_SHARES of the variance of _SCREEN_SAMPLE drawn rows, whose nearest hold
+# _SCREEN_FOUND of _SCREEN_CHECKED drawn nodes' exact 20 nearest.
+_SCREEN_ROWS = 4096
+_SCREEN_DIMENSION = 64
+_SCREEN_SHARES = (0.9, 0.95)
+_SCREEN_FOUND = 0.98
+_SCREEN_CHECKED = 128
+_SCREEN_SAMPLE = 4096
 # Nodes of a level past which each node's candidates come from its nearest groups of nodes,
 # not from every node (_grouped_candidates): groups of about _GROUP_ROWS, each node in its
 # _GROUP_PROBES nearest.
@@ -134,7 +146,8 @@ def node_levels(n: int, m: int, max_level: int, seed) -> np.ndarray:
 
 
 def _prune(dist: np.ndarray, cand: np.ndarray, vectors: np.ndarray, cap: int, fill: int,
-           alpha: float = 1.0, table: np.ndarray | None = None) -> np.ndarray:
+           alpha: float = 1.0, table: np.ndarray | None = None, all_sq: np.ndarray | None = None,
+           own: np.ndarray | None = None) -> np.ndarray:
     """Which of each node's candidates ``cand`` (nodes, K), sorted by ``dist`` (inf for
     padding), become its neighbours: a (nodes, K) mask, at most ``cap`` per node.
 
@@ -142,30 +155,46 @@ def _prune(dist: np.ndarray, cand: np.ndarray, vectors: np.ndarray, cap: int, fi
     kept one lies closer to it than the node does, by a factor ``alpha`` (in distance);
     then, as Lance's lists hold at least ``m``, the nearest dropped ones fill a list up
     to ``fill``. ``table``: the level's distances, looked up instead of computed.
+    ``own``: the nodes' ids, where ``dist`` was measured on a projection
+    (:func:`_screening_rows`): ``dist`` and ``cand`` are replaced in place by the exact
+    distances (from the rows gathered for the pruning anyway; ``all_sq`` their squared
+    norms) and re-sorted by them.
     """
     rows, k = cand.shape
+    order = None  # with `own`: the column of cc (candidates as gathered) at each rank
     if table is not None:
         cc = table[cand[:, :, None], cand[:, None, :]]
     else:
         v = vectors[cand]  # (rows, K, d)
-        sq = np.einsum("rkd,rkd->rk", v, v)
+        sq = np.einsum("rkd,rkd->rk", v, v) if own is None else all_sq[cand]
         cc = np.matmul(v, v.transpose(0, 2, 1))  # the Gram matrix, then the distance between candidates i and j
         cc *= -2
         cc += sq[:, :, None]
         cc += sq[:, None, :]
+        if own is not None:  # `dist` measured on a projection: the exact distances, and the ranks they give
+            exact = np.matmul(v, vectors[own][:, :, None])[:, :, 0]
+            exact *= -2
+            exact += sq
+            exact += all_sq[own][:, None]
+            exact = np.where(np.isfinite(dist), np.maximum(exact, 0), np.inf)
+            order = np.argsort(exact, axis=1, kind="stable")
+            cand[:] = np.take_along_axis(cand, order, axis=1)
+            dist[:] = np.take_along_axis(exact, order, axis=1)
     valid = np.isfinite(dist)
     keep = np.zeros((rows, k), dtype=bool)
     nearest_kept = np.full((rows, k), np.inf, dtype=np.float32)  # each candidate's distance to the kept ones
     count = np.zeros(rows, dtype=np.int64)
     alpha2 = np.float32(alpha**2)  # squared distances
+    every = np.arange(rows)
     for j in range(k):
-        take = valid[:, j] & (dist[:, j] < alpha2 * nearest_kept[:, j]) & (count < cap)
+        col = j if order is None else order[:, j]
+        take = valid[:, j] & (dist[:, j] < alpha2 * nearest_kept[every, col]) & (count < cap)
         if not take.any():
             continue
         keep[:, j] = take
         count += take
         idx = np.flatnonzero(take)
-        nearest_kept[idx] = np.minimum(nearest_kept[idx], cc[idx, j, :])
+        nearest_kept[idx] = np.minimum(nearest_kept[idx], cc[idx, col if order is None else col[idx], :])
     short = np.maximum(fill - count, 0)
     if short.any():  # the nearest dropped candidates, up to `fill` in all
         dropped = valid & ~keep
@@ -400,8 +429,13 @@ def _distinct_level_graph(vectors: np.ndarray, cap: int, fill: int, candidates: 
         table += sq[:, None]
         table += sq[None, :]
         table[np.arange(n), np.arange(n)] = np.inf  # not its own candidate
-    _candidates(vectors, sq, fwd, fwd_dist, table)
-    keep = _prune_in_slices(fwd_dist, fwd, vectors, cap, fill, table)
+    screen = None if table is not None else _screening_rows(vectors, sq, k)
+    if screen is None:
+        _candidates(vectors, sq, fwd, fwd_dist, table)
+        keep = _prune_in_slices(fwd_dist, fwd, vectors, cap, fill, table)
+    else:  # candidates found on the projection, their distances made exact by the pruning
+        _candidates(*screen, fwd, fwd_dist)
+        keep = _prune_in_slices(fwd_dist, fwd, vectors, cap, fill, sq=sq)
     # every kept edge also the other way; then each node's list pruned again, nearest first
     cand, cdist = with_reverse_edges(n, np.repeat(np.arange(n), keep.sum(axis=1)), fwd[keep], fwd_dist[keep], cap)
     # as in Lance's inserts, a list is pruned only when the reverse edges overfill it
@@ -415,7 +449,40 @@ def _distinct_level_graph(vectors: np.ndarray, cap: int, fill: int, candidates: 
     return offsets, dst, dist
 
 
-def _prune_in_slices(dist, cand, vectors, cap, fill, table=None):
+def _screening_rows(vectors: np.ndarray, sq: np.ndarray, k: int) -> tuple | None:
+    """A level's rows projected on their leading principal directions, and their squared
+    norms, where those find the level's nearest: the fewest of :data:`_SCREEN_SHARES` of the
+    variance (drawn rows, rounded up to 32 directions, at most half the dimension) whose
+    ``k`` nearest of :data:`_SCREEN_CHECKED` drawn nodes on the projection hold
+    :data:`_SCREEN_FOUND` of their exact 20 nearest. ``None`` for a level under
+    :data:`_SCREEN_ROWS` nodes or :data:`_SCREEN_DIMENSION` dimensions, or where no share
+    does."""
+    n, d = vectors.shape
+    if n < _SCREEN_ROWS or d < _SCREEN_DIMENSION:
+        return None
+    rng = np.random.default_rng(n)
+    drawn = vectors[np.sort(rng.choice(n, min(n, _SCREEN_SAMPLE), replace=False))]
+    drawn -= drawn.mean(axis=0)
+    values, directions = np.linalg.eigh(drawn.T @ drawn)  # ascending
+    share = np.cumsum(values[::-1]) / values.sum()
+    checked = np.sort(rng.choice(n, _SCREEN_CHECKED, replace=False))
+    # only the checked nodes' rows are written (np.empty: the others' pages never touched)
+    nearest, near = np.empty((n, 20), np.int64), np.empty((n, k), np.int64)
+    _nearest_among(vectors, sq, checked, np.arange(n), nearest, np.empty((n, 20), np.float32))
+    for wanted in _SCREEN_SHARES:
+        width = -(-(int(np.searchsorted(share, wanted)) + 1) // 32) * 32
+        if width > d // 2:
+            return None
+        # not centred: distances are the same either way
+        rows = vectors @ np.ascontiguousarray(directions[:, ::-1][:, :width])
+        rows_sq = np.einsum("ij,ij->i", rows, rows)
+        _nearest_among(rows, rows_sq, checked, np.arange(n), near, np.empty((n, k), np.float32))
+        if (near[checked, :, None] == nearest[checked, None, :]).any(axis=1).mean() >= _SCREEN_FOUND:
+            return rows, rows_sq
+    return None
+
+
+def _prune_in_slices(dist, cand, vectors, cap, fill, table=None, sq=None):
     # level 0 (lists of m to 2 m) keeps the relaxed rule's extra edges and still leaves
     # room for connect's; the levels above, capped at m, keep HNSW's own rule
     alpha = _PRUNE_ALPHA if cap > fill else 1.0
@@ -424,7 +491,10 @@ def _prune_in_slices(dist, cand, vectors, cap, fill, table=None):
     rows = max(1, min(1024, _PRUNE_CELLS // max(1, cand.shape[1] * vectors.shape[1])))
     keep = np.empty(cand.shape, dtype=bool)
     for lo in range(0, len(cand), rows):
-        keep[lo : lo + rows] = _prune(dist[lo : lo + rows], cand[lo : lo + rows], vectors, cap, fill, alpha, table)
+        # with sq: the distances are a projection's, nodes 0..n-1 in order (_distinct_level_graph)
+        own = None if sq is None else np.arange(lo, min(lo + rows, len(cand)))
+        keep[lo : lo + rows] = _prune(dist[lo : lo + rows], cand[lo : lo + rows], vectors, cap, fill, alpha, table,
+                                      sq, own)
     return keep
 
 
