@@ -19,8 +19,8 @@ selected from that row of distances (:func:`.kmeans.smallest_first`), up to
 nodes it is nearest, or of its fine groups where the rows are spread over every direction
 (:func:`_grouped_candidates`), so that a node's cost stops growing
 with its partition while Lance's grows with its logarithm. On a level of a few thousand nodes
-or more whose leading principal directions hold its nodes' nearest, those distances are
-taken on the rows' projection on them, and the pruning makes the candidates' distances exact
+or more whose leading principal directions rank its nodes' nearest as the rows do (rows of
+few latent directions), those distances are taken on the rows' projection on them, and the pruning makes the candidates' distances exact
 (:func:`_screening_rows`). Equal rows are built once and their copies hung below them
 (:func:`_level_graph`).
 
@@ -70,13 +70,18 @@ _TABLE_DIMENSION = 256
 # table) find their candidates on the rows' projection on their leading principal
 # directions, and the pruning, which gathers the candidates' rows anyway, makes their
 # distances exact (_screening_rows): the fewest directions, of those holding a share
-# in _SCREEN_SHARES of the variance of _SCREEN_SAMPLE drawn rows, whose nearest hold
-# _SCREEN_FOUND of _SCREEN_CHECKED drawn nodes' exact 20 nearest.
+# in _SCREEN_SHARES of the variance of _SCREEN_SAMPLE drawn rows, whose 40 nearest hold
+# _SCREEN_FOUND of _SCREEN_CHECKED drawn nodes' exact 40 nearest. Checked on the nearest 20
+# instead, real sentence embeddings took 192 of 384 directions (90% of the variance; 99.7%
+# of the 20 found, 90% of the 40), and 4 partitions of them under dot searched at 0.972
+# against 0.979; so rows whose tail of candidates would change keep the whole rows, and
+# rows that need over half their directions for 95% of the variance are not checked
+# (docs/benchmarks.md).
 _SCREEN_ROWS = 4096
 _SCREEN_DIMENSION = 64
-_SCREEN_SHARES = (0.9, 0.95)
+_SCREEN_SHARES = (0.95, 0.99)
 _SCREEN_FOUND = 0.98
-_SCREEN_CHECKED = 128
+_SCREEN_CHECKED = 64
 _SCREEN_SAMPLE = 4096
 # Nodes of a level past which each node's candidates come from its nearest groups of nodes,
 # not from every node (_grouped_candidates): groups of about _GROUP_ROWS, each node in its
@@ -246,7 +251,8 @@ def _nearest_among(vectors, sq, nodes, pool, fwd, fwd_dist) -> None:
     short of ``K`` (a pool that small) padded with infinite distances."""
     k = fwd.shape[1]
     kk = min(k, len(pool) - 1)
-    pv, psq = vectors[pool], sq[pool]
+    # a pool of every node is the rows themselves, not a copy of them
+    pv, psq = (vectors, sq) if len(pool) == len(vectors) else (vectors[pool], sq[pool])
     step = max(1, SLICE_CELLS // len(pool))
     for lo in range(0, len(nodes), step):
         rows = nodes[lo : lo + step]
@@ -457,9 +463,9 @@ def _screening_rows(vectors: np.ndarray, sq: np.ndarray, k: int) -> tuple | None
     norms, where those find the level's nearest: the fewest of :data:`_SCREEN_SHARES` of the
     variance (drawn rows, rounded up to 32 directions, at most half the dimension) whose
     ``k`` nearest of :data:`_SCREEN_CHECKED` drawn nodes on the projection hold
-    :data:`_SCREEN_FOUND` of their exact 20 nearest. ``None`` for a level under
-    :data:`_SCREEN_ROWS` nodes or :data:`_SCREEN_DIMENSION` dimensions, or where no share
-    does."""
+    :data:`_SCREEN_FOUND` of their exact ``k`` nearest (the pruning sees all ``k``). ``None``
+    for a level under :data:`_SCREEN_ROWS` nodes or :data:`_SCREEN_DIMENSION` dimensions, or
+    where no share does."""
     n, d = vectors.shape
     if n < _SCREEN_ROWS or d < _SCREEN_DIMENSION:
         return None
@@ -469,13 +475,15 @@ def _screening_rows(vectors: np.ndarray, sq: np.ndarray, k: int) -> tuple | None
     values, directions = np.linalg.eigh(drawn.T @ drawn)  # ascending
     share = np.cumsum(values[::-1]) / values.sum()
     checked = np.sort(rng.choice(n, _SCREEN_CHECKED, replace=False))
-    # only the checked nodes' rows are written (np.empty: the others' pages never touched)
-    nearest, near = np.empty((n, 20), np.int64), np.empty((n, k), np.int64)
-    _nearest_among(vectors, sq, checked, np.arange(n), nearest, np.empty((n, 20), np.float32))
+    nearest = None
     for wanted in _SCREEN_SHARES:
         width = -(-(int(np.searchsorted(share, wanted)) + 1) // 32) * 32
         if width > d // 2:
             return None
+        if nearest is None:
+            # only the checked nodes' rows are written (np.empty: the others' pages never touched)
+            nearest, near = np.empty((n, k), np.int64), np.empty((n, k), np.int64)
+            _nearest_among(vectors, sq, checked, np.arange(n), nearest, np.empty((n, k), np.float32))
         # not centred: distances are the same either way
         rows = vectors @ np.ascontiguousarray(directions[:, ::-1][:, :width])
         rows_sq = np.einsum("ij,ij->i", rows, rows)
