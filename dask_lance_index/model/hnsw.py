@@ -18,11 +18,11 @@ selected from that row of distances (:func:`.kmeans.smallest_first`), up to
 :data:`HNSW_BLOCK_ROWS` nodes; past that, a distance to every node of the few groups of
 nodes it is nearest, or of its fine groups where the rows are spread over every direction
 (:func:`_grouped_candidates`), so that a node's cost stops growing
-with its partition while Lance's grows with its logarithm. On a level of a few thousand nodes
-or more whose leading principal directions rank its nodes' nearest as the rows do (rows of
-few latent directions), those distances are taken on the rows' projection on them, and the pruning makes the candidates' distances exact
-(:func:`_screening_rows`). Equal rows are built once and their copies hung below them
-(:func:`_level_graph`).
+with its partition while Lance's grows with its logarithm. On a level of a few thousand
+nodes or more whose leading principal directions rank its nodes' nearest as the rows do
+(rows of few latent directions), those distances are taken on the rows' projection on
+them, and the pruning makes the candidates' distances exact (:func:`_screening_rows`).
+Equal rows are built once and their copies hung below them (:func:`_level_graph`).
 
 Under the dot metric the level is built as if its nodes were inserted one by one
 (:mod:`.hnsw_dot`). Each node's list with the reverse edges, and the edges that join every
