@@ -268,15 +268,23 @@ def _nearest_among(vectors, sq, nodes, pool, fwd, fwd_dist) -> None:
         fwd_dist[rows, kk:] = np.inf
 
 
+def _nearest_of(vectors, sq, nodes, k: int) -> np.ndarray:
+    """The ids of a few ``nodes``' (ascending) exact ``k`` nearest among all nodes, nearest
+    first: a ``(len(nodes), k)`` array."""
+    n = len(vectors)
+    # only the nodes' rows are written (np.empty: the others' pages never touched)
+    fwd = np.empty((n, k), np.int64)
+    _nearest_among(vectors, sq, nodes, np.arange(n), fwd, np.empty((n, k), np.float32))
+    return fwd[nodes]
+
+
 def _group_found(vectors, sq, near, rng) -> float:
     """The share of :data:`_GROUP_CHECKED` drawn nodes' exact 20 nearest that are near
     their home group (``near``: each node's groups, nearest first), so in their pools."""
     n = len(near)
     drawn = np.sort(rng.choice(n, min(n, _GROUP_CHECKED), replace=False))
-    # only the drawn nodes' rows are written (np.empty: the others' pages never touched)
-    fwd, fwd_dist = np.empty((n, min(20, n - 1)), np.int64), np.empty((n, min(20, n - 1)), np.float32)
-    _nearest_among(vectors, sq, drawn, np.arange(n), fwd, fwd_dist)
-    return float((near[fwd[drawn]] == near[drawn, :1, None]).any(axis=2).mean())
+    nearest = _nearest_of(vectors, sq, drawn, min(20, n - 1))
+    return float((near[nearest] == near[drawn, :1, None]).any(axis=2).mean())
 
 
 def _by_label(labels: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
@@ -480,15 +488,13 @@ def _screening_rows(vectors: np.ndarray, sq: np.ndarray, k: int) -> tuple | None
         width = -(-(int(np.searchsorted(share, wanted)) + 1) // 32) * 32
         if width > d // 2:
             return None
-        if nearest is None:
-            # only the checked nodes' rows are written (np.empty: the others' pages never touched)
-            nearest, near = np.empty((n, k), np.int64), np.empty((n, k), np.int64)
-            _nearest_among(vectors, sq, checked, np.arange(n), nearest, np.empty((n, k), np.float32))
+        if nearest is None:  # only once a share is narrow enough to try
+            nearest = _nearest_of(vectors, sq, checked, k)
         # not centred: distances are the same either way
         rows = vectors @ np.ascontiguousarray(directions[:, ::-1][:, :width])
         rows_sq = np.einsum("ij,ij->i", rows, rows)
-        _nearest_among(rows, rows_sq, checked, np.arange(n), near, np.empty((n, k), np.float32))
-        if (near[checked, :, None] == nearest[checked, None, :]).any(axis=1).mean() >= _SCREEN_FOUND:
+        near = _nearest_of(rows, rows_sq, checked, k)
+        if (near[:, :, None] == nearest[:, None, :]).any(axis=1).mean() >= _SCREEN_FOUND:
             return rows, rows_sq
     return None
 
