@@ -254,7 +254,7 @@ def test_pruning_makes_a_projections_distances_exact():
     cand = np.argsort(exact, axis=1)[:, :30]
     dist = np.take_along_axis(exact, cand, axis=1).astype(np.float32)
     dist[::9, -4:] = np.inf  # padding
-    want = hnsw._prune(dist.copy(), cand.copy(), x, 20, 10, 1.1)
+    want = hnsw._prune(dist.copy(), cand.copy(), x, 20, 10, 1.1, None, sq)
     noisy = np.where(np.isfinite(dist), dist * rng.uniform(0.7, 1.3, dist.shape), np.inf).astype(np.float32)
     order = np.argsort(noisy, axis=1, kind="stable")
     shuffled, approx = np.take_along_axis(cand, order, axis=1), np.take_along_axis(noisy, order, axis=1)
@@ -263,6 +263,24 @@ def test_pruning_makes_a_projections_distances_exact():
     np.testing.assert_array_equal(shuffled, cand)
     np.testing.assert_allclose(approx, dist, rtol=1e-4, atol=1e-4)
     np.testing.assert_array_equal(keep, want)
+
+def test_lists_of_unequal_lengths_are_pruned_in_slices_of_their_own_width(monkeypatch):
+    """_prune_in_slices, whose slices hold lists of about one length and are only as wide as
+    their longest, keeps what _prune keeps of the whole padded lists at once."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((400, 16)).astype(np.float32)
+    sq = np.einsum("ij,ij->i", x, x)
+    d = sq[:, None] + sq[None, :] - 2 * x @ x.T
+    np.fill_diagonal(d, np.inf)
+    cand = np.argsort(d, axis=1)[:, :40]
+    dist = np.take_along_axis(d, cand, axis=1).astype(np.float32)
+    length = rng.integers(0, 41, len(x))  # as after the reverse edges: padding at the end
+    dist[np.arange(40)[None, :] >= length[:, None]] = np.inf
+    monkeypatch.setattr(hnsw, "_PRUNE_CELLS", 40 * 16 * 32)  # slices of 32 nodes
+    keep = hnsw._prune_in_slices(dist, cand, x, sq, 20, 10)
+    np.testing.assert_array_equal(keep, hnsw._prune(dist.copy(), cand.copy(), x, 20, 10, 1.1, None, sq))
+    assert keep.sum(axis=1).max() == 20 and not keep[length == 0].any()
+
 
 @pytest.mark.parametrize("metric", ["l2", "dot"])
 def test_equal_rows_hang_below_one_another_and_every_node_is_reached(metric):

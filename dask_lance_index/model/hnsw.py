@@ -162,19 +162,19 @@ def _prune(dist: np.ndarray, cand: np.ndarray, vectors: np.ndarray, cap: int, fi
     HNSW's rule, vectorised over nodes: nearest first, a candidate is kept unless a
     kept one lies closer to it than the node does, by a factor ``alpha`` (in distance);
     then, as Lance's lists hold at least ``m``, the nearest dropped ones fill a list up
-    to ``fill``. ``table``: the level's distances, looked up instead of computed.
-    ``own``: the nodes' ids, where ``dist`` was measured on a projection
-    (:func:`_screening_rows`): ``dist`` and ``cand`` are replaced in place by the exact
-    distances (from the rows gathered for the pruning anyway; ``all_sq`` their squared
-    norms) and re-sorted by them.
+    to ``fill``. ``table``: the level's distances, looked up instead of computed; else
+    ``all_sq``: the level's squared norms. ``own``: the nodes' ids, where ``dist`` was
+    measured on a projection (:func:`_screening_rows`): ``dist`` and ``cand`` are replaced
+    in place by the exact distances (from the rows gathered for the pruning anyway) and
+    re-sorted by them.
     """
     rows, k = cand.shape
     order = None  # with `own`: the column of cc (candidates as gathered) at each rank
     if table is not None:
         cc = table[cand[:, :, None], cand[:, None, :]]
     else:
-        v = vectors[cand]  # (rows, K, d)
-        sq = np.einsum("rkd,rkd->rk", v, v) if own is None else all_sq[cand]
+        v = np.take(vectors, cand, axis=0)  # (rows, K, d); a fifth faster than vectors[cand]
+        sq = all_sq[cand]
         cc = np.matmul(v, v.transpose(0, 2, 1))  # the Gram matrix, then the distance between candidates i and j
         cc *= -2
         cc += sq[:, :, None]
@@ -449,17 +449,17 @@ def _distinct_level_graph(vectors: np.ndarray, cap: int, fill: int, candidates: 
     screen = None if table is not None else _screening_rows(vectors, sq, k)
     if screen is None:
         _candidates(vectors, sq, fwd, fwd_dist, table)
-        keep = _prune_in_slices(fwd_dist, fwd, vectors, cap, fill, table)
+        keep = _prune_in_slices(fwd_dist, fwd, vectors, sq, cap, fill, table)
     else:  # candidates found on the projection, their distances made exact by the pruning
         _candidates(*screen, fwd, fwd_dist)
-        keep = _prune_in_slices(fwd_dist, fwd, vectors, cap, fill, sq=sq)
+        keep = _prune_in_slices(fwd_dist, fwd, vectors, sq, cap, fill, projected=True)
     # every kept edge also the other way; then each node's list pruned again, nearest first
     cand, cdist = with_reverse_edges(n, np.repeat(np.arange(n), keep.sum(axis=1)), fwd[keep], fwd_dist[keep], cap)
     # as in Lance's inserts, a list is pruned only when the reverse edges overfill it
     keep = np.isfinite(cdist)
     over = np.flatnonzero(keep.sum(axis=1) > cap)
     if len(over):
-        keep[over] = _prune_in_slices(cdist[over], cand[over], vectors, cap, fill, table)
+        keep[over] = _prune_in_slices(cdist[over], cand[over], vectors, sq, cap, fill, table)
     src = np.repeat(np.arange(n), keep.sum(axis=1))
     src, dst, dist = connect(vectors, sq, src, cand[keep], cdist[keep], cap, entry)
     offsets = np.concatenate([[0], np.cumsum(np.bincount(src, minlength=n))])
@@ -499,19 +499,31 @@ def _screening_rows(vectors: np.ndarray, sq: np.ndarray, k: int) -> tuple | None
     return None
 
 
-def _prune_in_slices(dist, cand, vectors, cap, fill, table=None, sq=None):
+def _prune_in_slices(dist, cand, vectors, sq, cap, fill, table=None, projected=False):
+    """:func:`_prune` of each node's candidates ``cand`` (padded at the end with infinite
+    ``dist``), a slice of nodes at a time; ``projected``: ``dist`` measured on a projection,
+    the rows being nodes ``0..n-1`` in order, ``dist`` and ``cand`` made exact in place."""
     # level 0 (lists of m to 2 m) keeps the relaxed rule's extra edges and still leaves
     # room for connect's; the levels above, capped at m, keep HNSW's own rule
     alpha = _PRUNE_ALPHA if cap > fill else 1.0
     # each slice gathers its candidates' rows (rows x K x d): 1,024 nodes at 128-d, fewer
     # as the dimension grows (at 1536-d and K = 80, 1,024 nodes would gather 503 MB)
     rows = max(1, min(1024, _PRUNE_CELLS // max(1, cand.shape[1] * vectors.shape[1])))
-    keep = np.empty(cand.shape, dtype=bool)
+    # lists of unequal lengths (with the reverse edges: a median of 50 of 80 columns on
+    # sentence embeddings) are pruned shortest first, each slice only as wide as its
+    # longest: a node's gather grows with the width, its Gram matrix with its square
+    length = np.isfinite(dist).sum(axis=1)
+    order = np.argsort(length, kind="stable")
+    keep = np.zeros(cand.shape, dtype=bool)
     for lo in range(0, len(cand), rows):
-        # with sq: the distances are a projection's, nodes 0..n-1 in order (_distinct_level_graph)
-        own = None if sq is None else np.arange(lo, min(lo + rows, len(cand)))
-        keep[lo : lo + rows] = _prune(dist[lo : lo + rows], cand[lo : lo + rows], vectors, cap, fill, alpha, table,
-                                      sq, own)
+        idx = order[lo : lo + rows]
+        width = int(length[idx].max()) if len(idx) else 0
+        if width == 0:
+            continue
+        d, c = dist[idx, :width], cand[idx, :width]
+        keep[idx, :width] = _prune(d, c, vectors, cap, fill, alpha, table, sq, idx if projected else None)
+        if projected:  # made exact and re-sorted in the copies
+            dist[idx, :width], cand[idx, :width] = d, c
     return keep
 
 
