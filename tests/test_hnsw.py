@@ -1112,6 +1112,48 @@ def test_graph_runs_cover_the_partitions_in_order_within_the_bound():
     assert graph_runs([], 1000) == []
 
 
+def test_few_large_partitions_make_several_runs_a_worker_thread():
+    from dask_lance_index.build.graphs import GRAPH_TASK_ROWS, RUNS_PER_THREAD, run_rows
+
+    assert run_rows(75_122, 2) == -(-75_122 // (2 * RUNS_PER_THREAD)) < GRAPH_TASK_ROWS
+    assert run_rows(10_000_000, 2) == GRAPH_TASK_ROWS
+    assert run_rows(0, 4) == 1 and run_rows(100, 0) >= 1
+
+
+def test_a_finished_graph_run_makes_room_while_an_earlier_one_still_runs():
+    """_in_order yields in order, but the next item is submitted as soon as any submitted one
+    finishes: here the first item finishes only once the fourth has started, which waiting on
+    the oldest (two in flight) would never reach; and no more than twice the window is ever
+    submitted and not yet taken."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from dask_lance_index.build.graphs import _in_order
+
+    fourth_started = threading.Event()
+    state = {"submitted": 0, "taken": 0, "most_held": 0}
+
+    def work(i):
+        if i == 3:
+            fourth_started.set()
+        if i == 0:
+            return fourth_started.wait(timeout=20)
+        return i
+
+    with ThreadPoolExecutor(4) as pool:
+        def submit(i):
+            state["submitted"] += 1
+            state["most_held"] = max(state["most_held"], state["submitted"] - state["taken"])
+            return pool.submit(work, i)
+
+        out = []
+        for value in _in_order(submit, range(12), window=2):
+            state["taken"] += 1
+            out.append(value)
+    assert out == [True] + list(range(1, 12))  # item 0 saw item 3 start
+    assert state["most_held"] <= 4
+
+
 def test_without_a_cluster_the_graphs_get_the_cores_this_process_may_use(monkeypatch):
     """A CPU set that confines the process (taskset, a container's cpuset) bounds the graph
     threads and the plan's parallelism, not the machine's CPU count."""

@@ -9,13 +9,15 @@ its graphs are most of its time (1M x 128 rows, 256 partitions: 70-100 s of grap
 size. So when that task is alone (the plan's only build task) or a final merge and
 runs on a ``dask.distributed`` worker of a cluster with more than one worker thread, it has
 written the rows first, then hands runs of partitions (about :data:`GRAPH_TASK_ROWS` rows
-each) to graph tasks
+each, fewer where that would leave a worker thread under :data:`RUNS_PER_THREAD` runs) to
+graph tasks
 (:class:`PartitionGraphs`, keys ``dli-graphs-<segment>-<attempt>-<run>``) on any worker, itself
 seceded from its thread meanwhile (``distributed.worker_client``). A graph task reads its
 rows back from the written ``auxiliary.idx`` (nothing large travels in the graph) and
 returns their graphs; the writing task writes them in partition order as they come, with at
-most :data:`RUNS_IN_FLIGHT` runs a worker thread submitted and not yet written, so the
-graphs held at once stay bounded. Without a cluster (dask's synchronous or threaded
+most :data:`RUNS_IN_FLIGHT` runs a worker thread submitted and not finished (any finished run
+makes room for the next, so a long run does not hold the others back) and twice that not yet
+written, so the graphs held at once stay bounded. Without a cluster (dask's synchronous or threaded
 scheduler) that task builds them in a thread per core this process may run on
 (:func:`dask_lance_index.runtime.host_cores`: a CPU set that confines the process counts). Otherwise (a
 single worker thread, or several such tasks that would each secede or compete for the
@@ -26,7 +28,7 @@ a partition's seed is its own.
 from __future__ import annotations
 
 import collections
-import itertools
+import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -39,13 +41,20 @@ from ..model.hnsw import build_hnsw
 from ..runtime import host_cores, in_bulk, one_blas_thread, parallelism, worker_client_or_none
 from ..storage import StoredRows
 
-__all__ = ["GRAPH_TASK_ROWS", "RUNS_IN_FLIGHT", "PartitionGraphs", "graph_runs", "graph_threads"]
+__all__ = ["GRAPH_TASK_ROWS", "RUNS_IN_FLIGHT", "RUNS_PER_THREAD", "PartitionGraphs", "graph_runs", "graph_threads",
+           "run_rows"]
 
 # Rows of one graph task: 16 MB of 128-d rows read back, about a second of graphs at ~1k
 # rows a partition; 1M rows make 31 tasks, enough to keep every worker busy to the end.
 GRAPH_TASK_ROWS = 32_768
-# Graph tasks submitted and not yet written, per worker thread of the cluster.
+# Graph tasks submitted and not finished, per worker thread of the cluster (twice as many
+# may wait to be written).
 RUNS_IN_FLIGHT = 2
+# Runs a worker thread gets at least, where the partitions allow (a run holds one or more),
+# so that the workers' last runs end within about a run of one another: 75,122 sentence
+# rows (384-d) in 8 partitions made 3 runs of at most GRAPH_TASK_ROWS, and the last one's
+# 6.6 s of graphs ran alone while the other worker waited.
+RUNS_PER_THREAD = 4
 
 
 @dataclass(frozen=True)
@@ -100,6 +109,12 @@ def graph_threads(fan_out: bool) -> int:
     return parallelism(client) if client is not None else host_cores()
 
 
+def run_rows(total_rows: int, threads: int) -> int:
+    """Rows of a graph run: :data:`GRAPH_TASK_ROWS`, or fewer where ``total_rows`` would
+    make under :data:`RUNS_PER_THREAD` runs for each of ``threads``. Pure."""
+    return max(1, min(GRAPH_TASK_ROWS, -(-total_rows // (RUNS_PER_THREAD * max(1, threads)))))
+
+
 def graph_runs(partitions: list, max_rows: int) -> list:
     """``partitions`` (``(partition, first row, rows)``, consecutive) in runs of at most
     ``max_rows`` rows, a larger partition alone in its run. Pure."""
@@ -116,15 +131,46 @@ def graph_runs(partitions: list, max_rows: int) -> list:
 
 
 def _in_order(submit: Callable, items, window: int) -> Iterator:
-    """``submit(item).result()`` for each of ``items``, in order, with at most ``window``
-    submitted and not yet taken (a future of a thread pool or of a dask client)."""
+    """``submit(item).result()`` for each of ``items``, in order: at most ``window`` submitted
+    and not finished, and at most ``2 window`` submitted and not yet taken (a future of a
+    thread pool or of a dask client).
+
+    A finished future makes room for the next item whichever it is, not only the oldest:
+    waiting on the oldest left a worker idle while a long run ahead of it in the order
+    finished (8 sentence partitions: idle gaps of 0.6 and 1.0 s of a 10.9 s build)."""
     items = iter(items)
-    pending = collections.deque(submit(item) for item in itertools.islice(items, window))
-    while pending:
-        result = pending.popleft().result()
-        for item in itertools.islice(items, 1):
-            pending.append(submit(item))
-        yield result
+    pending: collections.deque = collections.deque()
+    finished = threading.Condition()
+    count = [0]  # futures finished so far
+
+    def on_done(_) -> None:  # a thread of the pool or of the client
+        with finished:
+            count[0] += 1
+            finished.notify_all()
+
+    submitted = taken = 0
+    while True:
+        with finished:
+            seen = count[0]
+        while submitted - seen < window and submitted - taken < 2 * window:
+            item = next(items, _END)
+            if item is _END:
+                break
+            future = submit(item)
+            future.add_done_callback(on_done)
+            pending.append(future)
+            submitted += 1
+        if not pending:
+            return
+        if pending[0].done():
+            taken += 1
+            yield pending.popleft().result()  # an error is raised here, in order
+        else:  # until any future finishes (count moves past what was seen)
+            with finished:
+                finished.wait_for(lambda: count[0] != seen)
+
+
+_END = object()
 
 
 def _in_threads(graphs: PartitionGraphs, partitions: list, rows_of: Callable, threads: int) -> Iterator:
@@ -149,6 +195,7 @@ def _on_cluster(graphs: PartitionGraphs, stored: StoredRows, partitions: list) -
             i, run = job
             return client.submit(graphs, stored, run, key=f"dli-graphs-{stored.index_uuid}-{attempt}-{i}", pure=False)
 
-        runs = enumerate(graph_runs(partitions, GRAPH_TASK_ROWS))
-        for done in _in_order(submit, runs, RUNS_IN_FLIGHT * parallelism(client)):
+        threads = parallelism(client)
+        runs = enumerate(graph_runs(partitions, run_rows(sum(p[2] for p in partitions), threads)))
+        for done in _in_order(submit, runs, RUNS_IN_FLIGHT * threads):
             yield from done
