@@ -34,7 +34,7 @@ from .model import IndexModel
 from .plan import IndexPlan
 from .recovery import IndexJob
 from .storage import hide_secrets
-from .train import SampleFragment, TrainModel, two_level_sample
+from .train import SampleFragment, TrainModel, kept_samples, two_level_sample
 
 __all__ = ["IndexBuild", "build_graph", "merge_task"]
 
@@ -100,7 +100,7 @@ def build_graph(
     with dask.annotate(retries=retries):
         if plan.train:
             sample = SampleFragment(plan.uri, plan.version, plan.column, plan.dimension, plan.seed, plan.build_id,
-                                    storage_options, journal)
+                                    storage_options, journal, plan.params.metric)
             specs = [(frag.fragment_id, frag.num_rows, n) for frag, n in zip(plan.fragments, plan.samples) if n > 0]
             if two_level_sample(plan):
                 # The model task draws the sample itself, as tasks whose rows stay on
@@ -109,6 +109,10 @@ def build_graph(
                                    storage_options, journal, sampler=sample)
                 model = delayed(train, pure=True)(specs, dask_key_name=f"dli-model-{tok}")
             else:
+                kept = kept_samples(plan)  # SQ: the bounds taken where the rows are drawn
+                if kept is not None:
+                    specs = [(f.fragment_id, f.num_rows, n, k) for f, n, k in zip(plan.fragments, plan.samples, kept)
+                             if n > 0]
                 samples = [delayed(sample, pure=True)(*spec, dask_key_name=f"dli-sample-{tok}-{spec[0]}")
                            for spec in specs]
                 train = TrainModel(plan.params, plan.dimension, plan.train, given, plan.seed, plan.build_id,

@@ -100,6 +100,32 @@ def test_sq_segments_merge_only_when_they_share_bounds(tmp_path, vectors, querie
     assert recall(ds, queries, truth, nprobes=8) > 0.85
 
 
+def test_sq_sampling_tasks_send_on_ivf_rows_and_the_bounds_of_all_they_drew(tmp_path, vectors):
+    """Where Lance's SQ sample (65,536 rows) outnumbers IVF's, each sampling task reduces all
+    the rows it drew to their SQ bounds (in the metric's space) and sends on only its share of
+    IVF's rows, drawn from those rows."""
+    from dask_lance_index.model import normalize_rows
+    from dask_lance_index.train import SampleFragment, kept_samples
+
+    uri = str(tmp_path / "sq.lance")
+    write_vectors(uri, vectors * np.linspace(0.5, 2, len(vectors), dtype=np.float32)[:, None],
+                  max_rows_per_file=2000)
+    plan = dli.plan_index(uri, "vector", "IVF_SQ", num_partitions=4, metric="cosine")
+    kept = kept_samples(plan)
+    assert sum(kept) == 4 * plan.params.sample_rate < sum(plan.samples)
+    assert all(k <= n for k, n in zip(kept, plan.samples)) and len(kept) == len(plan.fragments) > 1
+    assert kept_samples(dli.plan_index(uri, "vector", "IVF_FLAT", num_partitions=4)) is None
+    assert kept_samples(dli.plan_index(uri, "vector", "IVF_SQ", num_partitions=300)) is None  # IVF's are more
+    sample = SampleFragment(uri, plan.version, "vector", plan.dimension, None, plan.build_id, metric="cosine")
+    for f, n, k in zip(plan.fragments, plan.samples, kept):
+        drawn, _ = sample(f.fragment_id, f.num_rows, n)
+        rows, _, (start, end, count) = sample(f.fragment_id, f.num_rows, n, k)
+        unit = normalize_rows(drawn)
+        assert count == len(drawn) and (start, end) == (float(unit.min()), float(unit.max()))
+        assert (start, end) != (float(drawn.min()), float(drawn.max())) and len(rows) == k  # unit rows
+        assert (rows[:, None, :] == drawn[None, :, :]).all(axis=2).any(axis=1).all()
+
+
 def test_the_model_is_one_key_every_build_task_depends_on(dataset_uri):
     build = dli.create_index(
         dataset_uri, "vector", "IVF_PQ", num_partitions=16, num_sub_vectors=8, num_tasks=3, compute=False

@@ -31,6 +31,7 @@ __all__ = [
     "refine_partial",
     "refine_pieces",
     "route_piece",
+    "rows_bounds",
     "split_off",
     "split_piece",
     "take_rows",
@@ -65,6 +66,13 @@ def piece_offsets(lengths: Sequence[int], offsets: np.ndarray) -> list[tuple[int
 
 def take_rows(x: np.ndarray, offsets: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(x[offsets])
+
+
+def rows_bounds(x: np.ndarray, offsets: np.ndarray) -> tuple[float, float]:
+    """The smallest and largest value of a piece's rows at ``offsets`` (their SQ bounds, as
+    :func:`~dask_lance_index.model.train_sq_bounds`)."""
+    rows = x[offsets]
+    return float(rows.min()), float(rows.max())
 
 
 def split_off(x: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -188,17 +196,32 @@ class SampleRows:
     def num_rows(self) -> int:
         return int(sum(self.lengths))
 
+    def map_offsets(self, fn: Callable, offsets: np.ndarray) -> list:
+        """``fn(piece, offsets within it)`` for each piece holding some of the sorted global
+        ``offsets``, pieces in order, where the piece is."""
+        raise NotImplementedError
+
     def take(self, offsets: np.ndarray) -> np.ndarray:
         """The rows at sorted global ``offsets``, in that order."""
-        raise NotImplementedError
+        parts = self.map_offsets(take_rows, offsets)
+        return np.concatenate(parts) if parts else np.empty((0, self.dimension), np.float32)
+
+    def _drawn(self, m: int, rng: np.random.Generator) -> np.ndarray:
+        n = self.num_rows
+        return np.arange(n) if m >= n else np.sort(rng.choice(n, m, replace=False))
 
     def sample(self, m: int, rng: np.random.Generator) -> np.ndarray:
         """``m`` rows drawn at random (all of them when ``m`` is at least the rows), in
         the sample's order."""
-        n = self.num_rows
-        if m >= n:
-            return self.take(np.arange(n))
-        return self.take(np.sort(rng.choice(n, m, replace=False)))
+        return self.take(self._drawn(m, rng))
+
+    def sq_bounds(self, m: int, rng: np.random.Generator) -> tuple[float, float]:
+        """The SQ bounds of the rows :meth:`sample` draws with the same ``rng``, each
+        piece taking its own rows' (only two floats a piece travel)."""
+        parts = self.map_offsets(rows_bounds, self._drawn(m, rng))
+        if not parts:
+            raise ValueError("no rows to take SQ bounds from")
+        return min(p[0] for p in parts), max(p[1] for p in parts)
 
     def hold_out(self, m: int, rng: np.random.Generator) -> np.ndarray:
         """Remove ``m`` rows drawn at random from the sample and return them, in the
@@ -248,9 +271,8 @@ class LocalRows(SampleRows):
         self._labels: list[np.ndarray] | None = None
         self._refined: list[np.ndarray] | None = None  # each row's partition after the last pass
 
-    def take(self, offsets: np.ndarray) -> np.ndarray:
-        parts = [take_rows(self.pieces[i], o) for i, o in piece_offsets(self.lengths, np.asarray(offsets))]
-        return np.concatenate(parts) if parts else np.empty((0, self.dimension), np.float32)
+    def map_offsets(self, fn: Callable, offsets: np.ndarray) -> list:
+        return [fn(self.pieces[i], o) for i, o in piece_offsets(self.lengths, np.asarray(offsets))]
 
     def split_off(self, offsets: np.ndarray) -> np.ndarray:
         taken = [np.empty((0, self.dimension), np.float32)]

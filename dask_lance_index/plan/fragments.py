@@ -13,7 +13,7 @@ from typing import Sequence
 
 from ..errors import InvalidInputError
 
-__all__ = ["DEFAULT_ROWS_PER_TASK", "FragmentInfo", "allocate_samples", "check_fragment_groups", "group_fragments"]
+__all__ = ["DEFAULT_ROWS_PER_TASK", "FragmentInfo", "allocate_samples", "apportion", "check_fragment_groups", "group_fragments"]
 
 # Default rows per build task: above it a build splits into more tasks than workers.
 DEFAULT_ROWS_PER_TASK = 2_000_000
@@ -107,7 +107,13 @@ def check_fragment_groups(
 def allocate_samples(fragments: Sequence[FragmentInfo], total: int) -> tuple[int, ...]:
     """Rows to sample from each fragment: proportional to its rows, summing to
     ``min(total, all rows)``, by largest remainder. Pure."""
-    rows = [f.num_rows for f in fragments]
+    return apportion([f.num_rows for f in fragments], total)
+
+
+def apportion(rows: Sequence[int], total: int) -> tuple[int, ...]:
+    """``min(total, sum(rows))`` shared out in proportion to ``rows``, none past its own,
+    by largest remainder. Pure."""
+    rows = [int(r) for r in rows]
     all_rows = sum(rows)
     total = min(total, all_rows)
     if all_rows == 0 or total == 0:

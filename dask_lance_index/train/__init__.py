@@ -10,6 +10,7 @@ from .cluster_rows import BUCKET_BYTES, ClusterRows, draw_sample
 from .sample import (
     SAMPLE_RUN,
     SampleFragment,
+    kept_samples,
     sample_fragment,
     sample_offsets,
     seed_for,
@@ -25,7 +26,7 @@ from .train import (
 )
 
 __all__ = [
-    "BUCKET_BYTES", "ClusterRows", "SAMPLE_RUN", "SampleFragment", "TrainModel", "cluster_partials", "map_groups", "sample_fragment",
+    "BUCKET_BYTES", "ClusterRows", "SAMPLE_RUN", "SampleFragment", "TrainModel", "cluster_partials", "kept_samples", "map_groups", "sample_fragment",
     "sample_offsets", "seed_for", "train_ivf_on_cluster", "train_model", "train_shards",
     "two_level_sample", "draw_sample",
 ]

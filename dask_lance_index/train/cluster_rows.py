@@ -30,7 +30,6 @@ from ..model.sample_rows import (
     route_piece,
     split_off,
     split_piece,
-    take_rows,
     train_bucket,
 )
 from ..runtime import in_bulk, one_blas_thread
@@ -100,12 +99,10 @@ class ClusterRows(SampleRows):
         # per worker task of the last refinement pass: (worker, its pieces, future of their rows' partitions)
         self._refined: list | None = None
 
-    def take(self, offsets: np.ndarray) -> np.ndarray:
+    def map_offsets(self, fn: Callable, offsets: np.ndarray) -> list:
         c = self.client
-        futures = [c.submit(take_rows, self.pieces[i], o, pure=False)
-                   for i, o in piece_offsets(self.lengths, np.asarray(offsets))]
-        parts = c.gather(futures)
-        return np.concatenate(parts) if parts else np.empty((0, self.dimension), np.float32)
+        return c.gather([c.submit(fn, self.pieces[i], o, pure=False)
+                         for i, o in piece_offsets(self.lengths, np.asarray(offsets))])
 
     def split_off(self, offsets: np.ndarray) -> np.ndarray:
         """Each piece with rows to give splits on its worker; only the rows taken travel."""

@@ -31,7 +31,6 @@ from ..model import (
     residuals,
     train_ivf,
     train_pq,
-    train_sq_bounds,
 )
 from ..model.coarse import (
     TARGET_AGREEMENT,
@@ -208,8 +207,11 @@ def _train_flat(samples: list, *, params, dimension: int, train, seed, build_id:
     ``(centroids, codebook, sq_bounds)``, the ``given`` ones where not trained."""
     centroids, codebook, sq_bounds = given
     x = np.concatenate([s[0] for s in samples]) if samples else np.empty((0, dimension), np.float32)
+    # sampling tasks that sent on only IVF's rows (.sample.kept_samples) send the SQ bounds
+    # of all the rows they drew, and how many those were
+    reduced = [s[2] for s in samples if len(s) > 2 and s[2] is not None]
     _check_sample(len(x), params)
-    source["sample_rows"] = int(len(x))
+    source["sample_rows"] = int(sum(b[2] for b in reduced)) if reduced else int(len(x))
     x = prepare_vectors(x, params.metric)
     ivf_seed, pq_seed = seed_for(seed, build_id, 2**31).spawn(2)
     if "ivf_centroids" in train:
@@ -227,7 +229,10 @@ def _train_flat(samples: list, *, params, dimension: int, train, seed, build_id:
         pq_rows = min(len(x), _pq_rows(len(x), params))
         xp = x if pq_rows == len(x) else x[np.random.default_rng(pq_seed).choice(len(x), pq_rows, replace=False)]
         codebook = _train_codebook(xp, centroids, params, pq_seed, source)
-    if "sq_bounds" in train:
+    if "sq_bounds" in train and reduced:  # every row drawn is in Lance's SQ sample: its bounds
+        sq_bounds = (min(b[0] for b in reduced), max(b[1] for b in reduced))
+        source["sq_bounds"] = "trained"
+    elif "sq_bounds" in train:
         sq_bounds = _sq_bounds(LocalRows([x]), params, seed, build_id, source)
     return centroids, codebook, sq_bounds
 
@@ -272,9 +277,10 @@ def _train_codebook(xp: np.ndarray, centroids: np.ndarray, params, pq_seed, sour
 
 
 def _sq_bounds(rows: SampleRows, params, seed, build_id: str, source: dict) -> tuple[float, float]:
-    """SQ bounds from Lance's SQ sample (``2**num_bits x 256`` rows) of the prepared sample."""
+    """SQ bounds from Lance's SQ sample (``2**num_bits x 256`` rows) of the prepared sample,
+    each piece reducing its own rows (the SQ sample is never gathered)."""
     m = 2 ** params.num_bits * SQ_SAMPLE_RATE
-    bounds = train_sq_bounds(rows.sample(m, np.random.default_rng(seed_for(seed, build_id, 2**31 + 2))))
+    bounds = rows.sq_bounds(m, np.random.default_rng(seed_for(seed, build_id, 2**31 + 2)))
     source["sq_bounds"] = "trained"
     return bounds
 
