@@ -714,7 +714,7 @@ def test_dot_graphs_search_as_well_as_lances_on_the_same_partitions(tmp_path, mo
         x = x / np.linalg.norm(x, axis=1, keepdims=True)
         truth = exact_knn(x, queries, 10, "dot")
         real_graph = hnsw._distinct_level_graph
-        monkeypatch.setattr(hnsw, "_distinct_level_graph", lambda *a: calls.append(1) or real_graph(*a))
+        monkeypatch.setattr(hnsw, "_distinct_level_graph", lambda *a, **k: calls.append(1) or real_graph(*a, **k))
     elif grouped == "projected":
         monkeypatch.setattr(hnsw_dot, "_PROJECTED_MIN_ROWS", 512)
         real_rows = hnsw_dot._projected_rows

@@ -35,10 +35,10 @@ from dataclasses import dataclass
 from typing import Callable, Iterator
 
 import numpy as np
-from distributed import worker_client
+from distributed import get_worker, worker_client
 
-from ..model.hnsw import build_hnsw
-from ..runtime import host_cores, in_bulk, one_blas_thread, parallelism, worker_client_or_none
+from ..model.hnsw import build_hnsw, in_turn
+from ..runtime import SpareThreads, host_cores, in_bulk, one_blas_thread, parallelism, worker_client_or_none
 from ..storage import StoredRows
 
 __all__ = ["GRAPH_TASK_ROWS", "RUNS_IN_FLIGHT", "RUNS_PER_THREAD", "PartitionGraphs", "graph_runs", "graph_threads",
@@ -69,16 +69,20 @@ class PartitionGraphs:
     seed: tuple
     metric: str = "l2"  # "l2" (and cosine's unit rows) or "dot"
 
-    def graph(self, partition: int, rows: np.ndarray):
+    def graph(self, partition: int, rows: np.ndarray, each: Callable = in_turn):
         return build_hnsw(rows, m=self.m, max_level=self.max_level, seed=(*self.seed, partition),
-                          candidates=self.candidates, metric=self.metric)
+                          candidates=self.candidates, metric=self.metric, each=each)
 
     @in_bulk  # a graph task's temporaries from the heap, as the build task's (runtime.malloc)
     @one_blas_thread()  # graph tasks run side by side: one BLAS thread each (runtime.blas)
     def __call__(self, stored: StoredRows, run: list) -> list:
         """The graphs of ``run``'s partitions, ``(partition, first stored row, rows)``
-        consecutive in ``stored``, read back in one range."""
-        return [self.graph(p, rows) for (p, _, _), rows in zip(run, stored.read(run))]
+        consecutive in ``stored``, read back in one range; in a dask worker, each graph's
+        pieces also in the idle worker threads of its host (:class:`~dask_lance_index.runtime.SpareThreads`:
+        the last graph task of a build is often alone)."""
+        client = worker_client_or_none()
+        each = in_turn if client is None else SpareThreads(client, get_worker().address)
+        return [self.graph(p, rows, each) for (p, _, _), rows in zip(run, stored.read(run))]
 
     def builder(self, fan_out: bool) -> Callable:
         """A ``build_graphs`` for :func:`~dask_lance_index.storage.write_hnsw_segment`.

@@ -36,6 +36,8 @@ on every level, and each list comes with its distances (squared l2, or ``1 - x.y
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
+from typing import Callable, Iterable
 
 import numpy as np
 
@@ -44,7 +46,7 @@ from .hnsw_edges import SLICE_CELLS, connect, with_reverse_edges
 from .kmeans import kmeans, smallest_first
 
 __all__ = ["HNSW_BLOCK_ROWS", "HNSW_CANDIDATES", "HNSW_DOT_CANDIDATES", "HNSW_EF_CONSTRUCTION", "HNSW_M", "HNSW_MAX_LEVEL",
-           "HnswGraph", "build_hnsw", "node_levels", "one_norm"]
+           "HnswGraph", "build_hnsw", "in_turn", "node_levels", "one_norm"]
 
 # Lance's defaults (pylance 14.0.2): neighbours per node (2 m on level 0), the beam of its
 # inserts (recorded here; our candidates are exact) and the number of levels.
@@ -146,6 +148,13 @@ class HnswGraph:
         return [0] + np.cumsum(counts).tolist()
 
 
+def in_turn(fn: Callable, items: Iterable) -> None:
+    """``fn(item)`` for each of ``items``, one after another: how a level's independent
+    pieces of work run unless :func:`build_hnsw` is given another ``each``."""
+    for item in items:
+        fn(item)
+
+
 def node_levels(n: int, m: int, max_level: int, seed) -> np.ndarray:
     """Each node's top level: ``floor(-ln(U) / ln(m))``, below ``max_level``."""
     u = np.random.default_rng(seed).random(n)
@@ -210,7 +219,7 @@ def _prune(dist: np.ndarray, cand: np.ndarray, vectors: np.ndarray, cap: int, fi
     return keep
 
 
-def _candidates(vectors, sq, fwd, fwd_dist, table=None) -> None:
+def _candidates(vectors, sq, fwd, fwd_dist, table=None, each: Callable = in_turn) -> None:
     """Each node's ``K = fwd.shape[1]`` candidates, nearest first, into ``fwd`` and
     ``fwd_dist`` (node ids, squared distances): its nearest nodes (among all nodes, from
     ``table`` where the level keeps its distances whole, or past
@@ -230,9 +239,9 @@ def _candidates(vectors, sq, fwd, fwd_dist, table=None) -> None:
         f[:, kk:] = np.arange(n)[:, None]
         d[:, kk:] = np.inf
     elif n > HNSW_BLOCK_ROWS:
-        _grouped_candidates(vectors, sq, f, d)
+        _grouped_candidates(vectors, sq, f, d, each)
     else:
-        _nearest_among(vectors, sq, np.arange(n), np.arange(n), f, d)
+        _nearest_among(vectors, sq, np.arange(n), np.arange(n), f, d, each)
     if near == k:
         return
     far = np.random.default_rng(n).integers(0, n, size=(n, k - near))
@@ -245,16 +254,18 @@ def _candidates(vectors, sq, fwd, fwd_dist, table=None) -> None:
     fwd_dist[:] = np.take_along_axis(both_dist, order, axis=1)
 
 
-def _nearest_among(vectors, sq, nodes, pool, fwd, fwd_dist) -> None:
+def _nearest_among(vectors, sq, nodes, pool, fwd, fwd_dist, each: Callable = in_turn) -> None:
     """Each of ``nodes``' nearest in ``pool`` (ascending ids, holding ``nodes``; not
-    itself), a slice of nodes at a time, into ``fwd[nodes]``, ``fwd_dist[nodes]``; rows
-    short of ``K`` (a pool that small) padded with infinite distances."""
+    itself), a slice of nodes at a time (the slices run by ``each``), into ``fwd[nodes]``,
+    ``fwd_dist[nodes]``; rows short of ``K`` (a pool that small) padded with infinite
+    distances."""
     k = fwd.shape[1]
     kk = min(k, len(pool) - 1)
     # a pool of every node is the rows themselves, not a copy of them
     pv, psq = (vectors, sq) if len(pool) == len(vectors) else (vectors[pool], sq[pool])
     step = max(1, SLICE_CELLS // len(pool))
-    for lo in range(0, len(nodes), step):
+
+    def nearest(lo: int) -> None:
         rows = nodes[lo : lo + step]
         # |x_j|^2 - 2 x_i.x_j: row i's distances less its own |x_i|^2, which orders them alike
         dist = vectors[rows] @ pv.T
@@ -266,6 +277,8 @@ def _nearest_among(vectors, sq, nodes, pool, fwd, fwd_dist) -> None:
         fwd_dist[rows, :kk] = np.maximum(np.take_along_axis(dist, near, axis=1) + sq[rows, None], 0)
         fwd[rows, kk:] = rows[:, None]
         fwd_dist[rows, kk:] = np.inf
+
+    each(nearest, range(0, len(nodes), step))
 
 
 def _nearest_of(vectors, sq, nodes, k: int) -> np.ndarray:
@@ -330,7 +343,7 @@ def _fine_groups(vectors, near, groups: int, rng) -> np.ndarray:
     return out
 
 
-def _grouped_candidates(vectors, sq, fwd, fwd_dist) -> None:
+def _grouped_candidates(vectors, sq, fwd, fwd_dist, each: Callable = in_turn) -> None:
     """Candidates of a large level: its nodes in groups of about :data:`_GROUP_ROWS` (a
     few k-means steps on a sample, seeded by the level's size, so the same everywhere),
     and each node's nearest among the nodes of every group it is near (a node belongs to
@@ -359,10 +372,12 @@ def _grouped_candidates(vectors, sq, fwd, fwd_dist) -> None:
     order, bounds = _by_label(near.ravel(), count)
     members = (order // near.shape[1]).astype(np.int32)
     homes, home_bounds = _by_label(near[:, 0], count)
-    for g in range(count):
-        if home_bounds[g + 1] > home_bounds[g]:
-            _nearest_among(vectors, sq, homes[home_bounds[g] : home_bounds[g + 1]], members[bounds[g] : bounds[g + 1]],
-                           fwd, fwd_dist)
+
+    def group(g: int) -> None:  # its home nodes' candidates among its pool: rows no other group writes
+        _nearest_among(vectors, sq, homes[home_bounds[g] : home_bounds[g + 1]], members[bounds[g] : bounds[g + 1]],
+                       fwd, fwd_dist)
+
+    each(group, [g for g in range(count) if home_bounds[g + 1] > home_bounds[g]])
 
 
 def _copies_of(vectors: np.ndarray, entry: int) -> np.ndarray:
@@ -382,7 +397,8 @@ def _copies_of(vectors: np.ndarray, entry: int) -> np.ndarray:
     return first[inverse]
 
 
-def _level_graph(vectors: np.ndarray, cap: int, fill: int, candidates: int, entry: int, dot: bool = False):
+def _level_graph(vectors: np.ndarray, cap: int, fill: int, candidates: int, entry: int, dot: bool = False,
+                 each: Callable = in_turn):
     """Neighbour lists of one level's nodes (local ids), every node reached from
     ``entry`` and reaching it: offsets, ids, distances.
 
@@ -398,7 +414,8 @@ def _level_graph(vectors: np.ndarray, cap: int, fill: int, candidates: int, entr
     of up to ``4 m``."""
     n = len(vectors)
     rep = _copies_of(vectors, entry) if n > 1 else np.zeros(n, np.int64)
-    distinct = distinct_dot_graph if dot else _distinct_level_graph
+    # the dot construction's inserts run in order; the l2 one's pieces are independent
+    distinct = distinct_dot_graph if dot else partial(_distinct_level_graph, each=each)
     if (rep == np.arange(n)).all():
         return distinct(vectors, cap, fill, candidates, entry)
     reps = np.flatnonzero(rep == np.arange(n))
@@ -430,7 +447,8 @@ def _level_graph(vectors: np.ndarray, cap: int, fill: int, candidates: int, entr
     return np.concatenate([[0], np.cumsum(np.bincount(src, minlength=n))]), dst[order], dd[order]
 
 
-def _distinct_level_graph(vectors: np.ndarray, cap: int, fill: int, candidates: int, entry: int):
+def _distinct_level_graph(vectors: np.ndarray, cap: int, fill: int, candidates: int, entry: int,
+                          each: Callable = in_turn):
     """:func:`_level_graph` of rows that are all different."""
     n, d = vectors.shape
     if n == 1:
@@ -448,18 +466,18 @@ def _distinct_level_graph(vectors: np.ndarray, cap: int, fill: int, candidates: 
         table[np.arange(n), np.arange(n)] = np.inf  # not its own candidate
     screen = None if table is not None else _screening_rows(vectors, sq, k)
     if screen is None:
-        _candidates(vectors, sq, fwd, fwd_dist, table)
-        keep = _prune_in_slices(fwd_dist, fwd, vectors, sq, cap, fill, table)
+        _candidates(vectors, sq, fwd, fwd_dist, table, each)
+        keep = _prune_in_slices(fwd_dist, fwd, vectors, sq, cap, fill, table, each=each)
     else:  # candidates found on the projection, their distances made exact by the pruning
-        _candidates(*screen, fwd, fwd_dist)
-        keep = _prune_in_slices(fwd_dist, fwd, vectors, sq, cap, fill, projected=True)
+        _candidates(*screen, fwd, fwd_dist, each=each)
+        keep = _prune_in_slices(fwd_dist, fwd, vectors, sq, cap, fill, projected=True, each=each)
     # every kept edge also the other way; then each node's list pruned again, nearest first
     cand, cdist = with_reverse_edges(n, np.repeat(np.arange(n), keep.sum(axis=1)), fwd[keep], fwd_dist[keep], cap)
     # as in Lance's inserts, a list is pruned only when the reverse edges overfill it
     keep = np.isfinite(cdist)
     over = np.flatnonzero(keep.sum(axis=1) > cap)
     if len(over):
-        keep[over] = _prune_in_slices(cdist[over], cand[over], vectors, sq, cap, fill, table)
+        keep[over] = _prune_in_slices(cdist[over], cand[over], vectors, sq, cap, fill, table, each=each)
     src = np.repeat(np.arange(n), keep.sum(axis=1))
     src, dst, dist = connect(vectors, sq, src, cand[keep], cdist[keep], cap, entry)
     offsets = np.concatenate([[0], np.cumsum(np.bincount(src, minlength=n))])
@@ -499,10 +517,11 @@ def _screening_rows(vectors: np.ndarray, sq: np.ndarray, k: int) -> tuple | None
     return None
 
 
-def _prune_in_slices(dist, cand, vectors, sq, cap, fill, table=None, projected=False):
+def _prune_in_slices(dist, cand, vectors, sq, cap, fill, table=None, projected=False, each: Callable = in_turn):
     """:func:`_prune` of each node's candidates ``cand`` (padded at the end with infinite
-    ``dist``), a slice of nodes at a time; ``projected``: ``dist`` measured on a projection,
-    the rows being nodes ``0..n-1`` in order, ``dist`` and ``cand`` made exact in place."""
+    ``dist``), a slice of nodes at a time (the slices run by ``each``); ``projected``:
+    ``dist`` measured on a projection, the rows being nodes ``0..n-1`` in order, ``dist``
+    and ``cand`` made exact in place."""
     # level 0 (lists of m to 2 m) keeps the relaxed rule's extra edges and still leaves
     # room for connect's; the levels above, capped at m, keep HNSW's own rule
     alpha = _PRUNE_ALPHA if cap > fill else 1.0
@@ -515,20 +534,23 @@ def _prune_in_slices(dist, cand, vectors, sq, cap, fill, table=None, projected=F
     length = np.isfinite(dist).sum(axis=1)
     order = np.argsort(length, kind="stable")
     keep = np.zeros(cand.shape, dtype=bool)
-    for lo in range(0, len(cand), rows):
+
+    def prune(lo: int) -> None:  # its own nodes' rows of keep (and of dist, cand)
         idx = order[lo : lo + rows]
         width = int(length[idx].max()) if len(idx) else 0
         if width == 0:
-            continue
+            return
         d, c = dist[idx, :width], cand[idx, :width]
         keep[idx, :width] = _prune(d, c, vectors, cap, fill, alpha, table, sq, idx if projected else None)
         if projected:  # made exact and re-sorted in the copies
             dist[idx, :width], cand[idx, :width] = d, c
+
+    each(prune, range(0, len(cand), rows))
     return keep
 
 
 def build_hnsw(vectors: np.ndarray, *, m: int, max_level: int, seed, candidates: int | None = None,
-               metric: str = "l2") -> HnswGraph:
+               metric: str = "l2", each: Callable = in_turn) -> HnswGraph:
     """The HNSW graph of one partition's ``vectors`` (float32, in stored row order): under
     ``metric`` ``"l2"`` with squared l2 distances (unit vectors for cosine, as stored), under
     ``"dot"`` with Lance's dot distances ``1 - x.y``. ``candidates``: each node's nearest
@@ -540,7 +562,9 @@ def build_hnsw(vectors: np.ndarray, *, m: int, max_level: int, seed, candidates:
     62,500 8.4 s, of 92,000 14.8 s; builds leave larger partitions' graphs to Lance:
     :func:`~dask_lance_index.build.engines.precomputed.dot_graph_rows`); rows of
     :func:`one_norm` under dot as under l2 (with ``min(candidates, HNSW_CANDIDATES)``), their
-    distances Lance's dot ones."""
+    distances Lance's dot ones. ``each(fn, items)`` runs a level's independent pieces (groups
+    of candidates, slices of nodes to prune; l2 only), :func:`in_turn` by default: the same
+    graph whatever runs them, and in whatever order."""
     if metric not in ("l2", "dot"):
         raise ValueError(f"build_hnsw builds l2 or dot graphs, not {metric!r}; pass unit vectors and 'l2' for cosine")
     dot = metric == "dot"
@@ -553,7 +577,7 @@ def build_hnsw(vectors: np.ndarray, *, m: int, max_level: int, seed, candidates:
         # (its own 40 candidates, not dot's ef_construction) is the cheaper by far; its
         # distances then become Lance's dot ones (docs/benchmarks.md)
         near = None if candidates is None else min(candidates, HNSW_CANDIDATES)
-        return _as_dot(build_hnsw(vectors, m=m, max_level=max_level, seed=seed, candidates=near), vectors)
+        return _as_dot(build_hnsw(vectors, m=m, max_level=max_level, seed=seed, candidates=near, each=each), vectors)
     if candidates is None:
         candidates = HNSW_DOT_CANDIDATES if dot else HNSW_CANDIDATES
     levels = node_levels(n, m, max_level, seed)
@@ -564,7 +588,7 @@ def build_hnsw(vectors: np.ndarray, *, m: int, max_level: int, seed, candidates:
         nodes = np.flatnonzero(levels >= level)
         cap = 2 * m if level == 0 else m
         offsets, ids, dist = _level_graph(vectors[nodes], cap, m, max(candidates, cap),
-                                          int(np.searchsorted(nodes, entry)), dot=dot)
+                                          int(np.searchsorted(nodes, entry)), dot=dot, each=each)
         out.append((nodes, offsets, nodes[ids], dist))
     return HnswGraph(levels=tuple(out), entry_point=entry)
 

@@ -1,5 +1,6 @@
 """Runtime: where and how tasks run. The cluster to run on, progress bars, one BLAS
-thread per task, and the allocator settings of a task's bulk work.
+thread per task, the allocator settings of a task's bulk work, and the idle threads a task
+left alone may borrow.
 """
 
 from .blas import blas_threads, host_blas_threads, host_cores, one_blas_thread
@@ -17,9 +18,11 @@ from .client import (
 )
 from .malloc import bulk_allocations, in_bulk, small_pages, with_small_pages
 from .progress import compute_with_progress, show_progress
+from .spare import SpareThreads, run_each
 
 __all__ = [
     "blas_threads", "bulk_allocations", "check_client", "check_security", "compute_with_progress", "connect", "host_blas_threads",
     "host_cores", "in_bulk", "num_workers", "one_blas_thread", "other_hosts", "parallelism", "resolve_client",
-    "show_progress", "small_pages", "tls_refused_hint", "tls_security", "with_small_pages", "worker_client_or_none",
+    "show_progress", "small_pages", "SpareThreads", "run_each", "tls_refused_hint", "tls_security", "with_small_pages",
+    "worker_client_or_none",
 ]

@@ -1,0 +1,87 @@
+"""A task left alone borrows its host's idle worker threads: run_each and SpareThreads."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+from distributed import get_worker, worker_client
+
+from dask_lance_index.model import build_hnsw
+from dask_lance_index.runtime import SpareThreads, run_each
+
+
+def _squares(n: int, spare) -> tuple[np.ndarray, set]:
+    out = np.zeros(n)
+    names = set()
+
+    def fn(i):
+        names.add(threading.current_thread().name)
+        time.sleep(0.002)
+        out[i] = i * i
+
+    run_each(fn, range(n), spare)
+    return out, names
+
+
+def test_every_item_is_done_once_in_this_thread_and_in_as_many_helpers_as_are_spare():
+    out, names = _squares(200, lambda: 0)
+    np.testing.assert_array_equal(out, np.arange(200.0) ** 2)
+    assert names == {threading.current_thread().name}
+    out, names = _squares(200, lambda: 2)
+    np.testing.assert_array_equal(out, np.arange(200.0) ** 2)
+    assert threading.current_thread().name in names and "dli-spare" in names
+    assert not [t for t in threading.enumerate() if t.name == "dli-spare"]  # all joined
+
+
+def test_an_error_in_a_helper_stops_the_others_and_is_raised():
+    done = []
+
+    def fn(i):
+        if i == 7:
+            raise ValueError("piece 7")
+        time.sleep(0.002)
+        done.append(i)
+
+    with pytest.raises(ValueError, match="piece 7"):
+        run_each(fn, range(500), lambda: 3)
+    assert len(done) < 499  # stopped early
+    assert not [t for t in threading.enumerate() if t.name == "dli-spare"]
+
+
+def test_a_graph_is_the_same_built_with_helpers():
+    x = np.random.default_rng(0).standard_normal((9000, 24)).astype(np.float32)  # grouped candidates
+    alone = build_hnsw(x, m=8, max_level=3, seed=1)
+    helped = build_hnsw(x, m=8, max_level=3, seed=1, each=lambda fn, items: run_each(fn, items, lambda: 2))
+    for a, b in zip(alone.levels, helped.levels):
+        for u, v in zip(a, b):
+            np.testing.assert_array_equal(u, v)
+
+
+def _child_spare() -> int:
+    worker = get_worker()
+    return SpareThreads(worker.client, worker.address).spare()
+
+
+def _spare_seen_by_children():
+    """A parent seceded to wait on its children, as a build task waits on its graph tasks."""
+    with worker_client() as client:
+        me = get_worker().address
+        other = next(a for a in client.scheduler_info(n_workers=-1)["workers"] if a != me)
+        beside_parent = client.submit(_child_spare, workers=[me], pure=False).result()
+        on_the_other = client.submit(_child_spare, workers=[other], pure=False).result()
+        busy = client.submit(time.sleep, 3, workers=[other], pure=False)
+        while not client.processing([other])[other]:
+            time.sleep(0.05)
+        beside_busy = client.submit(_child_spare, workers=[me], pure=False).result()
+        busy.result()
+        return beside_parent, on_the_other, beside_busy
+
+
+def test_the_idle_threads_of_the_host_are_spare_a_seceded_task_holding_none(cluster_client):
+    """Two workers of one thread on this host: a child alone sees the other worker's thread
+    spare, whether it runs beside its seceded parent or on the other worker (where the
+    parent's seceded thread is the free one); beside a busy worker it sees none."""
+    assert cluster_client.submit(_spare_seen_by_children, pure=False).result() == (1, 1, 0)
