@@ -17,7 +17,7 @@ import threading
 import time
 from typing import Callable, Iterable
 
-from .client import _host
+from distributed.comm.addressing import get_address_host
 
 __all__ = ["POLL_SECONDS", "SpareThreads", "idle_threads", "run_each"]
 
@@ -26,11 +26,14 @@ __all__ = ["POLL_SECONDS", "SpareThreads", "idle_threads", "run_each"]
 POLL_SECONDS = 0.5
 
 
-def idle_threads(dask_scheduler=None) -> dict:
-    """On the scheduler (``client.run_on_scheduler``): each worker's threads with no task to
-    run, by address; a seceded task (``worker_client``) waits and holds none."""
+def idle_threads(host: str, dask_scheduler=None) -> dict:
+    """On the scheduler (``client.run_on_scheduler``): the threads with no task to run of each
+    worker on ``host``, by address; a seceded task (``worker_client``) waits and holds none.
+    Only that host's workers are looked at (the scheduler's ``host_info``): every graph task
+    of a large cluster asks."""
+    addresses = dask_scheduler.host_info.get(host, {}).get("addresses", ())
     return {addr: max(0, ws.nthreads - len(ws.processing) + len(ws.long_running))
-            for addr, ws in dask_scheduler.workers.items()}
+            for addr in addresses if (ws := dask_scheduler.workers.get(addr)) is not None}
 
 
 def run_each(fn: Callable, items: Iterable, spare: Callable[[], int]) -> None:
@@ -91,11 +94,10 @@ class SpareThreads:
         if now - self._asked >= self.poll:
             self._asked = now
             try:
-                idle = self.client.run_on_scheduler(idle_threads)
-            except Exception:
+                idle = self.client.run_on_scheduler(idle_threads, get_address_host(self.address))
+            except Exception:  # a scheduler that runs no functions sent to it
                 idle = {}
-            host = _host(self.address)
-            self._spare = sum(n for addr, n in idle.items() if addr != self.address and _host(addr) == host)
+            self._spare = sum(n for addr, n in idle.items() if addr != self.address)
         return self._spare
 
     def __call__(self, fn: Callable, items: Iterable) -> None:
