@@ -1154,6 +1154,25 @@ def test_a_finished_graph_run_makes_room_while_an_earlier_one_still_runs():
     assert state["most_held"] <= 4
 
 
+def test_without_a_cluster_a_graph_left_alone_runs_its_pieces_in_the_idle_threads(monkeypatch):
+    """_in_threads: one partition in two threads lends its graph the other thread (its pieces
+    run by run_each with one spare), and the graph is the one built in turn."""
+    from dask_lance_index.build import graphs as graphs_module
+    from dask_lance_index.build.graphs import PartitionGraphs, _in_threads
+
+    x = np.random.default_rng(5).standard_normal((9000, 16)).astype(np.float32)  # grouped candidates
+    seen = []
+    real = graphs_module.run_each
+    monkeypatch.setattr(graphs_module, "run_each", lambda fn, items, spare: seen.append(spare()) or real(fn, items, spare))
+    maker = PartitionGraphs(m=8, max_level=3, candidates=16, seed=(1,))
+    (graph,) = list(_in_threads(maker, [(0, 0, len(x))], lambda p: x, threads=2))
+    assert seen and max(seen) == 1
+    alone = maker.graph(0, x)
+    for a, b in zip(alone.levels, graph.levels):
+        for u, v in zip(a, b):
+            np.testing.assert_array_equal(u, v)
+
+
 def test_without_a_cluster_the_graphs_get_the_cores_this_process_may_use(monkeypatch):
     """A CPU set that confines the process (taskset, a container's cpuset) bounds the graph
     threads and the plan's parallelism, not the machine's CPU count."""

@@ -19,7 +19,8 @@ most :data:`RUNS_IN_FLIGHT` runs a worker thread submitted and not finished (any
 makes room for the next, so a long run does not hold the others back) and twice that not yet
 written, so the graphs held at once stay bounded. Without a cluster (dask's synchronous or threaded
 scheduler) that task builds them in a thread per core this process may run on
-(:func:`dask_lance_index.runtime.host_cores`: a CPU set that confines the process counts). Otherwise (a
+(:func:`dask_lance_index.runtime.host_cores`: a CPU set that confines the process counts),
+the last graphs' pieces also in the threads the others left. Otherwise (a
 single worker thread, or several such tasks that would each secede or compete for the
 CPUs) they are built in that task, one partition at a time. All give the same graphs:
 a partition's seed is its own.
@@ -38,7 +39,7 @@ import numpy as np
 from distributed import get_worker, worker_client
 
 from ..model.hnsw import build_hnsw, in_turn
-from ..runtime import SpareThreads, host_cores, in_bulk, one_blas_thread, parallelism, worker_client_or_none
+from ..runtime import SpareThreads, host_cores, in_bulk, one_blas_thread, parallelism, run_each, worker_client_or_none
 from ..storage import StoredRows
 
 __all__ = ["GRAPH_TASK_ROWS", "RUNS_IN_FLIGHT", "RUNS_PER_THREAD", "PartitionGraphs", "graph_runs", "graph_threads",
@@ -181,9 +182,30 @@ def _in_threads(graphs: PartitionGraphs, partitions: list, rows_of: Callable, th
     """The graphs of ``partitions`` in order, built in ``threads`` threads of this process
     (NumPy's GEMMs, selections and sorts let go of the GIL: 24 partitions of 1M x 128 rows
     took 4.9 s in two threads against 9.1-9.4 s in one), at most :data:`RUNS_IN_FLIGHT`
-    partitions a thread ahead of the one written."""
+    partitions a thread ahead of the one written. Where fewer partitions than threads are left
+    (the last ones, or a one-partition index), a graph's pieces also run in the idle threads
+    (:func:`~dask_lance_index.runtime.run_each`)."""
+    lock = threading.Lock()
+    building = [0]  # graphs being built
+
+    def spare() -> int:
+        with lock:
+            return max(0, threads - building[0])
+
+    def each(fn: Callable, items) -> None:
+        run_each(fn, items, spare)
+
+    def graph(partition: int, rows: np.ndarray):
+        with lock:
+            building[0] += 1
+        try:
+            return graphs.graph(partition, rows, each)
+        finally:
+            with lock:
+                building[0] -= 1
+
     with ThreadPoolExecutor(threads, thread_name_prefix="dli-graphs") as pool:
-        yield from _in_order(lambda part: pool.submit(graphs.graph, part[0], rows_of(part[0])), partitions,
+        yield from _in_order(lambda part: pool.submit(graph, part[0], rows_of(part[0])), partitions,
                              RUNS_IN_FLIGHT * threads)
 
 
