@@ -829,8 +829,8 @@ def test_hnsw_in_several_tasks_builds_each_graph_once(cluster_client, tmp_path, 
     kw = dict(num_partitions=12, m=8, seed=0, **({"num_sub_vectors": 8} if "PQ" in index_type else {}))
     files, built, default_rows = {}, [], graphs_module.GRAPH_TASK_ROWS
     monkeypatch.setattr(graphs_module.PartitionGraphs, "graph",
-                        lambda self, p, rows, graph=graphs_module.PartitionGraphs.graph: built.append(p)
-                        or graph(self, p, rows))
+                        lambda self, p, rows, *each, graph=graphs_module.PartitionGraphs.graph: built.append(p)
+                        or graph(self, p, rows, *each))
     try:
         for who in ("one task", "three tasks", "three tasks on a cluster"):
             uri = str(tmp_path / f"{who.replace(' ', '_')}.lance")
