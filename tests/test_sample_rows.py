@@ -35,10 +35,11 @@ def test_offsets_and_take_follow_the_pieces(x):
     assert [(i, o.tolist()) for i, o in got] == [(0, [0, 2499]), (2, [0]), (3, [0]), (5, [2498])]
 
 
-def _sq_bounds_on_cluster(pieces, m):
+def _sq_bounds_on_cluster(pieces, sizes):
     with worker_client() as c:
-        rows = ClusterRows(c, c.scatter(pieces), [len(p) for p in pieces], pieces[0].shape[1])
-        return rows.sq_bounds(m, np.random.default_rng(5))
+        # hash=False: pieces scattered under their own keys, not ones an earlier call released
+        rows = ClusterRows(c, c.scatter(pieces, hash=False), [len(p) for p in pieces], pieces[0].shape[1])
+        return [rows.sq_bounds(m, np.random.default_rng(5)) for m in sizes]
 
 
 def test_sq_bounds_are_those_of_the_drawn_rows_each_piece_taking_its_own(x, cluster_client):
@@ -47,11 +48,13 @@ def test_sq_bounds_are_those_of_the_drawn_rows_each_piece_taking_its_own(x, clus
     pieces = _cut(x, SIZES)
     pieces[3] = pieces[3] * 50  # one row far out: in the bounds only when it is drawn
     whole = np.concatenate(pieces)
-    for m in (300, 5000, len(x) + 1):
+    sizes = (300, 5000, len(x) + 1)
+    on_cluster = cluster_client.submit(_sq_bounds_on_cluster, pieces, sizes, pure=False).result()
+    for m, got in zip(sizes, on_cluster):
         drawn = LocalRows(pieces).sample(m, np.random.default_rng(5))
         want = (float(drawn.min()), float(drawn.max()))
         assert LocalRows(pieces).sq_bounds(m, np.random.default_rng(5)) == want
-        assert cluster_client.submit(_sq_bounds_on_cluster, pieces, m, pure=False).result() == want
+        assert got == want
     assert want == (float(whole.min()), float(whole.max()))  # every row drawn: the far row's
     assert LocalRows(pieces).sq_bounds(300, np.random.default_rng(5)) != want
 
