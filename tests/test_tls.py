@@ -4,6 +4,7 @@ cluster's certificate, and bad TLS input refused before any connection or work."
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import socket
@@ -115,9 +116,13 @@ def test_clients_without_the_certificate_are_refused(dataset_uri, tls_cluster, c
     # a plain Client: no TLS settings, no connection
     with pytest.raises(TypeError, match="TLS expects a `ssl_context`"):
         Client(tls_cluster.address, timeout="3s")
+    # the half-made client collected now: collected while the next one starts its loop, its
+    # __del__ waited on that loop's lock and the test hung (fresh-clone CI, once)
+    gc.collect()
     # a Client speaking plain TCP to the TLS port: the scheduler answers only TLS
     with pytest.raises(OSError, match="Connection reset by peer"):
         Client(f"tcp://127.0.0.1:{port}", timeout="3s")
+    gc.collect()
     # TLS that trusts the scheduler but shows no certificate: the scheduler ends the connection
     # (the same handshake with the cluster's certificate is accepted: the scheduler waits for a message)
     ctx = ssl.create_default_context(cafile=certs["good"]["ca"])
