@@ -1154,6 +1154,42 @@ def test_a_finished_graph_run_makes_room_while_an_earlier_one_still_runs():
     assert state["most_held"] <= 4
 
 
+def test_the_last_graph_runs_are_submitted_largest_first_and_still_taken_in_order():
+    """With a size, the items left once the last is read (within twice the window) are
+    submitted largest first, so that the threads end together, but for the last place within
+    the bound, kept for the next to take; earlier ones in order. The results come in order,
+    and no more than twice the window is ever submitted and not yet taken."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from dask_lance_index.build.graphs import _in_order
+
+    sizes = [3, 9, 1, 7, 2, 8, 0, 4, 5, 6]
+    orders = {}
+    for window in (1, 2, 8):
+        order, state = [], {"submitted": 0, "taken": 0, "most_held": 0}
+        with ThreadPoolExecutor(2) as pool:
+            def submit(i):
+                order.append(i)
+                state["submitted"] += 1
+                state["most_held"] = max(state["most_held"], state["submitted"] - state["taken"])
+                return pool.submit(lambda: i * 10)
+
+            out = []
+            for value in _in_order(submit, range(len(sizes)), window, size=sizes.__getitem__):
+                state["taken"] += 1
+                out.append(value)
+        assert out == [i * 10 for i in range(len(sizes))] and state["most_held"] <= 2 * window, window
+        orders[window] = order
+    assert orders[8] == sorted(range(10), key=lambda i: -sizes[i])  # all within the bound from the start
+    assert orders[2] == [0, 1, 2, 3, 4, 5, 6, 9, 8, 7]  # 7-9 read last: sizes 6, 5, 4
+    assert orders[1] == [0, 1, 2, 3, 4, 5, 6, 7, 9, 8]  # 9 in the place besides the one kept for 8
+    # without a size, in order
+    order = []
+    with ThreadPoolExecutor(1) as pool:
+        assert list(_in_order(lambda i: order.append(i) or pool.submit(lambda: i), range(6), 4)) == list(range(6))
+    assert order == list(range(6))
+
+
 def test_without_a_cluster_a_graph_left_alone_runs_its_pieces_in_the_idle_threads(monkeypatch):
     """_in_threads: one partition in two threads lends its graph the other thread (its pieces
     run by run_each with one spare), and the graph is the one built in turn."""
