@@ -242,6 +242,47 @@ def test_large_levels_find_their_candidates_on_their_leading_directions(monkeypa
     assert recall["projected"] >= recall["whole"] - 0.01 and recall["projected"] > 0.9
 
 
+def test_large_partitions_are_built_on_their_leading_directions(monkeypatch):
+    """A partition of _PROJECT_ROWS rows or more whose leading principal directions hold
+    _PROJECT_SHARE of its variance in at most _PROJECT_WIDTH of its dimension is built on
+    them: the two parts' distances add up to the rows', every level's stored distances are
+    the rows' own, and a search of the graph finds as much as one of the whole rows. Rows
+    spread over every direction, and fewer rows, are built whole."""
+    rng = np.random.default_rng(5)
+    x = make_vectors(6000, 96, num_clusters=30, seed=11)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)  # unit rows: _level_recall's products rank as l2
+    spread = rng.standard_normal((6000, 96)).astype(np.float32)
+    assert hnsw._principal_split(spread) is None
+    assert hnsw._principal_split(x[: hnsw._PROJECT_ROWS - 1]) is None
+    lead, rest = hnsw._principal_split(x)
+    assert lead.shape[1] % 32 == 0 and lead.shape[1] <= hnsw._PROJECT_WIDTH * 96 and lead.shape[1] + rest.shape[1] == 96
+    pairs = rng.integers(0, len(x), (500, 2))
+    whole = ((x[pairs[:, 0]] - x[pairs[:, 1]]) ** 2).sum(axis=1)
+    parts = sum(((v[pairs[:, 0]] - v[pairs[:, 1]]) ** 2).sum(axis=1) for v in (lead, rest))
+    np.testing.assert_allclose(parts, whole, rtol=1e-4, atol=1e-5)
+    assert (((lead[pairs[:, 0]] - lead[pairs[:, 1]]) ** 2).sum(axis=1) < whole - 1e-6).mean() > 0.5  # rest not empty
+
+    widths = []
+    real = hnsw._principal_split
+    monkeypatch.setattr(hnsw, "_principal_split", lambda v: widths.append(r := real(v)) or r)
+    queries = x[rng.choice(len(x), 200, replace=False)]
+    queries = queries + 0.02 * rng.standard_normal(queries.shape).astype(np.float32)
+    truth = np.argsort(-(queries @ x.T), axis=1)[:, :10]
+    recall = {}
+    for how in ("projected", "whole"):
+        if how == "whole":
+            monkeypatch.setattr(hnsw, "_PROJECT_ROWS", len(x) + 1)
+        graph = build_hnsw(x, m=20, max_level=7, seed=3)
+        for nodes, offsets, ids, dist in graph.levels:
+            src = np.repeat(nodes, np.diff(offsets))
+            np.testing.assert_allclose(dist, ((x[src] - x[ids]) ** 2).sum(axis=1), rtol=1e-4, atol=1e-5)
+        _, offsets, ids, _ = graph.levels[0]
+        recall[how] = _level_recall(x, offsets, ids, queries, truth, ef=10)
+    print("RECALL", recall)
+    assert widths[0] is not None and widths[1] is None  # the projection, then the whole rows
+    assert recall["projected"] >= recall["whole"] - 0.01 and recall["projected"] > 0.9
+
+
 def test_pruning_makes_a_projections_distances_exact():
     """_prune given candidates ranked by approximate distances and ``own`` ranks them by
     their exact distances, in place, and keeps those it keeps given them ranked exactly."""
@@ -654,10 +695,15 @@ def clustered_with_queries(dim: int, num_queries: int, metric: str):
     return x, queries, exact_knn(x, queries, 10, metric)
 
 
-@pytest.mark.parametrize("index_type, metric", [("IVF_HNSW_FLAT", "l2"), ("IVF_HNSW_SQ", "l2"),
-                                                ("IVF_HNSW_FLAT", "cosine"), ("IVF_HNSW_FLAT", "dot")])
-def test_our_graphs_search_as_well_as_lances(tmp_path, index_type, metric):
-    x, queries, truth = clustered_with_queries(32, 100, metric)
+@pytest.mark.parametrize("index_type, metric, dim, num_partitions", [
+    ("IVF_HNSW_FLAT", "l2", 32, 16), ("IVF_HNSW_SQ", "l2", 32, 16), ("IVF_HNSW_FLAT", "cosine", 32, 16),
+    ("IVF_HNSW_FLAT", "dot", 32, 16),
+    ("IVF_HNSW_SQ", "cosine", 128, 4)])  # partitions of about 5,000 rows: built on their leading directions
+def test_our_graphs_search_as_well_as_lances(tmp_path, monkeypatch, index_type, metric, dim, num_partitions):
+    x, queries, truth = clustered_with_queries(dim, 100, metric)
+    splits = []  # (rows, split) of each partition's graph
+    real = hnsw._principal_split
+    monkeypatch.setattr(hnsw, "_principal_split", lambda v: splits.append((len(v), r := real(v))) or r)
     recall = {}
     # Lance's k-means takes no seed, so its recall at 4 probes varies from build to build
     # (0.937-0.966 under dot in 7 builds): the reference is the mean of 3 of its builds.
@@ -665,9 +711,9 @@ def test_our_graphs_search_as_well_as_lances(tmp_path, index_type, metric):
         uri = str(tmp_path / f"{who}.lance")
         ds = write_vectors(uri, x, max_rows_per_file=5000)
         if who != "ours":
-            ds.create_index("vector", index_type, num_partitions=16, metric=metric, m=16, ef_construction=100)
+            ds.create_index("vector", index_type, num_partitions=num_partitions, metric=metric, m=16, ef_construction=100)
         else:
-            build = dli.create_index(uri, "vector", index_type, num_partitions=16, metric=metric, m=16,
+            build = dli.create_index(uri, "vector", index_type, num_partitions=num_partitions, metric=metric, m=16,
                                      ef_construction=100, seed=0, compute=False)
             assert build.plan.engine == "precomputed"
             result = build.compute(scheduler="sync")
@@ -676,7 +722,11 @@ def test_our_graphs_search_as_well_as_lances(tmp_path, index_type, metric):
         # small ef (Lance's default: 1.5 k) so that the graph, not the beam, finds the neighbours
         recall[who] = [recall_at_k(search(ds, "vector", queries, 10, nprobes=p)[0], truth) for p in (4, 16)]
     recall["lance"] = np.mean([recall.pop(f"lance-{i}") for i in range(3)], axis=0).round(4).tolist()
-    print("RECALL", index_type, metric, recall)
+    print("RECALL", index_type, metric, recall, "PROJECTED", [(n, r and r[0].shape[1]) for n, r in splits])
+    # partitions of _PROJECT_ROWS rows or more are built on their leading directions; smaller ones whole
+    assert len(splits) == (0 if metric == "dot" else num_partitions)  # under dot, unequal norms: not l2 graphs
+    assert all((r is not None) == (n >= hnsw._PROJECT_ROWS) for n, r in splits)
+    assert sum(r is not None for _, r in splits) >= (2 if num_partitions == 4 else 0)
     assert recall["ours"][1] > 0.9
     for ours, theirs in zip(recall["ours"], recall["lance"]):
         assert ours >= theirs - 0.01, recall

@@ -44,6 +44,7 @@ import numpy as np
 from .hnsw_dot import distinct_dot_graph
 from .hnsw_edges import SLICE_CELLS, connect, with_reverse_edges
 from .kmeans import kmeans, smallest_first
+from .principal import fewest, principal_axes
 
 __all__ = ["HNSW_BLOCK_ROWS", "HNSW_CANDIDATES", "HNSW_DOT_CANDIDATES", "HNSW_EF_CONSTRUCTION", "HNSW_M", "HNSW_MAX_LEVEL",
            "HnswGraph", "build_hnsw", "in_turn", "node_levels", "one_norm"]
@@ -85,6 +86,19 @@ _SCREEN_SHARES = (0.95, 0.99)
 _SCREEN_FOUND = 0.98
 _SCREEN_CHECKED = 64
 _SCREEN_SAMPLE = 4096
+# A partition of at least _PROJECT_ROWS rows is built on its rows' projection on their
+# leading principal directions, those holding _PROJECT_SHARE of the variance of
+# _SCREEN_SAMPLE drawn rows (rounded up to 32, at most _PROJECT_WIDTH of the dimension), and
+# its edges' distances made exact by the other directions (_principal_split, _with_rest).
+# One thread, recall@10 of a search of the graph with the rows themselves (500 queries, ef
+# 10/20/40), whole rows against 0.975 of the variance: 14,350 sentence embeddings 2.22 s,
+# 0.987/0.998/0.998 against 256 directions 1.65 s, 0.986/0.996/0.998; 30,000 Fashion-MNIST
+# images 9.29 s, 0.999/0.999/1.000 against 288 of 784, 3.71 s, 1.000/1.000/1.000; 27,594
+# synthetic 768-d rows 4.35 s against 32, 1.12 s, the same recall (0.983/0.993/0.998). At 0.95
+# of the variance the sentence graph searched at 0.984/0.995/0.998.
+_PROJECT_ROWS = 4096
+_PROJECT_SHARE = 0.975
+_PROJECT_WIDTH = 0.75
 # Nodes of a level past which each node's candidates come from its nearest groups of nodes,
 # not from every node (_grouped_candidates): groups of about _GROUP_ROWS, each node in its
 # _GROUP_PROBES nearest.
@@ -496,20 +510,20 @@ def _screening_rows(vectors: np.ndarray, sq: np.ndarray, k: int) -> tuple | None
     if n < _SCREEN_ROWS or d < _SCREEN_DIMENSION:
         return None
     rng = np.random.default_rng(n)
-    drawn = vectors[np.sort(rng.choice(n, min(n, _SCREEN_SAMPLE), replace=False))]
-    drawn -= drawn.mean(axis=0)
-    values, directions = np.linalg.eigh(drawn.T @ drawn)  # ascending
-    share = np.cumsum(values[::-1]) / values.sum()
+    axes = principal_axes(vectors[np.sort(rng.choice(n, min(n, _SCREEN_SAMPLE), replace=False))])
+    if axes is None:
+        return None
+    directions, share = axes
     checked = np.sort(rng.choice(n, _SCREEN_CHECKED, replace=False))
     nearest = None
     for wanted in _SCREEN_SHARES:
-        width = -(-(int(np.searchsorted(share, wanted)) + 1) // 32) * 32
+        width = fewest(share, wanted, 32)
         if width > d // 2:
             return None
         if nearest is None:  # only once a share is narrow enough to try
             nearest = _nearest_of(vectors, sq, checked, k)
         # not centred: distances are the same either way
-        rows = vectors @ np.ascontiguousarray(directions[:, ::-1][:, :width])
+        rows = vectors @ np.ascontiguousarray(directions[:, :width])
         rows_sq = np.einsum("ij,ij->i", rows, rows)
         near = _nearest_of(rows, rows_sq, checked, k)
         if (near[:, :, None] == nearest[:, None, :]).any(axis=1).mean() >= _SCREEN_FOUND:
@@ -580,6 +594,16 @@ def build_hnsw(vectors: np.ndarray, *, m: int, max_level: int, seed, candidates:
         return _as_dot(build_hnsw(vectors, m=m, max_level=max_level, seed=seed, candidates=near, each=each), vectors)
     if candidates is None:
         candidates = HNSW_DOT_CANDIDATES if dot else HNSW_CANDIDATES
+    split = None if dot else _principal_split(vectors)
+    if split is None:
+        return _levels(vectors, m, max_level, seed, candidates, dot, each)
+    lead, rest = split  # the graph of the leading directions, its distances made whole by the rest
+    return _with_rest(_levels(lead, m, max_level, seed, candidates, False, each), rest)
+
+
+def _levels(vectors: np.ndarray, m: int, max_level: int, seed, candidates: int, dot: bool, each: Callable) -> HnswGraph:
+    """:func:`build_hnsw`'s levels, each built on its nodes' ``vectors``."""
+    n = len(vectors)
     levels = node_levels(n, m, max_level, seed)
     top = int(levels.max())
     entry = int(np.flatnonzero(levels == top)[0])  # on every level: each level's search can start there
@@ -591,6 +615,44 @@ def build_hnsw(vectors: np.ndarray, *, m: int, max_level: int, seed, candidates:
                                           int(np.searchsorted(nodes, entry)), dot=dot, each=each)
         out.append((nodes, offsets, nodes[ids], dist))
     return HnswGraph(levels=tuple(out), entry_point=entry)
+
+
+def _principal_split(vectors: np.ndarray) -> tuple | None:
+    """A partition's rows on their leading principal directions, those holding
+    :data:`_PROJECT_SHARE` of the variance of :data:`_SCREEN_SAMPLE` drawn rows (rounded up to
+    32), and on the rest: ``(lead, rest)``, the squared l2 distance of two rows the sum of
+    theirs in each. ``None`` under :data:`_PROJECT_ROWS` rows, or where the leading
+    directions are over :data:`_PROJECT_WIDTH` of the dimension."""
+    n, d = vectors.shape
+    if n < _PROJECT_ROWS:
+        return None
+    drawn = np.sort(np.random.default_rng(n).choice(n, min(n, _SCREEN_SAMPLE), replace=False))
+    axes = principal_axes(vectors[drawn])
+    if axes is None:  # every drawn row the same
+        return None
+    directions, share = axes  # an orthonormal basis: distances split exactly
+    width = fewest(share, _PROJECT_SHARE, 32)
+    if width > _PROJECT_WIDTH * d:
+        return None
+    return (vectors @ np.ascontiguousarray(directions[:, :width]),
+            vectors @ np.ascontiguousarray(directions[:, width:]))
+
+
+def _with_rest(graph: HnswGraph, rest: np.ndarray) -> HnswGraph:
+    """``graph``, built on the rows' leading directions, with each edge's distance made the
+    rows' own: its distance on ``rest`` (the other directions) added."""
+    sq = np.einsum("ij,ij->i", rest, rest)
+    step = max(1, SLICE_CELLS // max(1, rest.shape[1]))  # edges gathered at once
+    levels = []
+    for nodes, offsets, ids, dist in graph.levels:
+        src = np.repeat(nodes, np.diff(offsets))
+        whole = np.empty_like(dist)
+        for lo in range(0, len(ids), step):
+            a, b = src[lo : lo + step], ids[lo : lo + step]
+            dots = np.einsum("ij,ij->i", rest[a], rest[b])
+            whole[lo : lo + step] = np.maximum(dist[lo : lo + step] + sq[a] + sq[b] - 2 * dots, 0)
+        levels.append((nodes, offsets, ids, whole))
+    return HnswGraph(levels=tuple(levels), entry_point=graph.entry_point)
 
 
 def one_norm(vectors: np.ndarray) -> bool:

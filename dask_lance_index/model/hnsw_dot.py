@@ -26,6 +26,7 @@ import numpy as np
 
 from .hnsw_edges import SLICE_CELLS, connect, with_reverse_edges
 from .kmeans import assign, kmeans, smallest_first
+from .principal import fewest, principal_axes
 
 __all__ = ["DOT_EXACT_ROWS", "distinct_dot_graph", "projection"]
 
@@ -435,17 +436,12 @@ def projection(sample: np.ndarray) -> np.ndarray | None:
     d = sample.shape[1]
     if d < 2 * _PROJECTED_STEP or len(sample) == 0:
         return None
-    rows = sample.astype(np.float64)
-    energy, directions = np.linalg.eigh(rows.T @ rows)  # ascending
-    left = np.cumsum(np.maximum(energy, 0))  # left[i]: the energy outside the top d - 1 - i directions
-    total = left[-1]
-    if total <= 0:
+    axes = principal_axes(sample, centre=False)  # inner products: the rows' energy, not their spread
+    if axes is None:
         return None
-    kept = next((r for r in range(_PROJECTED_STEP, d // 2 + 1, _PROJECTED_STEP)
-                 if left[d - r - 1] <= _PROJECTED_RESIDUAL * total), None)
-    if kept is None:
-        return None
-    return np.ascontiguousarray(directions[:, d - kept :][:, ::-1], dtype=np.float32)
+    directions, share = axes
+    kept = fewest(share, 1 - _PROJECTED_RESIDUAL, _PROJECTED_STEP)
+    return None if kept > d // 2 else np.ascontiguousarray(directions[:, :kept])
 
 
 def _distances(vectors: np.ndarray, src: np.ndarray, dst: np.ndarray) -> np.ndarray:
