@@ -449,8 +449,9 @@ def test_full_lists_still_get_every_node_joined(dot):
     assert np.bincount(s2, minlength=60).max() <= 2 + 2
 
 
-@pytest.mark.parametrize("n", [50, 70_000])  # node, key and id packed in one uint64; past 65,536 nodes a lexsort
-def test_reverse_edge_lists_are_each_nodes_edges_best_first(n):
+# node, key and id packed in one uint64; past 65,536 nodes in ranges of nodes (3 and 245 here)
+@pytest.mark.parametrize("n", [50, 70_000, 1_000_000])
+def test_reverse_edge_lists_are_each_nodes_edges_best_first(n, monkeypatch):
     """Each node's list holds its edges both ways, once each, by key (a distance, a product
     negated: ties, -0.0 and infinities included) then id, cut at the width."""
     rng = np.random.default_rng(3)
@@ -463,16 +464,37 @@ def test_reverse_edge_lists_are_each_nodes_edges_best_first(n):
     dst = np.concatenate([pairs[fwd | both, 1], pairs[~fwd | both, 0]])
     k = np.concatenate([key[fwd | both], key[~fwd | both]])
     width = 6
+    sorts = []
+    real = np.lexsort
+    monkeypatch.setattr(np, "lexsort", lambda keys: sorts.append(len(keys[0])) or real(keys))
     cand, ckey = hnsw_edges.with_reverse_edges(n, src, dst, k, cap=3, width=width)
+    assert not sorts
     lists = {}
     for a, b, d in zip(src.tolist(), dst.tolist(), k.tolist()):
         lists.setdefault(a, set()).add((d, b))
         lists.setdefault(b, set()).add((d, a))
     assert cand.shape == (n, width)
-    for node in range(n):
+    assert not np.isfinite(ckey[sorted(set(range(0, n, max(1, n // 1000))) - set(lists))]).any()
+    for node in lists if n > 100_000 else range(n):  # the others: no edge (checked on a sample above)
         want = sorted(lists.get(node, ()))[:width]
         np.testing.assert_array_equal(ckey[node], [d for d, _ in want] + [np.inf] * (width - len(want)))
         np.testing.assert_array_equal(cand[node, : len(want)], [b for _, b in want])
+
+
+@pytest.mark.parametrize("n", [1000, 1 << 20, 1 << 25])
+def test_edges_are_sorted_by_node_key_and_id_packed_or_past_2_24_nodes_by_lexsort(n, monkeypatch):
+    rng = np.random.default_rng(4)
+    a, b = rng.integers(0, n, 50_000), rng.integers(0, n, 50_000)
+    key = rng.choice(np.array([-np.inf, -1.5, -0.0, 0.0, 0.25, 3.0, np.inf], np.float32), 50_000)
+    a[::5], b[::5] = a[1::5], b[1::5]  # ties of node and key, by id
+    want = np.lexsort((b, key, a))
+    sorts = []
+    real = np.lexsort
+    monkeypatch.setattr(np, "lexsort", lambda keys: sorts.append(len(keys[0])) or real(keys))
+    got = hnsw_edges._by_node_key_id(n, a, b, key)
+    assert bool(sorts) == (n > 1 << 24)
+    for x, y in zip(got, (a[want], b[want], key[want])):
+        np.testing.assert_array_equal(x, y)
 
 
 def test_dot_graphs_are_the_same_whether_the_products_are_held_or_not(monkeypatch):

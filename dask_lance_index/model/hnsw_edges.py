@@ -43,18 +43,7 @@ def with_reverse_edges(n: int, src, dst, key, cap: int, width: int | None = None
     b = np.concatenate([dst, src])
     ab_key = np.concatenate([key, key])
     # by node, then key (then id: duplicates side by side)
-    bits = max(1, int(n - 1).bit_length())
-    if 2 * bits + 32 <= 64:  # node, key and id in one uint64, sorted in place: 2x faster than lexsort
-        packed = a.astype(np.uint64) << np.uint64(32 + bits)
-        packed |= _ordered_bits(ab_key).astype(np.uint64) << np.uint64(bits)
-        packed |= b.astype(np.uint64)
-        packed.sort()
-        a = (packed >> np.uint64(32 + bits)).astype(np.int64)
-        b = (packed & np.uint64((1 << bits) - 1)).astype(np.int64)
-        ab_key = _from_ordered_bits(((packed >> np.uint64(bits)) & np.uint64(0xFFFFFFFF)).astype(np.uint32))
-    else:
-        order = np.lexsort((b, ab_key, a))
-        a, b, ab_key = a[order], b[order], ab_key[order]
+    a, b, ab_key = _by_node_key_id(n, a, b, ab_key)
     first = np.ones(len(a), dtype=bool)
     first[1:] = (a[1:] != a[:-1]) | (b[1:] != b[:-1])
     a, b, ab_key = a[first], b[first], ab_key[first]
@@ -68,6 +57,40 @@ def with_reverse_edges(n: int, src, dst, key, cap: int, width: int | None = None
     cand[a[inside], rank[inside]] = b[inside]
     ckey[a[inside], rank[inside]] = ab_key[inside]
     return cand, ckey
+
+
+def _by_node_key_id(n: int, a, b, key):
+    """The edges ``a -> b`` sorted by node ``a``, then ``key``, then ``b``.
+
+    Node, key and id packed in one uint64 and sorted in place (2x faster than lexsort):
+    whole where the two ids' bits and the key's 32 fit, else in ranges of nodes whose id
+    within the range does (the edges first put in order of range by a stable sort of small
+    integers). A 75,122-node level's 4.5M edges took 2.1 s in lexsort."""
+    bits = max(1, int(n - 1).bit_length())
+    local = min(bits, 32 - bits)  # bits of a node's id within its range
+    if local < 1 or bits - local > 16:  # ranges past what a uint16 counts
+        order = np.lexsort((b, key, a))
+        return a[order], b[order], key[order]
+    a = np.asarray(a, dtype=np.int64)
+    bounds = [0, len(a)]
+    if local < bits:  # in order of range (a radix sort of uint16), each range's edges then sorted alone
+        ranges = (a >> local).astype(np.uint16)
+        order = np.argsort(ranges, kind="stable")
+        a, b, key = a[order], np.asarray(b)[order], np.asarray(key)[order]
+        bounds = np.searchsorted(ranges[order], np.arange(((n - 1) >> local) + 2))
+    out_a, out_b, out_key = np.empty_like(a), np.empty(len(a), np.int64), np.empty(len(a), np.float32)
+    for lo, hi in zip(bounds[:-1], bounds[1:]):
+        if hi == lo:
+            continue
+        base = (int(a[lo]) >> local) << local
+        packed = (a[lo:hi] - base).astype(np.uint64) << np.uint64(32 + bits)
+        packed |= _ordered_bits(key[lo:hi]).astype(np.uint64) << np.uint64(bits)
+        packed |= np.asarray(b[lo:hi]).astype(np.uint64)
+        packed.sort()
+        out_a[lo:hi] = (packed >> np.uint64(32 + bits)).astype(np.int64) + base
+        out_b[lo:hi] = (packed & np.uint64((1 << bits) - 1)).astype(np.int64)
+        out_key[lo:hi] = _from_ordered_bits(((packed >> np.uint64(bits)) & np.uint64(0xFFFFFFFF)).astype(np.uint32))
+    return out_a, out_b, out_key
 
 
 def connect(vectors, sq, src, dst, dist, cap: int, entry: int, dot: bool = False):
