@@ -101,18 +101,18 @@ def build_graph(
         if plan.train:
             sample = SampleFragment(plan.uri, plan.version, plan.column, plan.dimension, plan.seed, plan.build_id,
                                     storage_options, journal, plan.params.metric)
-            specs = [(frag.fragment_id, frag.num_rows, n) for frag, n in zip(plan.fragments, plan.samples) if n > 0]
-            if two_level_sample(plan):
+            two_level = two_level_sample(plan)
+            # SQ, flat: each sampling task sends on IVF's share of its rows, the bounds of all it drew
+            kept = None if two_level else kept_samples(plan)
+            specs = [(f.fragment_id, f.num_rows, n, *(() if kept is None else (kept[i],)))
+                     for i, (f, n) in enumerate(zip(plan.fragments, plan.samples)) if n > 0]
+            if two_level:
                 # The model task draws the sample itself, as tasks whose rows stay on
                 # the workers that drew them (train.cluster_rows): never gathered.
                 train = TrainModel(plan.params, plan.dimension, plan.train, given, plan.seed, plan.build_id,
                                    storage_options, journal, sampler=sample)
                 model = delayed(train, pure=True)(specs, dask_key_name=f"dli-model-{tok}")
             else:
-                kept = kept_samples(plan)  # SQ: the bounds taken where the rows are drawn
-                if kept is not None:
-                    specs = [(f.fragment_id, f.num_rows, n, k) for f, n, k in zip(plan.fragments, plan.samples, kept)
-                             if n > 0]
                 samples = [delayed(sample, pure=True)(*spec, dask_key_name=f"dli-sample-{tok}-{spec[0]}")
                            for spec in specs]
                 train = TrainModel(plan.params, plan.dimension, plan.train, given, plan.seed, plan.build_id,

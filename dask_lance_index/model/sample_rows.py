@@ -20,6 +20,7 @@ import numpy as np
 import scipy.sparse
 
 from .kmeans import assign, assign_among_neighbours
+from .sq_bounds import combine_sq_bounds, train_sq_bounds
 
 __all__ = [
     "GroupMembers",
@@ -69,10 +70,8 @@ def take_rows(x: np.ndarray, offsets: np.ndarray) -> np.ndarray:
 
 
 def rows_bounds(x: np.ndarray, offsets: np.ndarray) -> tuple[float, float]:
-    """The smallest and largest value of a piece's rows at ``offsets`` (their SQ bounds, as
-    :func:`~dask_lance_index.model.train_sq_bounds`)."""
-    rows = x[offsets]
-    return float(rows.min()), float(rows.max())
+    """The SQ bounds of a piece's rows at ``offsets``."""
+    return train_sq_bounds(x[offsets])
 
 
 def split_off(x: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -218,10 +217,7 @@ class SampleRows:
     def sq_bounds(self, m: int, rng: np.random.Generator) -> tuple[float, float]:
         """The SQ bounds of the rows :meth:`sample` draws with the same ``rng``, each
         piece taking its own rows' (only two floats a piece travel)."""
-        parts = self.map_offsets(rows_bounds, self._drawn(m, rng))
-        if not parts:
-            raise ValueError("no rows to take SQ bounds from")
-        return min(p[0] for p in parts), max(p[1] for p in parts)
+        return combine_sq_bounds(self.map_offsets(rows_bounds, self._drawn(m, rng)))
 
     def hold_out(self, m: int, rng: np.random.Generator) -> np.ndarray:
         """Remove ``m`` rows drawn at random from the sample and return them, in the

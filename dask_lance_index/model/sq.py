@@ -17,18 +17,12 @@ import numpy as np
 
 from .coarse import CoarseIndex
 from .ivf import FlatEncoder
+from .sq_bounds import train_sq_bounds
 
 __all__ = ["SQ_SAMPLE_RATE", "SQEncoder", "sq_codes", "train_sq_bounds"]
 
 # Rows per code value in the sample the bounds come from, as Lance's sq sample_rate.
 SQ_SAMPLE_RATE = 256
-
-
-def train_sq_bounds(x: np.ndarray) -> tuple[float, float]:
-    """``(start, end)``: the smallest and largest value of prepared rows ``x``."""
-    if not len(x):
-        raise ValueError("no rows to take SQ bounds from")
-    return float(np.min(x)), float(np.max(x))
 
 
 # Rows coded at once: their float64 working copy (2 MB at 128-d) stays in cache.

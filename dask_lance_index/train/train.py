@@ -40,6 +40,7 @@ from ..model.coarse import (
     train_ivf_hierarchical,
 )
 from ..model.kmeans import combine_partials, lloyd_partial
+from ..model.sq_bounds import combine_sq_bounds
 from ..plan.params import AGREEMENT_ROWS
 from ..recovery.journal import read_model, write_model
 from ..runtime import host_blas_threads, host_cores, in_bulk, one_blas_thread, with_small_pages
@@ -230,7 +231,7 @@ def _train_flat(samples: list, *, params, dimension: int, train, seed, build_id:
         xp = x if pq_rows == len(x) else x[np.random.default_rng(pq_seed).choice(len(x), pq_rows, replace=False)]
         codebook = _train_codebook(xp, centroids, params, pq_seed, source)
     if "sq_bounds" in train and reduced:  # every row drawn is in Lance's SQ sample: its bounds
-        sq_bounds = (min(b[0] for b in reduced), max(b[1] for b in reduced))
+        sq_bounds = combine_sq_bounds(reduced)
         source["sq_bounds"] = "trained"
     elif "sq_bounds" in train:
         sq_bounds = _sq_bounds(LocalRows([x]), params, seed, build_id, source)
