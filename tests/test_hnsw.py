@@ -254,7 +254,8 @@ def test_large_partitions_are_built_on_their_leading_directions(monkeypatch):
     spread = rng.standard_normal((6000, 96)).astype(np.float32)
     assert hnsw._principal_split(spread) is None
     assert hnsw._principal_split(x[: hnsw._PROJECT_ROWS - 1]) is None
-    lead, rest = hnsw._principal_split(x)
+    lead, others = hnsw._principal_split(x)
+    rest = x @ others
     assert lead.shape[1] % 32 == 0 and lead.shape[1] <= hnsw._PROJECT_WIDTH * 96 and lead.shape[1] + rest.shape[1] == 96
     pairs = rng.integers(0, len(x), (500, 2))
     whole = ((x[pairs[:, 0]] - x[pairs[:, 1]]) ** 2).sum(axis=1)

@@ -597,8 +597,10 @@ def build_hnsw(vectors: np.ndarray, *, m: int, max_level: int, seed, candidates:
     split = None if dot else _principal_split(vectors)
     if split is None:
         return _levels(vectors, m, max_level, seed, candidates, dot, each)
-    lead, rest = split  # the graph of the leading directions, its distances made whole by the rest
-    return _with_rest(_levels(lead, m, max_level, seed, candidates, False, each), rest)
+    lead, others = split  # the graph of the leading directions, its distances made whole by the others
+    graph = _levels(lead, m, max_level, seed, candidates, False, each)
+    del lead  # the rows on the other directions only once the graph is built: one of the two held at a time
+    return _with_rest(graph, vectors @ others)
 
 
 def _levels(vectors: np.ndarray, m: int, max_level: int, seed, candidates: int, dot: bool, each: Callable) -> HnswGraph:
@@ -620,9 +622,9 @@ def _levels(vectors: np.ndarray, m: int, max_level: int, seed, candidates: int, 
 def _principal_split(vectors: np.ndarray) -> tuple | None:
     """A partition's rows on their leading principal directions, those holding
     :data:`_PROJECT_SHARE` of the variance of :data:`_SCREEN_SAMPLE` drawn rows (rounded up to
-    32), and on the rest: ``(lead, rest)``, the squared l2 distance of two rows the sum of
-    theirs in each. ``None`` under :data:`_PROJECT_ROWS` rows, or where the leading
-    directions are over :data:`_PROJECT_WIDTH` of the dimension."""
+    32), and the other directions: ``(lead, others)``, a ``(d, d - width)`` basis, the squared
+    l2 distance of two rows the sum of theirs on each. ``None`` under :data:`_PROJECT_ROWS`
+    rows, or where the leading directions are over :data:`_PROJECT_WIDTH` of the dimension."""
     n, d = vectors.shape
     if n < _PROJECT_ROWS:
         return None
@@ -634,8 +636,7 @@ def _principal_split(vectors: np.ndarray) -> tuple | None:
     width = fewest(share, _PROJECT_SHARE, 32)
     if width > _PROJECT_WIDTH * d:
         return None
-    return (vectors @ np.ascontiguousarray(directions[:, :width]),
-            vectors @ np.ascontiguousarray(directions[:, width:]))
+    return vectors @ np.ascontiguousarray(directions[:, :width]), np.ascontiguousarray(directions[:, width:])
 
 
 def _with_rest(graph: HnswGraph, rest: np.ndarray) -> HnswGraph:
