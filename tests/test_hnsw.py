@@ -206,16 +206,26 @@ def test_nodes_of_spread_rows_are_near_fine_groups(monkeypatch):
     assert share["spread"] > coarse_share + 0.05 and fine > coarse
 
 
+def _unit_rows_and_queries():
+    """6,000 unit rows of few latent directions (96-d), as many rows spread over every
+    direction, 200 queries of the first plus noise and their exact 10 nearest (largest
+    products: of unit rows, the nearest)."""
+    rng = np.random.default_rng(5)
+    x = make_vectors(6000, 96, num_clusters=30, seed=11)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)  # unit rows: _level_recall's products rank as l2
+    spread = rng.standard_normal((6000, 96)).astype(np.float32)
+    queries = x[rng.choice(len(x), 200, replace=False)]
+    queries = queries + 0.02 * rng.standard_normal(queries.shape).astype(np.float32)
+    return x, spread, queries, np.argsort(-(queries @ x.T), axis=1)[:, :10]
+
+
 def test_large_levels_find_their_candidates_on_their_leading_directions(monkeypatch):
     """A level of _SCREEN_ROWS nodes or more whose leading principal directions hold its
     nodes' nearest finds its candidates on the rows' projection on them, and the pruning
     makes their distances exact: the lists' distances are the rows', and a search of the
     level's graph finds as much as one of candidates from the whole rows. Rows spread over
     every direction keep the whole rows."""
-    rng = np.random.default_rng(5)
-    x = make_vectors(6000, 96, num_clusters=30, seed=11)
-    x /= np.linalg.norm(x, axis=1, keepdims=True)  # unit rows: _level_recall's products rank as l2
-    spread = rng.standard_normal((6000, 96)).astype(np.float32)
+    x, spread, queries, truth = _unit_rows_and_queries()
     widths = []
     real = hnsw._screening_rows
 
@@ -226,9 +236,6 @@ def test_large_levels_find_their_candidates_on_their_leading_directions(monkeypa
 
     monkeypatch.setattr(hnsw, "_screening_rows", recorded)
     hnsw._distinct_level_graph(spread, 40, 20, hnsw.HNSW_CANDIDATES, 0)
-    queries = x[rng.choice(len(x), 200, replace=False)]
-    queries = queries + 0.02 * rng.standard_normal(queries.shape).astype(np.float32)
-    truth = np.argsort(-(queries @ x.T), axis=1)[:, :10]
     recall = {}
     for how in ("projected", "whole"):
         if how == "whole":
@@ -248,10 +255,8 @@ def test_large_partitions_are_built_on_their_leading_directions(monkeypatch):
     them: the two parts' distances add up to the rows', every level's stored distances are
     the rows' own, and a search of the graph finds as much as one of the whole rows. Rows
     spread over every direction, and fewer rows, are built whole."""
-    rng = np.random.default_rng(5)
-    x = make_vectors(6000, 96, num_clusters=30, seed=11)
-    x /= np.linalg.norm(x, axis=1, keepdims=True)  # unit rows: _level_recall's products rank as l2
-    spread = rng.standard_normal((6000, 96)).astype(np.float32)
+    x, spread, queries, truth = _unit_rows_and_queries()
+    rng = np.random.default_rng(6)
     assert hnsw._principal_split(spread) is None
     assert hnsw._principal_split(x[: hnsw._PROJECT_ROWS - 1]) is None
     lead, others = hnsw._principal_split(x)
@@ -266,9 +271,6 @@ def test_large_partitions_are_built_on_their_leading_directions(monkeypatch):
     widths = []
     real = hnsw._principal_split
     monkeypatch.setattr(hnsw, "_principal_split", lambda v: widths.append(r := real(v)) or r)
-    queries = x[rng.choice(len(x), 200, replace=False)]
-    queries = queries + 0.02 * rng.standard_normal(queries.shape).astype(np.float32)
-    truth = np.argsort(-(queries @ x.T), axis=1)[:, :10]
     recall = {}
     for how in ("projected", "whole"):
         if how == "whole":
