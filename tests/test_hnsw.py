@@ -30,6 +30,7 @@ from dask_lance_index.evaluation import exact_knn, recall_at_k, search
 from dask_lance_index.graph import build_graph
 from dask_lance_index.model import build_hnsw, hnsw, hnsw_dot, hnsw_edges
 from dask_lance_index.model.hnsw import node_levels
+from dask_lance_index.model.principal import fewest, principal_axes
 from dask_lance_index.storage import PartitionRuns, StoredRows
 
 from .conftest import index_dirs
@@ -259,6 +260,13 @@ def test_large_partitions_are_built_on_their_leading_directions(monkeypatch):
     rng = np.random.default_rng(6)
     assert hnsw._principal_split(spread) is None
     assert hnsw._principal_split(x[: hnsw._PROJECT_ROWS - 1]) is None
+    # tight clusters far apart: the variance in the few directions between them, each row's
+    # nearest in the noise of all the others; the variance alone would project them
+    blobs = rng.standard_normal((20, 96)).astype(np.float32)[rng.integers(0, 20, 6000)]
+    blobs += 0.1 * rng.standard_normal(blobs.shape).astype(np.float32)
+    share = principal_axes(blobs[:4096])[1]
+    assert fewest(share, hnsw._PROJECT_SHARE, 32) <= hnsw._PROJECT_WIDTH * 96
+    assert hnsw._principal_split(blobs) is None
     lead, others = hnsw._principal_split(x)
     rest = x @ others
     assert lead.shape[1] % 32 == 0 and lead.shape[1] <= hnsw._PROJECT_WIDTH * 96 and lead.shape[1] + rest.shape[1] == 96
