@@ -42,7 +42,7 @@ from typing import Callable, Iterable
 import numpy as np
 
 from .hnsw_dot import distinct_dot_graph
-from .hnsw_edges import SLICE_CELLS, connect, with_reverse_edges
+from .hnsw_edges import SLICE_CELLS, connect, edge_products, with_reverse_edges
 from .kmeans import kmeans, smallest_first
 from .principal import fewest, principal_axes
 
@@ -537,10 +537,16 @@ def _screening_rows(vectors: np.ndarray, sq: np.ndarray, k: int) -> tuple | None
         # not centred: distances are the same either way
         rows = vectors @ np.ascontiguousarray(directions[:, :width])
         rows_sq = np.einsum("ij,ij->i", rows, rows)
-        near = _nearest_of(rows, rows_sq, checked, k)
-        if (near[:, :, None] == nearest[:, None, :]).any(axis=1).mean() >= _SCREEN_FOUND:
+        if _share_kept(rows, rows_sq, checked, nearest) >= _SCREEN_FOUND:
             return rows, rows_sq
     return None
+
+
+def _share_kept(rows: np.ndarray, rows_sq: np.ndarray, checked: np.ndarray, nearest: np.ndarray) -> float:
+    """The share of ``checked`` nodes' exact nearest (``nearest``, ``(len(checked), k)``)
+    among their ``k`` nearest on ``rows`` (a projection of the level's rows)."""
+    near = _nearest_of(rows, rows_sq, checked, nearest.shape[1])
+    return float((near[:, :, None] == nearest[:, None, :]).any(axis=1).mean())
 
 
 def _prune_in_slices(dist, cand, vectors, sq, cap, fill, table=None, projected=False, each: Callable = in_turn):
@@ -654,10 +660,8 @@ def _principal_split(vectors: np.ndarray) -> tuple | None:
     # the variance is not the neighbourhoods: tight clusters far apart hold theirs in the
     # directions between the clusters, and each row's nearest in the noise of every other
     checked = np.sort(np.random.default_rng(n + 1).choice(n, _SCREEN_CHECKED, replace=False))
-    k = min(HNSW_CANDIDATES, n - 1)
-    nearest = _nearest_of(vectors, np.einsum("ij,ij->i", vectors, vectors), checked, k)
-    near = _nearest_of(lead, np.einsum("ij,ij->i", lead, lead), checked, k)
-    if (near[:, :, None] == nearest[:, None, :]).any(axis=1).mean() < _PROJECT_FOUND:
+    nearest = _nearest_of(vectors, np.einsum("ij,ij->i", vectors, vectors), checked, min(HNSW_CANDIDATES, n - 1))
+    if _share_kept(lead, np.einsum("ij,ij->i", lead, lead), checked, nearest) < _PROJECT_FOUND:
         return None
     return lead, np.ascontiguousarray(directions[:, width:])
 
@@ -666,15 +670,10 @@ def _with_rest(graph: HnswGraph, rest: np.ndarray) -> HnswGraph:
     """``graph``, built on the rows' leading directions, with each edge's distance made the
     rows' own: its distance on ``rest`` (the other directions) added."""
     sq = np.einsum("ij,ij->i", rest, rest)
-    step = max(1, SLICE_CELLS // max(1, rest.shape[1]))  # edges gathered at once
     levels = []
     for nodes, offsets, ids, dist in graph.levels:
         src = np.repeat(nodes, np.diff(offsets))
-        whole = np.empty_like(dist)
-        for lo in range(0, len(ids), step):
-            a, b = src[lo : lo + step], ids[lo : lo + step]
-            dots = np.einsum("ij,ij->i", rest[a], rest[b])
-            whole[lo : lo + step] = np.maximum(dist[lo : lo + step] + sq[a] + sq[b] - 2 * dots, 0)
+        whole = np.maximum(dist + sq[src] + sq[ids] - 2 * edge_products(rest, src, ids), 0)
         levels.append((nodes, offsets, ids, whole))
     return HnswGraph(levels=tuple(levels), entry_point=graph.entry_point)
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .hnsw_edges import SLICE_CELLS, connect, with_reverse_edges
+from .hnsw_edges import SLICE_CELLS, connect, edge_products, with_reverse_edges
 from .kmeans import assign, kmeans, smallest_first
 from .principal import fewest, principal_axes
 
@@ -410,7 +410,7 @@ def distinct_dot_graph(vectors: np.ndarray, cap: int, fill: int, candidates: int
     src = np.repeat(np.arange(n), keep.sum(axis=1))
     src, dst, dist = connect(vectors, None, src, cand[keep], 1 - cip[keep], cap, entry, dot=True)
     if vectors is not rows:
-        dist = _distances(rows, src, dst)
+        dist = 1 - edge_products(rows, src, dst)  # Lance's dot distances, of the rows themselves
     offsets = np.concatenate([[0], np.cumsum(np.bincount(src, minlength=n))])
     return offsets, dst, dist.astype(np.float32)
 
@@ -442,13 +442,3 @@ def projection(sample: np.ndarray) -> np.ndarray | None:
     directions, share = axes
     kept = fewest(share, 1 - _PROJECTED_RESIDUAL, _PROJECTED_STEP)
     return None if kept > d // 2 else np.ascontiguousarray(directions[:, :kept])
-
-
-def _distances(vectors: np.ndarray, src: np.ndarray, dst: np.ndarray) -> np.ndarray:
-    """Lance's dot distance ``1 - x.y`` of each edge, :data:`SLICE_CELLS` floats of rows a
-    side at a time."""
-    out = np.empty(len(src), np.float32)
-    step = max(1, SLICE_CELLS // vectors.shape[1])
-    for lo in range(0, len(src), step):
-        out[lo : lo + step] = 1 - np.einsum("ij,ij->i", vectors[src[lo : lo + step]], vectors[dst[lo : lo + step]])
-    return out

@@ -10,7 +10,7 @@ from scipy.sparse import csgraph
 
 from .kmeans import smallest_first
 
-__all__ = ["SLICE_CELLS", "connect", "with_reverse_edges"]
+__all__ = ["SLICE_CELLS", "connect", "edge_products", "with_reverse_edges"]
 
 # Nodes whose distances to a level's nodes are held at once (SLICE x n float32).
 SLICE_CELLS = 1 << 22
@@ -21,6 +21,16 @@ _CONNECT_ROOM = 4096
 # first: under dot most lost nodes' nearest are the same few rows of large norm, whose
 # room a round used up, so that one 27,764-row level took 22 rounds, each its products anew.
 _CONNECT_CHOICES = 8
+
+
+def edge_products(vectors: np.ndarray, src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """Each edge's inner product ``x_src . x_dst`` (float32), :data:`SLICE_CELLS` floats of
+    rows a side gathered at a time."""
+    out = np.empty(len(src), np.float32)
+    step = max(1, SLICE_CELLS // max(1, vectors.shape[1]))
+    for lo in range(0, len(src), step):
+        out[lo : lo + step] = np.einsum("ij,ij->i", vectors[src[lo : lo + step]], vectors[dst[lo : lo + step]])
+    return out
 
 
 def _ordered_bits(key: np.ndarray) -> np.ndarray:
