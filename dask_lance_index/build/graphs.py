@@ -156,7 +156,7 @@ def _in_order(submit: Callable, items, window: int, size: Callable | None = None
             count[0] += 1
             finished.notify_all()
 
-    read = submitted = taken = 0
+    read = taken = 0  # submitted: read - len(ahead)
     exhausted = False
     while True:
         # read one past the bound (items are small): whether all that is left is read
@@ -169,7 +169,7 @@ def _in_order(submit: Callable, items, window: int, size: Callable | None = None
                 read += 1
         with finished:
             seen = count[0]
-        while ahead and submitted - seen < window and len(futures) < 2 * window:
+        while ahead and read - len(ahead) - seen < window and len(futures) < 2 * window:
             # only once everything left is read may the order change, and the last place
             # within the bound is the next to take's: nothing waits on it forever
             reorder = exhausted and size and (taken in futures or len(futures) + 1 < 2 * window)
@@ -179,7 +179,6 @@ def _in_order(submit: Callable, items, window: int, size: Callable | None = None
             future = submit(item)
             future.add_done_callback(on_done)
             futures[position] = future
-            submitted += 1
         if taken == read and exhausted:
             return
         if taken in futures and futures[taken].done():
