@@ -381,6 +381,26 @@ def test_equal_rows_hang_below_one_another_and_every_node_is_reached(metric):
     assert checked == 502
 
 
+@pytest.mark.parametrize("dim", [3, 16, 384])
+def test_copies_are_found_by_every_column_not_only_the_hashed_ones(dim):
+    """Each row's first equal row (the entry point first among its equals): rows that differ
+    only in a column the hash leaves out are not copies, and every real copy is found."""
+    rng = np.random.default_rng(dim)
+    base = rng.normal(size=(400, dim)).astype(np.float32)
+    near = base[:100].copy()
+    hashed = set(np.linspace(0, dim - 1, min(dim, hnsw._COPY_COLUMNS)).astype(int).tolist())
+    off = [c for c in range(dim) if c not in hashed]
+    if off:
+        near[:, off[0]] += 1.0  # the same in the hashed columns, not in one other
+    x = np.concatenate([base, base[50:80], near, base[:5]])[rng.permutation(535)]
+    for entry in (0, 200, 534):
+        want = np.array([entry if np.all(x[entry] == x[i]) else int(np.flatnonzero(np.all(x == x[i], axis=1))[0])
+                         for i in range(len(x))])
+        got = hnsw._copies_of(x, entry)
+        np.testing.assert_array_equal(got, want)
+    assert (got != np.arange(len(x))).sum() == 35 + (0 if off else 100)
+
+
 def test_clusters_without_an_edge_between_them_are_all_joined():
     """_connect joins every cluster of a graph that has none between them (300 clusters of 10
     nodes, each node linked to its cluster's others): one edge each way per cluster but the
