@@ -28,7 +28,7 @@ from dask_lance_index.build.graphs import graph_runs
 from dask_lance_index.datagen import make_vectors, write_vectors
 from dask_lance_index.evaluation import exact_knn, recall_at_k, search
 from dask_lance_index.graph import build_graph
-from dask_lance_index.model import build_hnsw, hnsw, hnsw_dot, hnsw_edges
+from dask_lance_index.model import build_hnsw, hnsw, hnsw_copies, hnsw_dot, hnsw_edges
 from dask_lance_index.model.hnsw import node_levels
 from dask_lance_index.model.principal import fewest, principal_axes
 from dask_lance_index.storage import PartitionRuns, StoredRows
@@ -252,7 +252,7 @@ def test_large_levels_find_their_candidates_on_their_leading_directions(monkeypa
 
 def test_large_partitions_are_built_on_their_leading_directions(monkeypatch):
     """A partition of _PROJECT_ROWS rows or more whose leading principal directions hold
-    _PROJECT_SHARE of its variance in at most _PROJECT_WIDTH of its dimension is built on
+    a share in _PROJECT_SHARES of its variance in at most _PROJECT_WIDTH of its dimension is built on
     them: the two parts' distances add up to the rows', every level's stored distances are
     the rows' own, and a search of the graph finds as much as one of the whole rows. Rows
     spread over every direction, and fewer rows, are built whole."""
@@ -265,7 +265,7 @@ def test_large_partitions_are_built_on_their_leading_directions(monkeypatch):
     blobs = rng.standard_normal((20, 96)).astype(np.float32)[rng.integers(0, 20, 6000)]
     blobs += 0.1 * rng.standard_normal(blobs.shape).astype(np.float32)
     share = principal_axes(blobs[:4096])[1]
-    assert fewest(share, hnsw._PROJECT_SHARE, 32) <= hnsw._PROJECT_WIDTH * 96
+    assert fewest(share, max(hnsw._PROJECT_SHARES), 32) <= hnsw._PROJECT_WIDTH * 96
     assert hnsw._principal_split(blobs) is None
     lead, others = hnsw._principal_split(x)
     rest = x @ others
@@ -292,6 +292,23 @@ def test_large_partitions_are_built_on_their_leading_directions(monkeypatch):
     print("RECALL", recall)
     assert widths[0] is not None and widths[1] is None  # the projection, then the whole rows
     assert recall["projected"] >= recall["whole"] - 0.01 and recall["projected"] > 0.9
+
+
+def test_a_projection_that_loses_the_nearest_gives_way_to_the_next_share(monkeypatch):
+    """Rows whose largest variance lies between 8 tight groups and whose nearest lie in 48
+    other directions: the directions of the first share (32) lose the nearest, so the next
+    share's (64, those 48 too) is taken; with no next share the rows are built whole."""
+    rng = np.random.default_rng(7)
+    n = 6000
+    x = np.zeros((n, 96), np.float32)
+    x[:, :8] = 6 * rng.standard_normal((8, 8))[rng.integers(0, 8, n)]
+    x[:, 8:56] = rng.standard_normal((n, 48))
+    x[:, 56:] = 0.05 * rng.standard_normal((n, 40))
+    monkeypatch.setattr(hnsw, "_PROJECT_SHARES", (0.9, 0.95))
+    lead, others = hnsw._principal_split(x)
+    assert lead.shape[1] == 64 and others.shape == (96, 32)
+    monkeypatch.setattr(hnsw, "_PROJECT_SHARES", (0.9,))
+    assert hnsw._principal_split(x) is None
 
 
 def test_pruning_makes_a_projections_distances_exact():
@@ -388,7 +405,7 @@ def test_copies_are_found_by_every_column_not_only_the_hashed_ones(dim):
     rng = np.random.default_rng(dim)
     base = rng.normal(size=(400, dim)).astype(np.float32)
     near = base[:100].copy()
-    hashed = set(np.linspace(0, dim - 1, min(dim, hnsw._COPY_COLUMNS)).astype(int).tolist())
+    hashed = set(np.linspace(0, dim - 1, min(dim, hnsw_copies.COPY_COLUMNS)).astype(int).tolist())
     off = [c for c in range(dim) if c not in hashed]
     if off:
         near[:, off[0]] += 1.0  # the same in the hashed columns, not in one other
@@ -396,7 +413,7 @@ def test_copies_are_found_by_every_column_not_only_the_hashed_ones(dim):
     for entry in (0, 200, 534):
         want = np.array([entry if np.all(x[entry] == x[i]) else int(np.flatnonzero(np.all(x == x[i], axis=1))[0])
                          for i in range(len(x))])
-        got = hnsw._copies_of(x, entry)
+        got = hnsw_copies.copies_of(x, entry)
         np.testing.assert_array_equal(got, want)
     assert (got != np.arange(len(x))).sum() == 35 + (0 if off else 100)
 

@@ -4,7 +4,7 @@ IVF centroids (:mod:`.ivf`, trained flat or in two levels with
 coarse-to-fine assignment by :mod:`.coarse`), a PQ codebook (:mod:`.pq`) and a RaBitQ rotation
 (:mod:`.rabitq`, :mod:`.rabitq_encoder`), SQ bounds and codes (:mod:`.sq_bounds`, :mod:`.sq`), held together as one
 :class:`IndexModel`; each partition's HNSW graph, built from exact neighbours (:mod:`.hnsw`;
-under dot :mod:`.hnsw_dot`; the neighbour lists :mod:`.hnsw_edges`; large partitions on
+under dot :mod:`.hnsw_dot`; the neighbour lists :mod:`.hnsw_edges`; equal rows :mod:`.hnsw_copies`; large partitions on
 their leading principal directions, :mod:`.principal`); k-means underneath
 (:mod:`.kmeans`); a training sample held
 in pieces that two-level training never gathers (:mod:`.sample_rows`). Pure computation on

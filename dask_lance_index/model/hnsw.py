@@ -42,6 +42,7 @@ from typing import Callable, Iterable
 import numpy as np
 
 from .hnsw_dot import distinct_dot_graph
+from .hnsw_copies import copies_of, hang_copies
 from .hnsw_edges import SLICE_CELLS, connect, edge_products, with_reverse_edges
 from .kmeans import kmeans, smallest_first
 from .principal import fewest, principal_axes
@@ -87,22 +88,29 @@ _SCREEN_FOUND = 0.98
 _SCREEN_CHECKED = 64
 _SCREEN_SAMPLE = 4096
 # A partition of at least _PROJECT_ROWS rows is built on its rows' projection on their
-# leading principal directions, those holding _PROJECT_SHARE of the variance of
-# _SCREEN_SAMPLE drawn rows (rounded up to 32, at most _PROJECT_WIDTH of the dimension), and
-# its edges' distances made exact by the other directions (_principal_split, _with_rest).
-# One thread, recall@10 of a search of the graph with the rows themselves (500 queries, ef
-# 10/20/40), whole rows against 0.975 of the variance: 14,350 sentence embeddings 2.22 s,
-# 0.987/0.998/0.998 against 256 directions 1.65 s, 0.986/0.996/0.998; 30,000 Fashion-MNIST
-# images 9.29 s, 0.999/0.999/1.000 against 288 of 784, 3.71 s, 1.000/1.000/1.000; 27,594
-# synthetic 768-d rows 4.35 s against 32, 1.12 s, the same recall (0.983/0.993/0.998). At 0.95
-# of the variance the sentence graph searched at 0.984/0.995/0.998. The variance alone can
+# leading principal directions, the fewest holding a share in _PROJECT_SHARES of the variance
+# of _SCREEN_SAMPLE drawn rows (rounded up to 32, at most _PROJECT_WIDTH of the dimension)
+# that keeps the nearest (below), and its edges' distances made exact by the other
+# directions (_principal_split, _with_rest). One thread, recall@10 of a search of the graph
+# with the rows themselves (500 queries, ef 10/20/40), whole rows against 0.975 of the
+# variance: 14,350 sentence embeddings 2.22 s, 0.987/0.998/0.998 against 256 directions
+# 1.65 s, 0.986/0.996/0.998; 30,000 Fashion-MNIST images 9.29 s, 0.999/0.999/1.000 against
+# 288 of 784, 3.71 s, 1.000/1.000/1.000; 27,594 synthetic 768-d rows 4.35 s against 32, 1.12
+# s, the same recall (0.983/0.993/0.998). 0.95 of the variance against 0.975 (ef 10, graph
+# seeds 0/1/2): 56,967 sentence rows 224 against 288 directions, 7.57-7.70 s against
+# 9.61-9.80 s, 0.982/0.978 against 0.980/0.971 (their SQ codes decoded 0.984 against 0.974);
+# all 75,122 256 against 288, 11.14-11.60 s against 12.79-12.89 s, 0.964/0.970/0.976 against
+# 0.971/0.972/0.971; 14,350 rows 0.986 against 0.983; Fashion-MNIST 192 against 288, 4.14 s
+# against 5.07 s, 0.995 against 0.998. At 0.9 Fashion-MNIST's 96 directions failed the check
+# below. The variance alone can
 # mislead: 12,000 rows of 8 tight isotropic clusters in 768-d (noise 0.1) put 97.5% of it in
 # 32 directions, and that graph searched at 0.302 against 0.941 (ef 10). So the projection
 # must also keep the nearest: of 64 drawn rows' exact 40 nearest, their 40 nearest on it held
 # 0.93-0.98 of the sentence partitions' and Fashion-MNIST's, 1.00 of the synthetic sets', and
-# 0.06-0.61 of such clusters' (_PROJECT_FOUND between them).
+# 0.06-0.61 of such clusters' (_PROJECT_FOUND between them); a share that does not is
+# followed by the next.
 _PROJECT_ROWS = 4096
-_PROJECT_SHARE = 0.975
+_PROJECT_SHARES = (0.95, 0.975)
 _PROJECT_WIDTH = 0.75
 _PROJECT_FOUND = 0.85
 # Nodes of a level past which each node's candidates come from its nearest groups of nodes,
@@ -141,8 +149,6 @@ _LONG_EDGES = 4
 _PRUNE_ALPHA = 1.1
 # Nodes whose lists take their long edges at once (_candidates): 4 MB of ids a list of 40.
 _MERGE_ROWS = 1 << 14
-# Columns of a row hashed to find the rows that may be copies of others (_copies_of).
-_COPY_COLUMNS = 16
 # Under the dot metric a node's candidates are its ef_construction largest inner products
 # (Lance's inserts search that many). One 20,000-row partition (128-d, m = 20, recall@10
 # at nprobes 1, ef 15), before the insertion order: 0.944 from 80 or 100 candidates,
@@ -408,81 +414,27 @@ def _grouped_candidates(vectors, sq, fwd, fwd_dist, each: Callable = in_turn) ->
     each(group, [g for g in range(count) if home_bounds[g + 1] > home_bounds[g]])
 
 
-def _copies_of(vectors: np.ndarray, entry: int) -> np.ndarray:
-    """Each row's first equal row (the same bits; ``entry`` first among its equals), itself
-    if none."""
-    n, d = vectors.shape
-    out = np.arange(n)
-    # rows differing in a few columns spread over the row differ: only rows whose hash of
-    # those collides are compared whole (the hash of every column, an integer product numpy
-    # runs without BLAS, took 0.9 s of a 75,122 x 256 level's 10 s, and sorting its rows
-    # another 0.9 s where a few were copies)
-    cols = np.unique(np.linspace(0, d - 1, min(d, _COPY_COLUMNS)).astype(np.int64))
-    weights = np.random.default_rng(0).integers(1, 2**62, size=len(cols), dtype=np.int64) | 1
-    hashes = vectors[:, cols].view(np.int32).astype(np.int64) @ weights  # wraps around: fine for a hash
-    _, inverse, counts = np.unique(hashes, return_inverse=True, return_counts=True)
-    suspects = np.flatnonzero(counts[inverse] > 1)
-    if len(suspects) == 0:
-        return out
-    _, same = np.unique(vectors[suspects].view(np.int32), axis=0, return_inverse=True)
-    same = same.reshape(-1)
-    first = np.full(int(same.max()) + 1, n, np.int64)
-    np.minimum.at(first, same, suspects)
-    at = np.searchsorted(suspects, entry)
-    if at < len(suspects) and suspects[at] == entry:
-        first[same[at]] = entry
-    out[suspects] = first[same]
-    return out
-
-
 def _level_graph(vectors: np.ndarray, cap: int, fill: int, candidates: int, entry: int, dot: bool = False,
                  each: Callable = in_turn):
     """Neighbour lists of one level's nodes (local ids), every node reached from
     ``entry`` and reaching it: offsets, ids, distances.
 
-    Equal rows (duplicates in the data, PQ codes that collide) would each find only
-    their copies as nearest, and make islands :func:`connect` joins one at a time
-    (a partition of 3,114 PQ-coded rows, 811 of them copies, took 4.0 s against 0.16 s
-    for its rows themselves). So the graph is built on the distinct rows; each row's
-    copies then hang below it in a binary tree (a node links to its two children, at
-    distance 0 under l2: a search reaches every copy), and each copy's list is its children, the
-    row, and the row's own neighbours, up to ``cap``. A row with copies holds two more
+    The graph is built on the level's distinct rows only, and each row's copies then hang
+    below it in a binary tree (:mod:`.hnsw_copies`: a node links to its two children, at
+    distance 0 under l2, so a search reaches every copy; a copy's list is its children, the
+    row, and the row's own neighbours, up to ``cap``). A row with copies holds two more
     neighbours than its own list (up to ``cap``, or a round or two past it where
     :func:`connect` finds every list full, one on the levels measured); Lance reads lists
     of up to ``4 m``."""
     n = len(vectors)
-    rep = _copies_of(vectors, entry) if n > 1 else np.zeros(n, np.int64)
+    rep = copies_of(vectors, entry) if n > 1 else np.zeros(n, np.int64)
     # the dot construction's inserts run in order; the l2 one's pieces are independent
     distinct = distinct_dot_graph if dot else partial(_distinct_level_graph, each=each)
     if (rep == np.arange(n)).all():
         return distinct(vectors, cap, fill, candidates, entry)
     reps = np.flatnonzero(rep == np.arange(n))
     offsets, ids, dist = distinct(vectors[reps], cap, fill, candidates, int(np.searchsorted(reps, entry)))
-    ids = reps[ids]
-    # each row's copies in id order, at positions 1..k of its tree (the row at 0)
-    copies = np.flatnonzero(rep != np.arange(n))
-    copies = copies[np.argsort(rep[copies], kind="stable")]
-    owner = rep[copies]
-    starts = np.flatnonzero(np.concatenate([[True], owner[1:] != owner[:-1]]))
-    sizes = np.diff(np.concatenate([starts, [len(copies)]]))
-    pos = np.arange(len(copies)) - np.repeat(starts, sizes) + 1
-    group_size = np.repeat(sizes, sizes)
-    parent_pos = (pos - 1) // 2
-    parent = np.where(parent_pos == 0, owner, copies[np.repeat(starts, sizes) + parent_pos - 1])
-    children = np.clip(group_size - 2 * pos, 0, 2)
-    # the copy's share of its row's list
-    local = np.searchsorted(reps, owner)
-    lengths = np.diff(offsets)[local]
-    take = np.minimum(lengths, np.maximum(cap - 1 - children, 0))
-    at = np.repeat(offsets[local], take) + np.arange(take.sum()) - np.repeat(np.cumsum(take) - take, take)
-    # a row to its copy: 0 under l2, Lance's 1 - |x|^2 under dot
-    same = (1 - np.einsum("ij,ij->i", vectors[copies], vectors[copies])).astype(np.float32) if dot else \
-        np.zeros(len(copies), np.float32)
-    src = np.concatenate([np.repeat(reps, np.diff(offsets)), parent, copies, np.repeat(copies, take)])
-    dst = np.concatenate([ids, copies, owner, ids[at]])
-    dd = np.concatenate([dist, same, same, dist[at]])
-    order = np.argsort(src, kind="stable")
-    return np.concatenate([[0], np.cumsum(np.bincount(src, minlength=n))]), dst[order], dd[order]
+    return hang_copies(vectors, rep, reps, offsets, reps[ids], dist, cap, dot)
 
 
 def _distinct_level_graph(vectors: np.ndarray, cap: int, fill: int, candidates: int, entry: int,
@@ -650,13 +602,13 @@ def _levels(vectors: np.ndarray, m: int, max_level: int, seed, candidates: int, 
 
 
 def _principal_split(vectors: np.ndarray) -> tuple | None:
-    """A partition's rows on their leading principal directions, those holding
-    :data:`_PROJECT_SHARE` of the variance of :data:`_SCREEN_SAMPLE` drawn rows (rounded up to
-    32), and the other directions: ``(lead, others)``, a ``(d, d - width)`` basis, the squared
-    l2 distance of two rows the sum of theirs on each. ``None`` under :data:`_PROJECT_ROWS`
-    rows, where the leading directions are over :data:`_PROJECT_WIDTH` of the dimension, or
-    where the 40 nearest of :data:`_SCREEN_CHECKED` drawn rows on them hold under
-    :data:`_PROJECT_FOUND` of their exact 40 nearest."""
+    """A partition's rows on their leading principal directions, the fewest of those holding
+    a share in :data:`_PROJECT_SHARES` of the variance of :data:`_SCREEN_SAMPLE` drawn rows
+    (rounded up to 32) on which the 40 nearest of :data:`_SCREEN_CHECKED` drawn rows hold
+    :data:`_PROJECT_FOUND` of their exact 40 nearest, and the other directions: ``(lead,
+    others)``, a ``(d, d - width)`` basis, the squared l2 distance of two rows the sum of
+    theirs on each. ``None`` under :data:`_PROJECT_ROWS` rows, or where no share does in at
+    most :data:`_PROJECT_WIDTH` of the dimension."""
     n, d = vectors.shape
     if n < _PROJECT_ROWS:
         return None
@@ -665,17 +617,24 @@ def _principal_split(vectors: np.ndarray) -> tuple | None:
     if axes is None:  # every drawn row the same
         return None
     directions, share = axes  # an orthonormal basis: distances split exactly
-    width = fewest(share, _PROJECT_SHARE, 32)
-    if width > _PROJECT_WIDTH * d:
-        return None
-    lead = vectors @ np.ascontiguousarray(directions[:, :width])
     # the variance is not the neighbourhoods: tight clusters far apart hold theirs in the
     # directions between the clusters, and each row's nearest in the noise of every other
     checked = np.sort(np.random.default_rng(n + 1).choice(n, _SCREEN_CHECKED, replace=False))
-    nearest = _nearest_of(vectors, np.einsum("ij,ij->i", vectors, vectors), checked, min(HNSW_CANDIDATES, n - 1))
-    if _share_kept(lead, np.einsum("ij,ij->i", lead, lead), checked, nearest) < _PROJECT_FOUND:
-        return None
-    return lead, np.ascontiguousarray(directions[:, width:])
+    nearest, tried = None, 0
+    for wanted in _PROJECT_SHARES:
+        width = fewest(share, wanted, 32)
+        if width > _PROJECT_WIDTH * d:
+            return None
+        if width == tried:
+            continue
+        tried = width
+        if nearest is None:  # only once a share is narrow enough to try
+            nearest = _nearest_of(vectors, np.einsum("ij,ij->i", vectors, vectors), checked,
+                                  min(HNSW_CANDIDATES, n - 1))
+        lead = vectors @ np.ascontiguousarray(directions[:, :width])
+        if _share_kept(lead, np.einsum("ij,ij->i", lead, lead), checked, nearest) >= _PROJECT_FOUND:
+            return lead, np.ascontiguousarray(directions[:, width:])
+    return None
 
 
 def _with_rest(graph: HnswGraph, rest: np.ndarray) -> HnswGraph:
