@@ -18,7 +18,7 @@ from .errors import IndexExistsError, InvalidInputError
 from .graph import build_graph
 from .model import IndexModel, coerce_array, validate_model
 from .model.hnsw import one_norm
-from .model.hnsw_dot import projection
+from .model.hnsw_dot import projection, spread_projection
 from .partition_artifacts import (
     InvalidPartitionArtifactError,
     PartitionArtifact,
@@ -142,7 +142,7 @@ def plan_index(
     train = model_parts_to_train(params, ivf_centroids=ivf_centroids is not None,
                                  pq_codebook=pq_codebook is not None, rabitq_model=rabitq_model is not None)
     chosen_name = column_engine(info.kind, column, engine) or engine
-    drawn = _drawn_rows(ds, column, info.dimension) if _graphs_by_rows(chosen_name, params) else (None, False)
+    drawn = _drawn_rows(ds, column, info.dimension) if _graphs_by_rows(chosen_name, params) else (None, False, False)
     chosen = resolve_engine(chosen_name, params, total, info.dimension, *drawn)
     return make_plan(
         uri=ds.uri,
@@ -174,18 +174,22 @@ def _graphs_by_rows(engine: str, params) -> bool:
     return engine == "auto" and params.metric == "dot" and params.index_type in ("IVF_HNSW_FLAT", "IVF_HNSW_SQ")
 
 
-def _drawn_rows(ds, column: str, dimension: int) -> tuple[int | None, bool]:
+def _drawn_rows(ds, column: str, dimension: int) -> tuple[int | None, bool, bool]:
     """Of up to :data:`PLAN_SAMPLE_ROWS` rows drawn from the dataset, the
-    columns of their :func:`~dask_lance_index.model.hnsw_dot.projection` (0 for none) and
-    whether they are of :func:`~dask_lance_index.model.hnsw.one_norm`: how costly our dot
-    graphs of its partitions would be
+    columns of their :func:`~dask_lance_index.model.hnsw_dot.projection` (0 for none),
+    whether they are of :func:`~dask_lance_index.model.hnsw.one_norm`, and where they have no
+    projection whether they have a
+    :func:`~dask_lance_index.model.hnsw_dot.spread_projection`: how costly our dot graphs of
+    its partitions would be
     (:func:`~dask_lance_index.build.engines.precomputed.dot_graph_rows`). One read of a few
     MB at planning; None where no usable (non-null, finite) row was drawn."""
     sample = drawn_vectors(ds, column, PLAN_SAMPLE_ROWS, dimension=dimension)
     if not len(sample):
-        return None, False
+        return None, False, False
     basis = projection(sample)
-    return (0 if basis is None else basis.shape[1]), one_norm(sample)
+    if basis is not None:
+        return basis.shape[1], one_norm(sample), False
+    return 0, one_norm(sample), spread_projection(sample) is not None
 
 
 def create_index(
@@ -331,8 +335,9 @@ def create_index(
         ``"auto"``: ``"precomputed"`` for 8-bit PQ types, IVF_FLAT, IVF_SQ, IVF_RQ
         under l2 and cosine, and IVF_HNSW_FLAT and IVF_HNSW_SQ (under dot up to a number of
         rows a partition on average set by 2,048 rows drawn at planning: 262,144 where they
-        project on at most 256 directions, 81,920 on more, 4,096 where they do not, 8,192 of
-        one norm: :func:`~dask_lance_index.build.engines.precomputed.dot_graph_rows` (an explicit
+        project on at most 256 directions, 81,920 on more, 4,096 where they do not, 24,576 of
+        one norm or where most of their directions keep their largest products:
+        :func:`~dask_lance_index.build.engines.precomputed.dot_graph_rows` (an explicit
         ``"precomputed"`` builds those dot graphs at any size, at a cost that grows
         faster with a partition's rows than Lance's)), ``"partitions"`` otherwise.
         ``"artifact"`` (8-bit PQ types): the workers encode into a partition

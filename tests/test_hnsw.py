@@ -640,6 +640,42 @@ def test_dot_levels_of_few_directions_are_built_on_their_projection(monkeypatch)
     assert found["rows"] > 0.8 and found["projected"] >= found["rows"] - 0.01, found
 
 
+def test_dot_levels_of_spread_rows_are_built_on_most_of_their_directions(monkeypatch):
+    """Rows whose energy needs over half their directions (no :func:`projection`) are built
+    on the fewest holding 95% of it, where the largest products of drawn rows on those hold
+    _SPREAD_FOUND of their exact ones: edges' distances the rows' own, and a graph that
+    searches as well as the one built on the rows. Where they hold less, the rows."""
+    rng = np.random.default_rng(3)
+    n = 3000
+    x = np.concatenate([rng.standard_normal((n, 80)), 0.1 * rng.standard_normal((n, 48))], axis=1)
+    x = (x * rng.uniform(0.5, 2, (n, 1))).astype(np.float32)
+    monkeypatch.setattr(hnsw_dot, "_PROJECTED_MIN_ROWS", 1000)
+    assert hnsw_dot.projection(x) is None
+    p = hnsw_dot._projected_rows(x)
+    assert p.shape == (n, 96)  # 80 directions and a few of the tail, rounded up to 32
+    assert hnsw_dot.spread_projection(x).shape == (128, 96)
+    # as spread_projection checks (the sample: every row here)
+    checked = np.sort(np.random.default_rng(n).choice(n, hnsw_dot._SPREAD_CHECKED, replace=False))
+    exact, found = hnsw_dot._largest_of(x, checked), hnsw_dot._largest_of(p, checked)
+    kept = (exact[:, :, None] == found[:, None, :]).any(axis=2).mean()
+    assert hnsw_dot._SPREAD_FOUND <= kept < 1
+    graphs = {}
+    for how, rows in (("projected", 1000), ("rows", 10**9)):
+        monkeypatch.setattr(hnsw_dot, "_PROJECTED_MIN_ROWS", rows)
+        offsets, ids, dist = hnsw_dot.distinct_dot_graph(x, 32, 16, 100, 0)
+        src = np.repeat(np.arange(n), np.diff(offsets))
+        np.testing.assert_allclose(dist, 1 - np.einsum("ij,ij->i", x[src], x[ids]), rtol=1e-5, atol=1e-3)
+        graphs[how] = offsets, ids
+    queries = x[rng.choice(n, 200, replace=False)] + rng.normal(0, 0.05, (200, 128)).astype(np.float32)
+    truth = np.argsort(-(queries @ x.T), axis=1)[:, :10]
+    recall = {how: _level_recall(x, *graph, queries, truth, ef=20) for how, graph in graphs.items()}
+    print("RECALL spread", recall)
+    assert recall["rows"] > 0.8 and recall["projected"] >= recall["rows"] - 0.01, recall
+    monkeypatch.setattr(hnsw_dot, "_PROJECTED_MIN_ROWS", 1000)
+    monkeypatch.setattr(hnsw_dot, "_SPREAD_FOUND", kept + 1e-6)  # the same rows, a stricter check
+    assert hnsw_dot._projected_rows(x) is x and hnsw_dot.spread_projection(x) is None
+
+
 def test_dot_graphs_of_rows_of_one_norm_are_the_l2_constructions():
     """Under dot, rows of one norm (normalised embeddings) are ranked by their products as by
     l2 distance: their graph is the l2 construction's (its own candidates), each edge with
@@ -663,7 +699,8 @@ def test_dot_graphs_of_rows_of_one_norm_are_the_l2_constructions():
 def test_dot_graphs_are_ours_or_lances_by_the_rows_drawn_at_planning(tmp_path):
     """Engine "auto" draws rows at planning for a dot-metric HNSW build: rows that project on
     few directions keep our graphs at sizes where rows spread over every direction go to
-    Lance's (past DOT_SPREAD_GRAPH_ROWS a partition, DOT_ONE_NORM_SPREAD_ROWS of one norm)."""
+    Lance's (past DOT_SPREAD_GRAPH_ROWS a partition; DOT_ONE_NORM_SPREAD_ROWS of one norm, or
+    where 3/4 of their directions keep their largest products)."""
     rng = np.random.default_rng(0)
     rows = 4 * precomputed_module.DOT_SPREAD_GRAPH_ROWS + 400  # 4 partitions just past the bound
     data = {
@@ -671,6 +708,8 @@ def test_dot_graphs_are_ours_or_lances_by_the_rows_drawn_at_planning(tmp_path):
         "spread": rng.standard_normal((rows, 128)).astype(np.float32),
     }
     data["spread, one norm"] = data["spread"] / np.linalg.norm(data["spread"], axis=1, keepdims=True)
+    most = np.concatenate([rng.standard_normal((rows, 80)), 0.1 * rng.standard_normal((rows, 48))], axis=1)
+    data["spread, most directions"] = (most * rng.uniform(0.5, 2, (rows, 1))).astype(np.float32)
     engines = {}
     for name, x in data.items():
         uri = str(tmp_path / f"{name}.lance")
@@ -683,6 +722,7 @@ def test_dot_graphs_are_ours_or_lances_by_the_rows_drawn_at_planning(tmp_path):
         assert engines["projects", t] == "precomputed"
         assert engines["spread", t] == "partitions"
         assert engines["spread, one norm", t] == "precomputed"
+        assert engines["spread, most directions", t] == "precomputed"
     assert all(engines[name, "cosine"] == "precomputed" for name in data)  # no rows drawn: ours at any size
 
 

@@ -13,8 +13,9 @@ on levels of more than ``2 x`` :data:`DOT_EXACT_ROWS` nodes whose rows group wel
 the products), each node after the first :data:`DOT_EXACT_ROWS` only with the nodes of the
 groups it is near (:func:`_grouped_largest_products`), a cost that grows with the nodes.
 A level of :data:`_PROJECTED_MIN_ROWS` nodes or more whose rows hold nearly all their energy
-in few directions is built on the rows projected on those (:func:`projection`), at a cost
-that shrinks with the columns dropped. Rows of one norm are not built here: under dot they
+in few directions is built on the rows projected on those (:func:`projection`), else on most
+of their directions where those keep the rows' largest products (:func:`spread_projection`),
+at a cost that shrinks with the columns dropped. Rows of one norm are not built here: under dot they
 rank as under l2, and :func:`.hnsw.build_hnsw` builds them so.
 """
 
@@ -28,7 +29,7 @@ from .hnsw_edges import SLICE_CELLS, connect, edge_products, with_reverse_edges
 from .kmeans import assign, kmeans, smallest_first
 from .principal import fewest, principal_axes
 
-__all__ = ["DOT_EXACT_ROWS", "distinct_dot_graph", "projection"]
+__all__ = ["DOT_EXACT_ROWS", "distinct_dot_graph", "projection", "spread_projection"]
 
 # Under dot, nodes a slice of a level's products takes at least, up to _PRODUCT_CELLS floats
 # (128 MB), into one buffer; its rows then selected SLICE_CELLS at a time. A GEMM of few rows
@@ -91,6 +92,18 @@ _PROJECTED_MIN_ROWS = 8192
 _PROJECTED_RESIDUAL = 0.02
 _PROJECTED_SAMPLE = 8192
 _PROJECTED_STEP = 32
+# Rows of no such projection (energy spread, as real sentence embeddings' is) are built on
+# the fewest directions holding all but _SPREAD_RESIDUAL of it, at most _SPREAD_WIDTH of the
+# columns, where the _SPREAD_NEAREST largest products of _SPREAD_CHECKED drawn rows on them
+# hold _SPREAD_FOUND of their exact ones (spread_projection). One thread, a partition of 10,388
+# sentence embeddings each scaled by a random factor in [0.5, 2] (recall@10 of a search of
+# the graph, 300 queries, ef 10/20/40): the rows 3.37 s, 0.972/0.987/0.997; 224 of 384
+# directions (5% left) 2.39 s, 0.970/0.986/0.998; 288 (2.5%) 2.92 s, 0.970/0.987/0.997.
+_SPREAD_RESIDUAL = 0.05
+_SPREAD_WIDTH = 0.75
+_SPREAD_CHECKED = 64
+_SPREAD_NEAREST = 40
+_SPREAD_FOUND = 0.85
 
 
 def _largest_products(vectors, fwd, fwd_ip, order) -> None:
@@ -416,16 +429,50 @@ def distinct_dot_graph(vectors: np.ndarray, cap: int, fill: int, candidates: int
 
 
 def _projected_rows(vectors: np.ndarray) -> np.ndarray:
-    """``vectors`` on its :func:`projection` (from :data:`_PROJECTED_SAMPLE` drawn rows):
-    their products differ from the rows' by little, and cost as many times less as there are
-    fewer columns. ``vectors`` itself on a level of fewer than :data:`_PROJECTED_MIN_ROWS`
-    nodes, or where the rows have no such projection."""
+    """``vectors`` on its :func:`projection`, or failing that its :func:`spread_projection`
+    (of :data:`_PROJECTED_SAMPLE` drawn rows): their products differ from the rows' by little,
+    and cost as many times less as there are fewer columns. ``vectors`` itself on a level of
+    fewer than :data:`_PROJECTED_MIN_ROWS` nodes, or where the rows have neither."""
     n, d = vectors.shape
     if n < _PROJECTED_MIN_ROWS:
         return vectors
     drawn = np.sort(np.random.default_rng(n).choice(n, min(n, _PROJECTED_SAMPLE), replace=False))
-    basis = projection(vectors[drawn])
+    sample = vectors[drawn]
+    basis = projection(sample)
+    if basis is None:
+        basis = spread_projection(sample)
     return vectors if basis is None else vectors @ basis
+
+
+def spread_projection(sample: np.ndarray) -> np.ndarray | None:
+    """For rows of no :func:`projection` (energy spread over more than half their
+    directions): the fewest top directions of ``sample``'s rows holding all but
+    :data:`_SPREAD_RESIDUAL` of their energy, at most :data:`_SPREAD_WIDTH` of the columns, as
+    a ``(d, r)`` float32 basis, where the :data:`_SPREAD_NEAREST` largest products of
+    :data:`_SPREAD_CHECKED` drawn rows of the sample on them hold :data:`_SPREAD_FOUND` of
+    their exact ones; else None."""
+    n, d = sample.shape
+    if d < 2 * _PROJECTED_STEP or n <= _SPREAD_NEAREST:
+        return None
+    axes = principal_axes(sample, centre=False)
+    if axes is None:
+        return None
+    directions, share = axes
+    kept = fewest(share, 1 - _SPREAD_RESIDUAL, _PROJECTED_STEP)
+    if kept > _SPREAD_WIDTH * d:
+        return None
+    basis = np.ascontiguousarray(directions[:, :kept])
+    checked = np.sort(np.random.default_rng(n).choice(n, min(n, _SPREAD_CHECKED), replace=False))
+    exact, found = _largest_of(sample, checked), _largest_of(sample @ basis, checked)
+    return basis if (exact[:, :, None] == found[:, None, :]).any(axis=2).mean() >= _SPREAD_FOUND else None
+
+
+def _largest_of(rows: np.ndarray, checked: np.ndarray) -> np.ndarray:
+    """The ids of the :data:`_SPREAD_NEAREST` largest products of each of ``checked``'s rows
+    with the others, in no order."""
+    products = rows[checked] @ rows.T
+    products[np.arange(len(checked)), checked] = -np.inf
+    return np.argpartition(-products, _SPREAD_NEAREST, axis=1)[:, :_SPREAD_NEAREST]
 
 
 def projection(sample: np.ndarray) -> np.ndarray | None:

@@ -84,9 +84,12 @@ SPILL_CHUNK_BYTES = FLAT_TASK_BYTES // 4
 # groups of 2,048 before the fine groups of model.hnsw._fine_groups). The same rows each
 # scaled by a random factor in [0.5, 2] (unequal norms: the dot construction, whose pruning
 # then keeps few): 0.50x at 2,350 rows a partition, 0.85x at 4,700, 1.03x at 9,400 (Lance's
-# graphs from our IVF 1.07x, 1.15x, 1.04x). So
-# DOT_SPREAD_GRAPH_ROWS, and DOT_ONE_NORM_SPREAD_ROWS for rows of one norm (a little past
-# 18,800, short of 37,500).
+# graphs from our IVF 1.07x, 1.15x, 1.04x); built on the 224 of their 384 directions that
+# hold 95% of their energy and keep drawn rows' largest products
+# (model.hnsw_dot.spread_projection), the graphs' build stage 12.30 s against 13.67 s at
+# 9,400 rows a partition (Lance 16.83 s), 15.44 s against 19.86 s at 18,800 (Lance 19.37 s).
+# So DOT_SPREAD_GRAPH_ROWS; DOT_ONE_NORM_SPREAD_ROWS for rows of one norm, and for rows of
+# unequal norms with a spread projection (a little past 18,800, short of 37,500).
 DOT_GRAPH_ROWS = 262144
 DOT_WIDE_GRAPH_ROWS = 81920
 DOT_WIDE_DIMENSION = 256
@@ -94,21 +97,23 @@ DOT_SPREAD_GRAPH_ROWS = 4096
 DOT_ONE_NORM_SPREAD_ROWS = 24576
 
 
-def dot_graph_rows(dimension: int | None, directions: int | None = None, one_norm: bool = False) -> int:
+def dot_graph_rows(dimension: int | None, directions: int | None = None, one_norm: bool = False,
+                   spread: bool = False) -> int:
     """Rows a partition, on average, up to which we build dot-metric graphs of rows of
     ``dimension`` (unknown: the bound of wide rows). ``directions``: of rows drawn at
     planning, the columns of their :func:`~dask_lance_index.model.hnsw_dot.projection`
     (large levels are built on that many), 0 where they have none
     (:data:`DOT_SPREAD_GRAPH_ROWS`, or :data:`DOT_ONE_NORM_SPREAD_ROWS` for rows of
-    ``one_norm``), None if none were drawn."""
+    ``one_norm`` or with a ``spread``
+    :func:`~dask_lance_index.model.hnsw_dot.spread_projection`), None if none were drawn."""
     if directions == 0:
-        return DOT_ONE_NORM_SPREAD_ROWS if one_norm else DOT_SPREAD_GRAPH_ROWS
+        return DOT_ONE_NORM_SPREAD_ROWS if one_norm or spread else DOT_SPREAD_GRAPH_ROWS
     width = directions or dimension
     return DOT_GRAPH_ROWS if width and width <= DOT_WIDE_DIMENSION else DOT_WIDE_GRAPH_ROWS
 
 
 def graphs_left_to_lance(params, num_rows: int | None, dimension: int | None = None,
-                         directions: int | None = None, one_norm: bool = False) -> bool:
+                         directions: int | None = None, one_norm: bool = False, spread: bool = False) -> bool:
     """Whether an HNSW index's graphs are left to Lance: IVF_HNSW_PQ under the dot metric;
     IVF_HNSW_FLAT and IVF_HNSW_SQ under dot past :func:`dot_graph_rows` rows a partition
     (our dot graphs' time grows faster with a partition's rows than Lance's); or IVF_HNSW_PQ
@@ -124,7 +129,7 @@ def graphs_left_to_lance(params, num_rows: int | None, dimension: int | None = N
         return True
     if num_rows is None:
         return False
-    if params.metric == "dot" and num_rows > dot_graph_rows(dimension, directions, one_norm) * params.num_partitions:
+    if params.metric == "dot" and num_rows > dot_graph_rows(dimension, directions, one_norm, spread) * params.num_partitions:
         return True
     # IVF_HNSW_FLAT's and IVF_HNSW_SQ's rows past that go to disk (spills); PQ codes do not
     return (params.quantizer == "PQ"

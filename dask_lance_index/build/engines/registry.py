@@ -26,9 +26,9 @@ def get_engine(name: str) -> Engine:
 
 
 def resolve_engine(name: str, params, num_rows: int | None = None, dimension: int | None = None,
-                   directions: int | None = None, one_norm: bool = False) -> Engine:
+                   directions: int | None = None, one_norm: bool = False, spread: bool = False) -> Engine:
     """The engine that builds an index of ``params`` over ``num_rows`` rows of ``dimension``
-    (``directions``, ``one_norm``: of rows drawn at planning, :func:`.precomputed.dot_graph_rows`).
+    (``directions``, ``one_norm``, ``spread``: of rows drawn at planning, :func:`.precomputed.dot_graph_rows`).
     Pure.
 
     ``"auto"``: ``"precomputed"`` where it applies (our workers assign and encode
@@ -45,7 +45,7 @@ def resolve_engine(name: str, params, num_rows: int | None = None, dimension: in
         # IVF_HNSW_PQ whose graphs Lance builds: we still encode (the engine hands Lance the codes)
         if precomputed.refuses(params) is None and (params.quantizer == "PQ"
                                                     or not graphs_left_to_lance(params, num_rows, dimension,
-                                                                                directions, one_norm)):
+                                                                                directions, one_norm, spread)):
             return precomputed
         return ENGINES["partitions"]
     engine = get_engine(name)
