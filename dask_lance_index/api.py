@@ -18,7 +18,7 @@ from .errors import IndexExistsError, InvalidInputError
 from .graph import build_graph
 from .model import IndexModel, coerce_array, validate_model
 from .model.hnsw import one_norm
-from .model.hnsw_dot import projection, spread_projection
+from .model.hnsw_dot import energy_axes, projection, spread_projection
 from .partition_artifacts import (
     InvalidPartitionArtifactError,
     PartitionArtifact,
@@ -186,10 +186,11 @@ def _drawn_rows(ds, column: str, dimension: int) -> tuple[int | None, bool, bool
     sample = drawn_vectors(ds, column, PLAN_SAMPLE_ROWS, dimension=dimension)
     if not len(sample):
         return None, False, False
-    basis = projection(sample)
+    axes = energy_axes(sample)
+    basis = projection(sample, axes)
     if basis is not None:
         return basis.shape[1], one_norm(sample), False
-    return 0, one_norm(sample), spread_projection(sample) is not None
+    return 0, one_norm(sample), spread_projection(sample, axes) is not None
 
 
 def create_index(

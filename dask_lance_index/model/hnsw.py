@@ -41,8 +41,8 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from .hnsw_dot import distinct_dot_graph
 from .hnsw_copies import copies_of, hang_copies
+from .hnsw_dot import distinct_dot_graph
 from .hnsw_edges import SLICE_CELLS, connect, edge_products, with_reverse_edges
 from .kmeans import kmeans, smallest_first
 from .principal import fewest, principal_axes

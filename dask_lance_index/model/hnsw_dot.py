@@ -29,7 +29,7 @@ from .hnsw_edges import SLICE_CELLS, connect, edge_products, with_reverse_edges
 from .kmeans import assign, kmeans, smallest_first
 from .principal import fewest, principal_axes
 
-__all__ = ["DOT_EXACT_ROWS", "distinct_dot_graph", "projection", "spread_projection"]
+__all__ = ["DOT_EXACT_ROWS", "distinct_dot_graph", "energy_axes", "projection", "spread_projection"]
 
 # Under dot, nodes a slice of a level's products takes at least, up to _PRODUCT_CELLS floats
 # (128 MB), into one buffer; its rows then selected SLICE_CELLS at a time. A GEMM of few rows
@@ -438,24 +438,23 @@ def _projected_rows(vectors: np.ndarray) -> np.ndarray:
         return vectors
     drawn = np.sort(np.random.default_rng(n).choice(n, min(n, _PROJECTED_SAMPLE), replace=False))
     sample = vectors[drawn]
-    basis = projection(sample)
+    axes = energy_axes(sample)
+    basis = projection(sample, axes)
     if basis is None:
-        basis = spread_projection(sample)
+        basis = spread_projection(sample, axes)
     return vectors if basis is None else vectors @ basis
 
 
-def spread_projection(sample: np.ndarray) -> np.ndarray | None:
+def spread_projection(sample: np.ndarray, axes: tuple | None = None) -> np.ndarray | None:
     """For rows of no :func:`projection` (energy spread over more than half their
     directions): the fewest top directions of ``sample``'s rows holding all but
     :data:`_SPREAD_RESIDUAL` of their energy, at most :data:`_SPREAD_WIDTH` of the columns, as
     a ``(d, r)`` float32 basis, where the :data:`_SPREAD_NEAREST` largest products of
     :data:`_SPREAD_CHECKED` drawn rows of the sample on them hold :data:`_SPREAD_FOUND` of
-    their exact ones; else None."""
+    their exact ones; else None. ``axes``: the sample's :func:`energy_axes`, if known."""
     n, d = sample.shape
-    if d < 2 * _PROJECTED_STEP or n <= _SPREAD_NEAREST:
-        return None
-    axes = principal_axes(sample, centre=False)
-    if axes is None:
+    axes = energy_axes(sample) if axes is None else axes
+    if axes is None or n <= _SPREAD_NEAREST:
         return None
     directions, share = axes
     kept = fewest(share, 1 - _SPREAD_RESIDUAL, _PROJECTED_STEP)
@@ -475,15 +474,24 @@ def _largest_of(rows: np.ndarray, checked: np.ndarray) -> np.ndarray:
     return np.argpartition(-products, _SPREAD_NEAREST, axis=1)[:, :_SPREAD_NEAREST]
 
 
-def projection(sample: np.ndarray) -> np.ndarray | None:
+def energy_axes(sample: np.ndarray) -> tuple | None:
+    """The eigenvectors of ``X^T X`` of ``sample``'s rows and the share of their energy each
+    holds (:func:`.principal.principal_axes`, not centred: inner products are the rows'
+    energy, not their spread); None for rows too narrow to project (under ``2 x``
+    :data:`_PROJECTED_STEP` columns), no rows, or rows of no energy."""
+    if sample.shape[1] < 2 * _PROJECTED_STEP or len(sample) == 0:
+        return None
+    return principal_axes(sample, centre=False)
+
+
+def projection(sample: np.ndarray, axes: tuple | None = None) -> np.ndarray | None:
     """The fewest top directions of ``sample``'s rows (eigenvectors of ``X^T X``, a multiple
     of :data:`_PROJECTED_STEP`) that hold all but :data:`_PROJECTED_RESIDUAL` of their
     energy, as a ``(d, r)`` float32 basis; None where that takes more than half the columns
-    (rows whose energy is spread: real sentence embeddings need 256 of 384 for 96%)."""
+    (rows whose energy is spread: real sentence embeddings need 256 of 384 for 96%).
+    ``axes``: the sample's :func:`energy_axes`, if known."""
     d = sample.shape[1]
-    if d < 2 * _PROJECTED_STEP or len(sample) == 0:
-        return None
-    axes = principal_axes(sample, centre=False)  # inner products: the rows' energy, not their spread
+    axes = energy_axes(sample) if axes is None else axes
     if axes is None:
         return None
     directions, share = axes
