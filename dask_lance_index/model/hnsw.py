@@ -491,18 +491,31 @@ def _screening_rows(vectors: np.ndarray, sq: np.ndarray, k: int) -> tuple | None
         return None
     directions, share = axes
     checked = np.sort(rng.choice(n, _SCREEN_CHECKED, replace=False))
-    nearest = None
-    for wanted in _SCREEN_SHARES:
+    kept = _fewest_keeping(vectors, sq, directions, share, _SCREEN_SHARES, d // 2, checked, k, _SCREEN_FOUND)
+    return None if kept is None else kept[:2]
+
+
+def _fewest_keeping(vectors, sq, directions, share, shares, most: float, checked, k: int, found: float) -> tuple | None:
+    """The rows on the fewest leading ``directions`` (of the variance ``share`` each holds,
+    rounded up to 32) holding one of ``shares`` (ascending), at most ``most`` of them, on
+    which the ``k`` nearest of the ``checked`` rows hold ``found`` of their exact ``k``
+    nearest: ``(rows, their squared norms, width)``, or None. The exact nearest are found
+    only once a share is narrow enough to try."""
+    nearest, tried = None, 0
+    for wanted in shares:
         width = fewest(share, wanted, 32)
-        if width > d // 2:
+        if width > most:
             return None
-        if nearest is None:  # only once a share is narrow enough to try
+        if width == tried:  # the same directions, already found wanting
+            continue
+        tried = width
+        if nearest is None:
             nearest = _nearest_of(vectors, sq, checked, k)
         # not centred: distances are the same either way
         rows = vectors @ np.ascontiguousarray(directions[:, :width])
         rows_sq = np.einsum("ij,ij->i", rows, rows)
-        if _share_kept(rows, rows_sq, checked, nearest) >= _SCREEN_FOUND:
-            return rows, rows_sq
+        if _share_kept(rows, rows_sq, checked, nearest) >= found:
+            return rows, rows_sq, width
     return None
 
 
@@ -620,21 +633,12 @@ def _principal_split(vectors: np.ndarray) -> tuple | None:
     # the variance is not the neighbourhoods: tight clusters far apart hold theirs in the
     # directions between the clusters, and each row's nearest in the noise of every other
     checked = np.sort(np.random.default_rng(n + 1).choice(n, _SCREEN_CHECKED, replace=False))
-    nearest, tried = None, 0
-    for wanted in _PROJECT_SHARES:
-        width = fewest(share, wanted, 32)
-        if width > _PROJECT_WIDTH * d:
-            return None
-        if width == tried:
-            continue
-        tried = width
-        if nearest is None:  # only once a share is narrow enough to try
-            nearest = _nearest_of(vectors, np.einsum("ij,ij->i", vectors, vectors), checked,
-                                  min(HNSW_CANDIDATES, n - 1))
-        lead = vectors @ np.ascontiguousarray(directions[:, :width])
-        if _share_kept(lead, np.einsum("ij,ij->i", lead, lead), checked, nearest) >= _PROJECT_FOUND:
-            return lead, np.ascontiguousarray(directions[:, width:])
-    return None
+    kept = _fewest_keeping(vectors, np.einsum("ij,ij->i", vectors, vectors), directions, share, _PROJECT_SHARES,
+                           _PROJECT_WIDTH * d, checked, min(HNSW_CANDIDATES, n - 1), _PROJECT_FOUND)
+    if kept is None:
+        return None
+    lead, _, width = kept
+    return lead, np.ascontiguousarray(directions[:, width:])
 
 
 def _with_rest(graph: HnswGraph, rest: np.ndarray) -> HnswGraph:
