@@ -608,6 +608,32 @@ def test_dot_candidates_of_large_levels_come_from_the_groups_a_node_is_near(monk
     assert found.mean() < 1  # a node is not compared with every node before it
 
 
+def test_dot_groups_that_miss_the_largest_products_are_not_used(monkeypatch):
+    """Groups are used only where those probed for drawn nodes hold nearly all of their
+    largest products with the nodes before them: clustered rows group so; rows of no
+    structure (a node's largest products spread over most groups) are compared with every
+    node before them, as are clustered rows under a stricter check."""
+    rng = np.random.default_rng(8)
+    clustered = make_vectors(6000, 32, num_clusters=40, seed=4) * rng.uniform(0.5, 2, (6000, 1))
+    spread = rng.standard_normal((6000, 32)) * rng.uniform(0.5, 2, (6000, 1))
+    for name, value in (("DOT_EXACT_ROWS", 1000), ("_GROUP_ROWS", 64), ("_QUERY_ROWS", 128), ("_GROUP_PROBES", 8)):
+        monkeypatch.setattr(hnsw_dot, name, value)
+    order = np.argsort(np.random.default_rng(6000).permutation(6000))
+    found = {}
+    real = hnsw_dot._groups_find_largest
+    monkeypatch.setattr(hnsw_dot, "_groups_find_largest", lambda *a: found.setdefault(len(found), real(*a)))
+    assert hnsw_dot._query_groups(clustered.astype(np.float32), order) is not None
+    assert hnsw_dot._query_groups(spread.astype(np.float32), order) is None
+    assert found == {0: True, 1: False}  # the share of products alone would have taken both
+    monkeypatch.setattr(hnsw_dot, "_GROUPED_FOUND", 1.01)
+    assert hnsw_dot._query_groups(clustered.astype(np.float32), order) is None
+    fwd, ip = np.empty((6000, 60), np.int64), np.empty((6000, 60), np.float32)
+    exact = np.empty((6000, 60), np.int64), np.empty((6000, 60), np.float32)
+    hnsw_dot._all_largest_products(spread.astype(np.float32), *exact, order)
+    hnsw_dot._largest_products(spread.astype(np.float32), fwd, ip, order)
+    np.testing.assert_array_equal(fwd, exact[0])  # every product, as below the groups' bound
+
+
 def test_dot_levels_of_few_directions_are_built_on_their_projection(monkeypatch):
     """A level whose rows hold nearly all their energy in few directions is built on the
     rows projected on those: products close to the rows' own, each edge's distance the
@@ -882,7 +908,7 @@ def test_dot_graphs_search_as_well_as_lances_on_the_same_partitions(tmp_path, mo
                             or real_rows(v))
     elif grouped:
         for name, value in (("DOT_EXACT_ROWS", 256), ("_GROUP_ROWS", 32), ("_QUERY_ROWS", 64), ("_GROUP_PROBES", 8),
-                            ("_GROUPED_SHARE", 1)):  # on every level of more than 512 nodes
+                            ("_GROUPED_SHARE", 1), ("_GROUPED_FOUND", 0)):  # on every level of more than 512 nodes
             monkeypatch.setattr(hnsw_dot, name, value)
         real = hnsw_dot._grouped_largest_products
         monkeypatch.setattr(hnsw_dot, "_grouped_largest_products", lambda *a: calls.append(1) or real(*a))
