@@ -624,7 +624,7 @@ def test_dot_groups_that_miss_the_largest_products_are_not_used(monkeypatch):
     monkeypatch.setattr(hnsw_dot, "_groups_find_largest", lambda *a: found.setdefault(len(found), real(*a)))
     assert hnsw_dot._query_groups(clustered.astype(np.float32), order) is not None
     assert hnsw_dot._query_groups(spread.astype(np.float32), order) is None
-    assert found == {0: True, 1: False}  # the share of products alone would have taken both
+    assert found == {0: True, 1: False}  # the check made for both
     monkeypatch.setattr(hnsw_dot, "_GROUPED_FOUND", 1.01)
     assert hnsw_dot._query_groups(clustered.astype(np.float32), order) is None
     fwd, ip = np.empty((6000, 60), np.int64), np.empty((6000, 60), np.float32)
