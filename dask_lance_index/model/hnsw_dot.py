@@ -9,8 +9,9 @@ inserts leave it (:func:`distinct_dot_graph`). Nearest neighbours by inner produ
 of large norm, so the l2 construction's tools (:mod:`.hnsw`: few candidates, long edges,
 relaxed pruning) do not carry over: docs/benchmarks.md has what was measured. Each node is
 compared with every node before it, a cost that grows with the square of the level's nodes;
-on levels of more than ``2 x`` :data:`DOT_EXACT_ROWS` nodes whose rows group well (under half
-the products), each node after the first :data:`DOT_EXACT_ROWS` only with the nodes of the
+on levels of more than ``2 x`` :data:`DOT_EXACT_ROWS` nodes whose rows group well (the
+groups hold nearly all of drawn nodes' largest products, and take under half the products),
+each node after the first :data:`DOT_EXACT_ROWS` only with the nodes of the
 groups it is near (:func:`_grouped_largest_products`), a cost that grows with the nodes.
 A level of :data:`_PROJECTED_MIN_ROWS` nodes or more whose rows hold nearly all their energy
 in few directions is built on the rows projected on those (:func:`projection`), else on most
@@ -318,8 +319,9 @@ def _prune_dot(ip: np.ndarray, cand: np.ndarray, vectors: np.ndarray, cap: int, 
     data), so the products are taken as candidates are kept, only with the candidates
     still to be judged: looked up in ``gram`` (the level's products) when given; else in
     the rows of products ``held`` for the nodes kept most (:class:`_HeldRows`, shared by
-    the level's prunings), and for the others pair by pair. No ``K x K`` matrix is
-    computed per node."""
+    the level's prunings), and for the others pair by pair, with the candidates no kept one
+    has yet ruled out (one row of products a node where those are most of them). No
+    ``K x K`` matrix is computed per node."""
     rows, k = cand.shape
     if gram is None and held is None:
         held = _HeldRows(vectors)
