@@ -725,8 +725,8 @@ def test_dot_graphs_of_rows_of_one_norm_are_the_l2_constructions():
 def test_dot_graphs_are_ours_or_lances_by_the_rows_drawn_at_planning(tmp_path):
     """Engine "auto" draws rows at planning for a dot-metric HNSW build: rows that project on
     few directions keep our graphs at sizes where rows spread over every direction go to
-    Lance's (past DOT_SPREAD_GRAPH_ROWS a partition; DOT_ONE_NORM_SPREAD_ROWS of one norm, or
-    where 3/4 of their directions keep their largest products)."""
+    Lance's (past DOT_SPREAD_GRAPH_ROWS a partition; DOT_ONE_NORM_SPREAD_ROWS of one norm,
+    DOT_MOST_DIRECTIONS_ROWS where 3/4 of their directions keep their largest products)."""
     rng = np.random.default_rng(0)
     rows = 4 * precomputed_module.DOT_SPREAD_GRAPH_ROWS + 400  # 4 partitions just past the bound
     data = {

@@ -6,7 +6,7 @@ import pickle
 import pytest
 
 from dask_lance_index.build import resolve_engine
-from dask_lance_index.build.engines.precomputed import (DOT_GRAPH_ROWS, DOT_ONE_NORM_SPREAD_ROWS,
+from dask_lance_index.build.engines.precomputed import (DOT_GRAPH_ROWS, DOT_MOST_DIRECTIONS_ROWS, DOT_ONE_NORM_SPREAD_ROWS,
                                                          DOT_SPREAD_GRAPH_ROWS, DOT_WIDE_GRAPH_ROWS,
                                                          graphs_left_to_lance, spills)
 from dask_lance_index.errors import InvalidInputError
@@ -197,17 +197,19 @@ def test_engine_choice():
                                   dimension=dimension).name == "partitions"
         # rows drawn at planning: a projection on few directions is what their graphs cost
         # (768-d rows on 64 directions as 64-d ones, on 288 as wide ones); rows without one
-        # are ours up to DOT_SPREAD_GRAPH_ROWS, or DOT_ONE_NORM_SPREAD_ROWS of one norm or with a
-        # spread projection
+        # are ours up to DOT_SPREAD_GRAPH_ROWS, DOT_ONE_NORM_SPREAD_ROWS of one norm (whatever
+        # their spread projection: built as under l2), DOT_MOST_DIRECTIONS_ROWS with a spread
+        # projection
         for directions, one_norm, spread, bound in ((64, False, False, DOT_GRAPH_ROWS), (64, True, False, DOT_GRAPH_ROWS),
                                                     (288, False, False, DOT_WIDE_GRAPH_ROWS),
                                                     (0, False, False, DOT_SPREAD_GRAPH_ROWS),
                                                     (0, True, False, DOT_ONE_NORM_SPREAD_ROWS),
-                                                    (0, False, True, DOT_ONE_NORM_SPREAD_ROWS)):
+                                                    (0, True, True, DOT_ONE_NORM_SPREAD_ROWS),
+                                                    (0, False, True, DOT_MOST_DIRECTIONS_ROWS)):
             for rows, name in ((4 * bound, "precomputed"), (4 * bound + 1, "partitions")):
                 assert resolve_engine("auto", dot, num_rows=rows, dimension=768, directions=directions,
                                       one_norm=one_norm, spread=spread).name == name, (directions, one_norm, spread, rows)
-        assert DOT_SPREAD_GRAPH_ROWS < DOT_ONE_NORM_SPREAD_ROWS < DOT_WIDE_GRAPH_ROWS
+        assert DOT_SPREAD_GRAPH_ROWS < DOT_ONE_NORM_SPREAD_ROWS < DOT_MOST_DIRECTIONS_ROWS < DOT_WIDE_GRAPH_ROWS
     for t in ("IVF_HNSW_FLAT", "IVF_HNSW_SQ"):
         # our graphs whatever the partitions' size (250k rows a partition here)
         params = resolve_params(t, dimension=32, num_rows=10**6, num_partitions=4)

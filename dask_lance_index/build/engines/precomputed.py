@@ -53,8 +53,8 @@ from ...storage import (
 from ..graphs import PartitionGraphs
 from .base import Engine, SegmentTask
 
-__all__ = ["DOT_GRAPH_ROWS", "DOT_ONE_NORM_SPREAD_ROWS", "DOT_SPREAD_GRAPH_ROWS", "DOT_WIDE_DIMENSION",
-           "DOT_WIDE_GRAPH_ROWS", "GraphsAtMerge", "HNSW_WRITTEN",
+__all__ = ["DOT_GRAPH_ROWS", "DOT_MOST_DIRECTIONS_ROWS", "DOT_ONE_NORM_SPREAD_ROWS", "DOT_SPREAD_GRAPH_ROWS",
+           "DOT_WIDE_DIMENSION", "DOT_WIDE_GRAPH_ROWS", "GraphsAtMerge", "HNSW_WRITTEN",
            "PrecomputedEngine", "SPILL_CHUNK_BYTES", "dot_graph_rows", "graphs_left_to_lance", "spills", "writes_codes"]
 
 # HNSW types whose graphs we build (model.hnsw) and whose segment files we write (not
@@ -88,13 +88,18 @@ SPILL_CHUNK_BYTES = FLAT_TASK_BYTES // 4
 # hold 95% of their energy and keep drawn rows' largest products
 # (model.hnsw_dot.spread_projection), the graphs' build stage 12.30 s against 13.67 s at
 # 9,400 rows a partition (Lance 16.83 s), 15.44 s against 19.86 s at 18,800 (Lance 19.37 s).
-# So DOT_SPREAD_GRAPH_ROWS; DOT_ONE_NORM_SPREAD_ROWS for rows of one norm, and for rows of
-# unequal norms with a spread projection (a little past 18,800, short of 37,500).
+# So DOT_SPREAD_GRAPH_ROWS; DOT_ONE_NORM_SPREAD_ROWS for rows of one norm (a little past
+# 18,800, short of 37,500). Rows of unequal norms with a spread projection, once the dot
+# pruning multiplied only the candidates still in the running: 0.57-0.58x at 9,400, 0.61-0.78x
+# at 18,800, and at 37,500 (partitions of 59,631 and 15,491) 1.00-1.14x, where Lance's graphs
+# from our IVF took 1.14-1.27x in the same runs (recall@10 0.967 against 0.961-0.963): so
+# DOT_MOST_DIRECTIONS_ROWS, past 37,500 (docs/benchmarks.md).
 DOT_GRAPH_ROWS = 262144
 DOT_WIDE_GRAPH_ROWS = 81920
 DOT_WIDE_DIMENSION = 256
 DOT_SPREAD_GRAPH_ROWS = 4096
 DOT_ONE_NORM_SPREAD_ROWS = 24576
+DOT_MOST_DIRECTIONS_ROWS = 40960
 
 
 def dot_graph_rows(dimension: int | None, directions: int | None = None, one_norm: bool = False,
@@ -103,11 +108,13 @@ def dot_graph_rows(dimension: int | None, directions: int | None = None, one_nor
     ``dimension`` (unknown: the bound of wide rows). ``directions``: of rows drawn at
     planning, the columns of their :func:`~dask_lance_index.model.hnsw_dot.projection`
     (large levels are built on that many), 0 where they have none
-    (:data:`DOT_SPREAD_GRAPH_ROWS`, or :data:`DOT_ONE_NORM_SPREAD_ROWS` for rows of
-    ``one_norm`` or with a ``spread``
+    (:data:`DOT_SPREAD_GRAPH_ROWS`; :data:`DOT_ONE_NORM_SPREAD_ROWS` for rows of
+    ``one_norm``, :data:`DOT_MOST_DIRECTIONS_ROWS` for rows with a ``spread``
     :func:`~dask_lance_index.model.hnsw_dot.spread_projection`), None if none were drawn."""
     if directions == 0:
-        return DOT_ONE_NORM_SPREAD_ROWS if one_norm or spread else DOT_SPREAD_GRAPH_ROWS
+        if one_norm:  # built as under l2 (model.hnsw.build_hnsw)
+            return DOT_ONE_NORM_SPREAD_ROWS
+        return DOT_MOST_DIRECTIONS_ROWS if spread else DOT_SPREAD_GRAPH_ROWS
     width = directions or dimension
     return DOT_GRAPH_ROWS if width and width <= DOT_WIDE_DIMENSION else DOT_WIDE_GRAPH_ROWS
 
