@@ -6,8 +6,9 @@ import pickle
 import pytest
 
 from dask_lance_index.build import resolve_engine
-from dask_lance_index.build.engines.precomputed import (DOT_GRAPH_ROWS, DOT_MOST_DIRECTIONS_ROWS, DOT_ONE_NORM_SPREAD_ROWS,
-                                                         DOT_SPREAD_GRAPH_ROWS, DOT_WIDE_GRAPH_ROWS,
+from dask_lance_index.build.engines.precomputed import (DOT_GRAPH_ROWS, DOT_MOST_DIRECTIONS_ROWS,
+                                                         DOT_ONE_NORM_SPREAD_ROWS, DOT_SPREAD_GRAPH_ROWS,
+                                                         DOT_WIDE_GRAPH_ROWS,
                                                          graphs_left_to_lance, spills)
 from dask_lance_index.errors import InvalidInputError
 from dask_lance_index.plan import (

@@ -194,7 +194,8 @@ class _QueryGroups:
 
 def _query_groups(vectors, order) -> _QueryGroups | None:
     """The groups of :func:`_grouped_largest_products`, or None where they would take
-    :data:`_GROUPED_SHARE` of the products of every node with every node before it or more.
+    :data:`_GROUPED_SHARE` of the products of every node with every node before it or more,
+    or miss drawn nodes' largest products (:func:`_groups_find_largest`).
 
     The rows lengthened by one coordinate to one norm (``[x, sqrt(M - |x|^2)]``) are split
     in groups of about :data:`_GROUP_ROWS` by k-means; a node ``[x, 0]`` is nearest in l2 to
@@ -232,9 +233,7 @@ def _query_groups(vectors, order) -> _QueryGroups | None:
     probes = min(_GROUP_PROBES, groups)
     probed, products = [], DOT_EXACT_ROWS**2 / 2
     for a, b in zip(bounds[:-1], bounds[1:]):
-        near = vectors[later[a:b]] @ c.T
-        near *= -2
-        near += c_sq[None, :]  # l2 from [x, 0] less |x|^2
+        near = _centre_distances(vectors[later[a:b]], c, c_sq)
         cut = np.partition(near, probes - 1, axis=1)[:, probes - 1]
         probed.append(np.flatnonzero((near <= cut[:, None]).any(axis=0)))
         last = rank[later[a:b]].max()
@@ -257,13 +256,21 @@ def _groups_find_largest(vectors, rank, own, later, centres, c_sq) -> bool:
     products = vectors[nodes] @ vectors.T
     products[rank[None, :] >= rank[nodes][:, None]] = -np.inf  # only the nodes before each
     largest = np.argpartition(-products, _GROUPED_LARGEST - 1, axis=1)[:, :_GROUPED_LARGEST]
-    near = vectors[nodes] @ centres.T
-    near *= -2
-    near += c_sq[None, :]  # l2 from [x, 0] less |x|^2, as the query groups probe
+    near = _centre_distances(vectors[nodes], centres, c_sq)
     probes = min(_GROUP_PROBES, len(centres))
     probed = np.argpartition(near, probes - 1, axis=1)[:, :probes]
     found = [np.isin(own[largest[i]], probed[i]).mean() for i in range(len(nodes))]
     return float(np.mean(found)) >= _GROUPED_FOUND
+
+
+def _centre_distances(rows, centres, c_sq) -> np.ndarray:
+    """Squared l2 distances of rows ``[x, 0]`` from lengthened centres (``centres`` without
+    their last coordinate, ``c_sq`` their squared norms), less ``|x|^2``: how a node ranks
+    the groups it is near."""
+    near = rows @ centres.T
+    near *= -2
+    near += c_sq[None, :]
+    return near
 
 
 def _grouped_largest_products(vectors, fwd, fwd_ip, order, groups: _QueryGroups) -> None:
