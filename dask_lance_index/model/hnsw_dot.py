@@ -78,18 +78,20 @@ _PAIR_CELLS = 1 << 20
 # 51.8 s against 50.0 s; real 784-d rows (70,000 Fashion-MNIST images) 0.16, 28.6 s against
 # 49.9 s.
 #
-# Nor are they used where the _GROUP_PROBES groups nearest _GROUPED_CHECKED drawn nodes hold
-# under _GROUPED_FOUND of their _GROUPED_LARGEST largest products with the nodes before them:
-# real sentence embeddings (scaled by a random factor in [0.5, 2]) held 0.68 of them (their
-# query groups, which probe more, 0.80-0.86), at 37,500 rows (spread projection on 256
-# directions, one thread) recall@10 of a search of the graph at ef 10/20/40 0.921/0.963/0.985
-# in 10.8 s against 0.939/0.978/0.991 in 11.5 s with every product; synthetic 128-d rows of
-# 47,000 and 100,000 and 30,000 Fashion-MNIST images 0.993-0.999.
+# Nor are they used where the groups probed for _GROUPED_CHECKED drawn nodes hold under
+# _GROUPED_FOUND of their _GROUPED_LARGEST largest products with the nodes before them: real
+# sentence embeddings (scaled by a random factor in [0.5, 2]) held 0.79-0.86 of them (37,500,
+# 59,631 and 75,122 rows), where at 37,500 rows (spread projection on 256 directions, one
+# thread) recall@10 of a search of the graph at ef 10/20/40 was 0.921/0.963/0.985 in 10.8 s
+# against 0.939/0.978/0.991 in 11.5 s with every product; Fashion-MNIST's 70,000 images 0.955,
+# synthetic 128-d rows of 47,000 and 100,000 0.998-1.000. (A node's own 16 nearest groups, a
+# check that could be made before the query groups are, held 0.91 of Fashion-MNIST's and 0.69
+# of the sentences': too close to tell them apart.)
 DOT_EXACT_ROWS = 16384
 _GROUPED_SHARE = 0.5
 _GROUPED_CHECKED = 64
 _GROUPED_LARGEST = 40
-_GROUPED_FOUND = 0.95
+_GROUPED_FOUND = 0.9
 _GROUP_ROWS = 256
 _GROUP_PROBES = 16
 _QUERY_ROWS = 512
@@ -221,8 +223,6 @@ def _query_groups(vectors, order) -> _QueryGroups | None:
     starts = np.searchsorted(own[members], np.arange(groups + 1))
     member_ranks = rank[members]
     later = order[DOT_EXACT_ROWS:]
-    if not _groups_find_largest(vectors, rank, own, later, c, c_sq):
-        return None
     query_groups = -(-n // _QUERY_ROWS)
     drawn = np.sort(rng.choice(n, min(n, 32 * query_groups), replace=False))
     q_centres, _ = kmeans(vectors[drawn], query_groups, max_iters=8, seed=n + 1)
@@ -233,44 +233,34 @@ def _query_groups(vectors, order) -> _QueryGroups | None:
     probes = min(_GROUP_PROBES, groups)
     probed, products = [], DOT_EXACT_ROWS**2 / 2
     for a, b in zip(bounds[:-1], bounds[1:]):
-        near = _centre_distances(vectors[later[a:b]], c, c_sq)
+        near = vectors[later[a:b]] @ c.T
+        near *= -2
+        near += c_sq[None, :]  # l2 from [x, 0] less |x|^2
         cut = np.partition(near, probes - 1, axis=1)[:, probes - 1]
         probed.append(np.flatnonzero((near <= cut[:, None]).any(axis=0)))
         last = rank[later[a:b]].max()
         # the products of these nodes: with the groups' nodes inserted before their last
         products += (b - a) * sum(np.searchsorted(member_ranks[starts[g] : starts[g + 1]], last) for g in probed[-1])
-    if products >= _GROUPED_SHARE * n * n / 2:
+    if products >= _GROUPED_SHARE * n * n / 2 or not _groups_find_largest(vectors, rank, own, later, bounds, probed):
         return None
     return _QueryGroups(rank, member_ranks, starts, later, bounds, tuple(probed))
 
 
-def _groups_find_largest(vectors, rank, own, later, centres, c_sq) -> bool:
-    """Whether the :data:`_GROUP_PROBES` groups nearest each of :data:`_GROUPED_CHECKED`
-    drawn later nodes (``own``: each node's group; ``centres``, of squared norms ``c_sq``,
-    without their lengthening coordinate) hold at least :data:`_GROUPED_FOUND` of its
-    :data:`_GROUPED_LARGEST` largest products with the nodes before it (the candidates the
-    pruning keeps are among those). A node's query group probes these and more: the check
-    is the stricter, and is made before the query groups are."""
-    rng = np.random.default_rng(len(vectors) + 2)
-    nodes = later[rng.choice(len(later), min(len(later), _GROUPED_CHECKED), replace=False)]
+def _groups_find_largest(vectors, rank, own, later, bounds, probed) -> bool:
+    """Whether the groups that the query groups of :data:`_GROUPED_CHECKED` drawn later
+    nodes probe (``own``: each node's group; ``later[bounds[i]:bounds[i + 1]]`` query group
+    ``i``, near the groups ``probed[i]``) hold at least :data:`_GROUPED_FOUND` of their
+    :data:`_GROUPED_LARGEST` largest products with the nodes before them (the candidates
+    the pruning keeps are among those)."""
+    drawn = np.sort(np.random.default_rng(len(vectors) + 2).choice(len(later), min(len(later), _GROUPED_CHECKED),
+                                                                     replace=False))
+    nodes = later[drawn]
     products = vectors[nodes] @ vectors.T
     products[rank[None, :] >= rank[nodes][:, None]] = -np.inf  # only the nodes before each
     largest = np.argpartition(-products, _GROUPED_LARGEST - 1, axis=1)[:, :_GROUPED_LARGEST]
-    near = _centre_distances(vectors[nodes], centres, c_sq)
-    probes = min(_GROUP_PROBES, len(centres))
-    probed = np.argpartition(near, probes - 1, axis=1)[:, :probes]
-    found = [np.isin(own[largest[i]], probed[i]).mean() for i in range(len(nodes))]
+    query_group = np.searchsorted(bounds, drawn, side="right") - 1
+    found = [np.isin(own[largest[i]], probed[g]).mean() for i, g in enumerate(query_group)]
     return float(np.mean(found)) >= _GROUPED_FOUND
-
-
-def _centre_distances(rows, centres, c_sq) -> np.ndarray:
-    """Squared l2 distances of rows ``[x, 0]`` from lengthened centres (``centres`` without
-    their last coordinate, ``c_sq`` their squared norms), less ``|x|^2``: how a node ranks
-    the groups it is near."""
-    near = rows @ centres.T
-    near *= -2
-    near += c_sq[None, :]
-    return near
 
 
 def _grouped_largest_products(vectors, fwd, fwd_ip, order, groups: _QueryGroups) -> None:
