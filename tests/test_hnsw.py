@@ -682,7 +682,8 @@ def test_dot_levels_of_spread_rows_are_built_on_most_of_their_directions(monkeyp
     assert hnsw_dot.spread_projection(x).shape == (128, 96)
     # as spread_projection checks (the sample: every row here)
     checked = np.sort(np.random.default_rng(n).choice(n, hnsw_dot._SPREAD_CHECKED, replace=False))
-    exact, found = hnsw_dot._largest_of(x, checked), hnsw_dot._largest_of(p, checked)
+    exact, found = (hnsw_dot._largest_of(x, checked, hnsw_dot._SPREAD_NEAREST),
+                    hnsw_dot._largest_of(p, checked, hnsw_dot._SPREAD_NEAREST))
     kept = (exact[:, :, None] == found[:, None, :]).any(axis=2).mean()
     assert hnsw_dot._SPREAD_FOUND <= kept < 1
     graphs = {}

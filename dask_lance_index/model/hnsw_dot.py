@@ -254,10 +254,7 @@ def _groups_find_largest(vectors, rank, own, later, bounds, probed) -> bool:
     the pruning keeps are among those)."""
     drawn = np.sort(np.random.default_rng(len(vectors) + 2).choice(len(later), min(len(later), _GROUPED_CHECKED),
                                                                      replace=False))
-    nodes = later[drawn]
-    products = vectors[nodes] @ vectors.T
-    products[rank[None, :] >= rank[nodes][:, None]] = -np.inf  # only the nodes before each
-    largest = np.argpartition(-products, _GROUPED_LARGEST - 1, axis=1)[:, :_GROUPED_LARGEST]
+    largest = _largest_of(vectors, later[drawn], _GROUPED_LARGEST, rank)
     query_group = np.searchsorted(bounds, drawn, side="right") - 1
     found = [np.isin(own[largest[i]], probed[g]).mean() for i, g in enumerate(query_group)]
     return float(np.mean(found)) >= _GROUPED_FOUND
@@ -513,16 +510,19 @@ def spread_projection(sample: np.ndarray, axes: tuple | None = None) -> np.ndarr
         return None
     basis = np.ascontiguousarray(directions[:, :kept])
     checked = np.sort(np.random.default_rng(n).choice(n, min(n, _SPREAD_CHECKED), replace=False))
-    exact, found = _largest_of(sample, checked), _largest_of(sample @ basis, checked)
+    exact, found = _largest_of(sample, checked, _SPREAD_NEAREST), _largest_of(sample @ basis, checked, _SPREAD_NEAREST)
     return basis if (exact[:, :, None] == found[:, None, :]).any(axis=2).mean() >= _SPREAD_FOUND else None
 
 
-def _largest_of(rows: np.ndarray, checked: np.ndarray) -> np.ndarray:
-    """The ids of the :data:`_SPREAD_NEAREST` largest products of each of ``checked``'s rows
-    with the others, in no order."""
+def _largest_of(rows: np.ndarray, checked: np.ndarray, count: int, rank: np.ndarray | None = None) -> np.ndarray:
+    """The ids of the ``count`` largest products of each of ``checked``'s rows with the
+    others, or with the rows before it in insertion ``rank`` where given, in no order."""
     products = rows[checked] @ rows.T
-    products[np.arange(len(checked)), checked] = -np.inf
-    return np.argpartition(-products, _SPREAD_NEAREST, axis=1)[:, :_SPREAD_NEAREST]
+    if rank is None:
+        products[np.arange(len(checked)), checked] = -np.inf
+    else:
+        products[rank[None, :] >= rank[checked][:, None]] = -np.inf  # only the rows before each
+    return np.argpartition(-products, count, axis=1)[:, :count]
 
 
 def energy_axes(sample: np.ndarray) -> tuple | None:
