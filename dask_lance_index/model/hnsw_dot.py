@@ -14,9 +14,9 @@ groups hold nearly all of drawn nodes' largest products, and take under half the
 each node after the first :data:`DOT_EXACT_ROWS` only with the nodes of the
 groups it is near (:func:`_grouped_largest_products`), a cost that grows with the nodes.
 A level of :data:`_PROJECTED_MIN_ROWS` nodes or more whose rows hold nearly all their energy
-in few directions is built on the rows projected on those (:func:`projection`), else on most
-of their directions where those keep the rows' largest products (:func:`spread_projection`),
-at a cost that shrinks with the columns dropped. Rows of one norm are not built here: under dot they
+in few directions is built on the rows projected on those (:func:`projection`), else on the
+fewest of their directions that keep most of the rows' largest products
+(:func:`spread_projection`), at a cost that shrinks with the columns dropped. Rows of one norm are not built here: under dot they
 rank as under l2, and :func:`.hnsw.build_hnsw` builds them so.
 """
 
@@ -79,19 +79,19 @@ _PAIR_CELLS = 1 << 20
 # 49.9 s.
 #
 # Nor are they used where the groups probed for _GROUPED_CHECKED drawn nodes hold under
-# _GROUPED_FOUND of their _GROUPED_LARGEST largest products with the nodes before them: real
-# sentence embeddings (scaled by a random factor in [0.5, 2]) held 0.79-0.86 of them (37,500,
-# 59,631 and 75,122 rows), where at 37,500 rows (spread projection on 256 directions, one
-# thread) recall@10 of a search of the graph at ef 10/20/40 was 0.921/0.963/0.985 in 10.8 s
-# against 0.939/0.978/0.991 in 11.5 s with every product; Fashion-MNIST's 70,000 images 0.955,
-# synthetic 128-d rows of 47,000 and 100,000 0.998-1.000. (A node's own 16 nearest groups, a
-# check that could be made before the query groups are, held 0.91 of Fashion-MNIST's and 0.69
-# of the sentences': too close to tell them apart.)
+# _GROUPED_FOUND of their _GROUPED_LARGEST largest products with the nodes before them. One
+# thread, recall@10 of a search of the graph at ef 10/20/40 (300 queries): the larger partition
+# (59,746 rows, 192 directions) of 75,013 real sentence embeddings scaled by a random factor in
+# [0.5, 2], under IVF at 2 partitions, held 0.880-0.889 (256 and 512 drawn nodes; 64 drew
+# 0.901, too few to tell), and searched at 0.937/0.969/0.983 grouped against 0.959/0.985/0.994
+# with every product; Fashion-MNIST's 70,000 images held 0.962-0.963, grouped 0.750/0.859/0.929
+# in 15.2 s against 0.759/0.871/0.934 in 23.9 s; synthetic 128-d rows of 47,000 and 100,000
+# 0.998-1.000.
 DOT_EXACT_ROWS = 16384
 _GROUPED_SHARE = 0.5
-_GROUPED_CHECKED = 64
+_GROUPED_CHECKED = 256
 _GROUPED_LARGEST = 40
-_GROUPED_FOUND = 0.9
+_GROUPED_FOUND = 0.93
 _GROUP_ROWS = 256
 _GROUP_PROBES = 16
 _QUERY_ROWS = 512
@@ -111,17 +111,19 @@ _PROJECTED_RESIDUAL = 0.02
 _PROJECTED_SAMPLE = 8192
 _PROJECTED_STEP = 32
 # Rows of no such projection (energy spread, as real sentence embeddings' is) are built on
-# the fewest directions holding all but _SPREAD_RESIDUAL of it, at most _SPREAD_WIDTH of the
-# columns, where the _SPREAD_NEAREST largest products of _SPREAD_CHECKED drawn rows on them
-# hold _SPREAD_FOUND of their exact ones (spread_projection). One thread, a partition of 10,388
-# sentence embeddings each scaled by a random factor in [0.5, 2] (recall@10 of a search of
-# the graph, 300 queries, ef 10/20/40): the rows 3.37 s, 0.972/0.987/0.997; 224 of 384
-# directions (5% left) 2.39 s, 0.970/0.986/0.998; 288 (2.5%) 2.92 s, 0.970/0.987/0.997.
-_SPREAD_RESIDUAL = 0.05
+# the fewest top directions (a multiple of _PROJECTED_STEP, at most _SPREAD_WIDTH of the
+# columns) on which the _SPREAD_NEAREST largest products of _SPREAD_CHECKED drawn rows hold
+# _SPREAD_FOUND of their exact ones (spread_projection): the products the candidates need, not
+# a share of the energy. One thread, the two partitions under IVF at 2 partitions of the scaled
+# sentence rows above, recall@10 of a search of the graph (1,000 queries, ef 10/20/40): 59,746
+# rows on 224 directions (95% of the energy; 0.959 of the products) 19.9 s, 0.952/0.981/0.992;
+# 192 (0.944) 17.1 s, 0.951/0.979/0.991; 160 (0.917) 15.8 s, 0.947/0.979/0.991; 128 (0.878)
+# 13.6 s, 0.942/0.976/0.988. 15,267 rows on 256 (0.957) 3.53 s, 0.929/0.970/0.990; 224 (0.933)
+# 3.07-3.32 s, 0.922/0.966/0.988; 192 (0.896) 2.97 s, 0.918/0.963/0.987.
 _SPREAD_WIDTH = 0.75
 _SPREAD_CHECKED = 64
 _SPREAD_NEAREST = 40
-_SPREAD_FOUND = 0.85
+_SPREAD_FOUND = 0.93
 
 
 def _largest_products(vectors, fwd, fwd_ip, order) -> None:
@@ -495,34 +497,37 @@ def _projected_rows(vectors: np.ndarray) -> np.ndarray:
 
 def spread_projection(sample: np.ndarray, axes: tuple | None = None) -> np.ndarray | None:
     """For rows of no :func:`projection` (energy spread over more than half their
-    directions): the fewest top directions of ``sample``'s rows holding all but
-    :data:`_SPREAD_RESIDUAL` of their energy, at most :data:`_SPREAD_WIDTH` of the columns, as
-    a ``(d, r)`` float32 basis, where the :data:`_SPREAD_NEAREST` largest products of
-    :data:`_SPREAD_CHECKED` drawn rows of the sample on them hold :data:`_SPREAD_FOUND` of
-    their exact ones; else None. ``axes``: the sample's :func:`energy_axes`, if known."""
+    directions): the fewest top directions of ``sample``'s rows (a multiple of
+    :data:`_PROJECTED_STEP`, at most :data:`_SPREAD_WIDTH` of the columns) on which the
+    :data:`_SPREAD_NEAREST` largest products of :data:`_SPREAD_CHECKED` drawn rows of the
+    sample hold :data:`_SPREAD_FOUND` of their exact ones, as a ``(d, r)`` float32 basis;
+    else None. ``axes``: the sample's :func:`energy_axes`, if known."""
     n, d = sample.shape
     axes = energy_axes(sample) if axes is None else axes
     if axes is None or n <= _SPREAD_NEAREST:
         return None
-    directions, share = axes
-    kept = fewest(share, 1 - _SPREAD_RESIDUAL, _PROJECTED_STEP)
-    if kept > _SPREAD_WIDTH * d:
-        return None
-    basis = np.ascontiguousarray(directions[:, :kept])
+    directions = axes[0]
     checked = np.sort(np.random.default_rng(n).choice(n, min(n, _SPREAD_CHECKED), replace=False))
-    exact, found = _largest_of(sample, checked, _SPREAD_NEAREST), _largest_of(sample @ basis, checked, _SPREAD_NEAREST)
-    return basis if (exact[:, :, None] == found[:, None, :]).any(axis=2).mean() >= _SPREAD_FOUND else None
+    exact = _largest_of(sample, checked, _SPREAD_NEAREST)
+    for kept in range(_PROJECTED_STEP, int(_SPREAD_WIDTH * d) + 1, _PROJECTED_STEP):
+        basis = np.ascontiguousarray(directions[:, :kept])
+        found = _largest_of(sample @ basis, checked, _SPREAD_NEAREST)
+        if (exact[:, :, None] == found[:, None, :]).any(axis=2).mean() >= _SPREAD_FOUND:
+            return basis
+    return None
 
 
 def _largest_of(rows: np.ndarray, checked: np.ndarray, count: int, rank: np.ndarray | None = None) -> np.ndarray:
     """The ids of the ``count`` largest products of each of ``checked``'s rows with the
     others, or with the rows before it in insertion ``rank`` where given, in no order."""
-    products = rows[checked] @ rows.T
+    neg = rows[checked] @ -rows.T
     if rank is None:
-        products[np.arange(len(checked)), checked] = -np.inf
+        neg[np.arange(len(checked)), checked] = np.inf
     else:
-        products[rank[None, :] >= rank[checked][:, None]] = -np.inf  # only the rows before each
-    return np.argpartition(-products, count, axis=1)[:, :count]
+        neg[rank[None, :] >= rank[checked][:, None]] = np.inf  # only the rows before each
+    # a sampled threshold, then the few through it: 256 rows of 59,746 0.04-0.09 s against
+    # 0.36-0.55 s for argpartition of the whole rows
+    return smallest_first(neg, count, wide=16)
 
 
 def energy_axes(sample: np.ndarray) -> tuple | None:
