@@ -16,8 +16,9 @@ groups it is near (:func:`_grouped_largest_products`), a cost that grows with th
 A level of :data:`_PROJECTED_MIN_ROWS` nodes or more whose rows hold nearly all their energy
 in few directions is built on the rows projected on those (:func:`projection`), else on the
 fewest of their directions that keep most of the rows' largest products
-(:func:`spread_projection`), at a cost that shrinks with the columns dropped. Rows of one norm are not built here: under dot they
-rank as under l2, and :func:`.hnsw.build_hnsw` builds them so.
+(:func:`spread_projection`), at a cost that shrinks with the columns dropped. Rows of one
+norm are not built here: under dot they rank as under l2, and :func:`.hnsw.build_hnsw`
+builds them so.
 """
 
 from __future__ import annotations
@@ -506,21 +507,21 @@ def spread_projection(sample: np.ndarray, axes: tuple | None = None) -> np.ndarr
     axes = energy_axes(sample) if axes is None else axes
     if axes is None or n <= _SPREAD_NEAREST:
         return None
-    directions = axes[0]
+    widest = int(_SPREAD_WIDTH * d) // _PROJECTED_STEP * _PROJECTED_STEP
     checked = np.sort(np.random.default_rng(n).choice(n, min(n, _SPREAD_CHECKED), replace=False))
     exact = _largest_of(sample, checked, _SPREAD_NEAREST)
-    for kept in range(_PROJECTED_STEP, int(_SPREAD_WIDTH * d) + 1, _PROJECTED_STEP):
-        basis = np.ascontiguousarray(directions[:, :kept])
-        found = _largest_of(sample @ basis, checked, _SPREAD_NEAREST)
+    projected = sample @ axes[0][:, :widest]  # every width's columns from one GEMM
+    for kept in range(_PROJECTED_STEP, widest + 1, _PROJECTED_STEP):
+        found = _largest_of(np.ascontiguousarray(projected[:, :kept]), checked, _SPREAD_NEAREST)
         if (exact[:, :, None] == found[:, None, :]).any(axis=2).mean() >= _SPREAD_FOUND:
-            return basis
+            return np.ascontiguousarray(axes[0][:, :kept])
     return None
 
 
 def _largest_of(rows: np.ndarray, checked: np.ndarray, count: int, rank: np.ndarray | None = None) -> np.ndarray:
     """The ids of the ``count`` largest products of each of ``checked``'s rows with the
     others, or with the rows before it in insertion ``rank`` where given, in no order."""
-    neg = rows[checked] @ -rows.T
+    neg = (-rows[checked]) @ rows.T
     if rank is None:
         neg[np.arange(len(checked)), checked] = np.inf
     else:
