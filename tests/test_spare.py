@@ -60,6 +60,38 @@ def test_a_graph_is_the_same_built_with_helpers():
             np.testing.assert_array_equal(u, v)
 
 
+
+@pytest.mark.parametrize("grouped", [False, True])
+def test_a_dot_graph_is_the_same_built_with_helpers(monkeypatch, grouped):
+    """Under dot, rows of unequal norms: a level's slices of candidates (or its query groups)
+    and of prunings run in helper threads too, the prunings sharing their held rows of
+    products, and the graph is the one built in turn."""
+    from dask_lance_index.model import hnsw_dot
+
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((6000, 24)).astype(np.float32) * rng.uniform(0.5, 2, (6000, 1)).astype(np.float32)
+    if grouped:  # the later nodes' candidates from groups: 6,000 rows past 2 x 1,024
+        monkeypatch.setattr(hnsw_dot, "DOT_EXACT_ROWS", 1024)
+        monkeypatch.setattr(hnsw_dot, "_GROUP_PROBES", 2)
+        monkeypatch.setattr(hnsw_dot, "_GROUPED_FOUND", 0.0)
+    pieces = {}
+
+    def each(fn, items):
+        def recorded(item):
+            pieces.setdefault(fn.__name__, set()).add(threading.current_thread().name)
+            time.sleep(0.001)  # long enough for the helper to take pieces too
+            fn(item)
+        run_each(recorded, items, lambda: 1)
+
+    alone = build_hnsw(x, m=8, max_level=3, seed=1, metric="dot")
+    helped = build_hnsw(x, m=8, max_level=3, seed=1, metric="dot", each=each)
+    assert "dli-spare" in pieces["query_group" if grouped else "largest"], pieces
+    assert "dli-spare" in pieces["prune"], pieces
+    for a, b in zip(alone.levels, helped.levels, strict=True):
+        for u, v in zip(a, b):
+            np.testing.assert_array_equal(u, v)
+
+
 def _child_spare() -> int:
     worker = get_worker()
     return SpareThreads(worker.client, worker.address).spare()

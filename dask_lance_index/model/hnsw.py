@@ -37,13 +37,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import partial
-from typing import Callable, Iterable
+from typing import Callable
 
 import numpy as np
 
 from .hnsw_copies import copies_of, hang_copies
 from .hnsw_dot import distinct_dot_graph
-from .hnsw_edges import SLICE_CELLS, connect, edge_products, with_reverse_edges
+from .hnsw_edges import SLICE_CELLS, connect, edge_products, in_turn, with_reverse_edges
 from .kmeans import kmeans, smallest_first
 from .principal import fewest, principal_axes
 
@@ -176,13 +176,6 @@ class HnswGraph:
         """Cumulative rows per level, ``max_level + 1`` entries (Lance's ``level_offsets``)."""
         counts = [len(lv[0]) for lv in self.levels] + [0] * (max_level - len(self.levels))
         return [0] + np.cumsum(counts).tolist()
-
-
-def in_turn(fn: Callable, items: Iterable) -> None:
-    """``fn(item)`` for each of ``items``, one after another: how a level's independent
-    pieces of work run unless :func:`build_hnsw` is given another ``each``."""
-    for item in items:
-        fn(item)
 
 
 def node_levels(n: int, m: int, max_level: int, seed) -> np.ndarray:
@@ -428,8 +421,7 @@ def _level_graph(vectors: np.ndarray, cap: int, fill: int, candidates: int, entr
     of up to ``4 m``."""
     n = len(vectors)
     rep = copies_of(vectors, entry) if n > 1 else np.zeros(n, np.int64)
-    # the dot construction's inserts run in order; the l2 one's pieces are independent
-    distinct = distinct_dot_graph if dot else partial(_distinct_level_graph, each=each)
+    distinct = partial(distinct_dot_graph if dot else _distinct_level_graph, each=each)
     if (rep == np.arange(n)).all():
         return distinct(vectors, cap, fill, candidates, entry)
     reps = np.flatnonzero(rep == np.arange(n))
@@ -572,7 +564,7 @@ def build_hnsw(vectors: np.ndarray, *, m: int, max_level: int, seed, candidates:
     :func:`~dask_lance_index.build.engines.precomputed.dot_graph_rows`); rows of
     :func:`one_norm` under dot as under l2 (with ``min(candidates, HNSW_CANDIDATES)``), their
     distances Lance's dot ones. ``each(fn, items)`` runs a level's independent pieces (groups
-    of candidates, slices of nodes to prune; l2 only), :func:`in_turn` by default: the same
+    of candidates, slices of nodes to prune), :func:`in_turn` by default: the same
     graph whatever runs them, and in whatever order."""
     if metric not in ("l2", "dot"):
         raise ValueError(f"build_hnsw builds l2 or dot graphs, not {metric!r}; pass unit vectors and 'l2' for cosine")

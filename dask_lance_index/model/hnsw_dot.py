@@ -23,11 +23,13 @@ builds them so.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
-from .hnsw_edges import SLICE_CELLS, connect, edge_products, with_reverse_edges
+from .hnsw_edges import SLICE_CELLS, connect, edge_products, in_turn, with_reverse_edges
 from .kmeans import assign, kmeans, smallest_first
 from .principal import fewest, principal_axes
 
@@ -63,6 +65,7 @@ _GRAM_CELLS = 1 << 24
 _HELD_CELLS = 1 << 22
 _HELD_MAX_CELLS = 1 << 25
 _PAIR_CELLS = 1 << 20
+_PRUNE_ROWS = 2048
 # Past DOT_EXACT_ROWS nodes the candidates come from groups (_grouped_largest_products): the
 # first DOT_EXACT_ROWS inserted still compared with every node before them, each later node
 # with the nodes before it in the groups of about _GROUP_ROWS (k-means of the rows lengthened
@@ -127,40 +130,44 @@ _SPREAD_NEAREST = 40
 _SPREAD_FOUND = 0.93
 
 
-def _largest_products(vectors, fwd, fwd_ip, order) -> None:
+def _largest_products(vectors, fwd, fwd_ip, order, each: Callable = in_turn) -> None:
     """Each node's ``K = fwd.shape[1]`` largest inner products with the nodes before it in
     ``order`` (node ids in an order of insertion), largest first, into ``fwd`` and ``fwd_ip``
     (node ids, products; ``-inf`` products past the nodes before it): with every node before
     it (:func:`_all_largest_products`), or, where :func:`_query_groups` finds groups that
     take under half the products, the first :data:`DOT_EXACT_ROWS` so and each later node
-    with those of the groups it is near (:func:`_grouped_largest_products`)."""
+    with those of the groups it is near (:func:`_grouped_largest_products`). ``each`` runs
+    the slices of nodes (or query groups), which write only their own nodes' rows."""
     n = len(vectors)
     groups = _query_groups(vectors, order) if n > 2 * DOT_EXACT_ROWS else None
     if groups is None:
-        _all_largest_products(vectors, fwd, fwd_ip, order)
+        _all_largest_products(vectors, fwd, fwd_ip, order, each)
         return
     # the first inserted see every node before them, as the early inserts of Lance's graphs do
     # (62,500 nodes, 6 probes of 512 rows, recall@10 at ef 15: the first 4,096 so 0.900/0.905
     # over two seeds, the first 16,384 0.902/0.908, every node 0.911/0.911)
     first = order[:DOT_EXACT_ROWS]
     head, head_ip = np.empty((len(first), fwd.shape[1]), np.int64), np.empty((len(first), fwd.shape[1]), np.float32)
-    _all_largest_products(vectors[first], head, head_ip, np.arange(len(first)))
+    _all_largest_products(vectors[first], head, head_ip, np.arange(len(first)), each)
     fwd[first] = first[head]
     fwd_ip[first] = head_ip
-    _grouped_largest_products(vectors, fwd, fwd_ip, order, groups)
+    _grouped_largest_products(vectors, fwd, fwd_ip, order, groups, each)
 
 
-def _all_largest_products(vectors, fwd, fwd_ip, order) -> None:
+def _all_largest_products(vectors, fwd, fwd_ip, order, each: Callable = in_turn) -> None:
     """:func:`_largest_products` with every node before each node, a slice of nodes at a time
-    in ``order``: only the products with the nodes before the slice's last, about half of
-    all."""
+    in ``order`` (the slices run by ``each``): only the products with the nodes before the
+    slice's last, about half of all."""
     n, k = fwd.shape
     inserted = vectors[order]
     step = max(1, SLICE_CELLS // n, min(_PRODUCT_ROWS, _PRODUCT_CELLS // n))
-    buf = np.empty(min(n, step) * n, np.float32)  # every slice's products in one buffer: fresh pages cost
-    for lo in range(0, n, step):
+    buffers = threading.local()  # every slice's products in its thread's one buffer: fresh pages cost
+
+    def largest(lo: int) -> None:
+        if not hasattr(buffers, "buf"):
+            buffers.buf = np.empty(min(n, step) * n, np.float32)
         hi = min(n, lo + step)
-        neg = buf[: (hi - lo) * hi].reshape(hi - lo, hi)
+        neg = buffers.buf[: (hi - lo) * hi].reshape(hi - lo, hi)
         np.matmul(-inserted[lo:hi], inserted[:hi].T, out=neg)
         # a node's own column and those after it in the slice (the nodes inserted later)
         block = neg[:, lo:hi]  # the columns before lo are all nodes inserted earlier
@@ -179,6 +186,9 @@ def _all_largest_products(vectors, fwd, fwd_ip, order) -> None:
             near = smallest_first(rows, k, wide=16, shuffled=True)  # the columns in insertion order
             fwd[order[a:b]] = before[near]
             fwd_ip[order[a:b]] = -np.take_along_axis(rows, near, axis=1)
+
+    # the last slices first: they are the widest, and run alone they would end the level
+    each(largest, range((n - 1) // step * step, -1, -step))
 
 
 @dataclass(frozen=True)
@@ -263,14 +273,16 @@ def _groups_find_largest(vectors, rank, own, later, bounds, probed) -> bool:
     return float(np.mean(found)) >= _GROUPED_FOUND
 
 
-def _grouped_largest_products(vectors, fwd, fwd_ip, order, groups: _QueryGroups) -> None:
+def _grouped_largest_products(vectors, fwd, fwd_ip, order, groups: _QueryGroups, each: Callable = in_turn) -> None:
     """:func:`_largest_products` of the nodes after the first :data:`DOT_EXACT_ROWS` in
     ``order``: a query group's nodes compared with the nodes of every group it is near
     (:func:`_query_groups`), up to the last inserted of them (one GEMM a query group, the
-    products with nodes inserted after each masked)."""
+    products with nodes inserted after each masked; the query groups run by ``each``)."""
     k = fwd.shape[1]
     rank, member_ranks, starts, later = groups.rank, groups.member_ranks, groups.starts, groups.later
-    for a, b, probed in zip(groups.bounds[:-1], groups.bounds[1:], groups.probed):
+
+    def query_group(i: int) -> None:
+        a, b, probed = groups.bounds[i], groups.bounds[i + 1], groups.probed[i]
         q = later[a:b]
         q_vectors = vectors[q]
         pool_ranks = np.sort(np.concatenate([member_ranks[starts[g] : starts[g + 1]] for g in probed]))
@@ -292,6 +304,8 @@ def _grouped_largest_products(vectors, fwd, fwd_ip, order, groups: _QueryGroups)
             best = smallest_first(neg, k, wide=16, shuffled=True)
             fwd[rows] = cols[best]
             fwd_ip[rows] = -np.take_along_axis(neg, best, axis=1)
+
+    each(query_group, range(len(groups.probed)))
 
 
 def _nearest_lifted_centre(vectors, lift, centres, c_lift, c_sq) -> np.ndarray:
@@ -395,10 +409,16 @@ class _HeldRows:
         cells = min(_HELD_CELLS * max(1, vectors.shape[1] // 128), _HELD_MAX_CELLS)
         self.rows = np.empty((max(0, min(n, cells // max(1, n))), n), np.float32)
         self.count = 0
+        self.lock = threading.Lock()  # prunings' slices may run in threads (``each``)
 
     def slots(self, kept: np.ndarray, uses: np.ndarray) -> np.ndarray:
         """Each of the ``kept`` nodes' (distinct) held row, computing those its ``uses``
-        now warrant while there is room, or -1 (pair by pair)."""
+        now warrant while there is room, or -1 (pair by pair). A row is written before its
+        slot is handed out, so other threads read only rows already computed."""
+        with self.lock:
+            return self._slots(kept, uses)
+
+    def _slots(self, kept: np.ndarray, uses: np.ndarray) -> np.ndarray:
         self.uses[kept] += uses
         slot = self.slot[kept]
         room = len(self.rows) - self.count
@@ -426,20 +446,26 @@ def _rows_cheaper(uses: np.ndarray, n: int) -> np.ndarray:
     return uses * _PAIR_COST > n
 
 
-def _prune_dot_in_slices(ip, cand, vectors, cap, fill, gram=None, held=None):
-    rows = max(1, SLICE_CELLS // max(1, cand.shape[1]))  # no rows gathered: only (rows, K) arrays
+def _prune_dot_in_slices(ip, cand, vectors, cap, fill, gram=None, held=None, each: Callable = in_turn):
+    """:func:`_prune_dot` a slice of nodes at a time, the slices run by ``each``."""
+    rows = max(1, min(_PRUNE_ROWS, SLICE_CELLS // max(1, cand.shape[1])))  # no rows gathered: only (rows, K) arrays
     keep = np.empty(cand.shape, dtype=bool)
-    for lo in range(0, len(cand), rows):
+
+    def prune(lo: int) -> None:
         keep[lo : lo + rows] = _prune_dot(ip[lo : lo + rows], cand[lo : lo + rows], vectors, cap, fill, gram, held)
+
+    each(prune, range(0, len(cand), rows))
     return keep
 
 
-def distinct_dot_graph(vectors: np.ndarray, cap: int, fill: int, candidates: int, entry: int):
+def distinct_dot_graph(vectors: np.ndarray, cap: int, fill: int, candidates: int, entry: int,
+                       each: Callable = in_turn):
     """:func:`.hnsw._distinct_level_graph` under the dot metric: each node's ``candidates``
     largest inner products with the nodes before it in a random order (as if inserted one
     by one), pruned by Lance's rule, the reverse edges, a list they overfill pruned again
     (a hub's best :data:`_DOT_REPRUNED` ``x cap``) and filled to ``cap``, as Lance's inserts
-    fill it, and every node connected. Distances are Lance's, ``1 - x.y``.
+    fill it, and every node connected. Distances are Lance's, ``1 - x.y``. ``each`` runs the
+    independent pieces (slices of nodes' candidates and of prunings).
 
     Each node's largest products alone, with a hub's reverse edges cut at ``2 cap`` before
     the pruning saw them, left hubs without edges down to the nodes around them: on
@@ -459,9 +485,9 @@ def distinct_dot_graph(vectors: np.ndarray, cap: int, fill: int, candidates: int
     # as if inserted one by one (Lance inserts in row order; here a random order): a node's
     # candidates are among the nodes before it, and later ones reach it by reverse edges.
     # The order is the inverse of a drawn permutation (itself random): the graphs measured.
-    _largest_products(vectors, fwd, fwd_ip, np.argsort(np.random.default_rng(n).permutation(n)))
+    _largest_products(vectors, fwd, fwd_ip, np.argsort(np.random.default_rng(n).permutation(n)), each)
     held = None if gram is not None else _HeldRows(vectors)  # the most-kept nodes' products, for both prunings
-    keep = _prune_dot_in_slices(fwd_ip, fwd, vectors, cap, fill, gram, held)
+    keep = _prune_dot_in_slices(fwd_ip, fwd, vectors, cap, fill, gram, held, each)
     # every kept edge also the other way; then each node's list, largest product first
     cand, neg = with_reverse_edges(n, np.repeat(np.arange(n), keep.sum(axis=1)), fwd[keep], -fwd_ip[keep], cap,
                                     width=_DOT_REPRUNED * cap)
@@ -470,11 +496,11 @@ def distinct_dot_graph(vectors: np.ndarray, cap: int, fill: int, candidates: int
     keep = np.isfinite(cip)
     over = np.flatnonzero(keep.sum(axis=1) > cap)
     if len(over):
-        keep[over] = _prune_dot_in_slices(cip[over], cand[over], vectors, cap, cap, gram, held)
+        keep[over] = _prune_dot_in_slices(cip[over], cand[over], vectors, cap, cap, gram, held, each)
     src = np.repeat(np.arange(n), keep.sum(axis=1))
     src, dst, dist = connect(vectors, None, src, cand[keep], 1 - cip[keep], cap, entry, dot=True)
     if vectors is not rows:
-        dist = 1 - edge_products(rows, src, dst)  # Lance's dot distances, of the rows themselves
+        dist = 1 - edge_products(rows, src, dst, each)  # Lance's dot distances, of the rows themselves
     offsets = np.concatenate([[0], np.cumsum(np.bincount(src, minlength=n))])
     return offsets, dst, dist.astype(np.float32)
 

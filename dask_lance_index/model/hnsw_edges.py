@@ -4,13 +4,15 @@ construction (:mod:`.hnsw`) and the dot one (:mod:`.hnsw_dot`)."""
 
 from __future__ import annotations
 
+from typing import Callable, Iterable
+
 import numpy as np
 from scipy import sparse
 from scipy.sparse import csgraph
 
 from .kmeans import smallest_first
 
-__all__ = ["SLICE_CELLS", "connect", "edge_products", "with_reverse_edges"]
+__all__ = ["SLICE_CELLS", "connect", "edge_products", "in_turn", "with_reverse_edges"]
 
 # Nodes whose distances to a level's nodes are held at once (SLICE x n float32).
 SLICE_CELLS = 1 << 22
@@ -23,13 +25,23 @@ _CONNECT_ROOM = 4096
 _CONNECT_CHOICES = 8
 
 
-def edge_products(vectors: np.ndarray, src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+def in_turn(fn: Callable, items: Iterable) -> None:
+    """``fn(item)`` for each of ``items``, one after another: how a level's independent
+    pieces of work run unless the graph's builder is given another ``each``."""
+    for item in items:
+        fn(item)
+
+
+def edge_products(vectors: np.ndarray, src: np.ndarray, dst: np.ndarray, each: Callable = in_turn) -> np.ndarray:
     """Each edge's inner product ``x_src . x_dst`` (float32), :data:`SLICE_CELLS` floats of
-    rows a side gathered at a time."""
+    rows a side gathered at a time (the slices run by ``each``)."""
     out = np.empty(len(src), np.float32)
     step = max(1, SLICE_CELLS // max(1, vectors.shape[1]))
-    for lo in range(0, len(src), step):
+
+    def products(lo: int) -> None:
         out[lo : lo + step] = np.einsum("ij,ij->i", vectors[src[lo : lo + step]], vectors[dst[lo : lo + step]])
+
+    each(products, range(0, len(src), step))
     return out
 
 
