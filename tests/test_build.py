@@ -387,3 +387,41 @@ def test_sliced_scan_reads_every_live_row_once(tmp_path, vectors, monkeypatch):
     valid = np.concatenate([b.valid for b in got])
     order = np.array([keep[int(r)] for r in rid])
     np.testing.assert_array_equal(xs[valid], want[order][valid])
+
+
+@pytest.mark.parametrize("index_type, kw", [("IVF_FLAT", {}), ("IVF_SQ", {}), ("IVF_PQ", {"num_sub_vectors": 8})])
+def test_a_build_task_alone_encodes_its_batches_in_the_idle_cores_too(tmp_path, vectors, queries, monkeypatch,
+                                                                     index_type, kw):
+    """The build's one task (dask's synchronous scheduler, so the other cores are idle)
+    encodes its batches in helper threads too, each with its own copy of the encoder: the
+    same rows in the same partitions, the same search results, as encoded in one thread."""
+    import threading
+    import time
+
+    from dask_lance_index.build.engines import precomputed
+
+    uri = str(tmp_path / "vectors.lance")
+    write_vectors(uri, vectors, max_rows_per_file=1000)  # 12 fragments: 12 batches to share
+    real, names = precomputed.run_streamed, []
+
+    def recording(fn, items, spare, **kw):
+        def run(item):
+            names.append(threading.current_thread().name)
+            time.sleep(0.01)  # long enough for the helpers to take batches too
+            fn(item)
+        real(run, items, spare, **kw)
+
+    monkeypatch.setattr(precomputed, "run_streamed", recording)
+    built = {}
+    for cores in (1, 3):
+        monkeypatch.setattr(precomputed, "host_cores", lambda: cores)
+        names.clear()
+        build = dli.create_index(uri, "vector", index_type, num_partitions=16, num_tasks=1, seed=1, replace=True,
+                                 compute=False, **kw)
+        ds = build.compute(scheduler="sync").dataset()
+        assert ("dli-spare" in names) == (cores > 1), names
+        found, _ = search(ds, "vector", queries, 10, nprobes=16)
+        built[cores] = (_row_partitions(ds), found)
+    assert len(built[1][0]) == len(vectors)
+    assert built[1][0] == built[3][0]
+    np.testing.assert_array_equal(built[1][1], built[3][1])

@@ -354,3 +354,20 @@ def test_a_two_level_build_on_a_cluster_and_its_update(tmp_path, vectors, querie
     assert _partition_sizes(ds, 256) == np.bincount(labels, minlength=256).tolist()
     truth = exact_knn(vectors, queries, 10, "l2")
     assert _recall(ds, queries, truth, nprobes=8, refine_factor=5) > 0.85
+
+
+def test_a_spawned_assigner_audits_on_its_own_and_its_counts_are_absorbed(x, hier):
+    """Another thread's assigner (spawn) shares the model, not the buffers or the audit
+    counts; absorbed, the two count what one assigner of every row counts."""
+    centroids, _, index = hier
+    one = PartitionAssigner(centroids, "l2", index.with_probes(1))
+    whole = one.assign(x)
+    main = PartitionAssigner(centroids, "l2", index.with_probes(1))
+    other = main.spawn()
+    half = len(x) // CHUNK // 2 * CHUNK  # whole chunks each: the same rows audited
+    got = np.concatenate([main.assign(x[:half]), other.assign(x[half:])])
+    assert np.array_equal(got, whole)
+    assert other._buffers is not main._buffers
+    assert 0 < other.checked < one.checked and main.checked + other.checked == one.checked
+    main.absorb(other)
+    assert (main.checked, main.agreed) == (one.checked, one.agreed)

@@ -10,7 +10,7 @@ import pytest
 from distributed import get_worker, worker_client
 
 from dask_lance_index.model import build_hnsw
-from dask_lance_index.runtime import SpareThreads, run_each
+from dask_lance_index.runtime import SpareThreads, run_each, run_streamed
 
 
 def _squares(n: int, spare) -> tuple[np.ndarray, set]:
@@ -59,6 +59,48 @@ def test_a_graph_is_the_same_built_with_helpers():
         for u, v in zip(a, b):
             np.testing.assert_array_equal(u, v)
 
+
+
+
+def test_streamed_items_are_read_in_turn_and_run_by_the_reader_and_the_helpers():
+    """run_streamed reads one item at a time (the reader never far ahead of the work) and
+    runs each once, in the helpers and, when they are all busy, in the reader's thread."""
+    read, ran, names = [], {}, set()
+
+    def items():
+        for i in range(200):
+            read.append(i)
+            assert len(read) - len(ran) <= 1 + 2 + 2  # this one, the queue's, the helpers'
+            yield i
+
+    def fn(i):
+        time.sleep(0.002)
+        names.add(threading.current_thread().name)
+        ran[i] = i * i
+
+    run_streamed(fn, items(), lambda: 2, ahead=2)
+    assert ran == {i: i * i for i in range(200)}
+    assert {"MainThread", "dli-spare"} <= names
+    assert not [t for t in threading.enumerate() if t.name == "dli-spare"]
+    # no spare thread: every item in the reader's thread
+    names.clear()
+    run_streamed(fn, range(5), lambda: 0)
+    assert names == {"MainThread"}
+
+
+def test_streamed_items_stop_at_the_first_error():
+    ran = []
+
+    def fn(i):
+        if i == 7:
+            raise ValueError("item 7")
+        time.sleep(0.002)
+        ran.append(i)
+
+    with pytest.raises(ValueError, match="item 7"):
+        run_streamed(fn, range(500), lambda: 2)
+    assert len(ran) < 20  # nothing read long after the error
+    assert not [t for t in threading.enumerate() if t.name == "dli-spare"]
 
 
 @pytest.mark.parametrize("grouped", [False, True])

@@ -10,6 +10,8 @@ the GEMM, in buffers kept across calls; no per-row Python loop.
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 
 from .coarse import CoarseIndex
@@ -70,6 +72,19 @@ class PartitionAssigner:
         else:
             self._rhs = augmented(self.centroids)
         self._buffers = None
+
+    def spawn(self) -> PartitionAssigner:
+        """This assigner for another thread: the same model, its own buffers and audit
+        counts (added back by :meth:`absorb`)."""
+        other = copy.copy(self)
+        other._buffers = None
+        other.checked = other.agreed = 0
+        return other
+
+    def absorb(self, other: PartitionAssigner) -> None:
+        """Count ``other``'s (a :meth:`spawn`'s) audited rows as this one's."""
+        self.checked += other.checked
+        self.agreed += other.agreed
 
     def buffers(self, chunk: int) -> tuple[np.ndarray, ...]:
         """``(lhs, norms, scores, best)`` for :meth:`assign_chunk`, allocated on first
@@ -187,6 +202,13 @@ class FlatEncoder:
         self.centroids = np.ascontiguousarray(centroids, dtype=np.float32)
         self.metric = metric
         self.assigner = PartitionAssigner(self.centroids, metric, coarse)
+
+    def spawn(self) -> FlatEncoder:
+        """This encoder for another thread: the same model, its own assigner
+        (:meth:`PartitionAssigner.spawn`)."""
+        other = copy.copy(self)
+        other.assigner = self.assigner.spawn()
+        return other
 
     def encode(self, x: np.ndarray, out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, float]:
         """Partition ids (uint32), the stored rows (float32) and the IVF loss.

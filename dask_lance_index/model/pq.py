@@ -17,6 +17,7 @@ segments do not).
 
 from __future__ import annotations
 
+import copy
 from typing import Callable, Sequence
 
 import numpy as np
@@ -107,6 +108,14 @@ class PQEncoder:
         self._pq_rhs = [augmented(self.codebook[j]) for j in range(self.num_sub_vectors)]
         self._code_dtype = np.uint8 if self.num_codes <= 256 else np.uint16
         self._buffers = None
+
+    def spawn(self) -> PQEncoder:
+        """This encoder for another thread: the same model, its own buffers and assigner
+        (:meth:`.ivf.PartitionAssigner.spawn`)."""
+        other = copy.copy(self)
+        other._buffers = None
+        other.assigner = self.assigner.spawn()
+        return other
 
     def encode(self, x: np.ndarray, with_loss: bool = False) -> tuple:
         """Partition ids (uint32, shape (n,)) and PQ codes (uint8, shape (n, num_sub_vectors));

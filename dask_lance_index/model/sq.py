@@ -13,6 +13,8 @@ no residual to the centroid, as Lance does.
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 
 from .coarse import CoarseIndex
@@ -74,6 +76,14 @@ class SQEncoder:
         self.num_bits = num_bits
         self._flat = FlatEncoder(centroids, metric, coarse)  # the rows as Lance stores them, then coded
         self.assigner = self._flat.assigner
+
+    def spawn(self) -> SQEncoder:
+        """This encoder for another thread: the same model and bounds, its own
+        :class:`.ivf.FlatEncoder` (:meth:`.ivf.FlatEncoder.spawn`)."""
+        other = copy.copy(self)
+        other._flat = self._flat.spawn()
+        other.assigner = other._flat.assigner
+        return other
 
     def encode(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
         """Partition ids (uint32, (n,)), SQ codes (uint8, (n, d)) and the rows' summed

@@ -13,13 +13,14 @@ threads besides the task's own, all taking pieces from one queue.
 
 from __future__ import annotations
 
+import queue
 import threading
 import time
 from typing import Callable, Iterable
 
 from distributed.comm.addressing import get_address_host
 
-__all__ = ["POLL_SECONDS", "SpareThreads", "idle_threads", "run_each"]
+__all__ = ["POLL_SECONDS", "SpareThreads", "idle_threads", "run_each", "run_streamed"]
 
 # Seconds between two questions to the scheduler: a graph of a few thousand rows asks for
 # its pieces' threads several times in a tenth of a second, and 256 of them a task.
@@ -74,6 +75,58 @@ def run_each(fn: Callable, items: Iterable, spare: Callable[[], int]) -> None:
             t.join()
     if errors:
         raise errors[0]
+
+
+def run_streamed(fn: Callable, items: Iterable, spare: Callable[[], int], ahead: int = 2) -> None:
+    """``fn(item)`` for each of ``items``, read one at a time in this thread (a scan's
+    batches, never all held at once): while ``spare()`` says threads are free, as many
+    helper threads run the items read, up to ``ahead`` of them waiting; an item that finds
+    them all waiting runs in this thread, so the reader also works. The first error is
+    raised once every thread has stopped; no item is run after it."""
+    waiting: queue.Queue = queue.Queue(maxsize=max(1, ahead))
+    errors: list = []
+    stop = threading.Event()
+
+    def run(item) -> None:
+        try:
+            fn(item)
+        except BaseException as error:  # raised in the calling thread
+            errors.append(error)
+            stop.set()
+
+    def helper() -> None:
+        while (item := waiting.get()) is not _END:
+            if not stop.is_set():  # after an error the queue is only drained
+                run(item)
+
+    helpers: list = []
+    try:
+        for item in items:
+            if stop.is_set():
+                break
+            for _ in range(spare() - len(helpers)):
+                helpers.append(threading.Thread(target=helper, name="dli-spare", daemon=True))
+                helpers[-1].start()
+            if helpers:
+                try:
+                    waiting.put_nowait(item)
+                    continue
+                except queue.Full:
+                    pass
+            run(item)
+    except BaseException:
+        stop.set()
+        raise
+    finally:
+        for _ in helpers:
+            waiting.put(_END)  # the helpers drain the queue whatever happened
+        for t in helpers:
+            t.join()
+    if errors:
+        raise errors[0]
+
+
+_END = object()
 
 
 class SpareThreads:
