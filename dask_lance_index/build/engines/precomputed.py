@@ -97,8 +97,9 @@ SPILL_CHUNK_BYTES = FLAT_TASK_BYTES // 4
 # at 18,800, and at 37,500 (partitions of 59,631 and 15,491) 1.00-1.14x, where Lance's graphs
 # from our IVF took 1.14-1.27x in the same runs (recall@10 0.967 against 0.961-0.963); on the
 # fewest directions keeping 93% of drawn rows' largest products (192 and 224 there) 0.84-0.90x,
-# IVF_HNSW_SQ 0.98-1.08x (Lance's graphs from our IVF 1.12x): so DOT_MOST_DIRECTIONS_ROWS, past
-# 37,500 (docs/benchmarks.md).
+# IVF_HNSW_SQ 0.98-1.08x (Lance's graphs from our IVF 1.12x); with the larger partition's graph
+# also in the idle worker's thread once the smaller is built, 0.55-0.59x and IVF_HNSW_SQ
+# 0.71-0.77x: so DOT_MOST_DIRECTIONS_ROWS, past 37,500 (docs/benchmarks.md).
 DOT_GRAPH_ROWS = 262144
 DOT_WIDE_GRAPH_ROWS = 81920
 DOT_WIDE_DIMENSION = 256
