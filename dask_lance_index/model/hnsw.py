@@ -565,7 +565,10 @@ def build_hnsw(vectors: np.ndarray, *, m: int, max_level: int, seed, candidates:
     :func:`one_norm` under dot as under l2 (with ``min(candidates, HNSW_CANDIDATES)``), their
     distances Lance's dot ones. ``each(fn, items)`` runs a level's independent pieces (groups
     of candidates, slices of nodes to prune), :func:`in_turn` by default: the same
-    graph whatever runs them, and in whatever order."""
+    graph whatever runs them, and in whatever order (under dot the prunings share the held
+    rows of products of the nodes kept most, so a product may come from a held row or be
+    computed for its pair, which can differ in the last bit; the graphs tested and measured
+    were the same edge for edge)."""
     if metric not in ("l2", "dot"):
         raise ValueError(f"build_hnsw builds l2 or dot graphs, not {metric!r}; pass unit vectors and 'l2' for cosine")
     dot = metric == "dot"

@@ -230,8 +230,8 @@ def _write_segment(seg: SegmentTask):
     thread with its own copy of the encoder (``spawn``: IVF_FLAT, IVF_SQ, IVF_PQ and the
     HNSW types that hold their rows; not IVF_RQ, whose encoder calibrates on its first
     batch), while this thread reads the next: the same codes, in the same rows. 1M x 128
-    rows, IVF_FLAT, in a worker of a 2-worker LocalCluster: read and encoded in 0.85-1.03 s
-    with the other worker's thread, against 1.4 s in one (docs/benchmarks.md).
+    rows, IVF_FLAT, in a worker of a 2-worker LocalCluster: read and encoded in 0.81-0.96 s
+    with the other worker's thread, against 1.30-1.70 s in one (docs/benchmarks.md).
     """
     model, params = seg.model, seg.plan.params
     centroids = np.asarray(model.ivf_centroids, dtype=np.float32)
