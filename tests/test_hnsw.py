@@ -706,6 +706,28 @@ def test_dot_levels_of_spread_rows_are_built_on_most_of_their_directions(monkeyp
     assert hnsw_dot._projected_rows(x) is x and hnsw_dot.spread_projection(x) is None
 
 
+def test_groups_are_tried_on_dot_levels_of_few_directions_not_on_spread_rows(monkeypatch):
+    """A large dot level tries groups for its later nodes' candidates where its rows project
+    on few directions; where their energy is spread (no projection) it compares every node
+    with every node before it, groups never made."""
+    rng = np.random.default_rng(9)
+    n = 3000
+    few = (make_vectors(n, 128, num_clusters=30, seed=9) * rng.uniform(0.5, 2, (n, 1))).astype(np.float32)
+    spread = np.concatenate([rng.standard_normal((n, 80)), 0.1 * rng.standard_normal((n, 48))], axis=1)
+    spread = (spread * rng.uniform(0.5, 2, (n, 1))).astype(np.float32)
+    for name, value in (("_PROJECTED_MIN_ROWS", 1000), ("DOT_EXACT_ROWS", 512)):  # groups past 1,024 nodes
+        monkeypatch.setattr(hnsw_dot, name, value)
+    tried = []
+    real = hnsw_dot._query_groups
+    monkeypatch.setattr(hnsw_dot, "_query_groups", lambda *a: tried.append(len(a[0])) or real(*a))
+    assert hnsw_dot._level_projection(few)[1] is False and hnsw_dot._level_projection(spread)[1] is True
+    hnsw_dot.distinct_dot_graph(few, 16, 8, 40, 0)
+    assert tried == [n]
+    tried.clear()
+    offsets, ids, _ = hnsw_dot.distinct_dot_graph(spread, 16, 8, 40, 0)
+    assert tried == [] and len(offsets) == n + 1 and len(ids) > n
+
+
 def test_dot_graphs_of_rows_of_one_norm_are_the_l2_constructions():
     """Under dot, rows of one norm (normalised embeddings) are ranked by their products as by
     l2 distance: their graph is the l2 construction's (its own candidates), each edge with
@@ -907,9 +929,14 @@ def test_dot_graphs_search_as_well_as_lances_on_the_same_partitions(tmp_path, mo
         monkeypatch.setattr(hnsw, "_distinct_level_graph", lambda *a, **k: calls.append(1) or real_graph(*a, **k))
     elif grouped == "projected":
         monkeypatch.setattr(hnsw_dot, "_PROJECTED_MIN_ROWS", 512)
-        real_rows = hnsw_dot._projected_rows
-        monkeypatch.setattr(hnsw_dot, "_projected_rows", lambda v: calls.append(v.shape[1] - real_rows(v).shape[1])
-                            or real_rows(v))
+        real_projection = hnsw_dot._level_projection
+
+        def projection(v):  # the columns each level's projection drops
+            basis, spread = real_projection(v)
+            calls.append(0 if basis is None else v.shape[1] - basis.shape[1])
+            return basis, spread
+
+        monkeypatch.setattr(hnsw_dot, "_level_projection", projection)
     elif grouped:
         for name, value in (("DOT_EXACT_ROWS", 256), ("_GROUP_ROWS", 32), ("_QUERY_ROWS", 64), ("_GROUP_PROBES", 8),
                             ("_GROUPED_SHARE", 1), ("_GROUPED_FOUND", 0)):  # on every level of more than 512 nodes
