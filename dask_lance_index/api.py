@@ -337,7 +337,7 @@ def create_index(
         under l2 and cosine, and IVF_HNSW_FLAT and IVF_HNSW_SQ (under dot up to a number of
         rows a partition on average set by 2,048 rows drawn at planning: 262,144 where they
         project on at most 256 directions, 81,920 on more, 4,096 where they do not, 24,576 of
-        one norm, 40,960 where most of their directions keep their largest products:
+        one norm, 77,824 where most of their directions keep their largest products:
         :func:`~dask_lance_index.build.engines.precomputed.dot_graph_rows` (an explicit
         ``"precomputed"`` builds those dot graphs at any size, at a cost that grows
         faster with a partition's rows than Lance's)), ``"partitions"`` otherwise.

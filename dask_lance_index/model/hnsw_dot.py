@@ -16,8 +16,8 @@ groups it is near (:func:`_grouped_largest_products`), a cost that grows with th
 A level of :data:`_PROJECTED_MIN_ROWS` nodes or more whose rows hold nearly all their energy
 in few directions is built on the rows projected on those (:func:`projection`), else on the
 fewest of their directions that keep most of the rows' largest products
-(:func:`spread_projection`), at a cost that shrinks with the columns dropped. Rows of one
-norm are not built here: under dot they rank as under l2, and :func:`.hnsw.build_hnsw`
+(:func:`spread_projection`), at a cost that shrinks with the columns dropped; groups are
+not tried on those spread rows (they did not group). Rows of one norm are not built here: under dot they rank as under l2, and :func:`.hnsw.build_hnsw`
 builds them so.
 """
 

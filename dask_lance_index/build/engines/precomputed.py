@@ -99,8 +99,9 @@ SPILL_CHUNK_BYTES = FLAT_TASK_BYTES // 4
 # fewest directions keeping 93% of drawn rows' largest products (192 and 224 there) 0.84-0.90x,
 # IVF_HNSW_SQ 0.98-1.08x (Lance's graphs from our IVF 1.12x); with the larger partition's graph
 # also in the idle worker's thread once the smaller is built, 0.55-0.59x and IVF_HNSW_SQ
-# 0.71-0.77x; in one partition of all 75,013 rows, IVF_HNSW_SQ 0.99x, where Lance's graphs
-# from our IVF took 1.16x: so DOT_MOST_DIRECTIONS_ROWS, past 75,013 (docs/benchmarks.md).
+# 0.71-0.77x; in one partition of all 75,013 rows, IVF_HNSW_SQ 0.92-0.99x, where Lance's
+# graphs from our IVF took 1.16x, and 0.85-0.87x (IVF_HNSW_FLAT 0.66x) once spread rows no
+# longer made groups: so DOT_MOST_DIRECTIONS_ROWS, past 75,013 (docs/benchmarks.md).
 DOT_GRAPH_ROWS = 262144
 DOT_WIDE_GRAPH_ROWS = 81920
 DOT_WIDE_DIMENSION = 256
