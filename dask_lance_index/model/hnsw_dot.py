@@ -17,8 +17,8 @@ A level of :data:`_PROJECTED_MIN_ROWS` nodes or more whose rows hold nearly all 
 in few directions is built on the rows projected on those (:func:`projection`), else on the
 fewest of their directions that keep most of the rows' largest products
 (:func:`spread_projection`), at a cost that shrinks with the columns dropped; groups are
-not tried on those spread rows (they did not group). Rows of one norm are not built here: under dot they rank as under l2, and :func:`.hnsw.build_hnsw`
-builds them so.
+not tried on those spread rows (they did not group). Rows of one norm are not built here:
+under dot they rank as under l2, and :func:`.hnsw.build_hnsw` builds them so.
 """
 
 from __future__ import annotations
