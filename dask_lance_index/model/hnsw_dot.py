@@ -522,7 +522,7 @@ def _projected_rows(vectors: np.ndarray) -> np.ndarray:
     and cost as many times less as there are fewer columns. ``vectors`` itself on a level of
     fewer than :data:`_PROJECTED_MIN_ROWS` nodes, or where the rows have neither."""
     basis, _ = _level_projection(vectors)
-    return vectors if basis is None else vectors @ basis
+    return vectors if basis is None else _on_basis(vectors, basis)
 
 
 def _on_basis(rows: np.ndarray, basis: np.ndarray, each: Callable = in_turn) -> np.ndarray:
