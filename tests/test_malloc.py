@@ -76,3 +76,28 @@ def test_the_opt_out_leaves_the_allocator_alone():
     got = _probe(MALLOC_TRIM_THRESHOLD_="65536", DASK_LANCE_INDEX_NO_MALLOC_TUNING="1", NUMPY_MADVISE_HUGEPAGE="1")
     assert got["inside"] < 2 and got["released_at_exit"] < 2
     assert got["huge_inside"] is True
+
+
+def test_give_back_zeroes_only_the_whole_pages_of_the_rows_asked():
+    """runtime.give_back: the kernel takes back whole pages inside the rows given (they read
+    as zeros), never a page a row outside them shares; an array that is not C-contiguous is
+    refused with what to pass instead."""
+    import sys
+
+    import numpy as np
+
+    from dask_lance_index.runtime import give_back
+
+    a = np.ones((10_000, 100), np.float32)  # 400 bytes a row: rows straddle pages
+    freed = give_back(a, 1_000, 3_000)
+    if not sys.platform.startswith("linux") or os.environ.get("DASK_LANCE_INDEX_NO_MALLOC_TUNING"):
+        assert freed == 0
+        return
+    assert 0 < freed <= 2_000 * 400 and freed % 4096 == 0
+    zero = np.flatnonzero((a == 0).all(axis=1))
+    assert len(zero) >= freed // 400 - 1 and zero.min() >= 1_000 and zero.max() < 3_000
+    assert (a[:1_000] == 1).all() and (a[3_000:] == 1).all()
+    assert ((a[1_000:3_000] == 0) | (a[1_000:3_000] == 1)).all()
+    assert give_back(a, 5, 6) == 0  # one row holds no whole page
+    with pytest.raises(ValueError, match="C-contiguous"):
+        give_back(a[:, :50], 0, 100)

@@ -316,3 +316,54 @@ def test_sq_codes_in_slices_equal_the_formula_on_the_whole_batch():
     assert np.array_equal(sq_codes(x, (start, end)), want)
     assert (want == 0).any() and (want == 255).any()
     assert not sq_codes(x, (1.0, 1.0)).any()  # no range: every code 0
+
+
+def test_rows_given_back_as_written_leave_the_file_the_same(tmp_path, monkeypatch):
+    """write_flat_segment with ``runs`` and ``written`` (each run sorted by partition, as a
+    build task holds its batches): the same auxiliary.idx byte for byte as from the rows
+    taken whole; every row of every run is handed to ``written`` once, in runs' order, and
+    only once no later batch reads it; runs out of partition order are refused."""
+    from dask_lance_index.runtime import give_back
+    from dask_lance_index.storage import segment_files
+
+    monkeypatch.setattr(segment_files, "_WRITE_BYTES", 1 << 18)  # batches of 1,927 rows: many per run
+    rng = np.random.default_rng(3)
+    n, d, k, run = 50_000, 32, 40, 4096
+    rows = rng.standard_normal((n, d)).astype(np.float32)
+    parts = rng.integers(0, k, n).astype(np.uint32)
+    ids = np.arange(n, dtype=np.uint64) * 3
+    centroids = rng.standard_normal((k, d)).astype(np.float32)
+    starts = list(range(0, n, run))
+    for s in starts:  # each run sorted by partition, rows of one partition in their order
+        o = np.argsort(parts[s : s + run], kind="stable")
+        rows[s : s + run], parts[s : s + run], ids[s : s + run] = rows[s : s + run][o], parts[s : s + run][o], ids[s : s + run][o]
+    plain = write_flat_segment(str(tmp_path / "a"), "0f0f0f0f-0000-4000-8000-00000000000a", row_ids=ids,
+                               part_ids=parts, vectors=rows.copy(), centroids=centroids, metric="l2", loss=1.0)
+    held = rows.copy()
+    handed = []
+
+    def written(start, stop):
+        handed.append((start, stop))
+        give_back(held, start, stop)
+
+    given = write_flat_segment(str(tmp_path / "b"), "0f0f0f0f-0000-4000-8000-00000000000b", row_ids=ids,
+                               part_ids=parts, vectors=held, centroids=centroids, metric="l2", loss=1.0,
+                               runs=starts, written=written)
+    assert plain == given
+    a = open(f"{tmp_path}/a/_indices/0f0f0f0f-0000-4000-8000-00000000000a/auxiliary.idx", "rb").read()
+    b = open(f"{tmp_path}/b/_indices/0f0f0f0f-0000-4000-8000-00000000000b/auxiliary.idx", "rb").read()
+    assert a == b  # the rows' file (index.idx holds no row)
+    covered = np.zeros(n, np.int64)
+    for start, stop in handed:
+        covered[start:stop] += 1
+    assert (covered == 1).all()
+    assert len(handed) > len(starts)  # handed back in pieces as the file was written, not at the end
+    for s in starts:  # within a run, front to back
+        mine = [h for h in handed if s <= h[0] < s + run]
+        assert [h[0] for h in mine] == sorted(h[0] for h in mine) and mine[0][0] == s
+    shuffled = parts.copy()
+    shuffled[:run] = shuffled[:run][::-1]
+    with pytest.raises(ValueError, match="sorted by partition"):
+        write_flat_segment(str(tmp_path / "c"), "0f0f0f0f-0000-4000-8000-00000000000c", row_ids=ids,
+                           part_ids=shuffled, vectors=rows, centroids=centroids, metric="l2", loss=1.0,
+                           runs=starts, written=lambda a, b: None)

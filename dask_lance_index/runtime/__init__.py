@@ -16,12 +16,12 @@ from .client import (
     tls_security,
     worker_client_or_none,
 )
-from .malloc import bulk_allocations, in_bulk, small_pages, with_small_pages
+from .malloc import bulk_allocations, give_back, in_bulk, small_pages, with_small_pages
 from .progress import compute_with_progress, show_progress
 from .spare import SpareThreads, run_each, run_streamed
 
 __all__ = [
-    "blas_threads", "bulk_allocations", "check_client", "check_security", "compute_with_progress", "connect", "host_blas_threads",
+    "blas_threads", "bulk_allocations", "check_client", "check_security", "compute_with_progress", "connect", "give_back", "host_blas_threads",
     "host_cores", "in_bulk", "num_workers", "one_blas_thread", "other_hosts", "parallelism", "resolve_client",
     "show_progress", "small_pages", "SpareThreads", "run_each", "run_streamed", "tls_refused_hint", "tls_security", "with_small_pages",
     "worker_client_or_none",

@@ -39,7 +39,7 @@ import datetime
 import json
 import os
 import struct
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -172,16 +172,49 @@ def _batch_rows(row_bytes: int) -> int:
     return max(1024, _WRITE_BYTES // max(row_bytes, 1))
 
 
-def _in_order(order: np.ndarray, reordered: dict, gathered: dict) -> Iterator[dict]:
+def _in_order(order: np.ndarray, reordered: dict, gathered: dict,
+              copied: Callable[[np.ndarray], object] | None = None) -> Iterator[dict]:
     """Batches of about :data:`_WRITE_BYTES` of the columns in ``order``: ``reordered`` ones are
-    already in that order (full length), ``gathered`` ones are taken through it a slice at a time."""
+    already in that order (full length), ``gathered`` ones are taken through it a slice at a time.
+    ``copied`` is called with each slice of ``order`` once its rows are taken (copies)."""
     rows = _batch_rows(sum(np.asarray(v).dtype.itemsize * int(np.prod(np.shape(v)[1:]))
                            for v in (*reordered.values(), *gathered.values())))
     for lo in range(0, len(order), rows):
         take = order[lo : lo + rows]
         cols = {k: v[lo : lo + len(take)] for k, v in reordered.items()}
         cols.update({k: np.asarray(v)[take] for k, v in gathered.items()})
+        if copied is not None:
+            copied(take)
         yield cols
+
+
+# Rows of a run handed to ``written`` at a time (or the run's last): fewer, larger calls.
+_WRITTEN_ROWS = 512
+
+
+def _runs_copied(part_ids: np.ndarray, runs, written: Callable[[int, int], object]) -> Callable[[np.ndarray], None]:
+    """For :func:`_in_order`: tells ``written(start, stop)`` which rows of each run no later
+    batch reads. ``runs``: the first row of each run, every run's rows sorted by partition,
+    so the stable partition order takes a run's rows front to back (checked here: were a
+    run out of order, rows still to be written would be handed back)."""
+    starts = np.asarray(runs, dtype=np.int64)
+    ends = np.append(starts[1:], len(part_ids))
+    if len(starts) == 0 or starts[0] != 0 or np.any(np.diff(starts) < 0):
+        raise ValueError(f"runs must start at row 0 and ascend: {starts[:8].tolist()}...")
+    falls = np.flatnonzero(np.diff(np.asarray(part_ids, dtype=np.int64)) < 0) + 1  # where the partition id drops
+    if not np.isin(falls, starts).all():
+        raise ValueError("each run's rows must be sorted by partition id to be handed back as written")
+    taken = np.zeros(len(starts), np.int64)  # rows of each run taken so far: a prefix of it
+    given = np.zeros(len(starts), np.int64)  # ... and already handed to ``written``
+
+    def copied(take: np.ndarray) -> None:
+        taken[:] += np.bincount(np.searchsorted(starts, take, side="right") - 1, minlength=len(starts))
+        due = np.flatnonzero((taken - given >= _WRITTEN_ROWS) | ((taken > given) & (starts + taken == ends)))
+        for r in due:
+            written(int(starts[r] + given[r]), int(starts[r] + taken[r]))
+        given[due] = taken[due]
+
+    return copied
 
 
 def _write_aux(base: str, schema, batches: Iterable[dict], *, ivf: bytes, extra_buffers: list, metric: str,
@@ -312,12 +345,21 @@ def row_major_storage(index_type: str, dimension: int, *, bounds: tuple[float, f
 
 def write_row_major_storage(base: str, index_type: str, values: np.ndarray, *, row_ids, part_ids,
                             num_partitions: int, metric: str, bounds: tuple[float, float] | None = None,
-                            num_bits: int = 8, storage_options) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                            num_bits: int = 8, storage_options, runs=None,
+                            written: Callable[[int, int], object] | None = None,
+                            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Write the ``auxiliary.idx`` of a row-major segment (IVF_SQ, IVF_FLAT and their HNSW
     types: :func:`row_major_storage`), ``_rowid`` and ``values`` grouped by partition;
-    returns the partition order, lengths and offsets it wrote them in."""
-    order, lengths, offsets = _partition_order(np.asarray(part_ids), num_partitions)
-    batches = _in_order(order, {}, {"_rowid": np.asarray(row_ids, dtype=np.uint64), "values": values})
+    returns the partition order, lengths and offsets it wrote them in.
+
+    ``runs`` and ``written``: where the rows come in runs each sorted by partition (the first
+    row of each), ``written(start, stop)`` is told of the rows of ``values`` no later batch
+    reads, as the file is written (a build task gives their memory back:
+    :func:`dask_lance_index.runtime.give_back`). The file is the same either way."""
+    part_ids = np.asarray(part_ids)
+    order, lengths, offsets = _partition_order(part_ids, num_partitions)
+    copied = None if runs is None or written is None else _runs_copied(part_ids, runs, written)
+    batches = _in_order(order, {}, {"_rowid": np.asarray(row_ids, dtype=np.uint64), "values": values}, copied)
     _write_row_major(base, index_type, np.shape(values)[1], batches, lengths, metric=metric, bounds=bounds,
                      num_bits=num_bits, storage_options=storage_options)
     return order, lengths, offsets
@@ -359,18 +401,21 @@ def write_sq_segment(
     loss: float,
     num_bits: int = 8,
     storage_options: dict | None = None,
+    runs=None,
+    written: Callable[[int, int], object] | None = None,
 ) -> list:
     """Write one IVF_SQ segment's files; returns the file names.
 
     ``codes``: ``(n, d)`` uint8 SQ codes made with ``bounds`` (:mod:`dask_lance_index.model.sq`),
     the same for every segment of the index, which is what lets Lance merge them.
-    Lance stores SQ codes row-major in whole and partial segments alike.
+    Lance stores SQ codes row-major in whole and partial segments alike. ``runs``,
+    ``written``: as :func:`write_row_major_storage`.
     """
     centroids = np.asarray(centroids, dtype=np.float32)
     base = _segment_dir(dataset_uri, index_uuid)
     write_row_major_storage(base, "IVF_SQ", np.asarray(codes, dtype=np.uint8), row_ids=row_ids, part_ids=part_ids,
                             num_partitions=len(centroids), metric=metric, bounds=bounds, num_bits=num_bits,
-                            storage_options=storage_options)
+                            storage_options=storage_options, runs=runs, written=written)
     _write_index_file(base, "IVF_SQ", metric, centroids, loss, storage_options)
     return ["auxiliary.idx", "index.idx"]
 
@@ -386,14 +431,17 @@ def write_flat_segment(
     metric: str,
     loss: float,
     storage_options: dict | None = None,
+    runs=None,
+    written: Callable[[int, int], object] | None = None,
 ) -> list:
     """Write one IVF_FLAT segment's files; returns the file names. ``vectors``: the rows
-    as Lance stores them (unit vectors for cosine, raw otherwise), float32."""
+    as Lance stores them (unit vectors for cosine, raw otherwise), float32. ``runs``,
+    ``written``: as :func:`write_row_major_storage`."""
     centroids = np.asarray(centroids, dtype=np.float32)
     base = _segment_dir(dataset_uri, index_uuid)
     write_row_major_storage(base, "IVF_FLAT", np.asarray(vectors, dtype=np.float32), row_ids=row_ids,
                             part_ids=part_ids, num_partitions=len(centroids), metric=metric,
-                            storage_options=storage_options)
+                            storage_options=storage_options, runs=runs, written=written)
     _write_index_file(base, "IVF_FLAT", metric, centroids, loss, storage_options)
     return ["auxiliary.idx", "index.idx"]
 
