@@ -250,23 +250,25 @@ def test_engine_choice():
 
 
 def test_flat_tasks_written_by_us_are_bounded_in_bytes():
-    """The precomputed engine holds an IVF_FLAT task's rows until it writes them: the planner
-    keeps a task under FLAT_TASK_BYTES of rows (262k rows at 1024-d), and does not split it further
-    to give every worker a task (the merge would write every row again); other types do."""
+    """The precomputed engine holds an IVF_FLAT or IVF_SQ task's rows until it writes them: the
+    planner keeps a task under FLAT_TASK_BYTES of held rows (262k rows at 1024-d for IVF_FLAT,
+    1M for IVF_SQ), and does not split it further to give every worker a task (the merge would
+    write every row again); other types do."""
     from dask_lance_index.plan import make_plan
-    from dask_lance_index.plan.index_plan import FLAT_TASK_BYTES
+    from dask_lance_index.plan.index_plan import FLAT_TASK_BYTES, held_row_bytes
 
     fs = frags(*([125_000] * 16))
     cases = (("IVF_FLAT", 1024, "precomputed", 8), ("IVF_FLAT", 1024, "partitions", 2),
-             ("IVF_FLAT", 128, "precomputed", 1), ("IVF_SQ", 128, "precomputed", 2))
+             ("IVF_FLAT", 128, "precomputed", 1), ("IVF_SQ", 128, "precomputed", 1),
+             ("IVF_SQ", 1024, "precomputed", 2), ("IVF_PQ", 128, "precomputed", 2))
     for index_type, dim, engine, want in cases:
         params = resolve_params(index_type, dimension=dim, num_rows=2_000_000, num_partitions=64)
         plan = make_plan(uri="/d.lance", version=1, column="vector", dimension=dim, fragments=fs, params=params,
                          engine=engine, parallelism=2)
         assert plan.num_tasks == want, (index_type, dim, engine, plan.num_tasks)
         assert (plan.merges.num_merges > 0) == (want > 1), plan.merges  # one task: nothing to merge
-        if engine == "precomputed" and index_type == "IVF_FLAT":
-            assert max(plan.group_rows()) * (4 * dim + 12) <= FLAT_TASK_BYTES
+        if engine == "precomputed" and index_type in ("IVF_FLAT", "IVF_SQ"):
+            assert max(plan.group_rows()) * held_row_bytes(index_type, dim) <= FLAT_TASK_BYTES
 
 
 def test_hnsw_tasks_we_write_are_bounded_in_bytes_and_their_graphs_built_at_the_merge():

@@ -53,8 +53,9 @@ def lance_pq_partitions(num_rows: int) -> int:
     whatever ``num_partitions`` asks beyond it. Pure."""
     return max(1, min(num_rows, LANCE_PQ_SAMPLE_ROWS) // LANCE_PQ_ROWS_PER_PARTITION)
 
-# Most bytes of rows one IVF_FLAT task of the precomputed engine holds before it writes
-# its segment (its tasks are planned at most this large: 2M rows at 128-d, 262k at 1024-d).
+# Most bytes of rows one IVF_FLAT or IVF_SQ task of the precomputed engine holds before it
+# writes its segment (its tasks are planned at most this large: IVF_FLAT 2M rows at 128-d,
+# 262k at 1024-d; IVF_SQ 1M at 1024-d).
 FLAT_TASK_BYTES = 2**30
 
 
@@ -324,12 +325,14 @@ def make_plan(
         groups = check_fragment_groups(fragment_groups, fragments)
     else:
         per, min_tasks = rows_per_task, parallelism if rows_per_task is None else 1
-        if per is None and num_tasks is None and engine == "precomputed" and (params.index_type == "IVF_FLAT"
-                                                                              or concat_graphs):
+        if per is None and num_tasks is None and engine == "precomputed" and (
+                params.index_type in ("IVF_FLAT", "IVF_SQ") or concat_graphs):
             # The task holds its rows until it writes them grouped by partition, so its size is
             # bounded; and it is not split further to give every worker a task: the merge then
-            # reads and writes every row once more, which costs more than the split saves
-            # (docs/benchmarks.md, "IVF_FLAT"; an HNSW index's graphs go to every worker anyway).
+            # reads and writes every row once more, which costs more than the split saves, and
+            # a lone task encodes in its host's idle threads too (docs/benchmarks.md, "IVF_FLAT"
+            # and "IVF_SQ as one segment": 1M x 128 IVF_SQ in 2.76-2.78 s as one task, 3.05-3.48
+            # s as two and their merge; an HNSW index's graphs go to every worker anyway).
             per = max(65536, min(DEFAULT_ROWS_PER_TASK, FLAT_TASK_BYTES // held_row_bytes(
                 params.index_type, dimension, params.num_sub_vectors)))
             min_tasks = 1

@@ -222,7 +222,7 @@ def _write_segment(seg: SegmentTask):
     The task holds its rows' codes until it writes them grouped by partition, so
     its memory grows with its rows: 28 bytes a row for IVF_PQ with 16 sub-vectors
     (4 of partition, 8 of row id, 16 of codes), 12 + d for IVF_SQ, 12 + 4d for IVF_FLAT
-    (so its tasks are planned smaller: :data:`dask_lance_index.plan.FLAT_TASK_BYTES`), 112 for IVF_RQ at 128-d and 5 bits
+    (these two planned by those bytes: :data:`dask_lance_index.plan.FLAT_TASK_BYTES`), 112 for IVF_RQ at 128-d and 5 bits
     (16 of sign bits, 64 of ex-codes, 20 of factors): 56 and 224 MB for the
     default 2M-row task. The one task of an IVF_HNSW_FLAT or IVF_HNSW_SQ segment holds at
     most :data:`SPILL_CHUNK_BYTES` of them past that, spilling the rest to its disk
