@@ -50,6 +50,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import functools
+import mmap
 import os
 import sys
 import threading
@@ -87,7 +88,7 @@ _BULK_MMAP_THRESHOLD = 32 << 20
 _BULK_TRIM_THRESHOLD = 64 << 20
 
 _MADV_DONTNEED = 4  # Linux
-_PAGE = 4096
+_PAGE = mmap.PAGESIZE
 
 _lock = threading.Lock()
 
@@ -212,12 +213,13 @@ def give_back(array, start: int, stop: int) -> int:
     C-contiguous NumPy array its caller owns and will not read there again: those rows
     read as zeros afterwards). Returns the bytes given back: 0 off Linux, with the
     tuning turned off, or where the rows hold no whole page."""
+    if array.ndim == 0 or not array.flags.c_contiguous:
+        raise ValueError("give_back needs a C-contiguous array of rows: pass the array the rows were written into")
     madvise = _madvise()
     if madvise is None or os.environ.get("DASK_LANCE_INDEX_NO_MALLOC_TUNING") or stop <= start:
         return 0
-    if not array.flags.c_contiguous:
-        raise ValueError("give_back needs a C-contiguous array: pass the array the rows were written into")
-    row = array.strides[0] if array.ndim else array.itemsize
+    start, stop = max(start, 0), min(stop, len(array))  # never a page past the array's rows
+    row = array.strides[0]
     lo = array.ctypes.data + start * row
     hi = array.ctypes.data + stop * row
     lo, hi = -(-lo // _PAGE) * _PAGE, hi // _PAGE * _PAGE  # only pages the rows hold whole
