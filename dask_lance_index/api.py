@@ -277,7 +277,8 @@ def create_index(
         How many build tasks (one segment each), or rows per task. Default:
         one task per worker thread, more when tasks would exceed 2M rows;
         HNSW types one task (Lance's merge would build every graph again);
-        IVF_FLAT tasks of at most 1 GiB of rows, not split further (its merge
+        IVF_FLAT and IVF_SQ tasks (engine ``"precomputed"``) of at most 1 GiB of
+        held rows (4d + 12 and d + 12 bytes a row), not split further (a merge
         reads and writes every row again).
     num_segments : int
         Segments the committed index should have (default 1: fastest queries).
