@@ -276,10 +276,12 @@ def create_index(
     num_tasks, rows_per_task : int, optional
         How many build tasks (one segment each), or rows per task. Default:
         one task per worker thread, more when tasks would exceed 2M rows;
-        HNSW types one task (Lance's merge would build every graph again);
-        IVF_FLAT and IVF_SQ tasks (engine ``"precomputed"``) of at most 1 GiB of
-        held rows (4d + 12 and d + 12 bytes a row), not split further (a merge
-        reads and writes every row again).
+        IVF_FLAT and IVF_SQ tasks (engine ``"precomputed"``), and HNSW types whose
+        graphs we build, of at most 1 GiB of held rows (4d + 12 bytes a row for the
+        FLAT types, d + 12 for SQ, 12 + num_sub_vectors for PQ), not split further (a merge reads and
+        writes every row again; an HNSW build of several tasks builds its graphs
+        once, at the merge); HNSW types Lance builds: one task (Lance's merge would
+        build every graph again).
     num_segments : int
         Segments the committed index should have (default 1: fastest queries).
         IVF_HNSW_SQ segments are never merged (Lance codes each with its own
