@@ -324,9 +324,10 @@ def test_rows_given_back_as_written_leave_the_file_the_same(tmp_path, monkeypatc
     taken whole; every row of every run is handed to ``written`` once, in runs' order, and
     only once no later batch reads it; runs out of partition order are refused."""
     from dask_lance_index.runtime import give_back
-    from dask_lance_index.storage import segment_files
+    from dask_lance_index.storage import lance_file, segment_files
 
     monkeypatch.setattr(segment_files, "_WRITE_BYTES", 1 << 18)  # batches of 1,927 rows: many per run
+    monkeypatch.setattr(lance_file, "_CALL_BYTES", 1 << 18)  # and as many write calls
     rng = np.random.default_rng(3)
     n, d, k, run = 50_000, 32, 40, 4096
     rows = rng.standard_normal((n, d)).astype(np.float32)

@@ -48,6 +48,7 @@ from .scratch import (
     shuffle_buffer_inputs,
     shuffle_buffer_schema,
 )
+from .lance_file import PlainColumn, PlainFileWriter, plain_columns
 from .hnsw_segment import STORAGE_TYPES, StoredRows, add_hnsw_graphs, decode_stored, write_hnsw_segment
 from .partition_runs import PartitionRuns
 from .segment_concat import CONCAT_ROWS, CONCAT_TYPES, concat_segments
@@ -75,12 +76,12 @@ from .segments import (
 
 __all__ = [
     "COLUMN_KINDS", "field_of", "field_paths", "resolve_field", "join_field_path", "split_field_path",
-    "CONCAT_ROWS", "CONCAT_TYPES", "ColumnInfo", "PartitionRuns", "RQSegment", "SCAN_BATCH_ROWS", "RowCounts", "SegmentResult", "STORAGE_TYPES", "StorageOptions", "Store",
+    "CONCAT_ROWS", "CONCAT_TYPES", "ColumnInfo", "PartitionRuns", "PlainColumn", "PlainFileWriter", "RQSegment", "SCAN_BATCH_ROWS", "RowCounts", "SegmentResult", "STORAGE_TYPES", "StorageOptions", "Store",
     "StoredRows", "VectorBatch", "add_hnsw_graphs", "as_lance_index", "decode_stored", "column_info", "drawn_vectors", "committed_index", "concat_segments", "field_type", "filesystem", "fragment_rows",
     "has_values", "hide_secrets",
     "index_dir", "index_dir_times", "index_from_dict", "index_names", "index_to_dict", "is_local",
     "iter_vectors", "join", "open_dataset", "open_or_fail", "options_apply", "partition_map_batch",
-    "partition_map_schema", "read_rq_segment", "scratch_dataset", "shuffle_buffer_batch", "shuffle_buffer_inputs",
+    "partition_map_schema", "plain_columns", "read_rq_segment", "scratch_dataset", "shuffle_buffer_batch", "shuffle_buffer_inputs",
     "shuffle_buffer_schema",
     "referenced_segments", "remove_index_dir", "segment_exists", "segment_index", "take_vectors",
     "to_float32_matrix", "valid_rows", "write_flat_segment", "write_hnsw_segment", "write_pq_segment", "write_rq_segment", "write_sq_segment",

@@ -26,13 +26,13 @@ import pyarrow.compute as pc
 from lance.file import LanceFileReader, LanceFileWriter
 
 from ..errors import InvalidInputError
+from . import protobuf as pb
 from .rq_layout import pack_lance_codes
 from .segment_files import (
     PQ_CODE_COLUMN,
     AUX_FILE_VERSION,
     _ivf_centroids,
     _ivf_lengths,
-    _pb_fields,
     _segment_dir,
     _write_index_file,
     ivf_message,
@@ -66,7 +66,7 @@ class WrittenSegment:
         index = LanceFileReader(f"{base}/index.idx", storage_options=storage_options)
         ivf = bytes(index.read_global_buffer(int((index.metadata().schema.metadata or {})[b"lance:ivf"])))
         self.centroids = _ivf_centroids(ivf)
-        loss = _pb_fields(ivf).get(5)
+        loss = pb.fields(ivf).get(5)
         self.loss = struct.unpack("<d", loss[0])[0] if loss else 0.0
 
     @property

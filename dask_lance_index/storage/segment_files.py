@@ -30,7 +30,10 @@ and Lance's merge converts them.
 
 The codes come from :mod:`dask_lance_index.model.pq` and
 :mod:`dask_lance_index.model.rabitq_encoder`; :mod:`.rq_layout` holds the
-RaBitQ code layouts. :func:`read_rq_segment` reads an IVF_RQ segment back.
+RaBitQ code layouts. :func:`read_rq_segment` reads an IVF_RQ segment back. A row-major
+``auxiliary.idx`` (IVF_FLAT, IVF_SQ and their HNSW types' storage) on a local disk is written
+by :class:`~.lance_file.PlainFileWriter` straight from the rows (the same file, without
+Lance's copies); every other file through Lance's ``LanceFileWriter``.
 """
 
 from __future__ import annotations
@@ -49,7 +52,9 @@ from lance.dataset import Index, IndexFile
 from lance.file import LanceFileReader, LanceFileWriter
 
 from ..errors import InvalidInputError
+from . import protobuf as pb
 from .files import filesystem, is_local
+from .lance_file import PlainFileWriter, plain_columns
 from .rq_layout import pack_lance_codes, unpack_lance_codes
 from .segments import index_dir
 
@@ -80,36 +85,10 @@ PQ_CODEBOOK_POSITION = 2
 _INDEX_VERSION = {"PQ": 1, "RQ": 2, "SQ": 1, "FLAT": 1}
 
 
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    value = int(value)
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
-def _field(number: int, payload: bytes) -> bytes:
-    """One length-delimited protobuf field."""
-    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
-
-
-def _uint_field(number: int, value: int) -> bytes:
-    return _varint(number << 3 | 0) + _varint(value)
-
-
-def _packed(values) -> bytes:
-    return b"".join(_varint(v) for v in values)
-
-
 def _tensor(array: np.ndarray, shape) -> bytes:
     """``lance.index.pb.Tensor``: float32 data type (1), shape (2), raw little-endian data (3)."""
     data = np.ascontiguousarray(array, dtype="<f4")
-    return _uint_field(1, _FLOAT32) + _field(2, _packed(shape)) + _field(3, data.tobytes())
+    return pb.uint_field(1, _FLOAT32) + pb.field(2, pb.packed(shape)) + pb.field(3, data.tobytes())
 
 
 def partition_offsets(lengths) -> np.ndarray:
@@ -121,11 +100,11 @@ def ivf_message(lengths, centroids: np.ndarray | None = None, loss: float | None
     """Lance's ``lance.index.pb.IVF`` message for rows stored partition after partition:
     packed offsets (2) and lengths (3), the centroids as a Tensor (4) and the loss (5, a
     double)."""
-    msg = _field(2, _packed(partition_offsets(lengths))) + _field(3, _packed(lengths))
+    msg = pb.field(2, pb.packed(partition_offsets(lengths))) + pb.field(3, pb.packed(lengths))
     if centroids is not None:
-        msg += _field(4, _tensor(centroids, np.shape(centroids)))
+        msg += pb.field(4, _tensor(centroids, np.shape(centroids)))
     if loss is not None:
-        msg += _varint(5 << 3 | 1) + struct.pack("<d", float(loss))
+        msg += pb.varint(5 << 3 | 1) + struct.pack("<d", float(loss))
     return msg
 
 
@@ -138,17 +117,17 @@ def index_details(quantizer: str, metric: str, num_bits: int, num_sub_vectors: i
     RaBitQ (field 6: ``num_bits``). Lance appends its build parameters (field 9), which
     are informational and left out here."""
     metric_type = _METRIC_TYPE[metric]
-    head = _uint_field(1, metric_type) if metric_type else b""
+    head = pb.uint_field(1, metric_type) if metric_type else b""
     if hnsw is not None:
-        head += _field(3, b"".join(_uint_field(i + 1, v) for i, v in enumerate(hnsw)))
+        head += pb.field(3, b"".join(pb.uint_field(i + 1, v) for i, v in enumerate(hnsw)))
     if quantizer == "PQ":
-        body = _field(4, _uint_field(1, num_bits) + _uint_field(2, num_sub_vectors))
+        body = pb.field(4, pb.uint_field(1, num_bits) + pb.uint_field(2, num_sub_vectors))
     elif quantizer == "SQ":
-        body = _field(5, _uint_field(1, num_bits))
+        body = pb.field(5, pb.uint_field(1, num_bits))
     elif quantizer == "FLAT":
-        body = _field(8, b"")
+        body = pb.field(8, b"")
     else:
-        body = _field(6, _uint_field(1, num_bits))
+        body = pb.field(6, pb.uint_field(1, num_bits))
     return INDEX_DETAILS_TYPE, head + body
 
 
@@ -229,6 +208,12 @@ def _write_aux(base: str, schema, batches: Iterable[dict], *, ivf: bytes, extra_
     aux = LanceFileWriter(f"{base}/auxiliary.idx", schema, version=AUX_FILE_VERSION, storage_options=storage_options)
     for cols in batches:
         aux.write_batch(pa.record_batch([column(name, cols[name]) for name in schema.names], schema=schema))
+    _close_aux(aux, ivf=ivf, extra_buffers=extra_buffers, metric=metric, quantizer_json=quantizer_json)
+
+
+def _close_aux(aux, *, ivf: bytes, extra_buffers: list, metric: str, quantizer_json: str) -> None:
+    """The global buffers and schema metadata of ``auxiliary.idx``, and close it (``aux``: a
+    ``LanceFileWriter`` or a :class:`~.lance_file.PlainFileWriter`)."""
     pos = aux.add_global_buffer(ivf)
     for buffer in extra_buffers:
         aux.add_global_buffer(buffer)
@@ -236,6 +221,37 @@ def _write_aux(base: str, schema, batches: Iterable[dict], *, ivf: bytes, extra_
     aux.add_schema_metadata("storage_metadata", json.dumps([quantizer_json]))
     aux.add_schema_metadata("lance:ivf", str(pos))
     aux.close()
+
+
+# Rows a contiguous piece of the stored rows on average, at the least, for the partition
+# order's pieces to be written straight from them (_plain_pieces); fewer (many partitions,
+# small batches): copied out in partition order a batch at a time.
+_PIECE_ROWS = 16
+
+
+def _plain_pieces(order: np.ndarray, values: np.ndarray, copied: Callable[[np.ndarray], object] | None):
+    """``values`` in ``order``, as pieces for :meth:`~.lance_file.PlainFileWriter.write_column`,
+    and its ``written`` callback telling ``copied`` which rows are written."""
+    n = len(order)
+    cuts = np.flatnonzero(np.diff(order) != 1) + 1  # where ``order`` stops running through consecutive rows
+    if len(cuts) + 1 <= n // _PIECE_ROWS:  # rows straight from ``values``, a run of consecutive rows a piece
+        ends = np.append(cuts, n)
+        firsts = order[np.append(0, cuts)]
+        pieces = (values[f : f + (e - b)] for f, b, e in zip(firsts.tolist(), np.append(0, cuts).tolist(),
+                                                              ends.tolist()))
+    else:  # each piece a copy of a batch's rows (fresh: the writer holds several at once)
+        rows = _batch_rows(values.dtype.itemsize * int(np.prod(values.shape[1:])))
+        ends = np.minimum(np.arange(rows, n + rows, rows), n)
+        pieces = (values[order[lo : lo + rows]] for lo in range(0, n, rows))
+    done = [0]
+
+    def written(k: int) -> None:
+        stop = int(ends[k - 1])
+        if copied is not None and stop > done[0]:
+            copied(order[done[0] : stop])
+        done[0] = stop
+
+    return pieces, written
 
 
 def _write_index_file(base: str, index_type: str, metric: str, centroids: np.ndarray, loss: float,
@@ -359,9 +375,22 @@ def write_row_major_storage(base: str, index_type: str, values: np.ndarray, *, r
     part_ids = np.asarray(part_ids)
     order, lengths, offsets = _partition_order(part_ids, num_partitions)
     copied = None if runs is None or written is None else _runs_copied(part_ids, runs, written)
-    batches = _in_order(order, {}, {"_rowid": np.asarray(row_ids, dtype=np.uint64), "values": values}, copied)
-    _write_row_major(base, index_type, np.shape(values)[1], batches, lengths, metric=metric, bounds=bounds,
-                     num_bits=num_bits, storage_options=storage_options)
+    row_ids = np.asarray(row_ids, dtype=np.uint64)
+    field, quantizer = row_major_storage(index_type, np.shape(values)[1], bounds=bounds, num_bits=num_bits)
+    schema = pa.schema([pa.field("_rowid", pa.uint64()), field])
+    columns = plain_columns(schema)
+    if not (is_local(base) and len(order) and columns):
+        batches = _in_order(order, {}, {"_rowid": row_ids, "values": values}, copied)
+        _write_row_major(base, index_type, np.shape(values)[1], batches, lengths, metric=metric, bounds=bounds,
+                         num_bits=num_bits, storage_options=storage_options)
+        return order, lengths, offsets
+    # a local file of plain columns: written straight from the rows, no copy (lance_file)
+    values = np.ascontiguousarray(values, dtype=columns[1].dtype)
+    with PlainFileWriter(f"{base}/auxiliary.idx", columns, len(order)) as aux:
+        aux.write_column(1, *_plain_pieces(order, values, copied))
+        aux.write_column(0, [row_ids[order]])
+        _close_aux(aux, ivf=ivf_message(lengths), extra_buffers=[], metric=metric,
+                   quantizer_json=json.dumps(quantizer, separators=(",", ":")))
     return order, lengths, offsets
 
 
@@ -557,62 +586,21 @@ class RQSegment:
     columns: dict  # the other stored columns (factors, ex-codes) as NumPy arrays
 
 
-def _read_varint(buf: bytes, pos: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        byte = buf[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        shift += 7
-        if byte < 0x80:
-            return value, pos
-
-
-def _pb_fields(buf: bytes) -> dict[int, list]:
-    """A protobuf message's fields: number -> values (ints, or bytes when length-delimited).
-    Enough wire format to read Lance's IVF metadata without a protobuf dependency."""
-    fields: dict[int, list] = {}
-    pos = 0
-    while pos < len(buf):
-        key, pos = _read_varint(buf, pos)
-        number, wire = key >> 3, key & 7
-        if wire == 0:
-            value, pos = _read_varint(buf, pos)
-        elif wire == 2:
-            size, pos = _read_varint(buf, pos)
-            value, pos = bytes(buf[pos : pos + size]), pos + size
-        elif wire in (1, 5):
-            size = 8 if wire == 1 else 4
-            value, pos = bytes(buf[pos : pos + size]), pos + size
-        else:
-            raise ValueError(f"unexpected protobuf wire type {wire}")
-        fields.setdefault(number, []).append(value)
-    return fields
-
-
-def _packed_varints(buf: bytes) -> list[int]:
-    out, pos = [], 0
-    while pos < len(buf):
-        value, pos = _read_varint(buf, pos)
-        out.append(value)
-    return out
-
-
 def _ivf_lengths(buf: bytes) -> list[int]:
     """Partition lengths (field 3, packed uint32) of Lance's IVF protobuf message."""
-    return [v for chunk in _pb_fields(buf).get(3, []) for v in _packed_varints(chunk)]
+    return [v for chunk in pb.fields(buf).get(3, []) for v in pb.packed_varints(chunk)]
 
 
 def _ivf_centroids(buf: bytes) -> np.ndarray:
     """Centroids (field 4, a Tensor) of Lance's IVF protobuf message."""
-    return _read_tensor(_pb_fields(buf)[4][0])
+    return _read_tensor(pb.fields(buf)[4][0])
 
 
 def _read_tensor(buf: bytes) -> np.ndarray:
     """A ``lance.index.pb.Tensor`` (shape field 2, raw little-endian data field 3) as
     float32, in its shape (:func:`_tensor` writes one)."""
-    tensor = _pb_fields(buf)
-    shape = [v for chunk in tensor[2] for v in _packed_varints(chunk)]
+    tensor = pb.fields(buf)
+    shape = [v for chunk in tensor[2] for v in pb.packed_varints(chunk)]
     data = tensor[3][0]
     width = len(data) // int(np.prod(shape))
     dtype = {2: "<f2", 4: "<f4", 8: "<f8"}[width]
