@@ -1,13 +1,16 @@
-"""One IVF_FLAT build task, repeated on a long-lived LocalCluster, with and without the allocator settings.
+"""One IVF_FLAT build task, repeated on long-lived LocalClusters: with and without the allocator settings, or the file writers.
 
     python benchmarks/bench_flat_task.py --rows 1000000 --repeats 3
+    python benchmarks/bench_flat_task.py --rows 1000000 --repeats 3 --compare writer
 
 The default IVF_FLAT build of up to 1 GiB of rows is one task that holds its rows until it
 writes them grouped by partition: a large, fresh array touched once. This prints the stage
 seconds of ``--repeats`` builds on one 2-worker cluster with the library's allocator settings
 (``runtime/malloc.py``: glibc's thresholds lifted, the task's arrays without transparent huge
 pages) and on another with ``DASK_LANCE_INDEX_NO_MALLOC_TUNING`` set, interleaved, on copies of one
-data set (each copy written back to disk before the clock starts).
+data set (each copy written back to disk before the clock starts). ``--compare writer``: one
+cluster writes ``auxiliary.idx`` with ``storage.lance_file.PlainFileWriter`` (the default),
+the other through Lance's ``LanceFileWriter`` (``DASK_LANCE_INDEX_LANCE_FILE_WRITER`` set).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ def main() -> int:
     p.add_argument("--dim", type=int, default=128)
     p.add_argument("--num-partitions", type=int, default=256)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--compare", choices=["malloc", "writer"], default="malloc")
     args = p.parse_args()
 
     from distributed import Client, LocalCluster
@@ -38,7 +42,10 @@ def main() -> int:
     base = os.path.join(root, "base.lance")
     write_vectors(base, make_vectors(args.rows, args.dim, seed=0), max_rows_per_file=-(-args.rows // 8))
     warnings.simplefilter("ignore")  # distributed's notes on ports in use and cluster start-up
-    settings = {"tuned": {}, "untuned": {"DASK_LANCE_INDEX_NO_MALLOC_TUNING": "1"}}
+    if args.compare == "writer":
+        settings = {"plain": {}, "lance": {"DASK_LANCE_INDEX_LANCE_FILE_WRITER": "1"}}
+    else:
+        settings = {"tuned": {}, "untuned": {"DASK_LANCE_INDEX_NO_MALLOC_TUNING": "1"}}
     clusters = {name: LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
                                    env=env) for name, env in settings.items()}
     clients = {name: Client(c) for name, c in clusters.items()}

@@ -158,8 +158,9 @@ def test_plain_writer_refuses_what_it_cannot_write(tmp_path):
 def test_segment_rows_written_straight_or_copied_are_the_same_file(tmp_path, monkeypatch, num_partitions):
     """write_flat_segment writes the rows straight from the task's array where its runs of
     consecutive rows are long (few partitions), copies them out a batch at a time where they
-    are short (many): either way the file Lance's writer wrote before (every column and
-    global buffer as read), every row handed back once."""
+    are short (many): either way the file Lance's writer writes (as it does with
+    DASK_LANCE_INDEX_LANCE_FILE_WRITER set: every column and global buffer as read), every
+    row handed back once."""
     rng = np.random.default_rng(num_partitions)
     n, d, run = 20_000, 16, 4096
     rows = rng.standard_normal((n, d)).astype(np.float32)
@@ -176,12 +177,15 @@ def test_segment_rows_written_straight_or_copied_are_the_same_file(tmp_path, mon
     write = dict(row_ids=ids, part_ids=parts, centroids=centroids, metric="l2", loss=2.0)
     segment_files.write_flat_segment(str(tmp_path / "p"), "0f0f0f0f-0000-4000-8000-00000000000a", vectors=rows,
                                      runs=starts, written=lambda a, b: handed.append((a, b)), **write)
-    monkeypatch.setattr(segment_files, "plain_columns", lambda schema: None)  # Lance's writer
+    monkeypatch.setenv(segment_files.LANCE_FILE_WRITER_ENV, "1")  # Lance's writer
     segment_files.write_flat_segment(str(tmp_path / "l"), "0f0f0f0f-0000-4000-8000-00000000000b", vectors=rows,
                                      **write)
     readers = [LanceFileReader(f"{tmp_path}/{x}/_indices/0f0f0f0f-0000-4000-8000-00000000000{y}/auxiliary.idx")
                for x, y in (("p", "a"), ("l", "b"))]
     tables = [r.read_all().to_table() for r in readers]
+    # ours starts with the rows (PlainFileWriter), Lance's writer with other things
+    first = [r.metadata().columns[1].pages[0].buffers[0].position for r in readers]
+    assert first[0] == 0 < first[1]
     assert tables[0].equals(tables[1]) and tables[0].num_rows == n
     assert tables[0].schema.equals(tables[1].schema, check_metadata=True)
     assert bytes(readers[0].read_global_buffer(1)) == bytes(readers[1].read_global_buffer(1))

@@ -33,7 +33,8 @@ The codes come from :mod:`dask_lance_index.model.pq` and
 RaBitQ code layouts. :func:`read_rq_segment` reads an IVF_RQ segment back. A row-major
 ``auxiliary.idx`` (IVF_FLAT, IVF_SQ and their HNSW types' storage) on a local disk is written
 by :class:`~.lance_file.PlainFileWriter` straight from the rows (the same file, without
-Lance's copies); every other file through Lance's ``LanceFileWriter``.
+Lance's copies; :data:`LANCE_FILE_WRITER_ENV` set in the environment turns that off); every
+other file through Lance's ``LanceFileWriter``.
 """
 
 from __future__ import annotations
@@ -82,6 +83,9 @@ _METRIC_TYPE = {"l2": 0, "cosine": 1, "dot": 2}
 # The aux file's global buffer holding a PQ codebook (the IVF message is the first).
 PQ_CODEBOOK_POSITION = 2
 
+# Set (to anything) in a worker's environment: row-major files through Lance's LanceFileWriter
+# too, as before storage.lance_file (a way back, and benchmarks/bench_flat_task.py's comparison).
+LANCE_FILE_WRITER_ENV = "DASK_LANCE_INDEX_LANCE_FILE_WRITER"
 _INDEX_VERSION = {"PQ": 1, "RQ": 2, "SQ": 1, "FLAT": 1}
 
 
@@ -379,7 +383,7 @@ def write_row_major_storage(base: str, index_type: str, values: np.ndarray, *, r
     field, quantizer = row_major_storage(index_type, np.shape(values)[1], bounds=bounds, num_bits=num_bits)
     schema = pa.schema([pa.field("_rowid", pa.uint64()), field])
     columns = plain_columns(schema)
-    if not (is_local(base) and len(order) and columns):
+    if not (is_local(base) and len(order) and columns) or os.environ.get(LANCE_FILE_WRITER_ENV):
         batches = _in_order(order, {}, {"_rowid": row_ids, "values": values}, copied)
         _write_row_major(base, index_type, np.shape(values)[1], batches, lengths, metric=metric, bounds=bounds,
                          num_bits=num_bits, storage_options=storage_options)
