@@ -88,8 +88,10 @@ def test_plain_file_is_lances_file(tmp_path, monkeypatch, leaf, dim, nullable):
     n = 5_003
     values = (rng.random((n, dim)) * 250).astype(leaf.to_pandas_dtype())
     ids = rng.integers(0, 1 << 60, n).astype(np.uint64)
-    schema = pa.schema([pa.field("_rowid", pa.uint64()), pa.field("v", pa.list_(leaf, dim), nullable=nullable)])
-    a, b = _write_both(tmp_path, schema, {"_rowid": ids, "v": values}, pieces=7)
+    factors = rng.standard_normal(n).astype(np.float32)  # a float32 column, as IVF_RQ's factors
+    schema = pa.schema([pa.field("_rowid", pa.uint64()), pa.field("v", pa.list_(leaf, dim), nullable=nullable),
+                        pa.field("__add_factors", pa.float32())])
+    a, b = _write_both(tmp_path, schema, {"_rowid": ids, "v": values, "__add_factors": factors}, pieces=7)
     ours, theirs = _taken_apart(b), _taken_apart(a)
     assert ours[:5] == theirs[:5]
     assert ours[3] == n and ours[2][b"lance:ivf"] == b"1"
@@ -106,6 +108,7 @@ def test_plain_file_is_lances_file(tmp_path, monkeypatch, leaf, dim, nullable):
     for start, count in [(0, 1), (page_rows - 3, 7), (n - 5, 5), (1000, 2500)]:
         part = rb.read_range(start, count).to_table()
         assert part.column("_rowid").to_numpy().tolist() == ids[start : start + count].tolist()
+        assert np.array_equal(part.column("__add_factors").to_numpy(), factors[start : start + count])
     assert bytes(rb.read_global_buffer(2)) == b"x" * 70
 
 
@@ -172,7 +175,7 @@ def test_segment_rows_written_straight_or_copied_are_the_same_file(tmp_path, mon
         rows[s : s + run], parts[s : s + run], ids[s : s + run] = rows[s : s + run][o], parts[s : s + run][o], ids[s : s + run][o]
     centroids = rng.standard_normal((num_partitions, d)).astype(np.float32)
     cuts = np.flatnonzero(np.diff(np.argsort(parts, kind="stable")) != 1)
-    assert (len(cuts) + 1 <= n // segment_files._PIECE_ROWS) == (num_partitions == 8)  # both ways taken
+    assert ((len(cuts) + 1) * segment_files._PIECE_BYTES <= rows.nbytes) == (num_partitions == 8)  # both ways taken
     handed = []
     write = dict(row_ids=ids, part_ids=parts, centroids=centroids, metric="l2", loss=2.0)
     segment_files.write_flat_segment(str(tmp_path / "p"), "0f0f0f0f-0000-4000-8000-00000000000a", vectors=rows,

@@ -6,7 +6,8 @@ took 1.2-1.3 s (``benchmarks/bench_page_cache.py``). A row-major segment's ``aux
 (IVF_FLAT: every row as it is; IVF_SQ: one byte a dimension) is that many bytes of plain
 values, so :class:`PlainFileWriter` writes it as Lance's file format 2.0 lays such columns out,
 and writes the values themselves with ``writev`` straight from the caller's arrays: no copy
-of our own, and none of Lance's.
+of our own, and none of Lance's. The segment writers write every ``auxiliary.idx`` they can
+with it (IVF_PQ's and IVF_RQ's too).
 
 What it writes is what ``LanceFileWriter(version="2.0")`` writes for the same columns
 (``tests/test_lance_file.py`` reads both back and compares their metadata field by field):
@@ -19,8 +20,9 @@ What it writes is what ``LanceFileWriter(version="2.0")`` writes for the same co
   each column's metadata is, the table of where each global buffer is, and the 40-byte
   footer (those positions, the counts, the format version 0.3 and ``LANC``).
 
-Only columns with no nulls of ``uint64``, or fixed-size lists of ``float32`` or ``uint8``
-(:func:`plain_columns`); local files only (:func:`~dask_lance_index.storage.files.is_local`).
+Only columns with no nulls of ``uint64`` or ``float32``, or fixed-size lists of ``float32`` or
+``uint8`` (:func:`plain_columns`); local files only
+(:func:`~dask_lance_index.storage.files.is_local`).
 """
 
 from __future__ import annotations
@@ -98,8 +100,8 @@ def plain_columns(schema: pa.Schema) -> list[PlainColumn] | None:
         t = f.type
         if pa.types.is_fixed_size_list(t) and t.value_type in (pa.float32(), pa.uint8()):
             out.append(PlainColumn(f.name, t.value_type.to_pandas_dtype().__name__, t.list_size, True, f.nullable))
-        elif t == pa.uint64():
-            out.append(PlainColumn(f.name, "uint64", 1, False, f.nullable))
+        elif t in (pa.uint64(), pa.float32()):
+            out.append(PlainColumn(f.name, t.to_pandas_dtype().__name__, 1, False, f.nullable))
         else:
             return None
     return out

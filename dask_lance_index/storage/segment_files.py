@@ -227,24 +227,51 @@ def _close_aux(aux, *, ivf: bytes, extra_buffers: list, metric: str, quantizer_j
     aux.close()
 
 
-# Rows a contiguous piece of the stored rows on average, at the least, for the partition
-# order's pieces to be written straight from them (_plain_pieces); fewer (many partitions,
-# small batches): copied out in partition order a batch at a time.
-_PIECE_ROWS = 16
+# Bytes of a contiguous piece of a column on average, at the least, for the partition order's
+# pieces to be written straight from it (_plain_pieces); fewer (many partitions, narrow
+# columns such as row ids and factors): copied out in partition order a batch at a time.
+_PIECE_BYTES = 4096
+
+
+def _write_aux_in_order(base: str, schema, order: np.ndarray, reordered: dict, gathered: dict, *, ivf: bytes,
+                        extra_buffers: list, metric: str, quantizer_json: str, storage_options,
+                        copied: tuple[str, Callable[[np.ndarray], object]] | None = None) -> None:
+    """``auxiliary.idx`` of the columns in ``order``: ``reordered`` ones already in it (full
+    length), ``gathered`` ones taken through it (:func:`_in_order`). On a local disk, for
+    columns :class:`~.lance_file.PlainFileWriter` writes, straight from the arrays with it
+    (unless :data:`LANCE_FILE_WRITER_ENV` is set); else through Lance's writer. ``copied``:
+    (a gathered column, the callback told which of its rows are written)."""
+    columns = plain_columns(schema)
+    if not (is_local(base) and len(order) and columns) or os.environ.get(LANCE_FILE_WRITER_ENV):
+        batches = _in_order(order, reordered, gathered, None if copied is None else copied[1])
+        _write_aux(base, schema, batches, ivf=ivf, extra_buffers=extra_buffers, metric=metric,
+                   quantizer_json=quantizer_json, storage_options=storage_options)
+        return
+    with PlainFileWriter(f"{base}/auxiliary.idx", columns, len(order)) as aux:
+        # the widest columns first: their rows are the ones a build task gives back as written
+        for i in sorted(range(len(columns)), key=lambda i: -columns[i].row_bytes):
+            name, dtype = columns[i].name, columns[i].dtype
+            if name in reordered:
+                aux.write_column(i, [np.ascontiguousarray(reordered[name], dtype=dtype)])
+            else:
+                told = copied[1] if copied is not None and copied[0] == name else None
+                aux.write_column(i, *_plain_pieces(order, np.ascontiguousarray(gathered[name], dtype=dtype), told))
+        _close_aux(aux, ivf=ivf, extra_buffers=extra_buffers, metric=metric, quantizer_json=quantizer_json)
 
 
 def _plain_pieces(order: np.ndarray, values: np.ndarray, copied: Callable[[np.ndarray], object] | None):
     """``values`` in ``order``, as pieces for :meth:`~.lance_file.PlainFileWriter.write_column`,
     and its ``written`` callback telling ``copied`` which rows are written."""
     n = len(order)
+    row_bytes = values.dtype.itemsize * int(np.prod(values.shape[1:]))
     cuts = np.flatnonzero(np.diff(order) != 1) + 1  # where ``order`` stops running through consecutive rows
-    if len(cuts) + 1 <= n // _PIECE_ROWS:  # rows straight from ``values``, a run of consecutive rows a piece
+    if (len(cuts) + 1) * _PIECE_BYTES <= n * row_bytes:  # straight from ``values``, a run of consecutive rows a piece
         ends = np.append(cuts, n)
         firsts = order[np.append(0, cuts)]
         pieces = (values[f : f + (e - b)] for f, b, e in zip(firsts.tolist(), np.append(0, cuts).tolist(),
                                                               ends.tolist()))
     else:  # each piece a copy of a batch's rows (fresh: the writer holds several at once)
-        rows = _batch_rows(values.dtype.itemsize * int(np.prod(values.shape[1:])))
+        rows = _batch_rows(row_bytes)
         ends = np.minimum(np.arange(rows, n + rows, rows), n)
         pieces = (values[order[lo : lo + rows]] for lo in range(0, n, rows))
     done = [0]
@@ -319,8 +346,8 @@ def write_pq_storage(base: str, codes: np.ndarray, codebook: np.ndarray, *, row_
         "num_sub_vectors": num_sub_vectors, "dimension": num_sub_vectors * sub_dim, "codebook_tensor": [],
         "transposed": bool(transposed),
     }
-    _write_aux(
-        base, schema, _in_order(order, {PQ_CODE_COLUMN: stored}, {"_rowid": np.asarray(row_ids, dtype=np.uint64)}),
+    _write_aux_in_order(
+        base, schema, order, {PQ_CODE_COLUMN: stored}, {"_rowid": np.asarray(row_ids, dtype=np.uint64)},
         ivf=ivf_message(lengths),
         # the codebook as Lance stores it: [sub-vector][code][sub-dim] data under a (codes, d) shape
         extra_buffers=[_tensor(codebook, (num_codes, num_sub_vectors * sub_dim))],
@@ -379,22 +406,14 @@ def write_row_major_storage(base: str, index_type: str, values: np.ndarray, *, r
     part_ids = np.asarray(part_ids)
     order, lengths, offsets = _partition_order(part_ids, num_partitions)
     copied = None if runs is None or written is None else _runs_copied(part_ids, runs, written)
-    row_ids = np.asarray(row_ids, dtype=np.uint64)
     field, quantizer = row_major_storage(index_type, np.shape(values)[1], bounds=bounds, num_bits=num_bits)
-    schema = pa.schema([pa.field("_rowid", pa.uint64()), field])
-    columns = plain_columns(schema)
-    if not (is_local(base) and len(order) and columns) or os.environ.get(LANCE_FILE_WRITER_ENV):
-        batches = _in_order(order, {}, {"_rowid": row_ids, "values": values}, copied)
-        _write_row_major(base, index_type, np.shape(values)[1], batches, lengths, metric=metric, bounds=bounds,
-                         num_bits=num_bits, storage_options=storage_options)
-        return order, lengths, offsets
-    # a local file of plain columns: written straight from the rows, no copy (lance_file)
-    values = np.ascontiguousarray(values, dtype=columns[1].dtype)
-    with PlainFileWriter(f"{base}/auxiliary.idx", columns, len(order)) as aux:
-        aux.write_column(1, *_plain_pieces(order, values, copied))
-        aux.write_column(0, [row_ids[order]])
-        _close_aux(aux, ivf=ivf_message(lengths), extra_buffers=[], metric=metric,
-                   quantizer_json=json.dumps(quantizer, separators=(",", ":")))
+    _write_aux_in_order(
+        base, pa.schema([pa.field("_rowid", pa.uint64()), field]), order, {},
+        {"_rowid": np.asarray(row_ids, dtype=np.uint64), field.name: values},
+        ivf=ivf_message(lengths), extra_buffers=[], metric=metric,
+        quantizer_json=json.dumps(quantizer, separators=(",", ":")), storage_options=storage_options,
+        copied=None if copied is None else (field.name, copied),
+    )
     return order, lengths, offsets
 
 
@@ -539,8 +558,8 @@ def write_rq_segment(
     # the model as Lance re-serialises it, with the layout of the codes
     model_json = json.dumps({**json.loads(model), "packed": bool(packed)}, separators=(",", ":"))
     base = _segment_dir(dataset_uri, index_uuid)
-    _write_aux(
-        base, _rq_schema(dimension, num_bits), _in_order(order, {"_rabit_codes": stored}, gathered),
+    _write_aux_in_order(
+        base, _rq_schema(dimension, num_bits), order, {"_rabit_codes": stored}, gathered,
         ivf=ivf_message(lengths), extra_buffers=[],
         metric=metric, quantizer_json=model_json,
         storage_options=storage_options,
