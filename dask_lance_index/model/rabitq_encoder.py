@@ -409,9 +409,10 @@ class RQEncoder:
             rows = np.flatnonzero(better)  # (a masked copy of every row took 4x as long)
             code[rows] = trial[rows]
             best = tuple(np.where(better, new, old) for new, old in zip((ip, uu, cos), best))
-        # negative coordinates store the complement (max - code), as Lance
-        magnitude = code.astype(np.uint8)
-        stored = np.where(negative, np.uint8(max_code) - magnitude, magnitude)
+        # negative coordinates store the complement (max - code), as Lance: with max all ones
+        # and 0 <= code <= max, code ^ max (np.where of the difference took 20x as long)
+        stored = code.astype(np.uint8)
+        stored ^= negative.view(np.uint8) * np.uint8(max_code)
         out["ex"][s] = pack(stored, self.ex_bits)
         code += np.float32(0.5)  # |u| per coordinate; u = sign * (code + 0.5)
         cu = np.einsum("ij,ij->i", signed_c, code)
