@@ -145,6 +145,7 @@ def test_plain_writer_refuses_what_it_cannot_write(tmp_path):
     schema = pa.schema([pa.field("_rowid", pa.uint64()), pa.field("v", pa.list_(pa.float32(), 4))])
     assert plain_columns(pa.schema([pa.field("v", pa.list_(pa.float16(), 4))])) is None
     assert plain_columns(pa.schema([pa.field("s", pa.string())])) is None
+    assert plain_columns(pa.schema([pa.field("v", pa.uint64(), metadata={"k": "v"})])) is None
     with PlainFileWriter(str(tmp_path / "f.idx"), plain_columns(schema), 10) as plain:
         with pytest.raises(ValueError, match="takes C-contiguous float32 rows of 4 values"):
             plain.write_column(1, [np.zeros((10, 4), np.float64)])
@@ -155,6 +156,12 @@ def test_plain_writer_refuses_what_it_cannot_write(tmp_path):
         plain.write_column(0, [np.zeros(10, np.uint64)])
         with pytest.raises(ValueError, match="written already"):
             plain.write_column(0, [np.zeros(10, np.uint64)])
+    assert not (tmp_path / "f.idx").exists()  # left unclosed: removed, no partial file
+    with pytest.raises(OSError):  # a write that fails (the disk full, here a closed descriptor) as well
+        with PlainFileWriter(str(tmp_path / "g.idx"), plain_columns(schema), 10) as plain:
+            os.close(plain._fd)
+            plain.write_column(0, [np.zeros(10, np.uint64)])
+    assert not (tmp_path / "g.idx").exists()
 
 
 @pytest.mark.parametrize("num_partitions", [8, 4096])

@@ -1,8 +1,9 @@
 """Lance data files of fixed-width columns, written with plain ``write`` calls.
 
 Lance's ``LanceFileWriter`` copies every value through its encoders before it writes: 512 MB
-of 128-d float32 rows took it 2.2-2.9 s where the same bytes written straight into a new file
-took 1.2-1.3 s (``benchmarks/bench_page_cache.py``). A row-major segment's ``auxiliary.idx``
+of 128-d float32 rows took it 1.8-2.9 s, the same file through :class:`PlainFileWriter`
+1.4-1.6 s, and the bytes in plain 2 MB writes 1.2-1.4 s (``benchmarks/bench_page_cache.py``,
+rounds of each; what fresh memory costs sets the floor). A row-major segment's ``auxiliary.idx``
 (IVF_FLAT: every row as it is; IVF_SQ: one byte a dimension) is that many bytes of plain
 values, so :class:`PlainFileWriter` writes it as Lance's file format 2.0 lays such columns out,
 and writes the values themselves with ``writev`` straight from the caller's arrays: no copy
@@ -27,6 +28,7 @@ Only columns with no nulls of ``uint64`` or ``float32``, or fixed-size lists of 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import struct
 from dataclasses import dataclass
@@ -98,6 +100,8 @@ def plain_columns(schema: pa.Schema) -> list[PlainColumn] | None:
     out = []
     for f in schema:
         t = f.type
+        if f.metadata:  # field metadata goes into the descriptor, which does not write it
+            return None
         if pa.types.is_fixed_size_list(t) and t.value_type in (pa.float32(), pa.uint8()):
             out.append(PlainColumn(f.name, t.value_type.to_pandas_dtype().__name__, t.list_size, True, f.nullable))
         elif t in (pa.uint64(), pa.float32()):
@@ -116,6 +120,9 @@ class PlainFileWriter:
     written a whole column at a time (:meth:`write_column`, in any order), as
     ``LanceFileWriter`` would write the same values (module docstring).
 
+    Used as a context manager, a file not closed (:meth:`close`) when the block ends, as when
+    a write fails, is removed.
+
     Parameters
     ----------
     path
@@ -132,28 +139,34 @@ class PlainFileWriter:
         self._pages: dict[int, list[tuple[int, int, int]]] = {}  # column -> (position, bytes, rows) a page
         self._buffers: list[tuple[int, int]] = []  # global buffers after the descriptor: (position, bytes)
         self._metadata: dict[str, str] = {}
+        self.path = path
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         self._position = 0
 
     def __enter__(self):
         return self
 
-    def __exit__(self, *exc):
-        if self._fd is not None:
-            os.close(self._fd)
+    def __exit__(self, exc_type, *exc):
+        if self._fd is not None:  # not closed: the file is not whole, and is removed
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
             self._fd = None
+            with contextlib.suppress(OSError):
+                os.remove(self.path)
 
     def _write(self, views: list) -> None:
         """Every byte of ``views`` at the end of the file (``writev``; a short write goes on
         from where it stopped)."""
-        while views:
+        left = sum(memoryview(v).nbytes for v in views)
+        while left:
             done = os.writev(self._fd, views)
             self._position += done
-            while views and done >= memoryview(views[0]).nbytes:
-                done -= memoryview(views[0]).nbytes
-                views = views[1:]
-            if views and done:
-                views = [memoryview(views[0]).cast("B")[done:], *views[1:]]
+            left -= done
+            if left:  # skip the views written whole, and the written part of the next
+                i = 0
+                while done >= (size := memoryview(views[i]).nbytes):
+                    done, i = done - size, i + 1
+                views = [memoryview(views[i]).cast("B")[done:], *views[i + 1 :]]
 
     def _align(self) -> None:
         if pad := _pad(self._position):

@@ -30,11 +30,11 @@ and Lance's merge converts them.
 
 The codes come from :mod:`dask_lance_index.model.pq` and
 :mod:`dask_lance_index.model.rabitq_encoder`; :mod:`.rq_layout` holds the
-RaBitQ code layouts. :func:`read_rq_segment` reads an IVF_RQ segment back. A row-major
-``auxiliary.idx`` (IVF_FLAT, IVF_SQ and their HNSW types' storage) on a local disk is written
-by :class:`~.lance_file.PlainFileWriter` straight from the rows (the same file, without
-Lance's copies; :data:`LANCE_FILE_WRITER_ENV` set in the environment turns that off); every
-other file through Lance's ``LanceFileWriter``.
+RaBitQ code layouts. :func:`read_rq_segment` reads an IVF_RQ segment back. An
+``auxiliary.idx`` on a local disk is written by :class:`~.lance_file.PlainFileWriter`
+straight from the task's arrays (the same file, without Lance's copies;
+:data:`LANCE_FILE_WRITER_ENV` set in the environment turns that off); ``index.idx``, and
+every file on an object store, through Lance's ``LanceFileWriter``.
 """
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ _METRIC_TYPE = {"l2": 0, "cosine": 1, "dot": 2}
 # The aux file's global buffer holding a PQ codebook (the IVF message is the first).
 PQ_CODEBOOK_POSITION = 2
 
-# Set (to anything) in a worker's environment: row-major files through Lance's LanceFileWriter
+# Set (to anything) in a worker's environment: every auxiliary.idx through Lance's LanceFileWriter
 # too, as before storage.lance_file (a way back, and benchmarks/bench_flat_task.py's comparison).
 LANCE_FILE_WRITER_ENV = "DASK_LANCE_INDEX_LANCE_FILE_WRITER"
 _INDEX_VERSION = {"PQ": 1, "RQ": 2, "SQ": 1, "FLAT": 1}
