@@ -406,13 +406,12 @@ def write_row_major_storage(base: str, index_type: str, values: np.ndarray, *, r
     part_ids = np.asarray(part_ids)
     order, lengths, offsets = _partition_order(part_ids, num_partitions)
     copied = None if runs is None or written is None else _runs_copied(part_ids, runs, written)
-    field, quantizer = row_major_storage(index_type, np.shape(values)[1], bounds=bounds, num_bits=num_bits)
+    schema, quantizer_json = _row_major_schema(index_type, np.shape(values)[1], bounds=bounds, num_bits=num_bits)
+    name = schema.names[1]
     _write_aux_in_order(
-        base, pa.schema([pa.field("_rowid", pa.uint64()), field]), order, {},
-        {"_rowid": np.asarray(row_ids, dtype=np.uint64), field.name: values},
-        ivf=ivf_message(lengths), extra_buffers=[], metric=metric,
-        quantizer_json=json.dumps(quantizer, separators=(",", ":")), storage_options=storage_options,
-        copied=None if copied is None else (field.name, copied),
+        base, schema, order, {}, {"_rowid": np.asarray(row_ids, dtype=np.uint64), name: values},
+        ivf=ivf_message(lengths), extra_buffers=[], metric=metric, quantizer_json=quantizer_json,
+        storage_options=storage_options, copied=None if copied is None else (name, copied),
     )
     return order, lengths, offsets
 
@@ -429,14 +428,20 @@ def write_row_major_runs(base: str, index_type: str, runs, dimension: int, *, me
     return lengths, partition_offsets(lengths)
 
 
+def _row_major_schema(index_type: str, dimension: int, *, bounds, num_bits: int) -> tuple[pa.Schema, str]:
+    """A row-major ``auxiliary.idx``'s schema (``_rowid``, then the stored rows:
+    :func:`row_major_storage`) and its quantizer as JSON, whether its rows are held or spilled."""
+    field, quantizer = row_major_storage(index_type, dimension, bounds=bounds, num_bits=num_bits)
+    return pa.schema([pa.field("_rowid", pa.uint64()), field]), json.dumps(quantizer, separators=(",", ":"))
+
+
 def _write_row_major(base: str, index_type: str, dimension: int, batches: Iterable[dict], lengths, *,
                      metric: str, bounds, num_bits: int, storage_options) -> None:
-    field, quantizer = row_major_storage(index_type, dimension, bounds=bounds, num_bits=num_bits)
+    schema, quantizer_json = _row_major_schema(index_type, dimension, bounds=bounds, num_bits=num_bits)
     _write_aux(
-        base, pa.schema([pa.field("_rowid", pa.uint64()), field]),
-        ({"_rowid": b["_rowid"], field.name: b["values"]} for b in batches),
-        ivf=ivf_message(lengths), extra_buffers=[], metric=metric,
-        quantizer_json=json.dumps(quantizer, separators=(",", ":")), storage_options=storage_options,
+        base, schema, ({"_rowid": b["_rowid"], schema.names[1]: b["values"]} for b in batches),
+        ivf=ivf_message(lengths), extra_buffers=[], metric=metric, quantizer_json=quantizer_json,
+        storage_options=storage_options,
     )
 
 
